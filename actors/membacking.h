@@ -1,0 +1,160 @@
+/* membacking.h: the public API of the guest memory manager.
+ *
+ * A memory manager (mb_mm) is one VM's guest memory: a region manager and a mapping manager
+ * (actors on the loop given at creation), VA mappers (each an actor on a loop of its own
+ * choosing) and partitions (each a partition mapper actor driving a backend: soft or kvm).
+ * A process may run several managers; they share nothing.
+ *
+ * Two forms of every operation
+ *   - Asynchronous: call it on a thread that runs a runtime loop (mb_loop_current() != NULL,
+ *     e.g. a VMM's own uv loop attached with mb_loop_attach). `done(ctx, status, value)` runs
+ *     later on that same loop, exactly once, never inside the call.
+ *   - Blocking (the _sync suffix): call it from a thread that does not run the manager's loop
+ *     (a vCPU thread, a worker, main before the loops run); it returns the status.
+ * Operations on one manager are carried out in the order they are issued (per issuing
+ * thread); an operation completes only when every consumer it affects is up to date.
+ *
+ * Guest accesses through a VA mapper (mb_mapper_read/write, or plain loads and stores at
+ * mb_mapper_base() + gpa) never need a loop thread. A lazy mapper's first touch of a range
+ * blocks on the mapping manager, so do not access through a lazy mapper from the manager's
+ * own loop thread.
+ *
+ * Errors: 0 or a negative code: MB_E_* (mb_errors.h: the scenario format's set), MB_E* of the
+ * runtime (mb_runtime.h), or a negative errno. membacking_strerror() names them all.
+ */
+#ifndef MEMBACKING_H
+#define MEMBACKING_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "backing.h"
+#include "mb_errors.h"
+#include "mb_runtime.h"
+#include "partition.h"
+#include "region_manager.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct mb_mm mb_mm;
+typedef struct mb_mapper mb_mapper;
+typedef struct mb_partition mb_partition;
+typedef uint32_t mb_region_id;
+
+/* value: the new region id, the region state, or a pointer (mb_mapper *, mb_partition *). */
+typedef void (*mb_done_fn)(void *ctx, int status, uint64_t value);
+
+typedef struct mb_mm_config {
+  uint64_t max_addr;   /* highest guest physical address + 1; 0 means 64 GiB */
+  int overlap;         /* MB_OVERLAP_NESTED (default) or MB_OVERLAP_ANY */
+  mb_loop *loop;       /* runs the region manager and the mapping manager (required) */
+  mb_loop *part_loop;  /* runs the partitions' own eager VA mapper; NULL: `loop` */
+} mb_mm_config;
+
+/* Create a manager. Any thread; blocks while its actors are created on their loops. */
+int mb_mm_create(const mb_mm_config *cfg, mb_mm **out);
+/* Destroy a manager with everything it has: partitions, mappers, regions. Any thread; blocks
+ * while the actors are destroyed on their loops. Handles of its mappers and partitions become
+ * invalid. */
+void mb_mm_destroy(mb_mm *mm);
+uint64_t mb_mm_max_addr(const mb_mm *mm);
+
+/* ---- regions ------------------------------------------------------------------------------ */
+
+typedef struct mb_region_params {
+  const char *name;    /* for traces and introspection; may be NULL */
+  uint64_t gpa, size;  /* 4 KiB multiples, within max_addr */
+  uint8_t priority;    /* 0-255, higher wins */
+  bool device;         /* type=device (else ram) */
+} mb_region_params;
+
+void mb_region_add(mb_mm *mm, const mb_region_params *p, mb_done_fn done, void *ctx);
+int mb_region_add_sync(mb_mm *mm, const mb_region_params *p, mb_region_id *id);
+/* Map (make visible) with the given access; on a mapped region, change its access. */
+void mb_region_map(mb_mm *mm, mb_region_id id, bool writable, mb_done_fn done, void *ctx);
+int mb_region_map_sync(mb_mm *mm, mb_region_id id, bool writable);
+void mb_region_unmap(mb_mm *mm, mb_region_id id, mb_done_fn done, void *ctx);
+int mb_region_unmap_sync(mb_mm *mm, mb_region_id id);
+void mb_region_remove(mb_mm *mm, mb_region_id id, mb_done_fn done, void *ctx);
+int mb_region_remove_sync(mb_mm *mm, mb_region_id id);
+/* value / *state: MB_REGION_UNMAPPED, _HIDDEN, _ACTIVE or _PARTIAL. */
+void mb_region_state(mb_mm *mm, mb_region_id id, mb_done_fn done, void *ctx);
+int mb_region_state_sync(mb_mm *mm, mb_region_id id, int *state);
+
+/* ---- mappings inside a region -------------------------------------------------------------- */
+
+typedef struct mb_mapping_params {
+  mb_region_id region;
+  uint64_t offset, size; /* relative to the region's start */
+  mb_object *obj;        /* the manager takes its own reference */
+  uint64_t obj_offset;
+  bool writable;
+} mb_mapping_params;
+
+void mb_mapping_add(mb_mm *mm, const mb_mapping_params *p, mb_done_fn done, void *ctx);
+int mb_mapping_add_sync(mb_mm *mm, const mb_mapping_params *p);
+/* Remove every mapped byte in [offset, offset+size) of the region, splitting mappings that
+ * straddle an edge. A range with nothing mapped is a no-op. */
+void mb_mapping_remove(mb_mm *mm, mb_region_id region, uint64_t offset, uint64_t size,
+                       mb_done_fn done, void *ctx);
+int mb_mapping_remove_sync(mb_mm *mm, mb_region_id region, uint64_t offset, uint64_t size);
+/* Replace whatever is mapped in the range, with no hole visible to any VA mapper meanwhile. */
+void mb_mapping_replace(mb_mm *mm, const mb_mapping_params *p, mb_done_fn done, void *ctx);
+int mb_mapping_replace_sync(mb_mm *mm, const mb_mapping_params *p);
+
+/* ---- VA mappers ---------------------------------------------------------------------------- */
+
+/* Add a VA mapper whose actor runs on `loop` (NULL: the manager's loop). An eager mapper has
+ * every visible mapping established before this completes; a lazy one establishes on access.
+ * value: the mb_mapper *. */
+void mb_mapper_add(mb_mm *mm, mb_loop *loop, bool eager, mb_done_fn done, void *ctx);
+int mb_mapper_add_sync(mb_mm *mm, mb_loop *loop, bool eager, mb_mapper **out);
+/* Remove a mapper: its VA range is released; the handle becomes invalid. */
+void mb_mapper_remove(mb_mapper *m, mb_done_fn done, void *ctx);
+int mb_mapper_remove_sync(mb_mapper *m);
+/* Guest address g is at base + g, for max_addr bytes. */
+uint8_t *mb_mapper_base(const mb_mapper *m);
+bool mb_mapper_eager(const mb_mapper *m);
+/* Any thread: 0, MB_E_UNMAPPED, MB_E_READONLY, MB_E_INVALID. */
+int mb_mapper_read(mb_mapper *m, uint64_t gpa, void *buf, size_t len);
+int mb_mapper_write(mb_mapper *m, uint64_t gpa, const void *buf, size_t len);
+/* The ranges established in the mapper's VA right now (malloc'd; free() it). value of the
+ * async form: a pointer to an mb_range_list the callback owns (free() it). */
+typedef struct mb_range_list {
+  size_t count;
+  mb_part_range ranges[];
+} mb_range_list;
+void mb_mapper_ranges(mb_mapper *m, mb_done_fn done, void *ctx);
+int mb_mapper_ranges_sync(mb_mapper *m, mb_range_list **out);
+
+/* ---- partitions ---------------------------------------------------------------------------- */
+
+/* Add a partition with the given backend (&mb_partition_soft, or the kvm one) whose mapper
+ * runs on `loop` (NULL: the manager's loop). Everything visible is mapped into it before this
+ * completes. value: the mb_partition *. MB_E_UNSUPPORTED where the backend cannot run. */
+void mb_partition_add(mb_mm *mm, const mb_partition_ops *ops, mb_loop *loop, mb_done_fn done,
+                      void *ctx);
+int mb_partition_add_sync(mb_mm *mm, const mb_partition_ops *ops, mb_loop *loop,
+                          mb_partition **out);
+void mb_partition_remove(mb_partition *p, mb_done_fn done, void *ctx);
+int mb_partition_remove_sync(mb_partition *p);
+/* A guest access through the partition's view: 0, MB_E_MMIO, MB_E_FAULT, MB_E_INVALID. The
+ * buffer must stay valid until completion. */
+void mb_partition_access(mb_partition *p, uint64_t gpa, void *buf, size_t len, bool write,
+                         mb_done_fn done, void *ctx);
+int mb_partition_access_sync(mb_partition *p, uint64_t gpa, void *buf, size_t len, bool write);
+/* The guest ranges mapped into the partition (see mb_mapper_ranges for ownership). */
+void mb_partition_ranges(mb_partition *p, mb_done_fn done, void *ctx);
+int mb_partition_ranges_sync(mb_partition *p, mb_range_list **out);
+
+/* ---- errors -------------------------------------------------------------------------------- */
+
+const char *membacking_strerror(int err);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

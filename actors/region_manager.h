@@ -1,0 +1,74 @@
+/* region_manager.h: the region manager actor. It owns the regions (fixed guest ranges with a
+ * priority, mapped or not, each holding mappings), decides what is visible where, and tells
+ * the others: the mapping manager gets the visible mappings (MM_MAP/MM_UNMAP), each partition
+ * mapper the visible region pieces (PM_MAP/PM_UNMAP).
+ *
+ * Visibility (spec/scenario.md): at each guest address, among the mapped regions containing
+ * it, the highest priority wins; equal priorities go to the earliest added. A "piece" is a
+ * maximal guest range shown by one region; under overlap=nested every mapped region is one
+ * piece or hidden, under overlap=any a region may show in several pieces.
+ *
+ * Order (as in the original): setup goes VA mappers (MM_MAP) first, then partitions (PM_MAP);
+ * teardown goes partitions (PM_UNMAP) first, then VA mappers (MM_UNMAP). An operation that
+ * changes visibility first tears down the old pieces, then sets up the new ones.
+ *
+ * It is serialized. Every request answers 0 or an MB_E_* code; a failed request changes no
+ * state (one that fails halfway rolls back).
+ *
+ * Messages (requests; the reply is the same message):
+ *   RM_REGION_ADD     {name, gpa, size, prio, device; out: id}  MB_E_INVALID, MB_E_OVERLAP
+ *   RM_REGION_MAP     {id, writable}  map, or change the access of a mapped region
+ *   RM_REGION_UNMAP   {id}
+ *   RM_REGION_REMOVE  {id}            unmaps first
+ *   RM_MAPPING_ADD    {id, offset, size, obj, obj_off, writable}  takes its own reference on
+ *                     obj; MB_E_INVALID (outside the region or the object), MB_E_OVERLAP
+ *   RM_MAPPING_REMOVE {id, offset, size}  removes every mapped byte in the range, splitting
+ *   RM_MAPPING_REPLACE {id, offset, size, obj, obj_off, writable}  (MB_E_UNSUPPORTED for now)
+ *   RM_PARTITION_ADD  {partition}     maps everything visible into it before completing
+ *   RM_PARTITION_REMOVE {partition}   forgets it (its actor's destruction unmaps all)
+ *   RM_REGION_STATE   {id; out: state}  MB_REGION_UNMAPPED/HIDDEN/ACTIVE/PARTIAL
+ */
+#ifndef MB_REGION_MANAGER_H
+#define MB_REGION_MANAGER_H
+
+#include "backing.h"
+#include "mb_protocol.h"
+
+enum { MB_OVERLAP_NESTED = 0, MB_OVERLAP_ANY = 1 };
+enum { MB_REGION_UNMAPPED = 0, MB_REGION_HIDDEN = 1, MB_REGION_ACTIVE = 2, MB_REGION_PARTIAL = 3 };
+
+typedef char mb_name[64];
+
+#define RM_REGION_ADD_FIELDS(F) \
+  F(mb_name, name) F(uint64_t, gpa) F(uint64_t, size) F(uint8_t, prio) F(bool, device) F(uint32_t, id)
+#define RM_REGION_MAP_FIELDS(F) F(uint32_t, id) F(bool, writable)
+#define RM_REGION_ID_FIELDS(F) F(uint32_t, id)
+#define RM_MAPPING_ADD_FIELDS(F)                                                             \
+  F(uint32_t, id) F(uint64_t, offset) F(uint64_t, size) F(mb_object *, obj) F(uint64_t, obj_off) \
+  F(bool, writable)
+#define RM_MAPPING_REMOVE_FIELDS(F) F(uint32_t, id) F(uint64_t, offset) F(uint64_t, size)
+#define RM_PARTITION_FIELDS(F) F(mb_addr, partition)
+#define RM_REGION_STATE_FIELDS(F) F(uint32_t, id) F(int32_t, state)
+#define RM_MESSAGES(M)                                                 \
+  M(rm, RM_REGION_ADD, region_add, RM_REGION_ADD_FIELDS)               \
+  M(rm, RM_REGION_MAP, region_map, RM_REGION_MAP_FIELDS)               \
+  M(rm, RM_REGION_UNMAP, region_unmap, RM_REGION_ID_FIELDS)            \
+  M(rm, RM_REGION_REMOVE, region_remove, RM_REGION_ID_FIELDS)          \
+  M(rm, RM_MAPPING_ADD, mapping_add, RM_MAPPING_ADD_FIELDS)            \
+  M(rm, RM_MAPPING_REMOVE, mapping_remove, RM_MAPPING_REMOVE_FIELDS)   \
+  M(rm, RM_MAPPING_REPLACE, mapping_replace, RM_MAPPING_ADD_FIELDS)    \
+  M(rm, RM_PARTITION_ADD, partition_add, RM_PARTITION_FIELDS)          \
+  M(rm, RM_PARTITION_REMOVE, partition_remove, RM_PARTITION_FIELDS)    \
+  M(rm, RM_REGION_STATE, region_state, RM_REGION_STATE_FIELDS)
+MB_PROTOCOL_DECLARE(rm, RM_MESSAGES)
+
+typedef struct mb_rm_config {
+  uint64_t max_addr;
+  int overlap;              /* MB_OVERLAP_NESTED or MB_OVERLAP_ANY */
+  mb_addr mapping_manager;
+} mb_rm_config;
+
+/* Create the region manager on `loop` (its thread). NULL on failure. */
+mb_actor *mb_region_manager_create(mb_loop *loop, const mb_rm_config *cfg);
+
+#endif

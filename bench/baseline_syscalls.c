@@ -1,0 +1,338 @@
+/* baseline_syscalls.c: the kernel floors of the memory benchmarks (spec/bench.md):
+ *
+ *   syscalls.map_unmap    floor of map.soft, mapping.dax: the two mmaps a 2 MiB map + unmap
+ *                         needs, made directly.
+ *   syscalls.fault_remote floor of fault.lazy: a fault served by another, sleeping thread.
+ *   memcpy                floor of access.read: copying 64 KiB (throughput).
+ *
+ * Every setup() builds what it needs (memfds, reservations, threads) and teardown() removes
+ * it; the operations themselves touch nothing else.
+ */
+
+#include "areas.h"
+#include "harness.h"
+
+#include <errno.h>
+#include <linux/futex.h>
+#include <pthread.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#define MIB ((size_t)1 << 20)
+
+/* A PROT_NONE, MAP_NORESERVE anonymous range: the shape of a VA reservation. */
+static void *reserve(void *at, size_t size) {
+  return mmap(at, size, PROT_NONE,
+              MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | (at ? MAP_FIXED : 0), -1, 0);
+}
+
+/* A memfd of `size` bytes; filled (pages allocated) when `fill`. Returns the fd or -errno. */
+static int make_memfd(const char *name, size_t size, bool fill) {
+  int fd = memfd_create(name, MFD_CLOEXEC);
+  if (fd < 0)
+    return -errno;
+  if (ftruncate(fd, (off_t)size) != 0)
+    goto fail;
+  if (fill) {
+    char buf[4096];
+    memset(buf, 0x5a, sizeof buf);
+    for (size_t off = 0; off < size; off += sizeof buf)
+      if (pwrite(fd, buf, sizeof buf < size - off ? sizeof buf : size - off, (off_t)off) < 0)
+        goto fail;
+  }
+  return fd;
+fail:;
+  int err = -errno;
+  close(fd);
+  return err;
+}
+
+/* ---- syscalls.map_unmap ------------------------------------------------------------------ */
+
+/* A 2 MiB slot, 2 MiB aligned, with reserved neighbours on both sides: mapping splits the
+ * reservation's VMA and the PROT_NONE replacement merges it again, as for a guest region. */
+enum { MAP_SLOT = 2 * MIB, MAP_RESERVATION = 8 * MIB };
+
+typedef struct map_unmap {
+  char *reservation;
+  char *slot;
+  int fd;
+} map_unmap;
+
+static int map_unmap_setup(mb_bench *b, void **state) {
+  map_unmap *mu = calloc(1, sizeof *mu);
+  if (mu == NULL)
+    return -ENOMEM;
+  mu->fd = make_memfd("mb-bench-map", MAP_SLOT, false);
+  if (mu->fd < 0) {
+    int err = mu->fd;
+    free(mu);
+    return mb_bench_fail(b, "memfd: %s", strerror(-err));
+  }
+  mu->reservation = reserve(NULL, MAP_RESERVATION);
+  if (mu->reservation == MAP_FAILED) {
+    int err = errno;
+    close(mu->fd);
+    free(mu);
+    return mb_bench_fail(b, "reserve: %s", strerror(err));
+  }
+  uintptr_t slot = ((uintptr_t)mu->reservation + 2 * MAP_SLOT - 1) & ~(uintptr_t)(MAP_SLOT - 1);
+  mu->slot = (char *)slot; /* in [reservation + 2 MiB, + 4 MiB): neighbours on both sides */
+  *state = mu;
+  return 0;
+}
+
+static int map_unmap_run(mb_bench *b, void *state, uint32_t n) {
+  map_unmap *mu = state;
+  for (uint32_t i = 0; i < n; i++) {
+    if (mmap(mu->slot, MAP_SLOT, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, mu->fd, 0) ==
+        MAP_FAILED)
+      return mb_bench_fail(b, "mmap memfd: %s", strerror(errno));
+    if (reserve(mu->slot, MAP_SLOT) == MAP_FAILED)
+      return mb_bench_fail(b, "mmap PROT_NONE: %s", strerror(errno));
+  }
+  return 0;
+}
+
+static void map_unmap_teardown(void *state) {
+  map_unmap *mu = state;
+  munmap(mu->reservation, MAP_RESERVATION);
+  close(mu->fd);
+  free(mu);
+}
+
+/* ---- syscalls.fault_remote ----------------------------------------------------------------- */
+
+/* The faulting thread (the harness's) reads a PROT_NONE page. Its SIGSEGV handler posts a
+ * request in `state`, wakes the mapper thread with FUTEX_WAKE and sleeps in FUTEX_WAIT until
+ * the mapper has mmapped a memfd page there and answered; the read is then retried. The
+ * handler is installed only while run() runs, so other benchmarks' handlers are untouched. */
+enum { FR_IDLE, FR_REQUEST, FR_DONE, FR_FAILED, FR_STOP };
+
+typedef struct fault_remote {
+  char *reservation; /* 3 pages; the middle one faults */
+  char *page;
+  size_t pagesz;
+  int fd;
+  pthread_t mapper;
+  _Atomic uint32_t state; /* FR_*: the futex word */
+  int map_errno;          /* written by the mapper before FR_FAILED */
+  struct sigaction old;
+  sigjmp_buf escape;      /* out of the handler when the mapper failed */
+} fault_remote;
+
+static fault_remote *_Atomic fr_active; /* for the handler; set only inside run() */
+
+static void futex_wait(_Atomic uint32_t *word, uint32_t expected) {
+  syscall(SYS_futex, (uint32_t *)word, FUTEX_WAIT_PRIVATE, expected, NULL, NULL, 0);
+}
+
+static void futex_wake(_Atomic uint32_t *word) {
+  syscall(SYS_futex, (uint32_t *)word, FUTEX_WAKE_PRIVATE, 1, NULL, NULL, 0);
+}
+
+static void *fr_mapper_main(void *arg) {
+  fault_remote *fr = arg;
+  for (;;) {
+    uint32_t s;
+    while ((s = atomic_load_explicit(&fr->state, memory_order_acquire)) != FR_REQUEST &&
+           s != FR_STOP)
+      futex_wait(&fr->state, s);
+    if (s == FR_STOP)
+      return NULL;
+    void *p = mmap(fr->page, fr->pagesz, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, fr->fd,
+                   0);
+    if (p == MAP_FAILED)
+      fr->map_errno = errno;
+    atomic_store_explicit(&fr->state, p == MAP_FAILED ? FR_FAILED : FR_DONE,
+                          memory_order_release);
+    futex_wake(&fr->state);
+  }
+}
+
+static void fr_on_segv(int sig, siginfo_t *si, void *uctx) {
+  (void)sig;
+  (void)uctx;
+  fault_remote *fr = atomic_load_explicit(&fr_active, memory_order_acquire);
+  char *addr = si->si_addr;
+  if (fr == NULL || addr < fr->page || addr >= fr->page + fr->pagesz) {
+    /* Not ours: put the previous disposition back; the retried access reaches it. */
+    sigaction(SIGSEGV, fr ? &fr->old : &(struct sigaction){.sa_handler = SIG_DFL}, NULL);
+    return;
+  }
+  atomic_store_explicit(&fr->state, FR_REQUEST, memory_order_release);
+  futex_wake(&fr->state);
+  uint32_t s;
+  while ((s = atomic_load_explicit(&fr->state, memory_order_acquire)) == FR_REQUEST)
+    futex_wait(&fr->state, FR_REQUEST);
+  if (s != FR_DONE)
+    siglongjmp(fr->escape, 1);
+}
+
+static int fault_remote_setup(mb_bench *b, void **state) {
+  fault_remote *fr = calloc(1, sizeof *fr);
+  if (fr == NULL)
+    return -ENOMEM;
+  fr->pagesz = (size_t)sysconf(_SC_PAGESIZE);
+  fr->fd = make_memfd("mb-bench-fault", fr->pagesz, true); /* the page exists: a minor fault */
+  if (fr->fd < 0) {
+    int err = fr->fd;
+    free(fr);
+    return mb_bench_fail(b, "memfd: %s", strerror(-err));
+  }
+  fr->reservation = reserve(NULL, 3 * fr->pagesz);
+  if (fr->reservation == MAP_FAILED) {
+    int err = errno;
+    close(fr->fd);
+    free(fr);
+    return mb_bench_fail(b, "reserve: %s", strerror(err));
+  }
+  fr->page = fr->reservation + fr->pagesz;
+  atomic_init(&fr->state, FR_IDLE);
+  int rc = pthread_create(&fr->mapper, NULL, fr_mapper_main, fr);
+  if (rc != 0) {
+    munmap(fr->reservation, 3 * fr->pagesz);
+    close(fr->fd);
+    free(fr);
+    return mb_bench_fail(b, "pthread_create: %s", strerror(rc));
+  }
+  *state = fr;
+  return 0;
+}
+
+/* n faults; the untimed part re-protects the page. */
+static int fault_remote_faults(mb_bench *b, fault_remote *fr, uint32_t n) {
+  for (uint32_t i = 0; i < n; i++) {
+    if (reserve(fr->page, fr->pagesz) == MAP_FAILED)
+      return mb_bench_fail(b, "mmap PROT_NONE: %s", strerror(errno));
+    uint64_t t0 = mb_bench_now_ns();
+    (void)*(volatile char *)fr->page;
+    uint64_t t1 = mb_bench_now_ns();
+    mb_bench_sample(b, (double)(t1 - t0));
+  }
+  return 0;
+}
+
+static int fault_remote_run(mb_bench *b, void *state, uint32_t n) {
+  fault_remote *fr = state;
+  struct sigaction sa = {.sa_sigaction = fr_on_segv, .sa_flags = SA_SIGINFO};
+  sigemptyset(&sa.sa_mask);
+  if (sigaction(SIGSEGV, &sa, &fr->old) != 0)
+    return mb_bench_fail(b, "sigaction: %s", strerror(errno));
+  atomic_store_explicit(&fr_active, fr, memory_order_release);
+  int rc;
+  if (sigsetjmp(fr->escape, 1) == 0)
+    rc = fault_remote_faults(b, fr, n);
+  else
+    rc = mb_bench_fail(b, "mapper thread: mmap: %s", strerror(fr->map_errno));
+  atomic_store_explicit(&fr_active, NULL, memory_order_release);
+  sigaction(SIGSEGV, &fr->old, NULL);
+  return rc;
+}
+
+static void fault_remote_teardown(void *state) {
+  fault_remote *fr = state;
+  atomic_store_explicit(&fr->state, FR_STOP, memory_order_release);
+  futex_wake(&fr->state);
+  pthread_join(fr->mapper, NULL);
+  munmap(fr->reservation, 3 * fr->pagesz);
+  close(fr->fd);
+  free(fr);
+}
+
+/* ---- memcpy -------------------------------------------------------------------------------- */
+
+/* From a memfd mapping (like guest RAM) to an anonymous buffer, both resident and warm. */
+enum { COPY_BYTES = 64 * 1024 };
+
+typedef struct copy {
+  char *src, *dst;
+  int fd;
+} copy;
+
+static int memcpy_setup(mb_bench *b, void **state) {
+  copy *c = calloc(1, sizeof *c);
+  if (c == NULL)
+    return -ENOMEM;
+  c->fd = make_memfd("mb-bench-copy", COPY_BYTES, true);
+  if (c->fd < 0) {
+    int err = c->fd;
+    free(c);
+    return mb_bench_fail(b, "memfd: %s", strerror(-err));
+  }
+  c->src = mmap(NULL, COPY_BYTES, PROT_READ, MAP_SHARED, c->fd, 0);
+  c->dst = mmap(NULL, COPY_BYTES, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (c->src == MAP_FAILED || c->dst == MAP_FAILED) {
+    int err = errno;
+    if (c->src != MAP_FAILED)
+      munmap(c->src, COPY_BYTES);
+    if (c->dst != MAP_FAILED)
+      munmap(c->dst, COPY_BYTES);
+    close(c->fd);
+    free(c);
+    return mb_bench_fail(b, "mmap: %s", strerror(err));
+  }
+  memcpy(c->dst, c->src, COPY_BYTES); /* fault both in */
+  *state = c;
+  return 0;
+}
+
+static int memcpy_run(mb_bench *b, void *state, uint32_t n) {
+  (void)b;
+  copy *c = state;
+  for (uint32_t i = 0; i < n; i++) {
+    memcpy(c->dst, c->src, COPY_BYTES);
+    atomic_signal_fence(memory_order_seq_cst); /* every copy happens */
+  }
+  return 0;
+}
+
+static void memcpy_teardown(void *state) {
+  copy *c = state;
+  munmap(c->src, COPY_BYTES);
+  munmap(c->dst, COPY_BYTES);
+  close(c->fd);
+  free(c);
+}
+
+/* ---- registration ------------------------------------------------------------------------- */
+
+static const mb_bench_def syscall_benches[] = {
+    {
+        .name = "syscalls.map_unmap",
+        .unit = MB_BENCH_NS,
+        .setup = map_unmap_setup,
+        .run = map_unmap_run,
+        .teardown = map_unmap_teardown,
+        .doc = "mmap(MAP_FIXED|MAP_SHARED) of a 2 MiB memfd in a PROT_NONE reservation, then "
+               "its MAP_FIXED PROT_NONE replacement",
+    },
+    {
+        .name = "syscalls.fault_remote",
+        .unit = MB_BENCH_NS,
+        .flags = MB_BENCH_SELF_TIMED,
+        .samples = 10000,
+        .setup = fault_remote_setup,
+        .run = fault_remote_run,
+        .teardown = fault_remote_teardown,
+        .doc = "a read of a PROT_NONE page: SIGSEGV, a futex round trip to a mapper thread "
+               "that mmaps the page, retry",
+    },
+    {
+        .name = "memcpy",
+        .unit = MB_BENCH_BPS,
+        .bytes = COPY_BYTES,
+        .setup = memcpy_setup,
+        .run = memcpy_run,
+        .teardown = memcpy_teardown,
+        .doc = "memcpy of 64 KiB from a memfd mapping",
+    },
+};
+
+void mb_bench_area_baseline_syscalls(void) { MB_BENCH_REGISTER_ALL(syscall_benches); }

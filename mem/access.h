@@ -1,0 +1,60 @@
+/* access.h: fault-tolerant copies into and out of guest memory.
+ *
+ * Guest memory lives in a VA reservation (va_reserve.h) where any page may be unmapped,
+ * read-only or beyond the end of its file at any moment. These copies turn the resulting
+ * SIGSEGV/SIGBUS into -EFAULT plus a precise report, so a caller (a lazy VA mapper) can get
+ * the page mapped and retry.
+ *
+ * Semantics of a failed copy: f->addr is the lowest guest address of the copy that could not
+ * be accessed (permissions are per page, so it is the copy's start or a page boundary) and
+ * the f->done bytes before it have been copied. Bytes at and after f->addr are unspecified in
+ * the destination (a fast copy may have moved some of them before it faulted).
+ *
+ * Only the guest side is protected. A fault on the host buffer, or any fault outside a copy,
+ * goes to the handler that was installed before ours (its sa_sigaction or sa_handler, with
+ * its mask); if that was SIG_DFL or SIG_IGN the default action is restored and the fault
+ * retaken, so the process dies as it would have without membacking.
+ *
+ * Threads: every function may be called from any thread, concurrently, and from a signal
+ * handler (a copy may interrupt another on the same thread). The recovery point is per
+ * thread. The handlers are installed once, by mb_access_init or the first copy.
+ */
+#ifndef MB_ACCESS_H
+#define MB_ACCESS_H
+
+#include <stddef.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct mb_fault {
+  void *addr;  /* first guest address that could not be accessed */
+  size_t done; /* bytes copied before it: addr - guest start */
+  int signo;   /* SIGSEGV or SIGBUS */
+  int code;    /* its si_code: SEGV_MAPERR, SEGV_ACCERR, BUS_ADRERR, ... */
+} mb_fault;
+
+/* Installs the SIGSEGV and SIGBUS handlers (SA_SIGINFO | SA_NODEFER | SA_ONSTACK) once,
+ * remembering the previous ones for chaining. Returns 0 or -errno; later calls return the
+ * first result. Call it before starting threads that install their own handlers. */
+int mb_access_init(void);
+
+/* Puts our handlers back in front when other code (a test framework, a language runtime)
+ * has replaced them since; the handlers in place now become the ones faults chain to (unless
+ * they are ours). Must not race with faults on other threads that reach the chained handler. */
+int mb_access_reinstall(void);
+
+/* Copies n bytes from guest memory to dst. 0, -EFAULT (f filled in if non-NULL), or
+ * -EINVAL if the guest range wraps the address space. */
+int mb_access_read(void *dst, const void *guest_src, size_t n, mb_fault *f);
+/* Copies n bytes from src into guest memory. */
+int mb_access_write(void *guest_dst, const void *src, size_t n, mb_fault *f);
+/* Sets n bytes of guest memory to (unsigned char)byte. */
+int mb_access_fill(void *guest_dst, int byte, size_t n, mb_fault *f);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* MB_ACCESS_H */

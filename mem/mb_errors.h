@@ -1,0 +1,33 @@
+/* mb_errors.h: the memory manager's error codes: the closed set of the scenario format
+ * (spec/scenario.md), shared by mem/, backends/ and actors/. Functions also return negative
+ * errno values (system failures) and the runtime's MB_E* codes (mb_runtime.h). */
+#ifndef MB_ERRORS_H
+#define MB_ERRORS_H
+
+enum {
+  MB_E_OVERLAP = -2001,     /* a region breaks the overlap policy; a mapping overlaps another */
+  MB_E_INVALID = -2002,     /* malformed: unaligned, zero size, wraps, beyond max_addr, outside */
+  MB_E_NOTFOUND = -2003,    /* no such region, object, mapper, partition or lock */
+  MB_E_UNMAPPED = -2004,    /* a VA mapper access touched a guest address with no mapping */
+  MB_E_READONLY = -2005,    /* a VA mapper write touched a read-only mapping */
+  MB_E_MMIO = -2006,        /* a guest access the partition does not map (or maps read-only) */
+  MB_E_FAULT = -2007,       /* a guest access the partition maps but the backing cannot serve */
+  MB_E_UNSUPPORTED = -2008, /* not (yet) in this build */
+};
+
+/* The scenario token of a code ("overlap", ...), or NULL for codes outside the set. */
+static inline const char *mb_error_token(int err) {
+  switch (err) {
+  case MB_E_OVERLAP: return "overlap";
+  case MB_E_INVALID: return "invalid";
+  case MB_E_NOTFOUND: return "notfound";
+  case MB_E_UNMAPPED: return "unmapped";
+  case MB_E_READONLY: return "readonly";
+  case MB_E_MMIO: return "mmio";
+  case MB_E_FAULT: return "fault";
+  case MB_E_UNSUPPORTED: return "unsupported";
+  default: return 0;
+  }
+}
+
+#endif

@@ -1,0 +1,119 @@
+/* va_reserve.c: VA reservations (see va_reserve.h).
+ *
+ * Invariant: between reserve and release every byte of [base, base + size) is covered by
+ * some mapping of ours; each operation is one mmap(MAP_FIXED)/mprotect that replaces a range
+ * atomically, and a failed MAP_FIXED (which may already have dropped the old pages) is
+ * followed by a PROT_NONE replacement so the range never becomes a hole.
+ */
+#include "va_reserve.h"
+
+#include <errno.h>
+#include <stddef.h>
+#include <sys/mman.h>
+
+#include "mb_range.h"
+
+/* The flags of a reserved (unmapped) range: no access, no memory committed. */
+#define MB__RESERVE_FLAGS (MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE)
+
+static int prot_of(bool writable) {
+  return writable ? PROT_READ | PROT_WRITE : PROT_READ;
+}
+
+int mb_va_reserve(mb_va *va, uint64_t size) {
+  return mb_va_reserve_aligned(va, size, MB_PAGE_SIZE);
+}
+
+int mb_va_reserve_aligned(mb_va *va, uint64_t size, uint64_t align) {
+  va->base = NULL;
+  va->size = 0;
+  if (size == 0 || !mb_page_aligned(size) || align < MB_PAGE_SIZE || (align & (align - 1)))
+    return -EINVAL;
+  uint64_t slack = align - MB_PAGE_SIZE; /* mmap already gives page alignment */
+  if (size > SIZE_MAX - slack)
+    return -EINVAL;
+  size_t span = (size_t)(size + slack);
+  void *p = mmap(NULL, span, PROT_NONE, MB__RESERVE_FLAGS, -1, 0);
+  if (p == MAP_FAILED)
+    return -errno;
+  uintptr_t lo = (uintptr_t)p;
+  uintptr_t base = (lo + (align - 1)) & ~(uintptr_t)(align - 1);
+  uintptr_t tail = lo + span - (base + size);
+  /* Trimming our own fresh mapping cannot fail in a way that matters: at worst a few
+   * PROT_NONE pages stay reserved. */
+  if (base > lo)
+    munmap(p, base - lo);
+  if (tail > 0)
+    munmap((void *)(base + size), tail);
+  va->base = (uint8_t *)base;
+  va->size = size;
+  return 0;
+}
+
+void mb_va_release(mb_va *va) {
+  if (va->base != NULL)
+    munmap(va->base, va->size);
+  va->base = NULL;
+  va->size = 0;
+}
+
+int mb_va_check(const mb_va *va, uint64_t off, uint64_t len) {
+  if (va->base == NULL || len == 0 || !mb_page_aligned(off) || !mb_page_aligned(len))
+    return -EINVAL;
+  if (off > va->size || len > va->size - off)
+    return -EINVAL;
+  return 0;
+}
+
+/* Puts a PROT_NONE reservation over the range (no bounds check). */
+static int reserve_range(mb_va *va, uint64_t off, uint64_t len) {
+  void *p = mmap(va->base + off, len, PROT_NONE, MB__RESERVE_FLAGS | MAP_FIXED, -1, 0);
+  return p == MAP_FAILED ? -errno : 0;
+}
+
+/* Finishes a MAP_FIXED mmap: on failure, re-reserve so the range is PROT_NONE, not a hole.
+ * If even that fails the original error is still the one to report. */
+static int finish_map(mb_va *va, uint64_t off, uint64_t len, void *p) {
+  if (p != MAP_FAILED)
+    return 0;
+  int err = -errno;
+  reserve_range(va, off, len);
+  return err;
+}
+
+int mb_va_map_fd(mb_va *va, uint64_t off, uint64_t len, int fd, uint64_t fd_off,
+                 bool writable) {
+  int rc = mb_va_check(va, off, len);
+  if (rc != 0)
+    return rc;
+  if (!mb_page_aligned(fd_off) || fd_off > (uint64_t)INT64_MAX - len)
+    return -EINVAL;
+  void *p = mmap(va->base + off, len, prot_of(writable), MAP_SHARED | MAP_FIXED, fd,
+                 (off_t)fd_off);
+  return finish_map(va, off, len, p);
+}
+
+int mb_va_map_anon(mb_va *va, uint64_t off, uint64_t len, bool writable) {
+  int rc = mb_va_check(va, off, len);
+  if (rc != 0)
+    return rc;
+  void *p = mmap(va->base + off, len, prot_of(writable),
+                 MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
+  return finish_map(va, off, len, p);
+}
+
+int mb_va_protect(mb_va *va, uint64_t off, uint64_t len, bool writable) {
+  int rc = mb_va_check(va, off, len);
+  if (rc != 0)
+    return rc;
+  if (mprotect(va->base + off, len, prot_of(writable)) != 0)
+    return -errno;
+  return 0;
+}
+
+int mb_va_unmap(mb_va *va, uint64_t off, uint64_t len) {
+  int rc = mb_va_check(va, off, len);
+  if (rc != 0)
+    return rc;
+  return reserve_range(va, off, len);
+}

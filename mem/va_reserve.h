@@ -1,0 +1,65 @@
+/* va_reserve.h: a reserved span of host virtual addresses into which guest memory is mapped.
+ *
+ * mb_va_reserve takes one PROT_NONE, MAP_NORESERVE anonymous mapping (64 GiB costs nothing
+ * but address space). Ranges inside it are then replaced in place (MAP_FIXED) by file
+ * mappings, private anonymous memory, or PROT_NONE again. While the reservation lives nothing
+ * inside it is ever munmap'd, so no other mmap in the process can land in a hole; only
+ * mb_va_release gives the span back.
+ *
+ * Offsets and lengths are relative to the base, must be 4 KiB aligned, non-zero (len) and
+ * inside the reservation; anything else is -EINVAL and changes nothing. System call failures
+ * return -errno.
+ *
+ * Threads: reserve/release are called by the owner with no other user of the span. The map
+ * functions may run from any thread; calls on disjoint ranges do not interfere, calls on
+ * overlapping ranges must be ordered by the caller. Other threads may touch the memory at any
+ * time (through mb_access_* if the range may be unmapped).
+ */
+#ifndef MB_VA_RESERVE_H
+#define MB_VA_RESERVE_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct mb_va {
+  uint8_t *base; /* NULL when nothing is reserved; read-only for users */
+  uint64_t size; /* bytes, a multiple of 4 KiB; read-only for users */
+} mb_va;
+
+/* Reserves size bytes (non-zero, 4 KiB aligned) at an address the kernel picks. */
+int mb_va_reserve(mb_va *va, uint64_t size);
+/* Same, with base aligned to align (a power of two >= 4 KiB, e.g. 2 MiB or 1 GiB so large
+ * pages can back the span); reserves size + align and trims the excess. */
+int mb_va_reserve_aligned(mb_va *va, uint64_t size, uint64_t align);
+/* Unmaps the whole span (all mappings in it) and zeroes *va. A zeroed va is a no-op. */
+void mb_va_release(mb_va *va);
+
+static inline void *mb_va_ptr(const mb_va *va, uint64_t off) {
+  return va->base + off;
+}
+
+/* 0 if [off, off + len) is a valid non-empty aligned range of the reservation, else -EINVAL. */
+int mb_va_check(const mb_va *va, uint64_t off, uint64_t len);
+
+/* Maps fd bytes [fd_off, fd_off + len) shared at off, PROT_READ or PROT_READ|PROT_WRITE.
+ * fd_off must be 4 KiB aligned. On failure the range is left PROT_NONE (reserved). */
+int mb_va_map_fd(mb_va *va, uint64_t off, uint64_t len, int fd, uint64_t fd_off,
+                 bool writable);
+/* Maps fresh zeroed private anonymous memory at off. On failure the range is PROT_NONE. */
+int mb_va_map_anon(mb_va *va, uint64_t off, uint64_t len, bool writable);
+/* Changes access to an already mapped range (read-only or read-write). Only for mapped
+ * ranges: on a reserved range it would expose zero pages. On failure part of the range may
+ * already have the new protection (mprotect semantics). */
+int mb_va_protect(mb_va *va, uint64_t off, uint64_t len, bool writable);
+/* Replaces the range by a PROT_NONE reservation again; accesses fault afterwards. */
+int mb_va_unmap(mb_va *va, uint64_t off, uint64_t len);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* MB_VA_RESERVE_H */

@@ -1,0 +1,150 @@
+/* internal.h: the runtime's private structures, shared by its files and nothing else. */
+#ifndef MB_RUNTIME_INTERNAL_H
+#define MB_RUNTIME_INTERNAL_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+
+#include "inbox.h"
+#include "mb_protocol.h"
+#include "mb_runtime.h"
+
+/* mb_msg.flags__ */
+enum {
+  MB__F_REPLY = 1u << 0,    /* travelling back to its requester */
+  MB__F_SYS = 1u << 3,      /* runtime closure (mb_loop_exec/post), not an actor message */
+  MB__F_STOP = 1u << 4,     /* the stop request of a started loop */
+};
+
+/* A blocked non-loop thread waiting for one reply or one closure to finish. */
+typedef struct mb__waiter {
+  _Atomic uint32_t done;
+} mb__waiter;
+void mb__waiter_wait(mb__waiter *w);
+void mb__waiter_signal(mb__waiter *w);
+
+/* A simple intrusive FIFO of messages, owned by one loop thread. */
+typedef struct mb__queue {
+  mb_msg *head, *tail;
+} mb__queue;
+static inline void mb__queue_push(mb__queue *q, mb_msg *m) {
+  m->qnext__ = NULL;
+  if (q->tail) q->tail->qnext__ = m; else q->head = m;
+  q->tail = m;
+}
+static inline mb_msg *mb__queue_pop(mb__queue *q) {
+  mb_msg *m = q->head;
+  if (m && !(q->head = m->qnext__)) q->tail = NULL;
+  return m;
+}
+
+struct mb_actor {
+  mb_loop *loop;
+  const mb_actor_type *type;
+  void *state;
+  uint32_t slot, gen;
+  mb__queue queue;       /* delivered in order */
+  mb__queue held;        /* non-replies set aside while a serialized actor is busy */
+  uint32_t busy;         /* outstanding calls + holds */
+  bool ready;            /* on the loop's ready list */
+  bool running;          /* inside a handler: destruction is deferred */
+  bool dead;
+  mb_actor *ready_next;
+  char name[48];
+};
+
+typedef struct mb__slot {
+  mb_actor *actor; /* NULL when free */
+  uint32_t gen;
+  uint32_t next_free;
+} mb__slot;
+
+/* A pending call of an actor on this loop; corr = gen << 32 | index + 1. */
+typedef struct mb__call {
+  mb_reply_fn cb;
+  void *ctx;
+  uint32_t gen;
+  uint32_t next_free;
+} mb__call;
+
+struct mb_loop {
+  mb__inbox inbox;
+  /* Senders from other threads: count << 1 | closed. A sender increments before it checks
+   * closed and decrements after its push, so once closed is set and the count is zero no
+   * push can reach the inbox any more. */
+  _Alignas(64) _Atomic uint64_t senders;
+  _Alignas(64) uv_loop_t *uv;
+  uv_loop_t own_uv;
+  bool owned;          /* started by the runtime (own thread, own uv loop) */
+  uv_thread_t thread;
+  pthread_t tid;
+  int efd;             /* eventfd: the one wake-up mechanism of this loop */
+  uv_poll_t poll;
+  uv_idle_t idle;      /* keeps uv_run from blocking while work is queued */
+  int open_handles;
+  bool idle_on;
+  bool in_turn;
+  bool crossed;        /* this turn received from or sent to another thread */
+  bool stopping;
+  bool stopped;
+  bool free_pending;
+  mb__slot *slots;
+  uint32_t nslots, cap_slots, free_slot;
+  mb__call *calls;
+  uint32_t ncalls, cap_calls, free_call;
+  mb_actor *ready_head, *ready_tail;
+  mb_actor *loop_actor;
+  mb_msg *cur;         /* message whose handler or reply callback is running */
+  bool cur_taken;      /* ... and the handler handed it on (reply, send, keep, free) */
+  int close_rc;        /* uv_loop_close() of a started loop */
+  mb_loop_stats stats;
+  mb__waiter started;
+  int start_err;
+  char name[32];
+};
+
+extern _Thread_local mb_loop *mb__tls_loop;
+
+/* loop.c */
+void mb__loop_kick(mb_loop *loop);               /* same thread: make sure a turn runs */
+void mb__loop_make_ready(mb_loop *loop, mb_actor *a);
+int mb__loop_push(mb_loop *loop, mb_msg *m);     /* cross-thread enqueue; MB_ESTOPPED */
+void mb__inbox_push_wake(mb_loop *loop, mb_msg *m);
+void mb__loop_shutdown(mb_loop *loop);            /* on its thread, senders closed */
+
+/* actor.c */
+mb_actor *mb__actor_lookup(mb_loop *loop, mb_addr a);
+void mb__actor_deliver(mb_actor *a, mb_msg *m);  /* append to its queue, schedule it */
+void mb__actor_run(mb_actor *a);                 /* one turn: up to MB_BATCH messages */
+void mb__actor_destroy_all(mb_loop *loop);
+void mb__actor_done_busy(mb_actor *a);
+
+/* send.c */
+void mb__route(mb_msg *m);                        /* deliver m to m->to from any thread */
+void mb__receive(mb_loop *loop, mb_msg *m);       /* on loop's thread: m arrived */
+void mb__bounce(mb_msg *m, int err);              /* answer a request with an error */
+void mb__finish_delivery(mb_actor *self, mb_msg *m);
+void mb__dispatch_reply(mb_actor *self, mb_msg *m);
+void mb__calls_release(mb_loop *loop, uint64_t corr);
+void mb__sys_run(mb_loop *loop, mb_msg *m);
+void mb__undeliverable(mb_loop *here, mb_msg *m, int err);
+/* The handler of the current message handed it on: the runtime must not dispose of it. */
+static inline void mb__consume(mb_msg *m) {
+  mb_loop *l = mb__tls_loop;
+  if (l && l->cur == m) l->cur_taken = true;
+}
+
+/* msg.c */
+void mb__msg_release(mb_msg *m);                  /* free memory, no reply semantics */
+
+/* trace.c */
+extern _Atomic bool mb__trace_on;
+void mb__trace_event(const char *ev, const mb_msg *m);
+void mb__trace_env_init(void);
+#define MB__TRACING() __builtin_expect(atomic_load_explicit(&mb__trace_on, memory_order_relaxed), 0)
+#define MB__TRACE(ev, m)                                                                       \
+  do {                                                                                         \
+    if (MB__TRACING()) mb__trace_event(ev, m);                                                 \
+  } while (0)
+
+#endif

@@ -1,0 +1,201 @@
+/* mb_runtime.h: the actor runtime on libuv (loops, actors, messages, calls, tracing).
+ *
+ * Model
+ *   A loop (mb_loop) is one libuv loop plus the runtime's scheduler. It either runs on a thread
+ *   the runtime starts (mb_loop_start) or is attached to a uv_loop_t the embedder already runs
+ *   (mb_loop_attach). An actor (mb_actor) lives on one loop: it has state, a handler and a
+ *   mailbox. Actors are addressed by mb_addr values, which stay safe to use after the actor
+ *   is gone: a request to a gone actor is answered with MB_EGONE, a one-way message is dropped
+ *   and counted (mb_loop_stats).
+ *
+ * Delivery and ordering
+ *   A same-loop send appends to the receiver's local queue: no atomics, no system call. A
+ *   cross-loop send pushes onto the receiving loop's lock-free MPSC inbox; only the push that
+ *   finds the loop asleep wakes it (one eventfd per loop, never uv_async_send). Messages are
+ *   enqueued immediately (no sender-side batching), so delivery is causal: if sending m1
+ *   happens-before sending m2 and both go to one actor, m1 is handled first. That includes
+ *   per-sender FIFO. An actor handles at most MB_BATCH messages per turn, so one busy actor
+ *   cannot starve the others on its loop.
+ *
+ * Requests
+ *   A request is a message with a reply port and a correlation id. The receiver answers by
+ *   filling the message's reply fields and calling mb_reply(); the same message travels back,
+ *   so a round trip allocates nothing. Every request ends in exactly one reply or one error:
+ *   a handler that returns without replying or keeping the message, a kept message freed
+ *   unanswered, a gone receiver and a stopping loop all produce an error reply
+ *   (MB_ENOREPLY, MB_EGONE, MB_ESTOPPED). Replies run on the requester's loop.
+ *
+ * Serialized actors
+ *   An actor created with MB_ACTOR_SERIALIZED finishes one operation before it starts the
+ *   next: while it has calls outstanding (or holds, mb_actor_hold) it still receives the
+ *   replies to its calls, but its new messages wait, in order.
+ *
+ * Threads
+ *   Functions taking an mb_actor *self run on that actor's loop thread (inside a handler or a
+ *   reply callback). mb_send_from, mb_call_sync, mb_loop_exec and mb_loop_post may be called
+ *   from any thread, including threads that own no loop. mb_loop_* lifecycle functions are
+ *   called by the thread that owns the loop object (see each function).
+ */
+#ifndef MB_RUNTIME_H
+#define MB_RUNTIME_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---- errors ------------------------------------------------------------------------------ */
+
+enum {
+  MB_OK = 0,
+  MB_EGONE = -1001,     /* the receiving actor does not exist (destroyed, never created) */
+  MB_ESTOPPED = -1002,  /* the receiving or the replying loop is stopping or stopped */
+  MB_ENOREPLY = -1003,  /* the receiver dropped the request without answering it */
+  MB_EDEADLK = -1004,   /* a blocking call was made from the receiver's own loop thread */
+  MB_ENOMEM = -1005,    /* out of memory */
+  MB_EINVAL = -1006,    /* a bad argument */
+};
+/* A static description of an error code (runtime codes, or negative errno/libuv codes). */
+const char *mb_strerror(int err);
+
+/* ---- addresses, messages --------------------------------------------------------------- */
+
+typedef struct mb_loop mb_loop;
+typedef struct mb_actor mb_actor;
+typedef struct mb_protocol mb_protocol;
+
+/* An actor's address. Copy it freely; the zero value addresses nobody. */
+typedef struct mb_addr {
+  mb_loop *loop;
+  uint32_t slot;
+  uint32_t gen;
+} mb_addr;
+
+/* Message header; the payload follows it in the same allocation (see mb_protocol.h). */
+typedef struct mb_msg {
+  struct mb_msg *_Atomic next__; /* inbox link; runtime use only */
+  struct mb_msg *qnext__;        /* local queue link; runtime use only */
+  mb_addr to;                    /* receiver */
+  mb_addr from;                  /* sender actor, zero for a thread that is not an actor */
+  const mb_protocol *proto;      /* the protocol the kind belongs to */
+  uint32_t kind;                 /* message kind within proto */
+  uint32_t size;                 /* allocation size, header included */
+  uint64_t corr;                 /* correlation id; 0 for a one-way message */
+  void *reply__;                 /* reply route; runtime use only */
+  int32_t status;                /* in a reply: MB_OK or a negative error */
+  uint32_t flags__;              /* runtime use only */
+} mb_msg;
+
+/* Allocate a zeroed message of `size` bytes (header included) of `kind` in `proto`. */
+mb_msg *mb_msg_new(const mb_protocol *proto, uint32_t kind, size_t size);
+/* Free a message. Freeing an unanswered request answers it with MB_ENOREPLY. */
+void mb_msg_free(mb_msg *msg);
+/* Keep a delivered message past its handler: the handler now owns it (to reply later). */
+void mb_msg_keep(mb_msg *msg);
+static inline bool mb_msg_is_request(const mb_msg *msg) { return msg->corr != 0; }
+
+/* ---- loops --------------------------------------------------------------------------------- */
+
+typedef struct mb_loop_stats {
+  uint64_t delivered;   /* messages handed to handlers */
+  uint64_t dropped;     /* one-way messages to gone actors */
+  uint64_t bounced;     /* requests answered with an error by the runtime */
+  uint64_t wakeups;     /* eventfd wake-ups received */
+  uint64_t actors;      /* live actors */
+} mb_loop_stats;
+
+/* Start a loop on a new thread. Returns NULL (and *err) on failure. */
+mb_loop *mb_loop_start(const char *name, int *err);
+/* Attach the runtime to a uv_loop_t that the caller runs. Call from the thread running `uv`
+ * (or before it runs). The caller keeps calling uv_run; the runtime adds one poll handle. */
+mb_loop *mb_loop_attach(uv_loop_t *uv, const char *name, int *err);
+/* Stop a loop: pending and later requests to its actors get MB_ESTOPPED, its actors are
+ * destroyed, its handles closed. For a started loop, call from any thread but its own; it
+ * joins the thread and closes the uv loop (uv_loop_close() == 0). For an attached loop, call
+ * from the thread running it; the handles close on the caller's next uv_run. */
+int mb_loop_stop(mb_loop *loop);
+/* Free a stopped loop. No thread may still send to its actors. */
+void mb_loop_free(mb_loop *loop);
+
+/* The loop's own built-in actor: a requester for code that is not an actor (an embedding VMM
+ * in attach mode makes its calls as this actor; replies then run on the loop). */
+mb_actor *mb_loop_actor(mb_loop *loop);
+uv_loop_t *mb_loop_uv(mb_loop *loop);
+const char *mb_loop_name(const mb_loop *loop);
+bool mb_loop_is_current(const mb_loop *loop); /* is the calling thread running `loop`? */
+mb_loop *mb_loop_current(void);                /* the loop the calling thread runs, or NULL */
+/* Snapshot of counters; exact when called on the loop's thread, approximate elsewhere. */
+mb_loop_stats mb_loop_stats_get(const mb_loop *loop);
+
+typedef void (*mb_exec_fn)(mb_loop *loop, void *arg);
+/* Run fn(loop, arg) on the loop's thread and wait for it (inline when already there). */
+int mb_loop_exec(mb_loop *loop, mb_exec_fn fn, void *arg);
+/* Queue fn(loop, arg) to run on the loop's thread; fn runs with arg even when the loop is
+ * stopping (check mb_loop_stopping) so arg can be released. */
+int mb_loop_post(mb_loop *loop, mb_exec_fn fn, void *arg);
+bool mb_loop_stopping(const mb_loop *loop);
+
+/* ---- actors -------------------------------------------------------------------------------- */
+
+enum { MB_ACTOR_SERIALIZED = 1u << 0 };
+enum { MB_BATCH = 64 }; /* messages one actor handles per turn */
+
+typedef void (*mb_handler_fn)(mb_actor *self, mb_msg *msg);
+typedef void (*mb_actor_dtor_fn)(mb_actor *self);
+
+typedef struct mb_actor_type {
+  const char *name;             /* for traces and stats */
+  mb_handler_fn handle;         /* one-way messages and requests */
+  mb_actor_dtor_fn destroy;     /* optional: release state when the actor goes */
+  uint32_t flags;               /* MB_ACTOR_SERIALIZED */
+} mb_actor_type;
+
+/* Create an actor on `loop`; call on the loop's thread (use mb_loop_exec from elsewhere). */
+mb_actor *mb_actor_create(mb_loop *loop, const mb_actor_type *type, void *state, const char *name);
+/* Destroy an actor; call on its loop's thread. Queued requests get MB_EGONE; its outstanding
+ * calls' replies are dropped when they arrive. Safe to call from its own handler. */
+void mb_actor_destroy(mb_actor *actor);
+mb_addr mb_actor_addr(const mb_actor *actor);
+void *mb_actor_state(const mb_actor *actor);
+mb_loop *mb_actor_loop(const mb_actor *actor);
+const char *mb_actor_name(const mb_actor *actor);
+/* A serialized actor holds back new messages while it is held (count-based). */
+void mb_actor_hold(mb_actor *self);
+void mb_actor_release(mb_actor *self);
+
+/* ---- sending ------------------------------------------------------------------------------ */
+
+/* One-way send from an actor. Always consumes msg. Returns MB_OK, or MB_EGONE/MB_ESTOPPED
+ * when the receiver is known to be gone at send time (the message is then dropped). */
+int mb_send(mb_actor *self, mb_addr to, mb_msg *msg);
+/* One-way send from any thread, with no sender actor. */
+int mb_send_from(mb_addr to, mb_msg *msg);
+
+typedef void (*mb_reply_fn)(mb_actor *self, mb_msg *reply, void *ctx);
+/* Request from an actor: cb(self, reply, ctx) runs later on self's loop with the same message
+ * (reply->status set); the runtime frees it after cb unless cb keeps or resends it. Always
+ * exactly once, never inside mb_call itself. */
+void mb_call(mb_actor *self, mb_addr to, mb_msg *msg, mb_reply_fn cb, void *ctx);
+/* Blocking request from a thread that does not run `to`'s loop (a vCPU thread, a faulting
+ * thread, a test). Returns msg->status; the caller keeps msg (holding the reply fields). */
+int mb_call_sync(mb_addr to, mb_msg *msg);
+/* Answer a request (inside its handler or later, on the receiver's loop). */
+void mb_reply(mb_msg *msg, int status);
+/* Forward a delivered message to another actor unchanged (a request keeps its reply port). */
+int mb_forward(mb_actor *self, mb_addr to, mb_msg *msg);
+
+/* ---- tracing ------------------------------------------------------------------------------ */
+
+/* Record every send and delivery to `path` (JSON lines, see runtime/trace.c); NULL stops.
+ * MEMBACKING_TRACE=path in the environment starts it at the first loop's creation. */
+int mb_trace_open(const char *path);
+void mb_trace_close(void);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

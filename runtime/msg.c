@@ -1,0 +1,186 @@
+/* msg.c: message allocation, the text formatter's field printers and error strings.
+ *
+ * With jemalloc (the default build) messages come from mallocx/sdallocx: the thread cache
+ * serves same-thread alloc/free without locks and the sized free skips the size lookup.
+ * Linking jemalloc replaces the process's malloc too (Debian's build has no prefix). */
+#include <inttypes.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "internal.h"
+
+#if MB_USE_JEMALLOC
+#include <jemalloc/jemalloc.h>
+#include <pthread.h>
+
+/* A small per-thread cache of message blocks in 64-byte classes up to 512 bytes, in front of
+ * jemalloc: a same-thread send and handle then costs a list pop and push. Blocks freed on
+ * another thread join that thread's cache (at most CACHE_BYTES per class). Only in the jemalloc build:
+ * the libc build is the one sanitizers run, and they must see every allocation. */
+enum { GRAIN = 64, CLASSES = 8, CACHE_BYTES = 128 * 1024 }; /* per class and thread */
+
+typedef struct block { struct block *next; } block;
+typedef struct msg_cache {
+  block *head[CLASSES];
+  uint32_t count[CLASSES];
+  bool registered;
+} msg_cache;
+
+static _Thread_local msg_cache tcache;
+static pthread_key_t cache_key;
+static pthread_once_t cache_once = PTHREAD_ONCE_INIT;
+
+static void cache_flush(void *arg) {
+  msg_cache *c = arg;
+  for (int k = 0; k < CLASSES; k++) {
+    for (block *b = c->head[k], *next; b; b = next) {
+      next = b->next;
+      sdallocx(b, (size_t)(k + 1) * GRAIN, 0);
+    }
+    c->head[k] = NULL;
+    c->count[k] = 0;
+  }
+}
+static void cache_key_make(void) { pthread_key_create(&cache_key, cache_flush); }
+
+static void cache_register(msg_cache *c) {
+  pthread_once(&cache_once, cache_key_make);
+  pthread_setspecific(cache_key, c); /* flushed when the thread exits */
+  c->registered = true;
+}
+
+static inline void *msg_alloc(size_t size) {
+  size_t k = (size - 1) / GRAIN;
+  if (k >= CLASSES) return mallocx(size, MALLOCX_ZERO);
+  block *b = tcache.head[k];
+  if (!b) return mallocx((k + 1) * GRAIN, MALLOCX_ZERO);
+  tcache.head[k] = b->next;
+  tcache.count[k]--;
+  return memset(b, 0, size);
+}
+
+static inline void msg_dealloc(void *p, size_t size) {
+  size_t k = (size - 1) / GRAIN;
+  if (k >= CLASSES) {
+    sdallocx(p, size, 0);
+  } else if (tcache.count[k] < CACHE_BYTES / ((k + 1) * GRAIN)) {
+    if (__builtin_expect(!tcache.registered, 0)) cache_register(&tcache);
+    block *b = p;
+    b->next = tcache.head[k];
+    tcache.head[k] = b;
+    tcache.count[k]++;
+  } else {
+    sdallocx(p, (k + 1) * GRAIN, 0);
+  }
+}
+#else
+#include <stdlib.h>
+static inline void *msg_alloc(size_t size) { return calloc(1, size); }
+static inline void msg_dealloc(void *p, size_t size) { (void)size; free(p); }
+#endif
+
+mb_msg *mb_msg_new(const mb_protocol *proto, uint32_t kind, size_t size) {
+  if (size < sizeof(mb_msg) || size > UINT32_MAX) return NULL;
+  mb_msg *m = msg_alloc(size);
+  if (!m) return NULL;
+  m->proto = proto;
+  m->kind = kind;
+  m->size = (uint32_t)size;
+  return m;
+}
+
+void mb__msg_release(mb_msg *m) { msg_dealloc(m, m->size); }
+
+void mb_msg_free(mb_msg *m) {
+  if (!m) return;
+  mb__consume(m);
+  if (mb_msg_is_request(m) && !(m->flags__ & MB__F_REPLY)) {
+    mb__bounce(m, MB_ENOREPLY);
+    return;
+  }
+  mb__msg_release(m);
+}
+
+void mb_msg_keep(mb_msg *m) { mb__consume(m); }
+
+const char *mb_msg_kind_name(const mb_msg *m) {
+  if (m->flags__ & MB__F_SYS) return "exec";
+  if (!m->proto || m->kind >= m->proto->nkinds) return "?";
+  return m->proto->kind_names[m->kind];
+}
+
+void mb_msg_format(const mb_msg *m, char *buf, size_t len) {
+  if (!len) return;
+  buf[0] = '\0';
+  if (m->proto && m->proto->format && m->kind < m->proto->nkinds && !(m->flags__ & MB__F_SYS))
+    m->proto->format(m, buf, len);
+}
+
+/* ---- field printers (see MB__FMT_SELECT) ---------------------------------------------- */
+
+static size_t put(size_t len, int n) {
+  if (n < 0) return 0;
+  return (size_t)n < len ? (size_t)n : len;
+}
+
+size_t mb__fmt_uint(char *buf, size_t len, const char *name, const void *p, size_t sz) {
+  uint64_t v = 0;
+  switch (sz) {
+  case 1: v = *(const uint8_t *)p; break;
+  case 2: v = *(const uint16_t *)p; break;
+  case 4: v = *(const uint32_t *)p; break;
+  default: v = *(const uint64_t *)p; break;
+  }
+  return put(len, snprintf(buf, len, v > 0xffff ? " %s=0x%" PRIx64 : " %s=%" PRIu64, name, v));
+}
+
+size_t mb__fmt_int(char *buf, size_t len, const char *name, const void *p, size_t sz) {
+  int64_t v = 0;
+  switch (sz) {
+  case 1: v = *(const int8_t *)p; break;
+  case 2: v = *(const int16_t *)p; break;
+  case 4: v = *(const int32_t *)p; break;
+  default: v = *(const int64_t *)p; break;
+  }
+  return put(len, snprintf(buf, len, " %s=%" PRId64, name, v));
+}
+
+size_t mb__fmt_bool(char *buf, size_t len, const char *name, const void *p, size_t sz) {
+  (void)sz;
+  return put(len, snprintf(buf, len, " %s=%s", name, *(const bool *)p ? "true" : "false"));
+}
+
+size_t mb__fmt_ptr(char *buf, size_t len, const char *name, const void *p, size_t sz) {
+  (void)sz;
+  return put(len, snprintf(buf, len, " %s=%p", name, *(void *const *)p));
+}
+
+/* Char arrays (decayed to char * in _Generic) are printed as strings; protocols have no
+ * char * fields (see mb_protocol.h), so p always points at the characters. */
+size_t mb__fmt_str(char *buf, size_t len, const char *name, const void *p, size_t sz) {
+  const char *s = p;
+  return put(len, snprintf(buf, len, " %s=\"%.*s\"", name, (int)strnlen(s, sz), s));
+}
+
+size_t mb__fmt_hex(char *buf, size_t len, const char *name, const void *p, size_t sz) {
+  size_t n = put(len, snprintf(buf, len, " %s=", name));
+  const uint8_t *b = p;
+  for (size_t i = 0; i < sz && i < 32 && n + 3 < len; i++)
+    n += put(len - n, snprintf(buf + n, len - n, "%02x", b[i]));
+  return n;
+}
+
+const char *mb_strerror(int err) {
+  switch (err) {
+  case MB_OK: return "success";
+  case MB_EGONE: return "actor gone";
+  case MB_ESTOPPED: return "loop stopped";
+  case MB_ENOREPLY: return "request dropped without reply";
+  case MB_EDEADLK: return "blocking call on the receiver's own loop";
+  case MB_ENOMEM: return "out of memory";
+  case MB_EINVAL: return "invalid argument";
+  default: break;
+  }
+  if (err < 0 && err > -4096) return strerror(-err);
+  return "unknown error";
+}

@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# setup.sh: install what membacking needs on Debian 12, build it, and run one job.
+#   ./setup.sh demo    the main job (the demo; until it exists, the runtime benchmarks, quick)
+#   ./setup.sh test    every test: the normal build, ASan+UBSan, and the concurrent ones under
+#                      TSan; ends with the line "N passed, N failed"
+#   ./setup.sh bench   the full benchmark table
+#   ./setup.sh build   just install and build (build/)
+# Works as root, or with sudo for the package step.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+PACKAGES=(gcc libc6-dev meson ninja-build pkg-config python3 libuv1-dev libcmocka-dev libjemalloc-dev)
+
+install_packages() {
+  local missing=()
+  for p in "${PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  local sudo=()
+  [ "$(id -u)" -eq 0 ] || sudo=(sudo)
+  echo "setup: installing ${missing[*]}"
+  "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+}
+
+# configure DIR [meson options...]: set up once, reconfigure when options change.
+configure() {
+  local dir=$1; shift
+  if [ -f "$dir/build.ninja" ]; then
+    meson configure "$dir" "$@" >/dev/null
+  else
+    meson setup "$dir" "$@" >/dev/null
+  fi
+  ninja -C "$dir" >/dev/null
+}
+
+build_all() {
+  install_packages
+  configure build
+}
+
+summary() {
+  python3 - "$@" <<'PY'
+import json, sys
+ok = bad = skipped = 0
+for path in sys.argv[1:]:
+    for line in open(path):
+        r = json.loads(line)["result"]
+        if r in ("OK", "EXPECTEDFAIL"): ok += 1
+        elif r == "SKIP": skipped += 1
+        else: bad += 1
+print(f"{ok} passed, {bad} failed, {skipped} skipped")
+sys.exit(1 if bad else 0)
+PY
+}
+
+run_tests() {
+  build_all
+  local logs=() rc=0
+  echo "== tests: default build (jemalloc) =="
+  meson test -C build --print-errorlogs || rc=1
+  cp build/meson-logs/testlog.json /tmp/mb-testlog-default.json; logs+=(/tmp/mb-testlog-default.json)
+  echo "== tests: ASan+UBSan (libc allocator) =="
+  configure build-asan -Dallocator=libc -Db_sanitize=address,undefined -Db_lundef=false
+  meson test -C build-asan --print-errorlogs --no-suite bench -t 4 || rc=1
+  cp build-asan/meson-logs/testlog.json /tmp/mb-testlog-asan.json; logs+=(/tmp/mb-testlog-asan.json)
+  echo "== tests: TSan, concurrent suite (libc allocator) =="
+  configure build-tsan -Dallocator=libc -Db_sanitize=thread -Db_lundef=false
+  meson test -C build-tsan --print-errorlogs --suite concurrent -t 10 || rc=1
+  cp build-tsan/meson-logs/testlog.json /tmp/mb-testlog-tsan.json; logs+=(/tmp/mb-testlog-tsan.json)
+  summary "${logs[@]}" || rc=1
+  return $rc
+}
+
+case "${1:-}" in
+  demo)
+    build_all
+    if [ -x build/demo/membacking-demo ]; then exec build/demo/membacking-demo
+    else exec build/bench/membacking-bench --quick --filter msg. --filter rpc.; fi ;;
+  test) run_tests ;;
+  bench) build_all; exec build/bench/membacking-bench ;;
+  build) build_all ;;
+  *) echo "usage: $0 demo|test|bench|build" >&2; exit 2 ;;
+esac

@@ -1,0 +1,112 @@
+/* scenario_internal.h: what the parser's files share (tokens, numbers, names, the parser's
+ * state, the file-wide rules). Not for the engine: it reads scenario.h only. */
+#ifndef SCENARIO_INTERNAL_H
+#define SCENARIO_INTERNAL_H
+
+#include "scenario.h"
+
+/* ---- tokens (scenario_lex.c) ---------------------------------------------------------------- */
+
+/* A token: a slice of the line, not NUL-terminated. */
+typedef struct scenario__tok {
+  const char *p;
+  size_t n;
+} scenario__tok;
+
+/* The unread rest of a line, comment already cut off. */
+typedef struct scenario__cursor {
+  const char *p;
+  const char *end;
+} scenario__cursor;
+
+/* Take the next space- or tab-separated token; false at the end of the line. */
+bool scenario__next(scenario__cursor *c, scenario__tok *t);
+/* Look at the next token without taking it. */
+bool scenario__peek(const scenario__cursor *c, scenario__tok *t);
+bool scenario__tok_is(scenario__tok t, const char *s);
+bool scenario__tok_starts(scenario__tok t, const char *prefix);
+/* Is t the start of a result (`=>`, or a mistyped one such as `=>ok`)? */
+bool scenario__tok_is_arrow(scenario__tok t);
+/* printf arguments for "%.*s" showing a token, cut to a readable length. */
+#define SCENARIO__TOK(t) (int)((t).n > 60 ? 60 : (t).n), (t).p
+
+typedef enum scenario__num {
+  SCENARIO__NUM_OK,
+  SCENARIO__NUM_MALFORMED,
+  SCENARIO__NUM_OVERFLOW,
+} scenario__num;
+/* NUMBER: decimal or 0x-hex, optionally followed by K, M, G or T (binary). */
+scenario__num scenario__number(scenario__tok t, uint64_t *out);
+/* -1 when c is not a hex digit. */
+int scenario__hex_digit(char c);
+
+typedef enum scenario__name {
+  SCENARIO__NAME_OK,
+  SCENARIO__NAME_MALFORMED,
+  SCENARIO__NAME_TOO_LONG,
+} scenario__name;
+/* NAME: [A-Za-z_][A-Za-z0-9_.-]*, at most SCENARIO_NAME_MAX characters. */
+scenario__name scenario__name_check(scenario__tok t);
+
+/* ---- live names (scenario_scope.c) ---------------------------------------------------------- */
+
+/* One live name. For a lock, ref is its mapper; for an async label, index is the async
+ * command's index in the program. */
+typedef struct scenario__live {
+  char name[SCENARIO_NAME_SIZE];
+  char ref[SCENARIO_NAME_SIZE];
+  unsigned line; /* where it became live */
+  size_t index;
+  uint32_t hash;
+  bool used;
+} scenario__live;
+
+/* A set of live names: open addressing, linear probing, no tombstones. */
+typedef struct scenario__scope {
+  scenario__live *slots;
+  size_t cap; /* 0 or a power of two */
+  size_t n;
+} scenario__scope;
+
+scenario__live *scenario__scope_find(const scenario__scope *s, const char *name);
+/* Add a name that is not in the set; NULL when out of memory. */
+scenario__live *scenario__scope_add(scenario__scope *s, const char *name);
+void scenario__scope_remove(scenario__scope *s, scenario__live *e);
+void scenario__scope_free(scenario__scope *s);
+
+/* ---- the parser (scenario.c) and its file-wide rules (scenario_check.c) --------------------- */
+
+/* The name spaces of the format: each has its own set of live names. */
+typedef enum scenario__ns {
+  SCENARIO__NS_REGION,
+  SCENARIO__NS_OBJECT,
+  SCENARIO__NS_MAPPER,
+  SCENARIO__NS_PARTITION,
+  SCENARIO__NS_LOCK,
+  SCENARIO__NS_LABEL,
+  SCENARIO__NS_COUNT
+} scenario__ns;
+
+typedef struct scenario__parser {
+  const char *file; /* for messages */
+  unsigned line;
+  const char *what; /* the command being parsed ("region add"), for messages */
+  char *err;
+  size_t errlen;
+  scenario *sc;
+  size_t cap;       /* allocated length of sc->cmds */
+  bool past_config; /* a command other than config/require has been seen */
+  bool in_async;    /* parsing the command an async line wraps */
+  scenario__scope live[SCENARIO__NS_COUNT];
+} scenario__parser;
+
+/* Report "file:line: message" and return -1. */
+int scenario__fail(scenario__parser *P, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* The async command that a live label names, or NULL. */
+const scenario_cmd *scenario__label_async(const scenario__parser *P, const char *label);
+/* Apply the file-wide rules (live names, locks, labels) to the command just parsed, the last
+ * one of P->sc, and record its effect on the live names. */
+int scenario__check(scenario__parser *P);
+
+#endif /* SCENARIO_INTERNAL_H */
