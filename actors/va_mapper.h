@@ -44,8 +44,9 @@ uint8_t *mb_vam_base(const mb_vam *vam);
 bool mb_vam_eager(const mb_vam *vam);
 
 /* Any thread, no loop needed (a lazy mapper's fault blocks on the mapping manager, so never
- * call it from the mapping manager's loop thread). 0, MB_E_UNMAPPED, MB_E_READONLY,
- * MB_E_INVALID (beyond max_addr). */
+ * call it from the mapping manager's loop thread or the mapper's own: MB_EDEADLK). 0,
+ * MB_E_UNMAPPED, MB_E_READONLY, MB_E_INVALID (beyond max_addr), MB_E_FAULT (the page is
+ * established but keeps faulting: its backing cannot serve it). */
 int mb_vam_read(mb_vam *vam, uint64_t gpa, void *buf, size_t len);
 int mb_vam_write(mb_vam *vam, uint64_t gpa, const void *buf, size_t len);
 

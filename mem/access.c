@@ -1,5 +1,7 @@
 /* access.c: fault-tolerant guest copies (see access.h): the per-thread recovery point, the
- * SIGSEGV/SIGBUS handler and its chaining, and the search for the precise fault address.
+ * fault handler's check "is this fault inside the current copy", the copies themselves and
+ * the search for the precise fault address. Installing the handler and chaining the faults
+ * that are not ours live in access_signals.c.
  *
  * Invariant: mb__cur is the innermost copy running on this thread, or NULL. It is set only
  * around the copy itself (after sigsetjmp, before memcpy/memset; signal fences keep the
@@ -19,6 +21,7 @@
 #include <string.h>
 #include <ucontext.h>
 
+#include "access_signals.h"
 #include "mb_range.h"
 
 /* One attempt at a copy; lives in the frame of attempt(). */
@@ -34,12 +37,14 @@ struct mb__recover {
   sigset_t mask; /* the signal mask when the fault happened */
 };
 
-/* One whole copy: dst <- src, or dst <- byte when fill; guest is the guest side. */
+/* One whole copy. READ: guest src -> host dst; WRITE: host src -> guest dst; FILL: byte ->
+ * guest dst. guest is the guest-side address. */
+enum mb__op { MB__READ, MB__WRITE, MB__FILL };
 struct mb__job {
+  enum mb__op op;
   unsigned char *dst;
   const unsigned char *src;
   int byte;
-  bool fill;
   uintptr_t guest;
 };
 
@@ -47,68 +52,11 @@ struct mb__job {
  * access from a handler could allocate). */
 static _Thread_local struct mb__recover *mb__cur __attribute__((tls_model("initial-exec")));
 
-static pthread_once_t mb__once = PTHREAD_ONCE_INIT;
-static pthread_mutex_t mb__install_lock = PTHREAD_MUTEX_INITIALIZER;
-static atomic_bool mb__ready;
-static int mb__init_rc;
-/* The handlers we chain to: [0] SIGSEGV, [1] SIGBUS. Written under mb__install_lock before
- * our handler is installed, read by the handler. */
-static struct sigaction mb__prev[2];
+/* ---- the handler ----------------------------------------------------------------------- */
 
-/* ---- chaining -------------------------------------------------------------------------- */
-
-/* Restores the default action and takes the signal again: a real fault (si_code > 0) simply
- * re-executes the faulting instruction when we return, keeping its original context for the
- * core dump; a sent signal is re-sent. */
-static void mb__retake_default(int sig, const siginfo_t *si) {
-  struct sigaction dfl;
-  memset(&dfl, 0, sizeof dfl);
-  dfl.sa_handler = SIG_DFL;
-  sigemptyset(&dfl.sa_mask);
-  sigaction(sig, &dfl, NULL);
-  if (si->si_code <= 0)
-    raise(sig);
-}
-
-/* Calls a previous handler function as the kernel would have: with its sa_mask (and the
- * signal itself unless SA_NODEFER) blocked for the duration. */
-static void mb__call_prev(const struct sigaction *old, int sig, siginfo_t *si, void *uc) {
-  sigset_t mask, saved;
-  mask = old->sa_mask;
-  if (!(old->sa_flags & SA_NODEFER))
-    sigaddset(&mask, sig);
-  pthread_sigmask(SIG_BLOCK, &mask, &saved);
-  if (old->sa_flags & SA_SIGINFO)
-    old->sa_sigaction(sig, si, uc);
-  else
-    old->sa_handler(sig);
-  pthread_sigmask(SIG_SETMASK, &saved, NULL);
-}
-
-static void mb__chain(int sig, siginfo_t *si, void *uc) {
-  const struct sigaction *old = &mb__prev[sig == SIGBUS];
-  int saved_errno = errno;
-  /* The previous handler may jump out of our copy: leave only live recovery points. */
-  struct mb__recover *cur = mb__cur;
-  if (cur != NULL)
-    mb__cur = cur->prev;
-  /* SIG_DFL/SIG_IGN mean the same with or without SA_SIGINFO (the two fields share
-   * storage, a union in glibc and musl). */
-  void (*h)(int) = old->sa_handler;
-  if (h == SIG_IGN && si->si_code <= 0) {
-    /* an ignored sent signal: nothing to do (a real fault cannot be ignored) */
-  } else if (h == SIG_DFL || h == SIG_IGN) {
-    mb__retake_default(sig, si);
-  } else {
-    mb__call_prev(old, sig, si, uc);
-  }
-  mb__cur = cur;
-  errno = saved_errno;
-}
-
-static void mb__on_fault(int sig, siginfo_t *si, void *uc) {
+void mb__access_on_fault(int sig, siginfo_t *si, void *uc) {
   struct mb__recover *r = mb__cur;
-  if (r != NULL && si->si_code > 0) {
+  if (r != NULL && si->si_code > 0) { /* si_code <= 0: sent by a process, not a fault */
     uintptr_t a = (uintptr_t)si->si_addr;
     if (a - r->lo < r->len) {
       r->addr = a;
@@ -120,58 +68,60 @@ static void mb__on_fault(int sig, siginfo_t *si, void *uc) {
       siglongjmp(r->jb, 1);
     }
   }
-  mb__chain(sig, si, uc);
+  /* Not ours. The previous handler may jump out of the copy (if any): while it runs, only
+   * the recovery points below this one are live. */
+  mb__cur = r != NULL ? r->prev : NULL;
+  mb__access_chain(sig, si, uc);
+  mb__cur = r;
 }
 
-/* ---- installation ---------------------------------------------------------------------- */
+/* ---- the copy itself ------------------------------------------------------------------- */
 
-static bool mb__is_ours(const struct sigaction *sa) {
-  /* sa_handler and sa_sigaction share storage (a union in glibc and musl). */
-  return (sa->sa_flags & SA_SIGINFO) && sa->sa_sigaction == mb__on_fault;
+#if defined(__SANITIZE_THREAD__)
+#define MB__TSAN 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define MB__TSAN 1
+#endif
+#endif
+
+#ifndef MB__TSAN
+static inline void mb__copy(const struct mb__job *j, size_t off, size_t n) {
+  if (j->op == MB__FILL)
+    memset(j->dst + off, j->byte, n);
+  else
+    memcpy(j->dst + off, j->src + off, n);
 }
 
-/* Installs our handler for sig; what was there before (unless ours) becomes *prev. */
-static int mb__install(int sig, struct sigaction *prev) {
-  struct sigaction sa, cur;
-  if (sigaction(sig, NULL, &cur) != 0)
-    return -errno;
-  if (!mb__is_ours(&cur))
-    *prev = cur; /* before installing: our handler may run at once on another thread */
-  memset(&sa, 0, sizeof sa);
-  sa.sa_sigaction = mb__on_fault;
-  sa.sa_flags = SA_SIGINFO | SA_NODEFER | SA_ONSTACK;
-  sigemptyset(&sa.sa_mask);
-  return sigaction(sig, &sa, NULL) == 0 ? 0 : -errno;
+static inline void mb__annotate_host(const struct mb__job *j, size_t n) {
+  (void)j;
+  (void)n;
+}
+#else
+/* Under ThreadSanitizer the guest side is not instrumented. Guest memory is shared with the
+ * guest and with concurrent map/unmap calls by design (a copy that races an unmap faults and
+ * is retried), so every such race would be reported; and TSan's memcpy interceptor would
+ * see the fault inside the runtime. The host side is still checked: mb__annotate_host
+ * reports the whole host buffer as accessed. The volatile loop keeps the compiler from
+ * turning it back into an (intercepted) memcpy call; speed does not matter here. */
+void __tsan_read_range(void *addr, unsigned long size);
+void __tsan_write_range(void *addr, unsigned long size);
+
+__attribute__((no_sanitize_thread, noinline)) static void
+mb__copy(const struct mb__job *j, size_t off, size_t n) {
+  volatile unsigned char *d = j->dst + off;
+  const volatile unsigned char *s = j->src + off;
+  for (size_t i = 0; i < n; i++)
+    d[i] = j->op == MB__FILL ? (unsigned char)j->byte : s[i];
 }
 
-static int mb__install_both(void) {
-  pthread_mutex_lock(&mb__install_lock);
-  struct sigaction segv_before;
-  sigaction(SIGSEGV, NULL, &segv_before);
-  int rc = mb__install(SIGSEGV, &mb__prev[0]);
-  if (rc == 0) {
-    rc = mb__install(SIGBUS, &mb__prev[1]);
-    if (rc != 0)
-      sigaction(SIGSEGV, &segv_before, NULL);
-  }
-  pthread_mutex_unlock(&mb__install_lock);
-  return rc;
+static void mb__annotate_host(const struct mb__job *j, size_t n) {
+  if (j->op == MB__READ)
+    __tsan_write_range(j->dst, n);
+  else if (j->op == MB__WRITE)
+    __tsan_read_range((void *)j->src, n);
 }
-
-static void mb__init_once(void) {
-  mb__init_rc = mb__install_both();
-  atomic_store_explicit(&mb__ready, mb__init_rc == 0, memory_order_release);
-}
-
-int mb_access_init(void) {
-  pthread_once(&mb__once, mb__init_once);
-  return mb__init_rc;
-}
-
-int mb_access_reinstall(void) {
-  int rc = mb_access_init();
-  return rc != 0 ? rc : mb__install_both();
-}
+#endif
 
 /* ---- copies ---------------------------------------------------------------------------- */
 
@@ -198,10 +148,7 @@ static int attempt(struct mb__recover *r, const struct mb__job *j, size_t off, s
     return landed(r);
   mb__cur = r;
   atomic_signal_fence(memory_order_seq_cst);
-  if (j->fill)
-    memset(j->dst + off, j->byte, n);
-  else
-    memcpy(j->dst + off, j->src + off, n);
+  mb__copy(j, off, n);
   atomic_signal_fence(memory_order_seq_cst);
   mb__cur = r->prev;
   return 0;
@@ -215,8 +162,9 @@ static size_t min_size(size_t a, size_t b) {
  * everything before it. Access rights are per page, so it copies up to the faulting page in
  * one piece, then that page alone; if the page turns out accessible (mapped meanwhile) it
  * goes on. Each round either advances `done` or moves the fault to an earlier page. */
-static int locate_fault(struct mb__recover *r, const struct mb__job *j, size_t n,
-                        mb_fault *f) {
+__attribute__((noinline, cold)) static int locate_fault(struct mb__recover *r,
+                                                       const struct mb__job *j, size_t n,
+                                                       mb_fault *f) {
   size_t done = 0;
   for (;;) {
     /* [0, done) is copied; the last attempt faulted at r->addr >= guest + done. */
@@ -243,8 +191,10 @@ static int locate_fault(struct mb__recover *r, const struct mb__job *j, size_t n
   return -EFAULT;
 }
 
-static int run(const struct mb__job *j, size_t n, mb_fault *f) {
-  if (!atomic_load_explicit(&mb__ready, memory_order_acquire)) {
+/* The fast path is: two checks, attempt() (sigsetjmp, two TLS stores, memcpy) and return;
+ * everything else is out of line. */
+static inline int run(const struct mb__job *j, size_t n, mb_fault *f) {
+  if (!atomic_load_explicit(&mb__access_ready, memory_order_acquire)) {
     int rc = mb_access_init();
     if (rc != 0)
       return rc;
@@ -253,6 +203,7 @@ static int run(const struct mb__job *j, size_t n, mb_fault *f) {
     return 0;
   if (n - 1 > UINTPTR_MAX - j->guest)
     return -EINVAL;
+  mb__annotate_host(j, n);
   struct mb__recover r;
   if (attempt(&r, j, 0, n) == 0)
     return 0;
@@ -260,16 +211,16 @@ static int run(const struct mb__job *j, size_t n, mb_fault *f) {
 }
 
 int mb_access_read(void *dst, const void *guest_src, size_t n, mb_fault *f) {
-  struct mb__job j = {dst, guest_src, 0, false, (uintptr_t)guest_src};
+  struct mb__job j = {MB__READ, dst, guest_src, 0, (uintptr_t)guest_src};
   return run(&j, n, f);
 }
 
 int mb_access_write(void *guest_dst, const void *src, size_t n, mb_fault *f) {
-  struct mb__job j = {guest_dst, src, 0, false, (uintptr_t)guest_dst};
+  struct mb__job j = {MB__WRITE, guest_dst, src, 0, (uintptr_t)guest_dst};
   return run(&j, n, f);
 }
 
 int mb_access_fill(void *guest_dst, int byte, size_t n, mb_fault *f) {
-  struct mb__job j = {guest_dst, NULL, byte, true, (uintptr_t)guest_dst};
+  struct mb__job j = {MB__FILL, guest_dst, NULL, byte, (uintptr_t)guest_dst};
   return run(&j, n, f);
 }

@@ -17,7 +17,17 @@
  *
  * Threads: every function may be called from any thread, concurrently, and from a signal
  * handler (a copy may interrupt another on the same thread). The recovery point is per
- * thread. The handlers are installed once, by mb_access_init or the first copy.
+ * thread. The handlers are installed once, by mb_access_init or the first copy; code that
+ * installs its own SIGSEGV/SIGBUS handler later must chain to ours, or the caller must call
+ * mb_access_reinstall afterwards. A copy inside a signal handler needs SIGSEGV and SIGBUS
+ * unblocked there (a fault while they are blocked kills the process); ThreadSanitizer runs
+ * every handler with all signals blocked, so under TSan such a handler must unblock them.
+ *
+ * Cost: the fast path is a sigsetjmp without a signal mask (no system call), two
+ * thread-local stores and memcpy/memset. A fault costs a signal delivery, a sigprocmask
+ * and a few page-sized retries to find the exact address. Under ThreadSanitizer the guest
+ * side is copied by an uninstrumented byte loop (races with the guest and with map/unmap
+ * are by design); the host buffer is still checked.
  */
 #ifndef MB_ACCESS_H
 #define MB_ACCESS_H

@@ -9,7 +9,9 @@
  *     M(echo, ECHO_ADD,  add,  ECHO_ADD_FIELDS)
  *   MB_PROTOCOL_DECLARE(echo, ECHO_MESSAGES)
  *
- * and exactly one .c file says MB_PROTOCOL_DEFINE(echo, ECHO_MESSAGES). That yields:
+ * and exactly one .c file says MB_PROTOCOL_DEFINE(echo, ECHO_MESSAGES) (or
+ * MB_PROTOCOL_DEFINE_DISPOSE(echo, ECHO_MESSAGES, fn) when messages own memory that the runtime
+ * must release if it drops them undelivered). That yields:
  *   - enum echo_kind { ECHO_PING, ECHO_ADD, echo_kind_count };
  *   - per message a struct echo_ping_msg { mb_msg hdr; uint64_t seq; uint32_t value; };
  *   - echo_ping_new(): a zeroed message of the right kind and size, so the kind and the
@@ -37,6 +39,9 @@ struct mb_protocol {
   uint32_t nkinds;
   const char *const *kind_names;
   void (*format)(const mb_msg *msg, char *buf, size_t len);
+  /* Optional: release what a message owns (an array a reply carries, ...) when the runtime
+   * drops it undelivered: a reply whose requester is gone, a one-way message to a gone actor. */
+  void (*dispose)(mb_msg *msg);
 };
 
 /* Kind name of a message ("?" when out of range). */
@@ -102,7 +107,8 @@ size_t mb__fmt_hex(char *buf, size_t len, const char *name, const void *p, size_
     return;                                                                                    \
   }
 
-#define MB_PROTOCOL_DEFINE(P, MESSAGES)                                                    \
+#define MB_PROTOCOL_DEFINE(P, MESSAGES) MB_PROTOCOL_DEFINE_DISPOSE(P, MESSAGES, NULL)
+#define MB_PROTOCOL_DEFINE_DISPOSE(P, MESSAGES, DISPOSE)                                   \
   static const char *const P##__kind_names[] = {MESSAGES(MB__KIND_NAME)};                  \
   static void P##__format(const mb_msg *msg, char *buf, size_t len) {                      \
     size_t n = 0;                                                                              \
@@ -113,7 +119,7 @@ size_t mb__fmt_hex(char *buf, size_t len, const char *name, const void *p, size_
       return;                                                                                  \
     }                                                                                          \
   }                                                                                            \
-  const mb_protocol P##_protocol = {#P, P##_kind_count, P##__kind_names,       \
-                                        P##__format}
+  const mb_protocol P##_protocol = {#P, P##_kind_count, P##__kind_names, P##__format, \
+                                    DISPOSE}
 
 #endif

@@ -49,22 +49,23 @@ int mb__route_status(mb_msg *m) {
   return rc;
 }
 
+static void drop(mb_loop *here, mb_msg *m) {
+  if (here) here->stats.dropped++;
+  MB__TRACE("drop", m);
+  if (m->proto && m->proto->dispose) m->proto->dispose(m);
+  mb__msg_release(m);
+}
+
 /* `here` is the loop whose thread runs this and which owns m->to, or NULL. */
 void mb__undeliverable(mb_loop *here, mb_msg *m, int err) {
   if (m->flags__ & MB__F_REPLY) {
-    if (here) {
-      mb__calls_release(here, m->corr);
-      here->stats.dropped++;
-    }
-    MB__TRACE("drop", m);
-    mb__msg_release(m);
+    if (here) mb__calls_release(here, m->corr);
+    drop(here, m);
   } else if (mb_msg_is_request(m)) {
     if (here) here->stats.bounced++;
     mb__bounce(m, err);
   } else {
-    if (here) here->stats.dropped++;
-    MB__TRACE("drop", m);
-    mb__msg_release(m);
+    drop(here, m);
   }
 }
 

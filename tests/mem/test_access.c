@@ -10,6 +10,7 @@
 #include <cmocka.h>
 
 #include <errno.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,6 +24,15 @@
 #include "va_reserve.h"
 
 #define PAGE ((size_t)MB_PAGE_SIZE)
+
+#if defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define TEST_HAS_TSAN 1
+#endif
+#endif
+#ifndef TEST_HAS_TSAN
+#define TEST_HAS_TSAN 0
+#endif
 
 /* cmocka installs its own SIGSEGV/SIGBUS handlers around each test; put ours back first. */
 static void begin(void) {
@@ -329,6 +339,16 @@ static void on_usr1(int sig) {
   (void)sig;
   uint8_t buf[64];
   mb_fault f;
+#if defined(__SANITIZE_THREAD__) || TEST_HAS_TSAN
+  /* ThreadSanitizer runs every handler with all signals blocked, whatever its sa_mask; a
+   * fault with SIGSEGV blocked kills the process, so a copy here needs them unblocked (as
+   * access.h says for any handler whose mask blocks them). */
+  sigset_t faults;
+  sigemptyset(&faults);
+  sigaddset(&faults, SIGSEGV);
+  sigaddset(&faults, SIGBUS);
+  pthread_sigmask(SIG_UNBLOCK, &faults, NULL);
+#endif
   usr_bad_rc = mb_access_read(buf, usr_guest + PAGE - 8, 64, &f);
   usr_fault_addr = f.addr;
   usr_good_rc = mb_access_read(buf, usr_guest, 64, NULL);

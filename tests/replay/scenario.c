@@ -93,27 +93,35 @@ static int word_index(tok t, const char *const *words) {
   return -1;
 }
 
-/* A required keyword; `what` lists the choices for messages ("eager or lazy"). */
-static int arg_word(parser *P, cursor *c, const char *what, const char *const *words, int *i) {
+/* The words of a list as "a, b or c", for messages. */
+static const char *choices(const char *const *words, char *buf, size_t len) {
+  size_t n = 0;
+  buf[0] = '\0';
+  for (int i = 0; words[i] && n < len; i++) {
+    const char *sep = i == 0 ? "" : words[i + 1] ? ", " : " or ";
+    n += (size_t)snprintf(buf + n, len - n, "%s%s", sep, words[i]);
+  }
+  return buf;
+}
+
+/* A required keyword from a NULL-terminated list; *i is its index. */
+static int arg_word(parser *P, cursor *c, const char *const *words, int *i) {
+  char list[128];
   tok t;
-  if (arg(P, c, what, &t)) return -1;
+  if (arg(P, c, choices(words, list, sizeof list), &t)) return -1;
   if ((*i = word_index(t, words)) < 0)
-    return fail(P, "%s: expected %s, got '%.*s'", P->what, what, TOK(t));
+    return fail(P, "%s: expected %s, got '%.*s'", P->what, list, TOK(t));
   return 0;
 }
 
-/* An optional keyword: taken when the next token is one of words; else `dflt`. */
-static int opt_word(cursor *c, const char *const *words, int dflt) {
+/* An optional rw|ro: true for ro. */
+static bool opt_ro(cursor *c) {
   tok t;
   int i;
-  if (!scenario__peek(c, &t) || (i = word_index(t, words)) < 0) return dflt;
+  if (!scenario__peek(c, &t) || (i = word_index(t, scenario__access_words)) < 0) return false;
   scenario__next(c, &t);
-  return i;
+  return i == 1;
 }
-
-static const char *const access_words[] = {"rw", "ro", NULL};
-
-static bool opt_ro(cursor *c) { return opt_word(c, access_words, 0) == 1; }
 
 /* Take the next `key=value` option of a command into *value; false at the end of the options
  * (end of line or `=>`). */
@@ -269,31 +277,41 @@ static int finish(parser *P, cursor *c, scenario_cmd *cmd, const scenario_cmd *r
 
 /* ---- commands ------------------------------------------------------------------------------- */
 
-/* The word after a command's first word ("add" in "region add"). */
-static int subcommand(parser *P, cursor *c, const char *first, const char *const *words,
-                      const char *choices, int *i) {
-  tok t;
-  if (!scenario__peek(c, &t) || scenario__tok_is_arrow(t))
-    return fail(P, "%s: missing %s", first, choices);
-  scenario__next(c, &t);
-  if ((*i = word_index(t, words)) < 0)
-    return fail(P, "unknown command '%s %.*s' (expected %s %s)", first, TOK(t), first, choices);
+/* Each parser below handles the commands that begin with one first word; `first` is the first
+ * of their kinds in SCENARIO_COMMANDS ("region" -> SCENARIO_REGION_ADD). */
+
+/* Pick the kind by the word that follows (the second word of its name: "map" in "region map").
+ * The kinds sharing a first word are consecutive in SCENARIO_COMMANDS. */
+static int pick_kind(parser *P, cursor *c, scenario_cmd *cmd, scenario_cmd_kind first) {
+  const char *words[8];
+  const char *name = scenario_cmd_name(first);
+  size_t prefix = strcspn(name, " ") + 1, n = 0;
+  for (int k = first; k < SCENARIO_CMD_KIND_COUNT && n + 1 < sizeof words / sizeof words[0]; k++) {
+    if (strncmp(scenario_cmd_name((scenario_cmd_kind)k), name, prefix) != 0) break;
+    words[n++] = scenario_cmd_name((scenario_cmd_kind)k) + prefix;
+  }
+  words[n] = NULL;
+  int i;
+  if (arg_word(P, c, words, &i)) return -1;
+  set_kind(P, cmd, (scenario_cmd_kind)(first + i));
   return 0;
 }
 
-static int parse_config(parser *P, cursor *c, scenario_cmd *cmd) {
-  static const char *const overlap_words[] = {"nested", "any", NULL};
+static int parse_config(parser *P, cursor *c, scenario_cmd *cmd, scenario_cmd_kind first) {
+  char list[64];
   tok t, v;
-  set_kind(P, cmd, SCENARIO_CONFIG);
+  set_kind(P, cmd, first);
   if (arg(P, c, "max_addr=NUMBER or overlap=nested|any", &t)) return -1;
   if (option_is(t, "max_addr", &v)) {
     cmd->config.key = SCENARIO_CONFIG_MAX_ADDR;
     if (to_number(P, v, "max_addr", &cmd->config.max_addr)) return -1;
   } else if (option_is(t, "overlap", &v)) {
-    int i = word_index(v, overlap_words);
-    if (i < 0) return fail(P, "config: overlap must be nested or any, not '%.*s'", TOK(v));
+    int i = word_index(v, scenario__overlap_words);
+    if (i < 0)
+      return fail(P, "config: overlap must be %s, not '%.*s'",
+                  choices(scenario__overlap_words, list, sizeof list), TOK(v));
     cmd->config.key = SCENARIO_CONFIG_OVERLAP;
-    cmd->config.overlap = i == 0 ? SCENARIO_OVERLAP_NESTED : SCENARIO_OVERLAP_ANY;
+    cmd->config.overlap = (scenario_overlap)i;
   } else {
     return fail(P, "config: unknown setting '%.*s' (expected max_addr=NUMBER or overlap=...)",
                 TOK(t));
@@ -301,11 +319,11 @@ static int parse_config(parser *P, cursor *c, scenario_cmd *cmd) {
   return finish(P, c, cmd, NULL);
 }
 
-static int parse_require(parser *P, cursor *c, scenario_cmd *cmd) {
-  static const char *const words[] = {"kvm", NULL};
+static int parse_require(parser *P, cursor *c, scenario_cmd *cmd, scenario_cmd_kind first) {
+  static const char *const what[] = {[SCENARIO_REQUIRE_KVM] = "kvm", NULL};
   int i;
-  set_kind(P, cmd, SCENARIO_REQUIRE);
-  if (arg_word(P, c, "kvm", words, &i)) return -1;
+  set_kind(P, cmd, first);
+  if (arg_word(P, c, what, &i)) return -1;
   cmd->require.what = SCENARIO_REQUIRE_KVM;
   return finish(P, c, cmd, NULL);
 }
@@ -326,15 +344,14 @@ static int parse_fill(parser *P, tok v, scenario_object *o) {
   return 0;
 }
 
-static int parse_object(parser *P, cursor *c, scenario_cmd *cmd) {
-  static const char *const types[] = {"memfd", "file", NULL};
+static int parse_object(parser *P, cursor *c, scenario_cmd *cmd, scenario_cmd_kind first) {
   scenario_object *o = &cmd->object;
   int i;
   bool seen_fill = false;
   tok t, v;
-  set_kind(P, cmd, SCENARIO_OBJECT);
-  if (arg_word(P, c, "memfd or file", types, &i)) return -1;
-  o->type = i == 0 ? SCENARIO_OBJECT_MEMFD : SCENARIO_OBJECT_FILE;
+  set_kind(P, cmd, first);
+  if (arg_word(P, c, scenario__object_words, &i)) return -1;
+  o->type = i;
   if (arg_name(P, c, "NAME", o->name) || arg_pages(P, c, "SIZE", &o->size)) return -1;
   while (next_option(c, &t)) {
     if (!option_is(t, "fill", &v))
@@ -345,9 +362,9 @@ static int parse_object(parser *P, cursor *c, scenario_cmd *cmd) {
 }
 
 static int parse_region_add(parser *P, cursor *c, scenario_cmd *cmd) {
-  static const char *const types[] = {"ram", "device", NULL};
   scenario_region *r = &cmd->region;
   bool seen_prio = false, seen_type = false;
+  char list[64];
   tok t, v;
   if (arg_name(P, c, "NAME", r->name) || arg_pages(P, c, "GPA", &r->gpa) ||
       arg_pages(P, c, "SIZE", &r->size))
@@ -359,10 +376,12 @@ static int parse_region_add(parser *P, cursor *c, scenario_cmd *cmd) {
       if (prio > 255) return fail(P, "region add: prio '%.*s' is not in 0..255", TOK(v));
       r->prio = (uint8_t)prio;
     } else if (option_is(t, "type", &v)) {
-      int i = word_index(v, types);
+      int i = word_index(v, scenario__region_type_words);
       if (duplicate_option(P, &seen_type, t)) return -1;
-      if (i < 0) return fail(P, "region add: type must be ram or device, not '%.*s'", TOK(v));
-      r->type = i == 0 ? SCENARIO_REGION_RAM : SCENARIO_REGION_DEVICE;
+      if (i < 0)
+        return fail(P, "region add: type must be %s, not '%.*s'",
+                    choices(scenario__region_type_words, list, sizeof list), TOK(v));
+      r->type = (scenario_region_type)i;
     } else {
       return fail(P, "region add: unexpected '%.*s' (expected prio=N or type=ram|device)", TOK(t));
     }
@@ -370,27 +389,17 @@ static int parse_region_add(parser *P, cursor *c, scenario_cmd *cmd) {
   return finish(P, c, cmd, NULL);
 }
 
-static int parse_region(parser *P, cursor *c, scenario_cmd *cmd) {
-  static const char *const words[] = {"add", "map", "unmap", "remove", NULL};
-  static const scenario_cmd_kind kinds[] = {SCENARIO_REGION_ADD, SCENARIO_REGION_MAP,
-                                            SCENARIO_REGION_UNMAP, SCENARIO_REGION_REMOVE};
-  int i;
-  if (subcommand(P, c, "region", words, "add, map, unmap or remove", &i)) return -1;
-  set_kind(P, cmd, kinds[i]);
+static int parse_region(parser *P, cursor *c, scenario_cmd *cmd, scenario_cmd_kind first) {
+  if (pick_kind(P, c, cmd, first)) return -1;
   if (cmd->kind == SCENARIO_REGION_ADD) return parse_region_add(P, c, cmd);
   if (arg_name(P, c, "NAME", cmd->region.name)) return -1;
   if (cmd->kind == SCENARIO_REGION_MAP) cmd->region.ro = opt_ro(c);
   return finish(P, c, cmd, NULL);
 }
 
-static int parse_mapping(parser *P, cursor *c, scenario_cmd *cmd) {
-  static const char *const words[] = {"add", "remove", "replace", NULL};
-  static const scenario_cmd_kind kinds[] = {SCENARIO_MAPPING_ADD, SCENARIO_MAPPING_REMOVE,
-                                            SCENARIO_MAPPING_REPLACE};
+static int parse_mapping(parser *P, cursor *c, scenario_cmd *cmd, scenario_cmd_kind first) {
   scenario_mapping *m = &cmd->mapping;
-  int i;
-  if (subcommand(P, c, "mapping", words, "add, remove or replace", &i)) return -1;
-  set_kind(P, cmd, kinds[i]);
+  if (pick_kind(P, c, cmd, first)) return -1;
   if (arg_name(P, c, "REGION", m->region) || arg_pages(P, c, "OFFSET", &m->offset) ||
       arg_pages(P, c, "SIZE", &m->size))
     return -1;
@@ -402,30 +411,22 @@ static int parse_mapping(parser *P, cursor *c, scenario_cmd *cmd) {
   return finish(P, c, cmd, NULL);
 }
 
-static int parse_mapper(parser *P, cursor *c, scenario_cmd *cmd) {
-  static const char *const words[] = {"add", "remove", NULL};
-  static const char *const modes[] = {"eager", "lazy", NULL};
+static int parse_mapper(parser *P, cursor *c, scenario_cmd *cmd, scenario_cmd_kind first) {
   int i;
-  if (subcommand(P, c, "mapper", words, "add or remove", &i)) return -1;
-  set_kind(P, cmd, i == 0 ? SCENARIO_MAPPER_ADD : SCENARIO_MAPPER_REMOVE);
-  if (arg_name(P, c, "NAME", cmd->mapper.name)) return -1;
+  if (pick_kind(P, c, cmd, first) || arg_name(P, c, "NAME", cmd->mapper.name)) return -1;
   if (cmd->kind == SCENARIO_MAPPER_ADD) {
-    if (arg_word(P, c, "eager or lazy", modes, &i)) return -1;
-    cmd->mapper.mode = i == 0 ? SCENARIO_MAPPER_EAGER : SCENARIO_MAPPER_LAZY;
+    if (arg_word(P, c, scenario__mapper_words, &i)) return -1;
+    cmd->mapper.mode = i;
   }
   return finish(P, c, cmd, NULL);
 }
 
-static int parse_partition(parser *P, cursor *c, scenario_cmd *cmd) {
-  static const char *const words[] = {"add", "remove", NULL};
-  static const char *const backends[] = {"soft", "kvm", NULL};
+static int parse_partition(parser *P, cursor *c, scenario_cmd *cmd, scenario_cmd_kind first) {
   int i;
-  if (subcommand(P, c, "partition", words, "add or remove", &i)) return -1;
-  set_kind(P, cmd, i == 0 ? SCENARIO_PARTITION_ADD : SCENARIO_PARTITION_REMOVE);
-  if (arg_name(P, c, "NAME", cmd->partition.name)) return -1;
+  if (pick_kind(P, c, cmd, first) || arg_name(P, c, "NAME", cmd->partition.name)) return -1;
   if (cmd->kind == SCENARIO_PARTITION_ADD) {
-    if (arg_word(P, c, "soft or kvm", backends, &i)) return -1;
-    cmd->partition.backend = i == 0 ? SCENARIO_PARTITION_SOFT : SCENARIO_PARTITION_KVM;
+    if (arg_word(P, c, scenario__partition_words, &i)) return -1;
+    cmd->partition.backend = i;
   }
   return finish(P, c, cmd, NULL);
 }
@@ -443,31 +444,22 @@ static int parse_io(parser *P, cursor *c, scenario_cmd *cmd) {
   return finish(P, c, cmd, NULL);
 }
 
-static int parse_read(parser *P, cursor *c, scenario_cmd *cmd) {
-  set_kind(P, cmd, SCENARIO_READ);
+/* read MAPPER ..., write MAPPER ... */
+static int parse_access(parser *P, cursor *c, scenario_cmd *cmd, scenario_cmd_kind first) {
+  set_kind(P, cmd, first);
   return arg_name(P, c, "MAPPER", cmd->io.target) ? -1 : parse_io(P, c, cmd);
 }
 
-static int parse_write(parser *P, cursor *c, scenario_cmd *cmd) {
-  set_kind(P, cmd, SCENARIO_WRITE);
-  return arg_name(P, c, "MAPPER", cmd->io.target) ? -1 : parse_io(P, c, cmd);
-}
-
-static int parse_guest(parser *P, cursor *c, scenario_cmd *cmd) {
-  static const char *const words[] = {"read", "write", NULL};
-  int i;
-  P->what = "guest";
-  if (arg_name(P, c, "PARTITION", cmd->io.target) ||
-      arg_word(P, c, "read or write after the partition", words, &i))
-    return -1;
-  set_kind(P, cmd, i == 0 ? SCENARIO_GUEST_READ : SCENARIO_GUEST_WRITE);
+/* guest PARTITION read|write ... */
+static int parse_guest(parser *P, cursor *c, scenario_cmd *cmd, scenario_cmd_kind first) {
+  if (arg_name(P, c, "PARTITION", cmd->io.target) || pick_kind(P, c, cmd, first)) return -1;
   return parse_io(P, c, cmd);
 }
 
-static int parse_lock(parser *P, cursor *c, scenario_cmd *cmd) {
+static int parse_lock(parser *P, cursor *c, scenario_cmd *cmd, scenario_cmd_kind first) {
   scenario_lock *l = &cmd->lock;
   tok t;
-  set_kind(P, cmd, SCENARIO_LOCK);
+  set_kind(P, cmd, first);
   if (arg_name(P, c, "MAPPER", l->mapper) || arg_pages(P, c, "GPA", &l->gpa) ||
       arg_pages(P, c, "SIZE", &l->size))
     return -1;
@@ -479,16 +471,16 @@ static int parse_lock(parser *P, cursor *c, scenario_cmd *cmd) {
   return finish(P, c, cmd, NULL);
 }
 
-static int parse_unlock(parser *P, cursor *c, scenario_cmd *cmd) {
-  set_kind(P, cmd, SCENARIO_UNLOCK);
+static int parse_unlock(parser *P, cursor *c, scenario_cmd *cmd, scenario_cmd_kind first) {
+  set_kind(P, cmd, first);
   return arg_name(P, c, "NAME", cmd->lock.name) ? -1 : finish(P, c, cmd, NULL);
 }
 
 static int parse_command(parser *P, cursor *c, scenario_cmd *cmd);
 
-static int parse_async(parser *P, cursor *c, scenario_cmd *cmd) {
+static int parse_async(parser *P, cursor *c, scenario_cmd *cmd, scenario_cmd_kind first) {
   tok t;
-  set_kind(P, cmd, SCENARIO_ASYNC);
+  set_kind(P, cmd, first);
   if (arg_name(P, c, "LABEL", cmd->async.label)) return -1;
   if (!scenario__peek(c, &t) || scenario__tok_is_arrow(t))
     return fail(P, "async: missing the COMMAND to start");
@@ -509,9 +501,9 @@ static int arg_label(parser *P, cursor *c, scenario_cmd *cmd, const scenario_cmd
   return 0;
 }
 
-static int parse_await(parser *P, cursor *c, scenario_cmd *cmd) {
+static int parse_await(parser *P, cursor *c, scenario_cmd *cmd, scenario_cmd_kind first) {
   const scenario_cmd *async;
-  set_kind(P, cmd, SCENARIO_AWAIT);
+  set_kind(P, cmd, first);
   if (arg_label(P, c, cmd, &async)) return -1;
   const scenario_cmd *inner = async->async.inner;
   bool is_read = inner->kind == SCENARIO_READ || inner->kind == SCENARIO_GUEST_READ;
@@ -527,7 +519,7 @@ static int parse_range(parser *P, tok t, scenario_range *r) {
                 TOK(t));
   tok gpa = {t.p, (size_t)(plus - t.p)}, size = {plus + 1, (size_t)(colon - plus - 1)};
   tok access = {colon + 1, (size_t)(t.p + t.n - colon - 1)};
-  int i = word_index(access, access_words);
+  int i = word_index(access, scenario__access_words);
   if (i < 0) return fail(P, "%s: range '%.*s' must end in :rw or :ro", P->what, TOK(t));
   if (to_number(P, gpa, "range GPA", &r->gpa) || to_number(P, size, "range SIZE", &r->size))
     return -1;
@@ -569,26 +561,19 @@ static int parse_ranges(parser *P, cursor *c, scenario_ranges *out) {
   return 0;
 }
 
-static int parse_expect(parser *P, cursor *c, scenario_cmd *cmd) {
-  static const char *const words[] = {"pending", "region", "partition", "mapper", NULL};
-  static const scenario_cmd_kind kinds[] = {SCENARIO_EXPECT_PENDING, SCENARIO_EXPECT_REGION,
-                                            SCENARIO_EXPECT_PARTITION, SCENARIO_EXPECT_MAPPER};
-  static const char *const states[] = {"active", "hidden", "unmapped", "partial", NULL};
-  static const scenario_region_state state_of[] = {SCENARIO_STATE_ACTIVE, SCENARIO_STATE_HIDDEN,
-                                                   SCENARIO_STATE_UNMAPPED, SCENARIO_STATE_PARTIAL};
+static int parse_expect(parser *P, cursor *c, scenario_cmd *cmd, scenario_cmd_kind first) {
   const scenario_cmd *async;
   int i;
-  if (subcommand(P, c, "expect", words, "pending, region, partition or mapper", &i)) return -1;
-  set_kind(P, cmd, kinds[i]);
+  if (pick_kind(P, c, cmd, first)) return -1;
   switch (cmd->kind) {
   case SCENARIO_EXPECT_PENDING:
     if (arg_label(P, c, cmd, &async)) return -1;
     break;
   case SCENARIO_EXPECT_REGION:
     if (arg_name(P, c, "NAME", cmd->expect_region.name) ||
-        arg_word(P, c, "active, hidden, unmapped or partial", states, &i))
+        arg_word(P, c, scenario__state_words, &i))
       return -1;
-    cmd->expect_region.state = state_of[i];
+    cmd->expect_region.state = (scenario_region_state)i;
     break;
   default:
     if (arg_name(P, c, "NAME", cmd->expect_ranges.name) ||
@@ -601,36 +586,50 @@ static int parse_expect(parser *P, cursor *c, scenario_cmd *cmd) {
 
 /* ---- lines and files ------------------------------------------------------------------------ */
 
-/* First words of commands. `operation`: it may follow `async LABEL`; `config`: it must come
- * before every other command. */
-static const struct {
-  const char *word;
-  int (*parse)(parser *P, cursor *c, scenario_cmd *cmd);
-  bool operation;
-  bool config;
-} commands[] = {
-    {"config", parse_config, false, true},       {"require", parse_require, false, true},
-    {"object", parse_object, true, false},       {"region", parse_region, true, false},
-    {"mapping", parse_mapping, true, false},     {"mapper", parse_mapper, true, false},
-    {"partition", parse_partition, true, false}, {"read", parse_read, true, false},
-    {"write", parse_write, true, false},         {"guest", parse_guest, true, false},
-    {"lock", parse_lock, true, false},           {"unlock", parse_unlock, true, false},
-    {"async", parse_async, false, false},        {"await", parse_await, false, false},
-    {"expect", parse_expect, false, false},
+typedef int parse_fn(parser *P, cursor *c, scenario_cmd *cmd, scenario_cmd_kind first);
+
+/* The parser of each first word, at the first kind whose name starts with it. */
+static parse_fn *const parsers[SCENARIO_CMD_KIND_COUNT] = {
+    [SCENARIO_CONFIG] = parse_config,
+    [SCENARIO_REQUIRE] = parse_require,
+    [SCENARIO_OBJECT] = parse_object,
+    [SCENARIO_REGION_ADD] = parse_region,
+    [SCENARIO_MAPPING_ADD] = parse_mapping,
+    [SCENARIO_MAPPER_ADD] = parse_mapper,
+    [SCENARIO_PARTITION_ADD] = parse_partition,
+    [SCENARIO_READ] = parse_access,
+    [SCENARIO_WRITE] = parse_access,
+    [SCENARIO_GUEST_READ] = parse_guest,
+    [SCENARIO_LOCK] = parse_lock,
+    [SCENARIO_UNLOCK] = parse_unlock,
+    [SCENARIO_ASYNC] = parse_async,
+    [SCENARIO_AWAIT] = parse_await,
+    [SCENARIO_EXPECT_PENDING] = parse_expect,
 };
+
+/* The first kind whose name starts with the word t, or SCENARIO_CMD_KIND_COUNT. */
+static scenario_cmd_kind first_kind(tok t) {
+  for (int k = 0; k < SCENARIO_CMD_KIND_COUNT; k++) {
+    const char *name = scenario_cmd_name((scenario_cmd_kind)k);
+    if (strcspn(name, " ") == t.n && memcmp(name, t.p, t.n) == 0) return (scenario_cmd_kind)k;
+  }
+  return SCENARIO_CMD_KIND_COUNT;
+}
 
 static int parse_command(parser *P, cursor *c, scenario_cmd *cmd) {
   tok t;
   scenario__next(c, &t);
-  for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++) {
-    if (!scenario__tok_is(t, commands[i].word)) continue;
-    if (P->in_async && !commands[i].operation)
-      return fail(P, "async: '%.*s' is not an operation that can be started", TOK(t));
-    if (commands[i].config && P->past_config)
-      return fail(P, "'%.*s' must come before every other command", TOK(t));
-    return commands[i].parse(P, c, cmd);
-  }
-  return fail(P, "unknown command '%.*s'", TOK(t));
+  scenario_cmd_kind first = first_kind(t);
+  if (first == SCENARIO_CMD_KIND_COUNT) return fail(P, "unknown command '%.*s'", TOK(t));
+  /* Until pick_kind knows the whole name, messages name the first word. */
+  memcpy(P->word, t.p, t.n);
+  P->word[t.n] = '\0';
+  P->what = P->word;
+  if (P->in_async && !scenario_cmd_is_operation(first))
+    return fail(P, "async: '%s' is not an operation that can be started", P->word);
+  if ((first == SCENARIO_CONFIG || first == SCENARIO_REQUIRE) && P->past_config)
+    return fail(P, "'%s' must come before every other command", P->word);
+  return parsers[first](P, c, cmd, first);
 }
 
 static scenario_cmd *append(parser *P) {

@@ -177,7 +177,7 @@ typedef struct scenario_object {
   enum { SCENARIO_OBJECT_MEMFD, SCENARIO_OBJECT_FILE } type;
   char name[SCENARIO_NAME_SIZE];
   uint64_t size; /* a multiple of SCENARIO_PAGE_SIZE */
-  /* FILL: BYTE = every byte is .value; PAGES = every byte of page k is (.value + k) mod 256. */
+  /* FILL: BYTE: every byte is fill_value; PAGES: every byte of page k is (fill_value + k) % 256. */
   enum { SCENARIO_FILL_BYTE, SCENARIO_FILL_PAGES } fill;
   uint8_t fill_value;
 } scenario_object;
@@ -324,7 +324,8 @@ void scenario_free(scenario *sc);
 
 /* Write one command in canonical .mbs syntax, its `=> RESULT` included, without a newline.
  * Canonical: single spaces, defaults left out, addresses in hex, sizes with a K/M/G/T suffix when
- * they have one, BYTES compact. Parsing the printed text gives the same command back. */
+ * they have one, BYTES compact. Parsing the printed text gives the same command back (for await,
+ * expect pending and unlock: after the commands that precede it in its program). */
 void scenario_print_command(FILE *f, const scenario_cmd *cmd);
 /* Write every command, one per line: a scenario file equivalent to the one parsed. */
 void scenario_print(FILE *f, const scenario *sc);

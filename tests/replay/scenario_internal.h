@@ -48,6 +48,16 @@ typedef enum scenario__name {
 /* NAME: [A-Za-z_][A-Za-z0-9_.-]*, at most SCENARIO_NAME_MAX characters. */
 scenario__name scenario__name_check(scenario__tok t);
 
+/* The words of enumerated values, indexed by the value, NULL-terminated: parser and printer
+ * share them, so that each spelling is written once. */
+extern const char *const scenario__access_words[];      /* rw, ro: index = ro */
+extern const char *const scenario__overlap_words[];     /* scenario_overlap */
+extern const char *const scenario__object_words[];      /* scenario_object.type */
+extern const char *const scenario__region_type_words[]; /* scenario_region_type */
+extern const char *const scenario__mapper_words[];      /* scenario_mapper.mode */
+extern const char *const scenario__partition_words[];   /* scenario_partition.backend */
+extern const char *const scenario__state_words[];       /* scenario_region_state */
+
 /* ---- live names (scenario_scope.c) ---------------------------------------------------------- */
 
 /* One live name. For a lock, ref is its mapper; for an async label, index is the async
@@ -91,6 +101,7 @@ typedef struct scenario__parser {
   const char *file; /* for messages */
   unsigned line;
   const char *what; /* the command being parsed ("region add"), for messages */
+  char word[16];    /* the first word of the command being parsed */
   char *err;
   size_t errlen;
   scenario *sc;

@@ -1,4 +1,4 @@
-/* scenario_lex.c: the lexical level of the .mbs format: tokens, NUMBER and NAME. */
+/* scenario_lex.c: the lexical level of the .mbs format: tokens, NUMBER, NAME and keywords. */
 #include <string.h>
 
 #include "scenario_internal.h"
@@ -90,3 +90,20 @@ scenario__name scenario__name_check(scenario__tok t) {
     if (!name_char(t.p[i])) return SCENARIO__NAME_MALFORMED;
   return t.n > SCENARIO_NAME_MAX ? SCENARIO__NAME_TOO_LONG : SCENARIO__NAME_OK;
 }
+
+const char *const scenario__access_words[] = {"rw", "ro", NULL};
+const char *const scenario__overlap_words[] = {
+    [SCENARIO_OVERLAP_NESTED] = "nested", [SCENARIO_OVERLAP_ANY] = "any", NULL};
+const char *const scenario__object_words[] = {
+    [SCENARIO_OBJECT_MEMFD] = "memfd", [SCENARIO_OBJECT_FILE] = "file", NULL};
+const char *const scenario__region_type_words[] = {
+    [SCENARIO_REGION_RAM] = "ram", [SCENARIO_REGION_DEVICE] = "device", NULL};
+const char *const scenario__mapper_words[] = {
+    [SCENARIO_MAPPER_EAGER] = "eager", [SCENARIO_MAPPER_LAZY] = "lazy", NULL};
+const char *const scenario__partition_words[] = {
+    [SCENARIO_PARTITION_SOFT] = "soft", [SCENARIO_PARTITION_KVM] = "kvm", NULL};
+const char *const scenario__state_words[] = {[SCENARIO_STATE_ACTIVE] = "active",
+                                             [SCENARIO_STATE_HIDDEN] = "hidden",
+                                             [SCENARIO_STATE_UNMAPPED] = "unmapped",
+                                             [SCENARIO_STATE_PARTIAL] = "partial",
+                                             NULL};

@@ -4,7 +4,7 @@
 #include <stdarg.h>
 #include <string.h>
 
-#include "scenario.h"
+#include "scenario_internal.h"
 
 static const char *const cmd_names[] = {
 #define SCENARIO__NAME(kind, text, member) [SCENARIO_##kind] = text,
@@ -137,10 +137,6 @@ static void put_bytes(sink *s, const uint8_t *d, size_t len) {
   }
 }
 
-static void put_ro(sink *s, bool ro) {
-  if (ro) putf(s, " ro");
-}
-
 static void put_ranges(sink *s, const scenario_ranges *r) {
   if (r->n == 0) putf(s, "none");
   for (size_t i = 0; i < r->n; i++) {
@@ -148,7 +144,7 @@ static void put_ranges(sink *s, const scenario_ranges *r) {
     put_addr(s, r->items[i].gpa);
     putf(s, "+");
     put_size(s, r->items[i].size);
-    putf(s, ":%s", r->items[i].ro ? "ro" : "rw");
+    putf(s, ":%s", scenario__access_words[r->items[i].ro]);
   }
 }
 
@@ -161,25 +157,33 @@ static void put_expect(sink *s, const scenario_expect *e) {
   }
 }
 
+/* " NAME" arguments and flags. */
+static void put_name(sink *s, const char *name) { putf(s, " %s", name); }
+
+static void put_ro(sink *s, bool ro) {
+  if (ro) putf(s, " %s", scenario__access_words[1]);
+}
+
 static void put_cmd(sink *s, const scenario_cmd *c) {
-  static const char *const states[] = {[SCENARIO_STATE_ACTIVE] = "active",
-                                       [SCENARIO_STATE_HIDDEN] = "hidden",
-                                       [SCENARIO_STATE_UNMAPPED] = "unmapped",
-                                       [SCENARIO_STATE_PARTIAL] = "partial"};
   const char *name = scenario_cmd_name(c->kind);
+  bool is_read = c->kind == SCENARIO_READ || c->kind == SCENARIO_GUEST_READ;
+  if (c->kind == SCENARIO_GUEST_READ || c->kind == SCENARIO_GUEST_WRITE)
+    putf(s, "guest %s %s ", c->io.target, name + strlen("guest ")); /* the name is split */
+  else
+    putf(s, "%s", name);
+
   switch (c->kind) {
   case SCENARIO_CONFIG:
     if (c->config.key == SCENARIO_CONFIG_MAX_ADDR) {
-      putf(s, "config max_addr=");
+      putf(s, " max_addr=");
       put_size(s, c->config.max_addr);
     } else {
-      putf(s, "config overlap=%s", c->config.overlap == SCENARIO_OVERLAP_ANY ? "any" : "nested");
+      putf(s, " overlap=%s", scenario__overlap_words[c->config.overlap]);
     }
     break;
-  case SCENARIO_REQUIRE: putf(s, "require kvm"); break;
+  case SCENARIO_REQUIRE: putf(s, " kvm"); break;
   case SCENARIO_OBJECT:
-    putf(s, "object %s %s ", c->object.type == SCENARIO_OBJECT_FILE ? "file" : "memfd",
-         c->object.name);
+    putf(s, " %s %s ", scenario__object_words[c->object.type], c->object.name);
     put_size(s, c->object.size);
     if (c->object.fill == SCENARIO_FILL_PAGES)
       putf(s, " fill=pages:0x%02x", c->object.fill_value);
@@ -187,23 +191,24 @@ static void put_cmd(sink *s, const scenario_cmd *c) {
       putf(s, " fill=0x%02x", c->object.fill_value);
     break;
   case SCENARIO_REGION_ADD:
-    putf(s, "region add %s ", c->region.name);
+    putf(s, " %s ", c->region.name);
     put_addr(s, c->region.gpa);
     putf(s, " ");
     put_size(s, c->region.size);
     if (c->region.prio != 0) putf(s, " prio=%u", (unsigned)c->region.prio);
-    if (c->region.type == SCENARIO_REGION_DEVICE) putf(s, " type=device");
+    if (c->region.type != SCENARIO_REGION_RAM)
+      putf(s, " type=%s", scenario__region_type_words[c->region.type]);
     break;
   case SCENARIO_REGION_MAP:
-    putf(s, "region map %s", c->region.name);
-    put_ro(s, c->region.ro);
-    break;
   case SCENARIO_REGION_UNMAP:
-  case SCENARIO_REGION_REMOVE: putf(s, "%s %s", name, c->region.name); break;
+  case SCENARIO_REGION_REMOVE:
+    put_name(s, c->region.name);
+    put_ro(s, c->kind == SCENARIO_REGION_MAP && c->region.ro);
+    break;
   case SCENARIO_MAPPING_ADD:
   case SCENARIO_MAPPING_REMOVE:
   case SCENARIO_MAPPING_REPLACE:
-    putf(s, "%s %s ", name, c->mapping.region);
+    putf(s, " %s ", c->mapping.region);
     put_addr(s, c->mapping.offset);
     putf(s, " ");
     put_size(s, c->mapping.size);
@@ -214,56 +219,49 @@ static void put_cmd(sink *s, const scenario_cmd *c) {
     }
     break;
   case SCENARIO_MAPPER_ADD:
-    putf(s, "mapper add %s %s", c->mapper.name,
-         c->mapper.mode == SCENARIO_MAPPER_LAZY ? "lazy" : "eager");
+    putf(s, " %s %s", c->mapper.name, scenario__mapper_words[c->mapper.mode]);
     break;
+  case SCENARIO_MAPPER_REMOVE: put_name(s, c->mapper.name); break;
   case SCENARIO_PARTITION_ADD:
-    putf(s, "partition add %s %s", c->partition.name,
-         c->partition.backend == SCENARIO_PARTITION_KVM ? "kvm" : "soft");
+    putf(s, " %s %s", c->partition.name, scenario__partition_words[c->partition.backend]);
     break;
-  case SCENARIO_MAPPER_REMOVE:
-  case SCENARIO_PARTITION_REMOVE:
-    putf(s, "%s %s", name, c->kind == SCENARIO_MAPPER_REMOVE ? c->mapper.name : c->partition.name);
-    break;
+  case SCENARIO_PARTITION_REMOVE: put_name(s, c->partition.name); break;
   case SCENARIO_READ:
   case SCENARIO_WRITE:
   case SCENARIO_GUEST_READ:
   case SCENARIO_GUEST_WRITE:
-    if (c->kind == SCENARIO_READ || c->kind == SCENARIO_WRITE)
-      putf(s, "%s %s ", name, c->io.target);
-    else
-      putf(s, "guest %s %s ", c->io.target, c->kind == SCENARIO_GUEST_READ ? "read" : "write");
+    if (c->kind == SCENARIO_READ || c->kind == SCENARIO_WRITE) putf(s, " %s ", c->io.target);
     put_addr(s, c->io.gpa);
     putf(s, " ");
-    if (c->kind == SCENARIO_READ || c->kind == SCENARIO_GUEST_READ)
+    if (is_read)
       put_size(s, c->io.len);
     else
       put_bytes(s, c->io.data.data, c->io.data.len);
     break;
   case SCENARIO_LOCK:
-    putf(s, "lock %s ", c->lock.mapper);
+    putf(s, " %s ", c->lock.mapper);
     put_addr(s, c->lock.gpa);
     putf(s, " ");
     put_size(s, c->lock.size);
     put_ro(s, c->lock.ro);
     putf(s, " as %s", c->lock.name);
     break;
-  case SCENARIO_UNLOCK: putf(s, "unlock %s", c->lock.name); break;
+  case SCENARIO_UNLOCK: put_name(s, c->lock.name); break;
   case SCENARIO_ASYNC:
-    putf(s, "async %s ", c->async.label);
+    putf(s, " %s ", c->async.label);
     put_cmd(s, c->async.inner);
     break;
   case SCENARIO_AWAIT:
-  case SCENARIO_EXPECT_PENDING: putf(s, "%s %s", name, c->label.label); break;
+  case SCENARIO_EXPECT_PENDING: put_name(s, c->label.label); break;
   case SCENARIO_EXPECT_REGION:
-    putf(s, "expect region %s %s", c->expect_region.name, states[c->expect_region.state]);
+    putf(s, " %s %s", c->expect_region.name, scenario__state_words[c->expect_region.state]);
     break;
   case SCENARIO_EXPECT_PARTITION:
   case SCENARIO_EXPECT_MAPPER:
-    putf(s, "%s %s ", name, c->expect_ranges.name);
+    putf(s, " %s ", c->expect_ranges.name);
     put_ranges(s, &c->expect_ranges.ranges);
     break;
-  case SCENARIO_CMD_KIND_COUNT: putf(s, "?"); break;
+  case SCENARIO_CMD_KIND_COUNT: break;
   }
   if (c->expect.kind != SCENARIO_EXPECT_NONE) {
     putf(s, " => ");

@@ -1,0 +1,576 @@
+/* mapping_manager.c: the mapping manager actor (see mapping_manager.h).
+ *
+ * State: the visible mappings, one node each in an interval tree keyed by guest range (the
+ * nodes never overlap), and the registered VA mappers. Every operation touches only the
+ * mappings in its range: O((k + 1) log n) for k affected mappings, plus one message per
+ * mapper (per run of adjacent entries for a rollback). Only a late eager mapper's replay and
+ * MM_LIST walk them all.
+ *
+ * The actor is serialized, so at most one operation is in flight; it lives in mm_state.op.
+ * An operation launches its calls holding one extra count (op_begin, then op_settle), so it
+ * moves on exactly once, when the last reply is in, even if a reply ran inside mb_call.
+ * MM_RESOLVE and MM_LIST are answered (or forwarded) at once and are no operation.
+ *
+ * Ownership: a tree node holds its own object reference. An MM_MAP array is lent to the
+ * eager mappers (VAM_MAP) until they answer, then freed with its references; so are the
+ * snapshot arrays a late eager mapper is replayed from.
+ */
+#include "mapping_manager.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "mb_errors.h"
+#include "range_tree.h"
+#include "va_mapper.h"
+
+MB_PROTOCOL_DEFINE(mm, MM_MESSAGES);
+
+typedef struct mm_node {
+  mb_rtree_node node; /* [e.gpa, e.gpa + e.size) */
+  mb_map_entry e;     /* e.obj: this node's own reference */
+} mm_node;
+
+typedef struct mm_mapper {
+  mb_addr addr;
+  bool eager;
+} mm_mapper;
+
+typedef struct mm_state mm_state;
+typedef void (*mm_step_fn)(mm_state *st);
+
+/* The operation in flight: a kept request and the calls it waits for. */
+typedef struct mm_op {
+  mb_msg *req;
+  uint32_t pending;      /* replies due, plus one while calls are being launched */
+  int status;            /* first failure */
+  mm_step_fn next;       /* runs when pending drops to 0 */
+  mb_map_entry *entries; /* lent to mappers while lent > 0 */
+  uint32_t count;
+  uint32_t lent;         /* VAM_MAP replies still due (they read `entries`) */
+  mm_node **nodes;       /* MM_MAP: the nodes it inserted, in `entries` order */
+  mb_addr *targets;      /* the mappers called, and whether each established the batch */
+  bool *ok;
+  uint32_t ntargets;
+} mm_op;
+
+struct mm_state {
+  mb_actor *self;
+  mb_rtree maps;
+  mm_mapper *mappers;
+  uint32_t nmappers, cap_mappers;
+  bool busy;
+  mm_op op;
+};
+
+/* ---- helpers ------------------------------------------------------------------------------ */
+
+void mb_map_entries_free(mb_map_entry *entries, uint32_t count) {
+  if (entries == NULL)
+    return;
+  for (uint32_t i = 0; i < count; i++)
+    mb_object_unref(entries[i].obj);
+  free(entries);
+}
+
+static bool addr_eq(mb_addr a, mb_addr b) {
+  return a.loop == b.loop && a.slot == b.slot && a.gen == b.gen;
+}
+
+/* A mapper that cannot answer any more counts as having acknowledged. */
+static bool is_gone(int status) {
+  return status == MB_EGONE || status == MB_ESTOPPED;
+}
+
+static mm_node *node_of(mb_rtree_node *n) {
+  return mb_rtree_entry(n, mm_node, node);
+}
+
+static void node_free(mm_node *n) {
+  mb_object_unref(n->e.obj);
+  free(n);
+}
+
+static mm_mapper *find_mapper(mm_state *st, mb_addr addr) {
+  for (uint32_t i = 0; i < st->nmappers; i++)
+    if (addr_eq(st->mappers[i].addr, addr))
+      return &st->mappers[i];
+  return NULL;
+}
+
+static void drop_mapper(mm_state *st, mb_addr addr) {
+  mm_mapper *m = find_mapper(st, addr);
+  if (m != NULL)
+    *m = st->mappers[--st->nmappers];
+}
+
+/* Room for one more mapper (taken before a replay, so registering after it cannot fail). */
+static int reserve_mapper(mm_state *st) {
+  if (st->nmappers < st->cap_mappers)
+    return 0;
+  uint32_t cap = st->cap_mappers ? st->cap_mappers * 2 : 8;
+  mm_mapper *m = realloc(st->mappers, cap * sizeof *m);
+  if (m == NULL)
+    return MB_ENOMEM;
+  st->mappers = m;
+  st->cap_mappers = cap;
+  return 0;
+}
+
+static int add_mapper(mm_state *st, mb_addr addr, bool eager) {
+  int rc = reserve_mapper(st);
+  if (rc == 0)
+    st->mappers[st->nmappers++] = (mm_mapper){addr, eager};
+  return rc;
+}
+
+/* Every visible mapping, in order, with references; *out is NULL when there are none. */
+static int snapshot(mm_state *st, mb_map_entry **out, uint32_t *count) {
+  size_t n = mb_rtree_count(&st->maps);
+  *out = NULL;
+  *count = 0;
+  if (n == 0)
+    return 0;
+  if (n > UINT32_MAX)
+    return MB_ENOMEM;
+  mb_map_entry *a = malloc(n * sizeof *a);
+  if (a == NULL)
+    return MB_ENOMEM;
+  size_t i = 0;
+  mb_rtree_node *it;
+  mb_rtree_for_each(it, &st->maps) {
+    a[i] = node_of(it)->e;
+    mb_object_ref(a[i].obj);
+    i++;
+  }
+  *out = a;
+  *count = (uint32_t)n;
+  return 0;
+}
+
+/* ---- the operation in flight ---------------------------------------------------------------- */
+
+static void op_begin(mm_state *st, mm_step_fn next) {
+  st->op.next = next;
+  st->op.pending = 1;
+}
+
+static void op_settle(mm_state *st) {
+  if (--st->op.pending == 0)
+    st->op.next(st);
+}
+
+static void op_fail(mm_state *st, int status) {
+  if (st->op.status == 0)
+    st->op.status = status;
+}
+
+/* Answers the request and forgets the operation. */
+static void op_finish(mm_state *st, int status) {
+  mm_op *op = &st->op;
+  mb_msg *req = op->req;
+  mb_map_entries_free(op->entries, op->count);
+  free(op->nodes);
+  free(op->targets);
+  free(op->ok);
+  memset(op, 0, sizeof *op);
+  st->busy = false;
+  mb_reply(req, status);
+}
+
+static int op_targets(mm_state *st, bool eager_only) {
+  mm_op *op = &st->op;
+  uint32_t n = 0;
+  op->targets = malloc((st->nmappers + 1) * sizeof *op->targets);
+  op->ok = calloc(st->nmappers + 1, sizeof *op->ok);
+  if (op->targets == NULL || op->ok == NULL)
+    return MB_ENOMEM;
+  for (uint32_t i = 0; i < st->nmappers; i++)
+    if (st->mappers[i].eager || !eager_only)
+      op->targets[n++] = st->mappers[i].addr;
+  op->ntargets = n;
+  return 0;
+}
+
+/* ---- calls to the mappers --------------------------------------------------------------------- */
+
+static void on_vam_map(mb_actor *self, mb_msg *reply, void *ctx) {
+  mm_state *st = mb_actor_state(self);
+  uint32_t i = (uint32_t)(uintptr_t)ctx;
+  st->op.lent--;
+  if (reply->status == 0)
+    st->op.ok[i] = true;
+  else if (is_gone(reply->status))
+    drop_mapper(st, st->op.targets[i]);
+  else
+    op_fail(st, reply->status);
+  op_settle(st);
+}
+
+/* VAM_MAP of the operation's entries to target i. */
+static void call_map(mm_state *st, uint32_t i) {
+  vam_map_msg *m = vam_map_new();
+  if (m == NULL) {
+    op_fail(st, MB_ENOMEM);
+    return;
+  }
+  m->entries = st->op.entries;
+  m->count = st->op.count;
+  st->op.pending++;
+  st->op.lent++;
+  mb_call(st->self, st->op.targets[i], &m->hdr, on_vam_map, (void *)(uintptr_t)i);
+}
+
+static void on_vam_unmap(mb_actor *self, mb_msg *reply, void *ctx) {
+  mm_state *st = mb_actor_state(self);
+  uint32_t i = (uint32_t)(uintptr_t)ctx;
+  if (is_gone(reply->status))
+    drop_mapper(st, st->op.targets[i]);
+  else if (reply->status != 0)
+    op_fail(st, reply->status);
+  op_settle(st);
+}
+
+static void call_unmap(mm_state *st, uint32_t i, uint64_t gpa, uint64_t size) {
+  vam_unmap_msg *m = vam_unmap_new();
+  if (m == NULL) {
+    op_fail(st, MB_ENOMEM);
+    return;
+  }
+  m->gpa = gpa;
+  m->size = size;
+  st->op.pending++;
+  mb_call(st->self, st->op.targets[i], &m->hdr, on_vam_unmap, (void *)(uintptr_t)i);
+}
+
+/* ---- MM_MAP ----------------------------------------------------------------------------------- */
+
+static int cmp_entry(const void *a, const void *b) {
+  uint64_t x = ((const mb_map_entry *)a)->gpa, y = ((const mb_map_entry *)b)->gpa;
+  return x < y ? -1 : x > y;
+}
+
+static int check_entry(const mb_map_entry *e) {
+  if (e->obj == NULL || e->size == 0 || !mb_page_aligned(e->gpa) || !mb_page_aligned(e->size) ||
+      e->size > UINT64_MAX - e->gpa)
+    return MB_E_INVALID;
+  return mb_object_check_range(e->obj, e->obj_off, e->size) == 0 ? 0 : MB_E_INVALID;
+}
+
+/* Sorts the batch and checks it against itself and the visible mappings. */
+static int check_batch(mm_state *st, mb_map_entry *e, uint32_t count) {
+  for (uint32_t i = 0; i < count; i++)
+    if (check_entry(&e[i]) != 0)
+      return MB_E_INVALID;
+  qsort(e, count, sizeof *e, cmp_entry);
+  for (uint32_t i = 0; i < count; i++) {
+    if (i > 0 && e[i - 1].gpa + e[i - 1].size > e[i].gpa)
+      return MB_E_OVERLAP;
+    if (mb_rtree_first_overlap(&st->maps, e[i].gpa, e[i].gpa + e[i].size) != NULL)
+      return MB_E_OVERLAP;
+  }
+  return 0;
+}
+
+static int insert_batch(mm_state *st) {
+  mm_op *op = &st->op;
+  op->nodes = calloc(op->count, sizeof *op->nodes);
+  if (op->nodes == NULL)
+    return MB_ENOMEM;
+  for (uint32_t i = 0; i < op->count; i++)
+    if ((op->nodes[i] = malloc(sizeof(mm_node))) == NULL)
+      return MB_ENOMEM;
+  for (uint32_t i = 0; i < op->count; i++) {
+    mm_node *n = op->nodes[i];
+    n->e = op->entries[i];
+    mb_object_ref(n->e.obj);
+    mb_rtree_insert(&st->maps, &n->node, n->e.gpa, n->e.gpa + n->e.size);
+  }
+  return 0;
+}
+
+/* Undoes insert_batch (also a partial one: nodes not yet inserted are only allocated). */
+static void remove_batch(mm_state *st, bool inserted) {
+  mm_op *op = &st->op;
+  for (uint32_t i = 0; op->nodes != NULL && i < op->count; i++) {
+    if (op->nodes[i] == NULL)
+      continue;
+    if (inserted) {
+      mb_rtree_remove(&st->maps, &op->nodes[i]->node);
+      node_free(op->nodes[i]);
+    } else {
+      free(op->nodes[i]);
+    }
+  }
+}
+
+static void map_rolled_back(mm_state *st) {
+  remove_batch(st, true);
+  op_finish(st, st->op.status);
+}
+
+/* A mapper failed: the others that established the batch unmap it, one call per run of
+ * adjacent entries. */
+static void map_done(mm_state *st) {
+  mm_op *op = &st->op;
+  if (op->status == 0) {
+    op_finish(st, 0);
+    return;
+  }
+  op_begin(st, map_rolled_back);
+  for (uint32_t t = 0; t < op->ntargets; t++) {
+    if (!op->ok[t])
+      continue;
+    for (uint32_t i = 0; i < op->count;) {
+      uint64_t start = op->entries[i].gpa, end = start + op->entries[i].size;
+      for (i++; i < op->count && op->entries[i].gpa == end; i++)
+        end += op->entries[i].size;
+      call_unmap(st, t, start, end - start);
+    }
+  }
+  op_settle(st); /* rollback failures do not replace the cause: op->status is set */
+}
+
+static void handle_map(mm_state *st, mm_map_msg *m) {
+  mm_op *op = &st->op;
+  op->entries = m->entries;
+  op->count = m->entries != NULL ? m->count : 0;
+  m->entries = NULL; /* ours now, on success and on failure */
+  int rc = m->count > 0 && op->entries == NULL ? MB_E_INVALID : 0;
+  if (rc == 0 && op->count == 0) {
+    op_finish(st, 0);
+    return;
+  }
+  if (rc == 0)
+    rc = check_batch(st, op->entries, op->count);
+  if (rc == 0)
+    rc = op_targets(st, true);
+  if (rc == 0 && (rc = insert_batch(st)) != 0)
+    remove_batch(st, false);
+  if (rc != 0) {
+    op_finish(st, rc);
+    return;
+  }
+  op_begin(st, map_done);
+  for (uint32_t t = 0; t < op->ntargets; t++)
+    call_map(st, t);
+  op_settle(st);
+}
+
+/* ---- MM_UNMAP --------------------------------------------------------------------------------- */
+
+/* Removes every mapped byte of [a, b); a mapping straddling an edge keeps its outside part.
+ * Only a mapping straddling both edges needs a second node, allocated before anything
+ * changes. */
+static int cut_range(mm_state *st, uint64_t a, uint64_t b) {
+  mb_rtree_node *it = mb_rtree_first_overlap(&st->maps, a, b);
+  mm_node *spare = NULL;
+  if (it != NULL && it->start < a && it->end > b && (spare = malloc(sizeof *spare)) == NULL)
+    return MB_ENOMEM;
+  while ((it = mb_rtree_first_overlap(&st->maps, a, b)) != NULL) {
+    mm_node *n = node_of(it);
+    uint64_t start = it->start, end = it->end;
+    mb_rtree_remove(&st->maps, it);
+    if (start < a && end > b) {
+      spare->e = n->e;
+      spare->e.gpa = b;
+      spare->e.size = end - b;
+      spare->e.obj_off += b - start;
+      mb_object_ref(spare->e.obj);
+      mb_rtree_insert(&st->maps, &spare->node, b, end);
+    }
+    if (start < a) {
+      n->e.size = a - start;
+      mb_rtree_insert(&st->maps, &n->node, start, a);
+    } else if (end > b) {
+      n->e.gpa = b;
+      n->e.size = end - b;
+      n->e.obj_off += b - start;
+      mb_rtree_insert(&st->maps, &n->node, b, end);
+    } else {
+      node_free(n);
+    }
+  }
+  return 0;
+}
+
+static void unmap_done(mm_state *st) {
+  op_finish(st, st->op.status);
+}
+
+static void handle_unmap(mm_state *st, mm_unmap_msg *m) {
+  int rc = 0;
+  if (m->size == 0 || !mb_page_aligned(m->gpa) || !mb_page_aligned(m->size) ||
+      m->size > UINT64_MAX - m->gpa)
+    rc = MB_E_INVALID;
+  if (rc == 0)
+    rc = op_targets(st, false);
+  if (rc == 0)
+    rc = cut_range(st, m->gpa, m->gpa + m->size);
+  if (rc != 0) {
+    op_finish(st, rc);
+    return;
+  }
+  op_begin(st, unmap_done);
+  for (uint32_t t = 0; t < st->op.ntargets; t++)
+    call_unmap(st, t, m->gpa, m->size);
+  op_settle(st);
+}
+
+/* ---- mappers ---------------------------------------------------------------------------------- */
+
+static void add_mapper_done(mm_state *st) {
+  mm_op *op = &st->op;
+  int rc = op->status;
+  if (rc == 0 && !op->ok[0])
+    rc = MB_EGONE; /* a replay that reached nobody registers nobody */
+  if (rc == 0)
+    rc = add_mapper(st, op->targets[0], true);
+  op_finish(st, rc);
+}
+
+static void handle_add_mapper(mm_state *st, mm_add_mapper_msg *m) {
+  mm_op *op = &st->op;
+  int rc = 0;
+  if (m->mapper.loop == NULL)
+    rc = MB_E_INVALID;
+  else if (find_mapper(st, m->mapper) != NULL)
+    rc = MB_E_INVALID;
+  if (rc == 0 && (!m->eager || mb_rtree_empty(&st->maps))) {
+    op_finish(st, add_mapper(st, m->mapper, m->eager));
+    return;
+  }
+  if (rc == 0)
+    rc = reserve_mapper(st);
+  if (rc == 0)
+    rc = snapshot(st, &op->entries, &op->count);
+  if (rc == 0 && ((op->targets = malloc(sizeof *op->targets)) == NULL ||
+                  (op->ok = calloc(1, sizeof *op->ok)) == NULL))
+    rc = MB_ENOMEM;
+  if (rc != 0) {
+    op_finish(st, rc);
+    return;
+  }
+  op->targets[0] = m->mapper;
+  op->ntargets = 1;
+  op_begin(st, add_mapper_done);
+  call_map(st, 0);
+  op_settle(st);
+}
+
+static void handle_remove_mapper(mm_state *st, mm_remove_mapper_msg *m) {
+  bool known = find_mapper(st, m->mapper) != NULL;
+  drop_mapper(st, m->mapper);
+  op_finish(st, known ? 0 : MB_E_NOTFOUND);
+}
+
+/* ---- queries ---------------------------------------------------------------------------------- */
+
+/* Not an operation: answered at once, or forwarded to the mapper, which answers. */
+static void handle_resolve(mm_state *st, mm_resolve_msg *m) {
+  m->found = false;
+  memset(&m->entry, 0, sizeof m->entry);
+  mm_mapper *mapper = find_mapper(st, m->mapper);
+  if (mapper == NULL) {
+    mb_reply(&m->hdr, MB_E_NOTFOUND);
+    return;
+  }
+  mb_rtree_node *it = mb_rtree_find(&st->maps, m->gpa);
+  if (it == NULL) {
+    mb_reply(&m->hdr, MB_E_UNMAPPED);
+    return;
+  }
+  m->entry = node_of(it)->e;
+  mb_object_ref(m->entry.obj);
+  m->found = true;
+  /* Sent after every MAP/UNMAP this manager sent the mapper before, so ordered with them. */
+  mb_forward(st->self, m->mapper, &m->hdr);
+}
+
+static void handle_list(mm_state *st, mm_list_msg *m) {
+  int rc = snapshot(st, &m->entries, &m->count);
+  mb_reply(&m->hdr, rc);
+}
+
+/* ---- the actor ---------------------------------------------------------------------------------- */
+
+static void mm_handle(mb_actor *self, mb_msg *msg) {
+  mm_state *st = mb_actor_state(self);
+  if (!mb_msg_is_request(msg)) { /* nobody to answer; an MM_MAP's array is ours all the same */
+    mm_map_msg *m = mm_map_of(msg);
+    if (m != NULL)
+      mb_map_entries_free(m->entries, m->count);
+    mb_msg_free(msg);
+    return;
+  }
+  if (msg->proto != &mm_protocol) {
+    mb_reply(msg, MB_E_INVALID);
+    return;
+  }
+  switch ((enum mm_kind)msg->kind) {
+  case MM_RESOLVE:
+    handle_resolve(st, mm_resolve_of(msg));
+    return;
+  case MM_LIST:
+    handle_list(st, mm_list_of(msg));
+    return;
+  default:
+    break;
+  }
+  /* Serialized: nothing else runs until this operation answers. */
+  mb_msg_keep(msg);
+  st->busy = true;
+  st->op.req = msg;
+  switch ((enum mm_kind)msg->kind) {
+  case MM_MAP: handle_map(st, mm_map_of(msg)); break;
+  case MM_UNMAP: handle_unmap(st, mm_unmap_of(msg)); break;
+  case MM_ADD_MAPPER: handle_add_mapper(st, mm_add_mapper_of(msg)); break;
+  case MM_REMOVE_MAPPER: handle_remove_mapper(st, mm_remove_mapper_of(msg)); break;
+  default: op_finish(st, MB_E_INVALID); break;
+  }
+}
+
+/* Postorder: O(n) and no rebalancing work. The AVL height bounds the recursion. */
+static void free_subtree(mb_rtree_node *n) {
+  while (n != NULL) {
+    free_subtree(n->left);
+    mb_rtree_node *right = n->right;
+    node_free(node_of(n));
+    n = right;
+  }
+}
+
+static void mm_destroy(mb_actor *self) {
+  mm_state *st = mb_actor_state(self);
+  mm_op *op = &st->op;
+  if (st->busy) {
+    /* Mappers on other loops may still be reading a lent array: leave it to them rather than
+     * free it under their feet (only when a loop stops in the middle of an operation). The
+     * batch's nodes are in the tree and go with it. */
+    if (op->lent == 0)
+      mb_map_entries_free(op->entries, op->count);
+    free(op->nodes);
+    free(op->targets);
+    free(op->ok);
+    mb_msg_free(op->req);
+  }
+  free_subtree(st->maps.root);
+  free(st->mappers);
+  free(st);
+}
+
+static const mb_actor_type mm_type = {"mapping_manager", mm_handle, mm_destroy,
+                                      MB_ACTOR_SERIALIZED};
+
+mb_actor *mb_mapping_manager_create(mb_loop *loop) {
+  mm_state *st = calloc(1, sizeof *st);
+  if (st == NULL)
+    return NULL;
+  mb_rtree_init(&st->maps);
+  st->self = mb_actor_create(loop, &mm_type, st, "mapping_manager");
+  if (st->self == NULL) {
+    free(st);
+    return NULL;
+  }
+  return st->self;
+}

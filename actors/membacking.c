@@ -1,0 +1,295 @@
+/* membacking.c: the public API: managers, regions, mappings, and the asynchronous and
+ * blocking ways every operation is issued. Mappers and partitions: membacking_consumers.c. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "api_internal.h"
+
+/* ---- issuing requests ---------------------------------------------------------------------- */
+
+typedef struct api_op {
+  mb_done_fn done;
+  void *ctx;
+  mb__value_fn value;
+  mb_object *obj;
+} api_op;
+
+static void api_op_reply(mb_actor *self, mb_msg *reply, void *ctx) {
+  (void)self;
+  api_op *op = ctx;
+  uint64_t v = (op->value && reply->status == 0) ? op->value(reply) : 0;
+  if (op->obj) mb_object_unref(op->obj);
+  op->done(op->ctx, reply->status, v);
+  free(op);
+}
+
+void mb__api_submit(mb_addr to, mb_msg *msg, mb__value_fn value, mb_object *obj,
+                    mb_done_fn done, void *ctx) {
+  mb_loop *here = mb_loop_current();
+  api_op *op = here ? malloc(sizeof *op) : NULL;
+  if (!op || !msg) { /* a programming error (no loop) or no memory: the only inline answer */
+    mb_msg_free(msg);
+    done(ctx, op || !here ? MB_ENOMEM : MB_EINVAL, 0);
+    free(op);
+    return;
+  }
+  *op = (api_op){done, ctx, value, obj ? mb_object_ref(obj) : NULL};
+  mb_call(mb_loop_actor(here), to, msg, api_op_reply, op);
+}
+
+int mb__api_call(mb_addr to, mb_msg *msg, mb__value_fn value_fn, uint64_t *value) {
+  if (!msg) return MB_ENOMEM;
+  int rc = mb_call_sync(to, msg);
+  if (rc == 0 && value_fn && value) *value = value_fn(msg);
+  mb_msg_free(msg);
+  return rc;
+}
+
+/* ---- managers ---------------------------------------------------------------------------- */
+
+typedef struct mm_build {
+  mb_mm *mm;
+  const mb_mm_config *cfg;
+  int rc;
+} mm_build;
+
+static void mm_build_managers(mb_loop *loop, void *arg) {
+  mm_build *b = arg;
+  b->mm->mm = mb_mapping_manager_create(loop);
+  mb_rm_config rc = {b->mm->max_addr, b->cfg->overlap, mb_actor_addr(b->mm->mm)};
+  b->mm->rm = b->mm->mm ? mb_region_manager_create(loop, &rc) : NULL;
+  b->rc = b->mm->rm ? 0 : MB_ENOMEM;
+}
+
+static void ignore_reply(mb_actor *self, mb_msg *reply, void *ctx) {
+  (void)self, (void)reply, (void)ctx;
+}
+
+/* The partitions' mapper is registered before any request of the caller can reach the
+ * mapping manager: this call is sent first, and delivery is causal. */
+static void mm_build_part_vam(mb_loop *loop, void *arg) {
+  mm_build *b = arg;
+  b->rc = mb_vam_create(loop, mb_actor_addr(b->mm->mm), b->mm->max_addr, true, &b->mm->part_vam);
+  if (b->rc) return;
+  mm_add_mapper_msg *m = mm_add_mapper_new();
+  m->mapper = mb_vam_addr(b->mm->part_vam);
+  m->eager = true;
+  mb_call(mb_loop_actor(loop), mb_actor_addr(b->mm->mm), &m->hdr, ignore_reply, NULL);
+}
+
+static int check_config(const mb_mm_config *cfg) {
+  if (!cfg || !cfg->loop) return MB_E_INVALID;
+  if (cfg->overlap != MB_OVERLAP_NESTED && cfg->overlap != MB_OVERLAP_ANY) return MB_E_INVALID;
+  uint64_t max = cfg->max_addr ? cfg->max_addr : 64ull << 30;
+  if (!mb_page_aligned(max) || max > (1ull << 46)) return MB_E_INVALID;
+  return 0;
+}
+
+int mb_mm_create(const mb_mm_config *cfg, mb_mm **out) {
+  int rc = check_config(cfg);
+  mb_mm *mm = rc ? NULL : calloc(1, sizeof *mm);
+  if (!mm) return rc ? rc : MB_ENOMEM;
+  mm->loop = cfg->loop;
+  mm->part_loop = cfg->part_loop ? cfg->part_loop : cfg->loop;
+  mm->max_addr = cfg->max_addr ? cfg->max_addr : 64ull << 30;
+  pthread_mutex_init(&mm->lock, NULL);
+  mm_build b = {mm, cfg, 0};
+  rc = mb_loop_exec(mm->loop, mm_build_managers, &b);
+  if (!rc && !(rc = b.rc)) rc = mb_loop_exec(mm->part_loop, mm_build_part_vam, &b);
+  if (!rc) rc = b.rc;
+  if (rc) {
+    mb_mm_destroy(mm);
+    return rc;
+  }
+  *out = mm;
+  return 0;
+}
+
+static void destroy_part_vam(mb_loop *loop, void *arg) {
+  (void)loop;
+  mb_vam_destroy(arg);
+}
+
+static void destroy_managers(mb_loop *loop, void *arg) {
+  (void)loop;
+  mb_mm *mm = arg;
+  if (mm->rm) mb_actor_destroy(mm->rm);
+  if (mm->mm) mb_actor_destroy(mm->mm);
+}
+
+void mb_mm_destroy(mb_mm *mm) {
+  if (!mm) return;
+  while (mm->partitions) mb__partition_destroy(mm->partitions);
+  while (mm->mappers) mb__mapper_destroy(mm->mappers);
+  if (mm->part_vam) mb_loop_exec(mm->part_loop, destroy_part_vam, mm->part_vam);
+  mb_loop_exec(mm->loop, destroy_managers, mm);
+  pthread_mutex_destroy(&mm->lock);
+  free(mm);
+}
+
+uint64_t mb_mm_max_addr(const mb_mm *mm) { return mm->max_addr; }
+
+/* ---- regions ------------------------------------------------------------------------------- */
+
+static uint64_t region_id_of(mb_msg *m) { return rm_region_add_of(m)->id; }
+static uint64_t region_state_of(mb_msg *m) { return (uint64_t)rm_region_state_of(m)->state; }
+
+static mb_msg *region_add_msg(const mb_region_params *p) {
+  rm_region_add_msg *m = rm_region_add_new();
+  if (!m) return NULL;
+  if (p->name) snprintf(m->name, sizeof m->name, "%s", p->name);
+  m->gpa = p->gpa;
+  m->size = p->size;
+  m->prio = p->priority;
+  m->device = p->device;
+  return &m->hdr;
+}
+
+void mb_region_add(mb_mm *mm, const mb_region_params *p, mb_done_fn done, void *ctx) {
+  mb__api_submit(mb_actor_addr(mm->rm), region_add_msg(p), region_id_of, NULL, done, ctx);
+}
+
+int mb_region_add_sync(mb_mm *mm, const mb_region_params *p, mb_region_id *id) {
+  uint64_t v = 0;
+  int rc = mb__api_call(mb_actor_addr(mm->rm), region_add_msg(p), region_id_of, &v);
+  if (!rc && id) *id = (mb_region_id)v;
+  return rc;
+}
+
+static mb_msg *region_map_msg(mb_region_id id, bool writable) {
+  rm_region_map_msg *m = rm_region_map_new();
+  if (!m) return NULL;
+  m->id = id;
+  m->writable = writable;
+  return &m->hdr;
+}
+
+void mb_region_map(mb_mm *mm, mb_region_id id, bool writable, mb_done_fn done, void *ctx) {
+  mb__api_submit(mb_actor_addr(mm->rm), region_map_msg(id, writable), NULL, NULL, done, ctx);
+}
+
+int mb_region_map_sync(mb_mm *mm, mb_region_id id, bool writable) {
+  return mb__api_call(mb_actor_addr(mm->rm), region_map_msg(id, writable), NULL, NULL);
+}
+
+/* unmap, remove and state carry just the id. */
+#define ID_MSG(name)                                                                          \
+  static mb_msg *name##_msg(mb_region_id id) {                                               \
+    rm_##name##_msg *m = rm_##name##_new();                                                  \
+    if (!m) return NULL;                                                                     \
+    m->id = id;                                                                              \
+    return &m->hdr;                                                                          \
+  }
+ID_MSG(region_unmap)
+ID_MSG(region_remove)
+ID_MSG(region_state)
+
+void mb_region_unmap(mb_mm *mm, mb_region_id id, mb_done_fn done, void *ctx) {
+  mb__api_submit(mb_actor_addr(mm->rm), region_unmap_msg(id), NULL, NULL, done,
+                 ctx);
+}
+
+int mb_region_unmap_sync(mb_mm *mm, mb_region_id id) {
+  return mb__api_call(mb_actor_addr(mm->rm), region_unmap_msg(id), NULL, NULL);
+}
+
+void mb_region_remove(mb_mm *mm, mb_region_id id, mb_done_fn done, void *ctx) {
+  mb__api_submit(mb_actor_addr(mm->rm), region_remove_msg(id), NULL, NULL, done,
+                 ctx);
+}
+
+int mb_region_remove_sync(mb_mm *mm, mb_region_id id) {
+  return mb__api_call(mb_actor_addr(mm->rm), region_remove_msg(id), NULL, NULL);
+}
+
+void mb_region_state(mb_mm *mm, mb_region_id id, mb_done_fn done, void *ctx) {
+  mb__api_submit(mb_actor_addr(mm->rm), region_state_msg(id), region_state_of,
+                 NULL, done, ctx);
+}
+
+int mb_region_state_sync(mb_mm *mm, mb_region_id id, int *state) {
+  uint64_t v = 0;
+  int rc = mb__api_call(mb_actor_addr(mm->rm), region_state_msg(id),
+                        region_state_of, &v);
+  if (!rc && state) *state = (int)v;
+  return rc;
+}
+
+/* ---- mappings ------------------------------------------------------------------------------
+ * The caller's object reference must outlive the request: the API holds one of its own until
+ * completion (the region manager takes another when it keeps the mapping). */
+
+static mb_msg *mapping_msg(const mb_mapping_params *p, bool replace) {
+  rm_mapping_add_msg *m = replace ? (rm_mapping_add_msg *)(void *)rm_mapping_replace_new()
+                                  : rm_mapping_add_new();
+  if (!m) return NULL;
+  m->id = p->region;
+  m->offset = p->offset;
+  m->size = p->size;
+  m->obj = p->obj;
+  m->obj_off = p->obj_offset;
+  m->writable = p->writable;
+  return &m->hdr;
+}
+
+static int mapping_sync(mb_mm *mm, const mb_mapping_params *p, bool replace) {
+  if (!p->obj) return MB_E_NOTFOUND;
+  mb_object_ref(p->obj);
+  int rc = mb__api_call(mb_actor_addr(mm->rm), mapping_msg(p, replace), NULL, NULL);
+  mb_object_unref(p->obj);
+  return rc;
+}
+
+static void mapping_async(mb_mm *mm, const mb_mapping_params *p, bool replace, mb_done_fn done,
+                          void *ctx) {
+  mb__api_submit(mb_actor_addr(mm->rm), p->obj ? mapping_msg(p, replace) : NULL, NULL, p->obj,
+                 done, ctx);
+}
+
+void mb_mapping_add(mb_mm *mm, const mb_mapping_params *p, mb_done_fn done, void *ctx) {
+  mapping_async(mm, p, false, done, ctx);
+}
+int mb_mapping_add_sync(mb_mm *mm, const mb_mapping_params *p) { return mapping_sync(mm, p, false); }
+void mb_mapping_replace(mb_mm *mm, const mb_mapping_params *p, mb_done_fn done, void *ctx) {
+  mapping_async(mm, p, true, done, ctx);
+}
+int mb_mapping_replace_sync(mb_mm *mm, const mb_mapping_params *p) {
+  return mapping_sync(mm, p, true);
+}
+
+static mb_msg *mapping_remove_msg(mb_region_id region, uint64_t offset, uint64_t size) {
+  rm_mapping_remove_msg *m = rm_mapping_remove_new();
+  if (!m) return NULL;
+  m->id = region;
+  m->offset = offset;
+  m->size = size;
+  return &m->hdr;
+}
+
+void mb_mapping_remove(mb_mm *mm, mb_region_id region, uint64_t offset, uint64_t size,
+                       mb_done_fn done, void *ctx) {
+  mb__api_submit(mb_actor_addr(mm->rm), mapping_remove_msg(region, offset, size), NULL, NULL,
+                 done, ctx);
+}
+
+int mb_mapping_remove_sync(mb_mm *mm, mb_region_id region, uint64_t offset, uint64_t size) {
+  return mb__api_call(mb_actor_addr(mm->rm), mapping_remove_msg(region, offset, size), NULL,
+                      NULL);
+}
+
+/* ---- errors -------------------------------------------------------------------------------- */
+
+const char *membacking_strerror(int err) {
+  switch (err) {
+  case MB_E_OVERLAP: return "region or mapping overlap";
+  case MB_E_INVALID: return "invalid request";
+  case MB_E_NOTFOUND: return "not found";
+  case MB_E_UNMAPPED: return "guest address not mapped";
+  case MB_E_READONLY: return "write to read-only memory";
+  case MB_E_MMIO: return "guest access outside the partition's memory (MMIO)";
+  case MB_E_FAULT: return "guest access to memory with no backing";
+  case MB_E_UNSUPPORTED: return "not supported in this build";
+  default: return mb_strerror(err);
+  }
+}

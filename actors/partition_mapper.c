@@ -1,0 +1,113 @@
+/* partition_mapper.c: the partition mapper actor (see partition_mapper.h). It owns one backend
+ * instance and turns each request into one backend call on its loop thread: a piece of guest
+ * range [gpa, gpa + size) is backed by the host VA at va_base + gpa. Its destruction
+ * destroys the instance, which unmaps everything. */
+#include "partition_mapper.h"
+
+#include <stdlib.h>
+
+/* A PM_RANGES reply carries a malloc'd array: freed if its requester is gone. */
+static void pm_dispose(mb_msg *msg) {
+  pm_ranges_msg *m = pm_ranges_of(msg);
+  if (m) free(m->ranges);
+}
+
+MB_PROTOCOL_DEFINE_DISPOSE(pm, PM_MESSAGES, pm_dispose);
+
+typedef struct pm_state {
+  const mb_partition_ops *ops;
+  void *inst;
+  uint8_t *va_base;
+} pm_state;
+
+static int pm_do_map(pm_state *s, pm_map_msg *m) {
+  if (m->gpa > UINTPTR_MAX - (uintptr_t)s->va_base)
+    return MB_E_INVALID;
+  return s->ops->map(s->inst, m->gpa, m->size, s->va_base + m->gpa, m->writable);
+}
+
+/* Ranges from the backend, adjacent ones with the same access merged, in a malloc'd array
+ * the requester frees (NULL when there are none). */
+static int pm_do_ranges(pm_state *s, pm_ranges_msg *m) {
+  m->ranges = NULL;
+  m->count = 0;
+  size_t total = s->ops->ranges(s->inst, NULL, 0);
+  if (total == 0)
+    return 0;
+  mb_part_range *r = malloc(total * sizeof *r);
+  if (!r)
+    return MB_ENOMEM;
+  total = s->ops->ranges(s->inst, r, total);
+  size_t n = 0;
+  for (size_t i = 0; i < total; i++) {
+    mb_part_range *last = n ? &r[n - 1] : NULL;
+    if (last && last->gpa + last->size == r[i].gpa && last->writable == r[i].writable)
+      last->size += r[i].size;
+    else
+      r[n++] = r[i];
+  }
+  m->ranges = r;
+  m->count = (uint32_t)n;
+  return 0;
+}
+
+static int pm_dispatch(pm_state *s, mb_msg *msg) {
+  switch ((enum pm_kind)msg->kind) {
+  case PM_MAP:
+    return pm_do_map(s, pm_map_of(msg));
+  case PM_UNMAP: {
+    pm_unmap_msg *m = pm_unmap_of(msg);
+    return s->ops->unmap(s->inst, m->gpa, m->size);
+  }
+  case PM_RANGES:
+    return pm_do_ranges(s, pm_ranges_of(msg));
+  case PM_ACCESS: {
+    pm_access_msg *m = pm_access_of(msg);
+    if (m->len > SIZE_MAX)
+      return MB_E_INVALID;
+    return s->ops->access(s->inst, m->gpa, m->buf, (size_t)m->len, m->write);
+  }
+  default:
+    return MB_EINVAL;
+  }
+}
+
+static void pm_handle(mb_actor *self, mb_msg *msg) {
+  pm_state *s = mb_actor_state(self);
+  int rc = msg->proto == &pm_protocol ? pm_dispatch(s, msg) : MB_EINVAL;
+  mb_reply(msg, rc); /* a one-way message is simply released */
+}
+
+static void pm_destroy(mb_actor *self) {
+  pm_state *s = mb_actor_state(self);
+  s->ops->destroy(s->inst);
+  free(s);
+}
+
+static const mb_actor_type pm_type = {"partition_mapper", pm_handle, pm_destroy, 0};
+
+int mb_partition_mapper_create(mb_loop *loop, const mb_partition_ops *ops, uint64_t max_addr,
+                               uint8_t *va_base, mb_actor **out) {
+  if (!loop || !ops || !va_base || !out || !mb_loop_is_current(loop))
+    return MB_EINVAL;
+  if (mb_loop_stopping(loop))
+    return MB_ESTOPPED;
+  pm_state *s = calloc(1, sizeof *s);
+  if (!s)
+    return MB_ENOMEM;
+  s->ops = ops;
+  s->va_base = va_base;
+  int rc = ops->create(max_addr, &s->inst);
+  if (rc != 0) {
+    free(s);
+    return rc;
+  }
+  mb_actor *a = mb_actor_create(loop, &pm_type, s, ops->name);
+  if (!a) { /* checked above: only allocation can fail here */
+    ops->destroy(s->inst);
+    free(s);
+    return MB_ENOMEM;
+  }
+  *out = a;
+  return 0;
+}

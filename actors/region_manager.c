@@ -1,0 +1,790 @@
+/* region_manager.c: the region manager actor (see region_manager.h).
+ *
+ * Takes: RM_* requests (region add/map/unmap/remove/state, mapping add/remove/replace,
+ * partition add/remove). Sends: MM_MAP/MM_UNMAP to the mapping manager, PM_MAP/PM_UNMAP to
+ * the partition mappers.
+ *
+ * State: regions by id (an interval tree keyed [id, id + 1)) and by guest range with the
+ * visible pieces (region_visibility.h); per region its mappings in an interval tree keyed by
+ * absolute guest range (they never overlap); the partitions, in the order they were added.
+ *
+ * Operations. A request that needs nested calls becomes an rm_op: it is validated and planned
+ * completely first (every allocation made, nothing sent), then runs as a list of steps. Each
+ * step is a batch of calls sent together (to one or to every partition, or to the mapping
+ * manager); the next step starts when all of them answered. A visibility change runs:
+ *   1. PM_UNMAP the removed pieces from every partition,
+ *   2. MM_UNMAP the segments whose winner changes (the old winner's mappings there),
+ *   3. MM_MAP the new winners' mappings clipped to those segments,
+ *   4. PM_MAP the added pieces into every partition;
+ * an access change does the same over the region's own pieces. Nothing in the manager's own
+ * state changes until every step succeeded (commit). When a call fails, the steps done so far
+ * are undone in reverse (each completed call has an exact inverse, since the region's state
+ * is still the old one), and the request is answered with the first error: a failed request
+ * changes nothing. The actor is serialized, so at most one rm_op exists at a time.
+ *
+ * A partition mapper that is gone (MB_EGONE) holds nothing; calls to it count as done.
+ */
+#include "region_manager.h"
+
+#include <assert.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "mapping_manager.h"
+#include "mb_errors.h"
+#include "partition_mapper.h"
+#include "range_tree.h"
+#include "region_visibility.h"
+
+MB_PROTOCOL_DEFINE(rm, RM_MESSAGES);
+
+typedef struct rm_mapping {
+  mb_rtree_node node; /* in its region's tree: the absolute guest range */
+  mb_object *obj;     /* our own reference */
+  uint64_t obj_off;   /* object offset of node.start */
+  bool writable;
+} rm_mapping;
+
+typedef struct rm_region {
+  mb__vis_region vis;   /* guest range, priority, mapped, visible bytes */
+  mb_rtree_node by_id;  /* [id, id + 1) */
+  uint32_t id;
+  bool writable;        /* the map access, while mapped */
+  bool device;
+  mb_name name;
+  mb_rtree mappings;
+} rm_region;
+
+/* One nested call of an operation, and (for undo) its inverse. */
+enum { CALL_PM_MAP, CALL_PM_UNMAP, CALL_MM_MAP, CALL_MM_UNMAP };
+
+typedef struct rm_call {
+  struct rm_op *op;
+  uint8_t kind;
+  bool writable;      /* PM_MAP: the piece's access; PM_UNMAP: the access its undo restores;
+                       * MM_*: the access of src's mappings in the range */
+  bool done;          /* answered 0 on the way forward */
+  mb_addr to;
+  uint64_t gpa, size;
+  rm_region *src;     /* MM_*: whose mappings fill [gpa, gpa + size) */
+  rm_mapping *one;    /* MM_MAP of a mapping not yet in src's tree (mapping add) */
+} rm_call;
+
+enum { RM_MAX_STEPS = 4 };
+
+typedef struct rm_op {
+  mb_msg *req;
+  uint32_t kind;          /* the request's kind */
+  rm_region *region;
+  rm_call *calls;
+  size_t ncalls, cap;
+  size_t step_at[RM_MAX_STEPS + 1]; /* step i is calls [step_at[i], step_at[i + 1]) */
+  size_t nsteps;
+  size_t step;            /* forward: the next step to send; undoing: the last one undone */
+  size_t pending;         /* replies due, plus one while a step is being sent */
+  bool undoing;
+  int err;                /* the first failure */
+  /* what commit applies */
+  mb__vis_diff diff;
+  bool writable;          /* region map: the new access */
+  rm_mapping *mapping;    /* mapping add: the new mapping */
+  uint64_t start, end;    /* mapping remove: the absolute range */
+  rm_mapping *spare;      /* mapping remove: the right part of a mapping split in two */
+  mb_addr partition;      /* partition add */
+} rm_op;
+
+typedef struct rm_state {
+  mb_rm_config cfg;
+  mb__vis_set vis;
+  mb_rtree ids;
+  uint32_t next_id;
+  mb_addr *parts;
+  size_t nparts, cap_parts;
+  rm_op *op;              /* the operation in flight */
+} rm_state;
+
+static rm_region *region_of_vis(mb__vis_region *v) {
+  return v ? mb_rtree_entry(v, rm_region, vis) : NULL;
+}
+
+static rm_mapping *mapping_of(mb_rtree_node *n) {
+  return n ? mb_rtree_entry(n, rm_mapping, node) : NULL;
+}
+
+static uint64_t r_start(const rm_region *r) { return r->vis.node.start; }
+static uint64_t r_end(const rm_region *r) { return r->vis.node.end; }
+static uint64_t min64(uint64_t a, uint64_t b) { return a < b ? a : b; }
+static uint64_t max64(uint64_t a, uint64_t b) { return a > b ? a : b; }
+
+static bool addr_eq(mb_addr a, mb_addr b) {
+  return a.loop == b.loop && a.slot == b.slot && a.gen == b.gen;
+}
+
+static rm_region *region_find(rm_state *st, uint32_t id) {
+  mb_rtree_node *n = mb_rtree_find(&st->ids, id);
+  return n ? mb_rtree_entry(n, rm_region, by_id) : NULL;
+}
+
+static bool has_mappings(const rm_region *r, uint64_t start, uint64_t end) {
+  return mb_rtree_first_overlap(&r->mappings, start, end) != NULL;
+}
+
+static void mapping_free(rm_mapping *m) {
+  if (m == NULL)
+    return;
+  mb_object_unref(m->obj);
+  free(m);
+}
+
+static void region_free(rm_state *st, rm_region *r) {
+  while (r->mappings.root != NULL) {
+    rm_mapping *m = mapping_of(r->mappings.root);
+    mb_rtree_remove(&r->mappings, &m->node);
+    mapping_free(m);
+  }
+  mb__vis_remove(&st->vis, &r->vis);
+  mb_rtree_remove(&st->ids, &r->by_id);
+  free(r);
+}
+
+static void entries_free(mb_map_entry *e, uint32_t count) {
+  for (uint32_t i = 0; i < count; i++)
+    mb_object_unref(e[i].obj);
+  free(e);
+}
+
+static mb_map_entry clip_entry(const rm_mapping *m, uint64_t start, uint64_t end,
+                               bool writable) {
+  uint64_t s = max64(m->node.start, start), e = min64(m->node.end, end);
+  return (mb_map_entry){s, e - s, mb_object_ref(m->obj), m->obj_off + (s - m->node.start),
+                        m->writable && writable};
+}
+
+/* The entries for an MM_MAP call: src's mappings (or just `one`) clipped to the call's range,
+ * each with its own reference, writable only where the mapping and the access both are. */
+static int build_entries(const rm_call *c, mb_map_entry **out, uint32_t *count) {
+  uint64_t start = c->gpa, end = c->gpa + c->size;
+  size_t n = 0;
+  mb_rtree_node *it;
+  if (c->one != NULL)
+    n = 1;
+  else
+    mb_rtree_for_each_overlap(it, &c->src->mappings, start, end) n++;
+  *out = NULL;
+  *count = 0;
+  if (n == 0)
+    return 0;
+  if (n > UINT32_MAX)
+    return MB_ENOMEM;
+  mb_map_entry *e = malloc(n * sizeof *e);
+  if (e == NULL)
+    return MB_ENOMEM;
+  size_t i = 0;
+  if (c->one != NULL)
+    e[i++] = clip_entry(c->one, start, end, c->writable);
+  else
+    mb_rtree_for_each_overlap(it, &c->src->mappings, start, end)
+      e[i++] = clip_entry(mapping_of(it), start, end, c->writable);
+  *out = e;
+  *count = (uint32_t)n;
+  return 0;
+}
+
+/* ---- operations: plan -------------------------------------------------------------------- */
+
+static rm_op *op_new(mb_msg *req, rm_region *r) {
+  rm_op *op = calloc(1, sizeof *op);
+  if (op == NULL)
+    return NULL;
+  op->req = req;
+  op->kind = req->kind;
+  op->region = r;
+  return op;
+}
+
+static void op_free(rm_op *op) {
+  mb__vis_abort(&op->diff);
+  mapping_free(op->mapping);
+  free(op->spare);
+  free(op->calls);
+  free(op);
+}
+
+static int op_add_call(rm_op *op, rm_call c) {
+  if (op->ncalls == op->cap) {
+    size_t cap = op->cap ? 2 * op->cap : 16;
+    rm_call *calls = realloc(op->calls, cap * sizeof *calls);
+    if (calls == NULL)
+      return MB_ENOMEM;
+    op->calls = calls;
+    op->cap = cap;
+  }
+  c.op = op;
+  op->calls[op->ncalls++] = c;
+  return 0;
+}
+
+/* Closes the step being planned (empty steps are dropped). */
+static void op_end_step(rm_op *op) {
+  size_t begin = op->nsteps ? op->step_at[op->nsteps] : 0;
+  if (op->ncalls == begin)
+    return;
+  assert(op->nsteps < RM_MAX_STEPS);
+  op->step_at[op->nsteps] = begin;
+  op->step_at[++op->nsteps] = op->ncalls;
+}
+
+static int plan_pm(rm_state *st, rm_op *op, int kind, uint64_t gpa, uint64_t size,
+                   bool writable) {
+  for (size_t i = 0; i < st->nparts; i++) {
+    int rc = op_add_call(op, (rm_call){.kind = (uint8_t)kind, .writable = writable,
+                                       .to = st->parts[i], .gpa = gpa, .size = size});
+    if (rc)
+      return rc;
+  }
+  return 0;
+}
+
+/* An MM call over [start, end) for src's mappings, when it has any there. */
+static int plan_mm(rm_state *st, rm_op *op, int kind, uint64_t start, uint64_t end,
+                   rm_region *src, bool writable) {
+  if (src == NULL || !has_mappings(src, start, end))
+    return 0;
+  return op_add_call(op, (rm_call){.kind = (uint8_t)kind, .writable = writable,
+                                   .to = st->cfg.mapping_manager, .gpa = start,
+                                   .size = end - start, .src = src});
+}
+
+/* The access a region shows with once the operation is done. */
+static bool new_access(const rm_op *op, const rm_region *r) {
+  return r == op->region && op->kind == RM_REGION_MAP ? op->writable : r->writable;
+}
+
+/* The four steps of a visibility change (op->diff). The MM calls cover runs of touching
+ * segments with one old (unmap) or one new (map) winner. */
+static int plan_visibility(rm_state *st, rm_op *op) {
+  const mb__vis_diff *d = &op->diff;
+  int rc = 0;
+  for (size_t i = 0; i < d->nremoved && !rc; i++) {
+    mb_rtree_node *n = &d->removed[i]->node;
+    rc = plan_pm(st, op, CALL_PM_UNMAP, n->start, n->end - n->start,
+                 region_of_vis(d->removed[i]->region)->writable);
+  }
+  op_end_step(op);
+  for (int map = 0; map < 2; map++) {
+    for (size_t i = 0, j; i < d->nsegs && !rc; i = j) {
+      mb__vis_region *w = map ? d->segs[i].new_winner : d->segs[i].old_winner;
+      for (j = i + 1; j < d->nsegs && d->segs[j].start == d->segs[j - 1].end &&
+                      (map ? d->segs[j].new_winner : d->segs[j].old_winner) == w;
+           j++) {
+      }
+      rm_region *r = region_of_vis(w);
+      if (r != NULL)
+        rc = plan_mm(st, op, map ? CALL_MM_MAP : CALL_MM_UNMAP, d->segs[i].start,
+                     d->segs[j - 1].end, r, map ? new_access(op, r) : r->writable);
+    }
+    op_end_step(op);
+  }
+  for (size_t i = 0; i < d->nadded && !rc; i++) {
+    mb_rtree_node *n = &d->added[i]->node;
+    rc = plan_pm(st, op, CALL_PM_MAP, n->start, n->end - n->start,
+                 new_access(op, region_of_vis(d->added[i]->region)));
+  }
+  op_end_step(op);
+  return rc;
+}
+
+/* An access change of a mapped region: its own pieces torn down and set up again. */
+static int plan_access(rm_state *st, rm_op *op) {
+  rm_region *r = op->region;
+  const mb__vis_set *v = &st->vis;
+  uint64_t s = r_start(r), e = r_end(r);
+  int rc = 0;
+  mb__vis_piece *p;
+  for (int phase = 0; phase < 4 && !rc; phase++) {
+    for (p = mb__vis_first_piece_of(v, &r->vis, s, e); p && !rc;
+         p = mb__vis_next_piece_of(p, &r->vis, s, e)) {
+      uint64_t ps = p->node.start, pe = p->node.end;
+      if (phase == 0)
+        rc = plan_pm(st, op, CALL_PM_UNMAP, ps, pe - ps, r->writable);
+      else if (phase == 1)
+        rc = plan_mm(st, op, CALL_MM_UNMAP, ps, pe, r, r->writable);
+      else if (phase == 2)
+        rc = plan_mm(st, op, CALL_MM_MAP, ps, pe, r, op->writable);
+      else
+        rc = plan_pm(st, op, CALL_PM_MAP, ps, pe - ps, op->writable);
+    }
+    op_end_step(op);
+  }
+  return rc;
+}
+
+/* ---- operations: run, undo, finish ------------------------------------------------------- */
+
+static void op_next(mb_actor *self, rm_state *st);
+
+static int inverse_kind(int kind) {
+  switch (kind) {
+  case CALL_PM_MAP: return CALL_PM_UNMAP;
+  case CALL_PM_UNMAP: return CALL_PM_MAP;
+  case CALL_MM_MAP: return CALL_MM_UNMAP;
+  default: return CALL_MM_MAP;
+  }
+}
+
+static void on_call_reply(mb_actor *self, mb_msg *reply, void *ctx) {
+  rm_call *c = ctx;
+  rm_op *op = c->op;
+  int status = reply->status;
+  mm_map_msg *mm = mm_map_of(reply);
+  if (mm != NULL && mm->entries != NULL && (status == MB_EGONE || status == MB_ESTOPPED)) {
+    entries_free(mm->entries, mm->count); /* never delivered: still ours */
+    mm->entries = NULL;
+  }
+  if (reply->proto == &pm_protocol && status == MB_EGONE && op->kind != RM_PARTITION_ADD)
+    status = 0;
+  if (!op->undoing) {
+    if (status == 0)
+      c->done = true;
+    else if (op->err == 0)
+      op->err = status;
+  }
+  if (--op->pending == 0)
+    op_next(self, mb_actor_state(self));
+}
+
+/* Sends one call (or its inverse). A call with nothing to send counts as done at once. */
+static void call_send(mb_actor *self, rm_call *c, bool inverse) {
+  rm_op *op = c->op;
+  int kind = inverse ? inverse_kind(c->kind) : c->kind;
+  mb_msg *msg = NULL;
+  int rc = MB_ENOMEM;
+  if (kind == CALL_PM_MAP) {
+    pm_map_msg *m = pm_map_new();
+    if (m)
+      m->gpa = c->gpa, m->size = c->size, m->writable = c->writable, msg = &m->hdr;
+  } else if (kind == CALL_PM_UNMAP) {
+    pm_unmap_msg *m = pm_unmap_new();
+    if (m)
+      m->gpa = c->gpa, m->size = c->size, msg = &m->hdr;
+  } else if (kind == CALL_MM_UNMAP) {
+    mm_unmap_msg *m = mm_unmap_new();
+    if (m)
+      m->gpa = c->gpa, m->size = c->size, msg = &m->hdr;
+  } else {
+    mb_map_entry *e;
+    uint32_t n;
+    rc = build_entries(c, &e, &n);
+    if (rc == 0 && n == 0)
+      return; /* nothing to map: nothing to undo either */
+    mm_map_msg *m = rc == 0 ? mm_map_new() : NULL;
+    if (m)
+      m->entries = e, m->count = n, msg = &m->hdr;
+    else if (rc == 0)
+      entries_free(e, n), rc = MB_ENOMEM;
+  }
+  if (msg == NULL) {
+    if (!inverse && op->err == 0)
+      op->err = rc;
+    return;
+  }
+  op->pending++;
+  mb_call(self, c->to, msg, on_call_reply, c);
+}
+
+/* Sends step op->step forward, or the inverses of its completed calls in reverse order. */
+static void step_send(mb_actor *self, rm_op *op, bool inverse) {
+  size_t begin = op->step_at[op->step], end = op->step_at[op->step + 1];
+  op->pending++; /* held while sending: replies never complete the step under our feet */
+  if (inverse) {
+    for (size_t i = end; i-- > begin;)
+      if (op->calls[i].done)
+        call_send(self, &op->calls[i], true);
+  } else {
+    for (size_t i = begin; i < end && op->err == 0; i++)
+      call_send(self, &op->calls[i], false);
+  }
+  op->pending--;
+}
+
+static void op_commit(rm_state *st, rm_op *op);
+
+static void op_finish(rm_state *st, rm_op *op, int err) {
+  if (err == 0)
+    op_commit(st, op);
+  st->op = NULL;
+  mb_reply(op->req, err);
+  op_free(op);
+}
+
+/* Moves the operation on once every reply of the current step is in. */
+static void op_next(mb_actor *self, rm_state *st) {
+  rm_op *op = st->op;
+  for (;;) {
+    if (!op->undoing && op->err != 0)
+      op->undoing = true; /* op->step is one past the failed step: undo from there */
+    if (op->undoing) {
+      if (op->step == 0) {
+        op_finish(st, op, op->err);
+        return;
+      }
+      op->step--;
+      step_send(self, op, true);
+    } else {
+      if (op->step == op->nsteps) {
+        op_finish(st, op, 0);
+        return;
+      }
+      step_send(self, op, false);
+      op->step++;
+    }
+    if (op->pending > 0)
+      return;
+  }
+}
+
+/* Starts a planned operation (rc: the planning result). */
+static void op_start(mb_actor *self, rm_state *st, rm_op *op, int rc) {
+  if (rc != 0) {
+    mb_reply(op->req, rc);
+    op_free(op);
+    return;
+  }
+  st->op = op;
+  op_next(self, st);
+}
+
+/* ---- commit: the manager's own state, once every call succeeded ------------------------- */
+
+/* Removes every mapped byte of r in [a, b): mappings inside go, straddlers keep their
+ * outside parts (a mapping around the whole range becomes two: the spare takes the right). */
+static void mappings_cut(rm_region *r, uint64_t a, uint64_t b, rm_mapping **spare) {
+  mb_rtree_node *n = mb_rtree_first_overlap(&r->mappings, a, b);
+  while (n != NULL) {
+    mb_rtree_node *next = mb_rtree_next_overlap(n, a, b);
+    rm_mapping *m = mapping_of(n);
+    uint64_t s = n->start, e = n->end;
+    mb_rtree_remove(&r->mappings, n);
+    if (s < a && e > b) {
+      rm_mapping *right = *spare;
+      *spare = NULL;
+      *right = (rm_mapping){.obj = mb_object_ref(m->obj), .obj_off = m->obj_off + (b - s),
+                            .writable = m->writable};
+      mb_rtree_insert(&r->mappings, &right->node, b, e);
+      mb_rtree_insert(&r->mappings, &m->node, s, a);
+    } else if (s < a) {
+      mb_rtree_insert(&r->mappings, &m->node, s, a);
+    } else if (e > b) {
+      m->obj_off += b - s;
+      mb_rtree_insert(&r->mappings, &m->node, b, e);
+    } else {
+      mapping_free(m);
+    }
+    n = next;
+  }
+}
+
+static void op_commit(rm_state *st, rm_op *op) {
+  rm_region *r = op->region;
+  switch (op->kind) {
+  case RM_REGION_MAP:
+    r->writable = op->writable;
+    mb__vis_commit(&st->vis, &op->diff);
+    break;
+  case RM_REGION_UNMAP:
+    mb__vis_commit(&st->vis, &op->diff);
+    break;
+  case RM_REGION_REMOVE:
+    mb__vis_commit(&st->vis, &op->diff);
+    region_free(st, r);
+    op->region = NULL;
+    break;
+  case RM_MAPPING_ADD:
+    mb_rtree_insert(&r->mappings, &op->mapping->node, op->mapping->node.start,
+                    op->mapping->node.end);
+    op->mapping = NULL;
+    break;
+  case RM_MAPPING_REMOVE:
+    mappings_cut(r, op->start, op->end, &op->spare);
+    break;
+  case RM_PARTITION_ADD:
+    st->parts[st->nparts++] = op->partition; /* room reserved when planned */
+    break;
+  default:
+    break;
+  }
+}
+
+/* ---- requests ------------------------------------------------------------------------------- */
+
+static int region_add(rm_state *st, rm_region_add_msg *m) {
+  mb_range range;
+  if (mb_range_make(m->gpa, m->size, &range) != 0 || range.end > st->cfg.max_addr)
+    return MB_E_INVALID;
+  int rc = mb__vis_admit(&st->vis, range.start, range.end, m->prio);
+  if (rc)
+    return rc;
+  if (st->next_id == 0)
+    return MB_E_INVALID; /* every id was used once: ids are never reused */
+  rm_region *r = calloc(1, sizeof *r);
+  if (r == NULL)
+    return MB_ENOMEM;
+  r->id = st->next_id++;
+  r->device = m->device;
+  memcpy(r->name, m->name, sizeof r->name);
+  r->name[sizeof r->name - 1] = '\0';
+  mb_rtree_init(&r->mappings);
+  mb__vis_insert(&st->vis, &r->vis, range.start, range.end, m->prio);
+  mb_rtree_insert(&st->ids, &r->by_id, r->id, (uint64_t)r->id + 1);
+  m->id = r->id;
+  return 0;
+}
+
+/* Region map, unmap and remove. */
+static int plan_region(rm_state *st, rm_op *op) {
+  rm_region *r = op->region;
+  if (op->kind == RM_REGION_MAP) {
+    op->writable = rm_region_map_of(op->req)->writable;
+    if (r->vis.mapped)
+      return r->writable == op->writable ? 0 : plan_access(st, op);
+  }
+  int rc = mb__vis_plan(&st->vis, &r->vis, op->kind == RM_REGION_MAP, &op->diff);
+  return rc ? MB_ENOMEM : plan_visibility(st, op);
+}
+
+/* The object range and the region range of a mapping: MB_E_INVALID unless both are whole
+ * pages inside their object and region. */
+static int mapping_range(const rm_region *r, uint64_t offset, uint64_t size, mb_range *abs) {
+  mb_range rel;
+  if (mb_range_make(offset, size, &rel) != 0 || rel.end > r_end(r) - r_start(r))
+    return MB_E_INVALID;
+  abs->start = r_start(r) + rel.start;
+  abs->end = r_start(r) + rel.end;
+  return 0;
+}
+
+static int plan_mapping_add(rm_state *st, rm_op *op) {
+  rm_mapping_add_msg *m = rm_mapping_add_of(op->req);
+  rm_region *r = op->region;
+  mb_range abs;
+  if (m->obj == NULL || mapping_range(r, m->offset, m->size, &abs) != 0 ||
+      mb_object_check_range(m->obj, m->obj_off, m->size) != 0)
+    return MB_E_INVALID;
+  if (has_mappings(r, abs.start, abs.end))
+    return MB_E_OVERLAP;
+  rm_mapping *nm = calloc(1, sizeof *nm);
+  if (nm == NULL)
+    return MB_ENOMEM;
+  nm->obj = mb_object_ref(m->obj);
+  nm->obj_off = m->obj_off;
+  nm->writable = m->writable;
+  nm->node.start = abs.start;
+  nm->node.end = abs.end;
+  op->mapping = nm;
+  /* Visible parts go to the mapping manager; partitions already map the whole pieces. */
+  mb__vis_piece *p;
+  for (p = mb__vis_first_piece_of(&st->vis, &r->vis, abs.start, abs.end); p;
+       p = mb__vis_next_piece_of(p, &r->vis, abs.start, abs.end)) {
+    uint64_t s = max64(p->node.start, abs.start), e = min64(p->node.end, abs.end);
+    int rc = op_add_call(op, (rm_call){.kind = CALL_MM_MAP, .writable = r->writable,
+                                       .to = st->cfg.mapping_manager, .gpa = s,
+                                       .size = e - s, .src = r, .one = nm});
+    if (rc)
+      return rc;
+  }
+  op_end_step(op);
+  return 0;
+}
+
+static int plan_mapping_remove(rm_state *st, rm_op *op) {
+  rm_mapping_remove_msg *m = rm_mapping_remove_of(op->req);
+  rm_region *r = op->region;
+  mb_range abs;
+  if (mapping_range(r, m->offset, m->size, &abs) != 0)
+    return MB_E_INVALID;
+  op->start = abs.start;
+  op->end = abs.end;
+  if (!has_mappings(r, abs.start, abs.end))
+    return 0; /* nothing mapped there: a no-op */
+  op->spare = malloc(sizeof *op->spare);
+  if (op->spare == NULL)
+    return MB_ENOMEM;
+  /* The visible removed bytes: r's mappings clipped to r's pieces inside the range. */
+  mb__vis_piece *p;
+  for (p = mb__vis_first_piece_of(&st->vis, &r->vis, abs.start, abs.end); p;
+       p = mb__vis_next_piece_of(p, &r->vis, abs.start, abs.end)) {
+    uint64_t ps = max64(p->node.start, abs.start), pe = min64(p->node.end, abs.end);
+    mb_rtree_node *n;
+    mb_rtree_for_each_overlap(n, &r->mappings, ps, pe) {
+      uint64_t s = max64(n->start, ps), e = min64(n->end, pe);
+      rm_call *last = op->ncalls ? &op->calls[op->ncalls - 1] : NULL;
+      if (last != NULL && last->gpa + last->size == s) {
+        last->size += e - s;
+        continue;
+      }
+      int rc = op_add_call(op, (rm_call){.kind = CALL_MM_UNMAP, .writable = r->writable,
+                                         .to = st->cfg.mapping_manager, .gpa = s,
+                                         .size = e - s, .src = r});
+      if (rc)
+        return rc;
+    }
+  }
+  op_end_step(op);
+  return 0;
+}
+
+static int plan_partition_add(rm_state *st, rm_op *op) {
+  mb_addr pa = rm_partition_add_of(op->req)->partition;
+  if (pa.loop == NULL)
+    return MB_E_INVALID;
+  for (size_t i = 0; i < st->nparts; i++)
+    if (addr_eq(st->parts[i], pa))
+      return MB_E_INVALID; /* already added */
+  if (st->nparts == st->cap_parts) {
+    size_t cap = st->cap_parts ? 2 * st->cap_parts : 4;
+    mb_addr *parts = realloc(st->parts, cap * sizeof *parts);
+    if (parts == NULL)
+      return MB_ENOMEM;
+    st->parts = parts;
+    st->cap_parts = cap;
+  }
+  op->partition = pa;
+  mb__vis_piece *p;
+  for (p = mb__vis_first_piece(&st->vis, 0, UINT64_MAX); p;
+       p = mb__vis_next_piece(p, 0, UINT64_MAX)) {
+    int rc = op_add_call(op, (rm_call){.kind = CALL_PM_MAP,
+                                       .writable = region_of_vis(p->region)->writable,
+                                       .to = pa, .gpa = p->node.start,
+                                       .size = p->node.end - p->node.start});
+    if (rc)
+      return rc;
+  }
+  op_end_step(op);
+  return 0;
+}
+
+static int partition_remove(rm_state *st, mb_addr pa) {
+  for (size_t i = 0; i < st->nparts; i++) {
+    if (addr_eq(st->parts[i], pa)) {
+      memmove(&st->parts[i], &st->parts[i + 1], (st->nparts - i - 1) * sizeof *st->parts);
+      st->nparts--;
+      return 0;
+    }
+  }
+  return MB_E_NOTFOUND;
+}
+
+/* The id of a request that names a region (0 for the others). */
+static uint32_t request_region_id(mb_msg *msg) {
+  switch (msg->kind) {
+  case RM_REGION_MAP: return rm_region_map_of(msg)->id;
+  case RM_REGION_UNMAP: return rm_region_unmap_of(msg)->id;
+  case RM_REGION_REMOVE: return rm_region_remove_of(msg)->id;
+  case RM_MAPPING_ADD: return rm_mapping_add_of(msg)->id;
+  case RM_MAPPING_REMOVE: return rm_mapping_remove_of(msg)->id;
+  default: return 0;
+  }
+}
+
+/* Requests that may need nested calls: plan, then run. */
+static void handle_op(mb_actor *self, rm_state *st, mb_msg *msg) {
+  rm_region *r = NULL;
+  if (msg->kind != RM_PARTITION_ADD) {
+    r = region_find(st, request_region_id(msg));
+    if (r == NULL) {
+      mb_reply(msg, MB_E_NOTFOUND);
+      return;
+    }
+  }
+  if (msg->kind == RM_REGION_REMOVE && !r->vis.mapped) {
+    region_free(st, r);
+    mb_reply(msg, 0);
+    return;
+  }
+  rm_op *op = op_new(msg, r);
+  if (op == NULL) {
+    mb_reply(msg, MB_ENOMEM);
+    return;
+  }
+  mb_msg_keep(msg);
+  int rc;
+  switch (msg->kind) {
+  case RM_MAPPING_ADD: rc = plan_mapping_add(st, op); break;
+  case RM_MAPPING_REMOVE: rc = plan_mapping_remove(st, op); break;
+  case RM_PARTITION_ADD: rc = plan_partition_add(st, op); break;
+  default: rc = plan_region(st, op); break;
+  }
+  op_start(self, st, op, rc);
+}
+
+static void rm_handle(mb_actor *self, mb_msg *msg) {
+  rm_state *st = mb_actor_state(self);
+  assert(st->op == NULL); /* serialized: one operation at a time */
+  if (msg->proto != &rm_protocol) {
+    mb_reply(msg, MB_E_UNSUPPORTED);
+    return;
+  }
+  switch (msg->kind) {
+  case RM_REGION_ADD:
+    mb_reply(msg, region_add(st, rm_region_add_of(msg)));
+    return;
+  case RM_REGION_STATE: {
+    rm_region_state_msg *m = rm_region_state_of(msg);
+    rm_region *r = region_find(st, m->id);
+    if (r != NULL)
+      m->state = mb__vis_state(&r->vis);
+    mb_reply(msg, r ? 0 : MB_E_NOTFOUND);
+    return;
+  }
+  case RM_PARTITION_REMOVE:
+    mb_reply(msg, partition_remove(st, rm_partition_remove_of(msg)->partition));
+    return;
+  case RM_MAPPING_REPLACE:
+    mb_reply(msg, MB_E_UNSUPPORTED);
+    return;
+  case RM_REGION_MAP:
+  case RM_REGION_UNMAP:
+  case RM_REGION_REMOVE:
+  case RM_MAPPING_ADD:
+  case RM_MAPPING_REMOVE:
+  case RM_PARTITION_ADD:
+    handle_op(self, st, msg);
+    return;
+  default:
+    mb_reply(msg, MB_E_UNSUPPORTED);
+    return;
+  }
+}
+
+static void rm_destroy(mb_actor *self) {
+  rm_state *st = mb_actor_state(self);
+  if (st->op != NULL) {
+    mb_reply(st->op->req, MB_EGONE);
+    op_free(st->op);
+  }
+  while (st->ids.root != NULL)
+    region_free(st, mb_rtree_entry(st->ids.root, rm_region, by_id));
+  mb__vis_fini(&st->vis);
+  free(st->parts);
+  free(st);
+}
+
+static const mb_actor_type rm_type = {"region_manager", rm_handle, rm_destroy,
+                                      MB_ACTOR_SERIALIZED};
+
+mb_actor *mb_region_manager_create(mb_loop *loop, const mb_rm_config *cfg) {
+  if (loop == NULL || cfg == NULL ||
+      (cfg->overlap != MB_OVERLAP_NESTED && cfg->overlap != MB_OVERLAP_ANY))
+    return NULL;
+  rm_state *st = calloc(1, sizeof *st);
+  if (st == NULL)
+    return NULL;
+  st->cfg = *cfg;
+  st->next_id = 1;
+  mb__vis_init(&st->vis, cfg->overlap);
+  mb_rtree_init(&st->ids);
+  mb_actor *a = mb_actor_create(loop, &rm_type, st, "region_manager");
+  if (a == NULL)
+    free(st);
+  return a;
+}

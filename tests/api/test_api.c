@@ -1,0 +1,244 @@
+/* test_api.c: the public API as a VMM uses it: blocking calls from plain threads, the
+ * asynchronous forms from a loop the test runs (attach mode), consumers on loops of their
+ * own, several managers in one process. */
+#include <pthread.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "access.h"
+#include "membacking.h"
+
+#define MiB (1ull << 20)
+
+static mb_object *memfd(uint64_t size, uint8_t fill) {
+  mb_object *o = NULL;
+  assert_int_equal(mb_object_create(MB_OBJECT_MEMFD, size, "t", &o), 0);
+  assert_int_equal(mb_object_fill_byte(o, fill), 0);
+  return o;
+}
+
+static mb_loop *start(const char *name) {
+  int err = 0;
+  mb_loop *l = mb_loop_start(name, &err);
+  assert_non_null(l);
+  return l;
+}
+
+static void stop(mb_loop *l) {
+  assert_int_equal(mb_loop_stop(l), 0);
+  mb_loop_free(l);
+}
+
+/* ---- blocking forms from the test thread; consumers on their own loops --------------------- */
+
+static void test_blocking_end_to_end(void **unused) {
+  (void)unused;
+  /* cmocka installs its own SIGSEGV/SIGBUS handlers around each test: ours goes back in front. */
+  assert_int_equal(mb_access_reinstall(), 0);
+  mb_loop *mgr = start("mgr"), *ml = start("mapper"), *pl = start("part");
+  mb_mm *mm = NULL;
+  mb_mm_config cfg = {.max_addr = 1ull << 32, .loop = mgr};
+  assert_int_equal(mb_mm_create(&cfg, &mm), 0);
+  mb_object *ram = memfd(16 * MiB, 0x11), *rom = memfd(64 * 1024, 0xee);
+  mb_region_id r_ram, r_rom;
+  mb_region_params p = {"ram", 0, 16 * MiB, 255, false};
+  assert_int_equal(mb_region_add_sync(mm, &p, &r_ram), 0);
+  mb_mapping_params mp = {r_ram, 0, 16 * MiB, ram, 0, true};
+  assert_int_equal(mb_mapping_add_sync(mm, &mp), 0);
+  assert_int_equal(mb_region_map_sync(mm, r_ram, true), 0);
+  p = (mb_region_params){"rom", 0xf0000, 64 * 1024, 0, true};
+  assert_int_equal(mb_region_add_sync(mm, &p, &r_rom), 0);
+  mp = (mb_mapping_params){r_rom, 0, 64 * 1024, rom, 0, false};
+  assert_int_equal(mb_mapping_add_sync(mm, &mp), 0);
+  mb_mapper *m = NULL;
+  mb_partition *part = NULL;
+  assert_int_equal(mb_mapper_add_sync(mm, ml, true, &m), 0);
+  assert_int_equal(mb_partition_add_sync(mm, &mb_partition_soft, pl, &part), 0);
+  uint8_t buf[4];
+  assert_int_equal(mb_mapper_read(m, 0xf0000, buf, 4), 0);
+  assert_memory_equal(buf, "\x11\x11\x11\x11", 4);
+  assert_int_equal(mb_mapper_base(m)[0x1000], 0x11); /* plain loads at base + gpa */
+  assert_int_equal(mb_region_remove_sync(mm, r_ram), 0);
+  assert_int_equal(mb_region_map_sync(mm, r_rom, false), 0);
+  int state = -1;
+  assert_int_equal(mb_region_state_sync(mm, r_rom, &state), 0);
+  assert_int_equal(state, MB_REGION_ACTIVE);
+  assert_int_equal(mb_mapper_read(m, 0xf0000, buf, 2), 0);
+  assert_int_equal(buf[0], 0xee);
+  assert_int_equal(mb_mapper_write(m, 0xf0000, buf, 1), MB_E_READONLY);
+  assert_int_equal(mb_partition_access_sync(part, 0xf0000, buf, 1, true), MB_E_MMIO);
+  assert_int_equal(mb_partition_access_sync(part, 0x1000, buf, 1, false), MB_E_MMIO);
+  mb_range_list *rl = NULL;
+  assert_int_equal(mb_partition_ranges_sync(part, &rl), 0);
+  assert_int_equal(rl->count, 1);
+  assert_int_equal(rl->ranges[0].gpa, 0xf0000);
+  assert_false(rl->ranges[0].writable);
+  free(rl);
+  assert_int_equal(mb_region_map_sync(mm, 999, true), MB_E_NOTFOUND);
+  assert_int_equal(mb_mapper_remove_sync(m), 0);
+  mb_mm_destroy(mm); /* with the partition and regions still there */
+  mb_object_unref(ram);
+  mb_object_unref(rom);
+  stop(pl);
+  stop(ml);
+  stop(mgr);
+}
+
+/* ---- asynchronous forms from a loop the test runs ------------------------------------------ */
+
+typedef struct done_rec {
+  int calls, status;
+  uint64_t value;
+} done_rec;
+
+static void on_done(void *ctx, int status, uint64_t value) {
+  done_rec *d = ctx;
+  d->calls++;
+  d->status = status;
+  d->value = value;
+}
+
+static void wait_done(uv_loop_t *uv, done_rec *d) {
+  while (d->calls == 0) uv_run(uv, UV_RUN_ONCE);
+  assert_int_equal(d->calls, 1);
+}
+
+static void test_async_attached(void **unused) {
+  (void)unused;
+  /* cmocka installs its own SIGSEGV/SIGBUS handlers around each test: ours goes back in front. */
+  assert_int_equal(mb_access_reinstall(), 0);
+  uv_loop_t uv;
+  assert_int_equal(uv_loop_init(&uv), 0);
+  int err = 0;
+  mb_loop *home = mb_loop_attach(&uv, "vmm", &err);
+  assert_non_null(home);
+  mb_mm *mm = NULL;
+  mb_mm_config cfg = {.max_addr = 1ull << 30, .loop = home};
+  assert_int_equal(mb_mm_create(&cfg, &mm), 0); /* inline: on the loop's own thread */
+  mb_object *o = memfd(2 * MiB, 0x5a);
+  done_rec d = {0};
+  mb_region_params p = {"dax", 1 * MiB * 64, 64 * MiB, 0, true};
+  mb_region_add(mm, &p, on_done, &d);
+  assert_int_equal(d.calls, 0); /* never completes inside the call */
+  wait_done(&uv, &d);
+  assert_int_equal(d.status, 0);
+  mb_region_id id = (mb_region_id)d.value;
+  d = (done_rec){0};
+  mb_region_map(mm, id, true, on_done, &d);
+  wait_done(&uv, &d);
+  d = (done_rec){0};
+  mb_mapper_add(mm, NULL, true, on_done, &d);
+  wait_done(&uv, &d);
+  assert_int_equal(d.status, 0);
+  mb_mapper *m = (mb_mapper *)(uintptr_t)d.value;
+  d = (done_rec){0};
+  mb_mapping_params mp = {id, 2 * MiB, 2 * MiB, o, 0, true};
+  mb_mapping_add(mm, &mp, on_done, &d);
+  wait_done(&uv, &d);
+  assert_int_equal(d.status, 0);
+  assert_int_equal(mb_mapper_base(m)[64 * MiB + 2 * MiB], 0x5a);
+  d = (done_rec){0};
+  mb_mapping_add(mm, &mp, on_done, &d);
+  wait_done(&uv, &d);
+  assert_int_equal(d.status, MB_E_OVERLAP);
+  d = (done_rec){0};
+  mb_mapping_remove(mm, id, 2 * MiB, 1 * MiB, on_done, &d);
+  wait_done(&uv, &d);
+  uint8_t b;
+  assert_int_equal(mb_mapper_read(m, 64 * MiB + 2 * MiB, &b, 1), MB_E_UNMAPPED);
+  assert_int_equal(mb_mapper_read(m, 64 * MiB + 3 * MiB, &b, 1), 0);
+  d = (done_rec){0};
+  mb_mapper_remove(m, on_done, &d);
+  wait_done(&uv, &d);
+  assert_int_equal(d.status, 0);
+  mb_mm_destroy(mm);
+  mb_object_unref(o);
+  assert_int_equal(mb_loop_stop(home), 0);
+  uv_run(&uv, UV_RUN_DEFAULT);
+  mb_loop_free(home);
+  assert_int_equal(uv_loop_close(&uv), 0);
+}
+
+/* ---- several managers, used from several threads at once ---------------------------------- */
+
+typedef struct vm_arg {
+  mb_loop *loop;
+  uint8_t fill;
+  int rc;
+} vm_arg;
+
+static void *run_vm(void *p) {
+  vm_arg *a = p;
+  mb_mm *mm = NULL;
+  mb_mm_config cfg = {.max_addr = 1ull << 30, .loop = a->loop};
+  a->rc = mb_mm_create(&cfg, &mm);
+  if (a->rc) return NULL;
+  mb_object *o = memfd(1 * MiB, a->fill);
+  mb_mapper *m = NULL;
+  mb_region_id id;
+  mb_region_params rp = {"ram", 0, 1 * MiB, 1, false};
+  mb_mapping_params mp = {0, 0, 1 * MiB, o, 0, true};
+  for (int i = 0; i < 50 && !a->rc; i++) {
+    a->rc = mb_region_add_sync(mm, &rp, &id);
+    mp.region = id;
+    if (!a->rc) a->rc = mb_mapping_add_sync(mm, &mp);
+    if (!a->rc) a->rc = mb_region_map_sync(mm, id, true);
+    if (!a->rc && !m) a->rc = mb_mapper_add_sync(mm, NULL, false, &m);
+    uint8_t b = 0;
+    if (!a->rc) a->rc = mb_mapper_read(m, 4096, &b, 1);
+    if (!a->rc && b != a->fill) a->rc = -1;
+    if (!a->rc) a->rc = mb_region_remove_sync(mm, id);
+  }
+  mb_mm_destroy(mm);
+  mb_object_unref(o);
+  return NULL;
+}
+
+static void test_several_managers(void **unused) {
+  (void)unused;
+  /* cmocka installs its own SIGSEGV/SIGBUS handlers around each test: ours goes back in front. */
+  assert_int_equal(mb_access_reinstall(), 0);
+  mb_loop *shared = start("shared");
+  pthread_t t[3];
+  vm_arg args[3];
+  for (int i = 0; i < 3; i++) {
+    args[i] = (vm_arg){shared, (uint8_t)(0x10 + i), 0};
+    pthread_create(&t[i], NULL, run_vm, &args[i]);
+  }
+  for (int i = 0; i < 3; i++) {
+    pthread_join(t[i], NULL);
+    assert_int_equal(args[i].rc, 0);
+  }
+  stop(shared);
+}
+
+static void test_bad_config(void **unused) {
+  (void)unused;
+  /* cmocka installs its own SIGSEGV/SIGBUS handlers around each test: ours goes back in front. */
+  assert_int_equal(mb_access_reinstall(), 0);
+  mb_mm *mm = NULL;
+  mb_mm_config cfg = {0};
+  assert_int_equal(mb_mm_create(&cfg, &mm), MB_E_INVALID);
+  mb_loop *l = start("x");
+  cfg = (mb_mm_config){.max_addr = 12345, .loop = l};
+  assert_int_equal(mb_mm_create(&cfg, &mm), MB_E_INVALID);
+  cfg = (mb_mm_config){.overlap = 7, .loop = l};
+  assert_int_equal(mb_mm_create(&cfg, &mm), MB_E_INVALID);
+  assert_null(mm);
+  stop(l);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_blocking_end_to_end),
+      cmocka_unit_test(test_async_attached),
+      cmocka_unit_test(test_several_managers),
+      cmocka_unit_test(test_bad_config),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -1,0 +1,175 @@
+/* replay.h: membacking-replay's internals: the world a scenario runs in (loops, the manager,
+ * the name tables), the operations in flight, and the executor that drives them.
+ *
+ * Threads
+ *   Everything here runs on the main thread, which runs the client loop (an mb_loop attached
+ *   to a uv_loop_t of its own) and issues every operation with the asynchronous API. The one
+ *   exception is the access worker (replay_worker.c): it performs mapper reads and writes,
+ *   which may block on the mapping manager, one at a time, and hands each back through the
+ *   operation's `done` flag and a post to the client loop.
+ */
+#ifndef REPLAY_H
+#define REPLAY_H
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <uv.h>
+
+#include "membacking.h"
+#include "scenario.h"
+
+/* ---- the world: loops, the manager, names ---------------------------------------------------- */
+
+typedef enum replay_layout {
+  REPLAY_SINGLE, /* every actor on the client loop, in the calling thread */
+  REPLAY_SPREAD, /* managers on one started loop; each mapper and partition on its own */
+} replay_layout;
+
+/* Name spaces: one table each. */
+typedef enum replay_ns {
+  REPLAY_NS_REGION,
+  REPLAY_NS_OBJECT,
+  REPLAY_NS_MAPPER,
+  REPLAY_NS_PARTITION,
+  REPLAY_NS_COUNT
+} replay_ns;
+
+/* A live name and what it stands for. Referenced by its table while it is live and by every
+ * operation in flight that uses it; freed (its object released, its loop stopped) with the
+ * last reference. */
+typedef struct replay_entry {
+  char name[SCENARIO_NAME_SIZE];
+  unsigned refs;
+  bool live; /* still in its table */
+  mb_region_id region;
+  mb_object *object;
+  mb_mapper *mapper;
+  mb_partition *partition;
+  mb_loop *loop; /* spread: the started loop the mapper or partition runs on */
+} replay_entry;
+
+typedef struct replay_table {
+  replay_entry **items;
+  size_t n, cap;
+} replay_table;
+
+typedef struct replay_op replay_op;
+
+typedef struct replay_world {
+  const scenario *sc;
+  replay_layout layout;
+  uv_loop_t uv;
+  bool uv_live, timer_live;
+  uv_timer_t stall_timer;  /* asks a long wait to check whether anything can still happen */
+  bool stall_check;
+  mb_loop *client;         /* attached to uv; the main thread runs it */
+  mb_loop *mgr_loop;       /* region manager + mapping manager */
+  mb_loop *part_loop;      /* the partitions' own VA mapper */
+  mb_loop **started;       /* every started loop still running (spread), for barriers */
+  size_t nstarted, capstarted;
+  mb_mm *mm;
+  replay_table tables[REPLAY_NS_COUNT];
+  replay_op *ops;          /* every operation not yet freed */
+  replay_op **labels;      /* by index of the `async` command: its operation until awaited */
+  uint64_t completions;    /* operations completed, for quiescence */
+} replay_world;
+
+/* Set up loops and the manager for `sc`. 0, or an error (msg filled). */
+int replay_world_init(replay_world *w, const scenario *sc, replay_layout layout, char *msg,
+                      size_t msglen);
+/* Tear everything down: waits for what is in flight, destroys the manager, releases every
+ * name, stops the loops and closes the client loop. 0, or -1 when the uv loop would not
+ * close (a leak). */
+int replay_world_fini(replay_world *w);
+
+/* Start a loop of the layout for a mapper or partition (NULL in single: the client loop is
+ * used). *err set on failure. */
+mb_loop *replay_loop_new(replay_world *w, const char *what, const char *name, int *err);
+/* Stop and free a loop made by replay_loop_new (NULL is fine). */
+void replay_loop_free(replay_world *w, mb_loop *loop);
+
+/* Name tables. lookup: the live entry, or NULL. add: a new live entry (NULL: no memory).
+ * remove: takes it out of its table (dropping the table's reference). */
+replay_entry *replay_name_lookup(replay_world *w, replay_ns ns, const char *name);
+replay_entry *replay_name_add(replay_world *w, replay_ns ns, const char *name);
+void replay_name_remove(replay_world *w, replay_ns ns, replay_entry *e);
+replay_entry *replay_entry_ref(replay_entry *e);
+void replay_entry_unref(replay_world *w, replay_entry *e);
+
+/* ---- waiting: the client loop, barriers, quiescence -------------------------------------------- */
+
+/* Pump the client loop until op has completed. 0, or -1 when nothing is left that could
+ * complete it (every loop quiescent and it is still pending). */
+int replay_wait(replay_world *w, replay_op *op);
+/* Pump and barrier every loop until no actor has work left and the worker is idle. */
+void replay_settle(replay_world *w);
+/* Arm / disarm the stall check timer. */
+int replay_stall_timer_init(replay_world *w);
+void replay_stall_timer_close(replay_world *w);
+
+/* ---- operations ------------------------------------------------------------------------------ */
+
+typedef void (*replay_apply_fn)(replay_op *op);
+
+/* One operation: issued by replay_op_start, completed exactly once (op->done), freed by the
+ * executor after it checked the result. */
+struct replay_op {
+  replay_world *w;
+  const scenario_cmd *cmd; /* the operation (the inner command of an async) */
+  atomic_bool done;
+  int status;              /* 0 or a negative code */
+  uint64_t value;          /* the API's value: id, state, pointer */
+  uint8_t *buf;            /* read / guest access data */
+  size_t len;
+  replay_entry *entry;     /* the name it acts on (referenced), if any */
+  mb_loop *new_loop;       /* spread: the loop started for the mapper or partition it adds */
+  mb_range_list *ranges;   /* expect partition / mapper: the actual ranges */
+  replay_apply_fn apply;   /* updates the world at completion (main thread) */
+  replay_op *next;         /* in w->ops */
+};
+
+/* Issue the operation `cmd` (an operation, or an expect command that queries state). Never
+ * NULL unless out of memory; the returned op may already be done. */
+replay_op *replay_op_start(replay_world *w, const scenario_cmd *cmd);
+/* Completion, as the API's mb_done_fn (ctx = op), or called directly for an answer the runner
+ * gives itself (notfound, unsupported). */
+void replay_op_done(void *ctx, int status, uint64_t value);
+static inline bool replay_op_is_done(replay_op *op) {
+  return atomic_load_explicit(&op->done, memory_order_acquire);
+}
+void replay_op_free(replay_op *op);
+
+/* ---- the access worker ----------------------------------------------------------------------- */
+
+/* One thread for the whole process; accesses run one at a time in submission order. */
+int replay_worker_start(void);
+void replay_worker_stop(void);
+/* Queue a mapper read or write (op->cmd READ or WRITE, op->entry the mapper, op->buf). */
+int replay_worker_submit(replay_op *op);
+/* True when no access is queued or running (every submitted op is done and posted). */
+bool replay_worker_idle(void);
+
+/* ---- checking results ------------------------------------------------------------------------- */
+
+/* Compare a completed op with an expectation; on a mismatch set *got to what happened
+ * ("got ...", malloc'd) and return false. */
+bool replay_check_result(const replay_op *op, const scenario_expect *e, char **got);
+/* Compare state answers with expect region / partition / mapper commands. */
+bool replay_check_state(const replay_op *op, const scenario_cmd *expect, char **got);
+
+/* ---- the executor ------------------------------------------------------------------------------ */
+
+typedef enum replay_outcome { REPLAY_PASS, REPLAY_FAIL, REPLAY_SKIP } replay_outcome;
+
+/* Run a parsed scenario in a fresh world. On FAIL, *fail_line and *message are set ("EXPECTED /
+ * HAPPENED", one line, malloc'd); on SKIP, *message says why. */
+replay_outcome replay_run(const scenario *sc, replay_layout layout, unsigned *fail_line,
+                          char **message);
+
+/* Helpers: malloc'd printf, and a command printed canonically on one line. */
+char *replay_strdupf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+char *replay_command_text(const scenario_cmd *cmd);
+
+#endif

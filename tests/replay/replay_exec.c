@@ -1,0 +1,139 @@
+/* replay_exec.c: the command executor. It runs a scenario's commands in order in a fresh
+ * world: a synchronous operation is issued and waited for, `async` issues without waiting,
+ * `await` waits and checks, `expect pending` lets every actor run out of work first, and the
+ * state expectations query the manager, a partition or a mapper. The first unmet expectation
+ * ends the file. */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "replay.h"
+
+/* "COMMAND / HAPPENED"; takes `got`. */
+static char *failure(const scenario_cmd *cmd, char *got) {
+  char *text = replay_command_text(cmd);
+  char *s = replay_strdupf("%s / %s", text ? text : "?", got ? got : "?");
+  free(text);
+  free(got);
+  return s;
+}
+
+/* Wait for op, check it against `e` (or the state `expect` asks for), free it. */
+static bool finish(replay_world *w, replay_op *op, const scenario_cmd *shown,
+                   const scenario_expect *e, char **why) {
+  char *got = NULL;
+  bool ok;
+  if (replay_wait(w, op) != 0) {
+    ok = false;
+    got = replay_strdupf("never completed: no actor has work left");
+  } else if (e) {
+    ok = replay_check_result(op, e, &got);
+  } else {
+    ok = replay_check_state(op, shown, &got);
+  }
+  if (!ok) *why = failure(shown, got);
+  replay_op_free(op);
+  return ok;
+}
+
+static bool exec_operation(replay_world *w, const scenario_cmd *cmd, char **why) {
+  replay_op *op = replay_op_start(w, cmd);
+  if (!op) {
+    *why = failure(cmd, replay_strdupf("failed: out of memory"));
+    return false;
+  }
+  bool state = cmd->kind == SCENARIO_EXPECT_REGION || cmd->kind == SCENARIO_EXPECT_PARTITION ||
+               cmd->kind == SCENARIO_EXPECT_MAPPER;
+  return finish(w, op, cmd, state ? NULL : &cmd->expect, why);
+}
+
+static bool exec_async(replay_world *w, const scenario_cmd *cmd, size_t index, char **why) {
+  replay_op *op = replay_op_start(w, cmd->async.inner);
+  if (!op) *why = failure(cmd, replay_strdupf("failed: out of memory"));
+  w->labels[index] = op;
+  return op != NULL;
+}
+
+static bool exec_await(replay_world *w, const scenario_cmd *cmd, char **why) {
+  replay_op *op = w->labels[cmd->label.async_index];
+  w->labels[cmd->label.async_index] = NULL;
+  return finish(w, op, cmd, &cmd->expect, why);
+}
+
+static bool exec_pending(replay_world *w, const scenario_cmd *cmd, char **why) {
+  replay_op *op = w->labels[cmd->label.async_index];
+  replay_settle(w);
+  if (!replay_op_is_done(op)) return true;
+  char *result = NULL;
+  scenario_expect any_error = {.kind = SCENARIO_EXPECT_OK};
+  if (replay_check_result(op, &any_error, &result)) result = replay_strdupf("got ok");
+  char *got = replay_strdupf("%s already completed (%s)", cmd->label.label, result ? result : "?");
+  free(result);
+  *why = failure(cmd, got);
+  return false;
+}
+
+static bool exec_command(replay_world *w, size_t index, char **why) {
+  const scenario_cmd *cmd = &w->sc->cmds[index];
+  switch (cmd->kind) {
+  case SCENARIO_CONFIG:
+  case SCENARIO_REQUIRE: return true; /* applied by the world's set-up */
+  case SCENARIO_ASYNC: return exec_async(w, cmd, index, why);
+  case SCENARIO_AWAIT: return exec_await(w, cmd, why);
+  case SCENARIO_EXPECT_PENDING: return exec_pending(w, cmd, why);
+  default: return exec_operation(w, cmd, why);
+  }
+}
+
+/* ---- a whole file ------------------------------------------------------------------------------ */
+
+/* NULL when a KVM VM can be made here, else why not. */
+static char *kvm_missing(const scenario *sc) {
+  if (access("/dev/kvm", R_OK | W_OK) != 0)
+    return replay_strdupf("require kvm: /dev/kvm is not usable here (%s)", strerror(errno));
+  void *inst = NULL;
+  int rc = mb_partition_kvm.create(sc->max_addr, &inst);
+  if (rc == 0) {
+    mb_partition_kvm.destroy(inst);
+    return NULL;
+  }
+  return replay_strdupf("require kvm: cannot create a KVM VM here (%s)", membacking_strerror(rc));
+}
+
+static replay_outcome run_commands(replay_world *w, unsigned *line, char **message) {
+  for (size_t i = 0; i < w->sc->ncmds; i++) {
+    if (!exec_command(w, i, message)) {
+      *line = w->sc->cmds[i].line;
+      return REPLAY_FAIL;
+    }
+  }
+  return REPLAY_PASS;
+}
+
+static unsigned first_line(const scenario *sc) { return sc->ncmds ? sc->cmds[0].line : 1; }
+static unsigned last_line(const scenario *sc) {
+  return sc->ncmds ? sc->cmds[sc->ncmds - 1].line : 1;
+}
+
+replay_outcome replay_run(const scenario *sc, replay_layout layout, unsigned *line,
+                          char **message) {
+  *line = 0;
+  *message = NULL;
+  if (sc->require_kvm && (*message = kvm_missing(sc))) return REPLAY_SKIP;
+  replay_world w;
+  char msg[256] = "";
+  replay_outcome out = REPLAY_FAIL;
+  if (replay_world_init(&w, sc, layout, msg, sizeof msg) == 0) {
+    out = run_commands(&w, line, message);
+  } else {
+    *line = first_line(sc);
+    *message = replay_strdupf("setting up / %s", msg);
+  }
+  if (replay_world_fini(&w) != 0 && out == REPLAY_PASS) {
+    out = REPLAY_FAIL;
+    *line = last_line(sc);
+    *message = replay_strdupf("tearing down / the client loop still has handles open");
+  }
+  return out;
+}

@@ -1,0 +1,122 @@
+/* replay_main.c: membacking-replay, the scenario runner (spec/scenario.md, "Running"):
+ *
+ *   membacking-replay [--layout=single|spread] [--quiet] FILE.mbs...
+ *
+ * Arguments, parsing every file first (a file that does not parse is a usage error: exit 2
+ * before anything runs), one PASS / SKIP / FAIL line per file, the summary, the exit status. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "replay.h"
+
+enum { EXIT_PASSED = 0, EXIT_FAILED = 1, EXIT_USAGE = 2, EXIT_ALL_SKIPPED = 77 };
+
+typedef struct options {
+  replay_layout layout;
+  bool quiet;
+  char **files;
+  int nfiles;
+} options;
+
+static int usage(const char *why) {
+  if (why) fprintf(stderr, "membacking-replay: %s\n", why);
+  fprintf(stderr, "usage: membacking-replay [--layout=single|spread] [--quiet] FILE.mbs...\n");
+  return EXIT_USAGE;
+}
+
+/* 0, or the usage error's exit status. */
+static int parse_options(int argc, char **argv, options *o) {
+  *o = (options){REPLAY_SINGLE, false, NULL, 0};
+  int i = 1;
+  for (; i < argc && strncmp(argv[i], "--", 2) == 0; i++) {
+    if (strcmp(argv[i], "--") == 0) {
+      i++;
+      break;
+    } else if (strcmp(argv[i], "--layout=single") == 0) {
+      o->layout = REPLAY_SINGLE;
+    } else if (strcmp(argv[i], "--layout=spread") == 0) {
+      o->layout = REPLAY_SPREAD;
+    } else if (strcmp(argv[i], "--quiet") == 0) {
+      o->quiet = true;
+    } else {
+      fprintf(stderr, "membacking-replay: unknown option '%s'\n", argv[i]);
+      return usage(NULL);
+    }
+  }
+  o->files = argv + i;
+  o->nfiles = argc - i;
+  return o->nfiles > 0 ? 0 : usage("no scenario file given");
+}
+
+static void free_all(scenario **scs, int n) {
+  for (int i = 0; i < n; i++) scenario_free(scs[i]);
+  free(scs);
+}
+
+/* Parse every file; NULL (after printing the parser's message) when one does not parse. */
+static scenario **parse_all(const options *o) {
+  scenario **scs = calloc((size_t)o->nfiles, sizeof *scs);
+  if (!scs) return NULL;
+  for (int i = 0; i < o->nfiles; i++) {
+    char err[512];
+    if (scenario_parse_file(o->files[i], &scs[i], err, sizeof err) != 0) {
+      fprintf(stderr, "%s\n", err);
+      free_all(scs, i);
+      return NULL;
+    }
+  }
+  return scs;
+}
+
+typedef struct tally {
+  int passed, failed, skipped;
+} tally;
+
+static void run_one(const options *o, const char *file, const scenario *sc, tally *t) {
+  unsigned line = 0;
+  char *message = NULL;
+  switch (replay_run(sc, o->layout, &line, &message)) {
+  case REPLAY_PASS:
+    t->passed++;
+    if (!o->quiet) printf("PASS %s\n", file);
+    break;
+  case REPLAY_SKIP:
+    t->skipped++;
+    if (!o->quiet) printf("SKIP %s: %s\n", file, message ? message : "skipped");
+    break;
+  case REPLAY_FAIL:
+    t->failed++;
+    printf("FAIL %s:%u: %s\n", file, line, message ? message : "? / ?");
+    break;
+  }
+  free(message);
+  fflush(stdout);
+}
+
+static int summary(const tally *t) {
+  printf("%d passed, %d failed", t->passed, t->failed);
+  if (t->skipped) printf(", %d skipped", t->skipped);
+  printf("\n");
+  fflush(stdout);
+  if (t->failed) return EXIT_FAILED;
+  if (t->passed) return EXIT_PASSED;
+  return t->skipped ? EXIT_ALL_SKIPPED : EXIT_FAILED;
+}
+
+int main(int argc, char **argv) {
+  options o;
+  int rc = parse_options(argc, argv, &o);
+  if (rc) return rc;
+  scenario **scs = parse_all(&o);
+  if (!scs) return EXIT_USAGE;
+  if ((rc = replay_worker_start()) != 0) {
+    fprintf(stderr, "membacking-replay: starting the access worker: %s\n", mb_strerror(rc));
+    free_all(scs, o.nfiles);
+    return EXIT_FAILED;
+  }
+  tally t = {0, 0, 0};
+  for (int i = 0; i < o.nfiles; i++) run_one(&o, o.files[i], scs[i], &t);
+  replay_worker_stop();
+  free_all(scs, o.nfiles);
+  return summary(&t);
+}

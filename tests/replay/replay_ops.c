@@ -1,0 +1,273 @@
+/* replay_ops.c: issuing operations. One start function per command kind: it looks up the names
+ * the command uses (a missing one is answered `notfound` by the runner itself) and issues the
+ * asynchronous API call with replay_op_done as its completion; an apply function updates the
+ * name tables when the operation completes. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "replay.h"
+
+typedef void (*start_fn)(replay_world *w, replay_op *op);
+
+/* ---- completion ------------------------------------------------------------------------------ */
+
+void replay_op_done(void *ctx, int status, uint64_t value) {
+  replay_op *op = ctx;
+  op->status = status;
+  op->value = value;
+  if (op->apply) op->apply(op);
+  op->w->completions++;
+  atomic_store_explicit(&op->done, true, memory_order_release);
+}
+
+void replay_op_free(replay_op *op) {
+  replay_op **p = &op->w->ops;
+  while (*p != op) p = &(*p)->next;
+  *p = op->next;
+  free(op->buf);
+  free(op->ranges);
+  replay_entry_unref(op->w, op->entry);
+  replay_loop_free(op->w, op->new_loop);
+  free(op);
+}
+
+/* The named entry, referenced by op; NULL after answering notfound. */
+static replay_entry *use(replay_world *w, replay_op *op, replay_ns ns, const char *name) {
+  replay_entry *e = replay_name_lookup(w, ns, name);
+  if (!e) replay_op_done(op, MB_E_NOTFOUND, 0);
+  else if (!op->entry) op->entry = replay_entry_ref(e);
+  return e;
+}
+
+/* Take the name off its table once a remove succeeded. */
+#define APPLY_REMOVE(fn, ns)                                                                   \
+  static void fn(replay_op *op) {                                                              \
+    if (op->status == 0) replay_name_remove(op->w, ns, op->entry);                             \
+  }
+APPLY_REMOVE(apply_region_remove, REPLAY_NS_REGION)
+APPLY_REMOVE(apply_mapper_remove, REPLAY_NS_MAPPER)
+APPLY_REMOVE(apply_partition_remove, REPLAY_NS_PARTITION)
+
+/* ---- objects --------------------------------------------------------------------------------- */
+
+static void start_object(replay_world *w, replay_op *op) {
+  const scenario_object *o = &op->cmd->object;
+  mb_object *obj = NULL;
+  mb_object_kind kind = o->type == SCENARIO_OBJECT_FILE ? MB_OBJECT_FILE : MB_OBJECT_MEMFD;
+  int rc = mb_object_create(kind, o->size, o->name, &obj);
+  if (!rc && o->fill == SCENARIO_FILL_PAGES) rc = mb_object_fill_pages(obj, o->fill_value);
+  else if (!rc && o->fill_value != 0) rc = mb_object_fill_byte(obj, o->fill_value);
+  replay_entry *e = rc ? NULL : replay_name_add(w, REPLAY_NS_OBJECT, o->name);
+  if (!rc && !e) rc = MB_ENOMEM;
+  if (e) e->object = obj;
+  else mb_object_unref(obj);
+  replay_op_done(op, rc, 0);
+}
+
+/* ---- regions ----------------------------------------------------------------------------------- */
+
+static void apply_region_add(replay_op *op) {
+  if (op->status != 0) return;
+  replay_entry *e = replay_name_add(op->w, REPLAY_NS_REGION, op->cmd->region.name);
+  if (e) e->region = (mb_region_id)op->value;
+  else op->status = MB_ENOMEM;
+}
+
+static void start_region_add(replay_world *w, replay_op *op) {
+  const scenario_region *r = &op->cmd->region;
+  mb_region_params p = {r->name, r->gpa, r->size, r->prio, r->type == SCENARIO_REGION_DEVICE};
+  op->apply = apply_region_add;
+  mb_region_add(w->mm, &p, replay_op_done, op);
+}
+
+static void start_region_map(replay_world *w, replay_op *op) {
+  replay_entry *e = use(w, op, REPLAY_NS_REGION, op->cmd->region.name);
+  if (e) mb_region_map(w->mm, e->region, !op->cmd->region.ro, replay_op_done, op);
+}
+
+static void start_region_unmap(replay_world *w, replay_op *op) {
+  replay_entry *e = use(w, op, REPLAY_NS_REGION, op->cmd->region.name);
+  if (e) mb_region_unmap(w->mm, e->region, replay_op_done, op);
+}
+
+static void start_region_remove(replay_world *w, replay_op *op) {
+  replay_entry *e = use(w, op, REPLAY_NS_REGION, op->cmd->region.name);
+  op->apply = apply_region_remove;
+  if (e) mb_region_remove(w->mm, e->region, replay_op_done, op);
+}
+
+/* ---- mappings ---------------------------------------------------------------------------------- */
+
+static void start_mapping_add(replay_world *w, replay_op *op) {
+  const scenario_mapping *m = &op->cmd->mapping;
+  replay_entry *region = use(w, op, REPLAY_NS_REGION, m->region);
+  replay_entry *obj = region ? replay_name_lookup(w, REPLAY_NS_OBJECT, m->object) : NULL;
+  if (!region) return;
+  if (!obj) {
+    replay_op_done(op, MB_E_NOTFOUND, 0);
+    return;
+  }
+  mb_mapping_params p = {region->region, m->offset, m->size, obj->object, m->obj_offset, !m->ro};
+  if (op->cmd->kind == SCENARIO_MAPPING_REPLACE) mb_mapping_replace(w->mm, &p, replay_op_done, op);
+  else mb_mapping_add(w->mm, &p, replay_op_done, op);
+}
+
+static void start_mapping_remove(replay_world *w, replay_op *op) {
+  const scenario_mapping *m = &op->cmd->mapping;
+  replay_entry *e = use(w, op, REPLAY_NS_REGION, m->region);
+  if (e) mb_mapping_remove(w->mm, e->region, m->offset, m->size, replay_op_done, op);
+}
+
+/* ---- consumers --------------------------------------------------------------------------------- */
+
+/* A mapper or partition add: the new name, on success, with the loop started for it. */
+static void apply_consumer_add(replay_op *op) {
+  bool mapper = op->cmd->kind == SCENARIO_MAPPER_ADD;
+  if (op->status != 0) return; /* replay_op_free stops the loop */
+  replay_ns ns = mapper ? REPLAY_NS_MAPPER : REPLAY_NS_PARTITION;
+  replay_entry *e = replay_name_add(op->w, ns, mapper ? op->cmd->mapper.name
+                                                      : op->cmd->partition.name);
+  if (!e) {
+    op->status = MB_ENOMEM;
+    return;
+  }
+  if (mapper) e->mapper = (mb_mapper *)(uintptr_t)op->value;
+  else e->partition = (mb_partition *)(uintptr_t)op->value;
+  e->loop = op->new_loop;
+  op->new_loop = NULL;
+}
+
+/* The loop a new consumer runs on: a fresh started one (spread) or the client loop (single). */
+static mb_loop *consumer_loop(replay_world *w, replay_op *op, const char *what, const char *name) {
+  int err = 0;
+  op->new_loop = replay_loop_new(w, what, name, &err);
+  if (err) replay_op_done(op, err, 0);
+  return err ? NULL : op->new_loop ? op->new_loop : w->client;
+}
+
+static void start_mapper_add(replay_world *w, replay_op *op) {
+  const scenario_mapper *m = &op->cmd->mapper;
+  op->apply = apply_consumer_add;
+  mb_loop *loop = consumer_loop(w, op, "mapper", m->name);
+  if (loop) mb_mapper_add(w->mm, loop, m->mode == SCENARIO_MAPPER_EAGER, replay_op_done, op);
+}
+
+static void start_mapper_remove(replay_world *w, replay_op *op) {
+  replay_entry *e = use(w, op, REPLAY_NS_MAPPER, op->cmd->mapper.name);
+  op->apply = apply_mapper_remove;
+  if (e) mb_mapper_remove(e->mapper, replay_op_done, op);
+}
+
+static void start_partition_add(replay_world *w, replay_op *op) {
+  const scenario_partition *p = &op->cmd->partition;
+  const mb_partition_ops *ops =
+      p->backend == SCENARIO_PARTITION_KVM ? &mb_partition_kvm : &mb_partition_soft;
+  op->apply = apply_consumer_add;
+  mb_loop *loop = consumer_loop(w, op, "partition", p->name);
+  if (loop) mb_partition_add(w->mm, ops, loop, replay_op_done, op);
+}
+
+static void start_partition_remove(replay_world *w, replay_op *op) {
+  replay_entry *e = use(w, op, REPLAY_NS_PARTITION, op->cmd->partition.name);
+  op->apply = apply_partition_remove;
+  if (e) mb_partition_remove(e->partition, replay_op_done, op);
+}
+
+/* ---- accesses ---------------------------------------------------------------------------------- */
+
+/* op->buf: room for a read, or a copy of a write's bytes (the API may write through it). */
+static bool access_buffer(replay_op *op) {
+  const scenario_io *io = &op->cmd->io;
+  bool read = op->cmd->kind == SCENARIO_READ || op->cmd->kind == SCENARIO_GUEST_READ;
+  uint64_t len = read ? io->len : io->data.len;
+  if (len > SIZE_MAX || !(op->buf = malloc(len ? (size_t)len : 1))) {
+    replay_op_done(op, MB_ENOMEM, 0);
+    return false;
+  }
+  op->len = (size_t)len;
+  if (!read && len) memcpy(op->buf, io->data.data, op->len);
+  return true;
+}
+
+static void start_mapper_access(replay_world *w, replay_op *op) {
+  replay_entry *e = use(w, op, REPLAY_NS_MAPPER, op->cmd->io.target);
+  if (!e || !access_buffer(op)) return;
+  int rc = replay_worker_submit(op);
+  if (rc) replay_op_done(op, rc, 0);
+}
+
+static void start_guest_access(replay_world *w, replay_op *op) {
+  replay_entry *e = use(w, op, REPLAY_NS_PARTITION, op->cmd->io.target);
+  if (!e || !access_buffer(op)) return;
+  bool write = op->cmd->kind == SCENARIO_GUEST_WRITE;
+  mb_partition_access(e->partition, op->cmd->io.gpa, op->buf, op->len, write, replay_op_done, op);
+}
+
+/* lock and unlock are *(later)* in the format: answered without calling anything. */
+static void start_unsupported(replay_world *w, replay_op *op) {
+  (void)w;
+  replay_op_done(op, MB_E_UNSUPPORTED, 0);
+}
+
+/* ---- state queries (the expect commands) ------------------------------------------------------- */
+
+static void apply_ranges(replay_op *op) {
+  if (op->status == 0) op->ranges = (mb_range_list *)(uintptr_t)op->value;
+}
+
+static void start_expect_region(replay_world *w, replay_op *op) {
+  replay_entry *e = use(w, op, REPLAY_NS_REGION, op->cmd->expect_region.name);
+  if (e) mb_region_state(w->mm, e->region, replay_op_done, op);
+}
+
+static void start_expect_partition(replay_world *w, replay_op *op) {
+  replay_entry *e = use(w, op, REPLAY_NS_PARTITION, op->cmd->expect_ranges.name);
+  op->apply = apply_ranges;
+  if (e) mb_partition_ranges(e->partition, replay_op_done, op);
+}
+
+static void start_expect_mapper(replay_world *w, replay_op *op) {
+  replay_entry *e = use(w, op, REPLAY_NS_MAPPER, op->cmd->expect_ranges.name);
+  op->apply = apply_ranges;
+  if (e) mb_mapper_ranges(e->mapper, replay_op_done, op);
+}
+
+/* ---- dispatch ---------------------------------------------------------------------------------- */
+
+static const start_fn starters[SCENARIO_CMD_KIND_COUNT] = {
+    [SCENARIO_OBJECT] = start_object,
+    [SCENARIO_REGION_ADD] = start_region_add,
+    [SCENARIO_REGION_MAP] = start_region_map,
+    [SCENARIO_REGION_UNMAP] = start_region_unmap,
+    [SCENARIO_REGION_REMOVE] = start_region_remove,
+    [SCENARIO_MAPPING_ADD] = start_mapping_add,
+    [SCENARIO_MAPPING_REMOVE] = start_mapping_remove,
+    [SCENARIO_MAPPING_REPLACE] = start_mapping_add,
+    [SCENARIO_MAPPER_ADD] = start_mapper_add,
+    [SCENARIO_MAPPER_REMOVE] = start_mapper_remove,
+    [SCENARIO_PARTITION_ADD] = start_partition_add,
+    [SCENARIO_PARTITION_REMOVE] = start_partition_remove,
+    [SCENARIO_READ] = start_mapper_access,
+    [SCENARIO_WRITE] = start_mapper_access,
+    [SCENARIO_GUEST_READ] = start_guest_access,
+    [SCENARIO_GUEST_WRITE] = start_guest_access,
+    [SCENARIO_LOCK] = start_unsupported,
+    [SCENARIO_UNLOCK] = start_unsupported,
+    [SCENARIO_EXPECT_REGION] = start_expect_region,
+    [SCENARIO_EXPECT_PARTITION] = start_expect_partition,
+    [SCENARIO_EXPECT_MAPPER] = start_expect_mapper,
+};
+
+replay_op *replay_op_start(replay_world *w, const scenario_cmd *cmd) {
+  replay_op *op = calloc(1, sizeof *op);
+  if (!op) return NULL;
+  op->w = w;
+  op->cmd = cmd;
+  atomic_init(&op->done, false);
+  op->next = w->ops;
+  w->ops = op;
+  start_fn start = (unsigned)cmd->kind < SCENARIO_CMD_KIND_COUNT ? starters[cmd->kind] : NULL;
+  if (start) start(w, op);
+  else replay_op_done(op, MB_EINVAL, 0); /* not an operation: a bug of the executor */
+  return op;
+}

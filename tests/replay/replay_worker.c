@@ -1,0 +1,109 @@
+/* replay_worker.c: the access worker. Mapper reads and writes may fault into the mapping
+ * manager and block on it (a lazy mapper), so they never run on a loop thread: one long-lived
+ * thread takes them one at a time, in order, while the main thread keeps pumping the client
+ * loop.
+ *
+ * Hand-back: the worker stores the status, sets op->done (release), posts a no-op to the
+ * client loop to wake its pump, and only then counts itself idle. So "idle" implies every
+ * submitted access is done and its wake-up already queued. */
+#include <pthread.h>
+#include <stdlib.h>
+
+#include "replay.h"
+
+static struct {
+  pthread_t thread;
+  pthread_mutex_t mu;
+  pthread_cond_t cv;
+  replay_op **queue; /* ring of pending accesses */
+  size_t head, n, cap;
+  bool busy;         /* an access taken off the queue is not handed back yet */
+  bool quit;
+  bool started;
+} W = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER};
+
+static void wake_noop(mb_loop *loop, void *arg) { (void)loop, (void)arg; }
+
+static void run_access(replay_op *op) {
+  uint64_t gpa = op->cmd->io.gpa;
+  mb_mapper *m = op->entry->mapper;
+  int rc = op->cmd->kind == SCENARIO_READ ? mb_mapper_read(m, gpa, op->buf, op->len)
+                                          : mb_mapper_write(m, gpa, op->buf, op->len);
+  mb_loop *client = op->w->client;
+  op->status = rc;
+  atomic_store_explicit(&op->done, true, memory_order_release);
+  (void)mb_loop_post(client, wake_noop, NULL); /* op may be freed from here on */
+}
+
+static replay_op *take(void) {
+  pthread_mutex_lock(&W.mu);
+  W.busy = false;
+  while (W.n == 0 && !W.quit) pthread_cond_wait(&W.cv, &W.mu);
+  replay_op *op = NULL;
+  if (W.n > 0) {
+    op = W.queue[W.head];
+    W.head = (W.head + 1) % W.cap;
+    W.n--;
+    W.busy = true;
+  }
+  pthread_mutex_unlock(&W.mu);
+  return op;
+}
+
+static void *worker_main(void *arg) {
+  (void)arg;
+  for (replay_op *op; (op = take());) run_access(op);
+  return NULL;
+}
+
+int replay_worker_start(void) {
+  if (W.started) return 0;
+  int rc = pthread_create(&W.thread, NULL, worker_main, NULL);
+  if (rc) return -rc;
+  W.started = true;
+  return 0;
+}
+
+void replay_worker_stop(void) {
+  if (!W.started) return;
+  pthread_mutex_lock(&W.mu);
+  W.quit = true;
+  pthread_cond_signal(&W.cv);
+  pthread_mutex_unlock(&W.mu);
+  pthread_join(W.thread, NULL);
+  free(W.queue);
+  W.queue = NULL;
+  W.head = W.n = W.cap = 0;
+  W.started = W.quit = false;
+}
+
+static int grow(void) {
+  size_t cap = W.cap ? 2 * W.cap : 8;
+  replay_op **q = malloc(cap * sizeof *q);
+  if (!q) return MB_ENOMEM;
+  for (size_t i = 0; i < W.n; i++) q[i] = W.queue[(W.head + i) % W.cap];
+  free(W.queue);
+  W.queue = q;
+  W.head = 0;
+  W.cap = cap;
+  return 0;
+}
+
+int replay_worker_submit(replay_op *op) {
+  pthread_mutex_lock(&W.mu);
+  int rc = W.n == W.cap ? grow() : 0;
+  if (!rc) {
+    W.queue[(W.head + W.n) % W.cap] = op;
+    W.n++;
+    pthread_cond_signal(&W.cv);
+  }
+  pthread_mutex_unlock(&W.mu);
+  return rc;
+}
+
+bool replay_worker_idle(void) {
+  pthread_mutex_lock(&W.mu);
+  bool idle = W.n == 0 && !W.busy;
+  pthread_mutex_unlock(&W.mu);
+  return idle;
+}
