@@ -24,7 +24,16 @@
 #include "range_tree.h"
 #include "va_mapper.h"
 
-MB_PROTOCOL_DEFINE(mm, MM_MESSAGES);
+/* MM_MAP and MM_LIST carry an entry array (with object references) that is freed if the
+ * runtime drops the message undelivered. */
+static void mm_dispose(mb_msg *msg) {
+  mm_map_msg *map = mm_map_of(msg);
+  mm_list_msg *list = mm_list_of(msg);
+  if (map) mb_map_entries_free(map->entries, map->entries ? map->count : 0);
+  if (list) mb_map_entries_free(list->entries, list->entries ? list->count : 0);
+}
+
+MB_PROTOCOL_DEFINE_DISPOSE(mm, MM_MESSAGES, mm_dispose);
 
 typedef struct mm_node {
   mb_rtree_node node; /* [e.gpa, e.gpa + e.size) */
@@ -63,7 +72,7 @@ struct mm_state {
   mm_op op;
 };
 
-/* ---- helpers ------------------------------------------------------------------------------ */
+/* ---- helpers --------------------------------------------------------------------------------- */
 
 void mb_map_entries_free(mb_map_entry *entries, uint32_t count) {
   if (entries == NULL)
@@ -148,7 +157,7 @@ static int snapshot(mm_state *st, mb_map_entry **out, uint32_t *count) {
   return 0;
 }
 
-/* ---- the operation in flight ---------------------------------------------------------------- */
+/* ---- the operation in flight ----------------------------------------------------------------- */
 
 static void op_begin(mm_state *st, mm_step_fn next) {
   st->op.next = next;
@@ -192,7 +201,7 @@ static int op_targets(mm_state *st, bool eager_only) {
   return 0;
 }
 
-/* ---- calls to the mappers --------------------------------------------------------------------- */
+/* ---- calls to the mappers -------------------------------------------------------------------- */
 
 static void on_vam_map(mb_actor *self, mb_msg *reply, void *ctx) {
   mm_state *st = mb_actor_state(self);
@@ -243,7 +252,7 @@ static void call_unmap(mm_state *st, uint32_t i, uint64_t gpa, uint64_t size) {
   mb_call(st->self, st->op.targets[i], &m->hdr, on_vam_unmap, (void *)(uintptr_t)i);
 }
 
-/* ---- MM_MAP ----------------------------------------------------------------------------------- */
+/* ---- MM_MAP ---------------------------------------------------------------------------------- */
 
 static int cmp_entry(const void *a, const void *b) {
   uint64_t x = ((const mb_map_entry *)a)->gpa, y = ((const mb_map_entry *)b)->gpa;
@@ -357,7 +366,7 @@ static void handle_map(mm_state *st, mm_map_msg *m) {
   op_settle(st);
 }
 
-/* ---- MM_UNMAP --------------------------------------------------------------------------------- */
+/* ---- MM_UNMAP -------------------------------------------------------------------------------- */
 
 /* Removes every mapped byte of [a, b); a mapping straddling an edge keeps its outside part.
  * Only a mapping straddling both edges needs a second node, allocated before anything
@@ -417,7 +426,7 @@ static void handle_unmap(mm_state *st, mm_unmap_msg *m) {
   op_settle(st);
 }
 
-/* ---- mappers ---------------------------------------------------------------------------------- */
+/* ---- mappers --------------------------------------------------------------------------------- */
 
 static void add_mapper_done(mm_state *st) {
   mm_op *op = &st->op;
@@ -464,7 +473,7 @@ static void handle_remove_mapper(mm_state *st, mm_remove_mapper_msg *m) {
   op_finish(st, known ? 0 : MB_E_NOTFOUND);
 }
 
-/* ---- queries ---------------------------------------------------------------------------------- */
+/* ---- queries --------------------------------------------------------------------------------- */
 
 /* Not an operation: answered at once, or forwarded to the mapper, which answers. */
 static void handle_resolve(mm_state *st, mm_resolve_msg *m) {
@@ -492,7 +501,7 @@ static void handle_list(mm_state *st, mm_list_msg *m) {
   mb_reply(&m->hdr, rc);
 }
 
-/* ---- the actor ---------------------------------------------------------------------------------- */
+/* ---- the actor ------------------------------------------------------------------------------- */
 
 static void mm_handle(mb_actor *self, mb_msg *msg) {
   mm_state *st = mb_actor_state(self);

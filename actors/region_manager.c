@@ -9,14 +9,18 @@
  * absolute guest range (they never overlap); the partitions, in the order they were added.
  *
  * Operations. A request that needs nested calls becomes an rm_op: it is validated and planned
- * completely first (every allocation made, nothing sent), then runs as a list of steps. Each
- * step is a batch of calls sent together (to one or to every partition, or to the mapping
- * manager); the next step starts when all of them answered. A visibility change runs:
+ * completely first (nothing is sent before everything checked out; the MM_MAP entry arrays
+ * alone are built as they are sent), then runs as a list of steps. Each step is a batch of
+ * calls sent together (to one or to every partition, or to the mapping manager); the next
+ * step starts when all of them answered. A visibility change runs:
  *   1. PM_UNMAP the removed pieces from every partition,
  *   2. MM_UNMAP the segments whose winner changes (the old winner's mappings there),
  *   3. MM_MAP the new winners' mappings clipped to those segments,
  *   4. PM_MAP the added pieces into every partition;
- * an access change does the same over the region's own pieces. Nothing in the manager's own
+ * an access change does the same over the region's own pieces (all its bytes change access).
+ * Mapping add and remove are one step of MM_MAP / MM_UNMAP calls for the visible parts
+ * (partitions map whole pieces, holes included); partition add is one step of PM_MAP calls,
+ * one per piece in ascending order, all to the new partition. Nothing in the manager's own
  * state changes until every step succeeded (commit). When a call fails, the steps done so far
  * are undone in reverse (each completed call has an exact inverse, since the region's state
  * is still the old one), and the request is answered with the first error: a failed request
@@ -260,7 +264,21 @@ static bool new_access(const rm_op *op, const rm_region *r) {
   return r == op->region && op->kind == RM_REGION_MAP ? op->writable : r->writable;
 }
 
-/* The four steps of a visibility change (op->diff). The MM calls cover runs of touching
+static mb__vis_region *seg_winner(const mb__vis_seg *seg, bool new_one) {
+  return new_one ? seg->new_winner : seg->old_winner;
+}
+
+/* The end (exclusive index) of the run of touching segments from i with i's old or new
+ * winner. */
+static size_t seg_run(const mb__vis_diff *d, size_t i, bool new_one) {
+  size_t j = i + 1;
+  while (j < d->nsegs && d->segs[j].start == d->segs[j - 1].end &&
+         seg_winner(&d->segs[j], new_one) == seg_winner(&d->segs[i], new_one))
+    j++;
+  return j;
+}
+
+/* The four steps of a visibility change (op->diff). Each MM call covers a run of touching
  * segments with one old (unmap) or one new (map) winner. */
 static int plan_visibility(rm_state *st, rm_op *op) {
   const mb__vis_diff *d = &op->diff;
@@ -273,12 +291,8 @@ static int plan_visibility(rm_state *st, rm_op *op) {
   op_end_step(op);
   for (int map = 0; map < 2; map++) {
     for (size_t i = 0, j; i < d->nsegs && !rc; i = j) {
-      mb__vis_region *w = map ? d->segs[i].new_winner : d->segs[i].old_winner;
-      for (j = i + 1; j < d->nsegs && d->segs[j].start == d->segs[j - 1].end &&
-                      (map ? d->segs[j].new_winner : d->segs[j].old_winner) == w;
-           j++) {
-      }
-      rm_region *r = region_of_vis(w);
+      j = seg_run(d, i, map);
+      rm_region *r = region_of_vis(seg_winner(&d->segs[i], map));
       if (r != NULL)
         rc = plan_mm(st, op, map ? CALL_MM_MAP : CALL_MM_UNMAP, d->segs[i].start,
                      d->segs[j - 1].end, r, map ? new_access(op, r) : r->writable);
@@ -353,7 +367,7 @@ static void on_call_reply(mb_actor *self, mb_msg *reply, void *ctx) {
     op_next(self, mb_actor_state(self));
 }
 
-/* Sends one call (or its inverse). A call with nothing to send counts as done at once. */
+/* Sends one call (or its inverse). An MM_MAP with no entries is skipped: nothing to undo. */
 static void call_send(mb_actor *self, rm_call *c, bool inverse) {
   rm_op *op = c->op;
   int kind = inverse ? inverse_kind(c->kind) : c->kind;
@@ -552,8 +566,8 @@ static int plan_region(rm_state *st, rm_op *op) {
   return rc ? MB_ENOMEM : plan_visibility(st, op);
 }
 
-/* The object range and the region range of a mapping: MB_E_INVALID unless both are whole
- * pages inside their object and region. */
+/* The absolute guest range of [offset, offset + size) in r: MB_E_INVALID unless it is
+ * non-empty, page aligned and inside the region. */
 static int mapping_range(const rm_region *r, uint64_t offset, uint64_t size, mb_range *abs) {
   mb_range rel;
   if (mb_range_make(offset, size, &rel) != 0 || rel.end > r_end(r) - r_start(r))

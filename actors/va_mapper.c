@@ -4,10 +4,11 @@
  * of established ranges (each with the object it maps, its offset and its access).
  *
  * Invariant: a range in the tree is mapped in the reservation. The actor, the only writer,
- * maps before it inserts and removes before it unmaps, holding `lock` only around the tree
- * change; faulting threads take `lock` to look a page up. So a faulting thread that finds its
- * page established lost a race with a change, and retrying is right; one that does not find
- * it has a real miss (eager: unmapped; lazy: ask the mapping manager, then retry).
+ * maps before it inserts and removes before it unmaps (a replacement is one MAP_FIXED, with
+ * the old range in the tree until the new one takes its place), holding `lock` only around
+ * the tree change; faulting threads take `lock` to look a page up. So a faulting thread that
+ * finds its page established lost a race with a change, and retrying is right; one that does
+ * not find it has a real miss (eager: unmapped; lazy: ask the mapping manager, then retry).
  *
  * Ownership: every tree node holds its own object reference. VAM_MAP arrays stay the
  * sender's; a forwarded MM_RESOLVE's entry reference stays with the message (its requester
@@ -24,7 +25,13 @@
 #include "mb_errors.h"
 #include "range_tree.h"
 
-MB_PROTOCOL_DEFINE(vam, VAM_MESSAGES);
+/* A VAM_RANGES reply carries a malloc'd array: freed if its requester is gone. */
+static void vam_dispose(mb_msg *msg) {
+  vam_ranges_msg *m = vam_ranges_of(msg);
+  if (m) free(m->ranges);
+}
+
+MB_PROTOCOL_DEFINE_DISPOSE(vam, VAM_MESSAGES, vam_dispose);
 
 /* Consecutive faults at one address that a retry should have cured: after this many
  * successful resolves, or this many faults on a page found established, the access fails. */
@@ -61,49 +68,27 @@ static int map_error(int rc) {
   return rc == -EINVAL ? MB_E_INVALID : rc;
 }
 
-/* ---- establishing and tearing down (the actor's thread) ----------------------------------- */
+/* ---- establishing and tearing down (the actor's thread) -------------------------------------- */
 
-/* Maps object bytes at [start, end) and records them. */
-static int map_piece(mb_vam *v, uint64_t start, uint64_t end, mb_object *obj, uint64_t obj_off,
-                     bool writable) {
-  vam_range *r = malloc(sizeof *r);
-  if (r == NULL)
-    return MB_ENOMEM;
-  int rc = mb_object_map_into(obj, &v->va, start, end - start, obj_off, writable);
-  if (rc != 0) {
-    free(r);
-    return map_error(rc);
-  }
-  r->obj = mb_object_ref(obj);
-  r->obj_off = obj_off;
-  r->writable = writable;
-  pthread_mutex_lock(&v->lock);
-  mb_rtree_insert(&v->ranges, &r->node, start, end);
-  pthread_mutex_unlock(&v->lock);
-  return 0;
-}
-
-/* Unrecords every established byte of [a, b), splitting ranges that straddle an edge, then
- * makes the span PROT_NONE with one call (what lies between established pieces is PROT_NONE
- * already). A range straddling both edges needs a node, allocated before anything changes. */
-static int teardown(mb_vam *v, uint64_t a, uint64_t b) {
-  mb_rtree_node *it = mb_rtree_first_overlap(&v->ranges, a, b);
-  if (it == NULL)
-    return 0;
-  vam_range *spare = NULL;
-  if (it->start < a && it->end > b && (spare = malloc(sizeof *spare)) == NULL)
-    return MB_ENOMEM;
-  uint64_t lo = it->start > a ? it->start : a, hi = lo;
-  pthread_mutex_lock(&v->lock);
+/* Unrecords every established byte of [a, b) (the caller holds `lock`), splitting ranges
+ * that straddle an edge; one straddling both takes *spare (set to NULL then). Returns the
+ * span from the first to the last byte unrecorded, empty if none. */
+static mb_range unrecord(mb_vam *v, uint64_t a, uint64_t b, vam_range **spare) {
+  mb_range span = {0, 0};
+  mb_rtree_node *it;
   while ((it = mb_rtree_first_overlap(&v->ranges, a, b)) != NULL) {
     vam_range *r = range_of(it);
     uint64_t start = it->start, end = it->end;
-    hi = end < b ? end : b;
+    if (span.start == span.end)
+      span.start = start > a ? start : a;
+    span.end = end < b ? end : b;
     mb_rtree_remove(&v->ranges, it);
     if (start < a && end > b) {
-      *spare = (vam_range){.obj = mb_object_ref(r->obj), .obj_off = r->obj_off + (b - start),
-                           .writable = r->writable};
-      mb_rtree_insert(&v->ranges, &spare->node, b, end);
+      vam_range *s = *spare;
+      *spare = NULL;
+      *s = (vam_range){.obj = mb_object_ref(r->obj), .obj_off = r->obj_off + (b - start),
+                       .writable = r->writable};
+      mb_rtree_insert(&v->ranges, &s->node, b, end);
     }
     if (start < a) {
       mb_rtree_insert(&v->ranges, &r->node, start, a);
@@ -114,8 +99,48 @@ static int teardown(mb_vam *v, uint64_t a, uint64_t b) {
       range_free(r);
     }
   }
+  return span;
+}
+
+/* Maps object bytes at [start, end), replacing whatever was there in one MAP_FIXED (no hole
+ * for a concurrent reader), then records them. A failed map leaves the range PROT_NONE, so
+ * it is unrecorded all the same. */
+static int map_piece(mb_vam *v, uint64_t start, uint64_t end, mb_object *obj, uint64_t obj_off,
+                     bool writable) {
+  vam_range *r = malloc(sizeof *r), *spare = malloc(sizeof *spare);
+  if (r == NULL || spare == NULL) {
+    free(r);
+    free(spare);
+    return MB_ENOMEM;
+  }
+  int rc = mb_object_map_into(obj, &v->va, start, end - start, obj_off, writable);
+  pthread_mutex_lock(&v->lock);
+  unrecord(v, start, end, &spare);
+  if (rc == 0) {
+    *r = (vam_range){.obj = mb_object_ref(obj), .obj_off = obj_off, .writable = writable};
+    mb_rtree_insert(&v->ranges, &r->node, start, end);
+    r = NULL;
+  }
   pthread_mutex_unlock(&v->lock);
-  return map_error(mb_va_unmap(&v->va, lo, hi - lo));
+  free(r);
+  free(spare);
+  return map_error(rc);
+}
+
+/* Tears down every established byte of [a, b): unrecorded first, then made PROT_NONE with one
+ * call over the span (what lies between established pieces is PROT_NONE already). */
+static int teardown(mb_vam *v, uint64_t a, uint64_t b) {
+  mb_rtree_node *it = mb_rtree_first_overlap(&v->ranges, a, b);
+  if (it == NULL)
+    return 0;
+  vam_range *spare = NULL;
+  if (it->start < a && it->end > b && (spare = malloc(sizeof *spare)) == NULL)
+    return MB_ENOMEM;
+  pthread_mutex_lock(&v->lock);
+  mb_range span = unrecord(v, a, b, &spare);
+  pthread_mutex_unlock(&v->lock);
+  free(spare);
+  return map_error(mb_va_unmap(&v->va, span.start, span.end - span.start));
 }
 
 static bool same_backing(const vam_range *r, uint64_t at, const mb_object *obj, uint64_t obj_off,
@@ -140,11 +165,8 @@ static int establish(mb_vam *v, const mb_map_entry *e) {
       rc = map_piece(v, cur, stop, e->obj, off, e->writable);
     } else {
       stop = it->end < end ? it->end : end;
-      if (!same_backing(range_of(it), cur, e->obj, off, e->writable)) {
-        rc = teardown(v, cur, stop);
-        if (rc == 0)
-          rc = map_piece(v, cur, stop, e->obj, off, e->writable);
-      }
+      if (!same_backing(range_of(it), cur, e->obj, off, e->writable))
+        rc = map_piece(v, cur, stop, e->obj, off, e->writable);
     }
     if (rc != 0)
       return rc;
@@ -153,7 +175,7 @@ static int establish(mb_vam *v, const mb_map_entry *e) {
   return 0;
 }
 
-/* ---- the actor ------------------------------------------------------------------------------ */
+/* ---- the actor ------------------------------------------------------------------------------- */
 
 /* On failure the batch is undone: every entry up to the failing one is torn down (an eager
  * mapper never gets a batch over what it holds, so that is exactly what the batch added). */
@@ -238,7 +260,7 @@ static void vam_actor_gone(mb_actor *self) {
 
 static const mb_actor_type vam_type = {"va_mapper", vam_handle, vam_actor_gone, 0};
 
-/* ---- life cycle ------------------------------------------------------------------------------- */
+/* ---- life cycle ------------------------------------------------------------------------------ */
 
 int mb_vam_create(mb_loop *loop, mb_addr mapping_manager, uint64_t max_addr, bool eager,
                   mb_vam **out) {
@@ -320,7 +342,7 @@ mb_vam_stats mb_vam_stats_get(const mb_vam *v) {
   };
 }
 
-/* ---- accesses (any thread) --------------------------------------------------------------------- */
+/* ---- accesses (any thread) ------------------------------------------------------------------- */
 
 static void count(_Atomic uint64_t *c) {
   atomic_fetch_add_explicit(c, 1, memory_order_relaxed);

@@ -26,7 +26,7 @@
 #define PAGE ((uint64_t)MB_PAGE_SIZE)
 #define MiB (1ull << 20)
 
-/* ---- loops ---------------------------------------------------------------------------------- */
+/* ---- loops ----------------------------------------------------------------------------------- */
 
 /* A loop attached to a uv loop that the test thread runs. */
 typedef struct mp_home {
@@ -104,7 +104,7 @@ static inline void mp_vam_destroy(mb_loop *l, mb_vam *v) {
   assert_int_equal(mb_loop_exec(l, mp_vam_destroy_fn, v), 0);
 }
 
-/* ---- requests --------------------------------------------------------------------------------- */
+/* ---- requests -------------------------------------------------------------------------------- */
 
 typedef struct mp_wait {
   bool done;
@@ -232,7 +232,7 @@ static inline void mp_expect_ranges(mb_vam *v, const mb_part_range *want, uint32
   } while (0)
 #define MP_EXPECT_NO_RANGES(v) mp_expect_ranges((v), NULL, 0)
 
-/* ---- objects and contents ----------------------------------------------------------------------- */
+/* ---- objects and contents -------------------------------------------------------------------- */
 
 /* A memfd object whose k-th page holds bytes (base + k) mod 256. */
 static inline mb_object *mp_object(uint64_t size, uint8_t base) {

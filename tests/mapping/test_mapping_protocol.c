@@ -268,7 +268,7 @@ static void test_unmap_many_and_remap(void **state) {
   end(&f);
 }
 
-/* ---- accesses through an eager mapper ----------------------------------------------------------- */
+/* ---- accesses through an eager mapper -------------------------------------------------------- */
 
 static void test_readonly_vs_unmapped(void **state) {
   (void)state;
@@ -332,7 +332,7 @@ static void test_backing_cannot_serve(void **state) {
   end(&f);
 }
 
-/* ---- mappers ----------------------------------------------------------------------------------- */
+/* ---- mappers --------------------------------------------------------------------------------- */
 
 static void test_late_eager_mapper_gets_everything(void **state) {
   (void)state;
@@ -426,7 +426,7 @@ static void test_gone_mapper_counts_as_acked(void **state) {
   end(&f);
 }
 
-/* ---- MM_RESOLVE and MM_LIST -------------------------------------------------------------------- */
+/* ---- MM_RESOLVE and MM_LIST ------------------------------------------------------------------ */
 
 static int resolve(mb_addr mm, mb_vam *v, uint64_t gpa, mm_resolve_msg **out) {
   mm_resolve_msg *m = mm_resolve_new();
@@ -491,7 +491,7 @@ static void test_resolve(void **state) {
   end(&f);
 }
 
-/* ---- VAM_* sent directly -------------------------------------------------------------------------- */
+/* ---- VAM_* sent directly --------------------------------------------------------------------- */
 
 static int vam_map(mb_vam *v, const mb_map_entry *e, uint32_t n) {
   vam_map_msg *m = vam_map_new();
@@ -556,7 +556,7 @@ static void test_vam_messages(void **state) {
   end(&f);
 }
 
-/* ---- a large batch ----------------------------------------------------------------------------------- */
+/* ---- a large batch --------------------------------------------------------------------------- */
 
 enum { MANY = 6000 };
 
@@ -629,7 +629,7 @@ static void test_many_mappings_in_one_batch(void **state) {
   end(&f); /* the manager goes with its mappings */
 }
 
-/* ---- shutdown ---------------------------------------------------------------------------------------- */
+/* ---- shutdown -------------------------------------------------------------------------------- */
 
 /* The loop stops with everything still registered and mapped; mappers whose actor went with
  * the loop are destroyed afterwards. */

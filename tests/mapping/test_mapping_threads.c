@@ -21,7 +21,7 @@ static void end(void) {
   assert_int_equal(mp_fd_count(), fds_before); /* every object reference was dropped */
 }
 
-/* ---- a lazy mapper -------------------------------------------------------------------------- */
+/* ---- a lazy mapper --------------------------------------------------------------------------- */
 
 typedef struct on_loop_read {
   mb_vam *v;
@@ -107,7 +107,7 @@ static void test_lazy_establishes_on_access(void **state) {
   end();
 }
 
-/* ---- mappers on different loops --------------------------------------------------------------- */
+/* ---- mappers on different loops -------------------------------------------------------------- */
 
 static void test_mappers_on_different_loops(void **state) {
   (void)state;
@@ -176,7 +176,7 @@ static void test_mappers_on_different_loops(void **state) {
   end();
 }
 
-/* ---- readers racing unmaps ---------------------------------------------------------------------- */
+/* ---- readers racing unmaps ------------------------------------------------------------------- */
 
 /* 64 pages of guest memory at BASE show obj[gpa - BASE]: however the test cuts and re-maps
  * them, a byte read is either the object's or the access fails unmapped. */
@@ -278,7 +278,7 @@ static void test_lazy_reads_race_unmaps(void **state) {
   end();
 }
 
-/* ---- concurrent first touches ------------------------------------------------------------------- */
+/* ---- concurrent first touches ---------------------------------------------------------------- */
 
 /* Threads touch one lazy mapping of private anonymous memory at once, each writing its own
  * pages: however the resolves interleave, no write may be lost (establishing a mapping that
@@ -349,7 +349,7 @@ static void test_concurrent_first_touch(void **state) {
   end();
 }
 
-/* ---- the manager's loop stops first ---------------------------------------------------------------- */
+/* ---- the manager's loop stops first ---------------------------------------------------------- */
 
 static void test_manager_loop_stops_first(void **state) {
   (void)state;

@@ -148,8 +148,11 @@ int replay_worker_start(void);
 void replay_worker_stop(void);
 /* Queue a mapper read or write (op->cmd READ or WRITE, op->entry the mapper, op->buf). */
 int replay_worker_submit(replay_op *op);
-/* True when no access is queued or running (every submitted op is done and posted). */
+/* True when no access is queued or running: every submitted op is done. */
 bool replay_worker_idle(void);
+/* Wait until the worker's last wake-up post returned (no pumping needed): after that, and
+ * once idle, the worker no longer touches the client loop, which may then be stopped. */
+void replay_worker_quiet(void);
 
 /* ---- checking results ------------------------------------------------------------------------- */
 

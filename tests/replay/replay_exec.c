@@ -88,16 +88,16 @@ static bool exec_command(replay_world *w, size_t index, char **why) {
 
 /* ---- a whole file ------------------------------------------------------------------------------ */
 
-/* NULL when a KVM VM can be made here, else why not. */
+/* NULL when the kvm backend can make a VM here, else why not. */
 static char *kvm_missing(const scenario *sc) {
-  if (access("/dev/kvm", R_OK | W_OK) != 0)
-    return replay_strdupf("require kvm: /dev/kvm is not usable here (%s)", strerror(errno));
   void *inst = NULL;
   int rc = mb_partition_kvm.create(sc->max_addr, &inst);
   if (rc == 0) {
     mb_partition_kvm.destroy(inst);
     return NULL;
   }
+  if (access("/dev/kvm", R_OK | W_OK) != 0)
+    return replay_strdupf("require kvm: /dev/kvm is not usable here (%s)", strerror(errno));
   return replay_strdupf("require kvm: cannot create a KVM VM here (%s)", membacking_strerror(rc));
 }
 

@@ -189,7 +189,11 @@ static bool access_buffer(replay_op *op) {
   return true;
 }
 
+/* The access itself runs beside the loops, on the worker. Under the single layout it starts
+ * only once every actor ran out of work (operations still in flight have done all they can),
+ * so what it sees does not depend on thread timing: that layout stays deterministic. */
 static void start_mapper_access(replay_world *w, replay_op *op) {
+  if (w->layout == REPLAY_SINGLE) replay_settle(w);
   replay_entry *e = use(w, op, REPLAY_NS_MAPPER, op->cmd->io.target);
   if (!e || !access_buffer(op)) return;
   int rc = replay_worker_submit(op);

@@ -3,9 +3,10 @@
  * thread takes them one at a time, in order, while the main thread keeps pumping the client
  * loop.
  *
- * Hand-back: the worker stores the status, sets op->done (release), posts a no-op to the
- * client loop to wake its pump, and only then counts itself idle. So "idle" implies every
- * submitted access is done and its wake-up already queued. */
+ * Hand-back: the worker stores the status, sets op->done (release), counts itself idle when
+ * its queue is empty, and only then posts a no-op to the client loop, which wakes a main
+ * thread that waits for the op or for the worker to be idle. Until that post returned the
+ * worker is "posting": the client loop must outlive it (replay_worker_quiet). */
 #include <pthread.h>
 #include <stdlib.h>
 
@@ -14,13 +15,17 @@
 static struct {
   pthread_t thread;
   pthread_mutex_t mu;
-  pthread_cond_t cv;
-  replay_op **queue; /* ring of pending accesses */
+  pthread_cond_t cv;       /* work queued, or quit */
+  pthread_cond_t quiet_cv; /* a post returned */
+  replay_op **queue;       /* ring of pending accesses */
   size_t head, n, cap;
-  bool busy;         /* an access taken off the queue is not handed back yet */
+  bool busy;               /* an access taken off the queue is not done yet */
+  bool posting;            /* a wake-up post to a client loop is under way */
   bool quit;
   bool started;
-} W = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER};
+} W = {.mu = PTHREAD_MUTEX_INITIALIZER,
+       .cv = PTHREAD_COND_INITIALIZER,
+       .quiet_cv = PTHREAD_COND_INITIALIZER};
 
 static void wake_noop(mb_loop *loop, void *arg) { (void)loop, (void)arg; }
 
@@ -31,13 +36,20 @@ static void run_access(replay_op *op) {
                                           : mb_mapper_write(m, gpa, op->buf, op->len);
   mb_loop *client = op->w->client;
   op->status = rc;
-  atomic_store_explicit(&op->done, true, memory_order_release);
-  (void)mb_loop_post(client, wake_noop, NULL); /* op may be freed from here on */
+  pthread_mutex_lock(&W.mu);
+  atomic_store_explicit(&op->done, true, memory_order_release); /* op may be freed from here */
+  W.busy = false;
+  W.posting = true;
+  pthread_mutex_unlock(&W.mu);
+  (void)mb_loop_post(client, wake_noop, NULL);
+  pthread_mutex_lock(&W.mu);
+  W.posting = false;
+  pthread_cond_broadcast(&W.quiet_cv);
+  pthread_mutex_unlock(&W.mu);
 }
 
 static replay_op *take(void) {
   pthread_mutex_lock(&W.mu);
-  W.busy = false;
   while (W.n == 0 && !W.quit) pthread_cond_wait(&W.cv, &W.mu);
   replay_op *op = NULL;
   if (W.n > 0) {
@@ -106,4 +118,10 @@ bool replay_worker_idle(void) {
   bool idle = W.n == 0 && !W.busy;
   pthread_mutex_unlock(&W.mu);
   return idle;
+}
+
+void replay_worker_quiet(void) {
+  pthread_mutex_lock(&W.mu);
+  while (W.posting) pthread_cond_wait(&W.quiet_cv, &W.mu);
+  pthread_mutex_unlock(&W.mu);
 }

@@ -181,6 +181,7 @@ int replay_world_fini(replay_world *w) {
   tables_clear(w);
   replay_stall_timer_close(w);
   if (w->client) {
+    replay_worker_quiet();
     mb_loop_stop(w->client);
     mb_loop_free(w->client);
     w->client = NULL;
