@@ -31,6 +31,7 @@ struct mb_mm {
   uint64_t max_addr;
   mb_loop *part_loop;
   mb_vam *part_vam;       /* the partitions' eager VA mapper */
+  mb_mapper primary;      /* the public handle of part_vam (never on the mappers list) */
   pthread_mutex_t lock;   /* guards the two lists below */
   mb_mapper *mappers;
   mb_partition *partitions;

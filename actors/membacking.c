@@ -102,9 +102,12 @@ int mb_mm_create(const mb_mm_config *cfg, mb_mm **out) {
     mb_mm_destroy(mm);
     return rc;
   }
+  mm->primary = (mb_mapper){mm, mm->part_vam, mm->part_loop, NULL, NULL};
   *out = mm;
   return 0;
 }
+
+mb_mapper *mb_mm_primary_mapper(mb_mm *mm) { return &mm->primary; }
 
 static void destroy_part_vam(mb_loop *loop, void *arg) {
   (void)loop;

@@ -61,6 +61,11 @@ int mb_mm_create(const mb_mm_config *cfg, mb_mm **out);
  * invalid. */
 void mb_mm_destroy(mb_mm *mm);
 uint64_t mb_mm_max_addr(const mb_mm *mm);
+/* The manager's primary VA mapper: eager, created with the manager on part_loop; partitions
+ * map guest memory by its VA (as KVM memslots do), and VMM code may access guest memory
+ * through it like through any mapper. It lives as long as the manager (mb_mapper_remove on
+ * it answers MB_E_INVALID). */
+mb_mapper *mb_mm_primary_mapper(mb_mm *mm);
 
 /* ---- regions ------------------------------------------------------------------------------ */
 

@@ -100,16 +100,14 @@ static void step_done(step_op *op, int status, uint64_t value) {
   if (mb_loop_post(op->caller, step_finish, op)) free(op); /* the caller's loop is gone */
 }
 
-/* Start an operation: its first step runs on the consumer's loop. */
-static void step_start(mb_mm *mm, mb_loop *target, mb_exec_fn first, step_op *op,
-                       mb_done_fn done, void *ctx) {
+/* Start an operation: its first step runs on the consumer's loop (no step: refused). */
+static void step_start(step_op *op, mb_exec_fn first, mb_done_fn done, void *ctx) {
   if (!op || !op->caller) {
     done(ctx, op ? MB_EINVAL : MB_ENOMEM, 0); /* not on a loop: a programming error */
     free(op);
     return;
   }
-  (void)mm, (void)target;
-  int rc = mb_loop_post(op->target, first, op);
+  int rc = first ? mb_loop_post(op->target, first, op) : MB_E_INVALID;
   if (rc) step_done(op, rc, 0);
 }
 
@@ -153,7 +151,7 @@ static void mapper_add_step(mb_loop *loop, void *arg) {
 void mb_mapper_add(mb_mm *mm, mb_loop *loop, bool eager, mb_done_fn done, void *ctx) {
   step_op *op = step_new(mm, loop, done, ctx);
   if (op) op->eager = eager;
-  step_start(mm, loop, mapper_add_step, op, done, ctx);
+  step_start(op, mapper_add_step, done, ctx);
 }
 
 typedef struct vam_make {
@@ -212,10 +210,11 @@ static void mapper_remove_step(mb_loop *loop, void *arg) {
 void mb_mapper_remove(mb_mapper *m, mb_done_fn done, void *ctx) {
   step_op *op = step_new(m->mm, m->loop, done, ctx);
   if (op) op->mapper = m;
-  step_start(m->mm, m->loop, mapper_remove_step, op, done, ctx);
+  step_start(op, m == &m->mm->primary ? NULL : mapper_remove_step, done, ctx);
 }
 
 int mb_mapper_remove_sync(mb_mapper *m) {
+  if (m == &m->mm->primary) return MB_E_INVALID;
   int rc = mb__api_call(mb_actor_addr(m->mm->mm), remove_mapper_msg(m->vam), NULL, NULL);
   if (!rc) mb__mapper_destroy(m);
   return rc;
@@ -312,7 +311,7 @@ void mb_partition_add(mb_mm *mm, const mb_partition_ops *ops, mb_loop *loop, mb_
                       void *ctx) {
   step_op *op = step_new(mm, loop, done, ctx);
   if (op) op->ops = ops;
-  step_start(mm, loop, partition_add_step, op, done, ctx);
+  step_start(op, partition_add_step, done, ctx);
 }
 
 typedef struct part_make {
@@ -373,7 +372,7 @@ static void partition_remove_step(mb_loop *loop, void *arg) {
 void mb_partition_remove(mb_partition *p, mb_done_fn done, void *ctx) {
   step_op *op = step_new(p->mm, p->loop, done, ctx);
   if (op) op->part = p;
-  step_start(p->mm, p->loop, partition_remove_step, op, done, ctx);
+  step_start(op, partition_remove_step, done, ctx);
 }
 
 int mb_partition_remove_sync(mb_partition *p) {

@@ -63,6 +63,10 @@ static void test_blocking_end_to_end(void **unused) {
   assert_int_equal(mb_mapper_read(m, 0xf0000, buf, 4), 0);
   assert_memory_equal(buf, "\x11\x11\x11\x11", 4);
   assert_int_equal(mb_mapper_base(m)[0x1000], 0x11); /* plain loads at base + gpa */
+  mb_mapper *primary = mb_mm_primary_mapper(mm);  /* the partitions' view, eager */
+  assert_int_equal(mb_mapper_read(primary, 0x2000, buf, 1), 0);
+  assert_int_equal(buf[0], 0x11);
+  assert_int_equal(mb_mapper_remove_sync(primary), MB_E_INVALID);
   assert_int_equal(mb_region_remove_sync(mm, r_ram), 0);
   assert_int_equal(mb_region_map_sync(mm, r_rom, false), 0);
   int state = -1;
