@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # setup.sh: install what membacking needs on Debian 12, build it, and run one job.
-#   ./setup.sh demo    the main job (the demo; until it exists, the runtime benchmarks, quick)
+#   ./setup.sh demo    the main job: the demo VMM (tests/demo)
 #   ./setup.sh test    every test: the normal build, ASan+UBSan, and the concurrent ones under
 #                      TSan; ends with the line "N passed, N failed"
 #   ./setup.sh bench   the full benchmark table
@@ -76,8 +76,7 @@ run_tests() {
 case "${1:-}" in
   demo)
     build_all
-    if [ -x build/demo/membacking-demo ]; then exec build/demo/membacking-demo
-    else exec build/bench/membacking-bench --quick --filter msg. --filter rpc.; fi ;;
+    exec build/tests/demo/membacking-demo ;;
   test) run_tests ;;
   bench) build_all; exec build/bench/membacking-bench ;;
   build) build_all ;;

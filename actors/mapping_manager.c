@@ -6,10 +6,20 @@
  * mapper (per run of adjacent entries for a rollback). Only a late eager mapper's replay and
  * MM_LIST walk them all.
  *
- * The actor is serialized, so at most one operation is in flight; it lives in mm_state.op.
- * An operation launches its calls holding one extra count (op_begin, then op_settle), so it
- * moves on exactly once, when the last reply is in, even if a reply ran inside mb_call.
- * MM_RESOLVE and MM_LIST are answered (or forwarded) at once and are no operation.
+ * One operation at a time: it lives in mm_state.op. An operation launches its calls holding
+ * one extra count (op_begin, then op_settle), so it moves on exactly once, when the last
+ * reply is in, even if a reply ran inside mb_call. MM_RESOLVE and MM_LIST are answered (or
+ * forwarded) at once and are no operation.
+ *
+ * The actor keeps its own order instead of being MB_ACTOR_SERIALIZED: a request that comes
+ * while an operation is in flight waits in `waiting` (kept, in arrival order) and is taken up
+ * when the operation answers, with one exception: an MM_RESOLVE passes any operation but
+ * MM_MAP. A VA mapper may hold an MM_UNMAP's acknowledgement for as long as VMM code holds
+ * a lock there (va_mapper.h), and a lazy fault elsewhere must not wait for that. It is safe:
+ * the tree is already cut when the unmaps go out (a resolve inside the range is unmapped, as
+ * it will be), and the mapper orders a forwarded resolve behind anything it still holds for
+ * the same range. During an MM_MAP the batch is in the tree but may still be rolled back, so
+ * resolves wait for its answer.
  *
  * Ownership: a tree node holds its own object reference. An MM_MAP array is lent to the
  * eager mappers (VAM_MAP) until they answer, then freed with its references; so are the
@@ -70,6 +80,9 @@ struct mm_state {
   uint32_t nmappers, cap_mappers;
   bool busy;
   mm_op op;
+  mb_msg **waiting;        /* requests that came during the operation, in arrival order */
+  size_t wait_head, nwaiting, cap_waiting; /* a ring */
+  bool pumping;            /* taking up `waiting` (op_finish may run inside) */
 };
 
 /* ---- helpers --------------------------------------------------------------------------------- */
@@ -174,7 +187,9 @@ static void op_fail(mm_state *st, int status) {
     st->op.status = status;
 }
 
-/* Answers the request and forgets the operation. */
+static void pump(mm_state *st);
+
+/* Answers the request, forgets the operation and takes up the requests that waited. */
 static void op_finish(mm_state *st, int status) {
   mm_op *op = &st->op;
   mb_msg *req = op->req;
@@ -185,6 +200,7 @@ static void op_finish(mm_state *st, int status) {
   memset(op, 0, sizeof *op);
   st->busy = false;
   mb_reply(req, status);
+  pump(st);
 }
 
 static int op_targets(mm_state *st, bool eager_only) {
@@ -503,6 +519,52 @@ static void handle_list(mm_state *st, mm_list_msg *m) {
 
 /* ---- the actor ------------------------------------------------------------------------------- */
 
+static int wait_push(mm_state *st, mb_msg *msg) {
+  if (st->nwaiting == st->cap_waiting) {
+    size_t cap = st->cap_waiting ? 2 * st->cap_waiting : 8;
+    mb_msg **w = malloc(cap * sizeof *w);
+    if (w == NULL)
+      return MB_ENOMEM;
+    for (size_t i = 0; i < st->nwaiting; i++)
+      w[i] = st->waiting[(st->wait_head + i) % st->cap_waiting];
+    free(st->waiting);
+    st->waiting = w;
+    st->wait_head = 0;
+    st->cap_waiting = cap;
+  }
+  st->waiting[(st->wait_head + st->nwaiting++) % st->cap_waiting] = msg;
+  return 0;
+}
+
+static mb_msg *wait_pop(mm_state *st) {
+  if (st->nwaiting == 0)
+    return NULL;
+  mb_msg *msg = st->waiting[st->wait_head];
+  st->wait_head = (st->wait_head + 1) % st->cap_waiting;
+  st->nwaiting--;
+  return msg;
+}
+
+static void dispatch(mm_state *st, mb_msg *msg);
+
+/* Takes up waiting requests until one starts an operation that is still in flight. */
+static void pump(mm_state *st) {
+  if (st->pumping)
+    return; /* an op_finish inside dispatch below: the loop here goes on */
+  st->pumping = true;
+  mb_msg *msg;
+  while (!st->busy && (msg = wait_pop(st)) != NULL)
+    dispatch(st, msg);
+  st->pumping = false;
+}
+
+/* May this request be handled now? */
+static bool may_run(const mm_state *st, const mb_msg *msg) {
+  if (!st->busy && st->nwaiting == 0)
+    return true;
+  return msg->kind == MM_RESOLVE && st->busy && st->op.req->kind != MM_MAP;
+}
+
 static void mm_handle(mb_actor *self, mb_msg *msg) {
   mm_state *st = mb_actor_state(self);
   if (!mb_msg_is_request(msg)) { /* nobody to answer; an MM_MAP's array is ours all the same */
@@ -516,6 +578,18 @@ static void mm_handle(mb_actor *self, mb_msg *msg) {
     mb_reply(msg, MB_E_INVALID);
     return;
   }
+  if (may_run(st, msg)) {
+    dispatch(st, msg);
+    return;
+  }
+  int rc = wait_push(st, msg);
+  if (rc == 0)
+    mb_msg_keep(msg);
+  else
+    mb_reply(msg, rc);
+}
+
+static void dispatch(mm_state *st, mb_msg *msg) {
   switch ((enum mm_kind)msg->kind) {
   case MM_RESOLVE:
     handle_resolve(st, mm_resolve_of(msg));
@@ -526,7 +600,7 @@ static void mm_handle(mb_actor *self, mb_msg *msg) {
   default:
     break;
   }
-  /* Serialized: nothing else runs until this operation answers. */
+  /* One at a time: nothing else but resolves runs until this operation answers. */
   mb_msg_keep(msg);
   st->busy = true;
   st->op.req = msg;
@@ -563,13 +637,18 @@ static void mm_destroy(mb_actor *self) {
     free(op->ok);
     mb_msg_free(op->req);
   }
+  /* Never taken up: an MM_MAP's array goes back with the answer (its sender frees it). */
+  int status = mb_loop_stopping(mb_actor_loop(self)) ? MB_ESTOPPED : MB_EGONE;
+  mb_msg *msg;
+  while ((msg = wait_pop(st)) != NULL)
+    mb_reply(msg, status);
+  free(st->waiting);
   free_subtree(st->maps.root);
   free(st->mappers);
   free(st);
 }
 
-static const mb_actor_type mm_type = {"mapping_manager", mm_handle, mm_destroy,
-                                      MB_ACTOR_SERIALIZED};
+static const mb_actor_type mm_type = {"mapping_manager", mm_handle, mm_destroy, 0};
 
 mb_actor *mb_mapping_manager_create(mb_loop *loop) {
   mm_state *st = calloc(1, sizeof *st);

@@ -3,7 +3,9 @@
  * every VA mapper up to date: it pushes mappings to eager mappers, answers lazy mappers'
  * faults, and tears mappings down, completing only when every affected mapper acknowledged.
  *
- * It is serialized (MB_ACTOR_SERIALIZED): one request at a time, nested calls included.
+ * One request at a time, nested calls included; later requests wait in arrival order. The
+ * one exception: MM_RESOLVE passes an operation in flight other than MM_MAP (a mapper may
+ * hold an unmap's acknowledgement while VMM code holds a lock; see mapping_manager.c).
  *
  * Messages (all requests; the reply is the same message with status set):
  *   MM_MAP      {entries, count}   from the region manager: add visible mappings (none of

@@ -28,6 +28,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <time.h>
 
 #include "backing.h"
 #include "mb_errors.h"
@@ -117,7 +118,8 @@ int mb_mapping_replace_sync(mb_mm *mm, const mb_mapping_params *p);
  * value: the mb_mapper *. */
 void mb_mapper_add(mb_mm *mm, mb_loop *loop, bool eager, mb_done_fn done, void *ctx);
 int mb_mapper_add_sync(mb_mm *mm, mb_loop *loop, bool eager, mb_mapper **out);
-/* Remove a mapper: its VA range is released; the handle becomes invalid. */
+/* Remove a mapper: its VA range is released; the handle becomes invalid. MB_E_INVALID while
+ * it holds locks (see "locks"). */
 void mb_mapper_remove(mb_mapper *m, mb_done_fn done, void *ctx);
 int mb_mapper_remove_sync(mb_mapper *m);
 /* Guest address g is at base + g, for max_addr bytes. */
@@ -134,6 +136,63 @@ typedef struct mb_range_list {
 } mb_range_list;
 void mb_mapper_ranges(mb_mapper *m, mb_done_fn done, void *ctx);
 int mb_mapper_ranges_sync(mb_mapper *m, mb_range_list **out);
+
+/* ---- locks ---------------------------------------------------------------------------------
+ *
+ * A lock pins [gpa, gpa + size) of one mapper for raw pointer use (a ring buffer, a DMA
+ * target, a kernel IO buffer). mb_mapper_lock establishes the range first (a lazy mapper
+ * faults it in), checks that every page is mapped (MB_E_UNMAPPED) and, for a writable lock,
+ * writable (MB_E_READONLY), and records the lock atomically with that check. gpa and size
+ * are 4 KiB multiples within max_addr (MB_E_INVALID). Any thread, no loop needed; like an
+ * access, a lazy mapper's lock may block on the manager (never take one on the manager's
+ * loop thread). mb_lock_ptr() (= base + gpa) stays valid until mb_mapper_unlock.
+ *
+ * Guarantee: while a lock is held, its pages in that mapper are not torn down. An operation
+ * that would tear them down (region unmap, remove and access change; mapping remove) runs
+ *   1. partitions first: the guest can no longer reach the range;
+ *   2. then it waits for the locks on the range to be released (the mapper parks its
+ *      acknowledgement; no loop blocks, other messages are served);
+ *   3. the mapper unmaps and acknowledges;
+ *   4. the operation completes.
+ * Operations issued after it wait behind it, in order. A page whose teardown is waiting
+ * cannot be locked anew (MB_E_UNMAPPED). (A mapping remove does not unmap partitions, which
+ * keep mapping the whole region through the primary mapper: a lock through the primary
+ * mapper leaves the range reachable by the guest while a mapping remove waits for it.)
+ *
+ * Do not wait for a manager operation while holding a lock on a range it tears down: it
+ * waits for the lock. mb_mapper_remove of a mapper that holds locks fails (MB_E_INVALID);
+ * every lock must be released before mb_mm_destroy. */
+typedef struct mb_lock mb_lock;
+int mb_mapper_lock(mb_mapper *m, uint64_t gpa, uint64_t size, bool writable, mb_lock **out);
+void mb_mapper_unlock(mb_lock *lock);
+void *mb_lock_ptr(const mb_lock *lock);
+uint64_t mb_lock_gpa(const mb_lock *lock);
+uint64_t mb_lock_size(const mb_lock *lock);
+
+/* What mb_mapper_locks reports: every held lock, and how many operations wait behind them. */
+typedef struct mb_lock_info {
+  uint64_t gpa, size;
+  bool writable;
+  bool overdue;           /* held longer than the watchdog's threshold */
+  uint64_t held_ms;
+  struct timespec since;  /* CLOCK_REALTIME when taken */
+} mb_lock_info;
+typedef struct mb_lock_list {
+  size_t waiting;         /* mapper requests parked or queued behind locks */
+  size_t count;
+  mb_lock_info locks[];   /* ascending by gpa */
+} mb_lock_list;
+/* A snapshot (malloc'd; free() it). Any thread; never blocks on a loop. */
+int mb_mapper_locks(mb_mapper *m, mb_lock_list **out);
+
+/* The lock watchdog of a mapper: each lock held longer than threshold_ms is reported once,
+ * on the mapper's loop thread, through log(ctx, line), or on stderr when log is NULL:
+ *   membacking: lock held for N ms: mapper LOOP/SLOT.GEN (eager|lazy) range [A, B) rw|ro
+ *   since YYYY-MM-DD HH:MM:SS.mmm
+ * and marked overdue in mb_mapper_locks. It never forces anything. 0 turns it off; the
+ * default is 10000 ms to stderr. Any thread. */
+typedef void (*mb_log_fn)(void *ctx, const char *line);
+void mb_mapper_lock_watchdog(mb_mapper *m, uint64_t threshold_ms, mb_log_fn log, void *ctx);
 
 /* ---- partitions ---------------------------------------------------------------------------- */
 

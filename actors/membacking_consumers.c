@@ -193,15 +193,20 @@ static void mapper_removed(mb_actor *self, mb_msg *reply, void *ctx) {
   if (!rc) {
     mb_vam_destroy(op->mapper->vam);
     mapper_forget(op->mapper);
+  } else {
+    mb_vam_unretire(op->mapper->vam);
   }
   step_done(op, rc, 0);
 }
 
+/* A mapper that holds locks is not removed (MB_E_INVALID); once retired it takes no more. */
 static void mapper_remove_step(mb_loop *loop, void *arg) {
   step_op *op = arg;
-  mb_msg *msg = remove_mapper_msg(op->mapper->vam);
+  int rc = mb_vam_retire(op->mapper->vam);
+  mb_msg *msg = rc ? NULL : remove_mapper_msg(op->mapper->vam);
   if (!msg) {
-    step_done(op, MB_ENOMEM, 0);
+    if (!rc) mb_vam_unretire(op->mapper->vam);
+    step_done(op, rc ? rc : MB_ENOMEM, 0);
     return;
   }
   mb_call(mb_loop_actor(loop), mb_actor_addr(op->mm->mm), msg, mapper_removed, op);
@@ -215,8 +220,11 @@ void mb_mapper_remove(mb_mapper *m, mb_done_fn done, void *ctx) {
 
 int mb_mapper_remove_sync(mb_mapper *m) {
   if (m == &m->mm->primary) return MB_E_INVALID;
-  int rc = mb__api_call(mb_actor_addr(m->mm->mm), remove_mapper_msg(m->vam), NULL, NULL);
+  int rc = mb_vam_retire(m->vam);
+  if (rc) return rc;
+  rc = mb__api_call(mb_actor_addr(m->mm->mm), remove_mapper_msg(m->vam), NULL, NULL);
   if (!rc) mb__mapper_destroy(m);
+  else mb_vam_unretire(m->vam);
   return rc;
 }
 

@@ -1,7 +1,8 @@
-/* va_mapper.c: the VA mapper actor and guest accesses through it (see va_mapper.h).
+/* va_mapper.c: the VA mapper actor, guest accesses through it, and locks (see va_mapper.h).
  *
  * A mapper is a PROT_NONE reservation in which guest address g is at base + g, plus the tree
- * of established ranges (each with the object it maps, its offset and its access).
+ * of established ranges (each with the object it maps, its offset and its access), the tree
+ * of held locks and the queue of requests parked behind them.
  *
  * Invariant: a range in the tree is mapped in the reservation. The actor, the only writer,
  * maps before it inserts and removes before it unmaps (a replacement is one MAP_FIXED, with
@@ -10,16 +11,33 @@
  * finds its page established lost a race with a change, and retrying is right; one that does
  * not find it has a real miss (eager: unmapped; lazy: ask the mapping manager, then retry).
  *
+ * Locks. Invariant: a held lock covers established pages only, and none of them is torn down
+ * or replaced while it is held. A locker checks and records under `lock`; the actor checks
+ * for locks and unrecords (or replaces) under `lock` too, so one of them sees the other. A
+ * request that finds a lock in its way is parked: it joins `jobs` (under `lock`, in the same
+ * critical section as the check, so the unlock that frees it sees it queued and sends the
+ * kick) and is kept unanswered. While `jobs` is not empty, every VAM_MAP and VAM_UNMAP joins
+ * it behind, and so does a forwarded MM_RESOLVE that overlaps a queued request's range: the
+ * actor's order of operations stays the arrival order, and it never blocks. A queued
+ * teardown `drains` its range: new locks there fail as unmapped, so lockers cannot starve it.
+ *
+ * The kick and watch messages are allocated once per mapper: each is either home (in `kick`,
+ * `watch`) or on its way, so an unlock never allocates and a wake-up is never lost (the actor
+ * puts the kick back before it looks at the locks again).
+ *
  * Ownership: every tree node holds its own object reference. VAM_MAP arrays stay the
  * sender's; a forwarded MM_RESOLVE's entry reference stays with the message (its requester
- * drops it).
+ * drops it). A lock belongs to its holder until mb_vam_unlock.
  */
 #include "va_mapper.h"
 
 #include <errno.h>
+#include <inttypes.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "access.h"
 #include "mb_errors.h"
@@ -44,16 +62,49 @@ typedef struct vam_range {
   bool writable;
 } vam_range;
 
+/* A request the actor keeps unanswered: parked behind a lock (the first one) or queued
+ * behind a parked one. */
+typedef struct vam_job {
+  mb_msg *msg;
+  uint64_t a, b;     /* the guest span it acts on (may be empty) */
+  bool drains;       /* it tears down (or replaces) [a, b): new locks there fail */
+  bool queued;       /* it is jobs[0], being retried (transient, not stored) */
+  int failed;        /* VAM_MAP: the error it answers once its undo is done (0: mapping) */
+  uint32_t upto;     /* VAM_MAP: the failing entry; undo covers entries [0, upto] */
+} vam_job;
+
+struct mb_lock {
+  mb_rtree_node node;    /* [gpa, gpa + size) in vam->locks */
+  mb_vam *vam;
+  bool writable;
+  bool reported;         /* by the watchdog */
+  uint64_t t_ns;         /* CLOCK_MONOTONIC when taken */
+  struct timespec since; /* CLOCK_REALTIME when taken */
+};
+
 struct mb_vam {
   mb_va va;           /* size == max_addr */
   bool eager;
   mb_loop *loop;
   mb_actor *actor;    /* NULL once destroyed (by mb_vam_destroy or its loop stopping) */
   mb_addr addr, mm;
-  pthread_mutex_t lock; /* the actor's tree changes vs faulting threads' lookups */
+  pthread_mutex_t lock; /* guards the trees, jobs and the fields below it */
   mb_rtree ranges;
-  _Atomic uint64_t faults, resolved, unmapped;
+  mb_rtree locks;     /* held locks (they may overlap) */
+  vam_job *jobs;      /* jobs[0] is parked; the others wait behind it, in arrival order */
+  size_t njobs, capjobs;
+  bool retired;       /* being removed: no new locks */
+  mb_msg *kick, *watch; /* home while not on their way */
+  bool watching;      /* the watchdog timer runs, or VAM_WATCH is on its way to start it */
+  uint64_t watch_ms;
+  mb_vam_log_fn log;
+  void *log_ctx;
+  uv_timer_t *timer;  /* the watchdog's, once started (the actor's thread only) */
+  _Atomic uint64_t faults, resolved, unmapped, parked;
 };
+
+/* A job_run result: the request is parked (in jobs), not answered. */
+enum { VAM_PARKED = 1 };
 
 static vam_range *range_of(mb_rtree_node *n) {
   return mb_rtree_entry(n, vam_range, node);
@@ -66,6 +117,43 @@ static void range_free(vam_range *r) {
 
 static int map_error(int rc) {
   return rc == -EINVAL ? MB_E_INVALID : rc;
+}
+
+/* ---- jobs: requests kept behind locks (the actor's thread; `lock` held) ----------------------- */
+
+static bool overlaps(uint64_t a, uint64_t b, uint64_t c, uint64_t d) {
+  return a < d && c < b;
+}
+
+static bool locked(const mb_vam *v, uint64_t a, uint64_t b) {
+  return mb_rtree_first_overlap(&v->locks, a, b) != NULL;
+}
+
+/* Queues `job` at the back: VAM_PARKED, or MB_ENOMEM. */
+static int enqueue(mb_vam *v, const vam_job *job) {
+  if (v->njobs == v->capjobs) {
+    size_t cap = v->capjobs ? 2 * v->capjobs : 4;
+    vam_job *j = realloc(v->jobs, cap * sizeof *j);
+    if (j == NULL)
+      return MB_ENOMEM;
+    v->jobs = j;
+    v->capjobs = cap;
+  }
+  v->jobs[v->njobs] = *job;
+  v->jobs[v->njobs++].queued = false;
+  return VAM_PARKED;
+}
+
+/* Parks `job` (a lock is in its way): it becomes or stays jobs[0] (the queue was empty, or
+ * it is jobs[0] running again), draining its span. */
+static int park(mb_vam *v, vam_job *job) {
+  job->drains = true;
+  atomic_fetch_add_explicit(&v->parked, 1, memory_order_relaxed);
+  if (!job->queued)
+    return enqueue(v, job);
+  v->jobs[0] = *job;
+  v->jobs[0].queued = false;
+  return VAM_PARKED;
 }
 
 /* ---- establishing and tearing down (the actor's thread) -------------------------------------- */
@@ -104,17 +192,30 @@ static mb_range unrecord(mb_vam *v, uint64_t a, uint64_t b, vam_range **spare) {
 
 /* Maps object bytes at [start, end), replacing whatever was there in one MAP_FIXED (no hole
  * for a concurrent reader), then records them. A failed map leaves the range PROT_NONE, so
- * it is unrecorded all the same. */
+ * it is unrecorded all the same. Into a gap (nothing established, so no lock there either)
+ * the map runs outside `lock`; a replacement checks for locks and maps under it, so no lock
+ * can be taken on the old pages in between. With a lock in the way: parked (job). */
 static int map_piece(mb_vam *v, uint64_t start, uint64_t end, mb_object *obj, uint64_t obj_off,
-                     bool writable) {
+                     bool writable, bool replace, vam_job *job) {
   vam_range *r = malloc(sizeof *r), *spare = malloc(sizeof *spare);
   if (r == NULL || spare == NULL) {
     free(r);
     free(spare);
     return MB_ENOMEM;
   }
-  int rc = mb_object_map_into(obj, &v->va, start, end - start, obj_off, writable);
+  int rc = 0;
+  if (!replace)
+    rc = mb_object_map_into(obj, &v->va, start, end - start, obj_off, writable);
   pthread_mutex_lock(&v->lock);
+  if (replace && locked(v, start, end)) {
+    rc = park(v, job);
+    pthread_mutex_unlock(&v->lock);
+    free(r);
+    free(spare);
+    return rc;
+  }
+  if (replace)
+    rc = mb_object_map_into(obj, &v->va, start, end - start, obj_off, writable);
   unrecord(v, start, end, &spare);
   if (rc == 0) {
     *r = (vam_range){.obj = mb_object_ref(obj), .obj_off = obj_off, .writable = writable};
@@ -128,8 +229,9 @@ static int map_piece(mb_vam *v, uint64_t start, uint64_t end, mb_object *obj, ui
 }
 
 /* Tears down every established byte of [a, b): unrecorded first, then made PROT_NONE with one
- * call over the span (what lies between established pieces is PROT_NONE already). */
-static int teardown(mb_vam *v, uint64_t a, uint64_t b) {
+ * call over the span (what lies between established pieces is PROT_NONE already). With a
+ * lock in the way nothing changes: parked (job). */
+static int teardown(mb_vam *v, uint64_t a, uint64_t b, vam_job *job) {
   mb_rtree_node *it = mb_rtree_first_overlap(&v->ranges, a, b);
   if (it == NULL)
     return 0;
@@ -137,6 +239,12 @@ static int teardown(mb_vam *v, uint64_t a, uint64_t b) {
   if (it->start < a && it->end > b && (spare = malloc(sizeof *spare)) == NULL)
     return MB_ENOMEM;
   pthread_mutex_lock(&v->lock);
+  if (locked(v, a, b)) {
+    int rc = park(v, job);
+    pthread_mutex_unlock(&v->lock);
+    free(spare);
+    return rc;
+  }
   mb_range span = unrecord(v, a, b, &spare);
   pthread_mutex_unlock(&v->lock);
   free(spare);
@@ -150,8 +258,8 @@ static bool same_backing(const vam_range *r, uint64_t at, const mb_object *obj, 
 
 /* Establishes obj[obj_off, +size) at gpa. Pieces already established with the same backing
  * stay as they are (re-mapping private anonymous memory would lose its contents); pieces
- * with another backing are replaced. */
-static int establish(mb_vam *v, const mb_map_entry *e) {
+ * with another backing are replaced. Idempotent, so a parked request simply runs again. */
+static int establish(mb_vam *v, const mb_map_entry *e, vam_job *job) {
   if (e->obj == NULL || mb_va_check(&v->va, e->gpa, e->size) != 0 ||
       mb_object_check_range(e->obj, e->obj_off, e->size) != 0)
     return MB_E_INVALID;
@@ -162,11 +270,11 @@ static int establish(mb_vam *v, const mb_map_entry *e) {
     uint64_t stop = it == NULL ? end : it->start > cur ? it->start : cur;
     int rc = 0;
     if (stop > cur) { /* a gap */
-      rc = map_piece(v, cur, stop, e->obj, off, e->writable);
+      rc = map_piece(v, cur, stop, e->obj, off, e->writable, false, job);
     } else {
       stop = it->end < end ? it->end : end;
       if (!same_backing(range_of(it), cur, e->obj, off, e->writable))
-        rc = map_piece(v, cur, stop, e->obj, off, e->writable);
+        rc = map_piece(v, cur, stop, e->obj, off, e->writable, true, job);
     }
     if (rc != 0)
       return rc;
@@ -175,35 +283,49 @@ static int establish(mb_vam *v, const mb_map_entry *e) {
   return 0;
 }
 
-/* ---- the actor ------------------------------------------------------------------------------- */
+/* ---- the actor's requests -------------------------------------------------------------------- */
 
 /* On failure the batch is undone: every entry up to the failing one is torn down (an eager
- * mapper never gets a batch over what it holds, so that is exactly what the batch added). */
-static int handle_map(mb_vam *v, const vam_map_msg *m) {
+ * mapper never gets a batch over what it holds, so that is exactly what the batch added). A
+ * lock taken meanwhile on what the batch established parks the undo, which resumes where
+ * it was (job->failed, job->upto) and answers the error once done. */
+static int handle_map(mb_vam *v, const vam_map_msg *m, vam_job *job) {
   if (m->count > 0 && m->entries == NULL)
     return MB_E_INVALID;
-  for (uint32_t i = 0; i < m->count; i++) {
-    int rc = establish(v, &m->entries[i]);
-    if (rc == 0)
-      continue;
-    for (uint32_t j = 0; j <= i; j++) {
-      const mb_map_entry *e = &m->entries[j];
-      if (mb_va_check(&v->va, e->gpa, e->size) == 0)
-        teardown(v, e->gpa, e->gpa + e->size);
+  for (uint32_t i = 0; job->failed == 0 && i < m->count; i++) {
+    int rc = establish(v, &m->entries[i], job);
+    if (rc == VAM_PARKED)
+      return rc;
+    if (rc != 0) {
+      job->failed = rc;
+      job->upto = i;
     }
-    return rc;
   }
-  return 0;
+  if (job->failed == 0)
+    return 0;
+  for (uint32_t j = 0; j <= job->upto; j++) {
+    const mb_map_entry *e = &m->entries[j];
+    if (mb_va_check(&v->va, e->gpa, e->size) == 0 &&
+        teardown(v, e->gpa, e->gpa + e->size, job) == VAM_PARKED)
+      return VAM_PARKED;
+  }
+  return job->failed;
 }
 
-static int handle_unmap(mb_vam *v, const vam_unmap_msg *m) {
+static int check_unmap(const mb_vam *v, const vam_unmap_msg *m) {
+  (void)v;
   if (m->size == 0 || !mb_page_aligned(m->gpa) || !mb_page_aligned(m->size) ||
       m->size > UINT64_MAX - m->gpa)
     return MB_E_INVALID;
-  if (m->gpa >= v->va.size)
-    return 0;
+  return 0;
+}
+
+static int handle_unmap(mb_vam *v, const vam_unmap_msg *m, vam_job *job) {
+  int rc = check_unmap(v, m);
+  if (rc != 0 || m->gpa >= v->va.size)
+    return rc;
   uint64_t end = m->gpa + m->size;
-  return teardown(v, m->gpa, end < v->va.size ? end : v->va.size);
+  return teardown(v, m->gpa, end < v->va.size ? end : v->va.size, job);
 }
 
 /* Established ranges, adjacent ones with equal access merged. */
@@ -230,35 +352,255 @@ static int handle_ranges(mb_vam *v, vam_ranges_msg *m) {
   return 0;
 }
 
+/* The job a request that changes the mapper becomes: its span; false for other requests. */
+static bool job_of(mb_vam *v, mb_msg *msg, vam_job *job) {
+  *job = (vam_job){.msg = msg};
+  vam_unmap_msg *u = vam_unmap_of(msg);
+  vam_map_msg *m = vam_map_of(msg);
+  mm_resolve_msg *res = mm_resolve_of(msg);
+  if (u != NULL) {
+    job->drains = true;
+    if (check_unmap(v, u) == 0 && u->gpa < v->va.size) {
+      job->a = u->gpa;
+      job->b = u->size < v->va.size - u->gpa ? u->gpa + u->size : v->va.size;
+    }
+  } else if (m != NULL) {
+    for (uint32_t i = 0; m->entries != NULL && i < m->count; i++) {
+      const mb_map_entry *e = &m->entries[i];
+      uint64_t end = e->size <= UINT64_MAX - e->gpa ? e->gpa + e->size : UINT64_MAX;
+      if (job->a == job->b || e->gpa < job->a)
+        job->a = e->gpa;
+      if (end > job->b)
+        job->b = end;
+    }
+  } else if (res != NULL) {
+    if (res->found && res->entry.size <= UINT64_MAX - res->entry.gpa) {
+      job->a = res->entry.gpa;
+      job->b = res->entry.gpa + res->entry.size;
+    }
+  } else {
+    return false;
+  }
+  return true;
+}
+
+/* Runs a job: its answer, or VAM_PARKED. */
+static int job_run(mb_vam *v, vam_job *job) {
+  mb_msg *msg = job->msg;
+  mm_resolve_msg *res = mm_resolve_of(msg);
+  if (res != NULL)
+    return res->found ? establish(v, &res->entry, job) : MB_E_UNMAPPED;
+  if (msg->kind == VAM_MAP)
+    return handle_map(v, vam_map_of(msg), job);
+  return handle_unmap(v, vam_unmap_of(msg), job);
+}
+
+/* Must this job wait behind the queue? Everything that changes the mapper does while the
+ * queue is not empty, except a resolve clear of every queued range (a lazy fault elsewhere
+ * need not wait for a lock it has nothing to do with). */
+static bool must_wait(const mb_vam *v, const vam_job *job) {
+  if (v->njobs == 0)
+    return false;
+  if (mm_resolve_of(job->msg) == NULL || job->a == job->b)
+    return true;
+  for (size_t i = 0; i < v->njobs; i++)
+    if (overlaps(job->a, job->b, v->jobs[i].a, v->jobs[i].b))
+      return true;
+  return false;
+}
+
+/* Takes up the queue from its head until a job parks again or the queue is empty. */
+static void run_jobs(mb_vam *v) {
+  while (v->njobs > 0 && v->actor != NULL) {
+    vam_job job = v->jobs[0];
+    job.queued = true;
+    int rc = job_run(v, &job);
+    if (rc == VAM_PARKED)
+      return;
+    pthread_mutex_lock(&v->lock);
+    memmove(&v->jobs[0], &v->jobs[1], --v->njobs * sizeof *v->jobs);
+    pthread_mutex_unlock(&v->lock);
+    mb_reply(job.msg, rc);
+  }
+}
+
+/* VAM_KICK: the kick goes home first, then the queue is looked at again (an unlock from now
+ * on sends it anew, one before has been seen). */
+static void on_kick(mb_vam *v, mb_msg *msg) {
+  mb_msg_keep(msg);
+  pthread_mutex_lock(&v->lock);
+  v->kick = msg;
+  pthread_mutex_unlock(&v->lock);
+  run_jobs(v);
+}
+
+static void on_watch(mb_vam *v, mb_msg *msg);
+
 static void vam_handle(mb_actor *self, mb_msg *msg) {
   mb_vam *v = mb_actor_state(self);
+  if (msg->proto == &vam_protocol && msg->kind == VAM_KICK) {
+    on_kick(v, msg);
+    return;
+  }
+  if (msg->proto == &vam_protocol && msg->kind == VAM_WATCH) {
+    on_watch(v, msg);
+    return;
+  }
   if (!mb_msg_is_request(msg)) {
     mb_msg_free(msg);
     return;
   }
-  mm_resolve_msg *res = mm_resolve_of(msg);
-  if (res != NULL) { /* forwarded by the mapping manager */
-    mb_reply(msg, res->found ? establish(v, &res->entry) : MB_E_UNMAPPED);
+  vam_ranges_msg *ranges = vam_ranges_of(msg);
+  vam_job job;
+  if (ranges != NULL) {
+    mb_reply(msg, handle_ranges(v, ranges));
     return;
   }
-  int rc = MB_E_INVALID;
-  if (msg->proto == &vam_protocol) {
-    switch ((enum vam_kind)msg->kind) {
-    case VAM_MAP: rc = handle_map(v, vam_map_of(msg)); break;
-    case VAM_UNMAP: rc = handle_unmap(v, vam_unmap_of(msg)); break;
-    case VAM_RANGES: rc = handle_ranges(v, vam_ranges_of(msg)); break;
-    default: break;
-    }
+  if (!job_of(v, msg, &job)) {
+    mb_reply(msg, MB_E_INVALID);
+    return;
   }
-  mb_reply(msg, rc);
+  int rc;
+  if (must_wait(v, &job)) {
+    pthread_mutex_lock(&v->lock);
+    rc = enqueue(v, &job);
+    pthread_mutex_unlock(&v->lock);
+  } else {
+    rc = job_run(v, &job);
+  }
+  if (rc == VAM_PARKED)
+    mb_msg_keep(msg);
+  else
+    mb_reply(msg, rc);
 }
 
+/* Whatever is parked or queued is answered as if the mapper were gone (it is). */
 static void vam_actor_gone(mb_actor *self) {
   mb_vam *v = mb_actor_state(self);
   v->actor = NULL;
+  pthread_mutex_lock(&v->lock);
+  vam_job *jobs = v->jobs;
+  size_t n = v->njobs;
+  v->jobs = NULL;
+  v->njobs = v->capjobs = 0;
+  pthread_mutex_unlock(&v->lock);
+  int status = mb_loop_stopping(v->loop) ? MB_ESTOPPED : MB_EGONE;
+  for (size_t i = 0; i < n; i++)
+    mb_reply(jobs[i].msg, status);
+  free(jobs);
+  if (v->timer != NULL) {
+    uv_close((uv_handle_t *)v->timer, (uv_close_cb)free);
+    v->timer = NULL;
+  }
 }
 
 static const mb_actor_type vam_type = {"va_mapper", vam_handle, vam_actor_gone, 0};
+
+/* ---- the watchdog (the actor's thread) ------------------------------------------------------- */
+
+static uint64_t now_ns(clockid_t clock) {
+  struct timespec t;
+  clock_gettime(clock, &t);
+  return (uint64_t)t.tv_sec * 1000000000u + (uint64_t)t.tv_nsec;
+}
+
+/* How often the timer looks: a quarter of the threshold, within [1 ms, 1 s]. */
+static uint64_t watch_period(uint64_t threshold_ms) {
+  uint64_t p = threshold_ms / 4;
+  return p < 1 ? 1 : p > 1000 ? 1000 : p;
+}
+
+static void log_line(mb_vam *v, mb_vam_log_fn log, void *ctx, const mb_lock *l, uint64_t now) {
+  char since[64] = "?";
+  struct tm tm;
+  if (localtime_r(&l->since.tv_sec, &tm) != NULL) {
+    size_t n = strftime(since, sizeof since, "%Y-%m-%d %H:%M:%S", &tm);
+    snprintf(since + n, sizeof since - n, ".%03ld", l->since.tv_nsec / 1000000);
+  }
+  char line[256];
+  snprintf(line, sizeof line,
+           "membacking: lock held for %" PRIu64 " ms: mapper %s/%" PRIu32 ".%" PRIu32
+           " (%s) range [0x%" PRIx64 ", 0x%" PRIx64 ") %s since %s",
+           (now - l->t_ns) / 1000000, mb_loop_name(v->addr.loop), v->addr.slot, v->addr.gen,
+           v->eager ? "eager" : "lazy", l->node.start, l->node.end, l->writable ? "rw" : "ro",
+           since);
+  if (log != NULL)
+    log(ctx, line);
+  else
+    fprintf(stderr, "%s\n", line);
+}
+
+/* Reports each lock past the threshold once. The lines are made under `lock` and written
+ * after it (a log function may take its time, or lock and unlock itself). */
+static void on_watch_timer(uv_timer_t *t) {
+  mb_vam *v = t->data;
+  uint64_t now = now_ns(CLOCK_MONOTONIC);
+  pthread_mutex_lock(&v->lock);
+  if (mb_rtree_empty(&v->locks) || v->watch_ms == 0) {
+    v->watching = false;
+    pthread_mutex_unlock(&v->lock);
+    uv_timer_stop(t);
+    return;
+  }
+  uint64_t limit = v->watch_ms * 1000000u;
+  size_t n = 0;
+  mb_rtree_node *it;
+  mb_rtree_for_each(it, &v->locks) {
+    mb_lock *l = mb_rtree_entry(it, mb_lock, node);
+    n += !l->reported && now - l->t_ns >= limit;
+  }
+  mb_lock *due = n ? malloc(n * sizeof *due) : NULL;
+  size_t k = 0;
+  mb_rtree_for_each(it, &v->locks) {
+    mb_lock *l = mb_rtree_entry(it, mb_lock, node);
+    if (due != NULL && !l->reported && now - l->t_ns >= limit) {
+      l->reported = true;
+      due[k++] = *l;
+    }
+  }
+  mb_vam_log_fn log = v->log;
+  void *ctx = v->log_ctx;
+  uv_timer_set_repeat(t, watch_period(v->watch_ms));
+  pthread_mutex_unlock(&v->lock);
+  for (size_t i = 0; i < k; i++)
+    log_line(v, log, ctx, &due[i], now);
+  free(due);
+}
+
+/* VAM_WATCH: the message goes home and the timer starts (made on first use, unreferenced). */
+static void on_watch(mb_vam *v, mb_msg *msg) {
+  mb_msg_keep(msg);
+  if (v->timer == NULL && (v->timer = malloc(sizeof *v->timer)) != NULL) {
+    uv_timer_init(mb_loop_uv(v->loop), v->timer);
+    uv_unref((uv_handle_t *)v->timer);
+    v->timer->data = v;
+  }
+  pthread_mutex_lock(&v->lock);
+  v->watch = msg;
+  uint64_t period = watch_period(v->watch_ms);
+  if (v->timer == NULL)
+    v->watching = false; /* no memory: the next lock tries again */
+  pthread_mutex_unlock(&v->lock);
+  if (v->timer != NULL)
+    uv_timer_start(v->timer, on_watch_timer, period, period);
+}
+
+/* Locks already held are watched from now on. */
+void mb_vam_set_watchdog(mb_vam *v, uint64_t threshold_ms, mb_vam_log_fn log, void *ctx) {
+  mb_msg *w = NULL;
+  pthread_mutex_lock(&v->lock);
+  v->watch_ms = threshold_ms;
+  v->log = log;
+  v->log_ctx = ctx;
+  if (threshold_ms > 0 && !v->watching && v->watch != NULL && !mb_rtree_empty(&v->locks)) {
+    w = v->watch;
+    v->watch = NULL;
+    v->watching = true;
+  }
+  pthread_mutex_unlock(&v->lock);
+  if (w != NULL)
+    mb_send_from(v->addr, w);
+}
 
 /* ---- life cycle ------------------------------------------------------------------------------ */
 
@@ -280,20 +622,33 @@ int mb_vam_create(mb_loop *loop, mb_addr mapping_manager, uint64_t max_addr, boo
   v->eager = eager;
   v->loop = loop;
   v->mm = mapping_manager;
+  v->watch_ms = MB_VAM_WATCHDOG_MS;
   mb_rtree_init(&v->ranges);
-  if ((rc = pthread_mutex_init(&v->lock, NULL)) != 0) {
+  mb_rtree_init(&v->locks);
+  v->kick = &vam_kick_new()->hdr;
+  v->watch = &vam_watch_new()->hdr;
+  if (v->kick == NULL || v->watch == NULL) {
+    mb_msg_free(v->kick);
+    mb_msg_free(v->watch);
     free(v);
-    return -rc;
+    return MB_ENOMEM;
   }
-  if ((rc = mb_va_reserve(&v->va, max_addr)) == 0) {
+  if ((rc = pthread_mutex_init(&v->lock, NULL)) != 0) {
+    rc = -rc;
+  } else if ((rc = mb_va_reserve(&v->va, max_addr)) == 0) {
     v->actor = mb_actor_create(loop, &vam_type, v, eager ? "va_mapper.eager" : "va_mapper.lazy");
     if (v->actor == NULL) {
       mb_va_release(&v->va);
       rc = MB_ENOMEM;
     }
+    if (rc != 0)
+      pthread_mutex_destroy(&v->lock);
+  } else {
+    pthread_mutex_destroy(&v->lock);
   }
   if (rc != 0) {
-    pthread_mutex_destroy(&v->lock);
+    mb_msg_free(v->kick);
+    mb_msg_free(v->watch);
     free(v);
     return rc;
   }
@@ -317,6 +672,13 @@ void mb_vam_destroy(mb_vam *v) {
   if (v->actor != NULL)
     mb_actor_destroy(v->actor);
   free_subtree(v->ranges.root);
+  while (!mb_rtree_empty(&v->locks)) { /* a caller's mistake: see va_mapper.h */
+    mb_rtree_node *n = v->locks.root;
+    mb_rtree_remove(&v->locks, n);
+    free(mb_rtree_entry(n, mb_lock, node));
+  }
+  mb_msg_free(v->kick);
+  mb_msg_free(v->watch);
   mb_va_release(&v->va);
   pthread_mutex_destroy(&v->lock);
   free(v);
@@ -339,6 +701,7 @@ mb_vam_stats mb_vam_stats_get(const mb_vam *v) {
       atomic_load_explicit(&v->faults, memory_order_relaxed),
       atomic_load_explicit(&v->resolved, memory_order_relaxed),
       atomic_load_explicit(&v->unmapped, memory_order_relaxed),
+      atomic_load_explicit(&v->parked, memory_order_relaxed),
   };
 }
 
@@ -439,4 +802,168 @@ int mb_vam_write(mb_vam *v, uint64_t gpa, const void *buf, size_t len) {
   if (buf == NULL && len > 0)
     return MB_E_INVALID;
   return vam_access(v, gpa, NULL, buf, len);
+}
+
+/* ---- locks (any thread) ---------------------------------------------------------------------- */
+
+/* A lock_check result: *missing is the first page of the range that is not established. */
+enum { VAM_MISSING = 1 };
+
+/* Can [a, b) be locked now? (`lock` held.) The first problem in address order decides, as it
+ * would for an access; a range whose teardown is parked or queued is unmapped already. */
+static int lock_check(const mb_vam *v, uint64_t a, uint64_t b, bool writable, uint64_t *missing) {
+  if (v->retired)
+    return MB_E_INVALID;
+  for (size_t i = 0; i < v->njobs; i++)
+    if (v->jobs[i].drains && overlaps(a, b, v->jobs[i].a, v->jobs[i].b))
+      return MB_E_UNMAPPED;
+  uint64_t cur = a;
+  mb_rtree_node *it;
+  mb_rtree_for_each_overlap(it, &v->ranges, a, b) {
+    if (it->start > cur)
+      break;
+    if (writable && !range_of(it)->writable)
+      return MB_E_READONLY;
+    cur = it->end;
+  }
+  if (cur >= b)
+    return 0;
+  *missing = cur;
+  return VAM_MISSING;
+}
+
+/* Records l over [a, b) (`lock` held); returns the watch message to send, if the watchdog is
+ * to start. */
+static mb_msg *lock_record(mb_vam *v, mb_lock *l, uint64_t a, uint64_t b) {
+  clock_gettime(CLOCK_REALTIME, &l->since);
+  l->t_ns = now_ns(CLOCK_MONOTONIC);
+  mb_rtree_insert(&v->locks, &l->node, a, b);
+  if (v->watch_ms == 0 || v->watching || v->watch == NULL)
+    return NULL;
+  mb_msg *w = v->watch;
+  v->watch = NULL;
+  v->watching = true;
+  return w;
+}
+
+int mb_vam_lock(mb_vam *v, uint64_t gpa, uint64_t size, bool writable, mb_lock **out) {
+  if (out == NULL)
+    return MB_E_INVALID;
+  *out = NULL;
+  if (size == 0 || !mb_page_aligned(gpa) || !mb_page_aligned(size) || gpa > v->va.size ||
+      size > v->va.size - gpa)
+    return MB_E_INVALID;
+  mb_lock *l = calloc(1, sizeof *l);
+  if (l == NULL)
+    return MB_ENOMEM;
+  l->vam = v;
+  l->writable = writable;
+  uint64_t end = gpa + size, last = UINT64_MAX;
+  unsigned resolves = 0;
+  int rc;
+  for (;;) {
+    uint64_t missing = 0;
+    mb_msg *watch = NULL;
+    pthread_mutex_lock(&v->lock);
+    rc = lock_check(v, gpa, end, writable, &missing);
+    if (rc == 0)
+      watch = lock_record(v, l, gpa, end);
+    pthread_mutex_unlock(&v->lock);
+    if (rc == 0) {
+      if (watch != NULL)
+        mb_send_from(v->addr, watch); /* dropped (freed) only if the mapper is gone */
+      *out = l;
+      return 0;
+    }
+    if (rc != VAM_MISSING)
+      break;
+    /* A lazy mapper faults the page in the way a read would, a bounded number of times. */
+    rc = MB_E_UNMAPPED;
+    if (missing != last)
+      last = missing, resolves = 0;
+    if (v->eager || resolves++ >= VAM_MAX_RESOLVES)
+      break;
+    int r = resolve(v, missing);
+    if (r != 0) {
+      rc = r == MB_EDEADLK ? r : MB_E_UNMAPPED;
+      break;
+    }
+    count(&v->resolved);
+  }
+  free(l);
+  return rc;
+}
+
+void mb_vam_unlock(mb_lock *l) {
+  if (l == NULL)
+    return;
+  mb_vam *v = l->vam;
+  mb_msg *kick = NULL;
+  pthread_mutex_lock(&v->lock);
+  mb_rtree_remove(&v->locks, &l->node);
+  if (v->njobs > 0 && v->kick != NULL) {
+    kick = v->kick;
+    v->kick = NULL;
+  }
+  pthread_mutex_unlock(&v->lock);
+  if (kick != NULL) {
+    vam_kick_msg *k = vam_kick_of(kick);
+    k->gpa = l->node.start;
+    k->size = l->node.end - l->node.start;
+    mb_send_from(v->addr, kick);
+  }
+  free(l);
+}
+
+uint8_t *mb_vam_lock_ptr(const mb_lock *l) {
+  return l->vam->va.base + l->node.start;
+}
+
+uint64_t mb_vam_lock_gpa(const mb_lock *l) {
+  return l->node.start;
+}
+
+uint64_t mb_vam_lock_size(const mb_lock *l) {
+  return l->node.end - l->node.start;
+}
+
+int mb_vam_retire(mb_vam *v) {
+  pthread_mutex_lock(&v->lock);
+  int rc = mb_rtree_empty(&v->locks) ? 0 : MB_E_INVALID;
+  if (rc == 0)
+    v->retired = true;
+  pthread_mutex_unlock(&v->lock);
+  return rc;
+}
+
+void mb_vam_unretire(mb_vam *v) {
+  pthread_mutex_lock(&v->lock);
+  v->retired = false;
+  pthread_mutex_unlock(&v->lock);
+}
+
+int mb_vam_locks(mb_vam *v, mb_vam_lock_info **out, size_t *count_out, size_t *waiting) {
+  *out = NULL;
+  *count_out = 0;
+  uint64_t now = now_ns(CLOCK_MONOTONIC);
+  pthread_mutex_lock(&v->lock);
+  size_t n = mb_rtree_count(&v->locks);
+  mb_vam_lock_info *info = n ? malloc(n * sizeof *info) : NULL;
+  if (n == 0 || info != NULL) {
+    size_t i = 0;
+    mb_rtree_node *it;
+    mb_rtree_for_each(it, &v->locks) {
+      const mb_lock *l = mb_rtree_entry(it, mb_lock, node);
+      info[i++] = (mb_vam_lock_info){it->start, it->end - it->start, l->writable, l->reported,
+                                     now - l->t_ns, l->since};
+    }
+  }
+  if (waiting != NULL)
+    *waiting = v->njobs;
+  pthread_mutex_unlock(&v->lock);
+  if (n > 0 && info == NULL)
+    return MB_ENOMEM;
+  *out = info;
+  *count_out = n;
+  return 0;
 }

@@ -15,9 +15,23 @@
  *              access (a malloc'd array of mb_part_range the requester frees).
  *   and MM_RESOLVE forwarded by the mapping manager (see mapping_manager.h): establish
  *   `entry`, answer 0.
+ * and two one-way messages the mapper sends itself from threads that lock and unlock:
+ *   VAM_KICK   {gpa, size}       a lock on [gpa, gpa + size) was released: retry what is parked.
+ *   VAM_WATCH  {}                the first lock of a while was taken: start the watchdog.
+ *
+ * Locks (see "Locks" below). A lock pins established pages: while it is held, nothing that
+ * would tear them down takes effect. A VAM_UNMAP that overlaps a held lock (or a VAM_MAP or
+ * MM_RESOLVE that would replace locked pages with another backing) is parked: kept
+ * unanswered until the locks on its range are released, while the actor goes on serving
+ * VAM_RANGES and forwarded MM_RESOLVEs for other ranges. Every later VAM_MAP and VAM_UNMAP,
+ * and every MM_RESOLVE overlapping a parked or queued range, waits behind it in arrival
+ * order, so the mapper's order of operations is kept. No loop ever blocks: the last unlock
+ * sends VAM_KICK and the actor takes up its queue again.
  */
 #ifndef MB_VA_MAPPER_H
 #define MB_VA_MAPPER_H
+
+#include <time.h>
 
 #include "mapping_manager.h"
 #include "partition.h"
@@ -25,10 +39,14 @@
 #define VAM_MAP_FIELDS(F) F(mb_map_entry *, entries) F(uint32_t, count)
 #define VAM_UNMAP_FIELDS(F) F(uint64_t, gpa) F(uint64_t, size)
 #define VAM_RANGES_FIELDS(F) F(mb_part_range *, ranges) F(uint32_t, count)
-#define VAM_MESSAGES(M)                      \
-  M(vam, VAM_MAP, map, VAM_MAP_FIELDS)       \
-  M(vam, VAM_UNMAP, unmap, VAM_UNMAP_FIELDS) \
-  M(vam, VAM_RANGES, ranges, VAM_RANGES_FIELDS)
+#define VAM_KICK_FIELDS(F) F(uint64_t, gpa) F(uint64_t, size)
+#define VAM_WATCH_FIELDS(F)
+#define VAM_MESSAGES(M)                          \
+  M(vam, VAM_MAP, map, VAM_MAP_FIELDS)           \
+  M(vam, VAM_UNMAP, unmap, VAM_UNMAP_FIELDS)     \
+  M(vam, VAM_RANGES, ranges, VAM_RANGES_FIELDS)  \
+  M(vam, VAM_KICK, kick, VAM_KICK_FIELDS)        \
+  M(vam, VAM_WATCH, watch, VAM_WATCH_FIELDS)
 MB_PROTOCOL_DECLARE(vam, VAM_MESSAGES)
 
 typedef struct mb_vam mb_vam; /* the mapper: its reservation, its actor, its state */
@@ -50,10 +68,64 @@ bool mb_vam_eager(const mb_vam *vam);
 int mb_vam_read(mb_vam *vam, uint64_t gpa, void *buf, size_t len);
 int mb_vam_write(mb_vam *vam, uint64_t gpa, const void *buf, size_t len);
 
-/* Fault counters (approximate when read from another thread). */
+/* Counters (approximate when read from another thread): faults taken by accesses, resolves
+ * that established a mapping (for accesses and locks), accesses that failed as unmapped, and
+ * requests parked behind held locks. */
 typedef struct mb_vam_stats {
-  uint64_t faults, resolved, unmapped;
+  uint64_t faults, resolved, unmapped, parked;
 } mb_vam_stats;
 mb_vam_stats mb_vam_stats_get(const mb_vam *vam);
+
+/* ---- locks -------------------------------------------------------------------------------------
+ *
+ * Any thread, no loop needed (a lazy mapper's lock may block on the mapping manager, like an
+ * access: never from the manager's or the mapper's loop thread, MB_EDEADLK).
+ *
+ * mb_vam_lock establishes [gpa, gpa + size) (a lazy mapper resolves each missing page as a
+ * fault would), checks that every page is established and, for a writable lock, writable,
+ * and records the lock, all under the mapper's mutex, so no VAM_UNMAP can slip in between
+ * the check and the record. A page whose teardown is already parked or queued counts as
+ * unmapped. Errors: MB_E_INVALID (zero size, unaligned, beyond max_addr, the mapper is being
+ * removed), MB_E_UNMAPPED, MB_E_READONLY, MB_ENOMEM, MB_EDEADLK. The pointer
+ * (mb_vam_lock_ptr) to the range's first byte stays valid until mb_vam_unlock: plain loads
+ * and stores through it never fault on account of the manager.
+ *
+ * Release every lock of a mapper before destroying it: mb_vam_destroy frees what is left,
+ * and a later mb_vam_unlock of such a lock is a use after free. */
+typedef struct mb_lock mb_lock;
+int mb_vam_lock(mb_vam *vam, uint64_t gpa, uint64_t size, bool writable, mb_lock **out);
+void mb_vam_unlock(mb_lock *lock);
+uint8_t *mb_vam_lock_ptr(const mb_lock *lock);
+uint64_t mb_vam_lock_gpa(const mb_lock *lock);
+uint64_t mb_vam_lock_size(const mb_lock *lock);
+
+/* Refuse new locks, as the first step of removing the mapper: MB_E_INVALID while a lock is
+ * held (nothing changes then). mb_vam_unretire takes it back (the removal failed). */
+int mb_vam_retire(mb_vam *vam);
+void mb_vam_unretire(mb_vam *vam);
+
+/* One held lock, for introspection. */
+typedef struct mb_vam_lock_info {
+  uint64_t gpa, size;
+  bool writable;
+  bool overdue;           /* held longer than the watchdog's threshold (and reported) */
+  uint64_t held_ns;       /* for how long, at the snapshot */
+  struct timespec since;  /* CLOCK_REALTIME when it was taken */
+} mb_vam_lock_info;
+
+/* A snapshot of the held locks in ascending order (malloc'd, free() it; NULL when none) and
+ * of the requests parked or queued behind them. Any thread; never blocks on a loop. */
+int mb_vam_locks(mb_vam *vam, mb_vam_lock_info **out, size_t *count, size_t *waiting);
+
+/* The watchdog: reports each lock held longer than threshold_ms, once, through log(ctx,
+ * line) on the mapper's loop thread (NULL: a line on stderr):
+ *   membacking: lock held for N ms: mapper LOOP/SLOT.GEN (eager|lazy) range [A, B) rw|ro
+ *   since YYYY-MM-DD HH:MM:SS.mmm
+ * It only reports: the guarantee stands however long a lock is held. threshold_ms = 0 turns
+ * it off. Default: MB_VAM_WATCHDOG_MS, stderr. Any thread. Its timer runs (unreferenced: it
+ * never keeps a loop alive) only while locks are held. */
+enum { MB_VAM_WATCHDOG_MS = 10000 };
+typedef void (*mb_vam_log_fn)(void *ctx, const char *line);
+void mb_vam_set_watchdog(mb_vam *vam, uint64_t threshold_ms, mb_vam_log_fn log, void *ctx);
 
 #endif

@@ -8,6 +8,9 @@
 
 #define MB_BENCH_AREAS(X) \
   X(bench_runtime)        \
+  X(bench_map)            \
+  X(bench_fault)          \
+  X(bench_access)         \
   X(baseline_uv)          \
   X(baseline_syscalls)
 

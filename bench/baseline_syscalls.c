@@ -2,6 +2,8 @@
  *
  *   syscalls.map_unmap    floor of map.soft, mapping.dax: the two mmaps a 2 MiB map + unmap
  *                         needs, made directly.
+ *   syscalls.map_unmap_kvm floor of map.kvm: the same two mmaps plus the memory slot's
+ *                         KVM_SET_USER_MEMORY_REGION add and delete (skipped without /dev/kvm).
  *   syscalls.fault_remote floor of fault.lazy: a fault served by another, sleeping thread.
  *   memcpy                floor of access.read: copying 64 KiB (throughput).
  *
@@ -13,6 +15,7 @@
 #include "harness.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <linux/futex.h>
 #include <pthread.h>
 #include <setjmp.h>
@@ -20,9 +23,15 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
 #include <unistd.h>
+
+#if defined(__linux__)
+#include <linux/kvm.h>
+#define HAVE_KVM_H 1
+#endif
 
 #define MIB ((size_t)1 << 20)
 
@@ -106,6 +115,117 @@ static void map_unmap_teardown(void *state) {
   close(mu->fd);
   free(mu);
 }
+
+/* ---- syscalls.map_unmap_kvm -------------------------------------------------------------- */
+
+/* syscalls.map_unmap's slot, plus a KVM VM in which the 2 MiB are a memory slot while
+ * mapped. The order is the runtime's: map = VA first, then the slot; unmap = the slot first
+ * (KVM_SET_USER_MEMORY_REGION with size 0), then the PROT_NONE replacement. Like the kvm
+ * backend's VM, this one already has one slot of its own (slot 0, 64 KiB of private memory
+ * above the guest range) and no running vCPU. */
+#ifdef HAVE_KVM_H
+enum { KVM_GUEST_SLOT = 1, KVM_PRIV_SIZE = 64 * 1024 };
+#define KVM_PRIV_GPA ((uint64_t)64 << 30)
+
+typedef struct map_unmap_kvm {
+  map_unmap mu;
+  int kvm_fd, vm_fd;
+  void *priv;
+} map_unmap_kvm;
+
+static void map_unmap_kvm_free(map_unmap_kvm *k) {
+  if (k->vm_fd >= 0)
+    close(k->vm_fd);
+  if (k->kvm_fd >= 0)
+    close(k->kvm_fd);
+  if (k->priv != NULL && k->priv != MAP_FAILED)
+    munmap(k->priv, KVM_PRIV_SIZE);
+  if (k->mu.reservation != NULL && k->mu.reservation != MAP_FAILED)
+    munmap(k->mu.reservation, MAP_RESERVATION);
+  if (k->mu.fd >= 0)
+    close(k->mu.fd);
+  free(k);
+}
+
+static int kvm_slot(map_unmap_kvm *k, uint32_t slot, uint64_t gpa, uint64_t size, void *host) {
+  struct kvm_userspace_memory_region r = {
+      .slot = slot, .flags = 0, .guest_phys_addr = gpa, .memory_size = size,
+      .userspace_addr = (uint64_t)(uintptr_t)host};
+  return ioctl(k->vm_fd, KVM_SET_USER_MEMORY_REGION, &r) < 0 ? -errno : 0;
+}
+
+static int map_unmap_kvm_setup(mb_bench *b, void **state) {
+  map_unmap_kvm *k = calloc(1, sizeof *k);
+  if (k == NULL)
+    return -ENOMEM;
+  k->kvm_fd = k->vm_fd = k->mu.fd = -1;
+  k->kvm_fd = open("/dev/kvm", O_RDWR | O_CLOEXEC);
+  if (k->kvm_fd < 0) {
+    int err = errno;
+    map_unmap_kvm_free(k);
+    return mb_bench_skip(b, "/dev/kvm: %s", strerror(err));
+  }
+  if (ioctl(k->kvm_fd, KVM_GET_API_VERSION, 0) != KVM_API_VERSION) {
+    map_unmap_kvm_free(k);
+    return mb_bench_skip(b, "/dev/kvm: unexpected KVM API version");
+  }
+  k->vm_fd = ioctl(k->kvm_fd, KVM_CREATE_VM, 0);
+  if (k->vm_fd < 0) {
+    int err = errno;
+    map_unmap_kvm_free(k);
+    return mb_bench_skip(b, "KVM_CREATE_VM: %s", strerror(err));
+  }
+  const char *what = NULL;
+  int err = 0;
+  k->priv = mmap(NULL, KVM_PRIV_SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (k->priv == MAP_FAILED) {
+    what = "mmap", err = errno;
+  } else if ((err = -kvm_slot(k, 0, KVM_PRIV_GPA, KVM_PRIV_SIZE, k->priv)) != 0) {
+    what = "KVM_SET_USER_MEMORY_REGION";
+  } else if ((k->mu.fd = make_memfd("mb-bench-map-kvm", MAP_SLOT, false)) < 0) {
+    what = "memfd", err = -k->mu.fd;
+  } else if ((k->mu.reservation = reserve(NULL, MAP_RESERVATION)) == MAP_FAILED) {
+    what = "reserve", err = errno;
+  }
+  if (what != NULL) {
+    map_unmap_kvm_free(k);
+    return mb_bench_fail(b, "%s: %s", what, strerror(err));
+  }
+  uintptr_t slot = ((uintptr_t)k->mu.reservation + 2 * MAP_SLOT - 1) & ~(uintptr_t)(MAP_SLOT - 1);
+  k->mu.slot = (char *)slot;
+  *state = k;
+  return 0;
+}
+
+static int map_unmap_kvm_run(mb_bench *b, void *state, uint32_t n) {
+  map_unmap_kvm *k = state;
+  for (uint32_t i = 0; i < n; i++) {
+    int rc;
+    if (mmap(k->mu.slot, MAP_SLOT, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, k->mu.fd, 0) ==
+        MAP_FAILED)
+      return mb_bench_fail(b, "mmap memfd: %s", strerror(errno));
+    if ((rc = kvm_slot(k, KVM_GUEST_SLOT, 0, MAP_SLOT, k->mu.slot)) != 0)
+      return mb_bench_fail(b, "memory slot add: %s", strerror(-rc));
+    if ((rc = kvm_slot(k, KVM_GUEST_SLOT, 0, 0, k->mu.slot)) != 0)
+      return mb_bench_fail(b, "memory slot delete: %s", strerror(-rc));
+    if (reserve(k->mu.slot, MAP_SLOT) == MAP_FAILED)
+      return mb_bench_fail(b, "mmap PROT_NONE: %s", strerror(errno));
+  }
+  return 0;
+}
+
+static void map_unmap_kvm_teardown(void *state) { map_unmap_kvm_free(state); }
+#else
+static int map_unmap_kvm_setup(mb_bench *b, void **state) {
+  (void)state;
+  return mb_bench_skip(b, "KVM needs Linux");
+}
+static int map_unmap_kvm_run(mb_bench *b, void *state, uint32_t n) {
+  (void)b, (void)state, (void)n;
+  return 0;
+}
+static void map_unmap_kvm_teardown(void *state) { (void)state; }
+#endif
 
 /* ---- syscalls.fault_remote ----------------------------------------------------------------- */
 
@@ -312,6 +432,15 @@ static const mb_bench_def syscall_benches[] = {
         .teardown = map_unmap_teardown,
         .doc = "mmap(MAP_FIXED|MAP_SHARED) of a 2 MiB memfd in a PROT_NONE reservation, then "
                "its MAP_FIXED PROT_NONE replacement",
+    },
+    {
+        .name = "syscalls.map_unmap_kvm",
+        .unit = MB_BENCH_NS,
+        .setup = map_unmap_kvm_setup,
+        .run = map_unmap_kvm_run,
+        .teardown = map_unmap_kvm_teardown,
+        .doc = "syscalls.map_unmap plus KVM_SET_USER_MEMORY_REGION add and delete of the "
+               "2 MiB as a memory slot",
     },
     {
         .name = "syscalls.fault_remote",

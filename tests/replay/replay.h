@@ -4,9 +4,11 @@
  * Threads
  *   Everything here runs on the main thread, which runs the client loop (an mb_loop attached
  *   to a uv_loop_t of its own) and issues every operation with the asynchronous API. The one
- *   exception is the access worker (replay_worker.c): it performs mapper reads and writes,
- *   which may block on the mapping manager, one at a time, and hands each back through the
- *   operation's `done` flag and a post to the client loop.
+ *   exception is the access worker (replay_worker.c): it performs mapper reads, writes and
+ *   locks, which may block on the mapping manager, one at a time, and hands each back through
+ *   the operation's `done` flag and a post to the client loop (a lock's completion runs on
+ *   the client loop, which then owns the lock under its name). Unlock never blocks: it runs
+ *   on the main thread.
  */
 #ifndef REPLAY_H
 #define REPLAY_H
@@ -33,6 +35,7 @@ typedef enum replay_ns {
   REPLAY_NS_OBJECT,
   REPLAY_NS_MAPPER,
   REPLAY_NS_PARTITION,
+  REPLAY_NS_LOCK,
   REPLAY_NS_COUNT
 } replay_ns;
 
@@ -47,6 +50,8 @@ typedef struct replay_entry {
   mb_object *object;
   mb_mapper *mapper;
   mb_partition *partition;
+  mb_lock *lock;         /* a lock: held until unlock (or the world's teardown) */
+  struct replay_entry *owner; /* a lock: its mapper's entry (referenced) */
   mb_loop *loop; /* spread: the started loop the mapper or partition runs on */
 } replay_entry;
 
@@ -83,6 +88,8 @@ int replay_world_init(replay_world *w, const scenario *sc, replay_layout layout,
  * name, stops the loops and closes the client loop. 0, or -1 when the uv loop would not
  * close (a leak). */
 int replay_world_fini(replay_world *w);
+/* Release every lock still held under a name (the scenario ended without its unlock). */
+void replay_locks_release(replay_world *w);
 
 /* Start a loop of the layout for a mapper or partition (NULL in single: the client loop is
  * used). *err set on failure. */
@@ -146,7 +153,9 @@ void replay_op_free(replay_op *op);
 /* One thread for the whole process; accesses run one at a time in submission order. */
 int replay_worker_start(void);
 void replay_worker_stop(void);
-/* Queue a mapper read or write (op->cmd READ or WRITE, op->entry the mapper, op->buf). */
+/* Queue a mapper read, write or lock (op->cmd READ, WRITE or LOCK, op->entry the mapper,
+ * op->buf for an access). A lock completes through replay_op_done on the client loop, with
+ * the mb_lock * as its value. */
 int replay_worker_submit(replay_op *op);
 /* True when no access is queued or running: every submitted op is done. */
 bool replay_worker_idle(void);

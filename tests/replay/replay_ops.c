@@ -207,10 +207,49 @@ static void start_guest_access(replay_world *w, replay_op *op) {
   mb_partition_access(e->partition, op->cmd->io.gpa, op->buf, op->len, write, replay_op_done, op);
 }
 
-/* lock and unlock are *(later)* in the format: answered without calling anything. */
-static void start_unsupported(replay_world *w, replay_op *op) {
-  (void)w;
-  replay_op_done(op, MB_E_UNSUPPORTED, 0);
+/* ---- locks ------------------------------------------------------------------------------------- */
+
+/* A lock taken: its name holds it (and its mapper's entry) until unlock. */
+static void apply_lock(replay_op *op) {
+  mb_lock *lock = (mb_lock *)(uintptr_t)op->value;
+  if (op->status != 0) return;
+  replay_entry *e = replay_name_add(op->w, REPLAY_NS_LOCK, op->cmd->lock.name);
+  if (!e) {
+    mb_mapper_unlock(lock);
+    op->status = MB_ENOMEM;
+    return;
+  }
+  e->lock = lock;
+  e->owner = replay_entry_ref(op->entry);
+}
+
+/* Taken on the worker, like an access (a lazy mapper's lock faults the range in). */
+static void start_lock(replay_world *w, replay_op *op) {
+  if (w->layout == REPLAY_SINGLE) replay_settle(w);
+  replay_entry *e = use(w, op, REPLAY_NS_MAPPER, op->cmd->lock.mapper);
+  op->apply = apply_lock;
+  if (!e) return;
+  int rc = replay_worker_submit(op);
+  if (rc) replay_op_done(op, rc, 0);
+}
+
+static void apply_unlock(replay_op *op) {
+  if (op->status == 0) replay_name_remove(op->w, REPLAY_NS_LOCK, op->entry);
+}
+
+/* Never blocks: runs here. A lock still being taken under that name (async) is waited for
+ * first, so `async a lock ... as L` then `unlock L` releases what a took. */
+static void start_unlock(replay_world *w, replay_op *op) {
+  for (replay_op *o = w->ops; o; o = o->next)
+    if (o != op && o->cmd->kind == SCENARIO_LOCK && !replay_op_is_done(o) &&
+        strcmp(o->cmd->lock.name, op->cmd->lock.name) == 0)
+      (void)replay_wait(w, o);
+  replay_entry *e = use(w, op, REPLAY_NS_LOCK, op->cmd->lock.name);
+  op->apply = apply_unlock;
+  if (!e) return;
+  mb_mapper_unlock(e->lock);
+  e->lock = NULL;
+  replay_op_done(op, 0, 0);
 }
 
 /* ---- state queries (the expect commands) ------------------------------------------------------- */
@@ -255,8 +294,8 @@ static const start_fn starters[SCENARIO_CMD_KIND_COUNT] = {
     [SCENARIO_WRITE] = start_mapper_access,
     [SCENARIO_GUEST_READ] = start_guest_access,
     [SCENARIO_GUEST_WRITE] = start_guest_access,
-    [SCENARIO_LOCK] = start_unsupported,
-    [SCENARIO_UNLOCK] = start_unsupported,
+    [SCENARIO_LOCK] = start_lock,
+    [SCENARIO_UNLOCK] = start_unlock,
     [SCENARIO_EXPECT_REGION] = start_expect_region,
     [SCENARIO_EXPECT_PARTITION] = start_expect_partition,
     [SCENARIO_EXPECT_MAPPER] = start_expect_mapper,

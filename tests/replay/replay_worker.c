@@ -1,13 +1,16 @@
-/* replay_worker.c: the access worker. Mapper reads and writes may fault into the mapping
- * manager and block on it (a lazy mapper), so they never run on a loop thread: one long-lived
- * thread takes them one at a time, in order, while the main thread keeps pumping the client
- * loop.
+/* replay_worker.c: the access worker. Mapper reads, writes and locks may fault into the
+ * mapping manager and block on it (a lazy mapper), so they never run on a loop thread: one
+ * long-lived thread takes them one at a time, in order, while the main thread keeps pumping
+ * the client loop.
  *
  * Hand-back: the worker stores the status, sets op->done (release), counts itself idle when
  * its queue is empty, and only then posts a no-op to the client loop, which wakes a main
  * thread that waits for the op or for the worker to be idle. Until that post returned the
- * worker is "posting": the client loop must outlive it (replay_worker_quiet). */
+ * worker is "posting": the client loop must outlive it (replay_worker_quiet). A lock is
+ * done only when its posted completion ran on the client loop; the worker counts itself
+ * idle once that post is queued, so a quiescent world has no lock completion in flight. */
 #include <pthread.h>
+#include <stdint.h>
 #include <stdlib.h>
 
 #include "replay.h"
@@ -29,20 +32,50 @@ static struct {
 
 static void wake_noop(mb_loop *loop, void *arg) { (void)loop, (void)arg; }
 
+/* A lock's completion, on the client loop: the name is registered there (replay_op_done runs
+ * the op's apply). When the loop is stopping the world is going: the lock is let go. */
+static void lock_done(mb_loop *loop, void *arg) {
+  replay_op *op = arg;
+  if (!mb_loop_stopping(loop)) {
+    replay_op_done(op, op->status, op->value);
+    return;
+  }
+  mb_mapper_unlock((mb_lock *)(uintptr_t)op->value);
+  atomic_store_explicit(&op->done, true, memory_order_release);
+}
+
+static int run_lock(replay_op *op) {
+  const scenario_lock *l = &op->cmd->lock;
+  mb_lock *lock = NULL;
+  int rc = mb_mapper_lock(op->entry->mapper, l->gpa, l->size, !l->ro, &lock);
+  op->value = (uintptr_t)lock;
+  return rc;
+}
+
 static void run_access(replay_op *op) {
   uint64_t gpa = op->cmd->io.gpa;
   mb_mapper *m = op->entry->mapper;
-  int rc = op->cmd->kind == SCENARIO_READ ? mb_mapper_read(m, gpa, op->buf, op->len)
-                                          : mb_mapper_write(m, gpa, op->buf, op->len);
+  bool lock = op->cmd->kind == SCENARIO_LOCK;
+  int rc = lock ? run_lock(op)
+           : op->cmd->kind == SCENARIO_READ ? mb_mapper_read(m, gpa, op->buf, op->len)
+                                            : mb_mapper_write(m, gpa, op->buf, op->len);
   mb_loop *client = op->w->client;
   op->status = rc;
   pthread_mutex_lock(&W.mu);
-  atomic_store_explicit(&op->done, true, memory_order_release); /* op may be freed from here */
-  W.busy = false;
+  if (!lock) { /* op may be freed from here */
+    atomic_store_explicit(&op->done, true, memory_order_release);
+    W.busy = false;
+  }
   W.posting = true;
   pthread_mutex_unlock(&W.mu);
-  (void)mb_loop_post(client, wake_noop, NULL);
+  if (!lock) {
+    (void)mb_loop_post(client, wake_noop, NULL);
+  } else if (mb_loop_post(client, lock_done, op) != 0) {
+    mb_mapper_unlock((mb_lock *)(uintptr_t)op->value); /* no client loop any more */
+    atomic_store_explicit(&op->done, true, memory_order_release);
+  }
   pthread_mutex_lock(&W.mu);
+  W.busy = false; /* a lock: only now, so idle implies its completion is on the client loop */
   W.posting = false;
   pthread_cond_broadcast(&W.quiet_cv);
   pthread_mutex_unlock(&W.mu);

@@ -98,6 +98,8 @@ replay_entry *replay_entry_ref(replay_entry *e) {
  * destroyed): its loop can stop. */
 void replay_entry_unref(replay_world *w, replay_entry *e) {
   if (!e || --e->refs > 0) return;
+  mb_mapper_unlock(e->lock); /* NULL unless the world goes with the lock held */
+  replay_entry_unref(w, e->owner);
   mb_object_unref(e->object);
   replay_loop_free(w, e->loop);
   free(e);
@@ -170,11 +172,26 @@ static void drain(replay_world *w) {
     if (replay_wait(w, op) != 0) return;
 }
 
-/* After the manager is gone: the client loop first (nothing may post to it once it stopped
- * but the loops below, whose posts then fail harmlessly), then the operations and the names
- * they hold, then the loops of the layout. */
+void replay_locks_release(replay_world *w) {
+  replay_table *t = &w->tables[REPLAY_NS_LOCK];
+  while (t->n > 0) {
+    replay_entry *e = t->items[t->n - 1];
+    mb_mapper_unlock(e->lock);
+    e->lock = NULL;
+    replay_name_remove(w, REPLAY_NS_LOCK, e);
+  }
+}
+
+/* Locks go first: what waits for one can then finish, and no lock outlives its mapper. After
+ * the manager is gone: the client loop first (nothing may post to it once it stopped but the
+ * loops below, whose posts then fail harmlessly), then the operations and the names they
+ * hold, then the loops of the layout. */
 int replay_world_fini(replay_world *w) {
-  if (w->client && w->mm) drain(w);
+  if (w->client && w->mm) {
+    replay_locks_release(w); /* what waits for them can finish */
+    drain(w);
+    replay_locks_release(w); /* taken by what just finished */
+  }
   mb_mm_destroy(w->mm);
   w->mm = NULL;
   if (w->client) replay_settle(w);

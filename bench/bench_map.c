@@ -1,0 +1,424 @@
+/* bench_map.c: the cost of changing guest memory (spec/bench.md):
+ *
+ *   map.soft            region map + region unmap of a 2 MiB region holding one memfd mapping,
+ *                       with the manager's eager VA mapper and a soft partition
+ *   map.kvm             the same with a KVM partition (skipped without /dev/kvm)
+ *   mapping.dax         mapping add + mapping remove of 2 MiB inside a mapped 1 GiB device
+ *                       region, with the eager VA mapper
+ *   scale.regions.N     map.soft's operation with N other mapped regions present
+ *   scale.mappings.N    mapping.dax's operation with N other mappings in the region
+ *
+ * The floors are syscalls.map_unmap (the two mmaps the VA mapper makes), syscalls.map_unmap_kvm
+ * (the same plus the memslot add and delete), and scale.*.10 for the scaling rows.
+ *
+ * One loop, on the harness thread. Every actor of a manager (region manager, mapping manager,
+ * the eager VA mapper mb_mm_primary_mapper() that partitions use, the partition mapper) lives
+ * on one loop that is attached to a uv_loop_t the harness thread runs, and the benchmark is a
+ * requester on that same loop: it issues each step with the asynchronous API from the
+ * previous step's completion callback, and run() runs uv_run until the n-th operation has
+ * completed (see "the measured operation" below). That is "all actors on one loop"
+ * literally: one thread does all the work, with no cross-thread wake-up in the measured
+ * operation, as in a VMM whose memory actors share its main loop. (A started loop plus the
+ * _sync API would add two cross-thread wake-ups per step, the cost rpc.cross_thread already
+ * measures, ~1 us each at best and ~25 us when the loop thread sleeps, and would leave the
+ * harness thread idle while the loop thread works.)
+ *
+ * The loop is shared by every benchmark of this file set up at the same time: the measured
+ * side and its baseline (scale.regions.1000 runs with scale.regions.10 as its baseline, each
+ * with a manager of its own) both attach to the same thread, and a thread runs at most one
+ * runtime loop.
+ *
+ * The one VA mapper's only VA work is the floor's: map = one MAP_FIXED memfd mmap, unmap =
+ * one MAP_FIXED PROT_NONE mmap, both 2 MiB, unpopulated.
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <uv.h>
+
+#include "areas.h"
+#include "harness.h"
+#include "membacking.h"
+
+#define KIB ((uint64_t)1 << 10)
+#define MIB ((uint64_t)1 << 20)
+#define GIB ((uint64_t)1 << 30)
+/* The guest address space: small enough for valgrind to reserve (callgrind profiles). */
+#define MAX_ADDR ((uint64_t)8 << 30)
+
+/* Guest layout (max_addr 8 GiB). The measured 2 MiB always has PROT_NONE reservation on both
+ * sides in the VA mapper, like the floor's slot: the map splits the reservation's VMA in
+ * three and the unmap merges it back (at the reservation's edge the kernel would do
+ * different, cheaper VMA work than the floor).
+ *   map.* / scale.regions.*:   the measured region at 512 MiB, 2 MiB, RAM; the N other
+ *                              regions of 64 KiB each from 1 GiB on, one every 128 KiB (a
+ *                              PROT_NONE gap between them: one VMA each), each holding one
+ *                              mapping.
+ *   mapping.dax / scale.mappings.*:  a 1 GiB device region at 4 GiB; the measured mapping at
+ *                              its offset 0 (2 MiB); the N other mappings of 4 KiB from
+ *                              offset 4 MiB on, one every 64 KiB. */
+enum { MB_SLOT = 2 * MIB };
+#define MEASURED_REGION_AT (512 * MIB)
+#define OTHER_REGIONS_AT GIB
+#define OTHER_REGION_SIZE (64 * KIB)
+#define OTHER_REGION_STRIDE (128 * KIB)
+#define DEVICE_AT (4 * GIB)
+#define DEVICE_SIZE GIB
+#define OTHER_MAPPINGS_AT (4 * MIB)
+#define OTHER_MAPPING_SIZE (4 * KIB)
+#define OTHER_MAPPING_STRIDE (64 * KIB)
+
+/* ---- the shared attached loop -------------------------------------------------------------- */
+
+static struct {
+  uv_loop_t uv;
+  mb_loop *loop;
+  unsigned users;
+} home;
+
+static int home_get(mb_bench *b) {
+  if (home.users++ > 0)
+    return 0;
+  int err = uv_loop_init(&home.uv);
+  if (err == 0)
+    home.loop = mb_loop_attach(&home.uv, "bench-map", &err);
+  if (err == 0)
+    return 0;
+  if (home.loop == NULL)
+    uv_loop_close(&home.uv);
+  home.users = 0;
+  return mb_bench_fail(b, "loop: %s", mb_strerror(err));
+}
+
+static void home_put(void) {
+  if (--home.users > 0)
+    return;
+  mb_loop_stop(home.loop);
+  uv_run(&home.uv, UV_RUN_DEFAULT); /* closes the loop's handles */
+  mb_loop_free(home.loop);
+  uv_loop_close(&home.uv);
+  home.loop = NULL;
+}
+
+/* ---- waiting for completions --------------------------------------------------------------- */
+
+typedef struct done_rec {
+  int pending;    /* completions still due */
+  int status;     /* the first failure */
+  uint64_t value; /* of the last completion */
+} done_rec;
+
+static void on_done(void *ctx, int status, uint64_t value) {
+  done_rec *d = ctx;
+  if (status != 0 && d->status == 0)
+    d->status = status;
+  d->value = value;
+  d->pending--;
+}
+
+/* Run the loop until every completion of d came in. Each completion runs on this loop, and
+ * every actor it waits for is on it too, so this never blocks for long. */
+static int pump(done_rec *d) {
+  while (d->pending > 0)
+    uv_run(&home.uv, UV_RUN_ONCE);
+  return d->status;
+}
+
+/* ---- one manager set up for a benchmark ---------------------------------------------------- */
+
+typedef enum kind { K_REGION, K_MAPPING } kind;
+
+typedef struct map_bench {
+  kind kind;
+  bool have_home;
+  mb_mm *mm;
+  mb_object *obj;    /* the measured 2 MiB memfd */
+  mb_object *other;  /* backs every other region or mapping */
+  mb_region_id id;   /* the measured region, or the device region */
+  mb_mapping_params slot; /* K_MAPPING: the measured mapping */
+} map_bench;
+
+static void map_bench_free(map_bench *st) {
+  if (st->mm)
+    mb_mm_destroy(st->mm); /* inline: its loop is this thread's */
+  mb_object_unref(st->obj);
+  mb_object_unref(st->other);
+  if (st->have_home) {
+    uv_run(&home.uv, UV_RUN_NOWAIT); /* let the loop finish with the destroyed actors */
+    home_put();
+  }
+  free(st);
+}
+
+static void map_teardown(void *state) { map_bench_free(state); }
+
+static int region_add(map_bench *st, uint64_t gpa, uint64_t size, bool device,
+                      mb_region_id *id) {
+  mb_region_params p = {.name = NULL, .gpa = gpa, .size = size, .priority = 0, .device = device};
+  done_rec d = {1, 0, 0};
+  mb_region_add(st->mm, &p, on_done, &d);
+  int rc = pump(&d);
+  *id = (mb_region_id)d.value;
+  return rc;
+}
+
+static int mapping_add(map_bench *st, const mb_mapping_params *p) {
+  done_rec d = {1, 0, 0};
+  mb_mapping_add(st->mm, p, on_done, &d);
+  return pump(&d);
+}
+
+static int region_map(map_bench *st, mb_region_id id) {
+  done_rec d = {1, 0, 0};
+  mb_region_map(st->mm, id, true, on_done, &d);
+  return pump(&d);
+}
+
+/* The N other mapped regions (K_REGION) or mappings (K_MAPPING). Each step of the setup is
+ * issued for all of them before the loop runs: operations complete in the order issued. */
+static int add_others(mb_bench *b, map_bench *st, uint32_t n) {
+  if (n == 0)
+    return 0;
+  uint64_t size = st->kind == K_REGION ? OTHER_REGION_SIZE : OTHER_MAPPING_SIZE;
+  int rc = mb_object_create(MB_OBJECT_MEMFD, size, "bench-other", &st->other);
+  if (rc != 0)
+    return mb_bench_fail(b, "object: %s", membacking_strerror(rc));
+  if (st->kind == K_MAPPING) {
+    done_rec d = {(int)n, 0, 0};
+    for (uint32_t i = 0; i < n; i++) {
+      mb_mapping_params p = {.region = st->id, .offset = OTHER_MAPPINGS_AT + i * OTHER_MAPPING_STRIDE,
+                             .size = size, .obj = st->other, .obj_offset = 0, .writable = true};
+      mb_mapping_add(st->mm, &p, on_done, &d);
+    }
+    rc = pump(&d);
+    return rc ? mb_bench_fail(b, "other mappings: %s", membacking_strerror(rc)) : 0;
+  }
+  mb_region_id *ids = calloc(n, sizeof *ids);
+  if (ids == NULL)
+    return -ENOMEM;
+  for (uint32_t i = 0; i < n && rc == 0; i++) {
+    rc = region_add(st, OTHER_REGIONS_AT + i * OTHER_REGION_STRIDE, size, false, &ids[i]);
+  }
+  done_rec d = {0, 0, 0};
+  for (uint32_t i = 0; i < n && rc == 0; i++) {
+    mb_mapping_params p = {.region = ids[i], .offset = 0, .size = size, .obj = st->other,
+                           .obj_offset = 0, .writable = true};
+    d.pending++;
+    mb_mapping_add(st->mm, &p, on_done, &d);
+    d.pending++;
+    mb_region_map(st->mm, ids[i], true, on_done, &d);
+  }
+  if (rc == 0)
+    rc = pump(&d);
+  free(ids);
+  return rc ? mb_bench_fail(b, "other regions: %s", membacking_strerror(rc)) : 0;
+}
+
+/* A manager on the shared loop with the measured region (K_REGION: with its mapping, not
+ * mapped; K_MAPPING: the device region, mapped, without the measured mapping), a partition
+ * of `ops` (NULL: none) and n others. */
+static int map_setup_common(mb_bench *b, void **state, kind k, const mb_partition_ops *ops,
+                            uint32_t others) {
+  map_bench *st = calloc(1, sizeof *st);
+  if (st == NULL)
+    return -ENOMEM;
+  st->kind = k;
+  int rc = home_get(b);
+  if (rc != 0) {
+    free(st);
+    return rc;
+  }
+  st->have_home = true;
+  mb_mm_config cfg = {.max_addr = MAX_ADDR, .overlap = MB_OVERLAP_NESTED, .loop = home.loop};
+  if ((rc = mb_mm_create(&cfg, &st->mm)) != 0) {
+    st->mm = NULL;
+    rc = mb_bench_fail(b, "mb_mm_create: %s", membacking_strerror(rc));
+    goto fail;
+  }
+  if (ops) {
+    done_rec d = {1, 0, 0};
+    mb_partition_add(st->mm, ops, NULL, on_done, &d);
+    rc = pump(&d);
+    if (rc == MB_E_UNSUPPORTED) {
+      if (access("/dev/kvm", R_OK | W_OK) != 0)
+        rc = mb_bench_skip(b, "%s partition unsupported here: /dev/kvm: %s", ops->name,
+                           strerror(errno));
+      else
+        rc = mb_bench_skip(b, "%s partition unsupported here", ops->name);
+      goto fail;
+    }
+    if (rc != 0) {
+      rc = mb_bench_fail(b, "%s partition: %s", ops->name, membacking_strerror(rc));
+      goto fail;
+    }
+  }
+  if ((rc = mb_object_create(MB_OBJECT_MEMFD, MB_SLOT, "bench-map", &st->obj)) != 0) {
+    rc = mb_bench_fail(b, "object: %s", membacking_strerror(rc));
+    goto fail;
+  }
+  if (k == K_REGION) {
+    if ((rc = region_add(st, MEASURED_REGION_AT, MB_SLOT, false, &st->id)) != 0) {
+      rc = mb_bench_fail(b, "region add: %s", membacking_strerror(rc));
+      goto fail;
+    }
+    mb_mapping_params p = {.region = st->id, .offset = 0, .size = MB_SLOT, .obj = st->obj,
+                           .obj_offset = 0, .writable = true};
+    if ((rc = mapping_add(st, &p)) != 0) {
+      rc = mb_bench_fail(b, "mapping add: %s", membacking_strerror(rc));
+      goto fail;
+    }
+  } else {
+    if ((rc = region_add(st, DEVICE_AT, DEVICE_SIZE, true, &st->id)) != 0 ||
+        (rc = region_map(st, st->id)) != 0) {
+      rc = mb_bench_fail(b, "device region: %s", membacking_strerror(rc));
+      goto fail;
+    }
+    st->slot = (mb_mapping_params){.region = st->id, .offset = 0, .size = MB_SLOT,
+                                   .obj = st->obj, .obj_offset = 0, .writable = true};
+  }
+  if ((rc = add_others(b, st, others)) != 0)
+    goto fail;
+  *state = st;
+  return 0;
+fail:
+  map_bench_free(st);
+  return rc;
+}
+
+/* ---- the measured operation ------------------------------------------------------------------
+ *
+ * One operation: region map + region unmap (K_REGION), or mapping add + mapping remove
+ * (K_MAPPING); each step is issued when the previous one completed, from its completion
+ * callback, so the caller is on the loop like every actor: run() starts the first operation
+ * and runs uv_run until the n-th has completed. Each operation is timed from just before its
+ * first call to its second completion (MB_BENCH_SELF_TIMED).
+ *
+ * Why chain in the callbacks instead of issuing each step from run() and running uv_run until
+ * it completes: every uv_run iteration polls (epoll_wait), and a system call costs ~1 us in
+ * this machine's nested guest (an empty uv_run iteration measured 1.3 us here), which would
+ * be two such polls per operation that no VMM issuing its memory operations from its own
+ * loop pays; here the loop only goes back to libuv once per turn budget (runtime/loop.c,
+ * TURN_BUDGET deliveries), which shows in p99, not p50. */
+
+typedef struct chain {
+  mb_bench *b;
+  map_bench *st;
+  uint32_t left;
+  uint64_t t0;
+  bool done;
+} chain;
+
+static void op_first(chain *c);
+
+static void chain_fail(chain *c, const char *what, int status) {
+  mb_bench_fail(c->b, "%s: %s", what, membacking_strerror(status));
+  c->done = true;
+}
+
+static void op_second_done(void *ctx, int status, uint64_t value) {
+  (void)value;
+  chain *c = ctx;
+  uint64_t t1 = mb_bench_now_ns();
+  if (status != 0) {
+    chain_fail(c, c->st->kind == K_REGION ? "region unmap" : "mapping remove", status);
+    return;
+  }
+  mb_bench_sample(c->b, (double)(t1 - c->t0));
+  c->left--;
+  op_first(c);
+}
+
+static void op_first_done(void *ctx, int status, uint64_t value) {
+  (void)value;
+  chain *c = ctx;
+  map_bench *st = c->st;
+  if (status != 0) {
+    chain_fail(c, st->kind == K_REGION ? "region map" : "mapping add", status);
+    return;
+  }
+  if (st->kind == K_REGION)
+    mb_region_unmap(st->mm, st->id, op_second_done, c);
+  else
+    mb_mapping_remove(st->mm, st->id, st->slot.offset, st->slot.size, op_second_done, c);
+}
+
+static void op_first(chain *c) {
+  map_bench *st = c->st;
+  if (c->left == 0) {
+    c->done = true;
+    return;
+  }
+  c->t0 = mb_bench_now_ns();
+  if (st->kind == K_REGION)
+    mb_region_map(st->mm, st->id, true, op_first_done, c);
+  else
+    mb_mapping_add(st->mm, &st->slot, op_first_done, c);
+}
+
+static int map_run(mb_bench *b, void *state, uint32_t n) {
+  chain c = {b, state, n, 0, false};
+  op_first(&c);
+  while (!c.done)
+    uv_run(&home.uv, UV_RUN_ONCE);
+  return 0; /* a failure was reported with mb_bench_fail() */
+}
+
+/* ---- setups ---------------------------------------------------------------------------------- */
+
+static int map_soft_setup(mb_bench *b, void **s) {
+  return map_setup_common(b, s, K_REGION, &mb_partition_soft, 0);
+}
+static int map_kvm_setup(mb_bench *b, void **s) {
+  return map_setup_common(b, s, K_REGION, &mb_partition_kvm, 0);
+}
+static int mapping_dax_setup(mb_bench *b, void **s) {
+  return map_setup_common(b, s, K_MAPPING, NULL, 0);
+}
+
+#define SCALE_SETUPS(N)                                                                        \
+  static int scale_regions_##N##_setup(mb_bench *b, void **s) {                              \
+    return map_setup_common(b, s, K_REGION, &mb_partition_soft, N);                          \
+  }                                                                                            \
+  static int scale_mappings_##N##_setup(mb_bench *b, void **s) {                             \
+    return map_setup_common(b, s, K_MAPPING, NULL, N);                                       \
+  }
+SCALE_SETUPS(10)
+SCALE_SETUPS(100)
+SCALE_SETUPS(1000)
+SCALE_SETUPS(10000)
+
+/* ---- registration ---------------------------------------------------------------------------- */
+
+#define MAP_BENCH(NAME, BASE, SETUP, DOC)                                                      \
+  {.name = NAME, .unit = MB_BENCH_NS, .baseline = BASE, .setup = SETUP, .run = map_run,       \
+   .teardown = map_teardown, .flags = MB_BENCH_SELF_TIMED, .doc = DOC}
+
+#define SCALE_REGIONS(N)                                                                       \
+  MAP_BENCH("scale.regions." #N, "scale.regions.10", scale_regions_##N##_setup,              \
+            "map.soft's region map + unmap with " #N " other mapped regions present")
+#define SCALE_MAPPINGS(N)                                                                      \
+  MAP_BENCH("scale.mappings." #N, "scale.mappings.10", scale_mappings_##N##_setup,           \
+            "mapping.dax's mapping add + remove with " #N " other mappings in the region")
+
+static const mb_bench_def map_benches[] = {
+    MAP_BENCH("map.soft", "syscalls.map_unmap", map_soft_setup,
+              "region map + unmap of 2 MiB (one memfd mapping), eager VA mapper, soft "
+              "partition, all actors on one loop"),
+    MAP_BENCH("map.kvm", "syscalls.map_unmap_kvm", map_kvm_setup,
+              "region map + unmap of 2 MiB (one memfd mapping), eager VA mapper, KVM "
+              "partition, all actors on one loop"),
+    MAP_BENCH("mapping.dax", "syscalls.map_unmap", mapping_dax_setup,
+              "mapping add + remove of 2 MiB in a mapped 1 GiB device region, eager VA "
+              "mapper, one loop"),
+    SCALE_REGIONS(10),
+    SCALE_REGIONS(100),
+    SCALE_REGIONS(1000),
+    SCALE_REGIONS(10000),
+    SCALE_MAPPINGS(10),
+    SCALE_MAPPINGS(100),
+    SCALE_MAPPINGS(1000),
+    SCALE_MAPPINGS(10000),
+};
+
+void mb_bench_area_bench_map(void) { MB_BENCH_REGISTER_ALL(map_benches); }
