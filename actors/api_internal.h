@@ -9,6 +9,7 @@
 #include "membacking.h"
 #include "partition_mapper.h"
 #include "region_manager.h"
+#include "record.h"
 #include "va_mapper.h"
 
 struct mb_mapper {
@@ -35,17 +36,20 @@ struct mb_mm {
   pthread_mutex_t lock;   /* guards the two lists below */
   mb_mapper *mappers;
   mb_partition *partitions;
+  int overlap;
+  mb__rec *rec;           /* NULL unless recording */
 };
 
 /* Reads the operation's value out of its reply (a region id, a state, ...). */
 typedef uint64_t (*mb__value_fn)(mb_msg *reply);
 
 /* Asynchronous form: send `msg` as a request from the calling thread's loop; done() runs there
- * with the status and value. `obj`, if not NULL, is a reference released after completion. */
-void mb__api_submit(mb_addr to, mb_msg *msg, mb__value_fn value, mb_object *obj,
+ * with the status and value. `obj`, if not NULL, is a reference released after completion.
+ * `rec`, if not NULL, records the completed request. */
+void mb__api_submit(mb__rec *rec, mb_addr to, mb_msg *msg, mb__value_fn value, mb_object *obj,
                     mb_done_fn done, void *ctx);
 /* Blocking form: the status; *value filled when value_fn and value are given. */
-int mb__api_call(mb_addr to, mb_msg *msg, mb__value_fn value_fn, uint64_t *value);
+int mb__api_call(mb__rec *rec, mb_addr to, mb_msg *msg, mb__value_fn value_fn, uint64_t *value);
 
 /* Destroy a mapper or partition on its loop and unlink it from its manager (blocking). */
 void mb__mapper_destroy(mb_mapper *m);

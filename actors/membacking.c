@@ -9,6 +9,7 @@
 /* ---- issuing requests ---------------------------------------------------------------------- */
 
 typedef struct api_op {
+  mb__rec *rec;
   mb_done_fn done;
   void *ctx;
   mb__value_fn value;
@@ -19,12 +20,13 @@ static void api_op_reply(mb_actor *self, mb_msg *reply, void *ctx) {
   (void)self;
   api_op *op = ctx;
   uint64_t v = (op->value && reply->status == 0) ? op->value(reply) : 0;
+  mb__rec_request(op->rec, reply, reply->status);
   if (op->obj) mb_object_unref(op->obj);
   op->done(op->ctx, reply->status, v);
   free(op);
 }
 
-void mb__api_submit(mb_addr to, mb_msg *msg, mb__value_fn value, mb_object *obj,
+void mb__api_submit(mb__rec *rec, mb_addr to, mb_msg *msg, mb__value_fn value, mb_object *obj,
                     mb_done_fn done, void *ctx) {
   mb_loop *here = mb_loop_current();
   api_op *op = here ? malloc(sizeof *op) : NULL;
@@ -34,14 +36,15 @@ void mb__api_submit(mb_addr to, mb_msg *msg, mb__value_fn value, mb_object *obj,
     free(op);
     return;
   }
-  *op = (api_op){done, ctx, value, obj ? mb_object_ref(obj) : NULL};
+  *op = (api_op){rec, done, ctx, value, obj ? mb_object_ref(obj) : NULL};
   mb_call(mb_loop_actor(here), to, msg, api_op_reply, op);
 }
 
-int mb__api_call(mb_addr to, mb_msg *msg, mb__value_fn value_fn, uint64_t *value) {
+int mb__api_call(mb__rec *rec, mb_addr to, mb_msg *msg, mb__value_fn value_fn, uint64_t *value) {
   if (!msg) return MB_ENOMEM;
   int rc = mb_call_sync(to, msg);
   if (rc == 0 && value_fn && value) *value = value_fn(msg);
+  mb__rec_request(rec, msg, rc);
   mb_msg_free(msg);
   return rc;
 }
@@ -103,8 +106,18 @@ int mb_mm_create(const mb_mm_config *cfg, mb_mm **out) {
     return rc;
   }
   mm->primary = (mb_mapper){mm, mm->part_vam, mm->part_loop, NULL, NULL};
+  mm->overlap = cfg->overlap;
+  char path[4096];
+  if (mb__rec_env_path(path, sizeof path)) (void)mb_mm_record(mm, path);
   *out = mm;
   return 0;
+}
+
+int mb_mm_record(mb_mm *mm, const char *path) {
+  if (mm->rec || !path) return MB_E_INVALID;
+  int err = 0;
+  mm->rec = mb__rec_open(path, mm, mm->overlap, &err);
+  return mm->rec ? 0 : err;
 }
 
 mb_mapper *mb_mm_primary_mapper(mb_mm *mm) { return &mm->primary; }
@@ -123,6 +136,7 @@ static void destroy_managers(mb_loop *loop, void *arg) {
 
 void mb_mm_destroy(mb_mm *mm) {
   if (!mm) return;
+  mb__rec_close(mm->rec, mm);
   while (mm->partitions) mb__partition_destroy(mm->partitions);
   while (mm->mappers) mb__mapper_destroy(mm->mappers);
   if (mm->part_vam) mb_loop_exec(mm->part_loop, destroy_part_vam, mm->part_vam);
@@ -150,12 +164,12 @@ static mb_msg *region_add_msg(const mb_region_params *p) {
 }
 
 void mb_region_add(mb_mm *mm, const mb_region_params *p, mb_done_fn done, void *ctx) {
-  mb__api_submit(mb_actor_addr(mm->rm), region_add_msg(p), region_id_of, NULL, done, ctx);
+  mb__api_submit(mm->rec, mb_actor_addr(mm->rm), region_add_msg(p), region_id_of, NULL, done, ctx);
 }
 
 int mb_region_add_sync(mb_mm *mm, const mb_region_params *p, mb_region_id *id) {
   uint64_t v = 0;
-  int rc = mb__api_call(mb_actor_addr(mm->rm), region_add_msg(p), region_id_of, &v);
+  int rc = mb__api_call(mm->rec, mb_actor_addr(mm->rm), region_add_msg(p), region_id_of, &v);
   if (!rc && id) *id = (mb_region_id)v;
   return rc;
 }
@@ -169,11 +183,11 @@ static mb_msg *region_map_msg(mb_region_id id, bool writable) {
 }
 
 void mb_region_map(mb_mm *mm, mb_region_id id, bool writable, mb_done_fn done, void *ctx) {
-  mb__api_submit(mb_actor_addr(mm->rm), region_map_msg(id, writable), NULL, NULL, done, ctx);
+  mb__api_submit(mm->rec, mb_actor_addr(mm->rm), region_map_msg(id, writable), NULL, NULL, done, ctx);
 }
 
 int mb_region_map_sync(mb_mm *mm, mb_region_id id, bool writable) {
-  return mb__api_call(mb_actor_addr(mm->rm), region_map_msg(id, writable), NULL, NULL);
+  return mb__api_call(mm->rec, mb_actor_addr(mm->rm), region_map_msg(id, writable), NULL, NULL);
 }
 
 /* unmap, remove and state carry just the id. */
@@ -189,31 +203,31 @@ ID_MSG(region_remove)
 ID_MSG(region_state)
 
 void mb_region_unmap(mb_mm *mm, mb_region_id id, mb_done_fn done, void *ctx) {
-  mb__api_submit(mb_actor_addr(mm->rm), region_unmap_msg(id), NULL, NULL, done,
+  mb__api_submit(mm->rec, mb_actor_addr(mm->rm), region_unmap_msg(id), NULL, NULL, done,
                  ctx);
 }
 
 int mb_region_unmap_sync(mb_mm *mm, mb_region_id id) {
-  return mb__api_call(mb_actor_addr(mm->rm), region_unmap_msg(id), NULL, NULL);
+  return mb__api_call(mm->rec, mb_actor_addr(mm->rm), region_unmap_msg(id), NULL, NULL);
 }
 
 void mb_region_remove(mb_mm *mm, mb_region_id id, mb_done_fn done, void *ctx) {
-  mb__api_submit(mb_actor_addr(mm->rm), region_remove_msg(id), NULL, NULL, done,
+  mb__api_submit(mm->rec, mb_actor_addr(mm->rm), region_remove_msg(id), NULL, NULL, done,
                  ctx);
 }
 
 int mb_region_remove_sync(mb_mm *mm, mb_region_id id) {
-  return mb__api_call(mb_actor_addr(mm->rm), region_remove_msg(id), NULL, NULL);
+  return mb__api_call(mm->rec, mb_actor_addr(mm->rm), region_remove_msg(id), NULL, NULL);
 }
 
 void mb_region_state(mb_mm *mm, mb_region_id id, mb_done_fn done, void *ctx) {
-  mb__api_submit(mb_actor_addr(mm->rm), region_state_msg(id), region_state_of,
+  mb__api_submit(mm->rec, mb_actor_addr(mm->rm), region_state_msg(id), region_state_of,
                  NULL, done, ctx);
 }
 
 int mb_region_state_sync(mb_mm *mm, mb_region_id id, int *state) {
   uint64_t v = 0;
-  int rc = mb__api_call(mb_actor_addr(mm->rm), region_state_msg(id),
+  int rc = mb__api_call(mm->rec, mb_actor_addr(mm->rm), region_state_msg(id),
                         region_state_of, &v);
   if (!rc && state) *state = (int)v;
   return rc;
@@ -239,14 +253,14 @@ static mb_msg *mapping_msg(const mb_mapping_params *p, bool replace) {
 static int mapping_sync(mb_mm *mm, const mb_mapping_params *p, bool replace) {
   if (!p->obj) return MB_E_NOTFOUND;
   mb_object_ref(p->obj);
-  int rc = mb__api_call(mb_actor_addr(mm->rm), mapping_msg(p, replace), NULL, NULL);
+  int rc = mb__api_call(mm->rec, mb_actor_addr(mm->rm), mapping_msg(p, replace), NULL, NULL);
   mb_object_unref(p->obj);
   return rc;
 }
 
 static void mapping_async(mb_mm *mm, const mb_mapping_params *p, bool replace, mb_done_fn done,
                           void *ctx) {
-  mb__api_submit(mb_actor_addr(mm->rm), p->obj ? mapping_msg(p, replace) : NULL, NULL, p->obj,
+  mb__api_submit(mm->rec, mb_actor_addr(mm->rm), p->obj ? mapping_msg(p, replace) : NULL, NULL, p->obj,
                  done, ctx);
 }
 
@@ -272,12 +286,12 @@ static mb_msg *mapping_remove_msg(mb_region_id region, uint64_t offset, uint64_t
 
 void mb_mapping_remove(mb_mm *mm, mb_region_id region, uint64_t offset, uint64_t size,
                        mb_done_fn done, void *ctx) {
-  mb__api_submit(mb_actor_addr(mm->rm), mapping_remove_msg(region, offset, size), NULL, NULL,
+  mb__api_submit(mm->rec, mb_actor_addr(mm->rm), mapping_remove_msg(region, offset, size), NULL, NULL,
                  done, ctx);
 }
 
 int mb_mapping_remove_sync(mb_mm *mm, mb_region_id region, uint64_t offset, uint64_t size) {
-  return mb__api_call(mb_actor_addr(mm->rm), mapping_remove_msg(region, offset, size), NULL,
+  return mb__api_call(mm->rec, mb_actor_addr(mm->rm), mapping_remove_msg(region, offset, size), NULL,
                       NULL);
 }
 

@@ -62,6 +62,12 @@ int mb_mm_create(const mb_mm_config *cfg, mb_mm **out);
  * invalid. */
 void mb_mm_destroy(mb_mm *mm);
 uint64_t mb_mm_max_addr(const mb_mm *mm);
+/* Record every region, mapping, mapper and partition operation issued on this manager, with
+ * its result, to `path` in the scenario format, and at mb_mm_destroy the final region states
+ * and partition maps as `expect` lines: a recording that membacking-replay replays. With
+ * MEMBACKING_RECORD=path in the environment every manager records from its creation (the
+ * first to path, later ones to path.1, path.2, ...). Objects are recorded by size only. */
+int mb_mm_record(mb_mm *mm, const char *path);
 /* The manager's primary VA mapper: eager, created with the manager on part_loop; partitions
  * map guest memory by its VA (as KVM memslots do), and VMM code may access guest memory
  * through it like through any mapper. It lives as long as the manager (mb_mapper_remove on

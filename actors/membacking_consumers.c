@@ -133,7 +133,9 @@ static void mapper_registered(mb_actor *self, mb_msg *reply, void *ctx) {
   step_op *op = ctx;
   mb_mapper *m = reply->status ? NULL : mapper_new(op->mm, op->vam, op->target);
   if (!m) mb_vam_destroy(op->vam);
-  step_done(op, reply->status ? reply->status : m ? 0 : MB_ENOMEM, (uint64_t)(uintptr_t)m);
+  int rc = reply->status ? reply->status : m ? 0 : MB_ENOMEM;
+  mb__rec_mapper(op->mm->rec, true, m, op->eager, rc);
+  step_done(op, rc, (uint64_t)(uintptr_t)m);
 }
 
 static void mapper_add_step(mb_loop *loop, void *arg) {
@@ -176,20 +178,22 @@ int mb_mapper_add_sync(mb_mm *mm, mb_loop *loop, bool eager, mb_mapper **out) {
   vam_make v = {mm, eager, NULL, 0};
   int rc = mb_loop_exec(loop, vam_make_fn, &v);
   if (rc || (rc = v.rc)) return rc;
-  rc = mb__api_call(mb_actor_addr(mm->mm), add_mapper_msg(v.vam), NULL, NULL);
+  rc = mb__api_call(NULL, mb_actor_addr(mm->mm), add_mapper_msg(v.vam), NULL, NULL);
   mb_mapper *m = rc ? NULL : mapper_new(mm, v.vam, loop);
   if (!m) {
     mb_loop_exec(loop, vam_destroy_fn, v.vam);
-    return rc ? rc : MB_ENOMEM;
+    rc = rc ? rc : MB_ENOMEM;
   }
-  *out = m;
-  return 0;
+  mb__rec_mapper(mm->rec, true, m, eager, rc);
+  if (!rc) *out = m;
+  return rc;
 }
 
 static void mapper_removed(mb_actor *self, mb_msg *reply, void *ctx) {
   (void)self;
   step_op *op = ctx;
   int rc = reply->status;
+  mb__rec_mapper(op->mm->rec, false, op->mapper, false, rc);
   if (!rc) {
     mb_vam_destroy(op->mapper->vam);
     mapper_forget(op->mapper);
@@ -222,7 +226,7 @@ int mb_mapper_remove_sync(mb_mapper *m) {
   if (m == &m->mm->primary) return MB_E_INVALID;
   int rc = mb_vam_retire(m->vam);
   if (rc) return rc;
-  rc = mb__api_call(mb_actor_addr(m->mm->mm), remove_mapper_msg(m->vam), NULL, NULL);
+  rc = mb__api_call(NULL, mb_actor_addr(m->mm->mm), remove_mapper_msg(m->vam), NULL, NULL);
   if (!rc) mb__mapper_destroy(m);
   else mb_vam_unretire(m->vam);
   return rc;
@@ -269,12 +273,12 @@ static uint64_t pm_ranges_value(mb_msg *m) {
 }
 
 void mb_mapper_ranges(mb_mapper *m, mb_done_fn done, void *ctx) {
-  mb__api_submit(mb_vam_addr(m->vam), &vam_ranges_new()->hdr, vam_ranges_value, NULL, done, ctx);
+  mb__api_submit(NULL, mb_vam_addr(m->vam), &vam_ranges_new()->hdr, vam_ranges_value, NULL, done, ctx);
 }
 
 static int ranges_sync(mb_addr to, mb_msg *msg, mb__value_fn fn, mb_range_list **out) {
   uint64_t v = 0;
-  int rc = mb__api_call(to, msg, fn, &v);
+  int rc = mb__api_call(NULL, to, msg, fn, &v);
   if (!rc && !v) rc = MB_ENOMEM;
   if (!rc) *out = (mb_range_list *)(uintptr_t)v;
   return rc;
@@ -299,7 +303,9 @@ static void partition_registered(mb_actor *self, mb_msg *reply, void *ctx) {
   step_op *op = ctx;
   mb_partition *p = reply->status ? NULL : partition_new(op->mm, op->actor, op->target);
   if (!p) mb_actor_destroy(op->actor);
-  step_done(op, reply->status ? reply->status : p ? 0 : MB_ENOMEM, (uint64_t)(uintptr_t)p);
+  int rc = reply->status ? reply->status : p ? 0 : MB_ENOMEM;
+  mb__rec_partition(op->mm->rec, true, p, op->ops->name, rc);
+  step_done(op, rc, (uint64_t)(uintptr_t)p);
 }
 
 static void partition_add_step(mb_loop *loop, void *arg) {
@@ -346,20 +352,22 @@ int mb_partition_add_sync(mb_mm *mm, const mb_partition_ops *ops, mb_loop *loop,
   part_make pm = {mm, ops, NULL, 0};
   int rc = mb_loop_exec(loop, part_make_fn, &pm);
   if (rc || (rc = pm.rc)) return rc;
-  rc = mb__api_call(mb_actor_addr(mm->rm), partition_msg(true, pm.actor), NULL, NULL);
+  rc = mb__api_call(NULL, mb_actor_addr(mm->rm), partition_msg(true, pm.actor), NULL, NULL);
   mb_partition *p = rc ? NULL : partition_new(mm, pm.actor, loop);
   if (!p) {
     mb_loop_exec(loop, actor_destroy_fn, pm.actor);
-    return rc ? rc : MB_ENOMEM;
+    rc = rc ? rc : MB_ENOMEM;
   }
-  *out = p;
-  return 0;
+  mb__rec_partition(mm->rec, true, p, ops->name, rc);
+  if (!rc) *out = p;
+  return rc;
 }
 
 static void partition_removed(mb_actor *self, mb_msg *reply, void *ctx) {
   (void)self;
   step_op *op = ctx;
   int rc = reply->status;
+  mb__rec_partition(op->mm->rec, false, op->part, NULL, rc);
   if (!rc) {
     mb_actor_destroy(op->part->actor);
     partition_forget(op->part);
@@ -384,7 +392,8 @@ void mb_partition_remove(mb_partition *p, mb_done_fn done, void *ctx) {
 }
 
 int mb_partition_remove_sync(mb_partition *p) {
-  int rc = mb__api_call(mb_actor_addr(p->mm->rm), partition_msg(false, p->actor), NULL, NULL);
+  int rc = mb__api_call(NULL, mb_actor_addr(p->mm->rm), partition_msg(false, p->actor), NULL, NULL);
+  mb__rec_partition(p->mm->rec, false, p, NULL, rc);
   if (!rc) mb__partition_destroy(p);
   return rc;
 }
@@ -406,16 +415,16 @@ static mb_msg *access_msg(uint64_t gpa, void *buf, size_t len, bool write) {
 
 void mb_partition_access(mb_partition *p, uint64_t gpa, void *buf, size_t len, bool write,
                          mb_done_fn done, void *ctx) {
-  mb__api_submit(mb_actor_addr(p->actor), access_msg(gpa, buf, len, write), NULL, NULL, done,
+  mb__api_submit(NULL, mb_actor_addr(p->actor), access_msg(gpa, buf, len, write), NULL, NULL, done,
                  ctx);
 }
 
 int mb_partition_access_sync(mb_partition *p, uint64_t gpa, void *buf, size_t len, bool write) {
-  return mb__api_call(mb_actor_addr(p->actor), access_msg(gpa, buf, len, write), NULL, NULL);
+  return mb__api_call(NULL, mb_actor_addr(p->actor), access_msg(gpa, buf, len, write), NULL, NULL);
 }
 
 void mb_partition_ranges(mb_partition *p, mb_done_fn done, void *ctx) {
-  mb__api_submit(mb_actor_addr(p->actor), &pm_ranges_new()->hdr, pm_ranges_value, NULL, done, ctx);
+  mb__api_submit(NULL, mb_actor_addr(p->actor), &pm_ranges_new()->hdr, pm_ranges_value, NULL, done, ctx);
 }
 
 int mb_partition_ranges_sync(mb_partition *p, mb_range_list **out) {

@@ -28,9 +28,10 @@ static int pm_do_map(pm_state *s, pm_map_msg *m) {
 
 /* Ranges from the backend, adjacent ones with the same access merged, in a malloc'd array
  * the requester frees (NULL when there are none). */
-static int pm_do_ranges(pm_state *s, pm_ranges_msg *m) {
-  m->ranges = NULL;
-  m->count = 0;
+/* The mapped ranges, adjacent ones with the same access merged (malloc'd; NULL when none). */
+static int merged_ranges(pm_state *s, mb_part_range **out, uint32_t *count) {
+  *out = NULL;
+  *count = 0;
   size_t total = s->ops->ranges(s->inst, NULL, 0);
   if (total == 0)
     return 0;
@@ -46,9 +47,17 @@ static int pm_do_ranges(pm_state *s, pm_ranges_msg *m) {
     else
       r[n++] = r[i];
   }
-  m->ranges = r;
-  m->count = (uint32_t)n;
+  *out = r;
+  *count = (uint32_t)n;
   return 0;
+}
+
+static int pm_do_ranges(pm_state *s, pm_ranges_msg *m) {
+  return merged_ranges(s, &m->ranges, &m->count);
+}
+
+int mb__partition_mapper_ranges(mb_actor *pm, mb_part_range **out, uint32_t *count) {
+  return merged_ranges(mb_actor_state(pm), out, count);
 }
 
 static int pm_dispatch(pm_state *s, mb_msg *msg) {

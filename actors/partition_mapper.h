@@ -32,4 +32,8 @@ int mb_partition_mapper_create(mb_loop *loop, const mb_partition_ops *ops, uint6
                                uint8_t *va_base, mb_actor **out);
 /* The actor's destruction (mb_actor_destroy) destroys the backend instance. */
 
+/* On the partition mapper's thread only (a direct call, not a message): its mapped ranges as
+ * PM_RANGES gives them. */
+int mb__partition_mapper_ranges(mb_actor *pm, mb_part_range **out, uint32_t *count);
+
 #endif

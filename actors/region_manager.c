@@ -786,6 +786,12 @@ static void rm_destroy(mb_actor *self) {
 static const mb_actor_type rm_type = {"region_manager", rm_handle, rm_destroy,
                                       MB_ACTOR_SERIALIZED};
 
+/* A direct read for the manager's own files, on the region manager's thread. */
+int mb__region_manager_state(mb_actor *rm, uint32_t id) {
+  rm_region *r = region_find(mb_actor_state(rm), id);
+  return r ? mb__vis_state(&r->vis) : MB_E_NOTFOUND;
+}
+
 mb_actor *mb_region_manager_create(mb_loop *loop, const mb_rm_config *cfg) {
   if (loop == NULL || cfg == NULL ||
       (cfg->overlap != MB_OVERLAP_NESTED && cfg->overlap != MB_OVERLAP_ANY))

@@ -68,6 +68,10 @@ typedef struct mb_rm_config {
   mb_addr mapping_manager;
 } mb_rm_config;
 
+/* On the region manager's thread only (a direct call, not a message): a region's state, or
+ * MB_E_NOTFOUND. */
+int mb__region_manager_state(mb_actor *rm, uint32_t id);
+
 /* Create the region manager on `loop` (its thread). NULL on failure. */
 mb_actor *mb_region_manager_create(mb_loop *loop, const mb_rm_config *cfg);
 

@@ -11,6 +11,7 @@
  * it; the operations themselves touch nothing else.
  */
 
+#include "affinity.h"
 #include "areas.h"
 #include "harness.h"
 
@@ -232,10 +233,12 @@ static void map_unmap_kvm_teardown(void *state) { (void)state; }
 /* The faulting thread (the harness's) reads a PROT_NONE page. Its SIGSEGV handler posts a
  * request in `state`, wakes the mapper thread with FUTEX_WAKE and sleeps in FUTEX_WAIT until
  * the mapper has mmapped a memfd page there and answered; the read is then retried. The
- * handler is installed only while run() runs, so other benchmarks' handlers are untouched. */
+ * handler is installed only while run() runs, so other benchmarks' handlers are untouched.
+ * The two threads are pinned to two different CPUs (affinity.h), as fault.lazy's are. */
 enum { FR_IDLE, FR_REQUEST, FR_DONE, FR_FAILED, FR_STOP };
 
 typedef struct fault_remote {
+  mb_bench_pin pin;  /* the faulting (harness) thread here, the mapper thread there */
   char *reservation; /* 3 pages; the middle one faults */
   char *page;
   size_t pagesz;
@@ -259,6 +262,7 @@ static void futex_wake(_Atomic uint32_t *word) {
 
 static void *fr_mapper_main(void *arg) {
   fault_remote *fr = arg;
+  mb_bench_pin_serving_self(&fr->pin);
   for (;;) {
     uint32_t s;
     while ((s = atomic_load_explicit(&fr->state, memory_order_acquire)) != FR_REQUEST &&
@@ -300,16 +304,23 @@ static int fault_remote_setup(mb_bench *b, void **state) {
   if (fr == NULL)
     return -ENOMEM;
   fr->pagesz = (size_t)sysconf(_SC_PAGESIZE);
+  int err = mb_bench_pin_begin(&fr->pin);
+  if (err != 0) {
+    free(fr);
+    return mb_bench_fail(b, "sched_setaffinity: %s", strerror(-err));
+  }
   fr->fd = make_memfd("mb-bench-fault", fr->pagesz, true); /* the page exists: a minor fault */
   if (fr->fd < 0) {
-    int err = fr->fd;
+    err = fr->fd;
+    mb_bench_pin_end(&fr->pin);
     free(fr);
     return mb_bench_fail(b, "memfd: %s", strerror(-err));
   }
   fr->reservation = reserve(NULL, 3 * fr->pagesz);
   if (fr->reservation == MAP_FAILED) {
-    int err = errno;
+    err = errno;
     close(fr->fd);
+    mb_bench_pin_end(&fr->pin);
     free(fr);
     return mb_bench_fail(b, "reserve: %s", strerror(err));
   }
@@ -319,6 +330,7 @@ static int fault_remote_setup(mb_bench *b, void **state) {
   if (rc != 0) {
     munmap(fr->reservation, 3 * fr->pagesz);
     close(fr->fd);
+    mb_bench_pin_end(&fr->pin);
     free(fr);
     return mb_bench_fail(b, "pthread_create: %s", strerror(rc));
   }
@@ -363,6 +375,7 @@ static void fault_remote_teardown(void *state) {
   pthread_join(fr->mapper, NULL);
   munmap(fr->reservation, 3 * fr->pagesz);
   close(fr->fd);
+  mb_bench_pin_end(&fr->pin);
   free(fr);
 }
 

@@ -9,6 +9,8 @@
  *           leaves the replier; deliver: a handler or reply callback is about to run)
  *   loop    name of the loop whose thread records the event ("-" for other threads)
  *   from,to actor addresses "LOOP/SLOT.GEN"; "-" for a thread that is not an actor
+ *   from_name, to_name  the actors' names where the recording thread can know them (actors of
+ *           its own loop), else ""
  *   kind    message kind name from the protocol; corr the correlation id (0 = one-way)
  *   status  the reply status (0 unless ev is reply, or deliver of a reply)
  *   fields  the protocol's text formatting of the payload, "name=value ..."
@@ -55,6 +57,13 @@ static void addr_text(char *buf, size_t len, mb_addr a) {
   else snprintf(buf, len, "%s/%" PRIu32 ".%" PRIu32, mb_loop_name(a.loop), a.slot, a.gen);
 }
 
+/* The name of an actor of the calling thread's loop; "" for any other. */
+static const char *actor_name(mb_addr a) {
+  mb_loop *l = mb__tls_loop;
+  mb_actor *actor = (l && a.loop == l) ? mb__actor_lookup(l, a) : NULL;
+  return actor ? mb_actor_name(actor) : "";
+}
+
 /* Writes s as the body of a JSON string. */
 static void put_json(FILE *f, const char *s) {
   for (; *s; s++) {
@@ -80,6 +89,10 @@ void mb__trace_event(const char *ev, const mb_msg *m) {
             atomic_fetch_add(&trace_seq, 1), (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec,
             ev, l ? l->name : "-", from, to);
     put_json(trace_file, mb_msg_kind_name(m));
+    fputs("\",\"from_name\":\"", trace_file);
+    put_json(trace_file, actor_name(m->from));
+    fputs("\",\"to_name\":\"", trace_file);
+    put_json(trace_file, actor_name(m->to));
     fprintf(trace_file, "\",\"corr\":%" PRIu64 ",\"status\":%" PRId32 ",\"fields\":\"", m->corr,
             m->status);
     put_json(trace_file, fields[0] == ' ' ? fields + 1 : fields);

@@ -1,0 +1,307 @@
+/* record.c: writes what a manager's users do as a scenario (spec/scenario.md, "Recording"):
+ * each region, mapping, mapper and partition operation with the result it got, then at the
+ * manager's destruction `expect region` and `expect partition` lines for what is left. The
+ * recording replays with membacking-replay.
+ *
+ * Names: a region keeps its user's name when that is a valid scenario NAME not used by another
+ * live region, else it becomes region<ID>; objects, mappers and partitions get o<N>, m<N>, p<N>.
+ * Backing objects are recorded as `object memfd` of their size (their contents are not).
+ * An operation the format cannot express (unaligned arguments, which a scenario rejects, or a
+ * result outside the scenario's error codes) is written as a comment. */
+#include <inttypes.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "api_internal.h"
+#include "record.h"
+
+typedef struct rec_key {
+  const void *key;     /* an mb_object *, mb_mapper * or mb_partition * */
+  mb_object *obj_ref;  /* objects stay alive while recorded: their address is their name */
+  char name[16];
+  bool live;
+} rec_key;
+
+typedef struct rec_region {
+  char name[64];
+  bool live;
+} rec_region;
+
+struct mb__rec {
+  FILE *f;
+  pthread_mutex_t lock;
+  rec_region *regions; /* indexed by region id */
+  size_t nregions;
+  rec_key *keys;
+  size_t nkeys, cap;
+  unsigned objects, mappers, partitions;
+};
+
+static const char *const state_names[] = {"unmapped", "hidden", "active", "partial"};
+
+/* ---- names ---------------------------------------------------------------------------------- */
+
+static bool valid_name(const char *s) {
+  size_t n = strlen(s);
+  if (n == 0 || n > 63 || !((s[0] >= 'A' && s[0] <= 'Z') || (s[0] >= 'a' && s[0] <= 'z') || s[0] == '_'))
+    return false;
+  for (size_t i = 1; i < n; i++)
+    if (!strchr("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-", s[i])) return false;
+  return true;
+}
+
+static bool name_live(const mb__rec *r, const char *name) {
+  for (size_t i = 0; i < r->nregions; i++)
+    if (r->regions[i].live && !strcmp(r->regions[i].name, name)) return true;
+  return false;
+}
+
+static const char *region_name(mb__rec *r, uint32_t id, char *buf, size_t len) {
+  if (id < r->nregions && r->regions[id].live) return r->regions[id].name;
+  snprintf(buf, len, "region%" PRIu32, id); /* unknown: replays as error:notfound */
+  return buf;
+}
+
+static bool region_register(mb__rec *r, uint32_t id, const char *want) {
+  if (id >= r->nregions) {
+    size_t n = id + 1 > 2 * r->nregions ? id + 1 : 2 * r->nregions;
+    rec_region *p = realloc(r->regions, n * sizeof *p);
+    if (!p) return false;
+    memset(p + r->nregions, 0, (n - r->nregions) * sizeof *p);
+    r->regions = p;
+    r->nregions = n;
+  }
+  rec_region *g = &r->regions[id];
+  if (valid_name(want) && !name_live(r, want)) snprintf(g->name, sizeof g->name, "%s", want);
+  else snprintf(g->name, sizeof g->name, "region%" PRIu32, id);
+  g->live = true;
+  return true;
+}
+
+static rec_key *key_find(mb__rec *r, const void *key) {
+  for (size_t i = 0; i < r->nkeys; i++)
+    if (r->keys[i].key == key && r->keys[i].live) return &r->keys[i];
+  return NULL;
+}
+
+static rec_key *key_add(mb__rec *r, const void *key, char prefix, unsigned n) {
+  if (r->nkeys == r->cap) {
+    size_t cap = r->cap ? r->cap * 2 : 16;
+    rec_key *p = realloc(r->keys, cap * sizeof *p);
+    if (!p) return NULL;
+    r->keys = p;
+    r->cap = cap;
+  }
+  rec_key *k = &r->keys[r->nkeys++];
+  *k = (rec_key){key, NULL, "", true};
+  snprintf(k->name, sizeof k->name, "%c%u", prefix, n);
+  return k;
+}
+
+/* ---- lines ---------------------------------------------------------------------------------- */
+
+/* Ends a command line with its result; false (nothing written) when the format cannot say it. */
+static void put_result(mb__rec *r, int status) {
+  const char *tok = mb_error_token(status);
+  if (status == 0) fputs(" => ok\n", r->f);
+  else if (tok) fprintf(r->f, " => error:%s\n", tok);
+  else fprintf(r->f, " # not replayable: %s\n", membacking_strerror(status));
+}
+
+static bool aligned(uint64_t a, uint64_t b, uint64_t c) {
+  return mb_page_aligned(a) && mb_page_aligned(b) && mb_page_aligned(c);
+}
+
+static const char *object_name(mb__rec *r, mb_object *obj) {
+  rec_key *k = key_find(r, obj);
+  if (k) return k->name;
+  if (!(k = key_add(r, obj, 'o', ++r->objects))) return "o0";
+  k->obj_ref = mb_object_ref(obj);
+  fprintf(r->f, "object memfd %s 0x%" PRIx64 "\n", k->name, mb_object_size(obj));
+  return k->name;
+}
+
+static void rec_region_add(mb__rec *r, rm_region_add_msg *m, int status) {
+  char buf[64];
+  if (!aligned(m->gpa, m->size, 0)) fputs("# ", r->f);
+  const char *name = buf;
+  if (status == 0 && region_register(r, m->id, m->name)) name = r->regions[m->id].name;
+  else snprintf(buf, sizeof buf, "%s", valid_name(m->name) && !name_live(r, m->name) ? m->name : "region_failed");
+  fprintf(r->f, "region add %s 0x%" PRIx64 " 0x%" PRIx64 " prio=%u type=%s", name, m->gpa, m->size,
+          m->prio, m->device ? "device" : "ram");
+  put_result(r, status);
+}
+
+static void rec_mapping(mb__rec *r, const char *verb, rm_mapping_add_msg *m, int status) {
+  char buf[32];
+  if (!aligned(m->offset, m->size, m->obj_off)) fputs("# ", r->f);
+  const char *obj = m->obj ? object_name(r, m->obj) : "none";
+  fprintf(r->f, "mapping %s %s 0x%" PRIx64 " 0x%" PRIx64 " %s 0x%" PRIx64 " %s", verb,
+          region_name(r, m->id, buf, sizeof buf), m->offset, m->size, obj, m->obj_off,
+          m->writable ? "rw" : "ro");
+  put_result(r, status);
+}
+
+static void rec_simple(mb__rec *r, const char *what, uint32_t id, const char *tail, int status) {
+  char buf[32];
+  fprintf(r->f, "region %s %s%s", what, region_name(r, id, buf, sizeof buf), tail);
+  put_result(r, status);
+}
+
+static void rec_locked(mb__rec *r, mb_msg *msg, int status) {
+  char buf[32];
+  switch (msg->kind) {
+  case RM_REGION_ADD: rec_region_add(r, rm_region_add_of(msg), status); break;
+  case RM_REGION_MAP:
+    rec_simple(r, "map", rm_region_map_of(msg)->id, rm_region_map_of(msg)->writable ? " rw" : " ro",
+               status);
+    break;
+  case RM_REGION_UNMAP: rec_simple(r, "unmap", rm_region_unmap_of(msg)->id, "", status); break;
+  case RM_REGION_REMOVE: {
+    uint32_t id = rm_region_remove_of(msg)->id;
+    rec_simple(r, "remove", id, "", status);
+    if (status == 0 && id < r->nregions) r->regions[id].live = false;
+    break;
+  }
+  case RM_MAPPING_ADD: rec_mapping(r, "add", rm_mapping_add_of(msg), status); break;
+  case RM_MAPPING_REPLACE:
+    rec_mapping(r, "replace", (rm_mapping_add_msg *)(void *)rm_mapping_replace_of(msg), status);
+    break;
+  case RM_MAPPING_REMOVE: {
+    rm_mapping_remove_msg *m = rm_mapping_remove_of(msg);
+    if (!aligned(m->offset, m->size, 0)) fputs("# ", r->f);
+    fprintf(r->f, "mapping remove %s 0x%" PRIx64 " 0x%" PRIx64,
+            region_name(r, m->id, buf, sizeof buf), m->offset, m->size);
+    put_result(r, status);
+    break;
+  }
+  default: break; /* queries and partitions are recorded elsewhere or not at all */
+  }
+}
+
+void mb__rec_request(mb__rec *r, mb_msg *msg, int status) {
+  if (!r || msg->proto != &rm_protocol) return;
+  pthread_mutex_lock(&r->lock);
+  rec_locked(r, msg, status);
+  fflush(r->f);
+  pthread_mutex_unlock(&r->lock);
+}
+
+/* mapper/partition add or remove: kind is "mapper" or "partition". */
+static void rec_consumer(mb__rec *r, const char *kind, bool add, const void *key,
+                         const char *how, int status) {
+  bool mapper = kind[0] == 'm';
+  pthread_mutex_lock(&r->lock);
+  if (add) {
+    rec_key *k = status ? NULL : key_add(r, key, mapper ? 'm' : 'p',
+                                         mapper ? ++r->mappers : ++r->partitions);
+    fprintf(r->f, "%s add %s %s", kind, k ? k->name : mapper ? "m_failed" : "p_failed", how);
+    put_result(r, status);
+  } else {
+    rec_key *k = key_find(r, key);
+    if (k) {
+      fprintf(r->f, "%s remove %s", kind, k->name);
+      put_result(r, status);
+      k->live = status != 0;
+    }
+  }
+  fflush(r->f);
+  pthread_mutex_unlock(&r->lock);
+}
+
+void mb__rec_mapper(mb__rec *r, bool add, const mb_mapper *m, bool eager, int status) {
+  if (r) rec_consumer(r, "mapper", add, m, eager ? "eager" : "lazy", status);
+}
+
+void mb__rec_partition(mb__rec *r, bool add, const mb_partition *p, const char *backend,
+                       int status) {
+  if (r) rec_consumer(r, "partition", add, p, backend, status);
+}
+
+/* ---- opening and closing -------------------------------------------------------------------- */
+
+mb__rec *mb__rec_open(const char *path, const mb_mm *mm, int overlap, int *err) {
+  mb__rec *r = calloc(1, sizeof *r);
+  if (r && !(r->f = fopen(path, "w"))) {
+    free(r);
+    r = NULL;
+  }
+  if (!r) {
+    *err = MB_E_INVALID;
+    return NULL;
+  }
+  pthread_mutex_init(&r->lock, NULL);
+  fprintf(r->f, "# recorded by membacking\nconfig max_addr=0x%" PRIx64 "\nconfig overlap=%s\n",
+          mb_mm_max_addr(mm), overlap == MB_OVERLAP_ANY ? "any" : "nested");
+  fflush(r->f);
+  return r;
+}
+
+bool mb__rec_env_path(char *buf, size_t len) {
+  static _Atomic unsigned managers;
+  const char *p = getenv("MEMBACKING_RECORD");
+  if (!p || !*p) return false;
+  unsigned n = atomic_fetch_add(&managers, 1);
+  if (n) snprintf(buf, len, "%s.%u", p, n);
+  else snprintf(buf, len, "%s", p);
+  return true;
+}
+
+typedef struct close_ctx {
+  mb__rec *r;
+  mb_mm *mm;
+  mb_partition *p;
+  const char *name;
+} close_ctx;
+
+static void expect_regions(mb_loop *loop, void *arg) {
+  (void)loop;
+  close_ctx *c = arg;
+  pthread_mutex_lock(&c->r->lock);
+  for (size_t id = 0; id < c->r->nregions; id++) {
+    if (!c->r->regions[id].live) continue;
+    int st = mb__region_manager_state(c->mm->rm, (uint32_t)id);
+    if (st >= 0 && st < 4)
+      fprintf(c->r->f, "expect region %s %s\n", c->r->regions[id].name, state_names[st]);
+  }
+  pthread_mutex_unlock(&c->r->lock);
+}
+
+static void expect_partition(mb_loop *loop, void *arg) {
+  (void)loop;
+  close_ctx *c = arg;
+  mb_part_range *ranges = NULL;
+  uint32_t n = 0;
+  if (mb__partition_mapper_ranges(c->p->actor, &ranges, &n)) return;
+  pthread_mutex_lock(&c->r->lock);
+  fprintf(c->r->f, "expect partition %s", c->name);
+  if (!n) fputs(" none", c->r->f);
+  for (uint32_t i = 0; i < n; i++)
+    fprintf(c->r->f, " 0x%" PRIx64 "+0x%" PRIx64 ":%s", ranges[i].gpa, ranges[i].size,
+            ranges[i].writable ? "rw" : "ro");
+  fputc('\n', c->r->f);
+  pthread_mutex_unlock(&c->r->lock);
+  free(ranges);
+}
+
+void mb__rec_close(mb__rec *r, mb_mm *mm) {
+  if (!r) return;
+  close_ctx c = {r, mm, NULL, NULL};
+  mb_loop_exec(mm->loop, expect_regions, &c);
+  for (mb_partition *p = mm->partitions; p; p = p->next) {
+    rec_key *k = key_find(r, p);
+    if (!k) continue;
+    c.p = p;
+    c.name = k->name;
+    mb_loop_exec(p->loop, expect_partition, &c);
+  }
+  fclose(r->f);
+  for (size_t i = 0; i < r->nkeys; i++)
+    if (r->keys[i].obj_ref) mb_object_unref(r->keys[i].obj_ref);
+  pthread_mutex_destroy(&r->lock);
+  free(r->keys);
+  free(r->regions);
+  free(r);
+}

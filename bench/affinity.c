@@ -1,0 +1,43 @@
+/* affinity.c: see affinity.h. */
+#include "affinity.h"
+
+#include <errno.h>
+
+static int pin_self(int cpu) {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  CPU_SET(cpu, &set);
+  return -pthread_setaffinity_np(pthread_self(), sizeof set, &set);
+}
+
+int mb_bench_pin_begin(mb_bench_pin *p) {
+  p->active = false;
+  p->here = p->there = -1;
+  int rc = pthread_getaffinity_np(pthread_self(), sizeof p->saved, &p->saved);
+  if (rc != 0)
+    return -rc;
+  for (int cpu = 0; cpu < CPU_SETSIZE && p->there < 0; cpu++) {
+    if (!CPU_ISSET(cpu, &p->saved))
+      continue;
+    if (p->here < 0)
+      p->here = cpu;
+    else
+      p->there = cpu;
+  }
+  if (p->there < 0)
+    return 0;
+  if ((rc = pin_self(p->here)) != 0)
+    return rc;
+  p->active = true;
+  return 0;
+}
+
+int mb_bench_pin_serving_self(const mb_bench_pin *p) {
+  return p->active ? pin_self(p->there) : 0;
+}
+
+void mb_bench_pin_end(mb_bench_pin *p) {
+  if (p->active)
+    pthread_setaffinity_np(pthread_self(), sizeof p->saved, &p->saved);
+  p->active = false;
+}
