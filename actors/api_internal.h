@@ -21,6 +21,7 @@ struct mb_mapper {
 
 struct mb_partition {
   mb_mm *mm;
+  const mb_partition_ops *ops;
   mb_actor *actor;
   mb_loop *loop;
   mb_partition *prev, *next;
@@ -38,6 +39,8 @@ struct mb_mm {
   mb_partition *partitions;
   int overlap;
   mb__rec *rec;           /* NULL unless recording */
+  void *insp_signal;      /* the dump-on-signal handle, on `loop` */
+  int signum;
 };
 
 /* Reads the operation's value out of its reply (a region id, a state, ...). */
@@ -54,6 +57,9 @@ int mb__api_call(mb__rec *rec, mb_addr to, mb_msg *msg, mb__value_fn value_fn, u
 /* Destroy a mapper or partition on its loop and unlink it from its manager (blocking). */
 void mb__mapper_destroy(mb_mapper *m);
 void mb__partition_destroy(mb_partition *p);
+
+/* Close the dump-on-signal handle, if any (inspect.c). */
+void mb__inspect_stop(mb_mm *mm);
 
 /* Turn a ranges reply (a malloc'd mb_part_range array) into an mb_range_list. */
 mb_range_list *mb__range_list(mb_part_range *ranges, uint32_t count);

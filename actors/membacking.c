@@ -63,6 +63,9 @@ static void mm_build_managers(mb_loop *loop, void *arg) {
   mb_rm_config rc = {b->mm->max_addr, b->cfg->overlap, mb_actor_addr(b->mm->mm)};
   b->mm->rm = b->mm->mm ? mb_region_manager_create(loop, &rc) : NULL;
   b->rc = b->mm->rm ? 0 : MB_ENOMEM;
+  if (b->rc) return;
+  mb_actor_time_requests(b->mm->rm, true); /* stage latency, for introspection */
+  mb_actor_time_requests(b->mm->mm, true);
 }
 
 static void ignore_reply(mb_actor *self, mb_msg *reply, void *ctx) {
@@ -75,6 +78,7 @@ static void mm_build_part_vam(mb_loop *loop, void *arg) {
   mm_build *b = arg;
   b->rc = mb_vam_create(loop, mb_actor_addr(b->mm->mm), b->mm->max_addr, true, &b->mm->part_vam);
   if (b->rc) return;
+  mb_actor_time_requests(mb_actor_at(loop, mb_vam_addr(b->mm->part_vam)), true);
   mm_add_mapper_msg *m = mm_add_mapper_new();
   m->mapper = mb_vam_addr(b->mm->part_vam);
   m->eager = true;
@@ -136,6 +140,7 @@ static void destroy_managers(mb_loop *loop, void *arg) {
 
 void mb_mm_destroy(mb_mm *mm) {
   if (!mm) return;
+  /* mb__inspect_stop(mm); (inspect.c lands with the VA mapper part) */
   mb__rec_close(mm->rec, mm);
   while (mm->partitions) mb__partition_destroy(mm->partitions);
   while (mm->mappers) mb__mapper_destroy(mm->mappers);

@@ -220,6 +220,20 @@ int mb_partition_access_sync(mb_partition *p, uint64_t gpa, void *buf, size_t le
 void mb_partition_ranges(mb_partition *p, mb_done_fn done, void *ctx);
 int mb_partition_ranges_sync(mb_partition *p, mb_range_list **out);
 
+/* ---- introspection ------------------------------------------------------------------------- */
+
+/* The manager's whole state as one JSON object (malloc'd; free() it): "regions" (state,
+ * priority, access, mappings), "visible" (the visible map: pieces and the mappings they
+ * show), "pending" (the operation in flight), "stages" (request latency of the region and
+ * mapping managers, per message kind: count, p50, p99, max), "mappers" (each VA mapper's
+ * established ranges, fault counters, held locks and latency), "partitions" (each one's slots
+ * and latency). It is read on each actor's loop in turn (mb_loop_exec), so a call from a loop
+ * thread briefly waits for the other loops. The async form's value is the char *. */
+void mb_mm_inspect(mb_mm *mm, mb_done_fn done, void *ctx);
+int mb_mm_inspect_sync(mb_mm *mm, char **json);
+/* Dump it to `path` (NULL: stderr) whenever the process gets `signum` (e.g. SIGUSR1). */
+int mb_mm_inspect_on_signal(mb_mm *mm, int signum, const char *path);
+
 /* ---- errors -------------------------------------------------------------------------------- */
 
 const char *membacking_strerror(int err);

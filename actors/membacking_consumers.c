@@ -41,10 +41,11 @@ static void mapper_forget(mb_mapper *m) {
   free(m);
 }
 
-static mb_partition *partition_new(mb_mm *mm, mb_actor *actor, mb_loop *loop) {
+static mb_partition *partition_new(mb_mm *mm, const mb_partition_ops *ops, mb_actor *actor,
+                                   mb_loop *loop) {
   mb_partition *p = calloc(1, sizeof *p);
   if (!p) return NULL;
-  *p = (mb_partition){mm, actor, loop, NULL, NULL};
+  *p = (mb_partition){mm, ops, actor, loop, NULL, NULL};
   pthread_mutex_lock(&mm->lock);
   LINK(mm->partitions, p);
   pthread_mutex_unlock(&mm->lock);
@@ -141,6 +142,7 @@ static void mapper_registered(mb_actor *self, mb_msg *reply, void *ctx) {
 static void mapper_add_step(mb_loop *loop, void *arg) {
   step_op *op = arg;
   int rc = mb_vam_create(loop, mb_actor_addr(op->mm->mm), op->mm->max_addr, op->eager, &op->vam);
+  if (!rc) mb_actor_time_requests(mb_actor_at(loop, mb_vam_addr(op->vam)), true);
   mb_msg *msg = rc ? NULL : add_mapper_msg(op->vam);
   if (!msg) {
     if (!rc) mb_vam_destroy(op->vam);
@@ -166,6 +168,7 @@ typedef struct vam_make {
 static void vam_make_fn(mb_loop *loop, void *arg) {
   vam_make *v = arg;
   v->rc = mb_vam_create(loop, mb_actor_addr(v->mm->mm), v->mm->max_addr, v->eager, &v->vam);
+  if (!v->rc) mb_actor_time_requests(mb_actor_at(loop, mb_vam_addr(v->vam)), true);
 }
 
 static void vam_destroy_fn(mb_loop *loop, void *arg) {
@@ -301,7 +304,7 @@ static mb_msg *partition_msg(bool add, mb_actor *actor) {
 static void partition_registered(mb_actor *self, mb_msg *reply, void *ctx) {
   (void)self;
   step_op *op = ctx;
-  mb_partition *p = reply->status ? NULL : partition_new(op->mm, op->actor, op->target);
+  mb_partition *p = reply->status ? NULL : partition_new(op->mm, op->ops, op->actor, op->target);
   if (!p) mb_actor_destroy(op->actor);
   int rc = reply->status ? reply->status : p ? 0 : MB_ENOMEM;
   mb__rec_partition(op->mm->rec, true, p, op->ops->name, rc);
@@ -312,6 +315,7 @@ static void partition_add_step(mb_loop *loop, void *arg) {
   step_op *op = arg;
   int rc = mb_partition_mapper_create(loop, op->ops, op->mm->max_addr, mb_vam_base(op->mm->part_vam),
                                       &op->actor);
+  if (!rc) mb_actor_time_requests(op->actor, true);
   mb_msg *msg = rc ? NULL : partition_msg(true, op->actor);
   if (!msg) {
     if (!rc) mb_actor_destroy(op->actor);
@@ -339,6 +343,7 @@ static void part_make_fn(mb_loop *loop, void *arg) {
   part_make *p = arg;
   p->rc = mb_partition_mapper_create(loop, p->ops, p->mm->max_addr, mb_vam_base(p->mm->part_vam),
                                      &p->actor);
+  if (!p->rc) mb_actor_time_requests(p->actor, true);
 }
 
 static void actor_destroy_fn(mb_loop *loop, void *arg) {
@@ -353,7 +358,7 @@ int mb_partition_add_sync(mb_mm *mm, const mb_partition_ops *ops, mb_loop *loop,
   int rc = mb_loop_exec(loop, part_make_fn, &pm);
   if (rc || (rc = pm.rc)) return rc;
   rc = mb__api_call(NULL, mb_actor_addr(mm->rm), partition_msg(true, pm.actor), NULL, NULL);
-  mb_partition *p = rc ? NULL : partition_new(mm, pm.actor, loop);
+  mb_partition *p = rc ? NULL : partition_new(mm, ops, pm.actor, loop);
   if (!p) {
     mb_loop_exec(loop, actor_destroy_fn, pm.actor);
     rc = rc ? rc : MB_ENOMEM;

@@ -37,6 +37,10 @@
 #include "mapping_manager.h"
 #include "mb_errors.h"
 #include "partition_mapper.h"
+#include <inttypes.h>
+#include <stdio.h>
+
+#include "json_out.h"
 #include "range_tree.h"
 #include "region_visibility.h"
 
@@ -785,6 +789,75 @@ static void rm_destroy(mb_actor *self) {
 
 static const mb_actor_type rm_type = {"region_manager", rm_handle, rm_destroy,
                                       MB_ACTOR_SERIALIZED};
+
+/* ---- introspection (direct reads on the region manager's thread) ---------------------------- */
+
+static const char *const state_names[] = {"unmapped", "hidden", "active", "partial"};
+
+static void inspect_mappings(FILE *f, const rm_region *r, uint64_t start, uint64_t end,
+                             bool absolute) {
+  bool first = true;
+  fputc('[', f);
+  for (mb_rtree_node *n = mb_rtree_first_overlap(&r->mappings, start, end); n;
+       n = mb_rtree_next_overlap(n, start, end)) {
+    rm_mapping *m = mapping_of(n);
+    uint64_t a = max64(n->start, start), b = min64(n->end, end);
+    mb__json_sep(f, &first);
+    fprintf(f, "{\"%s\":%" PRIu64 ",\"size\":%" PRIu64 ",\"object\":\"%p\",\"object_offset\":%" PRIu64
+               ",\"access\":\"%s\"}",
+            absolute ? "gpa" : "offset", absolute ? a : a - r_start(r), b - a, (void *)m->obj,
+            m->obj_off + (a - n->start), m->writable && (!absolute || r->writable) ? "rw" : "ro");
+  }
+  fputc(']', f);
+}
+
+static void inspect_region(FILE *f, const rm_region *r) {
+  fprintf(f, "{\"id\":%" PRIu32 ",\"name\":", r->id);
+  mb__json_str(f, r->name);
+  fprintf(f, ",\"gpa\":%" PRIu64 ",\"size\":%" PRIu64 ",\"priority\":%u,\"type\":\"%s\","
+             "\"state\":\"%s\",\"access\":\"%s\",\"mappings\":",
+          r_start(r), r_end(r) - r_start(r), r->vis.prio, r->device ? "device" : "ram",
+          state_names[mb__vis_state(&r->vis) & 3], !r->vis.mapped ? "-" : r->writable ? "rw" : "ro");
+  inspect_mappings(f, r, r_start(r), r_end(r), false);
+  fputc('}', f);
+}
+
+/* The visible map: each piece with its region and the mappings it shows. */
+static void inspect_visible(FILE *f, rm_state *st) {
+  bool first = true;
+  fputc('[', f);
+  for (mb__vis_piece *p = mb__vis_first_piece(&st->vis, 0, UINT64_MAX); p;
+       p = mb__vis_next_piece(p, 0, UINT64_MAX)) {
+    rm_region *r = region_of_vis(p->region);
+    mb__json_sep(f, &first);
+    fprintf(f, "{\"gpa\":%" PRIu64 ",\"size\":%" PRIu64 ",\"region\":%" PRIu32 ",\"access\":\"%s\","
+               "\"mappings\":",
+            p->node.start, p->node.end - p->node.start, r->id, r->writable ? "rw" : "ro");
+    inspect_mappings(f, r, p->node.start, p->node.end, true);
+    fputc('}', f);
+  }
+  fputc(']', f);
+}
+
+void mb__region_manager_inspect(mb_actor *rm, FILE *f) {
+  rm_state *st = mb_actor_state(rm);
+  bool first = true;
+  fputs("\"regions\":[", f);
+  for (mb_rtree_node *n = mb_rtree_first(&st->ids); n; n = mb_rtree_next(n)) {
+    mb__json_sep(f, &first);
+    inspect_region(f, mb_rtree_entry(n, rm_region, by_id));
+  }
+  fputs("],\"visible\":", f);
+  inspect_visible(f, st);
+  fprintf(f, ",\"pending\":");
+  if (st->op) {
+    fprintf(f, "{\"operation\":\"%s\",\"region\":%" PRIu32 ",\"step\":%zu,\"undoing\":%s}",
+            rm_protocol.kind_names[st->op->kind], st->op->region ? st->op->region->id : 0,
+            st->op->step, st->op->undoing ? "true" : "false");
+  } else {
+    fputs("null", f);
+  }
+}
 
 /* A direct read for the manager's own files, on the region manager's thread. */
 int mb__region_manager_state(mb_actor *rm, uint32_t id) {

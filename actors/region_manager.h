@@ -31,6 +31,8 @@
 #ifndef MB_REGION_MANAGER_H
 #define MB_REGION_MANAGER_H
 
+#include <stdio.h>
+
 #include "backing.h"
 #include "mb_protocol.h"
 
@@ -71,6 +73,8 @@ typedef struct mb_rm_config {
 /* On the region manager's thread only (a direct call, not a message): a region's state, or
  * MB_E_NOTFOUND. */
 int mb__region_manager_state(mb_actor *rm, uint32_t id);
+/* Same thread rule: writes `"regions":[...],"visible":[...],"pending":...` (JSON members). */
+void mb__region_manager_inspect(mb_actor *rm, FILE *f);
 
 /* Create the region manager on `loop` (its thread). NULL on failure. */
 mb_actor *mb_region_manager_create(mb_loop *loop, const mb_rm_config *cfg);

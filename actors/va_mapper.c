@@ -18,8 +18,10 @@
  * critical section as the check, so the unlock that frees it sees it queued and sends the
  * kick) and is kept unanswered. While `jobs` is not empty, every VAM_MAP and VAM_UNMAP joins
  * it behind, and so does a forwarded MM_RESOLVE that overlaps a queued request's range: the
- * actor's order of operations stays the arrival order, and it never blocks. A queued
- * teardown `drains` its range: new locks there fail as unmapped, so lockers cannot starve it.
+ * actor's order of operations stays the arrival order (for every range: a resolve clear of
+ * everything before it commutes with it, and runs or is retried on its own), and the actor
+ * never blocks. A queued teardown `drains` its range: new locks there fail as unmapped, so
+ * lockers cannot starve it.
  *
  * The kick and watch messages are allocated once per mapper: each is either home (in `kick`,
  * `watch`) or on its way, so an unlock never allocates and a wake-up is never lost (the actor
@@ -68,7 +70,7 @@ typedef struct vam_job {
   mb_msg *msg;
   uint64_t a, b;     /* the guest span it acts on (may be empty) */
   bool drains;       /* it tears down (or replaces) [a, b): new locks there fail */
-  bool queued;       /* it is jobs[0], being retried (transient, not stored) */
+  size_t at;         /* being retried: its index in jobs; else NOT_QUEUED (not stored) */
   int failed;        /* VAM_MAP: the error it answers once its undo is done (0: mapping) */
   uint32_t upto;     /* VAM_MAP: the failing entry; undo covers entries [0, upto] */
 } vam_job;
@@ -105,6 +107,7 @@ struct mb_vam {
 
 /* A job_run result: the request is parked (in jobs), not answered. */
 enum { VAM_PARKED = 1 };
+#define NOT_QUEUED SIZE_MAX
 
 static vam_range *range_of(mb_rtree_node *n) {
   return mb_rtree_entry(n, vam_range, node);
@@ -119,7 +122,7 @@ static int map_error(int rc) {
   return rc == -EINVAL ? MB_E_INVALID : rc;
 }
 
-/* ---- jobs: requests kept behind locks (the actor's thread; `lock` held) ----------------------- */
+/* ---- jobs: requests kept behind locks (the actor's thread; `lock` held) ---------------------- */
 
 static bool overlaps(uint64_t a, uint64_t b, uint64_t c, uint64_t d) {
   return a < d && c < b;
@@ -140,19 +143,22 @@ static int enqueue(mb_vam *v, const vam_job *job) {
     v->capjobs = cap;
   }
   v->jobs[v->njobs] = *job;
-  v->jobs[v->njobs++].queued = false;
+  v->jobs[v->njobs++].at = NOT_QUEUED;
   return VAM_PARKED;
 }
 
-/* Parks `job` (a lock is in its way): it becomes or stays jobs[0] (the queue was empty, or
- * it is jobs[0] running again), draining its span. */
+/* Parks `job` (a lock is in its way), draining its span: it joins the queue (whose head it
+ * is, unless it is a resolve that passed the queue), or stays where it was when it was
+ * retried from there. */
 static int park(mb_vam *v, vam_job *job) {
   job->drains = true;
-  atomic_fetch_add_explicit(&v->parked, 1, memory_order_relaxed);
-  if (!job->queued)
+  if (job->at == NOT_QUEUED) {
+    atomic_fetch_add_explicit(&v->parked, 1, memory_order_relaxed);
     return enqueue(v, job);
-  v->jobs[0] = *job;
-  v->jobs[0].queued = false;
+  }
+  size_t at = job->at;
+  v->jobs[at] = *job;
+  v->jobs[at].at = NOT_QUEUED;
   return VAM_PARKED;
 }
 
@@ -354,7 +360,7 @@ static int handle_ranges(mb_vam *v, vam_ranges_msg *m) {
 
 /* The job a request that changes the mapper becomes: its span; false for other requests. */
 static bool job_of(mb_vam *v, mb_msg *msg, vam_job *job) {
-  *job = (vam_job){.msg = msg};
+  *job = (vam_job){.msg = msg, .at = NOT_QUEUED};
   vam_unmap_msg *u = vam_unmap_of(msg);
   vam_map_msg *m = vam_map_of(msg);
   mm_resolve_msg *res = mm_resolve_of(msg);
@@ -395,30 +401,38 @@ static int job_run(mb_vam *v, vam_job *job) {
   return handle_unmap(v, vam_unmap_of(msg), job);
 }
 
-/* Must this job wait behind the queue? Everything that changes the mapper does while the
- * queue is not empty, except a resolve clear of every queued range (a lazy fault elsewhere
- * need not wait for a lock it has nothing to do with). */
-static bool must_wait(const mb_vam *v, const vam_job *job) {
-  if (v->njobs == 0)
+/* Must this job wait behind the first `n` queued ones? Everything that changes the mapper
+ * does, except a resolve clear of all their ranges (a lazy fault elsewhere need not wait for
+ * a lock it has nothing to do with). */
+static bool must_wait(const mb_vam *v, const vam_job *job, size_t n) {
+  if (n == 0)
     return false;
   if (mm_resolve_of(job->msg) == NULL || job->a == job->b)
     return true;
-  for (size_t i = 0; i < v->njobs; i++)
+  for (size_t i = 0; i < n; i++)
     if (overlaps(job->a, job->b, v->jobs[i].a, v->jobs[i].b))
       return true;
   return false;
 }
 
-/* Takes up the queue from its head until a job parks again or the queue is empty. */
+/* Takes up the queue: the head until it parks again, and each job that need not wait for
+ * those before it (a resolve clear of them). */
 static void run_jobs(mb_vam *v) {
-  while (v->njobs > 0 && v->actor != NULL) {
-    vam_job job = v->jobs[0];
-    job.queued = true;
+  size_t i = 0;
+  while (i < v->njobs && v->actor != NULL) {
+    vam_job job = v->jobs[i];
+    if (must_wait(v, &job, i)) {
+      i++;
+      continue;
+    }
+    job.at = i;
     int rc = job_run(v, &job);
-    if (rc == VAM_PARKED)
-      return;
+    if (rc == VAM_PARKED) {
+      i++;
+      continue;
+    }
     pthread_mutex_lock(&v->lock);
-    memmove(&v->jobs[0], &v->jobs[1], --v->njobs * sizeof *v->jobs);
+    memmove(&v->jobs[i], &v->jobs[i + 1], (--v->njobs - i) * sizeof *v->jobs);
     pthread_mutex_unlock(&v->lock);
     mb_reply(job.msg, rc);
   }
@@ -461,7 +475,7 @@ static void vam_handle(mb_actor *self, mb_msg *msg) {
     return;
   }
   int rc;
-  if (must_wait(v, &job)) {
+  if (must_wait(v, &job, v->njobs)) {
     pthread_mutex_lock(&v->lock);
     rc = enqueue(v, &job);
     pthread_mutex_unlock(&v->lock);

@@ -19,14 +19,14 @@
  *   VAM_KICK   {gpa, size}       a lock on [gpa, gpa + size) was released: retry what is parked.
  *   VAM_WATCH  {}                the first lock of a while was taken: start the watchdog.
  *
- * Locks (see "Locks" below). A lock pins established pages: while it is held, nothing that
+ * Locks (see "locks" below). A lock pins established pages: while it is held, nothing that
  * would tear them down takes effect. A VAM_UNMAP that overlaps a held lock (or a VAM_MAP or
  * MM_RESOLVE that would replace locked pages with another backing) is parked: kept
  * unanswered until the locks on its range are released, while the actor goes on serving
  * VAM_RANGES and forwarded MM_RESOLVEs for other ranges. Every later VAM_MAP and VAM_UNMAP,
  * and every MM_RESOLVE overlapping a parked or queued range, waits behind it in arrival
- * order, so the mapper's order of operations is kept. No loop ever blocks: the last unlock
- * sends VAM_KICK and the actor takes up its queue again.
+ * order, so the mapper's order of operations is kept. No loop ever blocks: an unlock while
+ * something is parked sends VAM_KICK, and the actor takes up its queue again.
  */
 #ifndef MB_VA_MAPPER_H
 #define MB_VA_MAPPER_H

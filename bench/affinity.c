@@ -12,28 +12,26 @@ static int pin_self(int cpu) {
 
 int mb_bench_pin_begin(mb_bench_pin *p) {
   p->active = false;
-  p->here = p->there = -1;
+  p->cpu = -1;
   int rc = pthread_getaffinity_np(pthread_self(), sizeof p->saved, &p->saved);
   if (rc != 0)
     return -rc;
-  for (int cpu = 0; cpu < CPU_SETSIZE && p->there < 0; cpu++) {
-    if (!CPU_ISSET(cpu, &p->saved))
-      continue;
-    if (p->here < 0)
-      p->here = cpu;
-    else
-      p->there = cpu;
-  }
-  if (p->there < 0)
+  cpu_set_t all; /* the process's (its main thread's) mask, whatever the caller has now */
+  if (sched_getaffinity(0, sizeof all, &all) != 0)
+    return -errno;
+  for (int cpu = 0; cpu < CPU_SETSIZE && p->cpu < 0; cpu++)
+    if (CPU_ISSET(cpu, &all))
+      p->cpu = cpu;
+  if (p->cpu < 0)
     return 0;
-  if ((rc = pin_self(p->here)) != 0)
+  if ((rc = pin_self(p->cpu)) != 0)
     return rc;
   p->active = true;
   return 0;
 }
 
 int mb_bench_pin_serving_self(const mb_bench_pin *p) {
-  return p->active ? pin_self(p->there) : 0;
+  return p->active ? pin_self(p->cpu) : 0;
 }
 
 void mb_bench_pin_end(mb_bench_pin *p) {

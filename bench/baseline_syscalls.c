@@ -234,11 +234,11 @@ static void map_unmap_kvm_teardown(void *state) { (void)state; }
  * request in `state`, wakes the mapper thread with FUTEX_WAKE and sleeps in FUTEX_WAIT until
  * the mapper has mmapped a memfd page there and answered; the read is then retried. The
  * handler is installed only while run() runs, so other benchmarks' handlers are untouched.
- * The two threads are pinned to two different CPUs (affinity.h), as fault.lazy's are. */
+ * The two threads are pinned to one CPU (affinity.h), as fault.lazy's are. */
 enum { FR_IDLE, FR_REQUEST, FR_DONE, FR_FAILED, FR_STOP };
 
 typedef struct fault_remote {
-  mb_bench_pin pin;  /* the faulting (harness) thread here, the mapper thread there */
+  mb_bench_pin pin;  /* the faulting (harness) thread and the mapper thread on one CPU */
   char *reservation; /* 3 pages; the middle one faults */
   char *page;
   size_t pagesz;

@@ -6,9 +6,10 @@
  * Setup: a manager on a started loop (its own thread), a 2 MiB RAM region holding one 4 KiB
  * mapping of a filled memfd page (so the fault is a minor one, as in the floor), mapped, and
  * a lazy VA mapper on the manager's loop. The harness thread reads through the lazy mapper.
- * The harness thread and the loop thread are pinned to two different CPUs, as the floor's
- * two threads are (affinity.h: otherwise the scheduler decides whether the hand-off is a
- * same-CPU switch or a cross-CPU wake-up, and the two sides may not get the same).
+ * The harness thread and the loop thread are pinned to one CPU, as the floor's two threads
+ * are (affinity.h: otherwise the scheduler decides whether a hand-off is a same-CPU switch or
+ * a cross-CPU wake-up, whose cost in this nested guest varies tenfold, and the two sides do
+ * not get the same).
  *
  * One sample (self-timed):
  *   untimed  mapping remove + mapping add of the page (_sync, from the harness thread): the
@@ -37,12 +38,12 @@
 /* The guest address space: small enough for valgrind to reserve (callgrind profiles). */
 #define MAX_ADDR ((uint64_t)8 << 30)
 
-/* Longer than the runtime's LINGER_NS (20 us), with margin; not much longer, since the cost
- * of waking a vCPU grows again once it has been idle for long (the host stops polling). */
+/* Longer than the runtime's LINGER_NS (20 us: a loop spins that long after a turn that talked
+ * to another thread before it sleeps), with margin. */
 enum { SETTLE_NS = 50000 };
 
 typedef struct fault_lazy {
-  mb_bench_pin pin; /* the harness thread here, the manager's loop there (affinity.h) */
+  mb_bench_pin pin; /* the harness thread and the manager's loop on one CPU (affinity.h) */
   mb_loop *loop;
   mb_mm *mm;
   mb_mapper *lazy;

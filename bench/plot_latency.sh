@@ -88,7 +88,7 @@ panels() {
   xmax=$(awk -v x="$xmax" 'BEGIN { print x * 2 }')
   say "set title '$bench vs its floor, same run: distribution'"
   say "unset logscale"
-  say "set key right center Left reverse"
+  say "set key below Left reverse"
   say "set xlabel 'time per operation (us)'"
   say "set ylabel 'fraction of operations taking at most x'"
   say "set xrange [0:$xmax]"
@@ -97,7 +97,7 @@ panels() {
   say "plot $(printf '%s' "$mline$bline" | sed 's/using 1:COL/using 1:2/g')"
   say "set title '$bench vs its floor, same run: percentiles (the tail)'"
   say "set logscale xy"
-  say "set key top left Left reverse"
+  say "set key inside top left Left reverse"
   say "set xlabel 'percentile'"
   say "set ylabel 'time per operation (us, log scale)'"
   say "set xrange [1:*]"

@@ -52,6 +52,21 @@ struct mb__job {
  * access from a handler could allocate). */
 static _Thread_local struct mb__recover *mb__cur __attribute__((tls_model("initial-exec")));
 
+/* Whether the fault path must put the signal mask back after jumping out of the handler.
+ * Our handler runs with SA_NODEFER and an empty sa_mask, so the kernel blocks nothing and
+ * the interrupted context's mask is still in force after siglongjmp; ThreadSanitizer,
+ * however, runs handlers with every signal blocked. */
+#if defined(__SANITIZE_THREAD__)
+#define MB__RESTORE_MASK true
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define MB__RESTORE_MASK true
+#endif
+#endif
+#ifndef MB__RESTORE_MASK
+#define MB__RESTORE_MASK false
+#endif
+
 /* ---- the handler ----------------------------------------------------------------------- */
 
 void mb__access_on_fault(int sig, siginfo_t *si, void *uc) {
@@ -62,7 +77,7 @@ void mb__access_on_fault(int sig, siginfo_t *si, void *uc) {
       r->addr = a;
       r->signo = sig;
       r->code = si->si_code;
-      r->have_mask = uc != NULL;
+      r->have_mask = uc != NULL && MB__RESTORE_MASK;
       if (uc != NULL)
         r->mask = ((const ucontext_t *)uc)->uc_sigmask;
       siglongjmp(r->jb, 1);
@@ -166,6 +181,9 @@ __attribute__((noinline, cold)) static int locate_fault(struct mb__recover *r,
                                                        const struct mb__job *j, size_t n,
                                                        mb_fault *f) {
   size_t done = 0;
+  /* A copy within one page that faulted: that page is the fault (rights are per page). */
+  if (n <= MB_PAGE_SIZE - (j->guest & MB_PAGE_MASK))
+    goto report;
   for (;;) {
     /* [0, done) is copied; the last attempt faulted at r->addr >= guest + done. */
     uintptr_t page = r->addr & ~(uintptr_t)MB_PAGE_MASK;
@@ -182,6 +200,7 @@ __attribute__((noinline, cold)) static int locate_fault(struct mb__recover *r,
     if (done == n || attempt(r, j, done, n - done) == 0)
       return 0;
   }
+report:
   if (f != NULL) {
     f->addr = (void *)(j->guest + done);
     f->done = done;

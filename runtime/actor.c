@@ -73,6 +73,9 @@ void mb_actor_destroy(mb_actor *a) {
   drain_undeliverable(l, &a->held);
   drain_undeliverable(l, &a->queue);
   if (a->type->destroy) a->type->destroy(a);
+  free(a->lat);
+  a->lat = NULL;
+  a->nlat = 0;
   if (!a->running && !a->ready) free(a); /* else the turn that holds it frees it */
 }
 
@@ -124,6 +127,8 @@ static void handle_one(mb_actor *a, mb_msg *m) {
     mb__dispatch_reply(a, m);
     return;
   }
+  if (a->timing && mb_msg_is_request(m) && (a->timed++ & (MB_LATENCY_SAMPLE - 1)) == 0)
+    m->t_deliver__ = mb__now_ns();
   l->cur = m;
   l->cur_taken = false;
   a->type->handle(a, m);
@@ -132,20 +137,26 @@ static void handle_one(mb_actor *a, mb_msg *m) {
   l->cur_taken = false;
 }
 
-void mb__actor_run(mb_actor *a) {
+uint32_t mb__actor_run(mb_actor *a) {
   if (a->dead) {
     free(a);
-    return;
+    return 0;
   }
   a->running = true;
   mb_msg *m;
-  for (int n = 0; n < MB_BATCH && !a->dead && (m = next_message(a)); n++) handle_one(a, m);
+  uint32_t n = 0;
+  for (; n < MB_BATCH && !a->dead && (m = next_message(a)); n++) handle_one(a, m);
   a->running = false;
   if (a->dead) {
     if (!a->ready) free(a); /* else popping it from the ready list frees it */
   } else if (runnable(a)) {
     mb__loop_make_ready(a->loop, a);
   }
+  return n;
+}
+
+mb_actor *mb_actor_at(mb_loop *l, mb_addr addr) {
+  return l && addr.loop == l && mb_loop_is_current(l) ? mb__actor_lookup(l, addr) : NULL;
 }
 
 mb_addr mb_actor_addr(const mb_actor *a) {

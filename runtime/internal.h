@@ -49,6 +49,10 @@ struct mb_actor {
   bool ready;            /* on the loop's ready list */
   bool running;          /* inside a handler: destruction is deferred */
   bool dead;
+  bool timing;           /* record request latency (mb_actor_time_requests) */
+  uint32_t timed;        /* requests seen while timing: one in MB_LATENCY_SAMPLE is timed */
+  mb_latency *lat;       /* one per (protocol, kind) answered while timing */
+  uint32_t nlat;
   mb_actor *ready_next;
   char name[48];
 };
@@ -115,7 +119,7 @@ void mb__loop_shutdown(mb_loop *loop);            /* on its thread, senders clos
 /* actor.c */
 mb_actor *mb__actor_lookup(mb_loop *loop, mb_addr a);
 void mb__actor_deliver(mb_actor *a, mb_msg *m);  /* append to its queue, schedule it */
-void mb__actor_run(mb_actor *a);                 /* one turn: up to MB_BATCH messages */
+uint32_t mb__actor_run(mb_actor *a); /* one turn: up to MB_BATCH messages; how many */
 void mb__actor_destroy_all(mb_loop *loop);
 void mb__actor_done_busy(mb_actor *a);
 
@@ -133,6 +137,10 @@ static inline void mb__consume(mb_msg *m) {
   mb_loop *l = mb__tls_loop;
   if (l && l->cur == m) l->cur_taken = true;
 }
+
+/* latency.c */
+uint64_t mb__now_ns(void);
+void mb__latency_record(mb_msg *m); /* in mb_reply, for a timed request */
 
 /* msg.c */
 void mb__msg_release(mb_msg *m);                  /* free memory, no reply semantics */

@@ -94,16 +94,15 @@ static void turn(mb_loop *l) {
   for (;;) {
     mb_msg *m;
     while (budget > 0 && (m = mb__inbox_pop(&l->inbox))) {
-      l->crossed = true;
+      /* From an actor on another loop, a conversation is under way: worth lingering for.
+       * A blocked thread's request or a closure is not: its sender waits for our answer. */
+      if (m->from.loop) l->crossed = true;
       mb__receive(l, m);
       budget--;
       if (l->stopped) return;
     }
     mb_actor *a;
-    while (budget > 0 && (a = pop_ready(l))) {
-      mb__actor_run(a);
-      budget -= MB_BATCH;
-    }
+    while (budget > 0 && (a = pop_ready(l))) budget -= (int)mb__actor_run(a);
     if (budget <= 0) break;
     if (l->ready_head) continue;
     if (l->crossed && linger(l)) continue; /* only when talking to other threads */

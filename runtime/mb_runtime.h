@@ -88,6 +88,7 @@ typedef struct mb_msg {
   void *reply__;                 /* reply route; runtime use only */
   int32_t status;                /* in a reply: MB_OK or a negative error */
   uint32_t flags__;              /* runtime use only */
+  uint64_t t_deliver__;          /* delivery time of a timed request; runtime use only */
 } mb_msg;
 
 /* Allocate a zeroed message of `size` bytes (header included) of `kind` in `proto`. */
@@ -160,6 +161,8 @@ mb_actor *mb_actor_create(mb_loop *loop, const mb_actor_type *type, void *state,
  * calls' replies are dropped when they arrive. Safe to call from its own handler. */
 void mb_actor_destroy(mb_actor *actor);
 mb_addr mb_actor_addr(const mb_actor *actor);
+/* The live actor at `addr` on `loop`, or NULL; on that loop's thread. */
+mb_actor *mb_actor_at(mb_loop *loop, mb_addr addr);
 void *mb_actor_state(const mb_actor *actor);
 mb_loop *mb_actor_loop(const mb_actor *actor);
 const char *mb_actor_name(const mb_actor *actor);
@@ -187,6 +190,28 @@ int mb_call_sync(mb_addr to, mb_msg *msg);
 void mb_reply(mb_msg *msg, int status);
 /* Forward a delivered message to another actor unchanged (a request keeps its reply port). */
 int mb_forward(mb_actor *self, mb_addr to, mb_msg *msg);
+
+/* ---- request latency per actor ------------------------------------------------------------ */
+
+/* How long an actor took to answer requests of one kind: from their delivery to its reply
+ * (nested calls included), in log-scale buckets (4 per power of two, from 1 ns). One request
+ * in MB_LATENCY_SAMPLE is timed (the first one of each run of that many), so `count` is the
+ * number of samples. */
+enum { MB_LATENCY_BUCKETS = 4 * 40, MB_LATENCY_SAMPLE = 4 };
+typedef struct mb_latency {
+  const mb_protocol *proto;
+  uint32_t kind;
+  uint64_t count, total_ns, max_ns;
+  uint32_t buckets[MB_LATENCY_BUCKETS];
+} mb_latency;
+
+/* Start (or stop) timing the requests an actor answers; on its loop's thread. Off by default:
+ * it costs two clock reads per timed request. */
+void mb_actor_time_requests(mb_actor *actor, bool on);
+/* The actor's latency records, one per (protocol, kind) seen; on its loop's thread. */
+size_t mb_actor_latency(const mb_actor *actor, const mb_latency **out);
+/* The q-quantile (0..1) of a record, in ns (the upper edge of its bucket). */
+uint64_t mb_latency_quantile(const mb_latency *l, double q);
 
 /* ---- tracing ------------------------------------------------------------------------------ */
 

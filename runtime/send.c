@@ -91,6 +91,7 @@ void mb_reply(mb_msg *m, int status) {
     mb__msg_release(m);
     return;
   }
+  if (m->t_deliver__) mb__latency_record(m);
   reply_route(m, status);
 }
 
@@ -101,6 +102,7 @@ static void prepare(mb_msg *m, mb_addr from, mb_addr to, uint64_t corr) {
   m->corr = corr;
   m->reply__ = NULL;
   m->status = 0;
+  m->t_deliver__ = 0;
   m->flags__ &= ~MB__F_REPLY;
 }
 

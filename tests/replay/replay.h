@@ -157,7 +157,8 @@ void replay_worker_stop(void);
  * op->buf for an access). A lock completes through replay_op_done on the client loop, with
  * the mb_lock * as its value. */
 int replay_worker_submit(replay_op *op);
-/* True when no access is queued or running: every submitted op is done. */
+/* True when no access is queued or running: every submitted op is done (a lock: its
+ * completion is queued on the client loop). */
 bool replay_worker_idle(void);
 /* Wait until the worker's last wake-up post returned (no pumping needed): after that, and
  * once idle, the worker no longer touches the client loop, which may then be stopped. */

@@ -205,6 +205,29 @@ static void test_batch_limit_fairness(void **unused) {
   rt_home_fini(&h);
 }
 
+/* ---- request latency -------------------------------------------------------------------- */
+
+static void test_request_latency(void **unused) {
+  (void)unused;
+  rt_home h;
+  rt_home_init(&h);
+  mb_actor *adder = mb_actor_create(h.loop, &rt_adder_type, NULL, "adder");
+  const mb_latency *lat = NULL;
+  assert_int_equal(mb_actor_latency(adder, &lat), 0);
+  mb_actor_time_requests(adder, true);
+  call_log log = {0};
+  for (int i = 0; i < 10; i++) call_add(mb_loop_actor(h.loop), mb_actor_addr(adder), i, 1, &log);
+  rt_home_run_until(&h, &log.done);
+  assert_int_equal(mb_actor_latency(adder, &lat), 1);
+  assert_ptr_equal(lat[0].proto, &t_protocol);
+  assert_int_equal(lat[0].kind, T_ADD);
+  assert_int_equal(lat[0].count, (10 + MB_LATENCY_SAMPLE - 1) / MB_LATENCY_SAMPLE);
+  assert_true(mb_latency_quantile(&lat[0], 0.5) <= mb_latency_quantile(&lat[0], 0.99));
+  assert_true(mb_latency_quantile(&lat[0], 0.99) <= lat[0].max_ns);
+  assert_true(lat[0].total_ns >= lat[0].max_ns);
+  rt_home_fini(&h);
+}
+
 /* ---- protocol: names and formatting ----------------------------------------------------- */
 
 static void test_protocol_format(void **unused) {
@@ -240,6 +263,7 @@ int main(void) {
       cmocka_unit_test(test_unanswered_request_gets_error),
       cmocka_unit_test(test_deferred_reply),
       cmocka_unit_test(test_batch_limit_fairness),
+      cmocka_unit_test(test_request_latency),
       cmocka_unit_test(test_protocol_format),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
