@@ -4,6 +4,7 @@
 #   ./setup.sh test    every test: the normal build, ASan+UBSan, and the concurrent ones under
 #                      TSan; ends with the line "N passed, N failed"
 #   ./setup.sh bench   the full benchmark table
+#   ./setup.sh plot    the map.soft/map.kvm latency plot (bench/latency.svg), with gnuplot
 #   ./setup.sh build   just install and build (build/)
 # Works as root, or with sudo for the package step.
 set -euo pipefail
@@ -79,6 +80,13 @@ case "${1:-}" in
     exec build/tests/demo/membacking-demo ;;
   test) run_tests ;;
   bench) build_all; exec build/bench/membacking-bench ;;
+  plot)
+    PACKAGES+=(gnuplot-nox)
+    build_all
+    csv=$(mktemp -d)
+    build/bench/membacking-bench --filter map.soft --filter map.kvm --csv "$csv"
+    bench/plot_latency.sh "$csv" bench/latency.svg
+    rm -rf "$csv" ;;
   build) build_all ;;
-  *) echo "usage: $0 demo|test|bench|build" >&2; exit 2 ;;
+  *) echo "usage: $0 demo|test|bench|plot|build" >&2; exit 2 ;;
 esac

@@ -140,7 +140,7 @@ static void destroy_managers(mb_loop *loop, void *arg) {
 
 void mb_mm_destroy(mb_mm *mm) {
   if (!mm) return;
-  /* mb__inspect_stop(mm); (inspect.c lands with the VA mapper part) */
+  mb__inspect_stop(mm);
   mb__rec_close(mm->rec, mm);
   while (mm->partitions) mb__partition_destroy(mm->partitions);
   while (mm->mappers) mb__mapper_destroy(mm->mappers);

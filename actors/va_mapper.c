@@ -33,6 +33,8 @@
  */
 #include "va_mapper.h"
 
+#include "json_out.h"
+
 #include <errno.h>
 #include <inttypes.h>
 #include <pthread.h>
@@ -356,6 +358,36 @@ static int handle_ranges(mb_vam *v, vam_ranges_msg *m) {
   m->ranges = out;
   m->count = k;
   return 0;
+}
+
+/* Introspection, on the mapper's thread: its established ranges and held locks, as JSON
+ * members. */
+void mb__vam_inspect(mb_vam *v, FILE *f) {
+  vam_ranges_msg r = {0};
+  bool first = true;
+  fputs("\"established\":[", f);
+  if (handle_ranges(v, &r) == 0)
+    for (uint32_t i = 0; i < r.count; i++) {
+      mb__json_sep(f, &first);
+      fprintf(f, "{\"gpa\":%" PRIu64 ",\"size\":%" PRIu64 ",\"access\":\"%s\"}", r.ranges[i].gpa,
+              r.ranges[i].size, r.ranges[i].writable ? "rw" : "ro");
+    }
+  free(r.ranges);
+  mb_vam_lock_info *l = NULL;
+  size_t n = 0, waiting = 0;
+  first = true;
+  fputs("],\"locks\":[", f);
+  if (mb_vam_locks(v, &l, &n, &waiting) == 0)
+    for (size_t i = 0; i < n; i++) {
+      mb__json_sep(f, &first);
+      fprintf(f, "{\"gpa\":%" PRIu64 ",\"size\":%" PRIu64 ",\"access\":\"%s\",\"held_ms\":%" PRIu64
+                 ",\"overdue\":%s,\"since\":%lld.%03ld}",
+              l[i].gpa, l[i].size, l[i].writable ? "rw" : "ro", l[i].held_ns / 1000000,
+              l[i].overdue ? "true" : "false", (long long)l[i].since.tv_sec,
+              l[i].since.tv_nsec / 1000000);
+    }
+  free(l);
+  fprintf(f, "],\"waiting_behind_locks\":%zu", waiting);
 }
 
 /* The job a request that changes the mapper becomes: its span; false for other requests. */

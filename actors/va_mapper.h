@@ -33,6 +33,8 @@
 
 #include <time.h>
 
+#include <stdio.h>
+
 #include "mapping_manager.h"
 #include "partition.h"
 
@@ -75,6 +77,9 @@ typedef struct mb_vam_stats {
   uint64_t faults, resolved, unmapped, parked;
 } mb_vam_stats;
 mb_vam_stats mb_vam_stats_get(const mb_vam *vam);
+/* On the mapper's thread (a direct read, for introspection): writes the JSON members
+ * "established":[...],"locks":[...],"waiting_behind_locks":N. */
+void mb__vam_inspect(mb_vam *vam, FILE *f);
 
 /* ---- locks -------------------------------------------------------------------------------------
  *

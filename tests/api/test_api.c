@@ -9,6 +9,7 @@
 #include <cmocka.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "access.h"
 #include "membacking.h"
@@ -32,6 +33,33 @@ static mb_loop *start(const char *name) {
 static void stop(mb_loop *l) {
   assert_int_equal(mb_loop_stop(l), 0);
   mb_loop_free(l);
+}
+
+/* ---- introspection ----------------------------------------------------------------------- */
+
+/* The state as JSON: valid (python3's parser), with every section, a held lock shown. */
+static void check_inspect(mb_mm *mm, mb_mapper *m) {
+  mb_lock *lock = NULL;
+  assert_int_equal(mb_mapper_lock(m, 0xf0000, 4096, false, &lock), 0);
+  char *json = NULL;
+  assert_int_equal(mb_mm_inspect_sync(mm, &json), 0);
+  mb_mapper_unlock(lock);
+  const char *keys[] = {"\"regions\":", "\"visible\":", "\"pending\":", "\"stages\":",
+                        "\"region_manager\":", "\"rm.region_add\":", "\"mappers\":",
+                        "\"established\":", "\"locks\":[{\"gpa\":983040", "\"partitions\":",
+                        "\"slots\":", "\"name\":\"rom\""};
+  for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++)
+    if (!strstr(json, keys[i])) fail_msg("no %s in %s", keys[i], json);
+  char path[] = "/tmp/mb-inspect-XXXXXX";
+  int fd = mkstemp(path);
+  assert_true(fd >= 0);
+  assert_int_equal(write(fd, json, strlen(json)), (ssize_t)strlen(json));
+  close(fd);
+  char cmd[256];
+  snprintf(cmd, sizeof cmd, "python3 -c 'import json,sys; json.load(open(sys.argv[1]))' %s", path);
+  assert_int_equal(system(cmd), 0);
+  unlink(path);
+  free(json);
 }
 
 /* ---- blocking forms from the test thread; consumers on their own loops --------------------- */
@@ -84,6 +112,7 @@ static void test_blocking_end_to_end(void **unused) {
   assert_false(rl->ranges[0].writable);
   free(rl);
   assert_int_equal(mb_region_map_sync(mm, 999, true), MB_E_NOTFOUND);
+  check_inspect(mm, m);
   assert_int_equal(mb_mapper_remove_sync(m), 0);
   mb_mm_destroy(mm); /* with the partition and regions still there */
   mb_object_unref(ram);

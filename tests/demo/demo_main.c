@@ -295,10 +295,27 @@ static void print_partition(vmm *v) {
   free(l);
 }
 
+/* From the manager's introspection (mb_mm_inspect): the per-stage request latency. */
+static void print_stages(vmm *v) {
+  pending p = {0};
+  mb_mm_inspect(v->mm, on_done, &p);
+  if (finish(v, &p, -1, 0)) return;
+  char *json = (char *)(uintptr_t)p.value, *s = strstr(json, "\"stages\":");
+  int depth = 0;
+  printf("\nintrospection (%zu bytes of JSON), stage latency: ", strlen(json));
+  for (; s && *s; s++) {
+    putchar(*s);
+    depth += (*s == '{') - (*s == '}');
+    if (*s == '}' && depth == 0) break;
+  }
+  free(json);
+}
+
 static void summary(vmm *v) {
   wait_guest_progress(v);
   print_states(v);
   print_partition(v);
+  print_stages(v);
   printf("\nguest work done meanwhile: %llu counter updates, %llu failed; VMM loop ticks: %llu\n",
          (unsigned long long)atomic_load(&v->vcpu.guest_steps),
          (unsigned long long)atomic_load(&v->vcpu.guest_errors), (unsigned long long)v->ticks);
