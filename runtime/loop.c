@@ -135,7 +135,7 @@ int mb__loop_push(mb_loop *l, mb_msg *m) {
 static int loop_init(mb_loop *l, uv_loop_t *uv, const char *name) {
   mb__trace_env_init();
   l->uv = uv;
-  snprintf(l->name, sizeof l->name, "%s", name ? name : "loop");
+  if (name != l->name) snprintf(l->name, sizeof l->name, "%s", name ? name : "loop");
   mb__inbox_init(&l->inbox);
   (void)mb__inbox_sleep(&l->inbox); /* no turn has run yet: the first push must wake us */
   l->tid = pthread_self();

@@ -1,5 +1,5 @@
 /* test_trace.c: membacking-trace's reader, linker and golden check (cmocka). The fixtures are
- * in TRACE_FIXTURES (tests/trace/fixtures); small.trace is described in the README there. */
+ * in TRACE_FIXTURES (tests/trace/fixtures); tests/trace/README.md describes small.trace. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -28,7 +28,8 @@ static int parse(const char *line, trace_rec *r, char *err, size_t errlen) {
 }
 
 #define REC_HEAD "{\"seq\":7,\"t_ns\":100,\"ev\":\"call\",\"loop\":\"home\",\"from\":\"home/0.1\","
-#define REC_TAIL "\"to\":\"home/1.1\",\"kind\":\"add\",\"corr\":4294967297,\"status\":0,\"fields\":\"a=1\"}"
+#define REC_TAIL \
+  "\"to\":\"home/1.1\",\"kind\":\"add\",\"corr\":4294967297,\"status\":0,\"fields\":\"a=1\"}"
 
 static void test_parse_good(void **unused) {
   (void)unused;
@@ -36,14 +37,16 @@ static void test_parse_good(void **unused) {
   char err[256] = "";
   /* optional names missing, an unknown key of each scalar type, escapes, spaces */
   assert_int_equal(parse(" { \"seq\" : 18446744073709551615 , \"t_ns\":5,\"ev\":\"deliver\","
-                         "\"loop\":\"a \\\"b\\\"\",\"from\":\"-\",\"to\":\"x/y/2.3\",\"kind\":\"k\","
+                         "\"loop\":\"a \\\"b\\\"\",\"from\":\"-\",\"to\":\"x/y/2.3\","
+                         "\"kind\":\"k\","
                          "\"new\":[], \"corr\":0,\"status\":-2147483648,"
                          "\"fields\":\"n=\\\"\\u00e9\\ud83d\\ude00\\t\\\\\"} \r",
                          &r, err, sizeof err),
                    -1); /* "new":[] is nested: rejected */
   assert_non_null(strstr(err, "nested values are not supported"));
   assert_int_equal(parse("{\"seq\":18446744073709551615,\"t_ns\":5,\"ev\":\"deliver\","
-                         "\"loop\":\"a \\\"b\\\"\",\"from\":\"-\",\"to\":\"x/y/2.3\",\"kind\":\"k\","
+                         "\"loop\":\"a \\\"b\\\"\",\"from\":\"-\",\"to\":\"x/y/2.3\","
+                         "\"kind\":\"k\","
                          "\"n1\":1.5e3,\"n2\":true,\"n3\":null,\"n4\":\"s\",\"corr\":0,"
                          "\"status\":-2147483648,"
                          "\"fields\":\"n=\\\"\\u00e9\\ud83d\\ude00\\t\\\\\"} \r",
@@ -77,7 +80,8 @@ static void test_parse_errors(void **unused) {
       {"[1]", "expected '{'"},
       {"{}", "empty record"},
       {"{\"seq\":1}", "missing \"t_ns\""},
-      {REC_HEAD "\"to\":\"home/1.1\",\"kind\":\"add\",\"corr\":1,\"status\":0}", "missing \"fields\""},
+      {REC_HEAD "\"to\":\"home/1.1\",\"kind\":\"add\",\"corr\":1,\"status\":0}",
+       "missing \"fields\""},
       {REC_HEAD "\"seq\":8," REC_TAIL, "duplicate key \"seq\""},
       {"{\"seq\":1.5", "not a fraction"},
       {"{\"seq\":-1", "must not be negative"},
@@ -139,7 +143,8 @@ static char *read_errors(const char *trace_text, int *rc, trace *t) {
   return msg;
 }
 
-#define LINE(seq) "{\"seq\":" #seq ",\"t_ns\":1,\"ev\":\"send\",\"loop\":\"l\",\"from\":\"l/0.1\"," \
+#define LINE(seq)                                                                          \
+  "{\"seq\":" #seq ",\"t_ns\":1,\"ev\":\"send\",\"loop\":\"l\",\"from\":\"l/0.1\","        \
   "\"to\":\"l/1.1\",\"kind\":\"k\",\"corr\":0,\"status\":0,\"fields\":\"\"}\n"
 
 static void test_read_file(void **unused) {
@@ -190,7 +195,8 @@ static void load_small(trace *t) {
 /* The request whose first record has this seq. */
 static const trace_req *req_at(const trace *t, uint64_t seq) {
   for (size_t i = 0; i < t->nrecs; i++)
-    if (t->recs[i].seq == seq) return t->recs[i].req == TRACE_NONE ? NULL : &t->reqs[t->recs[i].req];
+    if (t->recs[i].seq == seq)
+      return t->recs[i].req == TRACE_NONE ? NULL : &t->reqs[t->recs[i].req];
   return NULL;
 }
 
@@ -259,7 +265,7 @@ static void test_link_edges(void **unused) {
   trace_free(&t);
 }
 
-/* ---- golden check ------------------------------------------------------------------------------ */
+/* ---- golden check ------------------------------------------------------------------------- */
 
 static int check(const trace *t, const char *golden, char **msg) {
   const char *path = temp_file(golden);
@@ -318,11 +324,39 @@ static void test_golden(void **unused) {
   trace_free(&t);
 }
 
+/* ---- Chrome output ----------------------------------------------------------------------- */
+
+/* Names and fields are bytes: what is not UTF-8 becomes U+FFFD, so the JSON stays valid. */
+static void test_chrome_utf8(void **unused) {
+  (void)unused;
+  const char *path = temp_file(
+      "{\"seq\":0,\"t_ns\":1,\"ev\":\"send\",\"loop\":\"l\",\"from\":\"-\",\"to\":\"l/1.1\","
+      "\"kind\":\"k\",\"corr\":0,\"status\":0,\"fields\":\"\"}\n"
+      "{\"seq\":1,\"t_ns\":2,\"ev\":\"deliver\",\"loop\":\"l\",\"from\":\"-\",\"to\":\"l/1.1\","
+      "\"kind\":\"k\",\"to_name\":\"a\xff\",\"corr\":0,\"status\":0,"
+      "\"fields\":\"\xc3\xa9 \xed\xa0\x80 \xe0\x80\x80 \xf4\x90\x80\x80 \xc3\"}\n");
+  trace t;
+  assert_int_equal(trace_read(&t, path, stderr), 0);
+  unlink(path);
+  assert_int_equal(trace_link(&t, stderr), 0);
+  char *json = NULL;
+  size_t len;
+  FILE *out = open_memstream(&json, &len);
+  assert_int_equal(trace_write_chrome(&t, out), 0);
+  fclose(out);
+  assert_non_null(strstr(json, "\"name\":\"a\\ufffd l/1.1\""));
+  assert_non_null(strstr(json, "\"fields\":\"\xc3\xa9 \\ufffd\\ufffd\\ufffd \\ufffd\\ufffd\\ufffd "
+                               "\\ufffd\\ufffd\\ufffd\\ufffd \\ufffd\""));
+  free(json);
+  trace_free(&t);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_parse_good),   cmocka_unit_test(test_parse_errors),
       cmocka_unit_test(test_read_file),    cmocka_unit_test(test_link_nesting),
       cmocka_unit_test(test_link_edges),   cmocka_unit_test(test_golden),
+      cmocka_unit_test(test_chrome_utf8),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -53,10 +53,21 @@ typedef struct chrome {
 
 /* ---- JSON output ------------------------------------------------------------------------- */
 
-/* Length of the valid UTF-8 sequence at s, 0 if it is not one. */
-static size_t utf8_len(const unsigned char *s) {
-  size_t n = s[0] >= 0xf0 && s[0] <= 0xf4 ? 4 : s[0] >= 0xe0 ? 3 : s[0] >= 0xc2 && s[0] < 0xe0 ? 2 : 0;
-  for (size_t i = 1; i < n; i++)
+/* Length of the well-formed UTF-8 sequence at s (no overlongs, no surrogates, at most
+ * U+10FFFF), 0 if it is not one. */
+static size_t utf8_len(const unsigned char s[4]) {
+  size_t n;
+  unsigned char lo = 0x80, hi = 0xbf; /* the range of the second byte */
+  if (s[0] >= 0xc2 && s[0] <= 0xdf) n = 2;
+  else if (s[0] >= 0xe0 && s[0] <= 0xef) n = 3;
+  else if (s[0] >= 0xf0 && s[0] <= 0xf4) n = 4;
+  else return 0;
+  if (s[0] == 0xe0) lo = 0xa0;
+  if (s[0] == 0xed) hi = 0x9f;
+  if (s[0] == 0xf0) lo = 0x90;
+  if (s[0] == 0xf4) hi = 0x8f;
+  if (s[1] < lo || s[1] > hi) return 0;
+  for (size_t i = 2; i < n; i++)
     if ((s[i] & 0xc0) != 0x80) return 0;
   return n;
 }
@@ -74,13 +85,9 @@ static void put_str(FILE *out, const char *s, size_t len) {
     } else if (*p < 0x80) {
       fputc(*p++, out);
     } else {
-      size_t n = (size_t)(end - p) >= 4 ? utf8_len(p) : 0;
-      if (!n && (size_t)(end - p) < 4) { /* near the end: copy to a padded buffer */
-        unsigned char pad[4] = {0};
-        memcpy(pad, p, (size_t)(end - p));
-        n = utf8_len(pad);
-        if (n > (size_t)(end - p)) n = 0;
-      }
+      unsigned char next[4] = {0}; /* zeros past the end fail as continuation bytes */
+      memcpy(next, p, (size_t)(end - p) < 4 ? (size_t)(end - p) : 4);
+      size_t n = utf8_len(next);
       if (n) fwrite(p, 1, n, out);
       else fputs("\\ufffd", out);
       p += n ? n : 1;
@@ -99,8 +106,8 @@ static void put_ts(chrome *c, uint64_t t_ns) {
 /* Opens an event object: {"ph":PH,"pid":..,"tid":..,"name":NAME */
 static void event_open(chrome *c, const char *ph, size_t track, const char *name) {
   const struct track *k = &c->tracks[track];
-  fprintf(c->out, "%s\n{\"ph\":\"%s\",\"pid\":%d,\"tid\":%" PRIu64 ",\"name\":", c->first ? "" : ",",
-          ph, k->pid, k->tid);
+  fprintf(c->out, "%s\n{\"ph\":\"%s\",\"pid\":%d,\"tid\":%" PRIu64 ",\"name\":",
+          c->first ? "" : ",", ph, k->pid, k->tid);
   c->first = false;
   put_cstr(c->out, name);
 }
@@ -152,12 +159,12 @@ static int cmp_slices(const void *a, const void *b) {
 static int assign_lanes(chrome *c) {
   size_t n = c->nslices;
   uint64_t **stacks = NULL; /* per lane: end times of the open slices */
-  size_t *depth = NULL, nlanes = 0;
+  size_t *depth = NULL, *lane_track = NULL, nlanes = 0;
   int rc = 0;
   for (size_t i = 0; i < n && !rc; i++) {
     slice *s = &c->slices[i];
-    if (i == 0 || s->actor != c->slices[i - 1].actor)
-      for (size_t l = 0; l < nlanes; l++) depth[l] = 0;
+    if (i == 0 || s->actor != c->slices[i - 1].actor) /* the next actor: its lanes are empty */
+      for (size_t l = 0; l < nlanes; l++) depth[l] = 0, lane_track[l] = TRACE_NONE;
     size_t lane = 0;
     for (;; lane++) {
       if (lane == nlanes) {
@@ -165,22 +172,27 @@ static int assign_lanes(chrome *c) {
         if (ps) stacks = ps;
         size_t *pd = ps ? realloc(depth, (nlanes + 1) * sizeof *pd) : NULL;
         if (pd) depth = pd;
-        if (!ps || !pd || !(stacks[nlanes] = malloc(n * sizeof **stacks))) {
+        size_t *pt = pd ? realloc(lane_track, (nlanes + 1) * sizeof *pt) : NULL;
+        if (pt) lane_track = pt;
+        if (!pt || !(stacks[nlanes] = malloc(n * sizeof **stacks))) {
           rc = -1;
           break;
         }
-        depth[nlanes++] = 0;
+        depth[nlanes] = 0;
+        lane_track[nlanes++] = TRACE_NONE;
       }
       while (depth[lane] && stacks[lane][depth[lane] - 1] <= s->start) depth[lane]--;
       if (!depth[lane] || stacks[lane][depth[lane] - 1] >= s->end) break;
     }
     if (rc) break;
     stacks[lane][depth[lane]++] = s->end;
-    if ((s->track = track_of(c, s->actor, (unsigned)lane)) == TRACE_NONE) rc = -1;
+    if (lane_track[lane] == TRACE_NONE) lane_track[lane] = track_of(c, s->actor, (unsigned)lane);
+    if ((s->track = lane_track[lane]) == TRACE_NONE) rc = -1;
   }
   for (size_t l = 0; l < nlanes; l++) free(stacks[l]);
   free(stacks);
   free(depth);
+  free(lane_track);
   return rc;
 }
 
@@ -232,8 +244,8 @@ static void put_metadata(chrome *c) {
   for (size_t i = 0; i < c->ntracks; i++) {
     const track *k = &c->tracks[i];
     const trace_actor *a = k->actor == TRACE_NONE ? NULL : &c->t->actors[k->actor];
-    int n = snprintf(name, sizeof name, "%s%s%s", a ? a->name : "threads", a && a->name[0] ? " " : "",
-                     a ? a->addr : "");
+    int n = snprintf(name, sizeof name, "%s%s%s", a ? a->name : "threads",
+                     a && a->name[0] ? " " : "", a ? a->addr : "");
     if (k->lane && n >= 0 && (size_t)n < sizeof name)
       snprintf(name + n, sizeof name - (size_t)n, " (overlap %u)", k->lane);
     event_open(c, "M", i, "thread_name");

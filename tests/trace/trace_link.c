@@ -79,7 +79,7 @@ static void parse_addr(trace_actor *a) {
   a->gen = (uint32_t)strtoul(end + 1, NULL, 10);
 }
 
-/* The actor at addr, made on first sight; TRACE_NONE for "-"; -1 cast on no memory. */
+/* *out = the actor at addr, made on first sight (TRACE_NONE for "-"). 0, or -1: no memory. */
 static int actor_of(trace *t, const char *addr, size_t *out) {
   *out = TRACE_NONE;
   if (strcmp(addr, "-") == 0) return 0;

@@ -245,8 +245,9 @@ enum {
   K_SEQ, K_T_NS, K_EV, K_LOOP, K_FROM, K_TO, K_KIND, K_FROM_NAME, K_TO_NAME, K_CORR, K_STATUS,
   K_FIELDS, K_COUNT
 };
-static const char *const keys[K_COUNT] = {"seq",  "t_ns",      "ev",      "loop", "from",   "to",
-                                          "kind", "from_name", "to_name", "corr", "status", "fields"};
+static const char *const keys[K_COUNT] = {"seq",  "t_ns",      "ev",      "loop",
+                                          "from", "to",        "kind",    "from_name",
+                                          "to_name", "corr",   "status",  "fields"};
 static const unsigned required = ~(1u << K_FROM_NAME | 1u << K_TO_NAME) & ((1u << K_COUNT) - 1);
 
 static int parse_value(cursor *c, trace_rec *r, int k) {
