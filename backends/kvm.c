@@ -36,6 +36,7 @@
 
 #include "mb_range.h"
 #include "partition.h"
+#include "pieces.h"
 
 #if defined(__x86_64__) && defined(__linux__)
 
@@ -92,12 +93,6 @@ static const uint64_t guest_gdt[] = {
     0x00cf93000000ffffull, /* 0x10: data, DPL 0 */
 };
 
-typedef struct kvm_piece {
-  mb_rtree_node node; /* [gpa, gpa + size) */
-  uint32_t slot;
-  bool writable;
-} kvm_piece;
-
 typedef struct kvm_part {
   uint64_t max_addr;
   int kvm_fd, vm_fd, vcpu_fd;
@@ -116,9 +111,6 @@ typedef struct kvm_part {
   struct kvm_sregs sregs;
 } kvm_part;
 
-static kvm_piece *piece_of(mb_rtree_node *n) {
-  return n ? mb_rtree_entry(n, kvm_piece, node) : NULL;
-}
 
 /* ---- slots ---------------------------------------------------------------------------- */
 
@@ -334,7 +326,7 @@ static void kvm_destroy(void *inst) {
     return;
   mb_rtree_node *n;
   while ((n = mb_rtree_first(&p->pieces)) != NULL) {
-    kvm_piece *pc = piece_of(n);
+    mb_piece *pc = mb_piece_of(n);
     slot_set(p, pc->slot, n->start, 0, NULL, true);
     mb_rtree_remove(&p->pieces, n);
     free(pc);
@@ -357,16 +349,13 @@ static void kvm_destroy(void *inst) {
 
 static int kvm_map(void *inst, uint64_t gpa, uint64_t size, void *host_va, bool writable) {
   kvm_part *p = inst;
-  mb_range r;
-  if (mb_range_make(gpa, size, &r) != 0 || r.end > p->max_addr || host_va == NULL ||
-      !mb_page_aligned((uintptr_t)host_va))
-    return MB_E_INVALID;
-  if (mb_rtree_first_overlap(&p->pieces, r.start, r.end) != NULL)
-    return -EEXIST;
-  kvm_piece *pc = calloc(1, sizeof *pc);
+  int rc = mb_pieces_check_map(&p->pieces, p->max_addr, gpa, size, host_va);
+  if (rc != 0)
+    return rc;
+  mb_piece *pc = calloc(1, sizeof *pc);
   if (!pc)
     return -ENOMEM;
-  int rc = slot_take(p, &pc->slot);
+  rc = slot_take(p, &pc->slot);
   if (rc == 0) {
     rc = slot_set(p, pc->slot, gpa, size, host_va, writable);
     if (rc != 0)
@@ -377,14 +366,15 @@ static int kvm_map(void *inst, uint64_t gpa, uint64_t size, void *host_va, bool 
     return rc;
   }
   pc->writable = writable;
-  mb_rtree_insert(&p->pieces, &pc->node, r.start, r.end);
+  pc->host = host_va;
+  mb_rtree_insert(&p->pieces, &pc->node, gpa, gpa + size);
   return 0;
 }
 
 static int kvm_unmap(void *inst, uint64_t gpa, uint64_t size) {
   kvm_part *p = inst;
-  kvm_piece *pc = piece_of(mb_rtree_find(&p->pieces, gpa));
-  if (!pc || pc->node.start != gpa || size != pc->node.end - gpa)
+  mb_piece *pc = mb_pieces_exact(&p->pieces, gpa, size);
+  if (!pc)
     return -ENOENT;
   int rc = slot_set(p, pc->slot, gpa, 0, NULL, true);
   if (rc != 0)
@@ -396,15 +386,7 @@ static int kvm_unmap(void *inst, uint64_t gpa, uint64_t size) {
 }
 
 static size_t kvm_ranges(void *inst, mb_part_range *out, size_t max) {
-  kvm_part *p = inst;
-  size_t i = 0;
-  mb_rtree_node *n;
-  mb_rtree_for_each(n, &p->pieces) {
-    if (i < max)
-      out[i] = (mb_part_range){n->start, n->end - n->start, piece_of(n)->writable};
-    i++;
-  }
-  return i;
+  return mb_pieces_ranges(&((kvm_part *)inst)->pieces, out, max);
 }
 
 /* ---- access --------------------------------------------------------------------------- */

@@ -13,32 +13,13 @@
 #include "access.h"
 #include "mb_range.h"
 #include "partition.h"
+#include "pieces.h"
 #include "range_tree.h"
-
-typedef struct soft_piece {
-  mb_rtree_node node; /* [gpa, gpa + size) */
-  uint8_t *host;      /* host VA of the piece's first byte */
-  bool writable;
-} soft_piece;
 
 typedef struct soft_part {
   uint64_t max_addr;
-  mb_rtree pieces;
+  mb_rtree pieces; /* of mb_piece, host set */
 } soft_part;
-
-static soft_piece *piece_of(mb_rtree_node *n) {
-  return n ? mb_rtree_entry(n, soft_piece, node) : NULL;
-}
-
-/* MB_E_INVALID unless [gpa, gpa + size) is a non-empty aligned range below max_addr. */
-static int check_map_range(const soft_part *p, uint64_t gpa, uint64_t size, const void *host) {
-  mb_range r;
-  if (mb_range_make(gpa, size, &r) != 0 || r.end > p->max_addr)
-    return MB_E_INVALID;
-  if (host == NULL || !mb_page_aligned((uintptr_t)host))
-    return MB_E_INVALID;
-  return 0;
-}
 
 static int soft_create(uint64_t max_addr, void **inst) {
   if (max_addr == 0 || !mb_page_aligned(max_addr))
@@ -59,19 +40,17 @@ static void soft_destroy(void *inst) {
   mb_rtree_node *n;
   while ((n = mb_rtree_first(&p->pieces)) != NULL) {
     mb_rtree_remove(&p->pieces, n);
-    free(piece_of(n));
+    free(mb_piece_of(n));
   }
   free(p);
 }
 
 static int soft_map(void *inst, uint64_t gpa, uint64_t size, void *host_va, bool writable) {
   soft_part *p = inst;
-  int rc = check_map_range(p, gpa, size, host_va);
+  int rc = mb_pieces_check_map(&p->pieces, p->max_addr, gpa, size, host_va);
   if (rc != 0)
     return rc;
-  if (mb_rtree_first_overlap(&p->pieces, gpa, gpa + size) != NULL)
-    return -EEXIST;
-  soft_piece *pc = calloc(1, sizeof *pc);
+  mb_piece *pc = calloc(1, sizeof *pc);
   if (!pc)
     return -ENOMEM;
   pc->host = host_va;
@@ -82,8 +61,8 @@ static int soft_map(void *inst, uint64_t gpa, uint64_t size, void *host_va, bool
 
 static int soft_unmap(void *inst, uint64_t gpa, uint64_t size) {
   soft_part *p = inst;
-  soft_piece *pc = piece_of(mb_rtree_find(&p->pieces, gpa));
-  if (!pc || pc->node.start != gpa || size != pc->node.end - gpa)
+  mb_piece *pc = mb_pieces_exact(&p->pieces, gpa, size);
+  if (!pc)
     return -ENOENT;
   mb_rtree_remove(&p->pieces, &pc->node);
   free(pc);
@@ -91,7 +70,7 @@ static int soft_unmap(void *inst, uint64_t gpa, uint64_t size) {
 }
 
 /* Copies len bytes between buf and the piece's host memory at gpa (inside the piece). */
-static int copy_piece(const soft_piece *pc, uint64_t gpa, void *buf, size_t len, bool write) {
+static int copy_piece(const mb_piece *pc, uint64_t gpa, void *buf, size_t len, bool write) {
   uint8_t *host = pc->host + (gpa - pc->node.start);
   int rc = write ? mb_access_write(host, buf, len, NULL) : mb_access_read(buf, host, len, NULL);
   if (rc == -EFAULT)
@@ -105,7 +84,7 @@ static int soft_access(void *inst, uint64_t gpa, void *buf, size_t len, bool wri
     return MB_E_INVALID;
   uint8_t *b = buf;
   while (len > 0) {
-    soft_piece *pc = piece_of(mb_rtree_find(&p->pieces, gpa));
+    mb_piece *pc = mb_piece_of(mb_rtree_find(&p->pieces, gpa));
     if (!pc || (write && !pc->writable))
       return MB_E_MMIO;
     uint64_t avail = pc->node.end - gpa;
@@ -121,15 +100,7 @@ static int soft_access(void *inst, uint64_t gpa, void *buf, size_t len, bool wri
 }
 
 static size_t soft_ranges(void *inst, mb_part_range *out, size_t max) {
-  soft_part *p = inst;
-  size_t i = 0;
-  mb_rtree_node *n;
-  mb_rtree_for_each(n, &p->pieces) {
-    if (i < max)
-      out[i] = (mb_part_range){n->start, n->end - n->start, piece_of(n)->writable};
-    i++;
-  }
-  return i;
+  return mb_pieces_ranges(&((soft_part *)inst)->pieces, out, max);
 }
 
 const mb_partition_ops mb_partition_soft = {

@@ -1,0 +1,32 @@
+/* pieces.c: a backend's piece map (see pieces.h). */
+#include "pieces.h"
+
+#include <errno.h>
+
+#include "mb_range.h"
+
+int mb_pieces_check_map(const mb_rtree *pieces, uint64_t max_addr, uint64_t gpa, uint64_t size,
+                        const void *host) {
+  mb_range r;
+  if (mb_range_make(gpa, size, &r) != 0 || r.end > max_addr)
+    return MB_E_INVALID;
+  if (host == NULL || !mb_page_aligned((uintptr_t)host))
+    return MB_E_INVALID;
+  return mb_rtree_first_overlap(pieces, r.start, r.end) != NULL ? -EEXIST : 0;
+}
+
+mb_piece *mb_pieces_exact(const mb_rtree *pieces, uint64_t gpa, uint64_t size) {
+  mb_piece *pc = mb_piece_of(mb_rtree_find(pieces, gpa));
+  return pc && pc->node.start == gpa && size == pc->node.end - gpa ? pc : NULL;
+}
+
+size_t mb_pieces_ranges(const mb_rtree *pieces, mb_part_range *out, size_t max) {
+  size_t i = 0;
+  mb_rtree_node *n;
+  mb_rtree_for_each(n, pieces) {
+    if (i < max)
+      out[i] = (mb_part_range){n->start, n->end - n->start, mb_piece_of(n)->writable};
+    i++;
+  }
+  return i;
+}

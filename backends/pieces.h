@@ -1,0 +1,33 @@
+/* pieces.h: the map a partition backend keeps: non-overlapping pieces of guest range, each
+ * mapped as a whole and unmapped as a whole (partition.h's rules). Shared by the backends. */
+#ifndef MB_PIECES_H
+#define MB_PIECES_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "partition.h"
+#include "range_tree.h"
+
+typedef struct mb_piece {
+  mb_rtree_node node; /* [gpa, gpa + size) */
+  uint8_t *host;      /* host VA of the piece's first byte */
+  uint32_t slot;      /* the backend's handle for it (a KVM memslot) */
+  bool writable;
+} mb_piece;
+
+static inline mb_piece *mb_piece_of(mb_rtree_node *n) {
+  return n ? mb_rtree_entry(n, mb_piece, node) : NULL;
+}
+
+/* May [gpa, gpa + size) be mapped at host? MB_E_INVALID (empty, unaligned, past max_addr, a
+ * bad host address), -EEXIST (it overlaps a piece), or 0. */
+int mb_pieces_check_map(const mb_rtree *pieces, uint64_t max_addr, uint64_t gpa, uint64_t size,
+                        const void *host);
+/* The piece that is exactly [gpa, gpa + size), or NULL. */
+mb_piece *mb_pieces_exact(const mb_rtree *pieces, uint64_t gpa, uint64_t size);
+/* partition.h's ranges(): up to max pieces in ascending order; returns how many there are. */
+size_t mb_pieces_ranges(const mb_rtree *pieces, mb_part_range *out, size_t max);
+
+#endif
