@@ -320,17 +320,15 @@ static int kvm_create(uint64_t max_addr, void **inst) {
   return 0;
 }
 
+static void unslot(mb_piece *pc, void *ctx) {
+  slot_set(ctx, pc->slot, pc->node.start, 0, NULL, true);
+}
+
 static void kvm_destroy(void *inst) {
   kvm_part *p = inst;
   if (!p)
     return;
-  mb_rtree_node *n;
-  while ((n = mb_rtree_first(&p->pieces)) != NULL) {
-    mb_piece *pc = mb_piece_of(n);
-    slot_set(p, pc->slot, n->start, 0, NULL, true);
-    mb_rtree_remove(&p->pieces, n);
-    free(pc);
-  }
+  mb_pieces_clear(&p->pieces, unslot, p);
   if (p->run)
     munmap(p->run, p->run_size);
   if (p->vcpu_fd >= 0)
@@ -352,23 +350,15 @@ static int kvm_map(void *inst, uint64_t gpa, uint64_t size, void *host_va, bool 
   int rc = mb_pieces_check_map(&p->pieces, p->max_addr, gpa, size, host_va);
   if (rc != 0)
     return rc;
-  mb_piece *pc = calloc(1, sizeof *pc);
-  if (!pc)
-    return -ENOMEM;
-  rc = slot_take(p, &pc->slot);
-  if (rc == 0) {
-    rc = slot_set(p, pc->slot, gpa, size, host_va, writable);
-    if (rc != 0)
-      slot_give(p, pc->slot);
-  }
-  if (rc != 0) {
-    free(pc);
+  uint32_t slot;
+  if ((rc = slot_take(p, &slot)) != 0)
     return rc;
-  }
-  pc->writable = writable;
-  pc->host = host_va;
-  mb_rtree_insert(&p->pieces, &pc->node, gpa, gpa + size);
-  return 0;
+  rc = slot_set(p, slot, gpa, size, host_va, writable);
+  if (rc == 0 && (rc = mb_pieces_add(&p->pieces, gpa, size, host_va, writable, slot)) != 0)
+    slot_set(p, slot, gpa, 0, NULL, true);
+  if (rc != 0)
+    slot_give(p, slot);
+  return rc;
 }
 
 static int kvm_unmap(void *inst, uint64_t gpa, uint64_t size) {
@@ -380,8 +370,7 @@ static int kvm_unmap(void *inst, uint64_t gpa, uint64_t size) {
   if (rc != 0)
     return rc;
   slot_give(p, pc->slot);
-  mb_rtree_remove(&p->pieces, &pc->node);
-  free(pc);
+  mb_pieces_drop(&p->pieces, pc);
   return 0;
 }
 

@@ -2,6 +2,7 @@
 #include "pieces.h"
 
 #include <errno.h>
+#include <stdlib.h>
 
 #include "mb_range.h"
 
@@ -29,4 +30,30 @@ size_t mb_pieces_ranges(const mb_rtree *pieces, mb_part_range *out, size_t max) 
     i++;
   }
   return i;
+}
+
+int mb_pieces_add(mb_rtree *pieces, uint64_t gpa, uint64_t size, void *host, bool writable,
+                  uint32_t slot) {
+  mb_piece *pc = calloc(1, sizeof *pc);
+  if (!pc)
+    return -ENOMEM;
+  pc->host = host;
+  pc->writable = writable;
+  pc->slot = slot;
+  mb_rtree_insert(pieces, &pc->node, gpa, gpa + size);
+  return 0;
+}
+
+void mb_pieces_drop(mb_rtree *pieces, mb_piece *pc) {
+  mb_rtree_remove(pieces, &pc->node);
+  free(pc);
+}
+
+void mb_pieces_clear(mb_rtree *pieces, void (*each)(mb_piece *pc, void *ctx), void *ctx) {
+  mb_rtree_node *n;
+  while ((n = mb_rtree_first(pieces)) != NULL) {
+    if (each)
+      each(mb_piece_of(n), ctx);
+    mb_pieces_drop(pieces, mb_piece_of(n));
+  }
 }

@@ -27,6 +27,14 @@ int mb_pieces_check_map(const mb_rtree *pieces, uint64_t max_addr, uint64_t gpa,
                         const void *host);
 /* The piece that is exactly [gpa, gpa + size), or NULL. */
 mb_piece *mb_pieces_exact(const mb_rtree *pieces, uint64_t gpa, uint64_t size);
+/* Add [gpa, gpa + size) -> host as a piece (checked with mb_pieces_check_map first): 0 or
+ * -ENOMEM. */
+int mb_pieces_add(mb_rtree *pieces, uint64_t gpa, uint64_t size, void *host, bool writable,
+                  uint32_t slot);
+/* Remove a piece from the map and free it. */
+void mb_pieces_drop(mb_rtree *pieces, mb_piece *pc);
+/* Drop every piece, calling each(pc, ctx) first when each is not NULL. */
+void mb_pieces_clear(mb_rtree *pieces, void (*each)(mb_piece *pc, void *ctx), void *ctx);
 /* partition.h's ranges(): up to max pieces in ascending order; returns how many there are. */
 size_t mb_pieces_ranges(const mb_rtree *pieces, mb_part_range *out, size_t max);
 

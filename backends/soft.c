@@ -37,26 +37,14 @@ static void soft_destroy(void *inst) {
   soft_part *p = inst;
   if (!p)
     return;
-  mb_rtree_node *n;
-  while ((n = mb_rtree_first(&p->pieces)) != NULL) {
-    mb_rtree_remove(&p->pieces, n);
-    free(mb_piece_of(n));
-  }
+  mb_pieces_clear(&p->pieces, NULL, NULL);
   free(p);
 }
 
 static int soft_map(void *inst, uint64_t gpa, uint64_t size, void *host_va, bool writable) {
   soft_part *p = inst;
   int rc = mb_pieces_check_map(&p->pieces, p->max_addr, gpa, size, host_va);
-  if (rc != 0)
-    return rc;
-  mb_piece *pc = calloc(1, sizeof *pc);
-  if (!pc)
-    return -ENOMEM;
-  pc->host = host_va;
-  pc->writable = writable;
-  mb_rtree_insert(&p->pieces, &pc->node, gpa, gpa + size);
-  return 0;
+  return rc ? rc : mb_pieces_add(&p->pieces, gpa, size, host_va, writable, 0);
 }
 
 static int soft_unmap(void *inst, uint64_t gpa, uint64_t size) {
@@ -64,8 +52,7 @@ static int soft_unmap(void *inst, uint64_t gpa, uint64_t size) {
   mb_piece *pc = mb_pieces_exact(&p->pieces, gpa, size);
   if (!pc)
     return -ENOENT;
-  mb_rtree_remove(&p->pieces, &pc->node);
-  free(pc);
+  mb_pieces_drop(&p->pieces, pc);
   return 0;
 }
 

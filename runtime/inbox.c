@@ -2,7 +2,7 @@
  *
  * Invariant: the consumer sleeps only after leaving a mark that the next producer is bound to
  * see. Two marks exist, one per way the queue can look empty:
- *   - truly empty (tail == stub == head): the consumer tags head's low bit with a CAS; the next
+ *   - truly empty (tail == sentinel == head): the consumer tags head's low bit with a CAS; the next
  *     producer's exchange of head returns the tagged pointer;
  *   - a producer in progress (it swapped head but has not linked prev->next yet): the consumer
  *     CASes tail->next from NULL to STALLED; that producer links with an exchange and sees it.
@@ -20,9 +20,9 @@ static inline mb_msg *untag(mb_msg *p) { return (mb_msg *)((uintptr_t)p & ~TAG);
 static inline bool tagged(mb_msg *p) { return ((uintptr_t)p & TAG) != 0; }
 
 void mb__inbox_init(mb__inbox *q) {
-  atomic_init(&q->stub.next__, NULL);
-  atomic_init(&q->head, &q->stub);
-  q->tail = &q->stub;
+  atomic_init(&q->sentinel.next__, NULL);
+  atomic_init(&q->head, &q->sentinel);
+  q->tail = &q->sentinel;
 }
 
 bool mb__inbox_push(mb__inbox *q, mb_msg *m) {
@@ -41,7 +41,7 @@ static inline mb_msg *next_of(mb_msg *n) {
 mb_msg *mb__inbox_pop(mb__inbox *q) {
   mb_msg *tail = q->tail;
   mb_msg *next = next_of(tail);
-  if (tail == &q->stub) {
+  if (tail == &q->sentinel) {
     if (!next) return NULL;
     q->tail = tail = next;
     next = next_of(next);
@@ -51,7 +51,7 @@ mb_msg *mb__inbox_pop(mb__inbox *q) {
     return tail;
   }
   if (tail != untag(atomic_load_explicit(&q->head, memory_order_acquire))) return NULL;
-  mb__inbox_push(q, &q->stub);
+  mb__inbox_push(q, &q->sentinel);
   next = next_of(tail);
   if (!next) return NULL;
   q->tail = next;
@@ -65,7 +65,7 @@ bool mb__inbox_sleep(mb__inbox *q) {
   if (next) return false;
   mb_msg *head = atomic_load_explicit(&q->head, memory_order_acquire);
   if (untag(head) == tail) {
-    if (tail != &q->stub) return false; /* pop must re-insert the stub first */
+    if (tail != &q->sentinel) return false; /* pop must re-insert the sentinel first */
     if (tagged(head)) return true;
     return atomic_compare_exchange_strong_explicit(&q->head, &head, (mb_msg *)((uintptr_t)tail | TAG),
                                                    memory_order_acq_rel, memory_order_acquire);

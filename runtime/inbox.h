@@ -1,4 +1,4 @@
-/* inbox.h: a loop's lock-free MPSC inbox (Vyukov's intrusive queue with a stub node), whose
+/* inbox.h: a loop's lock-free MPSC inbox (Vyukov's intrusive queue with a sentinel node), whose
  * push tells the producer whether the consumer has gone to sleep and must be woken. */
 #ifndef MB_RUNTIME_INBOX_H
 #define MB_RUNTIME_INBOX_H
@@ -11,7 +11,7 @@
 typedef struct mb__inbox {
   _Alignas(64) mb_msg *_Atomic head; /* producers' end; low bit set = consumer asleep */
   _Alignas(64) mb_msg *tail;         /* consumer's end */
-  mb_msg stub;
+  mb_msg sentinel;
 } mb__inbox;
 
 void mb__inbox_init(mb__inbox *q);
