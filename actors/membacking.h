@@ -161,9 +161,10 @@ int mb_mapper_ranges_sync(mb_mapper *m, mb_range_list **out);
  *   3. the mapper unmaps and acknowledges;
  *   4. the operation completes.
  * Operations issued after it wait behind it, in order. A page whose teardown is waiting
- * cannot be locked anew (MB_E_UNMAPPED). (A mapping remove does not unmap partitions, which
- * keep mapping the whole region through the primary mapper: a lock through the primary
- * mapper leaves the range reachable by the guest while a mapping remove waits for it.)
+ * cannot be locked anew (MB_E_UNMAPPED). Locks are taken through mappers of your own: the
+ * partitions reach guest memory through the primary mapper (a mapping remove tears the
+ * range down there, not in the partitions), so a lock through it could not keep step 1, and
+ * mb_mapper_lock on mb_mm_primary_mapper() answers MB_E_INVALID.
  *
  * Do not wait for a manager operation while holding a lock on a range it tears down: it
  * waits for the lock. mb_mapper_remove of a mapper that holds locks fails (MB_E_INVALID);

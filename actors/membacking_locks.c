@@ -6,7 +6,9 @@
 #include "api_internal.h"
 
 int mb_mapper_lock(mb_mapper *m, uint64_t gpa, uint64_t size, bool writable, mb_lock **out) {
-  if (m == NULL)
+  /* The partitions see guest memory through the primary mapper: a lock there would keep a
+   * range the guest can reach alive while its teardown waits, breaking "partitions first". */
+  if (m == NULL || m == &m->mm->primary)
     return MB_E_INVALID;
   return mb_vam_lock(m->vam, gpa, size, writable, out);
 }

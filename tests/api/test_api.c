@@ -95,6 +95,8 @@ static void test_blocking_end_to_end(void **unused) {
   assert_int_equal(mb_mapper_read(primary, 0x2000, buf, 1), 0);
   assert_int_equal(buf[0], 0x11);
   assert_int_equal(mb_mapper_remove_sync(primary), MB_E_INVALID);
+  mb_lock *lock = NULL;  /* locks go through mappers of one's own, never the partitions' view */
+  assert_int_equal(mb_mapper_lock(primary, 0x2000, 4096, false, &lock), MB_E_INVALID);
   assert_int_equal(mb_region_remove_sync(mm, r_ram), 0);
   assert_int_equal(mb_region_map_sync(mm, r_rom, false), 0);
   int state = -1;

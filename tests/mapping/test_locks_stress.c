@@ -1,6 +1,6 @@
 /* test_locks_stress.c: locks against teardowns, many threads, the public API.
  *
- * Lockers lock ranges through an eager, a lazy and the primary mapper and write through the
+ * Lockers lock ranges through two eager mappers and a lazy one and write through the
  * raw pointers while they hold them, checking that what they wrote stays; meanwhile tearers
  * unmap, remap, remove and re-add the same regions, remove and re-add mappings and change
  * access. Each locker owns its own pages of every region (writers never share a byte), each
@@ -43,7 +43,7 @@ enum {
 
 typedef struct world {
   mb_mm *mm;
-  mb_mapper *mappers[3];                /* eager, lazy, primary */
+  mb_mapper *mappers[3];                /* eager, lazy, eager */
   mb_object *obj[NREGIONS];
   uint8_t *view[NREGIONS];              /* the backing, mapped by the test itself */
   mb_region_id id[NREGIONS];            /* its tearer's only */
@@ -232,7 +232,7 @@ static void test_locks_against_teardowns(void **state) {
   }
   assert_int_equal(mb_mapper_add_sync(w.mm, le, true, &w.mappers[0]), 0);
   assert_int_equal(mb_mapper_add_sync(w.mm, ll, false, &w.mappers[1]), 0);
-  w.mappers[2] = mb_mm_primary_mapper(w.mm);
+  assert_int_equal(mb_mapper_add_sync(w.mm, le, true, &w.mappers[2]), 0);
   mb_partition *p;
   assert_int_equal(mb_partition_add_sync(w.mm, &mb_partition_soft, part, &p), 0);
   assert_int_equal(atomic_load(&w.errors), 0);
