@@ -80,6 +80,15 @@ struct mm_state {
   uint32_t nmappers, cap_mappers;
   bool busy;
   mm_op op;
+  /* Grow-only buffers the operation's nodes, targets and ok point into (one operation at a
+   * time: see the comment at the top), kept between operations. */
+  mm_node **nodes_buf;
+  uint32_t cap_nodes;
+  mb_addr *targets_buf;
+  bool *ok_buf;
+  uint32_t cap_targets;
+  mm_node *node_cache[16]; /* unlinked nodes kept for reuse */
+  uint32_t nnode_cache;
   mb_msg **waiting;        /* requests that came during the operation, in arrival order */
   size_t wait_head, nwaiting, cap_waiting; /* a ring */
   bool pumping;            /* taking up `waiting` (op_finish may run inside) */
@@ -102,6 +111,19 @@ static bool addr_eq(mb_addr a, mb_addr b) {
 /* A mapper that cannot answer any more counts as having acknowledged. */
 static bool is_gone(int status) {
   return status == MB_EGONE || status == MB_ESTOPPED;
+}
+
+/* A node from the cache, or a new one. */
+static mm_node *node_get(mm_state *st) {
+  return st->nnode_cache > 0 ? st->node_cache[--st->nnode_cache] : malloc(sizeof(mm_node));
+}
+
+/* Gives back an unlinked node whose entry holds no reference. */
+static void node_put(mm_state *st, mm_node *n) {
+  if (st->nnode_cache < sizeof st->node_cache / sizeof st->node_cache[0])
+    st->node_cache[st->nnode_cache++] = n;
+  else
+    free(n);
 }
 
 static mm_node *node_of(mb_rtree_node *n) {
@@ -194,21 +216,42 @@ static void op_finish(mm_state *st, int status) {
   mm_op *op = &st->op;
   mb_msg *req = op->req;
   mb_map_entries_free(op->entries, op->count);
-  free(op->nodes);
-  free(op->targets);
-  free(op->ok);
-  memset(op, 0, sizeof *op);
+  memset(op, 0, sizeof *op); /* nodes, targets and ok are the state's buffers */
   st->busy = false;
   mb_reply(req, status);
   pump(st);
 }
 
+/* Points op->targets and op->ok at room for n targets (ok all false). */
+static int reserve_targets(mm_state *st, uint32_t n) {
+  mm_op *op = &st->op;
+  if (n > st->cap_targets) {
+    uint32_t cap = st->cap_targets ? st->cap_targets : 8;
+    while (cap < n)
+      cap = cap > UINT32_MAX / 2 ? n : cap * 2;
+    mb_addr *t = malloc(cap * sizeof *t);
+    bool *ok = malloc(cap * sizeof *ok);
+    if (t == NULL || ok == NULL) {
+      free(t);
+      free(ok);
+      return MB_ENOMEM;
+    }
+    free(st->targets_buf);
+    free(st->ok_buf);
+    st->targets_buf = t;
+    st->ok_buf = ok;
+    st->cap_targets = cap;
+  }
+  memset(st->ok_buf, 0, n * sizeof *st->ok_buf);
+  op->targets = st->targets_buf;
+  op->ok = st->ok_buf;
+  return 0;
+}
+
 static int op_targets(mm_state *st, bool eager_only) {
   mm_op *op = &st->op;
   uint32_t n = 0;
-  op->targets = malloc((st->nmappers + 1) * sizeof *op->targets);
-  op->ok = calloc(st->nmappers + 1, sizeof *op->ok);
-  if (op->targets == NULL || op->ok == NULL)
+  if (reserve_targets(st, st->nmappers + 1) != 0)
     return MB_ENOMEM;
   for (uint32_t i = 0; i < st->nmappers; i++)
     if (st->mappers[i].eager || !eager_only)
@@ -287,7 +330,8 @@ static int check_batch(mm_state *st, mb_map_entry *e, uint32_t count) {
   for (uint32_t i = 0; i < count; i++)
     if (check_entry(&e[i]) != 0)
       return MB_E_INVALID;
-  qsort(e, count, sizeof *e, cmp_entry);
+  if (count > 1)
+    qsort(e, count, sizeof *e, cmp_entry);
   for (uint32_t i = 0; i < count; i++) {
     if (i > 0 && e[i - 1].gpa + e[i - 1].size > e[i].gpa)
       return MB_E_OVERLAP;
@@ -299,11 +343,21 @@ static int check_batch(mm_state *st, mb_map_entry *e, uint32_t count) {
 
 static int insert_batch(mm_state *st) {
   mm_op *op = &st->op;
-  op->nodes = calloc(op->count, sizeof *op->nodes);
-  if (op->nodes == NULL)
-    return MB_ENOMEM;
+  if (op->count > st->cap_nodes) {
+    uint32_t cap = st->cap_nodes ? st->cap_nodes : 16;
+    while (cap < op->count)
+      cap = cap > UINT32_MAX / 2 ? op->count : cap * 2;
+    mm_node **nodes = malloc((size_t)cap * sizeof *nodes);
+    if (nodes == NULL)
+      return MB_ENOMEM;
+    free(st->nodes_buf);
+    st->nodes_buf = nodes;
+    st->cap_nodes = cap;
+  }
+  op->nodes = st->nodes_buf;
+  memset(op->nodes, 0, op->count * sizeof *op->nodes);
   for (uint32_t i = 0; i < op->count; i++)
-    if ((op->nodes[i] = malloc(sizeof(mm_node))) == NULL)
+    if ((op->nodes[i] = node_get(st)) == NULL)
       return MB_ENOMEM;
   for (uint32_t i = 0; i < op->count; i++) {
     mm_node *n = op->nodes[i];
@@ -322,10 +376,9 @@ static void remove_batch(mm_state *st, bool inserted) {
       continue;
     if (inserted) {
       mb_rtree_remove(&st->maps, &op->nodes[i]->node);
-      node_free(op->nodes[i]);
-    } else {
-      free(op->nodes[i]);
+      mb_object_unref(op->nodes[i]->e.obj);
     }
+    node_put(st, op->nodes[i]);
   }
 }
 
@@ -390,7 +443,7 @@ static void handle_map(mm_state *st, mm_map_msg *m) {
 static int cut_range(mm_state *st, uint64_t a, uint64_t b) {
   mb_rtree_node *it = mb_rtree_first_overlap(&st->maps, a, b);
   mm_node *spare = NULL;
-  if (it != NULL && it->start < a && it->end > b && (spare = malloc(sizeof *spare)) == NULL)
+  if (it != NULL && it->start < a && it->end > b && (spare = node_get(st)) == NULL)
     return MB_ENOMEM;
   while ((it = mb_rtree_first_overlap(&st->maps, a, b)) != NULL) {
     mm_node *n = node_of(it);
@@ -413,7 +466,8 @@ static int cut_range(mm_state *st, uint64_t a, uint64_t b) {
       n->e.obj_off += b - start;
       mb_rtree_insert(&st->maps, &n->node, b, end);
     } else {
-      node_free(n);
+      mb_object_unref(n->e.obj);
+      node_put(st, n);
     }
   }
   return 0;
@@ -469,9 +523,8 @@ static void handle_add_mapper(mm_state *st, mm_add_mapper_msg *m) {
     rc = reserve_mapper(st);
   if (rc == 0)
     rc = snapshot(st, &op->entries, &op->count);
-  if (rc == 0 && ((op->targets = malloc(sizeof *op->targets)) == NULL ||
-                  (op->ok = calloc(1, sizeof *op->ok)) == NULL))
-    rc = MB_ENOMEM;
+  if (rc == 0)
+    rc = reserve_targets(st, 1);
   if (rc != 0) {
     op_finish(st, rc);
     return;
@@ -632,11 +685,13 @@ static void mm_destroy(mb_actor *self) {
      * batch's nodes are in the tree and go with it. */
     if (op->lent == 0)
       mb_map_entries_free(op->entries, op->count);
-    free(op->nodes);
-    free(op->targets);
-    free(op->ok);
     mb_msg_free(op->req);
   }
+  while (st->nnode_cache > 0)
+    free(st->node_cache[--st->nnode_cache]);
+  free(st->nodes_buf);
+  free(st->targets_buf);
+  free(st->ok_buf);
   /* Never taken up: an MM_MAP's array goes back with the answer (its sender frees it). */
   int status = mb_loop_stopping(mb_actor_loop(self)) ? MB_ESTOPPED : MB_EGONE;
   mb_msg *msg;

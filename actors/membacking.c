@@ -1,5 +1,7 @@
 /* membacking.c: the public API: managers, regions, mappings, and the asynchronous and
  * blocking ways every operation is issued. Mappers and partitions: membacking_consumers.c. */
+#include <pthread.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,7 +16,56 @@ typedef struct api_op {
   void *ctx;
   mb__value_fn value;
   mb_object *obj;
+  struct api_op *next; /* in its thread's cache while unused */
 } api_op;
+
+/* Finished api_ops are kept for reuse, per thread (an op is taken and given back on its
+ * loop's thread: the reply comes home to mb_loop_actor(here)); a thread's cache is freed when
+ * it exits. */
+enum { API_CACHE_MAX = 32 };
+static _Thread_local api_op *api_cache;
+static _Thread_local unsigned api_ncache;
+static _Thread_local bool api_cache_armed;
+static pthread_key_t api_cache_key;
+static pthread_once_t api_cache_once = PTHREAD_ONCE_INIT;
+static bool api_cache_ok;
+
+static void api_cache_drain(void *unused) {
+  (void)unused;
+  while (api_cache != NULL) {
+    api_op *op = api_cache;
+    api_cache = op->next;
+    free(op);
+  }
+  api_ncache = 0;
+}
+
+static void api_cache_init(void) {
+  api_cache_ok = pthread_key_create(&api_cache_key, api_cache_drain) == 0;
+}
+
+static api_op *api_op_get(void) {
+  api_op *op = api_cache;
+  if (op == NULL)
+    return malloc(sizeof *op);
+  api_cache = op->next;
+  api_ncache--;
+  return op;
+}
+
+static void api_op_put(api_op *op) {
+  if (!api_cache_armed) { /* the thread-exit hook, once per thread */
+    pthread_once(&api_cache_once, api_cache_init);
+    api_cache_armed = api_cache_ok && pthread_setspecific(api_cache_key, &api_cache) == 0;
+  }
+  if (!api_cache_armed || api_ncache >= API_CACHE_MAX) {
+    free(op);
+    return;
+  }
+  op->next = api_cache;
+  api_cache = op;
+  api_ncache++;
+}
 
 static void api_op_reply(mb_actor *self, mb_msg *reply, void *ctx) {
   (void)self;
@@ -22,21 +73,24 @@ static void api_op_reply(mb_actor *self, mb_msg *reply, void *ctx) {
   uint64_t v = (op->value && reply->status == 0) ? op->value(reply) : 0;
   mb__rec_request(op->rec, reply, reply->status);
   if (op->obj) mb_object_unref(op->obj);
-  op->done(op->ctx, reply->status, v);
-  free(op);
+  mb_done_fn done = op->done;
+  void *done_ctx = op->ctx;
+  api_op_put(op);
+  done(done_ctx, reply->status, v);
 }
 
 void mb__api_submit(mb__rec *rec, mb_addr to, mb_msg *msg, mb__value_fn value, mb_object *obj,
                     mb_done_fn done, void *ctx) {
   mb_loop *here = mb_loop_current();
-  api_op *op = here ? malloc(sizeof *op) : NULL;
+  api_op *op = here ? api_op_get() : NULL;
   if (!op || !msg) { /* a programming error (no loop) or no memory: the only inline answer */
     mb_msg_free(msg);
     done(ctx, op || !here ? MB_ENOMEM : MB_EINVAL, 0);
-    free(op);
+    if (op)
+      api_op_put(op);
     return;
   }
-  *op = (api_op){rec, done, ctx, value, obj ? mb_object_ref(obj) : NULL};
+  *op = (api_op){rec, done, ctx, value, obj ? mb_object_ref(obj) : NULL, NULL};
   mb_call(mb_loop_actor(here), to, msg, api_op_reply, op);
 }
 

@@ -108,7 +108,9 @@ typedef struct rm_state {
   uint32_t next_id;
   mb_addr *parts;
   size_t nparts, cap_parts;
-  rm_op *op;              /* the operation in flight */
+  rm_op *op;              /* the operation in flight: NULL or &op_buf */
+  rm_op op_buf;           /* reused by every operation (serialized: one at a time); its
+                           * calls array is grow-only and kept between operations */
 } rm_state;
 
 static rm_region *region_of_vis(mb__vis_region *v) {
@@ -200,22 +202,29 @@ static int build_entries(const rm_call *c, mb_map_entry **out, uint32_t *count) 
 
 /* ---- operations: plan -------------------------------------------------------------------- */
 
-static rm_op *op_new(mb_msg *req, rm_region *r) {
-  rm_op *op = calloc(1, sizeof *op);
-  if (op == NULL)
-    return NULL;
+/* The state's operation object, reset for req (the calls array is kept for reuse). */
+static rm_op *op_new(rm_state *st, mb_msg *req, rm_region *r) {
+  rm_op *op = &st->op_buf;
+  rm_call *calls = op->calls;
+  size_t cap = op->cap;
+  memset(op, 0, sizeof *op);
+  op->calls = calls;
+  op->cap = cap;
   op->req = req;
   op->kind = req->kind;
   op->region = r;
   return op;
 }
 
+/* Releases what the operation holds (not the reusable calls array). */
 static void op_free(rm_op *op) {
   mb__vis_abort(&op->diff);
   mapping_free(op->mapping);
+  op->mapping = NULL;
   free(op->spare);
-  free(op->calls);
-  free(op);
+  op->spare = NULL;
+  op->req = NULL;
+  op->ncalls = 0;
 }
 
 static int op_add_call(rm_op *op, rm_call c) {
@@ -430,9 +439,10 @@ static void op_commit(rm_state *st, rm_op *op);
 static void op_finish(rm_state *st, rm_op *op, int err) {
   if (err == 0)
     op_commit(st, op);
+  mb_msg *req = op->req;
+  op_free(op); /* before the reply: the operation object is free for the next request */
   st->op = NULL;
-  mb_reply(op->req, err);
-  op_free(op);
+  mb_reply(req, err);
 }
 
 /* Moves the operation on once every reply of the current step is in. */
@@ -464,8 +474,9 @@ static void op_next(mb_actor *self, rm_state *st) {
 /* Starts a planned operation (rc: the planning result). */
 static void op_start(mb_actor *self, rm_state *st, rm_op *op, int rc) {
   if (rc != 0) {
-    mb_reply(op->req, rc);
+    mb_msg *req = op->req;
     op_free(op);
+    mb_reply(req, rc);
     return;
   }
   st->op = op;
@@ -719,11 +730,7 @@ static void handle_op(mb_actor *self, rm_state *st, mb_msg *msg) {
     mb_reply(msg, 0);
     return;
   }
-  rm_op *op = op_new(msg, r);
-  if (op == NULL) {
-    mb_reply(msg, MB_ENOMEM);
-    return;
-  }
+  rm_op *op = op_new(st, msg, r);
   mb_msg_keep(msg);
   int rc;
   switch (msg->kind) {
@@ -777,9 +784,12 @@ static void rm_handle(mb_actor *self, mb_msg *msg) {
 static void rm_destroy(mb_actor *self) {
   rm_state *st = mb_actor_state(self);
   if (st->op != NULL) {
-    mb_reply(st->op->req, MB_EGONE);
+    mb_msg *req = st->op->req;
     op_free(st->op);
+    st->op = NULL;
+    mb_reply(req, MB_EGONE);
   }
+  free(st->op_buf.calls);
   while (st->ids.root != NULL)
     region_free(st, mb_rtree_entry(st->ids.root, rm_region, by_id));
   mb__vis_fini(&st->vis);

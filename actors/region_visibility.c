@@ -43,6 +43,13 @@ void mb__vis_init(mb__vis_set *s, int overlap) {
   mb_rtree_init(&s->pieces);
   s->next_seq = 0;
   s->overlap = overlap;
+  s->scratch = NULL;
+  s->scratch_cap = 0;
+  s->removed_buf = s->added_buf = NULL;
+  s->removed_cap = s->added_cap = 0;
+  s->segs_buf = NULL;
+  s->segs_cap = 0;
+  s->ncache = 0;
 }
 
 void mb__vis_fini(mb__vis_set *s) {
@@ -51,6 +58,48 @@ void mb__vis_fini(mb__vis_set *s) {
     mb_rtree_remove(&s->pieces, &p->node);
     free(p);
   }
+  while (s->ncache > 0)
+    free(s->cache[--s->ncache]);
+  free(s->scratch);
+  free(s->removed_buf);
+  free(s->added_buf);
+  free(s->segs_buf);
+  s->scratch = NULL;
+  s->removed_buf = s->added_buf = NULL;
+  s->segs_buf = NULL;
+  s->scratch_cap = s->removed_cap = s->added_cap = s->segs_cap = 0;
+}
+
+/* Makes *buf hold at least n elements of size sz (grow-only; the contents are not kept). */
+static int reserve(void **buf, size_t *cap, size_t n, size_t sz) {
+  if (n <= *cap)
+    return 0;
+  size_t want = *cap ? 2 * *cap : 16;
+  while (want < n) {
+    if (want > SIZE_MAX / 2)
+      return -ENOMEM;
+    want *= 2;
+  }
+  if (want > SIZE_MAX / sz)
+    return -ENOMEM;
+  void *b = malloc(want * sz);
+  if (b == NULL)
+    return -ENOMEM;
+  free(*buf);
+  *buf = b;
+  *cap = want;
+  return 0;
+}
+
+static mb__vis_piece *piece_get(mb__vis_set *s) {
+  return s->ncache > 0 ? s->cache[--s->ncache] : malloc(sizeof(mb__vis_piece));
+}
+
+static void piece_put(mb__vis_set *s, mb__vis_piece *p) {
+  if (s->ncache < MB__VIS_PIECE_CACHE)
+    s->cache[s->ncache++] = p;
+  else
+    free(p);
 }
 
 int mb__vis_admit(const mb__vis_set *s, uint64_t start, uint64_t end, uint8_t prio) {
@@ -146,7 +195,8 @@ static void span_append(vis_span *out, size_t *n, uint64_t start, uint64_t end,
  * cand (n entries) is sorted here; heap has room for n. out needs 2n + 1. */
 static size_t sweep(mb__vis_region **cand, size_t n, mb__vis_region **heap, uint64_t rs,
                     uint64_t re, vis_span *out) {
-  qsort(cand, n, sizeof *cand, cmp_start);
+  if (n > 1)
+    qsort(cand, n, sizeof *cand, cmp_start);
   size_t i = 0, h = 0, nout = 0;
   uint64_t pos = rs;
   while (pos < re) {
@@ -171,7 +221,7 @@ static size_t sweep(mb__vis_region **cand, size_t n, mb__vis_region **heap, uint
 /* The pieces of the diff: old ones not in new go to removed, new ones not in old are
  * allocated into added. Both lists are ascending and disjoint, so identical pieces (same
  * start, end and region) meet at the same step. */
-static int diff_pieces(mb__vis_diff *d, mb__vis_piece **old, size_t nold, const vis_span *nw,
+static int diff_pieces(mb__vis_set *s, mb__vis_diff *d, mb__vis_piece **old, size_t nold, const vis_span *nw,
                        size_t nnew) {
   size_t i = 0, j = 0;
   while (i < nold || j < nnew) {
@@ -181,7 +231,7 @@ static int diff_pieces(mb__vis_diff *d, mb__vis_piece **old, size_t nold, const 
     } else if (j == nnew || (i < nold && old[i]->node.start <= nw[j].start)) {
       d->removed[d->nremoved++] = old[i++];
     } else {
-      mb__vis_piece *p = malloc(sizeof *p);
+      mb__vis_piece *p = piece_get(s);
       if (p == NULL)
         return -ENOMEM;
       memset(p, 0, sizeof *p);
@@ -268,17 +318,20 @@ int mb__vis_plan(mb__vis_set *s, mb__vis_region *r, bool mapped, mb__vis_diff *d
   mb_rtree_for_each_overlap(n, &s->pieces, lo, hi)
     nold++;
 
-  /* One allocation for the scratch arrays, sized by the counts above. */
+  /* The scratch arrays and the diff's arrays live in the set's grow-only buffers. */
   size_t nspan = 2 * ncand + 1, ntile = nspan + 2;
   size_t bytes = 2 * ncand * sizeof(mb__vis_region *) + nold * sizeof(mb__vis_piece *) +
                  (nspan + ntile) * sizeof(vis_span);
-  char *scratch = malloc(bytes);
-  d->removed = malloc((nold + 1) * sizeof *d->removed);
-  d->added = malloc((ntile + 1) * sizeof *d->added);
-  d->segs = malloc((2 * (nold + ntile) + 1) * sizeof *d->segs);
-  if (scratch == NULL || d->removed == NULL || d->added == NULL || d->segs == NULL)
+  if (reserve(&s->scratch, &s->scratch_cap, bytes, 1) != 0 ||
+      reserve((void **)&s->removed_buf, &s->removed_cap, nold + 1, sizeof *d->removed) != 0 ||
+      reserve((void **)&s->added_buf, &s->added_cap, ntile + 1, sizeof *d->added) != 0 ||
+      reserve((void **)&s->segs_buf, &s->segs_cap, 2 * (nold + ntile) + 1, sizeof *d->segs) != 0)
     goto nomem;
-  vis_span *in = (vis_span *)(void *)scratch;
+  d->removed = s->removed_buf;
+  d->added = s->added_buf;
+  d->segs = s->segs_buf;
+  d->set = s;
+  vis_span *in = (vis_span *)s->scratch;
   vis_span *tile = in + nspan;
   mb__vis_region **cand = (mb__vis_region **)(void *)(tile + ntile);
   mb__vis_region **heap = cand + ncand;
@@ -296,23 +349,18 @@ int mb__vis_plan(mb__vis_set *s, mb__vis_region *r, bool mapped, mb__vis_diff *d
 
   size_t nin = sweep(cand, k, heap, rs, re, in);
   size_t nnew = new_tiling(old, nold, in, nin, rs, re, tile);
-  if (diff_pieces(d, old, nold, tile, nnew) != 0)
+  if (diff_pieces(s, d, old, nold, tile, nnew) != 0)
     goto nomem;
   diff_segments(d, old, nold, tile, nnew);
-  free(scratch);
   return 0;
 
 nomem:
-  free(scratch);
   mb__vis_abort(d);
   return -ENOMEM;
 }
 
 static void diff_release(mb__vis_diff *d) {
-  free(d->removed);
-  free(d->added);
-  free(d->segs);
-  memset(d, 0, sizeof *d);
+  memset(d, 0, sizeof *d); /* the arrays are the set's */
 }
 
 void mb__vis_commit(mb__vis_set *s, mb__vis_diff *d) {
@@ -320,7 +368,7 @@ void mb__vis_commit(mb__vis_set *s, mb__vis_diff *d) {
     mb__vis_piece *p = d->removed[i];
     p->region->visible -= p->node.end - p->node.start;
     mb_rtree_remove(&s->pieces, &p->node);
-    free(p);
+    piece_put(s, p);
   }
   for (size_t i = 0; i < d->nadded; i++) {
     mb__vis_piece *p = d->added[i];
@@ -334,7 +382,7 @@ void mb__vis_commit(mb__vis_set *s, mb__vis_diff *d) {
 
 void mb__vis_abort(mb__vis_diff *d) {
   for (size_t i = 0; i < d->nadded; i++)
-    free(d->added[i]);
+    piece_put(d->set, d->added[i]);
   diff_release(d);
 }
 

@@ -44,23 +44,37 @@ typedef struct mb__vis_piece {
   mb__vis_region *region;
 } mb__vis_piece;
 
-typedef struct mb__vis_set {
-  mb_rtree regions;
-  mb_rtree pieces;
-  uint64_t next_seq;
-  int overlap; /* MB_OVERLAP_NESTED or MB_OVERLAP_ANY */
-} mb__vis_set;
-
 /* A byte range whose winner changes (either may be NULL: nothing shown). */
 typedef struct mb__vis_seg {
   uint64_t start, end;
   mb__vis_region *old_winner, *new_winner;
 } mb__vis_seg;
 
+enum { MB__VIS_PIECE_CACHE = 16 };
+
+typedef struct mb__vis_set {
+  mb_rtree regions;
+  mb_rtree pieces;
+  uint64_t next_seq;
+  int overlap; /* MB_OVERLAP_NESTED or MB_OVERLAP_ANY */
+  /* Grow-only planning buffers, reused by every plan (a diff points into them, so at most
+   * one diff of a set exists at a time), and unlinked pieces kept for reuse. */
+  void *scratch;
+  size_t scratch_cap;               /* bytes */
+  struct mb__vis_piece **removed_buf, **added_buf;
+  size_t removed_cap, added_cap;    /* entries */
+  struct mb__vis_seg *segs_buf;
+  size_t segs_cap;
+  struct mb__vis_piece *cache[MB__VIS_PIECE_CACHE];
+  size_t ncache;
+} mb__vis_set;
+
 typedef struct mb__vis_diff {
+  mb__vis_set *set;        /* whose buffers the arrays are (NULL: an empty diff) */
   mb__vis_region *region;  /* the region changing, and its new mapped state */
   bool mapped;
-  mb__vis_piece **removed; /* linked pieces, ascending */
+  mb__vis_piece **removed; /* linked pieces, ascending (removed, added and segs point into
+                            * the set's planning buffers: one diff per set at a time) */
   size_t nremoved;
   mb__vis_piece **added;   /* unlinked pieces (allocated by plan), ascending */
   size_t nadded;
@@ -69,7 +83,7 @@ typedef struct mb__vis_diff {
 } mb__vis_diff;
 
 void mb__vis_init(mb__vis_set *s, int overlap);
-/* Frees the pieces (the regions belong to the caller). */
+/* Frees the pieces and the planning buffers (the regions belong to the caller). */
 void mb__vis_fini(mb__vis_set *s);
 
 /* 0 if a region [start, end) of priority prio may join the set under its policy, else

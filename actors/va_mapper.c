@@ -105,6 +105,8 @@ struct mb_vam {
   void *log_ctx;
   uv_timer_t *timer;  /* the watchdog's, once started (the actor's thread only) */
   _Atomic uint64_t faults, resolved, unmapped, parked;
+  vam_range *range_cache[8]; /* unlinked ranges kept for reuse (the actor's thread only) */
+  unsigned nrange_cache;
 };
 
 /* A job_run result: the request is parked (in jobs), not answered. */
@@ -118,6 +120,21 @@ static vam_range *range_of(mb_rtree_node *n) {
 static void range_free(vam_range *r) {
   mb_object_unref(r->obj);
   free(r);
+}
+
+/* A range from the cache, or a new one (the actor's thread). */
+static vam_range *range_get(mb_vam *v) {
+  return v->nrange_cache > 0 ? v->range_cache[--v->nrange_cache] : malloc(sizeof(vam_range));
+}
+
+/* Gives back an unlinked range holding no reference (NULL: nothing). */
+static void range_put(mb_vam *v, vam_range *r) {
+  if (r == NULL)
+    return;
+  if (v->nrange_cache < sizeof v->range_cache / sizeof v->range_cache[0])
+    v->range_cache[v->nrange_cache++] = r;
+  else
+    free(r);
 }
 
 static int map_error(int rc) {
@@ -192,7 +209,8 @@ static mb_range unrecord(mb_vam *v, uint64_t a, uint64_t b, vam_range **spare) {
       r->obj_off += b - start;
       mb_rtree_insert(&v->ranges, &r->node, b, end);
     } else {
-      range_free(r);
+      mb_object_unref(r->obj);
+      range_put(v, r);
     }
   }
   return span;
@@ -205,10 +223,14 @@ static mb_range unrecord(mb_vam *v, uint64_t a, uint64_t b, vam_range **spare) {
  * can be taken on the old pages in between. With a lock in the way: parked (job). */
 static int map_piece(mb_vam *v, uint64_t start, uint64_t end, mb_object *obj, uint64_t obj_off,
                      bool writable, bool replace, vam_job *job) {
-  vam_range *r = malloc(sizeof *r), *spare = malloc(sizeof *spare);
-  if (r == NULL || spare == NULL) {
-    free(r);
-    free(spare);
+  /* A spare only when one established range straddles both edges (then it is the only one
+   * overlapping); only this thread changes the tree, so the check holds until unrecord. */
+  mb_rtree_node *it = mb_rtree_first_overlap(&v->ranges, start, end);
+  bool straddles = it != NULL && it->start < start && it->end > end;
+  vam_range *r = range_get(v), *spare = straddles ? range_get(v) : NULL;
+  if (r == NULL || (straddles && spare == NULL)) {
+    range_put(v, r);
+    range_put(v, spare);
     return MB_ENOMEM;
   }
   int rc = 0;
@@ -218,8 +240,8 @@ static int map_piece(mb_vam *v, uint64_t start, uint64_t end, mb_object *obj, ui
   if (replace && locked(v, start, end)) {
     rc = park(v, job);
     pthread_mutex_unlock(&v->lock);
-    free(r);
-    free(spare);
+    range_put(v, r);
+    range_put(v, spare);
     return rc;
   }
   if (replace)
@@ -231,8 +253,8 @@ static int map_piece(mb_vam *v, uint64_t start, uint64_t end, mb_object *obj, ui
     r = NULL;
   }
   pthread_mutex_unlock(&v->lock);
-  free(r);
-  free(spare);
+  range_put(v, r);
+  range_put(v, spare);
   return map_error(rc);
 }
 
@@ -244,18 +266,18 @@ static int teardown(mb_vam *v, uint64_t a, uint64_t b, vam_job *job) {
   if (it == NULL)
     return 0;
   vam_range *spare = NULL;
-  if (it->start < a && it->end > b && (spare = malloc(sizeof *spare)) == NULL)
+  if (it->start < a && it->end > b && (spare = range_get(v)) == NULL)
     return MB_ENOMEM;
   pthread_mutex_lock(&v->lock);
   if (locked(v, a, b)) {
     int rc = park(v, job);
     pthread_mutex_unlock(&v->lock);
-    free(spare);
+    range_put(v, spare);
     return rc;
   }
   mb_range span = unrecord(v, a, b, &spare);
   pthread_mutex_unlock(&v->lock);
-  free(spare);
+  range_put(v, spare);
   return map_error(mb_va_unmap(&v->va, span.start, span.end - span.start));
 }
 
@@ -725,6 +747,8 @@ void mb_vam_destroy(mb_vam *v) {
   }
   mb_msg_free(v->kick);
   mb_msg_free(v->watch);
+  while (v->nrange_cache > 0)
+    free(v->range_cache[--v->nrange_cache]);
   mb_va_release(&v->va);
   pthread_mutex_destroy(&v->lock);
   free(v);

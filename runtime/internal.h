@@ -115,6 +115,8 @@ void mb__loop_make_ready(mb_loop *loop, mb_actor *a);
 int mb__loop_push(mb_loop *loop, mb_msg *m);     /* cross-thread enqueue; MB_ESTOPPED */
 void mb__inbox_push_wake(mb_loop *loop, mb_msg *m);
 void mb__loop_shutdown(mb_loop *loop);            /* on its thread, senders closed */
+/* Any thread: copy a live loop's name (false for a loop that was freed or never made). */
+bool mb__loop_name_copy(const mb_loop *loop, char out[32]);
 
 /* actor.c */
 mb_actor *mb__actor_lookup(mb_loop *loop, mb_addr a);

@@ -35,6 +35,56 @@ static bool linger(mb_loop *l) {
   }
 }
 
+/* ---- the registry of live loops --------------------------------------------------------------
+ * For code that meets a loop pointer it does not own (the trace names the sender's loop of a
+ * reply that may arrive after that loop was freed): a copy of each live loop's name. */
+typedef struct live_loop {
+  const mb_loop *loop;
+  char name[32];
+} live_loop;
+static pthread_mutex_t live_lock = PTHREAD_MUTEX_INITIALIZER;
+static live_loop *live;
+static size_t nlive, cap_live;
+
+static void live_add(const mb_loop *l) {
+  pthread_mutex_lock(&live_lock);
+  if (nlive == cap_live) {
+    size_t cap = cap_live ? cap_live * 2 : 16;
+    live_loop *p = realloc(live, cap * sizeof *p);
+    if (p) live = p, cap_live = cap;
+  }
+  if (nlive < cap_live) {
+    live[nlive].loop = l;
+    snprintf(live[nlive].name, sizeof live[nlive].name, "%s", l->name);
+    nlive++;
+  }
+  pthread_mutex_unlock(&live_lock);
+}
+
+static void live_remove(const mb_loop *l) {
+  pthread_mutex_lock(&live_lock);
+  for (size_t i = 0; i < nlive; i++)
+    if (live[i].loop == l) live[i] = live[--nlive];
+  if (!nlive) {
+    free(live);
+    live = NULL;
+    cap_live = 0;
+  }
+  pthread_mutex_unlock(&live_lock);
+}
+
+bool mb__loop_name_copy(const mb_loop *l, char out[32]) {
+  bool found = false;
+  pthread_mutex_lock(&live_lock);
+  for (size_t i = 0; i < nlive && !found; i++)
+    if (live[i].loop == l) {
+      memcpy(out, live[i].name, 32);
+      found = true;
+    }
+  pthread_mutex_unlock(&live_lock);
+  return found;
+}
+
 static void loop_actor_handle(mb_actor *self, mb_msg *msg) { (void)self, (void)msg; }
 static const mb_actor_type loop_actor_type = {"loop", loop_actor_handle, NULL, 0};
 
@@ -152,6 +202,7 @@ static int loop_init(mb_loop *l, uv_loop_t *uv, const char *name) {
   l->open_handles = 2;
   uv_poll_start(&l->poll, UV_READABLE, on_wake);
   l->loop_actor = mb_actor_create(l, &loop_actor_type, NULL, "loop");
+  if (l->loop_actor) live_add(l);
   return l->loop_actor ? 0 : MB_ENOMEM;
 }
 
@@ -250,6 +301,7 @@ int mb_loop_stop(mb_loop *l) {
 
 void mb_loop_free(mb_loop *l) {
   if (!l) return;
+  live_remove(l);
   if (!l->owned && l->open_handles > 0) {
     l->free_pending = true; /* the last close callback frees it */
     return;
