@@ -78,6 +78,24 @@ static void at_partition(mb_loop *loop, void *arg) {
   fputc('}', in->f);
 }
 
+/* The manager's mappers, then its partitions, in one array (NULL with zero counts on no
+ * memory: the dump then lists none). */
+static void **snapshot(mb_mm *mm, size_t *nm, size_t *np) {
+  pthread_mutex_lock(&mm->lock);
+  for (mb_mapper *m = mm->mappers; m; m = m->next) (*nm)++;
+  for (mb_partition *p = mm->partitions; p; p = p->next) (*np)++;
+  void **items = malloc((*nm + *np + 1) * sizeof *items);
+  size_t i = 0;
+  if (items) {
+    for (mb_mapper *m = mm->mappers; m; m = m->next) items[i++] = m;
+    for (mb_partition *p = mm->partitions; p; p = p->next) items[i++] = p;
+  } else {
+    *nm = *np = 0;
+  }
+  pthread_mutex_unlock(&mm->lock);
+  return items;
+}
+
 static void gather(insp *in) {
   mb_mm *mm = in->mm;
   fprintf(in->f, "{\"max_addr\":%" PRIu64 ",\"overlap\":\"%s\",", mm->max_addr,
@@ -86,19 +104,22 @@ static void gather(insp *in) {
   fputs(",\"mappers\":[", in->f);
   in->item = &mm->primary;
   mb_loop_exec(mm->part_loop, at_mapper, in);
-  pthread_mutex_lock(&mm->lock);
-  for (mb_mapper *m = mm->mappers; m; m = m->next) {
+  /* Snapshot the consumers, then read each on its loop without the lock: a consumer loop
+   * finishing an add takes that lock, and would wait for us while we wait for it. */
+  size_t nm = 0, np = 0;
+  void **items = snapshot(mm, &nm, &np);
+  for (size_t i = 0; i < nm; i++) {
     fputc(',', in->f);
-    in->item = m;
-    mb_loop_exec(m->loop, at_mapper, in);
+    in->item = items[i];
+    mb_loop_exec(((mb_mapper *)items[i])->loop, at_mapper, in);
   }
   fputs("],\"partitions\":[", in->f);
-  for (mb_partition *p = mm->partitions; p; p = p->next) {
-    if (p != mm->partitions) fputc(',', in->f);
-    in->item = p;
-    mb_loop_exec(p->loop, at_partition, in);
+  for (size_t i = 0; i < np; i++) {
+    if (i) fputc(',', in->f);
+    in->item = items[nm + i];
+    mb_loop_exec(((mb_partition *)items[nm + i])->loop, at_partition, in);
   }
-  pthread_mutex_unlock(&mm->lock);
+  free(items);
   fputs("]}\n", in->f);
 }
 

@@ -229,7 +229,8 @@ int mb_partition_ranges_sync(mb_partition *p, mb_range_list **out);
  * mapping managers, per message kind: count, p50, p99, max), "mappers" (each VA mapper's
  * established ranges, fault counters, held locks and latency), "partitions" (each one's slots
  * and latency). It is read on each actor's loop in turn (mb_loop_exec), so a call from a loop
- * thread briefly waits for the other loops. The async form's value is the char *. */
+ * thread briefly waits for the other loops. Do not remove mappers or partitions while an
+ * inspection runs. The async form's value is the char *. */
 void mb_mm_inspect(mb_mm *mm, mb_done_fn done, void *ctx);
 int mb_mm_inspect_sync(mb_mm *mm, char **json);
 /* Dump it to `path` (NULL: stderr) whenever the process gets `signum` (e.g. SIGUSR1). */
