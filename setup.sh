@@ -63,11 +63,11 @@ run_tests() {
   meson test -C build --print-errorlogs || rc=1
   cp build/meson-logs/testlog.json /tmp/mb-testlog-default.json; logs+=(/tmp/mb-testlog-default.json)
   echo "== tests: ASan+UBSan (libc allocator) =="
-  configure build-asan -Dallocator=libc -Db_sanitize=address,undefined -Db_lundef=false
+  configure build-asan -Dallocator=libc -Db_sanitize=address,undefined -Db_lundef=false -Db_lto=false
   meson test -C build-asan --print-errorlogs --no-suite install --no-suite bench -t 4 || rc=1
   cp build-asan/meson-logs/testlog.json /tmp/mb-testlog-asan.json; logs+=(/tmp/mb-testlog-asan.json)
   echo "== tests: TSan, concurrent suite (libc allocator) =="
-  configure build-tsan -Dallocator=libc -Db_sanitize=thread -Db_lundef=false
+  configure build-tsan -Dallocator=libc -Db_sanitize=thread -Db_lundef=false -Db_lto=false
   meson test -C build-tsan --print-errorlogs --suite concurrent -t 10 || rc=1
   cp build-tsan/meson-logs/testlog.json /tmp/mb-testlog-tsan.json; logs+=(/tmp/mb-testlog-tsan.json)
   summary "${logs[@]}" || rc=1

@@ -21,15 +21,20 @@
  * the same range. During an MM_MAP the batch is in the tree but may still be rolled back, so
  * resolves wait for its answer.
  *
- * Ownership: a tree node holds its own object reference. An MM_MAP array is lent to the
- * eager mappers (VAM_MAP) until they answer, then freed with its references; so are the
- * snapshot arrays a late eager mapper is replayed from.
+ * Ownership: a tree node holds its own object reference. An MM_MAP's entries hand theirs to
+ * the nodes the batch inserts (a rollback drops them with the nodes); its array is lent to
+ * the eager mappers (VAM_MAP) until they answer, then freed. The snapshot arrays a late
+ * eager mapper is replayed from hold references of their own, dropped with them.
+ *
+ * Mappers: the registered ones are in `mappers`; one found gone during an operation is
+ * marked, and forgotten when the operation ends (its calls point into the array).
  */
 #include "mapping_manager.h"
 
 #include <stdlib.h>
 #include <string.h>
 
+#include "grow.h"
 #include "mb_errors.h"
 #include "range_tree.h"
 #include "va_mapper.h"
@@ -50,9 +55,12 @@ typedef struct mm_node {
   mb_map_entry e;     /* e.obj: this node's own reference */
 } mm_node;
 
+/* A registered mapper, with its part in the operation in flight. */
 typedef struct mm_mapper {
   mb_addr addr;
   bool eager;
+  bool ok;   /* it established the operation's batch */
+  bool gone; /* it could not answer: forgotten when the operation ends */
 } mm_mapper;
 
 typedef struct mm_state mm_state;
@@ -67,26 +75,19 @@ typedef struct mm_op {
   mb_map_entry *entries; /* lent to mappers while lent > 0 */
   uint32_t count;
   uint32_t lent;         /* VAM_MAP replies still due (they read `entries`) */
-  mm_node **nodes;       /* MM_MAP: the nodes it inserted, in `entries` order */
-  mb_addr *targets;      /* the mappers called, and whether each established the batch */
-  bool *ok;
-  uint32_t ntargets;
+  bool refs_moved;       /* MM_MAP: the entries' references went to the inserted nodes */
+  mm_mapper replay;      /* MM_ADD_MAPPER: the new mapper (not registered yet) */
 } mm_op;
 
 struct mm_state {
   mb_actor *self;
   mb_rtree maps;
   mm_mapper *mappers;
-  uint32_t nmappers, cap_mappers;
+  uint32_t nmappers;
+  size_t cap_mappers;
+  uint32_t ngone;          /* mappers marked gone during the operation */
   bool busy;
   mm_op op;
-  /* Grow-only buffers the operation's nodes, targets and ok point into (one operation at a
-   * time: see the comment at the top), kept between operations. */
-  mm_node **nodes_buf;
-  uint32_t cap_nodes;
-  mb_addr *targets_buf;
-  bool *ok_buf;
-  uint32_t cap_targets;
   mm_node *node_cache[16]; /* unlinked nodes kept for reuse */
   uint32_t nnode_cache;
   mb_msg **waiting;        /* requests that came during the operation, in arrival order */
@@ -137,7 +138,7 @@ static void node_free(mm_node *n) {
 
 static mm_mapper *find_mapper(mm_state *st, mb_addr addr) {
   for (uint32_t i = 0; i < st->nmappers; i++)
-    if (addr_eq(st->mappers[i].addr, addr))
+    if (!st->mappers[i].gone && addr_eq(st->mappers[i].addr, addr))
       return &st->mappers[i];
   return NULL;
 }
@@ -148,23 +149,29 @@ static void drop_mapper(mm_state *st, mb_addr addr) {
     *m = st->mappers[--st->nmappers];
 }
 
+/* Forgets the mappers marked gone (between operations: no call points at one). */
+static void sweep_mappers(mm_state *st) {
+  uint32_t n = 0;
+  for (uint32_t i = 0; i < st->nmappers; i++)
+    if (!st->mappers[i].gone)
+      st->mappers[n++] = st->mappers[i];
+  st->nmappers = n;
+  st->ngone = 0;
+}
+
 /* Room for one more mapper (taken before a replay, so registering after it cannot fail). */
 static int reserve_mapper(mm_state *st) {
-  if (st->nmappers < st->cap_mappers)
-    return 0;
-  uint32_t cap = st->cap_mappers ? st->cap_mappers * 2 : 8;
-  mm_mapper *m = realloc(st->mappers, cap * sizeof *m);
+  mm_mapper *m = mb__grow(st->mappers, &st->cap_mappers, st->nmappers, sizeof *m, 8);
   if (m == NULL)
     return MB_ENOMEM;
   st->mappers = m;
-  st->cap_mappers = cap;
   return 0;
 }
 
 static int add_mapper(mm_state *st, mb_addr addr, bool eager) {
   int rc = reserve_mapper(st);
   if (rc == 0)
-    st->mappers[st->nmappers++] = (mm_mapper){addr, eager};
+    st->mappers[st->nmappers++] = (mm_mapper){addr, eager, false, false};
   return rc;
 }
 
@@ -192,7 +199,11 @@ static int snapshot(mm_state *st, mb_map_entry **out, uint32_t *count) {
   return 0;
 }
 
-/* ---- the operation in flight ----------------------------------------------------------------- */
+/* ---- the operation in flight -----------------------------------------------------------------
+ *
+ * A call's context is the mapper it went to: an element of `mappers`, or op.replay. Neither
+ * moves during an operation: `mappers` only grows before a replay's calls, and a mapper found
+ * gone is only marked, and forgotten when the operation ends. */
 
 static void op_begin(mm_state *st, mm_step_fn next) {
   st->op.next = next;
@@ -215,68 +226,49 @@ static void pump(mm_state *st);
 static void op_finish(mm_state *st, int status) {
   mm_op *op = &st->op;
   mb_msg *req = op->req;
-  mb_map_entries_free(op->entries, op->count);
-  memset(op, 0, sizeof *op); /* nodes, targets and ok are the state's buffers */
+  if (op->refs_moved)
+    free(op->entries);
+  else
+    mb_map_entries_free(op->entries, op->count);
+  if (st->ngone > 0)
+    sweep_mappers(st);
+  /* What the next operation reads before it sets it (pending and lent are 0 again). */
+  op->status = 0;
+  op->entries = NULL;
+  op->count = 0;
+  op->refs_moved = false;
   st->busy = false;
   mb_reply(req, status);
-  pump(st);
+  if (st->nwaiting > 0)
+    pump(st);
 }
 
-/* Points op->targets and op->ok at room for n targets (ok all false). */
-static int reserve_targets(mm_state *st, uint32_t n) {
-  mm_op *op = &st->op;
-  if (n > st->cap_targets) {
-    uint32_t cap = st->cap_targets ? st->cap_targets : 8;
-    while (cap < n)
-      cap = cap > UINT32_MAX / 2 ? n : cap * 2;
-    mb_addr *t = malloc(cap * sizeof *t);
-    bool *ok = malloc(cap * sizeof *ok);
-    if (t == NULL || ok == NULL) {
-      free(t);
-      free(ok);
-      return MB_ENOMEM;
-    }
-    free(st->targets_buf);
-    free(st->ok_buf);
-    st->targets_buf = t;
-    st->ok_buf = ok;
-    st->cap_targets = cap;
+/* It cannot answer: it counts as having acknowledged, and is forgotten when the operation
+ * ends (a replay's mapper is not registered: nothing to forget). */
+static void mark_gone(mm_state *st, mm_mapper *m) {
+  if (m != &st->op.replay && !m->gone) {
+    m->gone = true;
+    st->ngone++;
   }
-  memset(st->ok_buf, 0, n * sizeof *st->ok_buf);
-  op->targets = st->targets_buf;
-  op->ok = st->ok_buf;
-  return 0;
-}
-
-static int op_targets(mm_state *st, bool eager_only) {
-  mm_op *op = &st->op;
-  uint32_t n = 0;
-  if (reserve_targets(st, st->nmappers + 1) != 0)
-    return MB_ENOMEM;
-  for (uint32_t i = 0; i < st->nmappers; i++)
-    if (st->mappers[i].eager || !eager_only)
-      op->targets[n++] = st->mappers[i].addr;
-  op->ntargets = n;
-  return 0;
 }
 
 /* ---- calls to the mappers -------------------------------------------------------------------- */
 
 static void on_vam_map(mb_actor *self, mb_msg *reply, void *ctx) {
   mm_state *st = mb_actor_state(self);
-  uint32_t i = (uint32_t)(uintptr_t)ctx;
+  mm_mapper *m = ctx;
   st->op.lent--;
   if (reply->status == 0)
-    st->op.ok[i] = true;
+    m->ok = true;
   else if (is_gone(reply->status))
-    drop_mapper(st, st->op.targets[i]);
+    mark_gone(st, m);
   else
     op_fail(st, reply->status);
   op_settle(st);
 }
 
-/* VAM_MAP of the operation's entries to target i. */
-static void call_map(mm_state *st, uint32_t i) {
+/* VAM_MAP of the operation's entries to mapper t. */
+static void call_map(mm_state *st, mm_mapper *t) {
   vam_map_msg *m = vam_map_new();
   if (m == NULL) {
     op_fail(st, MB_ENOMEM);
@@ -286,20 +278,19 @@ static void call_map(mm_state *st, uint32_t i) {
   m->count = st->op.count;
   st->op.pending++;
   st->op.lent++;
-  mb_call(st->self, st->op.targets[i], &m->hdr, on_vam_map, (void *)(uintptr_t)i);
+  mb_call(st->self, t->addr, &m->hdr, on_vam_map, t);
 }
 
 static void on_vam_unmap(mb_actor *self, mb_msg *reply, void *ctx) {
   mm_state *st = mb_actor_state(self);
-  uint32_t i = (uint32_t)(uintptr_t)ctx;
   if (is_gone(reply->status))
-    drop_mapper(st, st->op.targets[i]);
+    mark_gone(st, ctx);
   else if (reply->status != 0)
     op_fail(st, reply->status);
   op_settle(st);
 }
 
-static void call_unmap(mm_state *st, uint32_t i, uint64_t gpa, uint64_t size) {
+static void call_unmap(mm_state *st, mm_mapper *t, uint64_t gpa, uint64_t size) {
   vam_unmap_msg *m = vam_unmap_new();
   if (m == NULL) {
     op_fail(st, MB_ENOMEM);
@@ -308,7 +299,7 @@ static void call_unmap(mm_state *st, uint32_t i, uint64_t gpa, uint64_t size) {
   m->gpa = gpa;
   m->size = size;
   st->op.pending++;
-  mb_call(st->self, st->op.targets[i], &m->hdr, on_vam_unmap, (void *)(uintptr_t)i);
+  mb_call(st->self, t->addr, &m->hdr, on_vam_unmap, t);
 }
 
 /* ---- MM_MAP ---------------------------------------------------------------------------------- */
@@ -319,7 +310,7 @@ static int cmp_entry(const void *a, const void *b) {
 }
 
 static int check_entry(const mb_map_entry *e) {
-  if (e->obj == NULL || e->size == 0 || !mb_page_aligned(e->gpa) || !mb_page_aligned(e->size) ||
+  if (e->obj == NULL || e->size == 0 || !mb_page_aligned(e->gpa | e->size) ||
       e->size > UINT64_MAX - e->gpa)
     return MB_E_INVALID;
   return mb_object_check_range(e->obj, e->obj_off, e->size) == 0 ? 0 : MB_E_INVALID;
@@ -341,49 +332,37 @@ static int check_batch(mm_state *st, mb_map_entry *e, uint32_t count) {
   return 0;
 }
 
+/* Takes the first n entries of the batch out of the tree again (each is exactly a node:
+ * nothing else changes the tree while the batch is in). With moved references the nodes'
+ * go too; otherwise the entries still hold theirs. */
+static void remove_batch(mm_state *st, uint32_t n) {
+  for (uint32_t i = 0; i < n; i++) {
+    mm_node *node = node_of(mb_rtree_find(&st->maps, st->op.entries[i].gpa));
+    mb_rtree_remove(&st->maps, &node->node);
+    if (st->op.refs_moved)
+      mb_object_unref(node->e.obj);
+    node_put(st, node);
+  }
+}
+
+/* Inserts the checked batch, one node per entry, each taking its entry's reference. */
 static int insert_batch(mm_state *st) {
   mm_op *op = &st->op;
-  if (op->count > st->cap_nodes) {
-    uint32_t cap = st->cap_nodes ? st->cap_nodes : 16;
-    while (cap < op->count)
-      cap = cap > UINT32_MAX / 2 ? op->count : cap * 2;
-    mm_node **nodes = malloc((size_t)cap * sizeof *nodes);
-    if (nodes == NULL)
-      return MB_ENOMEM;
-    free(st->nodes_buf);
-    st->nodes_buf = nodes;
-    st->cap_nodes = cap;
-  }
-  op->nodes = st->nodes_buf;
-  memset(op->nodes, 0, op->count * sizeof *op->nodes);
-  for (uint32_t i = 0; i < op->count; i++)
-    if ((op->nodes[i] = node_get(st)) == NULL)
-      return MB_ENOMEM;
   for (uint32_t i = 0; i < op->count; i++) {
-    mm_node *n = op->nodes[i];
+    mm_node *n = node_get(st);
+    if (n == NULL) {
+      remove_batch(st, i);
+      return MB_ENOMEM;
+    }
     n->e = op->entries[i];
-    mb_object_ref(n->e.obj);
     mb_rtree_insert(&st->maps, &n->node, n->e.gpa, n->e.gpa + n->e.size);
   }
+  op->refs_moved = true;
   return 0;
 }
 
-/* Undoes insert_batch (also a partial one: nodes not yet inserted are only allocated). */
-static void remove_batch(mm_state *st, bool inserted) {
-  mm_op *op = &st->op;
-  for (uint32_t i = 0; op->nodes != NULL && i < op->count; i++) {
-    if (op->nodes[i] == NULL)
-      continue;
-    if (inserted) {
-      mb_rtree_remove(&st->maps, &op->nodes[i]->node);
-      mb_object_unref(op->nodes[i]->e.obj);
-    }
-    node_put(st, op->nodes[i]);
-  }
-}
-
 static void map_rolled_back(mm_state *st) {
-  remove_batch(st, true);
+  remove_batch(st, st->op.count);
   op_finish(st, st->op.status);
 }
 
@@ -396,8 +375,8 @@ static void map_done(mm_state *st) {
     return;
   }
   op_begin(st, map_rolled_back);
-  for (uint32_t t = 0; t < op->ntargets; t++) {
-    if (!op->ok[t])
+  for (mm_mapper *t = st->mappers, *past = t + st->nmappers; t < past; t++) {
+    if (!t->ok)
       continue;
     for (uint32_t i = 0; i < op->count;) {
       uint64_t start = op->entries[i].gpa, end = start + op->entries[i].size;
@@ -422,16 +401,17 @@ static void handle_map(mm_state *st, mm_map_msg *m) {
   if (rc == 0)
     rc = check_batch(st, op->entries, op->count);
   if (rc == 0)
-    rc = op_targets(st, true);
-  if (rc == 0 && (rc = insert_batch(st)) != 0)
-    remove_batch(st, false);
+    rc = insert_batch(st);
   if (rc != 0) {
     op_finish(st, rc);
     return;
   }
   op_begin(st, map_done);
-  for (uint32_t t = 0; t < op->ntargets; t++)
-    call_map(st, t);
+  for (mm_mapper *t = st->mappers, *past = t + st->nmappers; t < past; t++) {
+    t->ok = false;
+    if (t->eager)
+      call_map(st, t);
+  }
   op_settle(st);
 }
 
@@ -439,15 +419,16 @@ static void handle_map(mm_state *st, mm_map_msg *m) {
 
 /* Removes every mapped byte of [a, b); a mapping straddling an edge keeps its outside part.
  * Only a mapping straddling both edges needs a second node, allocated before anything
- * changes. */
+ * changes. The nodes never overlap, so the walk ends at the first one reaching b. */
 static int cut_range(mm_state *st, uint64_t a, uint64_t b) {
   mb_rtree_node *it = mb_rtree_first_overlap(&st->maps, a, b);
   mm_node *spare = NULL;
   if (it != NULL && it->start < a && it->end > b && (spare = node_get(st)) == NULL)
     return MB_ENOMEM;
-  while ((it = mb_rtree_first_overlap(&st->maps, a, b)) != NULL) {
+  while (it != NULL) {
     mm_node *n = node_of(it);
     uint64_t start = it->start, end = it->end;
+    mb_rtree_node *next = end < b ? mb_rtree_next_overlap(it, a, b) : NULL;
     mb_rtree_remove(&st->maps, it);
     if (start < a && end > b) {
       spare->e = n->e;
@@ -469,6 +450,7 @@ static int cut_range(mm_state *st, uint64_t a, uint64_t b) {
       mb_object_unref(n->e.obj);
       node_put(st, n);
     }
+    it = next;
   }
   return 0;
 }
@@ -478,20 +460,17 @@ static void unmap_done(mm_state *st) {
 }
 
 static void handle_unmap(mm_state *st, mm_unmap_msg *m) {
-  int rc = 0;
-  if (m->size == 0 || !mb_page_aligned(m->gpa) || !mb_page_aligned(m->size) ||
-      m->size > UINT64_MAX - m->gpa)
-    rc = MB_E_INVALID;
-  if (rc == 0)
-    rc = op_targets(st, false);
-  if (rc == 0)
-    rc = cut_range(st, m->gpa, m->gpa + m->size);
+  if (m->size == 0 || !mb_page_aligned(m->gpa | m->size) || m->size > UINT64_MAX - m->gpa) {
+    op_finish(st, MB_E_INVALID);
+    return;
+  }
+  int rc = cut_range(st, m->gpa, m->gpa + m->size);
   if (rc != 0) {
     op_finish(st, rc);
     return;
   }
   op_begin(st, unmap_done);
-  for (uint32_t t = 0; t < st->op.ntargets; t++)
+  for (mm_mapper *t = st->mappers, *past = t + st->nmappers; t < past; t++)
     call_unmap(st, t, m->gpa, m->size);
   op_settle(st);
 }
@@ -501,10 +480,10 @@ static void handle_unmap(mm_state *st, mm_unmap_msg *m) {
 static void add_mapper_done(mm_state *st) {
   mm_op *op = &st->op;
   int rc = op->status;
-  if (rc == 0 && !op->ok[0])
+  if (rc == 0 && !op->replay.ok)
     rc = MB_EGONE; /* a replay that reached nobody registers nobody */
   if (rc == 0)
-    rc = add_mapper(st, op->targets[0], true);
+    rc = add_mapper(st, op->replay.addr, true);
   op_finish(st, rc);
 }
 
@@ -523,16 +502,13 @@ static void handle_add_mapper(mm_state *st, mm_add_mapper_msg *m) {
     rc = reserve_mapper(st);
   if (rc == 0)
     rc = snapshot(st, &op->entries, &op->count);
-  if (rc == 0)
-    rc = reserve_targets(st, 1);
   if (rc != 0) {
     op_finish(st, rc);
     return;
   }
-  op->targets[0] = m->mapper;
-  op->ntargets = 1;
+  op->replay = (mm_mapper){m->mapper, true, false, false};
   op_begin(st, add_mapper_done);
-  call_map(st, 0);
+  call_map(st, &op->replay);
   op_settle(st);
 }
 
@@ -618,8 +594,8 @@ static bool may_run(const mm_state *st, const mb_msg *msg) {
   return msg->kind == MM_RESOLVE && st->busy && st->op.req->kind != MM_MAP;
 }
 
-static void mm_handle(mb_actor *self, mb_msg *msg) {
-  mm_state *st = mb_actor_state(self);
+/* Every message mm_handle does not dispatch at once. */
+__attribute__((noinline)) static void mm_handle_other(mm_state *st, mb_msg *msg) {
   if (!mb_msg_is_request(msg)) { /* nobody to answer; an MM_MAP's array is ours all the same */
     mm_map_msg *m = mm_map_of(msg);
     if (m != NULL)
@@ -640,6 +616,14 @@ static void mm_handle(mb_actor *self, mb_msg *msg) {
     mb_msg_keep(msg);
   else
     mb_reply(msg, rc);
+}
+
+static void mm_handle(mb_actor *self, mb_msg *msg) {
+  mm_state *st = mb_actor_state(self);
+  if (mb_msg_is_request(msg) && msg->proto == &mm_protocol && !st->busy && st->nwaiting == 0)
+    dispatch(st, msg);
+  else
+    mm_handle_other(st, msg);
 }
 
 static void dispatch(mm_state *st, mb_msg *msg) {
@@ -683,15 +667,17 @@ static void mm_destroy(mb_actor *self) {
     /* Mappers on other loops may still be reading a lent array: leave it to them rather than
      * free it under their feet (only when a loop stops in the middle of an operation). The
      * batch's nodes are in the tree and go with it. */
-    if (op->lent == 0)
+    if (op->lent == 0 && op->refs_moved)
+      free(op->entries);
+    else if (op->lent == 0)
       mb_map_entries_free(op->entries, op->count);
+    else if (op->refs_moved) /* the array left to them needs references of its own again */
+      for (uint32_t i = 0; i < op->count; i++)
+        mb_object_ref(op->entries[i].obj);
     mb_msg_free(op->req);
   }
   while (st->nnode_cache > 0)
     free(st->node_cache[--st->nnode_cache]);
-  free(st->nodes_buf);
-  free(st->targets_buf);
-  free(st->ok_buf);
   /* Never taken up: an MM_MAP's array goes back with the answer (its sender frees it). */
   int status = mb_loop_stopping(mb_actor_loop(self)) ? MB_ESTOPPED : MB_EGONE;
   mb_msg *msg;

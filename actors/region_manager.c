@@ -34,6 +34,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "grow.h"
 #include "mapping_manager.h"
 #include "mb_errors.h"
 #include "partition_mapper.h"
@@ -63,19 +64,20 @@ typedef struct rm_region {
   mb_rtree mappings;
 } rm_region;
 
-/* One nested call of an operation, and (for undo) its inverse. */
+/* One nested call of an operation, and (for undo) its inverse: kind ^ 1. */
 enum { CALL_PM_MAP, CALL_PM_UNMAP, CALL_MM_MAP, CALL_MM_UNMAP };
 
 typedef struct rm_call {
   struct rm_op *op;
   uint8_t kind;
   bool writable;      /* PM_MAP: the piece's access; PM_UNMAP: the access its undo restores;
-                       * MM_*: the access of src's mappings in the range */
+                       * MM_*: the access of the mappings in the range */
   bool done;          /* answered 0 on the way forward */
+  bool one;           /* MM_MAP of `maps` alone: a new mapping, in no tree yet (mapping add) */
   mb_addr to;
   uint64_t gpa, size;
-  rm_region *src;     /* MM_*: whose mappings fill [gpa, gpa + size) */
-  rm_mapping *one;    /* MM_MAP of a mapping not yet in src's tree (mapping add) */
+  rm_mapping *maps;   /* MM_*: the first of a region's mappings that fill [gpa, gpa + size)
+                       * (the region's tree stays as it is until commit) */
 } rm_call;
 
 enum { RM_MAX_STEPS = 4 };
@@ -86,7 +88,7 @@ typedef struct rm_op {
   rm_region *region;
   rm_call *calls;
   size_t ncalls, cap;
-  size_t step_at[RM_MAX_STEPS + 1]; /* step i is calls [step_at[i], step_at[i + 1]) */
+  size_t step_at[RM_MAX_STEPS + 1]; /* step i is calls [step_at[i], step_at[i + 1]); [0] = 0 */
   size_t nsteps;
   size_t step;            /* forward: the next step to send; undoing: the last one undone */
   size_t pending;         /* replies due, plus one while a step is being sent */
@@ -110,8 +112,13 @@ typedef struct rm_state {
   size_t nparts, cap_parts;
   rm_op *op;              /* the operation in flight: NULL or &op_buf */
   rm_op op_buf;           /* reused by every operation (serialized: one at a time); its
-                           * calls array is grow-only and kept between operations */
+                           * calls array is grow-only and kept between operations. Idle, it
+                           * holds nothing: no request, mapping or spare, an empty diff */
 } rm_state;
+
+static rm_state *state_of(rm_op *op) {
+  return (rm_state *)(void *)((char *)op - offsetof(rm_state, op_buf));
+}
 
 static rm_region *region_of_vis(mb__vis_region *v) {
   return v ? mb_rtree_entry(v, rm_region, vis) : NULL;
@@ -135,8 +142,8 @@ static rm_region *region_find(rm_state *st, uint32_t id) {
   return n ? mb_rtree_entry(n, rm_region, by_id) : NULL;
 }
 
-static bool has_mappings(const rm_region *r, uint64_t start, uint64_t end) {
-  return mb_rtree_first_overlap(&r->mappings, start, end) != NULL;
+static rm_mapping *first_mapping(const rm_region *r, uint64_t start, uint64_t end) {
+  return mapping_of(mb_rtree_first_overlap(&r->mappings, start, end));
 }
 
 static void mapping_free(rm_mapping *m) {
@@ -170,30 +177,27 @@ static mb_map_entry clip_entry(const rm_mapping *m, uint64_t start, uint64_t end
                         m->writable && writable};
 }
 
-/* The entries for an MM_MAP call: src's mappings (or just `one`) clipped to the call's range,
- * each with its own reference, writable only where the mapping and the access both are. */
+/* The entries for an MM_MAP call: its mappings from `maps` on (or `maps` alone) clipped to
+ * the call's range, each with its own reference, writable only where the mapping and the
+ * access both are. */
 static int build_entries(const rm_call *c, mb_map_entry **out, uint32_t *count) {
   uint64_t start = c->gpa, end = c->gpa + c->size;
-  size_t n = 0;
+  size_t n = 1;
   mb_rtree_node *it;
-  if (c->one != NULL)
-    n = 1;
-  else
-    mb_rtree_for_each_overlap(it, &c->src->mappings, start, end) n++;
-  *out = NULL;
-  *count = 0;
-  if (n == 0)
-    return 0;
+  if (!c->one)
+    for (it = mb_rtree_next_overlap(&c->maps->node, start, end); it;
+         it = mb_rtree_next_overlap(it, start, end))
+      n++;
   if (n > UINT32_MAX)
     return MB_ENOMEM;
   mb_map_entry *e = malloc(n * sizeof *e);
   if (e == NULL)
     return MB_ENOMEM;
-  size_t i = 0;
-  if (c->one != NULL)
-    e[i++] = clip_entry(c->one, start, end, c->writable);
-  else
-    mb_rtree_for_each_overlap(it, &c->src->mappings, start, end)
+  e[0] = clip_entry(c->maps, start, end, c->writable);
+  size_t i = 1;
+  if (!c->one)
+    for (it = mb_rtree_next_overlap(&c->maps->node, start, end); it;
+         it = mb_rtree_next_overlap(it, start, end))
       e[i++] = clip_entry(mapping_of(it), start, end, c->writable);
   *out = e;
   *count = (uint32_t)n;
@@ -202,40 +206,45 @@ static int build_entries(const rm_call *c, mb_map_entry **out, uint32_t *count) 
 
 /* ---- operations: plan -------------------------------------------------------------------- */
 
-/* The state's operation object, reset for req (the calls array is kept for reuse). */
+/* The state's idle operation object, set up for req. The fields that only some requests use
+ * are set by their planning (the ones op_free releases are empty already). */
 static rm_op *op_new(rm_state *st, mb_msg *req, rm_region *r) {
   rm_op *op = &st->op_buf;
-  rm_call *calls = op->calls;
-  size_t cap = op->cap;
-  memset(op, 0, sizeof *op);
-  op->calls = calls;
-  op->cap = cap;
   op->req = req;
   op->kind = req->kind;
   op->region = r;
+  op->ncalls = op->nsteps = op->step = op->pending = 0;
+  op->undoing = false;
+  op->err = 0;
   return op;
 }
 
-/* Releases what the operation holds (not the reusable calls array). */
+/* Releases what the operation holds (not the reusable calls array): it is idle again. */
 static void op_free(rm_op *op) {
   mb__vis_abort(&op->diff);
-  mapping_free(op->mapping);
-  op->mapping = NULL;
-  free(op->spare);
-  op->spare = NULL;
+  if (op->mapping != NULL) {
+    mapping_free(op->mapping);
+    op->mapping = NULL;
+  }
+  if (op->spare != NULL) {
+    free(op->spare);
+    op->spare = NULL;
+  }
   op->req = NULL;
-  op->ncalls = 0;
 }
 
-static int op_add_call(rm_op *op, rm_call c) {
-  if (op->ncalls == op->cap) {
-    size_t cap = op->cap ? 2 * op->cap : 16;
-    rm_call *calls = realloc(op->calls, cap * sizeof *calls);
-    if (calls == NULL)
-      return MB_ENOMEM;
-    op->calls = calls;
-    op->cap = cap;
-  }
+static int op_grow_calls(rm_op *op) {
+  rm_call *calls = mb__grow(op->calls, &op->cap, op->ncalls, sizeof *calls, 16);
+  if (calls == NULL)
+    return MB_ENOMEM;
+  op->calls = calls;
+  return 0;
+}
+
+/* Appends c to the plan: 0, or MB_ENOMEM. */
+static inline int op_add_call(rm_op *op, rm_call c) {
+  if (op->ncalls == op->cap && op_grow_calls(op) != 0)
+    return MB_ENOMEM;
   c.op = op;
   op->calls[op->ncalls++] = c;
   return 0;
@@ -243,11 +252,9 @@ static int op_add_call(rm_op *op, rm_call c) {
 
 /* Closes the step being planned (empty steps are dropped). */
 static void op_end_step(rm_op *op) {
-  size_t begin = op->nsteps ? op->step_at[op->nsteps] : 0;
-  if (op->ncalls == begin)
+  if (op->ncalls == op->step_at[op->nsteps])
     return;
   assert(op->nsteps < RM_MAX_STEPS);
-  op->step_at[op->nsteps] = begin;
   op->step_at[++op->nsteps] = op->ncalls;
 }
 
@@ -265,11 +272,12 @@ static int plan_pm(rm_state *st, rm_op *op, int kind, uint64_t gpa, uint64_t siz
 /* An MM call over [start, end) for src's mappings, when it has any there. */
 static int plan_mm(rm_state *st, rm_op *op, int kind, uint64_t start, uint64_t end,
                    rm_region *src, bool writable) {
-  if (src == NULL || !has_mappings(src, start, end))
+  rm_mapping *maps = src ? first_mapping(src, start, end) : NULL;
+  if (maps == NULL)
     return 0;
   return op_add_call(op, (rm_call){.kind = (uint8_t)kind, .writable = writable,
                                    .to = st->cfg.mapping_manager, .gpa = start,
-                                   .size = end - start, .src = src});
+                                   .size = end - start, .maps = maps});
 }
 
 /* The access a region shows with once the operation is done. */
@@ -350,26 +358,19 @@ static int plan_access(rm_state *st, rm_op *op) {
 
 static void op_next(mb_actor *self, rm_state *st);
 
-static int inverse_kind(int kind) {
-  switch (kind) {
-  case CALL_PM_MAP: return CALL_PM_UNMAP;
-  case CALL_PM_UNMAP: return CALL_PM_MAP;
-  case CALL_MM_MAP: return CALL_MM_UNMAP;
-  default: return CALL_MM_MAP;
-  }
-}
-
 static void on_call_reply(mb_actor *self, mb_msg *reply, void *ctx) {
   rm_call *c = ctx;
   rm_op *op = c->op;
   int status = reply->status;
-  mm_map_msg *mm = mm_map_of(reply);
-  if (mm != NULL && mm->entries != NULL && (status == MB_EGONE || status == MB_ESTOPPED)) {
-    entries_free(mm->entries, mm->count); /* never delivered: still ours */
-    mm->entries = NULL;
+  if (status != 0) {
+    mm_map_msg *mm = mm_map_of(reply);
+    if (mm != NULL && mm->entries != NULL && (status == MB_EGONE || status == MB_ESTOPPED)) {
+      entries_free(mm->entries, mm->count); /* never delivered: still ours */
+      mm->entries = NULL;
+    }
+    if (reply->proto == &pm_protocol && status == MB_EGONE && op->kind != RM_PARTITION_ADD)
+      status = 0;
   }
-  if (reply->proto == &pm_protocol && status == MB_EGONE && op->kind != RM_PARTITION_ADD)
-    status = 0;
   if (!op->undoing) {
     if (status == 0)
       c->done = true;
@@ -377,13 +378,13 @@ static void on_call_reply(mb_actor *self, mb_msg *reply, void *ctx) {
       op->err = status;
   }
   if (--op->pending == 0)
-    op_next(self, mb_actor_state(self));
+    op_next(self, state_of(op));
 }
 
-/* Sends one call (or its inverse). An MM_MAP with no entries is skipped: nothing to undo. */
+/* Sends one call (or its inverse). */
 static void call_send(mb_actor *self, rm_call *c, bool inverse) {
   rm_op *op = c->op;
-  int kind = inverse ? inverse_kind(c->kind) : c->kind;
+  int kind = c->kind ^ inverse;
   mb_msg *msg = NULL;
   int rc = MB_ENOMEM;
   if (kind == CALL_PM_MAP) {
@@ -402,8 +403,6 @@ static void call_send(mb_actor *self, rm_call *c, bool inverse) {
     mb_map_entry *e;
     uint32_t n;
     rc = build_entries(c, &e, &n);
-    if (rc == 0 && n == 0)
-      return; /* nothing to map: nothing to undo either */
     mm_map_msg *m = rc == 0 ? mm_map_new() : NULL;
     if (m)
       m->entries = e, m->count = n, msg = &m->hdr;
@@ -419,21 +418,6 @@ static void call_send(mb_actor *self, rm_call *c, bool inverse) {
   mb_call(self, c->to, msg, on_call_reply, c);
 }
 
-/* Sends step op->step forward, or the inverses of its completed calls in reverse order. */
-static void step_send(mb_actor *self, rm_op *op, bool inverse) {
-  size_t begin = op->step_at[op->step], end = op->step_at[op->step + 1];
-  op->pending++; /* held while sending: replies never complete the step under our feet */
-  if (inverse) {
-    for (size_t i = end; i-- > begin;)
-      if (op->calls[i].done)
-        call_send(self, &op->calls[i], true);
-  } else {
-    for (size_t i = begin; i < end && op->err == 0; i++)
-      call_send(self, &op->calls[i], false);
-  }
-  op->pending--;
-}
-
 static void op_commit(rm_state *st, rm_op *op);
 
 static void op_finish(rm_state *st, rm_op *op, int err) {
@@ -445,30 +429,29 @@ static void op_finish(rm_state *st, rm_op *op, int err) {
   mb_reply(req, err);
 }
 
-/* Moves the operation on once every reply of the current step is in. */
+/* Moves the operation on once every reply of the current step is in: sends the next step
+ * forward or, undoing, the inverses of the previous step's completed calls in reverse order. */
 static void op_next(mb_actor *self, rm_state *st) {
   rm_op *op = st->op;
-  for (;;) {
+  do {
     if (!op->undoing && op->err != 0)
       op->undoing = true; /* op->step is one past the failed step: undo from there */
-    if (op->undoing) {
-      if (op->step == 0) {
-        op_finish(st, op, op->err);
-        return;
-      }
-      op->step--;
-      step_send(self, op, true);
-    } else {
-      if (op->step == op->nsteps) {
-        op_finish(st, op, 0);
-        return;
-      }
-      step_send(self, op, false);
-      op->step++;
-    }
-    if (op->pending > 0)
+    if (op->step == (op->undoing ? 0 : op->nsteps)) {
+      op_finish(st, op, op->err);
       return;
-  }
+    }
+    size_t step = op->undoing ? --op->step : op->step++;
+    rm_call *begin = &op->calls[op->step_at[step]], *end = &op->calls[op->step_at[step + 1]];
+    op->pending++; /* held while sending: replies never complete the step under our feet */
+    if (op->undoing) {
+      for (rm_call *c = end; c-- > begin;)
+        if (c->done)
+          call_send(self, c, true);
+    } else {
+      for (rm_call *c = begin; c < end && op->err == 0; c++)
+        call_send(self, c, false);
+    }
+  } while (--op->pending == 0);
 }
 
 /* Starts a planned operation (rc: the planning result). */
@@ -599,7 +582,7 @@ static int plan_mapping_add(rm_state *st, rm_op *op) {
   if (m->obj == NULL || mapping_range(r, m->offset, m->size, &abs) != 0 ||
       mb_object_check_range(m->obj, m->obj_off, m->size) != 0)
     return MB_E_INVALID;
-  if (has_mappings(r, abs.start, abs.end))
+  if (first_mapping(r, abs.start, abs.end))
     return MB_E_OVERLAP;
   rm_mapping *nm = calloc(1, sizeof *nm);
   if (nm == NULL)
@@ -617,7 +600,7 @@ static int plan_mapping_add(rm_state *st, rm_op *op) {
     uint64_t s = max64(p->node.start, abs.start), e = min64(p->node.end, abs.end);
     int rc = op_add_call(op, (rm_call){.kind = CALL_MM_MAP, .writable = r->writable,
                                        .to = st->cfg.mapping_manager, .gpa = s,
-                                       .size = e - s, .src = r, .one = nm});
+                                       .size = e - s, .maps = nm, .one = true});
     if (rc)
       return rc;
   }
@@ -633,7 +616,7 @@ static int plan_mapping_remove(rm_state *st, rm_op *op) {
     return MB_E_INVALID;
   op->start = abs.start;
   op->end = abs.end;
-  if (!has_mappings(r, abs.start, abs.end))
+  if (!first_mapping(r, abs.start, abs.end))
     return 0; /* nothing mapped there: a no-op */
   op->spare = malloc(sizeof *op->spare);
   if (op->spare == NULL)
@@ -653,7 +636,7 @@ static int plan_mapping_remove(rm_state *st, rm_op *op) {
       }
       int rc = op_add_call(op, (rm_call){.kind = CALL_MM_UNMAP, .writable = r->writable,
                                          .to = st->cfg.mapping_manager, .gpa = s,
-                                         .size = e - s, .src = r});
+                                         .size = e - s, .maps = mapping_of(n)});
       if (rc)
         return rc;
     }
@@ -669,14 +652,10 @@ static int plan_partition_add(rm_state *st, rm_op *op) {
   for (size_t i = 0; i < st->nparts; i++)
     if (addr_eq(st->parts[i], pa))
       return MB_E_INVALID; /* already added */
-  if (st->nparts == st->cap_parts) {
-    size_t cap = st->cap_parts ? 2 * st->cap_parts : 4;
-    mb_addr *parts = realloc(st->parts, cap * sizeof *parts);
-    if (parts == NULL)
-      return MB_ENOMEM;
-    st->parts = parts;
-    st->cap_parts = cap;
-  }
+  mb_addr *parts = mb__grow(st->parts, &st->cap_parts, st->nparts, sizeof *parts, 4);
+  if (parts == NULL)
+    return MB_ENOMEM;
+  st->parts = parts;
   op->partition = pa;
   mb__vis_piece *p;
   for (p = mb__vis_first_piece(&st->vis, 0, UINT64_MAX); p;

@@ -14,9 +14,9 @@
  */
 #include "region_visibility.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <stdlib.h>
-#include <string.h>
 
 #include "mb_errors.h"
 #include "region_manager.h"
@@ -43,12 +43,8 @@ void mb__vis_init(mb__vis_set *s, int overlap) {
   mb_rtree_init(&s->pieces);
   s->next_seq = 0;
   s->overlap = overlap;
-  s->scratch = NULL;
-  s->scratch_cap = 0;
-  s->removed_buf = s->added_buf = NULL;
-  s->removed_cap = s->added_cap = 0;
-  s->segs_buf = NULL;
-  s->segs_cap = 0;
+  s->buf = NULL;
+  s->buf_cap = 0;
   s->ncache = 0;
 }
 
@@ -60,39 +56,37 @@ void mb__vis_fini(mb__vis_set *s) {
   }
   while (s->ncache > 0)
     free(s->cache[--s->ncache]);
-  free(s->scratch);
-  free(s->removed_buf);
-  free(s->added_buf);
-  free(s->segs_buf);
-  s->scratch = NULL;
-  s->removed_buf = s->added_buf = NULL;
-  s->segs_buf = NULL;
-  s->scratch_cap = s->removed_cap = s->added_cap = s->segs_cap = 0;
+  free(s->buf);
+  s->buf = NULL;
+  s->buf_cap = 0;
 }
 
-/* Makes *buf hold at least n elements of size sz (grow-only; the contents are not kept). */
-static int reserve(void **buf, size_t *cap, size_t n, size_t sz) {
-  if (n <= *cap)
+/* Makes the planning buffer hold at least n bytes (grow-only; the contents are not kept). */
+static int reserve(mb__vis_set *s, size_t n) {
+  if (n <= s->buf_cap)
     return 0;
-  size_t want = *cap ? 2 * *cap : 16;
+  size_t want = s->buf_cap ? 2 * s->buf_cap : 1024;
   while (want < n) {
     if (want > SIZE_MAX / 2)
       return -ENOMEM;
     want *= 2;
   }
-  if (want > SIZE_MAX / sz)
-    return -ENOMEM;
-  void *b = malloc(want * sz);
+  void *b = malloc(want);
   if (b == NULL)
     return -ENOMEM;
-  free(*buf);
-  *buf = b;
-  *cap = want;
+  free(s->buf);
+  s->buf = b;
+  s->buf_cap = want;
   return 0;
 }
 
-static mb__vis_piece *piece_get(mb__vis_set *s) {
-  return s->ncache > 0 ? s->cache[--s->ncache] : malloc(sizeof(mb__vis_piece));
+/* An unlinked piece [start, end) of region, or NULL. */
+static mb__vis_piece *piece_new(mb__vis_set *s, uint64_t start, uint64_t end,
+                                mb__vis_region *region) {
+  mb__vis_piece *p = s->ncache > 0 ? s->cache[--s->ncache] : malloc(sizeof *p);
+  if (p != NULL)
+    *p = (mb__vis_piece){.node = {.start = start, .end = end}, .region = region};
+  return p;
 }
 
 static void piece_put(mb__vis_set *s, mb__vis_piece *p) {
@@ -126,11 +120,20 @@ void mb__vis_insert(mb__vis_set *s, mb__vis_region *r, uint64_t start, uint64_t 
   r->visible = 0;
   r->prio = prio;
   r->mapped = false;
+  r->overlaps = 0;
+  mb_rtree_node *n;
+  mb_rtree_for_each_overlap(n, &s->regions, start, end) {
+    region_of(n)->overlaps++;
+    r->overlaps++;
+  }
   mb_rtree_insert(&s->regions, &r->node, start, end);
 }
 
 void mb__vis_remove(mb__vis_set *s, mb__vis_region *r) {
   mb_rtree_remove(&s->regions, &r->node);
+  mb_rtree_node *n;
+  mb_rtree_for_each_overlap(n, &s->regions, r->node.start, r->node.end)
+    region_of(n)->overlaps--;
 }
 
 int mb__vis_state(const mb__vis_region *r) {
@@ -231,13 +234,9 @@ static int diff_pieces(mb__vis_set *s, mb__vis_diff *d, mb__vis_piece **old, siz
     } else if (j == nnew || (i < nold && old[i]->node.start <= nw[j].start)) {
       d->removed[d->nremoved++] = old[i++];
     } else {
-      mb__vis_piece *p = piece_get(s);
+      mb__vis_piece *p = piece_new(s, nw[j].start, nw[j].end, nw[j].region);
       if (p == NULL)
         return -ENOMEM;
-      memset(p, 0, sizeof *p);
-      p->node.start = nw[j].start;
-      p->node.end = nw[j].end;
-      p->region = nw[j].region;
       d->added[d->nadded++] = p;
       j++;
     }
@@ -302,65 +301,91 @@ static size_t new_tiling(mb__vis_piece **old, size_t nold, const vis_span *in, s
   return n;
 }
 
-int mb__vis_plan(mb__vis_set *s, mb__vis_region *r, bool mapped, mb__vis_diff *d) {
-  memset(d, 0, sizeof *d);
-  d->region = r;
-  d->mapped = mapped;
-  if (r->mapped == mapped)
-    return 0;
+/* A region that overlaps no other decides alone what shows on its range R, and no neighbour's
+ * piece can merge with its own: mapped, it shows as one piece [rs, re); unmapped, R is empty.
+ * So its whole range appears or disappears: the sweep's diff, found in O(log n). */
+static int plan_alone(mb__vis_set *s, mb__vis_diff *d) {
+  mb__vis_region *r = d->region;
+  uint64_t rs = r->node.start, re = r->node.end;
+  if (reserve(s, sizeof(mb__vis_seg) + sizeof(mb__vis_piece *)) != 0)
+    return -ENOMEM;
+  d->segs = s->buf;
+  mb__vis_piece **one = (mb__vis_piece **)(void *)(d->segs + 1);
+  if (d->mapped) {
+    if ((one[0] = piece_new(s, rs, re, r)) == NULL)
+      return -ENOMEM;
+    d->added = one;
+    d->nadded = 1;
+    d->segs[0] = (mb__vis_seg){rs, re, NULL, r};
+  } else {
+    one[0] = piece_of(mb_rtree_find(&s->pieces, rs));
+    d->removed = one;
+    d->nremoved = 1;
+    d->segs[0] = (mb__vis_seg){rs, re, r, NULL};
+  }
+  d->nsegs = 1;
+  return 0;
+}
+
+/* The general case: steps 1-5 of the file comment. */
+static int plan_sweep(mb__vis_set *s, mb__vis_diff *d) {
+  mb__vis_region *r = d->region;
   uint64_t rs = r->node.start, re = r->node.end;
   uint64_t lo = rs > 0 ? rs - 1 : rs, hi = re < UINT64_MAX ? re + 1 : re;
 
-  size_t ncand = 0, nold = 0;
-  mb_rtree_node *n;
-  mb_rtree_for_each_overlap(n, &s->regions, rs, re)
-    ncand++;
-  mb_rtree_for_each_overlap(n, &s->pieces, lo, hi)
-    nold++;
-
-  /* The scratch arrays and the diff's arrays live in the set's grow-only buffers. */
-  size_t nspan = 2 * ncand + 1, ntile = nspan + 2;
-  size_t bytes = 2 * ncand * sizeof(mb__vis_region *) + nold * sizeof(mb__vis_piece *) +
-                 (nspan + ntile) * sizeof(vis_span);
-  if (reserve(&s->scratch, &s->scratch_cap, bytes, 1) != 0 ||
-      reserve((void **)&s->removed_buf, &s->removed_cap, nold + 1, sizeof *d->removed) != 0 ||
-      reserve((void **)&s->added_buf, &s->added_cap, ntile + 1, sizeof *d->added) != 0 ||
-      reserve((void **)&s->segs_buf, &s->segs_cap, 2 * (nold + ntile) + 1, sizeof *d->segs) != 0)
-    goto nomem;
-  d->removed = s->removed_buf;
-  d->added = s->added_buf;
-  d->segs = s->segs_buf;
-  d->set = s;
-  vis_span *in = (vis_span *)s->scratch;
+  /* Sizes from r->overlaps, without a counting walk: ncand regions overlap R (r included);
+   * their starts and ends cut R into at most 2 * ncand + 1 runs of one winner, so as many
+   * old pieces overlap R, plus one touching each edge. */
+  size_t ncand = (size_t)r->overlaps + 1;
+  size_t nspan = 2 * ncand + 1, ntile = nspan + 2, maxold = ntile;
+  size_t maxsegs = 2 * (maxold + ntile) + 1;
+  size_t bytes = maxsegs * sizeof(mb__vis_seg) + (nspan + ntile) * sizeof(vis_span) +
+                 (maxold + ntile + 2 * ncand + maxold) * sizeof(void *);
+  if (reserve(s, bytes) != 0)
+    return -ENOMEM;
+  d->segs = s->buf;
+  vis_span *in = (vis_span *)(void *)(d->segs + maxsegs);
   vis_span *tile = in + nspan;
-  mb__vis_region **cand = (mb__vis_region **)(void *)(tile + ntile);
+  d->removed = (mb__vis_piece **)(void *)(tile + ntile);
+  d->added = d->removed + maxold;
+  mb__vis_region **cand = (mb__vis_region **)(d->added + ntile);
   mb__vis_region **heap = cand + ncand;
   mb__vis_piece **old = (mb__vis_piece **)(heap + ncand);
 
   size_t k = 0;
+  mb_rtree_node *n;
   mb_rtree_for_each_overlap(n, &s->regions, rs, re) {
     mb__vis_region *c = region_of(n);
-    if (c == r ? mapped : c->mapped)
+    assert(k < ncand);
+    if (c == r ? d->mapped : c->mapped)
       cand[k++] = c;
   }
-  size_t j = 0;
-  mb_rtree_for_each_overlap(n, &s->pieces, lo, hi)
-    old[j++] = piece_of(n);
+  size_t nold = 0;
+  mb_rtree_for_each_overlap(n, &s->pieces, lo, hi) {
+    assert(nold < maxold);
+    old[nold++] = piece_of(n);
+  }
 
   size_t nin = sweep(cand, k, heap, rs, re, in);
   size_t nnew = new_tiling(old, nold, in, nin, rs, re, tile);
-  if (diff_pieces(s, d, old, nold, tile, nnew) != 0)
-    goto nomem;
+  if (diff_pieces(s, d, old, nold, tile, nnew) != 0) {
+    mb__vis_abort(d);
+    return -ENOMEM;
+  }
   diff_segments(d, old, nold, tile, nnew);
   return 0;
+}
 
-nomem:
-  mb__vis_abort(d);
-  return -ENOMEM;
+int mb__vis_plan(mb__vis_set *s, mb__vis_region *r, bool mapped, mb__vis_diff *d) {
+  *d = (mb__vis_diff){.set = s, .region = r, .mapped = mapped};
+  if (r->mapped == mapped)
+    return 0;
+  return r->overlaps == 0 ? plan_alone(s, d) : plan_sweep(s, d);
 }
 
 static void diff_release(mb__vis_diff *d) {
-  memset(d, 0, sizeof *d); /* the arrays are the set's */
+  d->region = NULL;
+  d->nremoved = d->nadded = d->nsegs = 0; /* the arrays are the set's */
 }
 
 void mb__vis_commit(mb__vis_set *s, mb__vis_diff *d) {

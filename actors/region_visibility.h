@@ -9,14 +9,17 @@
  * Invariants
  *   - pieces never overlap, and two touching pieces never belong to the same region;
  *   - a piece lies inside its region's range, and its region is the winner on every byte of it;
- *   - r->visible is the total size of r's pieces, so a region's state is O(1).
+ *   - r->visible is the total size of r's pieces, so a region's state is O(1);
+ *   - r->overlaps counts the other regions overlapping r, so "r overlaps nothing" is O(1).
  *
  * A change of one region's mapped state only changes winners inside that region's range R. It
  * goes in two stages so the region manager can make its nested calls in between and still
  * change nothing when they fail:
  *   mb__vis_plan()   computes the diff without touching the set: the pieces to remove (old
  *                    ones overlapping or touching R), the pieces to add, and the byte segments
- *                    whose winner changes. O(log n + k) for the k regions and pieces around R.
+ *                    whose winner changes. O(log n + k) for the k regions and pieces around R;
+ *                    O(log n) for a region that overlaps no other (its whole range appears or
+ *                    disappears), the common case.
  *   mb__vis_commit() applies it; mb__vis_abort() drops it. Nothing else may change the set in
  *                    between (the region manager is serialized).
  * A piece that changes in any way is removed whole and added anew; pieces that come out
@@ -37,6 +40,7 @@ typedef struct mb__vis_region {
   uint64_t visible;   /* bytes shown: the total size of its pieces */
   uint8_t prio;
   bool mapped;
+  uint32_t overlaps;  /* how many other regions overlap its range (ids are 32-bit: no wrap) */
 } mb__vis_region;
 
 typedef struct mb__vis_piece {
@@ -57,24 +61,20 @@ typedef struct mb__vis_set {
   mb_rtree pieces;
   uint64_t next_seq;
   int overlap; /* MB_OVERLAP_NESTED or MB_OVERLAP_ANY */
-  /* Grow-only planning buffers, reused by every plan (a diff points into them, so at most
-   * one diff of a set exists at a time), and unlinked pieces kept for reuse. */
-  void *scratch;
-  size_t scratch_cap;               /* bytes */
-  struct mb__vis_piece **removed_buf, **added_buf;
-  size_t removed_cap, added_cap;    /* entries */
-  struct mb__vis_seg *segs_buf;
-  size_t segs_cap;
+  /* A grow-only planning buffer, reused by every plan (a diff points into it, so at most one
+   * diff of a set exists at a time), and unlinked pieces kept for reuse. */
+  void *buf;
+  size_t buf_cap; /* bytes */
   struct mb__vis_piece *cache[MB__VIS_PIECE_CACHE];
   size_t ncache;
 } mb__vis_set;
 
 typedef struct mb__vis_diff {
-  mb__vis_set *set;        /* whose buffers the arrays are (NULL: an empty diff) */
+  mb__vis_set *set;        /* whose planning buffer the arrays point into */
   mb__vis_region *region;  /* the region changing, and its new mapped state */
   bool mapped;
   mb__vis_piece **removed; /* linked pieces, ascending (removed, added and segs point into
-                            * the set's planning buffers: one diff per set at a time) */
+                            * the set's planning buffer: one diff per set at a time) */
   size_t nremoved;
   mb__vis_piece **added;   /* unlinked pieces (allocated by plan), ascending */
   size_t nadded;

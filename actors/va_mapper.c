@@ -33,15 +33,18 @@
  */
 #include "va_mapper.h"
 
+#include "grow.h"
 #include "json_out.h"
 
 #include <errno.h>
 #include <inttypes.h>
-#include <pthread.h>
+#include <linux/futex.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include "access.h"
 #include "mb_errors.h"
@@ -92,7 +95,7 @@ struct mb_vam {
   mb_loop *loop;
   mb_actor *actor;    /* NULL once destroyed (by mb_vam_destroy or its loop stopping) */
   mb_addr addr, mm;
-  pthread_mutex_t lock; /* guards the trees, jobs and the fields below it */
+  _Atomic uint32_t lock; /* guards the trees, jobs and the fields below it (vam_lock) */
   mb_rtree ranges;
   mb_rtree locks;     /* held locks (they may overlap) */
   vam_job *jobs;      /* jobs[0] is parked; the others wait behind it, in arrival order */
@@ -112,6 +115,36 @@ struct mb_vam {
 /* A job_run result: the request is parked (in jobs), not answered. */
 enum { VAM_PARKED = 1 };
 #define NOT_QUEUED SIZE_MAX
+
+/* `lock`, a futex mutex (after Drepper, "Futexes Are Tricky"): 0 free, 1 held, 2 held
+ * and maybe waited for. Invariant: a thread that sleeps on it has set it to 2 first, so the
+ * unlock that finds 2 wakes one, which sets 2 again before it sleeps or takes it. Uncontended,
+ * taking and releasing it is one atomic each, inline: the actor takes it on every change of
+ * the trees, and lockers and faulting threads rarely meet it. */
+static long futex(_Atomic uint32_t *f, int op, uint32_t val) {
+  return syscall(SYS_futex, (uint32_t *)f, op | FUTEX_PRIVATE_FLAG, val, NULL, NULL, 0);
+}
+
+__attribute__((noinline)) static void vam_lock_wait(mb_vam *v, uint32_t c) {
+  if (c != 2)
+    c = atomic_exchange_explicit(&v->lock, 2, memory_order_acquire);
+  while (c != 0) {
+    futex(&v->lock, FUTEX_WAIT, 2);
+    c = atomic_exchange_explicit(&v->lock, 2, memory_order_acquire);
+  }
+}
+
+static inline void vam_lock(mb_vam *v) {
+  uint32_t c = 0;
+  if (!atomic_compare_exchange_strong_explicit(&v->lock, &c, 1, memory_order_acquire,
+                                               memory_order_relaxed))
+    vam_lock_wait(v, c);
+}
+
+static void vam_unlock(mb_vam *v) {
+  if (atomic_exchange_explicit(&v->lock, 0, memory_order_release) == 2)
+    futex(&v->lock, FUTEX_WAKE, 1);
+}
 
 static vam_range *range_of(mb_rtree_node *n) {
   return mb_rtree_entry(n, vam_range, node);
@@ -151,16 +184,59 @@ static bool locked(const mb_vam *v, uint64_t a, uint64_t b) {
   return mb_rtree_first_overlap(&v->locks, a, b) != NULL;
 }
 
-/* Queues `job` at the back: VAM_PARKED, or MB_ENOMEM. */
-static int enqueue(mb_vam *v, const vam_job *job) {
-  if (v->njobs == v->capjobs) {
-    size_t cap = v->capjobs ? 2 * v->capjobs : 4;
-    vam_job *j = realloc(v->jobs, cap * sizeof *j);
-    if (j == NULL)
-      return MB_ENOMEM;
-    v->jobs = j;
-    v->capjobs = cap;
+static bool is_resolve(const mb_msg *msg) {
+  return msg->proto == &mm_protocol;
+}
+
+/* [gpa, gpa + size) lies in the reservation (the same rule as mb_va_check). */
+static bool in_va(const mb_vam *v, uint64_t gpa, uint64_t size) {
+  return size != 0 && mb_page_aligned(gpa | size) && gpa <= v->va.size &&
+         size <= v->va.size - gpa;
+}
+
+static int check_unmap(const vam_unmap_msg *m) {
+  if (m->size == 0 || !mb_page_aligned(m->gpa | m->size) || m->size > UINT64_MAX - m->gpa)
+    return MB_E_INVALID;
+  return 0;
+}
+
+/* Sets the guest span a job acts on (it may be empty), and whether it drains it. Only a job
+ * that is queued, or compared with queued ones, needs it. */
+static void job_span(const mb_vam *v, vam_job *job) {
+  mb_msg *msg = job->msg;
+  job->a = job->b = 0;
+  if (is_resolve(msg)) {
+    const mm_resolve_msg *res = mm_resolve_of(msg);
+    if (res->found && res->entry.size <= UINT64_MAX - res->entry.gpa) {
+      job->a = res->entry.gpa;
+      job->b = res->entry.gpa + res->entry.size;
+    }
+  } else if (msg->kind == VAM_UNMAP) {
+    const vam_unmap_msg *u = vam_unmap_of(msg);
+    job->drains = true;
+    if (check_unmap(u) == 0 && u->gpa < v->va.size) {
+      job->a = u->gpa;
+      job->b = u->size < v->va.size - u->gpa ? u->gpa + u->size : v->va.size;
+    }
+  } else {
+    const vam_map_msg *m = vam_map_of(msg);
+    for (uint32_t i = 0; m->entries != NULL && i < m->count; i++) {
+      const mb_map_entry *e = &m->entries[i];
+      uint64_t end = e->size <= UINT64_MAX - e->gpa ? e->gpa + e->size : UINT64_MAX;
+      if (job->a == job->b || e->gpa < job->a)
+        job->a = e->gpa;
+      if (end > job->b)
+        job->b = end;
+    }
   }
+}
+
+/* Queues `job` (its span set) at the back: VAM_PARKED, or MB_ENOMEM. */
+static int enqueue(mb_vam *v, const vam_job *job) {
+  vam_job *j = mb__grow(v->jobs, &v->capjobs, v->njobs, sizeof *j, 4);
+  if (j == NULL)
+    return MB_ENOMEM;
+  v->jobs = j;
   v->jobs[v->njobs] = *job;
   v->jobs[v->njobs++].at = NOT_QUEUED;
   return VAM_PARKED;
@@ -170,11 +246,13 @@ static int enqueue(mb_vam *v, const vam_job *job) {
  * is, unless it is a resolve that passed the queue), or stays where it was when it was
  * retried from there. */
 static int park(mb_vam *v, vam_job *job) {
-  job->drains = true;
   if (job->at == NOT_QUEUED) {
+    job_span(v, job);
+    job->drains = true;
     atomic_fetch_add_explicit(&v->parked, 1, memory_order_relaxed);
     return enqueue(v, job);
   }
+  job->drains = true;
   size_t at = job->at;
   v->jobs[at] = *job;
   v->jobs[at].at = NOT_QUEUED;
@@ -183,17 +261,17 @@ static int park(mb_vam *v, vam_job *job) {
 
 /* ---- establishing and tearing down (the actor's thread) -------------------------------------- */
 
-/* Unrecords every established byte of [a, b) (the caller holds `lock`), splitting ranges
- * that straddle an edge; one straddling both takes *spare (set to NULL then). Returns the
- * span from the first to the last byte unrecorded, empty if none. */
-static mb_range unrecord(mb_vam *v, uint64_t a, uint64_t b, vam_range **spare) {
-  mb_range span = {0, 0};
-  mb_rtree_node *it;
-  while ((it = mb_rtree_first_overlap(&v->ranges, a, b)) != NULL) {
+/* Unrecords every established byte of [a, b) (the caller holds `lock`), from `it`, the first
+ * range overlapping it, splitting ranges that straddle an edge; one straddling both takes
+ * *spare (set to NULL then). Ranges never overlap, so the walk ends at the first one that
+ * reaches b. Returns the span from the first to the last byte unrecorded. */
+static mb_range unrecord(mb_vam *v, mb_rtree_node *it, uint64_t a, uint64_t b,
+                         vam_range **spare) {
+  mb_range span = {it->start > a ? it->start : a, 0};
+  while (it != NULL) {
     vam_range *r = range_of(it);
     uint64_t start = it->start, end = it->end;
-    if (span.start == span.end)
-      span.start = start > a ? start : a;
+    mb_rtree_node *next = end < b ? mb_rtree_next_overlap(it, a, b) : NULL;
     span.end = end < b ? end : b;
     mb_rtree_remove(&v->ranges, it);
     if (start < a && end > b) {
@@ -212,47 +290,74 @@ static mb_range unrecord(mb_vam *v, uint64_t a, uint64_t b, vam_range **spare) {
       mb_object_unref(r->obj);
       range_put(v, r);
     }
+    it = next;
   }
   return span;
 }
 
-/* Maps object bytes at [start, end), replacing whatever was there in one MAP_FIXED (no hole
- * for a concurrent reader), then records them. A failed map leaves the range PROT_NONE, so
- * it is unrecorded all the same. Into a gap (nothing established, so no lock there either)
- * the map runs outside `lock`; a replacement checks for locks and maps under it, so no lock
- * can be taken on the old pages in between. With a lock in the way: parked (job). */
-static int map_piece(mb_vam *v, uint64_t start, uint64_t end, mb_object *obj, uint64_t obj_off,
-                     bool writable, bool replace, vam_job *job) {
+/* Maps object bytes at [start, end), as mb_object_map_into would, without checking again
+ * what establish checked. */
+static int map_object(mb_vam *v, uint64_t start, uint64_t end, const mb_object *obj,
+                      uint64_t obj_off, bool writable) {
+  int fd = mb_object_fd(obj); /* -1: MB_OBJECT_ANON */
+  return fd < 0 ? mb_va_map_anon(&v->va, start, end - start, writable)
+                : mb_va_map_fd(&v->va, start, end - start, fd, obj_off, writable);
+}
+
+/* Maps object bytes into [start, end), where nothing is established (so no lock is there
+ * either), outside `lock`, then records them. */
+static int map_gap(mb_vam *v, uint64_t start, uint64_t end, mb_object *obj, uint64_t obj_off,
+                   bool writable) {
+  vam_range *r = range_get(v);
+  if (r == NULL)
+    return MB_ENOMEM;
+  int rc = map_object(v, start, end, obj, obj_off, writable);
+  if (rc != 0) { /* the range is PROT_NONE, and nothing was recorded there */
+    range_put(v, r);
+    return map_error(rc);
+  }
+  r->obj = mb_object_ref(obj);
+  r->obj_off = obj_off;
+  r->writable = writable;
+  vam_lock(v);
+  mb_rtree_insert(&v->ranges, &r->node, start, end);
+  vam_unlock(v);
+  return 0;
+}
+
+/* Replaces what is established at [start, end) by object bytes, in one MAP_FIXED (no hole
+ * for a concurrent reader), then records them. A failed map leaves the range PROT_NONE, so it
+ * is unrecorded all the same. It checks for locks and maps under `lock`, so no lock can be
+ * taken on the old pages in between. With a lock in the way: parked (job). */
+static int map_replace(mb_vam *v, uint64_t start, uint64_t end, mb_object *obj,
+                       uint64_t obj_off, bool writable, vam_job *job) {
   /* A spare only when one established range straddles both edges (then it is the only one
    * overlapping); only this thread changes the tree, so the check holds until unrecord. */
   mb_rtree_node *it = mb_rtree_first_overlap(&v->ranges, start, end);
-  bool straddles = it != NULL && it->start < start && it->end > end;
+  bool straddles = it->start < start && it->end > end;
   vam_range *r = range_get(v), *spare = straddles ? range_get(v) : NULL;
   if (r == NULL || (straddles && spare == NULL)) {
     range_put(v, r);
     range_put(v, spare);
     return MB_ENOMEM;
   }
-  int rc = 0;
-  if (!replace)
-    rc = mb_object_map_into(obj, &v->va, start, end - start, obj_off, writable);
-  pthread_mutex_lock(&v->lock);
-  if (replace && locked(v, start, end)) {
+  int rc;
+  vam_lock(v);
+  if (locked(v, start, end)) {
     rc = park(v, job);
-    pthread_mutex_unlock(&v->lock);
+    vam_unlock(v);
     range_put(v, r);
     range_put(v, spare);
     return rc;
   }
-  if (replace)
-    rc = mb_object_map_into(obj, &v->va, start, end - start, obj_off, writable);
-  unrecord(v, start, end, &spare);
+  rc = map_object(v, start, end, obj, obj_off, writable);
+  unrecord(v, it, start, end, &spare);
   if (rc == 0) {
     *r = (vam_range){.obj = mb_object_ref(obj), .obj_off = obj_off, .writable = writable};
     mb_rtree_insert(&v->ranges, &r->node, start, end);
     r = NULL;
   }
-  pthread_mutex_unlock(&v->lock);
+  vam_unlock(v);
   range_put(v, r);
   range_put(v, spare);
   return map_error(rc);
@@ -268,15 +373,15 @@ static int teardown(mb_vam *v, uint64_t a, uint64_t b, vam_job *job) {
   vam_range *spare = NULL;
   if (it->start < a && it->end > b && (spare = range_get(v)) == NULL)
     return MB_ENOMEM;
-  pthread_mutex_lock(&v->lock);
+  vam_lock(v);
   if (locked(v, a, b)) {
     int rc = park(v, job);
-    pthread_mutex_unlock(&v->lock);
+    vam_unlock(v);
     range_put(v, spare);
     return rc;
   }
-  mb_range span = unrecord(v, a, b, &spare);
-  pthread_mutex_unlock(&v->lock);
+  mb_range span = unrecord(v, it, a, b, &spare);
+  vam_unlock(v);
   range_put(v, spare);
   return map_error(mb_va_unmap(&v->va, span.start, span.end - span.start));
 }
@@ -290,7 +395,7 @@ static bool same_backing(const vam_range *r, uint64_t at, const mb_object *obj, 
  * stay as they are (re-mapping private anonymous memory would lose its contents); pieces
  * with another backing are replaced. Idempotent, so a parked request simply runs again. */
 static int establish(mb_vam *v, const mb_map_entry *e, vam_job *job) {
-  if (e->obj == NULL || mb_va_check(&v->va, e->gpa, e->size) != 0 ||
+  if (e->obj == NULL || !in_va(v, e->gpa, e->size) ||
       mb_object_check_range(e->obj, e->obj_off, e->size) != 0)
     return MB_E_INVALID;
   uint64_t cur = e->gpa, end = e->gpa + e->size;
@@ -300,11 +405,11 @@ static int establish(mb_vam *v, const mb_map_entry *e, vam_job *job) {
     uint64_t stop = it == NULL ? end : it->start > cur ? it->start : cur;
     int rc = 0;
     if (stop > cur) { /* a gap */
-      rc = map_piece(v, cur, stop, e->obj, off, e->writable, false, job);
+      rc = map_gap(v, cur, stop, e->obj, off, e->writable);
     } else {
       stop = it->end < end ? it->end : end;
       if (!same_backing(range_of(it), cur, e->obj, off, e->writable))
-        rc = map_piece(v, cur, stop, e->obj, off, e->writable, true, job);
+        rc = map_replace(v, cur, stop, e->obj, off, e->writable, job);
     }
     if (rc != 0)
       return rc;
@@ -335,23 +440,14 @@ static int handle_map(mb_vam *v, const vam_map_msg *m, vam_job *job) {
     return 0;
   for (uint32_t j = 0; j <= job->upto; j++) {
     const mb_map_entry *e = &m->entries[j];
-    if (mb_va_check(&v->va, e->gpa, e->size) == 0 &&
-        teardown(v, e->gpa, e->gpa + e->size, job) == VAM_PARKED)
+    if (in_va(v, e->gpa, e->size) && teardown(v, e->gpa, e->gpa + e->size, job) == VAM_PARKED)
       return VAM_PARKED;
   }
   return job->failed;
 }
 
-static int check_unmap(const mb_vam *v, const vam_unmap_msg *m) {
-  (void)v;
-  if (m->size == 0 || !mb_page_aligned(m->gpa) || !mb_page_aligned(m->size) ||
-      m->size > UINT64_MAX - m->gpa)
-    return MB_E_INVALID;
-  return 0;
-}
-
 static int handle_unmap(mb_vam *v, const vam_unmap_msg *m, vam_job *job) {
-  int rc = check_unmap(v, m);
+  int rc = check_unmap(m);
   if (rc != 0 || m->gpa >= v->va.size)
     return rc;
   uint64_t end = m->gpa + m->size;
@@ -412,56 +508,25 @@ void mb__vam_inspect(mb_vam *v, FILE *f) {
   fprintf(f, "],\"waiting_behind_locks\":%zu", waiting);
 }
 
-/* The job a request that changes the mapper becomes: its span; false for other requests. */
-static bool job_of(mb_vam *v, mb_msg *msg, vam_job *job) {
-  *job = (vam_job){.msg = msg, .at = NOT_QUEUED};
-  vam_unmap_msg *u = vam_unmap_of(msg);
-  vam_map_msg *m = vam_map_of(msg);
-  mm_resolve_msg *res = mm_resolve_of(msg);
-  if (u != NULL) {
-    job->drains = true;
-    if (check_unmap(v, u) == 0 && u->gpa < v->va.size) {
-      job->a = u->gpa;
-      job->b = u->size < v->va.size - u->gpa ? u->gpa + u->size : v->va.size;
-    }
-  } else if (m != NULL) {
-    for (uint32_t i = 0; m->entries != NULL && i < m->count; i++) {
-      const mb_map_entry *e = &m->entries[i];
-      uint64_t end = e->size <= UINT64_MAX - e->gpa ? e->gpa + e->size : UINT64_MAX;
-      if (job->a == job->b || e->gpa < job->a)
-        job->a = e->gpa;
-      if (end > job->b)
-        job->b = end;
-    }
-  } else if (res != NULL) {
-    if (res->found && res->entry.size <= UINT64_MAX - res->entry.gpa) {
-      job->a = res->entry.gpa;
-      job->b = res->entry.gpa + res->entry.size;
-    }
-  } else {
-    return false;
-  }
-  return true;
-}
-
 /* Runs a job: its answer, or VAM_PARKED. */
 static int job_run(mb_vam *v, vam_job *job) {
   mb_msg *msg = job->msg;
-  mm_resolve_msg *res = mm_resolve_of(msg);
-  if (res != NULL)
+  if (is_resolve(msg)) {
+    mm_resolve_msg *res = mm_resolve_of(msg);
     return res->found ? establish(v, &res->entry, job) : MB_E_UNMAPPED;
+  }
   if (msg->kind == VAM_MAP)
     return handle_map(v, vam_map_of(msg), job);
   return handle_unmap(v, vam_unmap_of(msg), job);
 }
 
-/* Must this job wait behind the first `n` queued ones? Everything that changes the mapper
- * does, except a resolve clear of all their ranges (a lazy fault elsewhere need not wait for
- * a lock it has nothing to do with). */
+/* Must this job wait behind the first `n` queued ones (its span set)? Everything that
+ * changes the mapper does, except a resolve clear of all their ranges (a lazy fault
+ * elsewhere need not wait for a lock it has nothing to do with). */
 static bool must_wait(const mb_vam *v, const vam_job *job, size_t n) {
   if (n == 0)
     return false;
-  if (mm_resolve_of(job->msg) == NULL || job->a == job->b)
+  if (!is_resolve(job->msg) || job->a == job->b)
     return true;
   for (size_t i = 0; i < n; i++)
     if (overlaps(job->a, job->b, v->jobs[i].a, v->jobs[i].b))
@@ -485,9 +550,9 @@ static void run_jobs(mb_vam *v) {
       i++;
       continue;
     }
-    pthread_mutex_lock(&v->lock);
+    vam_lock(v);
     memmove(&v->jobs[i], &v->jobs[i + 1], (--v->njobs - i) * sizeof *v->jobs);
-    pthread_mutex_unlock(&v->lock);
+    vam_unlock(v);
     mb_reply(job.msg, rc);
   }
 }
@@ -496,16 +561,31 @@ static void run_jobs(mb_vam *v) {
  * on sends it anew, one before has been seen). */
 static void on_kick(mb_vam *v, mb_msg *msg) {
   mb_msg_keep(msg);
-  pthread_mutex_lock(&v->lock);
+  vam_lock(v);
   v->kick = msg;
-  pthread_mutex_unlock(&v->lock);
+  vam_unlock(v);
   run_jobs(v);
 }
 
 static void on_watch(mb_vam *v, mb_msg *msg);
 
-static void vam_handle(mb_actor *self, mb_msg *msg) {
-  mb_vam *v = mb_actor_state(self);
+/* Is this request a job (VAM_MAP, VAM_UNMAP, a forwarded MM_RESOLVE)? */
+static bool is_job(const mb_msg *msg) {
+  if (msg->proto == &vam_protocol)
+    return msg->kind == VAM_MAP || msg->kind == VAM_UNMAP;
+  return msg->proto == &mm_protocol && msg->kind == MM_RESOLVE;
+}
+
+/* A job's end in its handler: answered, or kept while parked. */
+static void job_done(mb_msg *msg, int rc) {
+  if (rc == VAM_PARKED)
+    mb_msg_keep(msg);
+  else
+    mb_reply(msg, rc);
+}
+
+/* Every message (vam_handle takes the common case itself). */
+__attribute__((noinline)) static void vam_handle_any(mb_vam *v, mb_msg *msg) {
   if (msg->proto == &vam_protocol && msg->kind == VAM_KICK) {
     on_kick(v, msg);
     return;
@@ -518,40 +598,46 @@ static void vam_handle(mb_actor *self, mb_msg *msg) {
     mb_msg_free(msg);
     return;
   }
-  vam_ranges_msg *ranges = vam_ranges_of(msg);
-  vam_job job;
-  if (ranges != NULL) {
-    mb_reply(msg, handle_ranges(v, ranges));
+  if (!is_job(msg)) {
+    vam_ranges_msg *ranges = vam_ranges_of(msg);
+    mb_reply(msg, ranges != NULL ? handle_ranges(v, ranges) : MB_E_INVALID);
     return;
   }
-  if (!job_of(v, msg, &job)) {
-    mb_reply(msg, MB_E_INVALID);
-    return;
-  }
+  vam_job job = {.msg = msg, .at = NOT_QUEUED};
   int rc;
-  if (must_wait(v, &job, v->njobs)) {
-    pthread_mutex_lock(&v->lock);
+  if (v->njobs > 0 && (job_span(v, &job), must_wait(v, &job, v->njobs))) {
+    vam_lock(v);
     rc = enqueue(v, &job);
-    pthread_mutex_unlock(&v->lock);
+    vam_unlock(v);
   } else {
     rc = job_run(v, &job);
   }
-  if (rc == VAM_PARKED)
-    mb_msg_keep(msg);
-  else
-    mb_reply(msg, rc);
+  job_done(msg, rc);
+}
+
+/* The common case first: a VAM_MAP or VAM_UNMAP with nothing queued runs at once. */
+static void vam_handle(mb_actor *self, mb_msg *msg) {
+  mb_vam *v = mb_actor_state(self);
+  if (msg->proto != &vam_protocol || (msg->kind != VAM_MAP && msg->kind != VAM_UNMAP) ||
+      !mb_msg_is_request(msg) || v->njobs > 0) {
+    vam_handle_any(v, msg);
+    return;
+  }
+  vam_job job = {.msg = msg, .at = NOT_QUEUED};
+  job_done(msg, msg->kind == VAM_MAP ? handle_map(v, vam_map_of(msg), &job)
+                                     : handle_unmap(v, vam_unmap_of(msg), &job));
 }
 
 /* Whatever is parked or queued is answered as if the mapper were gone (it is). */
 static void vam_actor_gone(mb_actor *self) {
   mb_vam *v = mb_actor_state(self);
   v->actor = NULL;
-  pthread_mutex_lock(&v->lock);
+  vam_lock(v);
   vam_job *jobs = v->jobs;
   size_t n = v->njobs;
   v->jobs = NULL;
   v->njobs = v->capjobs = 0;
-  pthread_mutex_unlock(&v->lock);
+  vam_unlock(v);
   int status = mb_loop_stopping(v->loop) ? MB_ESTOPPED : MB_EGONE;
   for (size_t i = 0; i < n; i++)
     mb_reply(jobs[i].msg, status);
@@ -603,10 +689,10 @@ static void log_line(mb_vam *v, mb_vam_log_fn log, void *ctx, const mb_lock *l, 
 static void on_watch_timer(uv_timer_t *t) {
   mb_vam *v = t->data;
   uint64_t now = now_ns(CLOCK_MONOTONIC);
-  pthread_mutex_lock(&v->lock);
+  vam_lock(v);
   if (mb_rtree_empty(&v->locks) || v->watch_ms == 0) {
     v->watching = false;
-    pthread_mutex_unlock(&v->lock);
+    vam_unlock(v);
     uv_timer_stop(t);
     return;
   }
@@ -629,7 +715,7 @@ static void on_watch_timer(uv_timer_t *t) {
   mb_vam_log_fn log = v->log;
   void *ctx = v->log_ctx;
   uv_timer_set_repeat(t, watch_period(v->watch_ms));
-  pthread_mutex_unlock(&v->lock);
+  vam_unlock(v);
   for (size_t i = 0; i < k; i++)
     log_line(v, log, ctx, &due[i], now);
   free(due);
@@ -643,12 +729,12 @@ static void on_watch(mb_vam *v, mb_msg *msg) {
     uv_unref((uv_handle_t *)v->timer);
     v->timer->data = v;
   }
-  pthread_mutex_lock(&v->lock);
+  vam_lock(v);
   v->watch = msg;
   uint64_t period = watch_period(v->watch_ms);
   if (v->timer == NULL)
     v->watching = false; /* no memory: the next lock tries again */
-  pthread_mutex_unlock(&v->lock);
+  vam_unlock(v);
   if (v->timer != NULL)
     uv_timer_start(v->timer, on_watch_timer, period, period);
 }
@@ -656,7 +742,7 @@ static void on_watch(mb_vam *v, mb_msg *msg) {
 /* Locks already held are watched from now on. */
 void mb_vam_set_watchdog(mb_vam *v, uint64_t threshold_ms, mb_vam_log_fn log, void *ctx) {
   mb_msg *w = NULL;
-  pthread_mutex_lock(&v->lock);
+  vam_lock(v);
   v->watch_ms = threshold_ms;
   v->log = log;
   v->log_ctx = ctx;
@@ -665,7 +751,7 @@ void mb_vam_set_watchdog(mb_vam *v, uint64_t threshold_ms, mb_vam_log_fn log, vo
     v->watch = NULL;
     v->watching = true;
   }
-  pthread_mutex_unlock(&v->lock);
+  vam_unlock(v);
   if (w != NULL)
     mb_send_from(v->addr, w);
 }
@@ -701,18 +787,12 @@ int mb_vam_create(mb_loop *loop, mb_addr mapping_manager, uint64_t max_addr, boo
     free(v);
     return MB_ENOMEM;
   }
-  if ((rc = pthread_mutex_init(&v->lock, NULL)) != 0) {
-    rc = -rc;
-  } else if ((rc = mb_va_reserve(&v->va, max_addr)) == 0) {
+  if ((rc = mb_va_reserve(&v->va, max_addr)) == 0) {
     v->actor = mb_actor_create(loop, &vam_type, v, eager ? "va_mapper.eager" : "va_mapper.lazy");
     if (v->actor == NULL) {
       mb_va_release(&v->va);
       rc = MB_ENOMEM;
     }
-    if (rc != 0)
-      pthread_mutex_destroy(&v->lock);
-  } else {
-    pthread_mutex_destroy(&v->lock);
   }
   if (rc != 0) {
     mb_msg_free(v->kick);
@@ -750,7 +830,6 @@ void mb_vam_destroy(mb_vam *v) {
   while (v->nrange_cache > 0)
     free(v->range_cache[--v->nrange_cache]);
   mb_va_release(&v->va);
-  pthread_mutex_destroy(&v->lock);
   free(v);
 }
 
@@ -783,10 +862,10 @@ static void count(_Atomic uint64_t *c) {
 
 /* 0: not established; 1: read-only; 2: writable. */
 static int page_state(mb_vam *v, uint64_t page) {
-  pthread_mutex_lock(&v->lock);
+  vam_lock(v);
   mb_rtree_node *it = mb_rtree_find(&v->ranges, page);
   int s = it == NULL ? 0 : range_of(it)->writable ? 2 : 1;
-  pthread_mutex_unlock(&v->lock);
+  vam_unlock(v);
   return s;
 }
 
@@ -934,11 +1013,11 @@ int mb_vam_lock(mb_vam *v, uint64_t gpa, uint64_t size, bool writable, mb_lock *
   for (;;) {
     uint64_t missing = 0;
     mb_msg *watch = NULL;
-    pthread_mutex_lock(&v->lock);
+    vam_lock(v);
     rc = lock_check(v, gpa, end, writable, &missing);
     if (rc == 0)
       watch = lock_record(v, l, gpa, end);
-    pthread_mutex_unlock(&v->lock);
+    vam_unlock(v);
     if (rc == 0) {
       if (watch != NULL)
         mb_send_from(v->addr, watch); /* dropped (freed) only if the mapper is gone */
@@ -969,13 +1048,13 @@ void mb_vam_unlock(mb_lock *l) {
     return;
   mb_vam *v = l->vam;
   mb_msg *kick = NULL;
-  pthread_mutex_lock(&v->lock);
+  vam_lock(v);
   mb_rtree_remove(&v->locks, &l->node);
   if (v->njobs > 0 && v->kick != NULL) {
     kick = v->kick;
     v->kick = NULL;
   }
-  pthread_mutex_unlock(&v->lock);
+  vam_unlock(v);
   if (kick != NULL) {
     vam_kick_msg *k = vam_kick_of(kick);
     k->gpa = l->node.start;
@@ -998,25 +1077,25 @@ uint64_t mb_vam_lock_size(const mb_lock *l) {
 }
 
 int mb_vam_retire(mb_vam *v) {
-  pthread_mutex_lock(&v->lock);
+  vam_lock(v);
   int rc = mb_rtree_empty(&v->locks) ? 0 : MB_E_INVALID;
   if (rc == 0)
     v->retired = true;
-  pthread_mutex_unlock(&v->lock);
+  vam_unlock(v);
   return rc;
 }
 
 void mb_vam_unretire(mb_vam *v) {
-  pthread_mutex_lock(&v->lock);
+  vam_lock(v);
   v->retired = false;
-  pthread_mutex_unlock(&v->lock);
+  vam_unlock(v);
 }
 
 int mb_vam_locks(mb_vam *v, mb_vam_lock_info **out, size_t *count_out, size_t *waiting) {
   *out = NULL;
   *count_out = 0;
   uint64_t now = now_ns(CLOCK_MONOTONIC);
-  pthread_mutex_lock(&v->lock);
+  vam_lock(v);
   size_t n = mb_rtree_count(&v->locks);
   mb_vam_lock_info *info = n ? malloc(n * sizeof *info) : NULL;
   if (n == 0 || info != NULL) {
@@ -1030,7 +1109,7 @@ int mb_vam_locks(mb_vam *v, mb_vam_lock_info **out, size_t *count_out, size_t *w
   }
   if (waiting != NULL)
     *waiting = v->njobs;
-  pthread_mutex_unlock(&v->lock);
+  vam_unlock(v);
   if (n > 0 && info == NULL)
     return MB_ENOMEM;
   *out = info;

@@ -6,14 +6,27 @@
 
 #include "mb_range.h"
 
+/* The checks of mb_pieces_check_map that do not look at the map. */
+static bool valid_map(uint64_t max_addr, uint64_t gpa, uint64_t size, const void *host) {
+  return size != 0 && mb_page_aligned(gpa | size | (uintptr_t)host) && host != NULL &&
+         size <= max_addr && gpa <= max_addr - size;
+}
+
 int mb_pieces_check_map(const mb_rtree *pieces, uint64_t max_addr, uint64_t gpa, uint64_t size,
                         const void *host) {
-  mb_range r;
-  if (mb_range_make(gpa, size, &r) != 0 || r.end > max_addr)
+  if (!valid_map(max_addr, gpa, size, host))
     return MB_E_INVALID;
-  if (host == NULL || !mb_page_aligned((uintptr_t)host))
+  return mb_rtree_first_overlap(pieces, gpa, gpa + size) != NULL ? -EEXIST : 0;
+}
+
+int mb_pieces_link(mb_rtree *pieces, mb_piece *pc, uint64_t max_addr, uint64_t gpa,
+                   uint64_t size, void *host, bool writable, uint32_t slot) {
+  if (!valid_map(max_addr, gpa, size, host))
     return MB_E_INVALID;
-  return mb_rtree_first_overlap(pieces, r.start, r.end) != NULL ? -EEXIST : 0;
+  pc->host = host;
+  pc->writable = writable;
+  pc->slot = slot;
+  return mb_rtree_insert_disjoint(pieces, &pc->node, gpa, gpa + size);
 }
 
 mb_piece *mb_pieces_exact(const mb_rtree *pieces, uint64_t gpa, uint64_t size) {
@@ -24,12 +37,9 @@ mb_piece *mb_pieces_exact(const mb_rtree *pieces, uint64_t gpa, uint64_t size) {
 size_t mb_pieces_ranges(const mb_rtree *pieces, mb_part_range *out, size_t max) {
   size_t i = 0;
   mb_rtree_node *n;
-  mb_rtree_for_each(n, pieces) {
-    if (i < max)
-      out[i] = (mb_part_range){n->start, n->end - n->start, mb_piece_of(n)->writable};
-    i++;
-  }
-  return i;
+  for (n = max > 0 ? mb_rtree_first(pieces) : NULL; n != NULL && i < max; n = mb_rtree_next(n))
+    out[i++] = (mb_part_range){n->start, n->end - n->start, mb_piece_of(n)->writable};
+  return mb_rtree_count(pieces);
 }
 
 int mb_pieces_add(mb_rtree *pieces, uint64_t gpa, uint64_t size, void *host, bool writable,

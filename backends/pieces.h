@@ -25,6 +25,10 @@ static inline mb_piece *mb_piece_of(mb_rtree_node *n) {
  * bad host address), -EEXIST (it overlaps a piece), or 0. */
 int mb_pieces_check_map(const mb_rtree *pieces, uint64_t max_addr, uint64_t gpa, uint64_t size,
                         const void *host);
+/* mb_pieces_check_map and the link in one descent, for a piece of the caller's (unlinked, its
+ * other fields set here): MB_E_INVALID, -EEXIST (pc stays unlinked), or 0. */
+int mb_pieces_link(mb_rtree *pieces, mb_piece *pc, uint64_t max_addr, uint64_t gpa,
+                   uint64_t size, void *host, bool writable, uint32_t slot);
 /* The piece that is exactly [gpa, gpa + size), or NULL. */
 mb_piece *mb_pieces_exact(const mb_rtree *pieces, uint64_t gpa, uint64_t size);
 /* Add [gpa, gpa + size) -> host as a piece (checked with mb_pieces_check_map first): 0 or

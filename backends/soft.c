@@ -16,9 +16,14 @@
 #include "pieces.h"
 #include "range_tree.h"
 
+enum { SOFT_SPARES = 8 };
+
 typedef struct soft_part {
   uint64_t max_addr;
   mb_rtree pieces; /* of mb_piece, host set */
+  mb_piece *spare[SOFT_SPARES]; /* unlinked pieces kept for reuse: a map after an unmap
+                                 * allocates nothing */
+  unsigned nspare;
 } soft_part;
 
 static int soft_create(uint64_t max_addr, void **inst) {
@@ -38,13 +43,22 @@ static void soft_destroy(void *inst) {
   if (!p)
     return;
   mb_pieces_clear(&p->pieces, NULL, NULL);
+  while (p->nspare > 0)
+    free(p->spare[--p->nspare]);
   free(p);
 }
 
 static int soft_map(void *inst, uint64_t gpa, uint64_t size, void *host_va, bool writable) {
   soft_part *p = inst;
-  int rc = mb_pieces_check_map(&p->pieces, p->max_addr, gpa, size, host_va);
-  return rc ? rc : mb_pieces_add(&p->pieces, gpa, size, host_va, writable, 0);
+  mb_piece *pc = p->nspare > 0 ? p->spare[--p->nspare] : malloc(sizeof *pc);
+  if (!pc) { /* a bad or overlapping range is still reported as such */
+    int rc = mb_pieces_check_map(&p->pieces, p->max_addr, gpa, size, host_va);
+    return rc ? rc : -ENOMEM;
+  }
+  int rc = mb_pieces_link(&p->pieces, pc, p->max_addr, gpa, size, host_va, writable, 0);
+  if (rc != 0)
+    p->spare[p->nspare++] = pc; /* it came from there, or there was room */
+  return rc;
 }
 
 static int soft_unmap(void *inst, uint64_t gpa, uint64_t size) {
@@ -52,7 +66,11 @@ static int soft_unmap(void *inst, uint64_t gpa, uint64_t size) {
   mb_piece *pc = mb_pieces_exact(&p->pieces, gpa, size);
   if (!pc)
     return -ENOENT;
-  mb_pieces_drop(&p->pieces, pc);
+  mb_rtree_remove(&p->pieces, &pc->node);
+  if (p->nspare < SOFT_SPARES)
+    p->spare[p->nspare++] = pc;
+  else
+    free(pc);
   return 0;
 }
 

@@ -129,12 +129,15 @@ int mb_object_fd(const mb_object *obj) {
   return obj->fd;
 }
 
-int mb_object_check_range(const mb_object *obj, uint64_t off, uint64_t len) {
-  if (len == 0 || !mb_page_aligned(off) || !mb_page_aligned(len))
-    return -EINVAL;
-  if (off > obj->size || len > obj->size - off)
+/* mb_object_check_range, inline for mb_object_map_into. */
+static inline int check_range(const mb_object *obj, uint64_t off, uint64_t len) {
+  if (len == 0 || !mb_page_aligned(off | len) || off > obj->size || len > obj->size - off)
     return -EINVAL;
   return 0;
+}
+
+int mb_object_check_range(const mb_object *obj, uint64_t off, uint64_t len) {
+  return check_range(obj, off, len);
 }
 
 /* ---- contents -------------------------------------------------------------------------- */
@@ -208,7 +211,7 @@ int mb_object_fill_pages(mb_object *obj, uint8_t base) {
 
 int mb_object_map_into(const mb_object *obj, mb_va *va, uint64_t va_off, uint64_t len,
                        uint64_t obj_off, bool writable) {
-  int rc = mb_object_check_range(obj, obj_off, len);
+  int rc = check_range(obj, obj_off, len);
   if (rc != 0)
     return rc;
   if (obj->kind == MB_OBJECT_ANON)

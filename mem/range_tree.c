@@ -4,9 +4,9 @@
  *   - in-order, starts never decrease (ties keep insertion order: equal starts go right);
  *   - for every node, |height(left) - height(right)| <= 1 and height = 1 + max of the two;
  *   - subtree_max_end = max(end, left->subtree_max_end, right->subtree_max_end).
- * Every structural change ends with fix_upwards() from the lowest touched node to the root,
- * which restores height and subtree_max_end and rebalances on the way; that walk is what
- * keeps the augmentation exact, so no operation may stop it early.
+ * Every structural change ends with fix_upwards() from the lowest touched node, which
+ * restores height and subtree_max_end and rebalances on the way up; it stops only where a
+ * subtree kept both (nothing above can change then), which keeps the augmentation exact.
  */
 #include "range_tree.h"
 
@@ -23,11 +23,11 @@ static uint64_t max_end(const mb_rtree_node *n) {
 
 static void update(mb_rtree_node *n) {
   int hl = height(n->left), hr = height(n->right);
-  uint64_t m = n->end;
-  if (max_end(n->left) > m)
-    m = max_end(n->left);
-  if (max_end(n->right) > m)
-    m = max_end(n->right);
+  uint64_t m = n->end, ml = max_end(n->left), mr = max_end(n->right);
+  if (ml > m)
+    m = ml;
+  if (mr > m)
+    m = mr;
   n->height = 1 + (hl > hr ? hl : hr);
   n->subtree_max_end = m;
 }
@@ -73,24 +73,37 @@ static mb_rtree_node *rotate_right(mb_rtree *t, mb_rtree_node *x) {
 
 /* Restores n's cached fields and its balance; returns the node now at n's position. */
 static mb_rtree_node *rebalance(mb_rtree *t, mb_rtree_node *n) {
-  update(n);
-  int bal = height(n->left) - height(n->right);
-  if (bal > 1) {
+  int hl = height(n->left), hr = height(n->right);
+  if (hl - hr > 1) {
     if (height(n->left->left) < height(n->left->right))
       rotate_left(t, n->left);
     return rotate_right(t, n);
   }
-  if (bal < -1) {
+  if (hr - hl > 1) {
     if (height(n->right->right) < height(n->right->left))
       rotate_right(t, n->right);
     return rotate_left(t, n);
   }
+  update(n);
   return n;
 }
 
-static void fix_upwards(mb_rtree *t, mb_rtree_node *n) {
-  while (n != NULL)
-    n = rebalance(t, n)->parent;
+/* A node's cached fields depend only on its own interval and its children's cached fields,
+ * so the walk may stop at the first position whose subtree kept its height and max end:
+ * nothing above it can change. The one exception is `pin`, a node that took another's
+ * position (and its cached fields): it has an interval of its own, so the walk goes on at
+ * least up to it. */
+static void fix_upwards(mb_rtree *t, mb_rtree_node *n, const mb_rtree_node *pin) {
+  while (n != NULL) {
+    int h = n->height;
+    uint64_t m = n->subtree_max_end;
+    if (n == pin)
+      pin = NULL;
+    n = rebalance(t, n);
+    if (pin == NULL && n->height == h && n->subtree_max_end == m)
+      return;
+    n = n->parent;
+  }
 }
 
 void mb_rtree_init(mb_rtree *t) {
@@ -98,22 +111,41 @@ void mb_rtree_init(mb_rtree *t) {
   t->count = 0;
 }
 
-int mb_rtree_insert(mb_rtree *t, mb_rtree_node *n, uint64_t start, uint64_t end) {
+/* Links n with [start, end) as a new leaf. A disjoint insert (the tree's intervals never
+ * overlap) also refuses one that overlaps a node: the new interval's neighbours in order
+ * (the last nodes the descent left to the right and to the left) are on its path, and in
+ * such a tree it overlaps a node iff it overlaps one of them, so checking each node passed
+ * is enough. */
+static inline int insert(mb_rtree *t, mb_rtree_node *n, uint64_t start, uint64_t end,
+                         bool disjoint) {
   if (start >= end)
     return -EINVAL;
   mb_rtree_node *parent = NULL, **link = &t->root;
   while (*link != NULL) {
     parent = *link;
-    link = start < parent->start ? &parent->left : &parent->right;
+    bool left = start < parent->start;
+    if (disjoint && (left ? end > parent->start : start < parent->end))
+      return -EEXIST;
+    link = left ? &parent->left : &parent->right;
   }
   n->start = start;
   n->end = end;
+  n->subtree_max_end = end;
+  n->height = 1;
   n->parent = parent;
   n->left = n->right = NULL;
   *link = n;
   t->count++;
-  fix_upwards(t, n);
+  fix_upwards(t, parent, NULL);
   return 0;
+}
+
+int mb_rtree_insert(mb_rtree *t, mb_rtree_node *n, uint64_t start, uint64_t end) {
+  return insert(t, n, start, end, false);
+}
+
+int mb_rtree_insert_disjoint(mb_rtree *t, mb_rtree_node *n, uint64_t start, uint64_t end) {
+  return insert(t, n, start, end, true);
 }
 
 static mb_rtree_node *leftmost(mb_rtree_node *n) {
@@ -129,7 +161,7 @@ static mb_rtree_node *rightmost(mb_rtree_node *n) {
 }
 
 void mb_rtree_remove(mb_rtree *t, mb_rtree_node *n) {
-  mb_rtree_node *fix_from;
+  mb_rtree_node *fix_from, *pin = NULL;
   assert(t->count > 0);
   if (n->left == NULL || n->right == NULL) {
     fix_from = n->parent;
@@ -147,11 +179,14 @@ void mb_rtree_remove(mb_rtree *t, mb_rtree_node *n) {
     }
     s->left = n->left;
     s->left->parent = s;
+    s->height = n->height;
+    s->subtree_max_end = n->subtree_max_end;
     replace_child(t, n->parent, n, s);
+    pin = s;
   }
   n->parent = n->left = n->right = NULL;
   t->count--;
-  fix_upwards(t, fix_from);
+  fix_upwards(t, fix_from, pin);
 }
 
 mb_rtree_node *mb_rtree_first(const mb_rtree *t) {
@@ -195,7 +230,7 @@ mb_rtree_node *mb_rtree_lower_bound(const mb_rtree *t, uint64_t x) {
  * with end > a (max_end(n) > a). Going left whenever the left subtree holds such a node is
  * safe: if that node starts before b it overlaps and precedes n; if not, neither n nor
  * anything after it can start before b. */
-static mb_rtree_node *subtree_first_overlap(mb_rtree_node *n, uint64_t a, uint64_t b) {
+mb_rtree_node *mb__rtree_first_overlap(mb_rtree_node *n, uint64_t a, uint64_t b) {
   while (n != NULL) {
     if (max_end(n->left) > a) {
       n = n->left;
@@ -210,12 +245,6 @@ static mb_rtree_node *subtree_first_overlap(mb_rtree_node *n, uint64_t a, uint64
   return NULL;
 }
 
-mb_rtree_node *mb_rtree_first_overlap(const mb_rtree *t, uint64_t a, uint64_t b) {
-  if (a >= b || max_end(t->root) <= a)
-    return NULL;
-  return subtree_first_overlap(t->root, a, b);
-}
-
 mb_rtree_node *mb_rtree_next_overlap(const mb_rtree_node *n, uint64_t a, uint64_t b) {
   if (a >= b)
     return NULL;
@@ -223,7 +252,7 @@ mb_rtree_node *mb_rtree_next_overlap(const mb_rtree_node *n, uint64_t a, uint64_
     /* Everything after n is: n's right subtree, then the first ancestor reached from its
      * left side, then that ancestor's right subtree, and so on. */
     if (max_end(n->right) > a)
-      return subtree_first_overlap(n->right, a, b);
+      return mb__rtree_first_overlap(n->right, a, b);
     while (n->parent != NULL && n == n->parent->right)
       n = n->parent;
     mb_rtree_node *p = n->parent;
@@ -233,13 +262,6 @@ mb_rtree_node *mb_rtree_next_overlap(const mb_rtree_node *n, uint64_t a, uint64_
       return p;
     n = p;
   }
-}
-
-mb_rtree_node *mb_rtree_find(const mb_rtree *t, uint64_t addr) {
-  /* No half-open interval with a 64-bit end can contain UINT64_MAX. */
-  if (addr == UINT64_MAX)
-    return NULL;
-  return mb_rtree_first_overlap(t, addr, addr + 1);
 }
 
 /* ---- validation (tests) ---------------------------------------------------------------- */

@@ -50,6 +50,10 @@ void mb_rtree_init(mb_rtree *t);
 
 /* Links n with interval [start, end). -EINVAL (and nothing changes) if start >= end. */
 int mb_rtree_insert(mb_rtree *t, mb_rtree_node *n, uint64_t start, uint64_t end);
+/* For trees whose intervals never overlap: links n with [start, end) unless that overlaps a
+ * linked node (-EEXIST; nothing changes). One descent, no separate overlap query. -EINVAL
+ * if start >= end. */
+int mb_rtree_insert_disjoint(mb_rtree *t, mb_rtree_node *n, uint64_t start, uint64_t end);
 /* Unlinks n, which must be linked in t; its links are cleared, its bounds kept. */
 void mb_rtree_remove(mb_rtree *t, mb_rtree_node *n);
 
@@ -71,12 +75,29 @@ mb_rtree_node *mb_rtree_lower_bound(const mb_rtree *t, uint64_t x);
 
 /* The first node overlapping [a, b) (node.start < b && node.end > a), or NULL; then each
  * following one. Pass the same a, b to next. An empty query (a >= b) finds nothing. */
-mb_rtree_node *mb_rtree_first_overlap(const mb_rtree *t, uint64_t a, uint64_t b);
+static inline mb_rtree_node *mb_rtree_first_overlap(const mb_rtree *t, uint64_t a, uint64_t b);
 mb_rtree_node *mb_rtree_next_overlap(const mb_rtree_node *n, uint64_t a, uint64_t b);
 
 /* The first node containing addr (start <= addr < end), or NULL. With overlapping intervals,
  * the others follow from mb_rtree_next_overlap(n, addr, addr + 1). */
-mb_rtree_node *mb_rtree_find(const mb_rtree *t, uint64_t addr);
+static inline mb_rtree_node *mb_rtree_find(const mb_rtree *t, uint64_t addr);
+
+/* The search in the subtree of n, which reaches past a (subtree_max_end > a), for a < b. */
+mb_rtree_node *mb__rtree_first_overlap(mb_rtree_node *n, uint64_t a, uint64_t b);
+
+/* Inline: most queries are answered by the root's cached max end (an empty tree, or
+ * everything ends at or before a). */
+static inline mb_rtree_node *mb_rtree_first_overlap(const mb_rtree *t, uint64_t a, uint64_t b) {
+  mb_rtree_node *r = t->root;
+  if (r == NULL || a >= b || r->subtree_max_end <= a)
+    return NULL;
+  return mb__rtree_first_overlap(r, a, b);
+}
+
+static inline mb_rtree_node *mb_rtree_find(const mb_rtree *t, uint64_t addr) {
+  /* No half-open interval with a 64-bit end can contain UINT64_MAX. */
+  return addr == UINT64_MAX ? NULL : mb_rtree_first_overlap(t, addr, addr + 1);
+}
 
 #define mb_rtree_for_each(n, t) \
   for ((n) = mb_rtree_first(t); (n) != NULL; (n) = mb_rtree_next(n))

@@ -57,12 +57,16 @@ void mb_va_release(mb_va *va) {
   va->size = 0;
 }
 
-int mb_va_check(const mb_va *va, uint64_t off, uint64_t len) {
-  if (va->base == NULL || len == 0 || !mb_page_aligned(off) || !mb_page_aligned(len))
-    return -EINVAL;
-  if (off > va->size || len > va->size - off)
+/* mb_va_check, inline for the map functions. */
+static inline int check(const mb_va *va, uint64_t off, uint64_t len) {
+  if (va->base == NULL || len == 0 || !mb_page_aligned(off | len) || off > va->size ||
+      len > va->size - off)
     return -EINVAL;
   return 0;
+}
+
+int mb_va_check(const mb_va *va, uint64_t off, uint64_t len) {
+  return check(va, off, len);
 }
 
 /* Puts a PROT_NONE reservation over the range (no bounds check). */
@@ -83,7 +87,7 @@ static int finish_map(mb_va *va, uint64_t off, uint64_t len, void *p) {
 
 int mb_va_map_fd(mb_va *va, uint64_t off, uint64_t len, int fd, uint64_t fd_off,
                  bool writable) {
-  int rc = mb_va_check(va, off, len);
+  int rc = check(va, off, len);
   if (rc != 0)
     return rc;
   if (!mb_page_aligned(fd_off) || fd_off > (uint64_t)INT64_MAX - len)
@@ -94,7 +98,7 @@ int mb_va_map_fd(mb_va *va, uint64_t off, uint64_t len, int fd, uint64_t fd_off,
 }
 
 int mb_va_map_anon(mb_va *va, uint64_t off, uint64_t len, bool writable) {
-  int rc = mb_va_check(va, off, len);
+  int rc = check(va, off, len);
   if (rc != 0)
     return rc;
   void *p = mmap(va->base + off, len, prot_of(writable),
@@ -103,7 +107,7 @@ int mb_va_map_anon(mb_va *va, uint64_t off, uint64_t len, bool writable) {
 }
 
 int mb_va_protect(mb_va *va, uint64_t off, uint64_t len, bool writable) {
-  int rc = mb_va_check(va, off, len);
+  int rc = check(va, off, len);
   if (rc != 0)
     return rc;
   if (mprotect(va->base + off, len, prot_of(writable)) != 0)
@@ -112,7 +116,7 @@ int mb_va_protect(mb_va *va, uint64_t off, uint64_t len, bool writable) {
 }
 
 int mb_va_unmap(mb_va *va, uint64_t off, uint64_t len) {
-  int rc = mb_va_check(va, off, len);
+  int rc = check(va, off, len);
   if (rc != 0)
     return rc;
   return reserve_range(va, off, len);

@@ -39,6 +39,7 @@ mb_actor *mb_actor_create(mb_loop *l, const mb_actor_type *type, void *state, co
   }
   a->loop = l;
   a->type = type;
+  a->serialized = (type->flags & MB_ACTOR_SERIALIZED) != 0;
   a->state = state;
   a->slot = i;
   a->gen = l->slots[i].gen;
@@ -46,12 +47,6 @@ mb_actor *mb_actor_create(mb_loop *l, const mb_actor_type *type, void *state, co
   l->slots[i].actor = a;
   l->stats.actors++;
   return a;
-}
-
-mb_actor *mb__actor_lookup(mb_loop *l, mb_addr addr) {
-  if (addr.slot >= l->nslots) return NULL;
-  mb__slot *s = &l->slots[addr.slot];
-  return s->gen == addr.gen ? s->actor : NULL;
 }
 
 static void drain_undeliverable(mb_loop *l, mb__queue *q) {
@@ -84,25 +79,29 @@ void mb__actor_destroy_all(mb_loop *l) {
     if (l->slots[i].actor) mb_actor_destroy(l->slots[i].actor);
 }
 
-void mb__actor_deliver(mb_actor *a, mb_msg *m) {
-  mb__queue_push(&a->queue, m);
-  mb__loop_make_ready(a->loop, a);
-}
-
-static bool serialized_busy(const mb_actor *a) {
-  return (a->type->flags & MB_ACTOR_SERIALIZED) && a->busy > 0;
-}
+static bool serialized_busy(const mb_actor *a) { return a->serialized && a->busy > 0; }
 
 /* The next message this actor may handle now: replies always; others in order, and only
  * when a serialized actor is not in the middle of an operation. */
-static mb_msg *next_message(mb_actor *a) {
-  if (!serialized_busy(a) && a->held.head) return mb__queue_pop(&a->held);
+static mb_msg *next_message_slow(mb_actor *a) {
+  if (!serialized_busy(a)) {
+    mb__queue *q = a->held.head ? &a->held : &a->queue;
+    return mb__queue_pop(q);
+  }
   mb_msg *m;
   while ((m = mb__queue_pop(&a->queue))) {
-    if (!serialized_busy(a) || (m->flags__ & MB__F_REPLY)) return m;
+    if (m->flags__ & MB__F_REPLY) return m;
     mb__queue_push(&a->held, m);
   }
   return NULL;
+}
+
+static inline mb_msg *next_message(mb_actor *a) {
+  mb_msg *m = a->queue.head;
+  if (__builtin_expect(a->held.head != NULL || (m && serialized_busy(a)), 0))
+    return next_message_slow(a);
+  if (m && !(a->queue.head = m->qnext__)) a->queue.tail = NULL;
+  return m;
 }
 
 static bool runnable(const mb_actor *a) {
@@ -127,7 +126,8 @@ static void handle_one(mb_actor *a, mb_msg *m) {
     mb__dispatch_reply(a, m);
     return;
   }
-  if (a->timing && mb_msg_is_request(m) && (a->timed++ & (MB_LATENCY_SAMPLE - 1)) == 0)
+  if (__builtin_expect(a->timing, 0) && mb_msg_is_request(m) &&
+      (a->timed++ & (MB_LATENCY_SAMPLE - 1)) == 0)
     m->t_deliver__ = mb__now_ns();
   l->cur = m;
   l->cur_taken = false;
@@ -145,7 +145,10 @@ uint32_t mb__actor_run(mb_actor *a) {
   a->running = true;
   mb_msg *m;
   uint32_t n = 0;
-  for (; n < MB_BATCH && !a->dead && (m = next_message(a)); n++) handle_one(a, m);
+  while ((m = next_message(a))) {
+    handle_one(a, m);
+    if (++n == MB_BATCH || a->dead) break;
+  }
   a->running = false;
   if (a->dead) {
     if (!a->ready) free(a); /* else popping it from the ready list frees it */

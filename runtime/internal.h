@@ -46,14 +46,17 @@ struct mb_actor {
   mb__queue queue;       /* delivered in order */
   mb__queue held;        /* non-replies set aside while a serialized actor is busy */
   uint32_t busy;         /* outstanding calls + holds */
+  uint64_t corr;         /* the last correlation id of its calls */
   bool ready;            /* on the loop's ready list */
   bool running;          /* inside a handler: destruction is deferred */
   bool dead;
+  bool serialized;       /* type->flags & MB_ACTOR_SERIALIZED */
   bool timing;           /* record request latency (mb_actor_time_requests) */
   uint32_t timed;        /* requests seen while timing: one in MB_LATENCY_SAMPLE is timed */
   mb_latency *lat;       /* one per (protocol, kind) answered while timing */
   uint32_t nlat;
   mb_actor *ready_next;
+  uint32_t trace_name;   /* trace.c: interned name index + 1 once known, 0 before */
   char name[48];
 };
 
@@ -62,14 +65,6 @@ typedef struct mb__slot {
   uint32_t gen;
   uint32_t next_free;
 } mb__slot;
-
-/* A pending call of an actor on this loop; corr = gen << 32 | index + 1. */
-typedef struct mb__call {
-  mb_reply_fn cb;
-  void *ctx;
-  uint32_t gen;
-  uint32_t next_free;
-} mb__call;
 
 struct mb_loop {
   mb__inbox inbox;
@@ -94,14 +89,13 @@ struct mb_loop {
   bool free_pending;
   mb__slot *slots;
   uint32_t nslots, cap_slots, free_slot;
-  mb__call *calls;
-  uint32_t ncalls, cap_calls, free_call;
   mb_actor *ready_head, *ready_tail;
   mb_actor *loop_actor;
   mb_msg *cur;         /* message whose handler or reply callback is running */
   bool cur_taken;      /* ... and the handler handed it on (reply, send, keep, free) */
   int close_rc;        /* uv_loop_close() of a started loop */
   mb_loop_stats stats;
+  uint32_t trace_name;   /* trace.c: interned name index + 1 once known, 0 before */
   mb__waiter started;
   int start_err;
   char name[32];
@@ -111,7 +105,14 @@ extern _Thread_local mb_loop *mb__tls_loop;
 
 /* loop.c */
 void mb__loop_kick(mb_loop *loop);               /* same thread: make sure a turn runs */
-void mb__loop_make_ready(mb_loop *loop, mb_actor *a);
+static inline void mb__loop_make_ready(mb_loop *l, mb_actor *a) { /* put on the ready list */
+  if (a->ready) return;
+  a->ready = true;
+  a->ready_next = NULL;
+  if (l->ready_tail) l->ready_tail->ready_next = a; else l->ready_head = a;
+  l->ready_tail = a;
+  if (!l->in_turn) mb__loop_kick(l);
+}
 int mb__loop_push(mb_loop *loop, mb_msg *m);     /* cross-thread enqueue; MB_ESTOPPED */
 void mb__inbox_push_wake(mb_loop *loop, mb_msg *m);
 void mb__loop_shutdown(mb_loop *loop);            /* on its thread, senders closed */
@@ -119,8 +120,16 @@ void mb__loop_shutdown(mb_loop *loop);            /* on its thread, senders clos
 bool mb__loop_name_copy(const mb_loop *loop, char out[32]);
 
 /* actor.c */
-mb_actor *mb__actor_lookup(mb_loop *loop, mb_addr a);
-void mb__actor_deliver(mb_actor *a, mb_msg *m);  /* append to its queue, schedule it */
+/* The live actor at a on loop (its thread), or NULL. */
+static inline mb_actor *mb__actor_lookup(mb_loop *l, mb_addr a) {
+  if (a.slot >= l->nslots) return NULL;
+  mb__slot *s = &l->slots[a.slot];
+  return s->gen == a.gen ? s->actor : NULL;
+}
+static inline void mb__actor_deliver(mb_actor *a, mb_msg *m) { /* append, schedule */
+  mb__queue_push(&a->queue, m);
+  mb__loop_make_ready(a->loop, a);
+}
 uint32_t mb__actor_run(mb_actor *a); /* one turn: up to MB_BATCH messages; how many */
 void mb__actor_destroy_all(mb_loop *loop);
 void mb__actor_done_busy(mb_actor *a);
@@ -131,7 +140,6 @@ void mb__receive(mb_loop *loop, mb_msg *m);       /* on loop's thread: m arrived
 void mb__bounce(mb_msg *m, int err);              /* answer a request with an error */
 void mb__finish_delivery(mb_actor *self, mb_msg *m);
 void mb__dispatch_reply(mb_actor *self, mb_msg *m);
-void mb__calls_release(mb_loop *loop, uint64_t corr);
 void mb__sys_run(mb_loop *loop, mb_msg *m);
 void mb__undeliverable(mb_loop *here, mb_msg *m, int err);
 /* The handler of the current message handed it on: the runtime must not dispose of it. */

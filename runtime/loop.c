@@ -117,15 +117,6 @@ void mb__loop_kick(mb_loop *l) {
   if (!l->in_turn) set_idle(l, true);
 }
 
-void mb__loop_make_ready(mb_loop *l, mb_actor *a) {
-  if (a->ready) return;
-  a->ready = true;
-  a->ready_next = NULL;
-  if (l->ready_tail) l->ready_tail->ready_next = a; else l->ready_head = a;
-  l->ready_tail = a;
-  mb__loop_kick(l);
-}
-
 static mb_actor *pop_ready(mb_loop *l) {
   mb_actor *a = l->ready_head;
   if (a && !(l->ready_head = a->ready_next)) l->ready_tail = NULL;
@@ -307,7 +298,6 @@ void mb_loop_free(mb_loop *l) {
     return;
   }
   free(l->slots);
-  free(l->calls);
   free(l);
 }
 

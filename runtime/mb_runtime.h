@@ -85,7 +85,9 @@ typedef struct mb_msg {
   uint32_t kind;                 /* message kind within proto */
   uint32_t size;                 /* allocation size, header included */
   uint64_t corr;                 /* correlation id; 0 for a one-way message */
-  void *reply__;                 /* reply route; runtime use only */
+  void *reply__;                 /* reply route: the waiter of a blocking call, or the
+                                  * context of cb__; runtime use only */
+  void (*cb__)(struct mb_actor *, struct mb_msg *, void *); /* reply callback; runtime only */
   int32_t status;                /* in a reply: MB_OK or a negative error */
   uint32_t flags__;              /* runtime use only */
   uint64_t t_deliver__;          /* delivery time of a timed request; runtime use only */
@@ -197,7 +199,7 @@ int mb_forward(mb_actor *self, mb_addr to, mb_msg *msg);
  * (nested calls included), in log-scale buckets (4 per power of two, from 1 ns). One request
  * in MB_LATENCY_SAMPLE is timed (the first one of each run of that many), so `count` is the
  * number of samples. */
-enum { MB_LATENCY_BUCKETS = 4 * 40, MB_LATENCY_SAMPLE = 4 };
+enum { MB_LATENCY_BUCKETS = 4 * 40, MB_LATENCY_SAMPLE = 16 };
 typedef struct mb_latency {
   const mb_protocol *proto;
   uint32_t kind;

@@ -43,10 +43,25 @@ static void cache_flush(void *arg) {
 }
 static void cache_key_make(void) { pthread_key_create(&cache_key, cache_flush); }
 
-static void cache_register(msg_cache *c) {
+/* The most blocks a thread keeps per class: CACHE_BYTES of them (a table: no division). */
+static const uint32_t cache_max[CLASSES] = {
+    CACHE_BYTES / (1 * GRAIN), CACHE_BYTES / (2 * GRAIN), CACHE_BYTES / (3 * GRAIN),
+    CACHE_BYTES / (4 * GRAIN), CACHE_BYTES / (5 * GRAIN), CACHE_BYTES / (6 * GRAIN),
+    CACHE_BYTES / (7 * GRAIN), CACHE_BYTES / (8 * GRAIN)};
+
+__attribute__((noinline, cold)) static void cache_register(msg_cache *c) {
   pthread_once(&cache_once, cache_key_make);
   pthread_setspecific(cache_key, c); /* flushed when the thread exits */
   c->registered = true;
+}
+
+/* Zeroes a whole block (n a multiple of GRAIN) inline: cheaper than a memset call for the
+ * few words a message has. */
+static inline void *zero_words(void *p, size_t n) {
+  uint64_t *w = p;
+  for (size_t i = 0; i < n / 8; i += 8)
+    w[i] = w[i + 1] = w[i + 2] = w[i + 3] = w[i + 4] = w[i + 5] = w[i + 6] = w[i + 7] = 0;
+  return p;
 }
 
 static inline void *msg_alloc(size_t size) {
@@ -56,14 +71,14 @@ static inline void *msg_alloc(size_t size) {
   if (!b) return mallocx((k + 1) * GRAIN, MALLOCX_ZERO);
   tcache.head[k] = b->next;
   tcache.count[k]--;
-  return memset(b, 0, size);
+  return zero_words(b, (k + 1) * GRAIN);
 }
 
 static inline void msg_dealloc(void *p, size_t size) {
   size_t k = (size - 1) / GRAIN;
   if (k >= CLASSES) {
     sdallocx(p, size, 0);
-  } else if (tcache.count[k] < CACHE_BYTES / ((k + 1) * GRAIN)) {
+  } else if (tcache.count[k] < cache_max[k]) {
     if (__builtin_expect(!tcache.registered, 0)) cache_register(&tcache);
     block *b = p;
     b->next = tcache.head[k];
@@ -118,20 +133,59 @@ void mb_msg_format(const mb_msg *m, char *buf, size_t len) {
 
 /* ---- field printers (see MB__FMT_SELECT) ---------------------------------------------- */
 
-static size_t put(size_t len, int n) {
-  if (n < 0) return 0;
-  return (size_t)n < len ? (size_t)n : len;
+/* Text appends without stdio (traces format every message): each writes at buf + n within
+ * len bytes, keeps buf NUL-terminated, truncates, and returns n plus the full length. */
+static size_t mb__app(char *buf, size_t len, size_t n, const char *s, size_t k) {
+  if (n < len) {
+    size_t room = len - 1 - n, c = k < room ? k : room;
+    memcpy(buf + n, s, c);
+    buf[n + c] = '\0';
+  }
+  return n + k;
+}
+
+static size_t mb__app_str(char *buf, size_t len, size_t n, const char *s) {
+  return mb__app(buf, len, n, s, strlen(s));
+}
+
+static size_t mb__app_u64(char *buf, size_t len, size_t n, uint64_t v, bool hex) {
+  char t[24];
+  size_t k = sizeof t;
+  do {
+    t[--k] = "0123456789abcdef"[hex ? v & 15 : v % 10];
+    v = hex ? v >> 4 : v / 10;
+  } while (v);
+  return mb__app(buf, len, n, t + k, sizeof t - k);
+}
+
+static size_t mb__app_i64(char *buf, size_t len, size_t n, int64_t v) {
+  if (v < 0) n = mb__app(buf, len, n, "-", 1);
+  return mb__app_u64(buf, len, n, v < 0 ? (uint64_t)0 - (uint64_t)v : (uint64_t)v, false);
+}
+
+/* " name=" */
+static size_t field_head(char *buf, size_t len, const char *name) {
+  size_t n = mb__app(buf, len, 0, " ", 1);
+  n = mb__app_str(buf, len, n, name);
+  return mb__app(buf, len, n, "=", 1);
+}
+
+static size_t put(size_t len, size_t n) { return n < len ? n : len; }
+
+static uint64_t load_uint(const void *p, size_t sz) {
+  switch (sz) {
+  case 1: return *(const uint8_t *)p;
+  case 2: return *(const uint16_t *)p;
+  case 4: return *(const uint32_t *)p;
+  default: return *(const uint64_t *)p;
+  }
 }
 
 size_t mb__fmt_uint(char *buf, size_t len, const char *name, const void *p, size_t sz) {
-  uint64_t v = 0;
-  switch (sz) {
-  case 1: v = *(const uint8_t *)p; break;
-  case 2: v = *(const uint16_t *)p; break;
-  case 4: v = *(const uint32_t *)p; break;
-  default: v = *(const uint64_t *)p; break;
-  }
-  return put(len, snprintf(buf, len, v > 0xffff ? " %s=0x%" PRIx64 : " %s=%" PRIu64, name, v));
+  uint64_t v = load_uint(p, sz);
+  size_t n = field_head(buf, len, name);
+  if (v > 0xffff) n = mb__app(buf, len, n, "0x", 2);
+  return put(len, mb__app_u64(buf, len, n, v, v > 0xffff));
 }
 
 size_t mb__fmt_int(char *buf, size_t len, const char *name, const void *p, size_t sz) {
@@ -142,31 +196,39 @@ size_t mb__fmt_int(char *buf, size_t len, const char *name, const void *p, size_
   case 4: v = *(const int32_t *)p; break;
   default: v = *(const int64_t *)p; break;
   }
-  return put(len, snprintf(buf, len, " %s=%" PRId64, name, v));
+  return put(len, mb__app_i64(buf, len, field_head(buf, len, name), v));
 }
 
 size_t mb__fmt_bool(char *buf, size_t len, const char *name, const void *p, size_t sz) {
   (void)sz;
-  return put(len, snprintf(buf, len, " %s=%s", name, *(const bool *)p ? "true" : "false"));
+  return put(len, mb__app_str(buf, len, field_head(buf, len, name),
+                              *(const bool *)p ? "true" : "false"));
 }
 
 size_t mb__fmt_ptr(char *buf, size_t len, const char *name, const void *p, size_t sz) {
   (void)sz;
-  return put(len, snprintf(buf, len, " %s=%p", name, *(void *const *)p));
+  uintptr_t v = (uintptr_t) * (void *const *)p;
+  size_t n = field_head(buf, len, name);
+  if (!v) return put(len, mb__app(buf, len, n, "(nil)", 5)); /* as printf's %p */
+  return put(len, mb__app_u64(buf, len, mb__app(buf, len, n, "0x", 2), v, true));
 }
 
 /* Char arrays (decayed to char * in _Generic) are printed as strings; protocols have no
  * char * fields (see mb_protocol.h), so p always points at the characters. */
 size_t mb__fmt_str(char *buf, size_t len, const char *name, const void *p, size_t sz) {
   const char *s = p;
-  return put(len, snprintf(buf, len, " %s=\"%.*s\"", name, (int)strnlen(s, sz), s));
+  size_t n = mb__app(buf, len, field_head(buf, len, name), "\"", 1);
+  n = mb__app(buf, len, n, s, strnlen(s, sz));
+  return put(len, mb__app(buf, len, n, "\"", 1));
 }
 
 size_t mb__fmt_hex(char *buf, size_t len, const char *name, const void *p, size_t sz) {
-  size_t n = put(len, snprintf(buf, len, " %s=", name));
+  size_t n = put(len, field_head(buf, len, name));
   const uint8_t *b = p;
-  for (size_t i = 0; i < sz && i < 32 && n + 3 < len; i++)
-    n += put(len - n, snprintf(buf + n, len - n, "%02x", b[i]));
+  for (size_t i = 0; i < sz && i < 32 && n + 3 < len; i++) {
+    char h[2] = {"0123456789abcdef"[b[i] >> 4], "0123456789abcdef"[b[i] & 15]};
+    n = mb__app(buf, len, n, h, 2);
+  }
   return n;
 }
 

@@ -25,29 +25,31 @@ static void run_reply_cb(mb_actor *a, mb_msg *m, mb_reply_fn cb, void *ctx) {
   l->cur_taken = outer_taken;
 }
 
-int mb__route_status(mb_msg *m);
-
-void mb__route(mb_msg *m) { (void)mb__route_status(m); }
-
-int mb__route_status(mb_msg *m) {
+/* Delivery anywhere but to a live actor of the calling thread's loop. */
+static int route_slow(mb_msg *m) {
   mb_loop *l = m->to.loop;
   if (!l) {
     mb__undeliverable(NULL, m, MB_EGONE);
     return MB_EGONE;
   }
   if (l == mb__tls_loop) {
-    mb_actor *a = mb__actor_lookup(l, m->to);
-    if (!a) {
-      mb__undeliverable(l, m, l->stopping ? MB_ESTOPPED : MB_EGONE);
-      return MB_EGONE;
-    }
-    mb__actor_deliver(a, m);
-    return MB_OK;
+    mb__undeliverable(l, m, l->stopping ? MB_ESTOPPED : MB_EGONE);
+    return MB_EGONE;
   }
   int rc = mb__loop_push(l, m);
   if (rc) mb__undeliverable(NULL, m, rc);
   return rc;
 }
+
+static inline int route(mb_msg *m) {
+  mb_loop *l = m->to.loop;
+  mb_actor *a = l && l == mb__tls_loop ? mb__actor_lookup(l, m->to) : NULL;
+  if (!a) return route_slow(m);
+  mb__actor_deliver(a, m);
+  return MB_OK;
+}
+
+void mb__route(mb_msg *m) { (void)route(m); }
 
 static void drop(mb_loop *here, mb_msg *m) {
   if (here) here->stats.dropped++;
@@ -59,7 +61,6 @@ static void drop(mb_loop *here, mb_msg *m) {
 /* `here` is the loop whose thread runs this and which owns m->to, or NULL. */
 void mb__undeliverable(mb_loop *here, mb_msg *m, int err) {
   if (m->flags__ & MB__F_REPLY) {
-    if (here) mb__calls_release(here, m->corr);
     drop(here, m);
   } else if (mb_msg_is_request(m)) {
     if (here) here->stats.bounced++;
@@ -73,14 +74,14 @@ static void reply_route(mb_msg *m, int status) {
   m->status = status;
   m->flags__ |= MB__F_REPLY;
   MB__TRACE("reply", m);
-  if (m->reply__) {
+  if (!m->cb__ && m->reply__) {
     mb__waiter_signal(m->reply__); /* the blocked caller owns m from here on */
     return;
   }
   mb_addr requester = m->from;
   m->from = m->to;
   m->to = requester;
-  mb__route(m);
+  (void)route(m);
 }
 
 void mb__bounce(mb_msg *m, int err) { reply_route(m, err); }
@@ -101,21 +102,22 @@ static void prepare(mb_msg *m, mb_addr from, mb_addr to, uint64_t corr) {
   m->to = to;
   m->corr = corr;
   m->reply__ = NULL;
+  m->cb__ = NULL;
   m->status = 0;
   m->t_deliver__ = 0;
   m->flags__ &= ~MB__F_REPLY;
 }
 
 int mb_send(mb_actor *self, mb_addr to, mb_msg *m) {
-  prepare(m, mb_actor_addr(self), to, 0);
+  prepare(m, (mb_addr){self->loop, self->slot, self->gen}, to, 0);
   MB__TRACE("send", m);
-  return mb__route_status(m);
+  return route(m);
 }
 
 int mb_send_from(mb_addr to, mb_msg *m) {
   prepare(m, (mb_addr){0}, to, 0);
   MB__TRACE("send", m);
-  return mb__route_status(m);
+  return route(m);
 }
 
 int mb_forward(mb_actor *self, mb_addr to, mb_msg *m) {
@@ -123,69 +125,31 @@ int mb_forward(mb_actor *self, mb_addr to, mb_msg *m) {
   mb__consume(m);
   m->to = to;
   MB__TRACE("forward", m);
-  return mb__route_status(m);
+  return route(m);
 }
 
 /* ---- calls -------------------------------------------------------------------------------- */
 
-static uint32_t take_call(mb_loop *l) {
-  if (l->free_call) {
-    uint32_t i = l->free_call - 1;
-    l->free_call = l->calls[i].next_free;
-    return i;
-  }
-  if (l->ncalls == l->cap_calls) {
-    uint32_t cap = l->cap_calls ? l->cap_calls * 2 : 64;
-    mb__call *c = realloc(l->calls, cap * sizeof *c);
-    if (!c) return UINT32_MAX;
-    l->calls = c;
-    l->cap_calls = cap;
-  }
-  l->calls[l->ncalls] = (mb__call){NULL, NULL, 1, 0};
-  return l->ncalls++;
-}
-
+/* The reply callback and its context travel in the request (cb__, reply__): the same message
+ * comes back, so a call needs no record on the caller's side. A reply whose caller is gone
+ * finds no actor at its address and is dropped. corr numbers the caller's calls. */
 void mb_call(mb_actor *self, mb_addr to, mb_msg *m, mb_reply_fn cb, void *ctx) {
-  mb_loop *l = self->loop;
-  uint32_t i = take_call(l);
-  if (i == UINT32_MAX) { /* no memory for the call record: the one exception, answered now */
-    prepare(m, mb_actor_addr(self), mb_actor_addr(self), 0);
-    m->status = MB_ENOMEM;
-    m->flags__ |= MB__F_REPLY;
-    run_reply_cb(self, m, cb, ctx);
-    return;
-  }
-  mb__call *c = &l->calls[i];
-  c->cb = cb;
-  c->ctx = ctx;
+  prepare(m, (mb_addr){self->loop, self->slot, self->gen}, to, ++self->corr);
+  m->cb__ = cb;
+  m->reply__ = ctx;
   self->busy++;
-  prepare(m, mb_actor_addr(self), to, (uint64_t)c->gen << 32 | (i + 1));
   MB__TRACE("call", m);
-  mb__route(m);
-}
-
-void mb__calls_release(mb_loop *l, uint64_t corr) {
-  uint32_t i = (uint32_t)corr - 1;
-  if (i >= l->ncalls || l->calls[i].gen != (uint32_t)(corr >> 32)) return;
-  mb__call *c = &l->calls[i];
-  c->cb = NULL;
-  c->gen++;
-  c->next_free = l->free_call;
-  l->free_call = i + 1;
+  (void)route(m);
 }
 
 void mb__dispatch_reply(mb_actor *a, mb_msg *m) {
-  mb_loop *l = a->loop;
-  uint32_t i = (uint32_t)m->corr - 1;
-  if (i >= l->ncalls || l->calls[i].gen != (uint32_t)(m->corr >> 32)) {
+  mb_reply_fn cb = m->cb__;
+  if (!cb) { /* not an answer to a call of ours (a forged reply flag): nothing waits for it */
     mb__msg_release(m);
     return;
   }
-  mb_reply_fn cb = l->calls[i].cb;
-  void *ctx = l->calls[i].ctx;
-  mb__calls_release(l, m->corr);
   a->busy--;
-  run_reply_cb(a, m, cb, ctx);
+  run_reply_cb(a, m, cb, m->reply__);
   mb__actor_done_busy(a);
 }
 

@@ -16,14 +16,20 @@
  *   status  the reply status (0 unless ev is reply, or deliver of a reply)
  *   fields  the protocol's text formatting of the payload, "name=value ..."
  *
- * Cost. When off: one predictable branch per message. When on: a binary record (about 130
- * bytes) appended to a per-thread buffer, no lock and no formatting: interned names (see
- * below) and a copy of the message (up to REC_MSG_MAX bytes; a bigger one is formatted at
- * once), some 10-12 ns per event here (rpc.same_loop, four events: ~32 ns untraced, ~80 ns
- * traced at p50). The buffer (BUF_BYTES) is formatted and written in bulk, about 0.7 us per
- * record, when it fills, when its thread exits, at mb_trace_close and at process exit: that
- * cost lands on the one message that fills the buffer (it shows in p99, not p50). Lines of one thread are in seq order; chunks of different threads may
- * interleave, so the file is not globally sorted (membacking-trace sorts by seq).
+ * Cost. When off: one predictable branch per message. When on: a binary record appended to a
+ * per-thread buffer, no lock and no formatting: a 24-byte header with the names as indexes
+ * into an interned table (each actor and loop caches its own index), then the message packed
+ * (64 bytes of header plus the payload, up to REC_MSG_MAX; a bigger one is formatted at
+ * once); the delivery of a local message right after its send or reply was recorded stores
+ * only its addresses (R_SAME). rpc.same_loop (four events per round trip) measured ~31 ns
+ * untraced and ~60 ns traced at p50 (some runs ~95 ns). The buffer (BUF_BYTES) is formatted
+ * (hand-written JSON, ~2,000 instructions a record) and written in bulk when it fills, when
+ * its thread exits, at mb_trace_close and at process exit: that cost lands on the message
+ * that fills the buffer (p99, not p50). At a sustained maximal message rate the file is the
+ * limit: ~225 bytes of JSON per event, ~2.5 us per traced round trip on average here (a new
+ * file takes ~470 MB/s on this disk). Lines of one thread are in seq order; chunks of
+ * different threads may interleave, so the file is not globally sorted (membacking-trace
+ * sorts by seq).
  *
  * seq: a thread takes blocks of SEQ_BLOCK numbers from a global counter. An event that crosses
  * threads (its sender or receiver is not an actor of the recording thread's loop, or the thread
@@ -58,19 +64,52 @@ enum {
   NAME_ACTOR = 48,
 };
 
-enum { R_LOCAL = 1, R_TEXT = 2, R_TS = 4, R_NOLOOP = 8 };
+/* R_SAME: a delivery whose message is the one of the thread's previous record (a local message
+ * delivered right after its send or reply was recorded: nothing can change it in between): the body holds only its from and to slot and
+ * generation (2 x 2 x 4 bytes), which a reply swaps in between. */
+enum { R_LOCAL = 1, R_TEXT = 2, R_TS = 4, R_NOLOOP = 8, R_SAME = 16 };
 
+/* A record: this header, then R_TS: the TSC read at the event (8 bytes); unless R_LOCAL: the
+ * interned names of the sender's and receiver's loops (2 x 4 bytes); then the message (packed,
+ * see copy_msg), or R_TEXT: an mb_msg then its fields' text. */
 typedef struct rec {
-  uint32_t len;      /* bytes of the record, a multiple of 8 */
-  uint16_t flags;
-  uint16_t pad;
-  uint32_t loop, from_loop, to_loop; /* interned names (unless R_LOCAL: the last two are loop) */
-  uint32_t from_name, to_name;       /* interned; 0 = "" */
+  uint16_t len;      /* bytes of the record, a multiple of 8 */
+  uint8_t flags;
+  uint8_t ev;        /* index in ev_names */
+  uint32_t loop;     /* interned names; 0 = "" */
+  uint32_t from_name, to_name;
   uint64_t seq;
-  uint64_t tsc;      /* R_TS: read at the event */
-  const char *ev;    /* a string literal */
-  _Alignas(8) unsigned char msg[]; /* the message, or R_TEXT: mb_msg then its fields' text */
+  _Alignas(8) unsigned char body[];
 } rec;
+
+static const char *const ev_names[] = {"send", "call", "forward", "reply", "deliver", "drop"};
+enum { EV_DELIVER = 4 };
+
+static uint8_t ev_index(const char *ev) {
+  switch (ev[0]) {
+  case 's': return 0;
+  case 'c': return 1;
+  case 'f': return 2;
+  case 'r': return 3;
+  default: return ev[1] == 'e' ? 4 : 5;
+  }
+}
+
+static size_t rec_ext(unsigned flags) {
+  return ((flags & R_TS) ? 8 : 0) + ((flags & R_LOCAL) ? 0 : 8);
+}
+static const unsigned char *rec_msg(const rec *r) { return r->body + rec_ext(r->flags); }
+static uint64_t rec_tsc(const rec *r) {
+  uint64_t t;
+  memcpy(&t, r->body, 8);
+  return t;
+}
+static uint32_t rec_loop_name(const rec *r, int which) { /* 0: sender's, 1: receiver's */
+  uint32_t v;
+  if (r->flags & R_LOCAL) return r->loop;
+  memcpy(&v, r->body + ((r->flags & R_TS) ? 8 : 0) + 4 * which, 4);
+  return v;
+}
 
 /* ---- interned names ---------------------------------------------------------------------
  * Loop and actor names are copied once into a global append-only table; a record holds their
@@ -163,6 +202,13 @@ static inline __attribute__((always_inline)) uint32_t name_cached(name_cache_ent
   return e->id;
 }
 
+/* The interned name of an actor or loop of the calling thread's loop (names never change once
+ * made), cached in the object itself. */
+static inline uint32_t own_name(uint32_t *cache, const char *name, size_t n) {
+  if (__builtin_expect(!*cache, 0)) *cache = name_intern(name, n) + 1;
+  return *cache - 1;
+}
+
 /* A loop of another thread may be gone (a reply from a loop since stopped and freed): its
  * name comes from the registry of live loops, never from the loop itself. */
 static uint32_t foreign_loop_name(name_cache_ent *nc, const mb_loop *l) {
@@ -182,6 +228,11 @@ typedef struct tbuf {
   uint64_t last_tsc;     /* the last sampled TSC already written; under lock */
   struct tbuf *prev, *next; /* registry */
   unsigned char *data;
+  const mb_msg *last_msg; /* the owner's: the message of its last record (NULL: none usable) */
+  union {                 /* under lock: the message of the last record written out */
+    mb_msg m;
+    unsigned char b[sizeof(mb_msg) + REC_MSG_MAX];
+  } last;
   name_cache_ent names[NCACHE]; /* the owner's */
 } tbuf;
 
@@ -265,50 +316,110 @@ static void unpack_msg(mb_msg *out, const unsigned char *p) {
 
 /* ---- writing ------------------------------------------------------------------------- */
 
-static void addr_text(char *buf, size_t len, const char *loop, mb_addr a) {
-  if (!a.loop) snprintf(buf, len, "-");
-  else snprintf(buf, len, "%s/%" PRIu32 ".%" PRIu32, loop, a.slot, a.gen);
+/* Line building, without stdio per field. A line is at most ~5 KB (every string escaped at
+ * 6 bytes a character: fields 512, names 48, loop names 32, kind names), so appends need
+ * no bounds checks. */
+typedef struct line {
+  char buf[8192];
+  size_t n;
+} line;
+
+#define PUT_LIT(ln, lit) (memcpy((ln)->buf + (ln)->n, lit, sizeof lit - 1), (ln)->n += sizeof lit - 1)
+
+static void put_u64(line *ln, uint64_t v) {
+  char t[20];
+  size_t k = sizeof t;
+  do {
+    t[--k] = (char)('0' + v % 10);
+    v /= 10;
+  } while (v);
+  while (k < sizeof t) ln->buf[ln->n++] = t[k++];
 }
 
-/* Writes s as the body of a JSON string. */
-static void put_json(FILE *f, const char *s) {
-  for (; *s; s++) {
-    if (*s == '"' || *s == '\\') fputc('\\', f);
-    if ((unsigned char)*s < 0x20) fprintf(f, "\\u%04x", *s);
-    else fputc(*s, f);
+/* Appends s (its first 512 characters at most) as the body of a JSON string. */
+static void put_json(line *ln, const char *s) {
+  static const char hex[] = "0123456789abcdef";
+  for (size_t i = 0; s[i] && i < 512; i++) {
+    unsigned char c = (unsigned char)s[i];
+    char *o = ln->buf + ln->n;
+    if (c >= 0x20 && c != '"' && c != '\\') {
+      o[0] = (char)c;
+      ln->n++;
+    } else if (c < 0x20) {
+      memcpy(o, "\\u00", 4);
+      o[4] = hex[c >> 4];
+      o[5] = hex[c & 15];
+      ln->n += 6;
+    } else {
+      o[0] = '\\';
+      o[1] = (char)c;
+      ln->n += 2;
+    }
   }
 }
 
-static void write_rec(FILE *f, const rec *r, uint64_t t_ns) {
-  union {
-    mb_msg m;
-    unsigned char b[sizeof(mb_msg) + REC_MSG_MAX];
-  } u;
-  const mb_msg *m = (const mb_msg *)(const void *)r->msg;
-  if (!(r->flags & R_TEXT)) {
-    unpack_msg(&u.m, r->msg); /* size <= REC_MSG_MAX: else R_TEXT */
-    m = &u.m;
+/* An actor address "LOOP/SLOT.GEN", or "-". */
+static void put_addr(line *ln, const char *loop, mb_addr a) {
+  if (!a.loop) {
+    PUT_LIT(ln, "-");
+    return;
   }
-  char from[64], to[64], fields[512];
-  const char *fl = name_of((r->flags & R_LOCAL) ? r->loop : r->from_loop);
-  const char *tl = name_of((r->flags & R_LOCAL) ? r->loop : r->to_loop);
-  addr_text(from, sizeof from, fl, m->from);
-  addr_text(to, sizeof to, tl, m->to);
+  put_json(ln, loop);
+  PUT_LIT(ln, "/");
+  put_u64(ln, a.slot);
+  PUT_LIT(ln, ".");
+  put_u64(ln, a.gen);
+}
+
+/* The message of record r: unpacked into b->last (which R_SAME records reuse). */
+static const mb_msg *rec_message(tbuf *b, const rec *r) {
+  if (r->flags & R_TEXT) return (const mb_msg *)(const void *)rec_msg(r);
+  if (r->flags & R_SAME) {
+    uint32_t a[4];
+    memcpy(a, rec_msg(r), sizeof a);
+    b->last.m.from.slot = a[0], b->last.m.from.gen = a[1];
+    b->last.m.to.slot = a[2], b->last.m.to.gen = a[3];
+  } else {
+    unpack_msg(&b->last.m, rec_msg(r)); /* size <= REC_MSG_MAX: else R_TEXT */
+  }
+  return &b->last.m;
+}
+
+static void write_rec(FILE *f, tbuf *b, const rec *r, uint64_t t_ns) {
+  const mb_msg *m = rec_message(b, r);
+  char fields[512];
   const char *fx = fields;
-  if (r->flags & R_TEXT) fx = (const char *)r->msg + sizeof(mb_msg);
+  if (r->flags & R_TEXT) fx = (const char *)rec_msg(r) + sizeof(mb_msg);
   else mb_msg_format(m, fields, sizeof fields);
-  fprintf(f,
-          "{\"seq\":%" PRIu64 ",\"t_ns\":%" PRIu64 ",\"ev\":\"%s\",\"loop\":\"%s\",\"from\":\"%s\","
-          "\"to\":\"%s\",\"kind\":\"",
-          r->seq, t_ns, r->ev, (r->flags & R_NOLOOP) ? "-" : name_of(r->loop), from, to);
-  put_json(f, mb_msg_kind_name(m));
-  fputs("\",\"from_name\":\"", f);
-  put_json(f, name_of(r->from_name));
-  fputs("\",\"to_name\":\"", f);
-  put_json(f, name_of(r->to_name));
-  fprintf(f, "\",\"corr\":%" PRIu64 ",\"status\":%" PRId32 ",\"fields\":\"", m->corr, m->status);
-  put_json(f, fx[0] == ' ' ? fx + 1 : fx);
-  fputs("\"}\n", f);
+  static _Thread_local line ln;
+  ln.n = 0;
+  PUT_LIT(&ln, "{\"seq\":");
+  put_u64(&ln, r->seq);
+  PUT_LIT(&ln, ",\"t_ns\":");
+  put_u64(&ln, t_ns);
+  PUT_LIT(&ln, ",\"ev\":\"");
+  put_json(&ln, ev_names[r->ev]);
+  PUT_LIT(&ln, "\",\"loop\":\"");
+  put_json(&ln, (r->flags & R_NOLOOP) ? "-" : name_of(r->loop));
+  PUT_LIT(&ln, "\",\"from\":\"");
+  put_addr(&ln, name_of(rec_loop_name(r, 0)), m->from);
+  PUT_LIT(&ln, "\",\"to\":\"");
+  put_addr(&ln, name_of(rec_loop_name(r, 1)), m->to);
+  PUT_LIT(&ln, "\",\"kind\":\"");
+  put_json(&ln, mb_msg_kind_name(m));
+  PUT_LIT(&ln, "\",\"from_name\":\"");
+  put_json(&ln, name_of(r->from_name));
+  PUT_LIT(&ln, "\",\"to_name\":\"");
+  put_json(&ln, name_of(r->to_name));
+  PUT_LIT(&ln, "\",\"corr\":");
+  put_u64(&ln, m->corr);
+  PUT_LIT(&ln, ",\"status\":");
+  if (m->status < 0) PUT_LIT(&ln, "-");
+  put_u64(&ln, m->status < 0 ? (uint64_t)0 - (uint64_t)(int64_t)m->status : (uint64_t)m->status);
+  PUT_LIT(&ln, ",\"fields\":\"");
+  put_json(&ln, fx[0] == ' ' ? fx + 1 : fx);
+  PUT_LIT(&ln, "\"}\n");
+  fwrite(ln.buf, 1, ln.n, f);
 }
 
 /* Writes b's complete records not yet written; b->lock held. Records of a trace that was
@@ -330,7 +441,7 @@ static void flush_locked(tbuf *b) {
       while (run_end < used) {
         const rec *r = (const rec *)(const void *)(b->data + run_end);
         if (r->flags & R_TS) {
-          next = r->tsc;
+          next = rec_tsc(r);
           break;
         }
         run_end += r->len;
@@ -341,13 +452,13 @@ static void flush_locked(tbuf *b) {
       for (; off < run_end; i++) {
         const rec *r = (const rec *)(const void *)(b->data + off);
         uint64_t t = prev + (next - prev) * (i + 1) / (n + 1);
-        write_rec(trace_file, r, tsc_to_ns(t));
+        write_rec(trace_file, b, r, tsc_to_ns(t));
         off += r->len;
       }
       if (off < used) {
         const rec *r = (const rec *)(const void *)(b->data + off);
-        write_rec(trace_file, r, tsc_to_ns(r->tsc));
-        prev = r->tsc;
+        write_rec(trace_file, b, r, tsc_to_ns(rec_tsc(r)));
+        prev = rec_tsc(r);
         off += r->len;
       }
     }
@@ -421,70 +532,83 @@ static tbuf *tb_new(void) {
   return b;
 }
 
-/* mb__actor_lookup, inline. */
-static inline mb_actor *actor_of(mb_loop *l, mb_addr a) {
-  if (a.slot >= l->nslots) return NULL;
-  mb__slot *s = &l->slots[a.slot];
-  return s->gen == a.gen ? s->actor : NULL;
+/* Starts a fresh buffer for trace generation gen (the owner's; after a flush). */
+static void tb_restart(tbuf *b, uint64_t gen) {
+  flush_own(b);
+  pthread_mutex_lock(&b->lock);
+  if (b->gen != gen) b->last_tsc = 0;
+  b->gen = gen;
+  pthread_mutex_unlock(&b->lock);
+  b->seq_next = b->seq_end = 0;
 }
 
 void mb__trace_event(const char *ev, const mb_msg *m) {
   tbuf *b = tls_tb;
   if (__builtin_expect(!b, 0) && !(b = tb_new())) return;
   uint64_t gen = atomic_load_explicit(&trace_gen, memory_order_acquire);
-  size_t msz = m->size < sizeof(mb_msg) ? sizeof(mb_msg) : m->size;
-  bool text = msz > REC_MSG_MAX;
-  size_t body = text ? sizeof(mb_msg) + 512 : msz - sizeof(mb_msg) + PACKED_HDR;
-  size_t len = (sizeof(rec) + body + 7) & ~(size_t)7;
-  size_t used = atomic_load_explicit(&b->used, memory_order_relaxed);
-  if (__builtin_expect(gen != b->gen || used + len > BUF_BYTES, 0)) {
-    flush_own(b);
-    pthread_mutex_lock(&b->lock);
-    if (b->gen != gen) b->last_tsc = 0;
-    b->gen = gen;
-    pthread_mutex_unlock(&b->lock);
-    b->seq_next = b->seq_end = 0;
-    used = 0;
-  }
-  rec *r = (rec *)(void *)(b->data + used);
   mb_loop *l = mb__tls_loop;
   bool local = l && m->from.loop == l && m->to.loop == l;
+  uint8_t evi = ev_index(ev);
   uint32_t flags = local ? R_LOCAL : 0;
+  if (!local || ++b->ts_count >= TS_EVERY) flags |= R_TS;
+  size_t msz = m->size < sizeof(mb_msg) ? sizeof(mb_msg) : m->size;
+  if (msz > REC_MSG_MAX) flags |= R_TEXT;
+  else if (local && m == b->last_msg && evi == EV_DELIVER) flags |= R_SAME;
+  size_t body = (flags & R_TEXT)   ? sizeof(mb_msg) + 512
+                : (flags & R_SAME) ? 16
+                                   : msz - sizeof(mb_msg) + PACKED_HDR;
+  size_t len = (sizeof(rec) + rec_ext(flags) + body + 7) & ~(size_t)7;
+  size_t used = atomic_load_explicit(&b->used, memory_order_relaxed);
+  if (__builtin_expect(gen != b->gen || used + len > BUF_BYTES, 0)) {
+    tb_restart(b, gen); /* the buffer starts with a whole message: no R_SAME */
+    used = 0;
+    if (flags & R_SAME) {
+      flags &= ~(uint32_t)R_SAME;
+      len = (sizeof(rec) + rec_ext(flags) + msz - sizeof(mb_msg) + PACKED_HDR + 7) & ~(size_t)7;
+    }
+  }
   if (!local || b->seq_next == b->seq_end) {
     b->seq_next = atomic_fetch_add_explicit(&trace_seq, SEQ_BLOCK, memory_order_acq_rel);
     b->seq_end = b->seq_next + SEQ_BLOCK;
   }
+  rec *r = (rec *)(void *)(b->data + used);
   r->seq = b->seq_next++;
-  if (!local || ++b->ts_count >= TS_EVERY) {
+  r->ev = evi;
+  unsigned char *p = r->body;
+  if (flags & R_TS) {
     b->ts_count = 0;
-    r->tsc = ticks();
-    flags |= R_TS;
+    uint64_t t = ticks();
+    memcpy(p, &t, 8);
+    p += 8;
   }
-  r->ev = ev;
-  name_cache_ent *nc = b->names;
   if (l) {
-    r->loop = name_cached(nc, l, l->name, NAME_LOOP);
-    mb_actor *fa = m->from.loop == l ? actor_of(l, m->from) : NULL;
-    mb_actor *ta = m->to.loop == l ? actor_of(l, m->to) : NULL;
-    r->from_name = fa ? name_cached(nc, fa, fa->name, NAME_ACTOR) : 0;
-    r->to_name = ta ? name_cached(nc, ta, ta->name, NAME_ACTOR) : 0;
+    r->loop = own_name(&l->trace_name, l->name, NAME_LOOP);
+    mb_actor *fa = m->from.loop == l ? mb__actor_lookup(l, m->from) : NULL;
+    mb_actor *ta = m->to.loop == l ? mb__actor_lookup(l, m->to) : NULL;
+    r->from_name = fa ? own_name(&fa->trace_name, fa->name, NAME_ACTOR) : 0;
+    r->to_name = ta ? own_name(&ta->trace_name, ta->name, NAME_ACTOR) : 0;
   } else {
     flags |= R_NOLOOP;
     r->loop = r->from_name = r->to_name = 0;
   }
   if (!local) {
-    r->from_loop = foreign_loop_name(nc, m->from.loop);
-    r->to_loop = foreign_loop_name(nc, m->to.loop);
+    uint32_t names[2] = {foreign_loop_name(b->names, m->from.loop),
+                         foreign_loop_name(b->names, m->to.loop)};
+    memcpy(p, names, 8);
+    p += 8;
   }
-  if (text) {
-    flags |= R_TEXT;
-    memcpy(r->msg, m, sizeof(mb_msg));
-    mb_msg_format(m, (char *)r->msg + sizeof(mb_msg), 512);
+  if (flags & R_TEXT) {
+    memcpy(p, m, sizeof(mb_msg));
+    mb_msg_format(m, (char *)p + sizeof(mb_msg), 512);
+  } else if (flags & R_SAME) {
+    uint32_t a[4] = {m->from.slot, m->from.gen, m->to.slot, m->to.gen};
+    memcpy(p, a, sizeof a);
   } else {
-    copy_msg(r->msg, m, msz);
+    copy_msg(p, m, msz);
   }
-  r->flags = flags;
-  r->len = (uint32_t)len;
+  b->last_msg = (flags & R_TEXT) ? NULL : m;
+  r->flags = (uint8_t)flags;
+  r->len = (uint16_t)len;
   atomic_store_explicit(&b->used, used + len, memory_order_release);
 }
 
@@ -493,6 +617,7 @@ void mb__trace_event(const char *ev, const mb_msg *m) {
 int mb_trace_open(const char *path) {
   FILE *f = path ? fopen(path, "w") : NULL;
   if (path && !f) return MB_EINVAL;
+  if (f) setvbuf(f, NULL, _IOFBF, 1 << 20); /* a flush writes megabytes: few system calls */
   static pthread_once_t exit_once = PTHREAD_ONCE_INIT;
   if (f) pthread_once(&exit_once, register_exit);
   flush_all(); /* the previous trace's records go to its file */

@@ -106,6 +106,10 @@ static void check(model *m) {
                                           : MB_REGION_PARTIAL;
     assert_int_equal(mb__vis_state(&r->vis), want);
     assert_int_equal(r->vis.visible, won * PG);
+    uint32_t overlaps = 0;
+    for (int j = 0; j < NREG; j++)
+      overlaps += j != i && m->r[j].live && m->r[j].start < r->end && r->start < m->r[j].end;
+    assert_int_equal(r->vis.overlaps, overlaps);
     if (m->overlap == MB_OVERLAP_NESTED) assert_int_not_equal(want, MB_REGION_PARTIAL);
     /* a region's own pieces, as the region manager walks them */
     uint64_t seen = 0;
@@ -156,8 +160,39 @@ static void check_diff(model *m, mregion *r, bool mapped, const mb__vis_diff *d)
   }
 }
 
+/* A region that overlaps no other takes a fast path: its diff must equal the general one's
+ * (forced by overstating r's overlaps, which only bounds the general planner's buffers). */
+static void check_alone(model *m, mregion *r, bool mapped) {
+  if (r->vis.overlaps != 0 || r->mapped == mapped)
+    return;
+  mb__vis_diff d;
+  assert_int_equal(mb__vis_plan(&m->set, &r->vis, mapped, &d), 0);
+  assert_int_equal(d.nremoved + d.nadded, 1);
+  assert_int_equal(d.nsegs, 1);
+  mb__vis_seg seg = d.segs[0];
+  mb__vis_piece *removed = d.nremoved ? d.removed[0] : NULL;
+  mb__vis_piece added = d.nadded ? *d.added[0] : (mb__vis_piece){0};
+  mb__vis_abort(&d);
+  r->vis.overlaps = 1;
+  assert_int_equal(mb__vis_plan(&m->set, &r->vis, mapped, &d), 0);
+  r->vis.overlaps = 0;
+  assert_int_equal(d.nsegs, 1);
+  assert_memory_equal(&d.segs[0], &seg, sizeof seg);
+  assert_int_equal(d.nremoved, removed != NULL);
+  if (removed != NULL)
+    assert_ptr_equal(d.removed[0], removed);
+  assert_int_equal(d.nadded, added.region != NULL);
+  if (added.region != NULL) {
+    assert_int_equal(d.added[0]->node.start, added.node.start);
+    assert_int_equal(d.added[0]->node.end, added.node.end);
+    assert_ptr_equal(d.added[0]->region, added.region);
+  }
+  mb__vis_abort(&d);
+}
+
 static void op_map(model *m, mregion *r, bool mapped) {
   mb__vis_diff d;
+  check_alone(m, r, mapped);
   assert_int_equal(mb__vis_plan(&m->set, &r->vis, mapped, &d), 0);
   check_diff(m, r, mapped, &d);
   if (below(m, 4) == 0) {
