@@ -121,7 +121,7 @@ void mb_actor_release(mb_actor *self) {
 static void handle_one(mb_actor *a, mb_msg *m) {
   mb_loop *l = a->loop;
   l->stats.delivered++;
-  MB__TRACE("deliver", m);
+  MB__TRACE(DELIVER, m);
   if (m->flags__ & MB__F_REPLY) {
     mb__dispatch_reply(a, m);
     return;

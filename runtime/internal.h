@@ -157,12 +157,14 @@ void mb__msg_release(mb_msg *m);                  /* free memory, no reply seman
 
 /* trace.c */
 extern _Atomic bool mb__trace_on;
-void mb__trace_event(const char *ev, const mb_msg *m);
+/* Trace events (the "ev" of a record). */
+enum { MB__EV_SEND, MB__EV_CALL, MB__EV_FORWARD, MB__EV_REPLY, MB__EV_DELIVER, MB__EV_DROP };
+void mb__trace_event(int ev, const mb_msg *m);
 void mb__trace_env_init(void);
 #define MB__TRACING() __builtin_expect(atomic_load_explicit(&mb__trace_on, memory_order_relaxed), 0)
-#define MB__TRACE(ev, m)                                                                       \
+#define MB__TRACE(EV, m)                                                                       \
   do {                                                                                         \
-    if (MB__TRACING()) mb__trace_event(ev, m);                                                 \
+    if (MB__TRACING()) mb__trace_event(MB__EV_##EV, m);                                        \
   } while (0)
 
 #endif

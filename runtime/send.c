@@ -53,7 +53,7 @@ void mb__route(mb_msg *m) { (void)route(m); }
 
 static void drop(mb_loop *here, mb_msg *m) {
   if (here) here->stats.dropped++;
-  MB__TRACE("drop", m);
+  MB__TRACE(DROP, m);
   if (m->proto && m->proto->dispose) m->proto->dispose(m);
   mb__msg_release(m);
 }
@@ -73,7 +73,7 @@ void mb__undeliverable(mb_loop *here, mb_msg *m, int err) {
 static void reply_route(mb_msg *m, int status) {
   m->status = status;
   m->flags__ |= MB__F_REPLY;
-  MB__TRACE("reply", m);
+  MB__TRACE(REPLY, m);
   if (!m->cb__ && m->reply__) {
     mb__waiter_signal(m->reply__); /* the blocked caller owns m from here on */
     return;
@@ -110,13 +110,13 @@ static void prepare(mb_msg *m, mb_addr from, mb_addr to, uint64_t corr) {
 
 int mb_send(mb_actor *self, mb_addr to, mb_msg *m) {
   prepare(m, (mb_addr){self->loop, self->slot, self->gen}, to, 0);
-  MB__TRACE("send", m);
+  MB__TRACE(SEND, m);
   return route(m);
 }
 
 int mb_send_from(mb_addr to, mb_msg *m) {
   prepare(m, (mb_addr){0}, to, 0);
-  MB__TRACE("send", m);
+  MB__TRACE(SEND, m);
   return route(m);
 }
 
@@ -124,7 +124,7 @@ int mb_forward(mb_actor *self, mb_addr to, mb_msg *m) {
   (void)self;
   mb__consume(m);
   m->to = to;
-  MB__TRACE("forward", m);
+  MB__TRACE(FORWARD, m);
   return route(m);
 }
 
@@ -138,7 +138,7 @@ void mb_call(mb_actor *self, mb_addr to, mb_msg *m, mb_reply_fn cb, void *ctx) {
   m->cb__ = cb;
   m->reply__ = ctx;
   self->busy++;
-  MB__TRACE("call", m);
+  MB__TRACE(CALL, m);
   (void)route(m);
 }
 
@@ -165,7 +165,7 @@ int mb_call_sync(mb_addr to, mb_msg *m) {
   mb__waiter w = {0};
   prepare(m, (mb_addr){0}, to, atomic_fetch_add(&sync_corr, 1) | (1ull << 63));
   m->reply__ = &w;
-  MB__TRACE("call", m);
+  MB__TRACE(CALL, m);
   mb__route(m);
   mb__waiter_wait(&w);
   m->reply__ = NULL;

@@ -59,7 +59,7 @@ enum {
   REC_MSG_MAX = 512,        /* message bytes copied into a record */
   BUF_BYTES = 4 << 20,        /* per-thread buffer */
   SEQ_BLOCK = 1u << 12,
-  TS_EVERY = 32,
+  TS_EVERY = 64,
   NAME_LOOP = 32,
   NAME_ACTOR = 48,
 };
@@ -67,7 +67,10 @@ enum {
 /* R_SAME: a delivery whose message is the one of the thread's previous record (a local message
  * delivered right after its send or reply was recorded: nothing can change it in between): the body holds only its from and to slot and
  * generation (2 x 2 x 4 bytes), which a reply swaps in between. */
-enum { R_LOCAL = 1, R_TEXT = 2, R_TS = 4, R_NOLOOP = 8, R_SAME = 16 };
+/* R_NEXT: an 8-byte record (len, flags, ev only): the delivery of the previous record's local
+ * message, with the next seq; its addresses and names are the previous record's, swapped when
+ * that was the reply (recorded before the reply turns round). */
+enum { R_LOCAL = 1, R_TEXT = 2, R_TS = 4, R_NOLOOP = 8, R_SAME = 16, R_NEXT = 32 };
 
 /* A record: this header, then R_TS: the TSC read at the event (8 bytes); unless R_LOCAL: the
  * interned names of the sender's and receiver's loops (2 x 4 bytes); then the message (packed,
@@ -82,18 +85,8 @@ typedef struct rec {
   _Alignas(8) unsigned char body[];
 } rec;
 
+/* Indexed by MB__EV_*. */
 static const char *const ev_names[] = {"send", "call", "forward", "reply", "deliver", "drop"};
-enum { EV_DELIVER = 4 };
-
-static uint8_t ev_index(const char *ev) {
-  switch (ev[0]) {
-  case 's': return 0;
-  case 'c': return 1;
-  case 'f': return 2;
-  case 'r': return 3;
-  default: return ev[1] == 'e' ? 4 : 5;
-  }
-}
 
 static size_t rec_ext(unsigned flags) {
   return ((flags & R_TS) ? 8 : 0) + ((flags & R_LOCAL) ? 0 : 8);
@@ -229,6 +222,12 @@ typedef struct tbuf {
   struct tbuf *prev, *next; /* registry */
   unsigned char *data;
   const mb_msg *last_msg; /* the owner's: the message of its last record (NULL: none usable) */
+  uint64_t last_seq;      /* the owner's: the seq of its last record */
+  struct rec_view {       /* under lock: the header of the last record written out */
+    uint64_t seq;
+    uint32_t loop, from_loop, to_loop, from_name, to_name;
+    uint8_t ev, flags;
+  } shown;
   union {                 /* under lock: the message of the last record written out */
     mb_msg m;
     unsigned char b[sizeof(mb_msg) + REC_MSG_MAX];
@@ -385,8 +384,30 @@ static const mb_msg *rec_message(tbuf *b, const rec *r) {
   return &b->last.m;
 }
 
+/* The header of record r (kept in b->shown): R_NEXT derives it from the previous one. */
+static struct rec_view rec_view_of(tbuf *b, const rec *r) {
+  struct rec_view v = b->shown;
+  if (r->flags & R_NEXT) {
+    v.seq++;
+    v.ev = MB__EV_DELIVER;
+    if (b->shown.ev == MB__EV_REPLY) {
+      mb_addr a = b->last.m.from;
+      b->last.m.from = b->last.m.to;
+      b->last.m.to = a;
+      v.from_name = b->shown.to_name, v.to_name = b->shown.from_name;
+      v.from_loop = b->shown.to_loop, v.to_loop = b->shown.from_loop;
+    }
+  } else {
+    v = (struct rec_view){r->seq, r->loop, rec_loop_name(r, 0), rec_loop_name(r, 1),
+                          r->from_name, r->to_name, r->ev, r->flags};
+  }
+  b->shown = v;
+  return v;
+}
+
 static void write_rec(FILE *f, tbuf *b, const rec *r, uint64_t t_ns) {
-  const mb_msg *m = rec_message(b, r);
+  struct rec_view v = rec_view_of(b, r);
+  const mb_msg *m = (r->flags & R_NEXT) ? &b->last.m : rec_message(b, r);
   char fields[512];
   const char *fx = fields;
   if (r->flags & R_TEXT) fx = (const char *)rec_msg(r) + sizeof(mb_msg);
@@ -394,23 +415,23 @@ static void write_rec(FILE *f, tbuf *b, const rec *r, uint64_t t_ns) {
   static _Thread_local line ln;
   ln.n = 0;
   PUT_LIT(&ln, "{\"seq\":");
-  put_u64(&ln, r->seq);
+  put_u64(&ln, v.seq);
   PUT_LIT(&ln, ",\"t_ns\":");
   put_u64(&ln, t_ns);
   PUT_LIT(&ln, ",\"ev\":\"");
-  put_json(&ln, ev_names[r->ev]);
+  put_json(&ln, ev_names[v.ev]);
   PUT_LIT(&ln, "\",\"loop\":\"");
-  put_json(&ln, (r->flags & R_NOLOOP) ? "-" : name_of(r->loop));
+  put_json(&ln, (v.flags & R_NOLOOP) ? "-" : name_of(v.loop));
   PUT_LIT(&ln, "\",\"from\":\"");
-  put_addr(&ln, name_of(rec_loop_name(r, 0)), m->from);
+  put_addr(&ln, name_of(v.from_loop), m->from);
   PUT_LIT(&ln, "\",\"to\":\"");
-  put_addr(&ln, name_of(rec_loop_name(r, 1)), m->to);
+  put_addr(&ln, name_of(v.to_loop), m->to);
   PUT_LIT(&ln, "\",\"kind\":\"");
   put_json(&ln, mb_msg_kind_name(m));
   PUT_LIT(&ln, "\",\"from_name\":\"");
-  put_json(&ln, name_of(r->from_name));
+  put_json(&ln, name_of(v.from_name));
   PUT_LIT(&ln, "\",\"to_name\":\"");
-  put_json(&ln, name_of(r->to_name));
+  put_json(&ln, name_of(v.to_name));
   PUT_LIT(&ln, "\",\"corr\":");
   put_u64(&ln, m->corr);
   PUT_LIT(&ln, ",\"status\":");
@@ -540,20 +561,23 @@ static void tb_restart(tbuf *b, uint64_t gen) {
   b->gen = gen;
   pthread_mutex_unlock(&b->lock);
   b->seq_next = b->seq_end = 0;
+  b->last_msg = NULL; /* a buffer starts with a whole record */
 }
 
-void mb__trace_event(const char *ev, const mb_msg *m) {
+/* Any event: the general path (first event of a thread, another thread's actor, a big message,
+ * a full buffer, a new trace, a new seq block). */
+__attribute__((noinline)) static void event_slow(int ev, const mb_msg *m) {
   tbuf *b = tls_tb;
   if (__builtin_expect(!b, 0) && !(b = tb_new())) return;
   uint64_t gen = atomic_load_explicit(&trace_gen, memory_order_acquire);
   mb_loop *l = mb__tls_loop;
   bool local = l && m->from.loop == l && m->to.loop == l;
-  uint8_t evi = ev_index(ev);
+  uint8_t evi = (uint8_t)ev;
   uint32_t flags = local ? R_LOCAL : 0;
   if (!local || ++b->ts_count >= TS_EVERY) flags |= R_TS;
   size_t msz = m->size < sizeof(mb_msg) ? sizeof(mb_msg) : m->size;
   if (msz > REC_MSG_MAX) flags |= R_TEXT;
-  else if (local && m == b->last_msg && evi == EV_DELIVER) flags |= R_SAME;
+  else if (local && m == b->last_msg && evi == MB__EV_DELIVER) flags |= R_SAME;
   size_t body = (flags & R_TEXT)   ? sizeof(mb_msg) + 512
                 : (flags & R_SAME) ? 16
                                    : msz - sizeof(mb_msg) + PACKED_HDR;
@@ -607,7 +631,71 @@ void mb__trace_event(const char *ev, const mb_msg *m) {
     copy_msg(p, m, msz);
   }
   b->last_msg = (flags & R_TEXT) ? NULL : m;
+  b->last_seq = r->seq;
   r->flags = (uint8_t)flags;
+  r->len = (uint16_t)len;
+  atomic_store_explicit(&b->used, used + len, memory_order_release);
+}
+
+/* The delivery of the message of the thread's last record, right after it (an R_NEXT record);
+ * the caller checked the trace generation and the room. */
+static inline void next_delivery(tbuf *b) {
+  size_t used = atomic_load_explicit(&b->used, memory_order_relaxed);
+  rec *r = (rec *)(void *)(b->data + used);
+  r->len = 8;
+  r->flags = R_LOCAL | R_NEXT;
+  r->ev = MB__EV_DELIVER;
+  b->last_seq = b->seq_next++;
+  b->ts_count++;
+  b->last_msg = NULL;
+  atomic_store_explicit(&b->used, used + 8, memory_order_release);
+}
+
+/* The common event, kept small: between two actors of the recording thread's loop, a message
+ * that is copied (not formatted), room in the buffer and in the seq block. Anything else, and
+ * every state change but the record itself, goes to event_slow. */
+void mb__trace_event(int ev, const mb_msg *m) {
+  tbuf *b = tls_tb;
+  mb_loop *l = mb__tls_loop;
+  size_t msz = m->size;
+  if (__builtin_expect(!b || !l || m->from.loop != l || m->to.loop != l ||
+                           msz < sizeof(mb_msg) || msz > REC_MSG_MAX ||
+                           b->ts_count + 1 >= TS_EVERY || b->seq_next == b->seq_end,
+                       0)) {
+    event_slow(ev, m);
+    return;
+  }
+  uint8_t evi = (uint8_t)ev;
+  bool same = m == b->last_msg && evi == MB__EV_DELIVER;
+  size_t len = (sizeof(rec) + (same ? 16 : msz - sizeof(mb_msg) + PACKED_HDR) + 7) & ~(size_t)7;
+  size_t used = atomic_load_explicit(&b->used, memory_order_relaxed);
+  if (__builtin_expect(atomic_load_explicit(&trace_gen, memory_order_relaxed) != b->gen ||
+                           used + len > BUF_BYTES,
+                       0)) {
+    event_slow(ev, m);
+    return;
+  }
+  if (same && b->last_seq + 1 == b->seq_next) {
+    next_delivery(b);
+    return;
+  }
+  mb_actor *fa = mb__actor_lookup(l, m->from), *ta = mb__actor_lookup(l, m->to);
+  rec *r = (rec *)(void *)(b->data + used);
+  b->ts_count++;
+  r->seq = b->seq_next++;
+  r->ev = evi;
+  r->loop = own_name(&l->trace_name, l->name, NAME_LOOP);
+  r->from_name = fa ? own_name(&fa->trace_name, fa->name, NAME_ACTOR) : 0;
+  r->to_name = ta ? own_name(&ta->trace_name, ta->name, NAME_ACTOR) : 0;
+  if (same) {
+    uint32_t a[4] = {m->from.slot, m->from.gen, m->to.slot, m->to.gen};
+    memcpy(r->body, a, sizeof a);
+  } else {
+    copy_msg(r->body, m, msz);
+  }
+  b->last_msg = m;
+  b->last_seq = r->seq;
+  r->flags = R_LOCAL | (same ? R_SAME : 0);
   r->len = (uint16_t)len;
   atomic_store_explicit(&b->used, used + len, memory_order_release);
 }
