@@ -20,9 +20,11 @@
  * per-thread buffer, no lock and no formatting: a 24-byte header with the names as indexes
  * into an interned table (each actor and loop caches its own index), then the message packed
  * (64 bytes of header plus the payload, up to REC_MSG_MAX; a bigger one is formatted at
- * once); the delivery of a local message right after its send or reply was recorded stores
- * only its addresses (R_SAME). rpc.same_loop (four events per round trip) measured ~31 ns
- * untraced and ~60 ns traced at p50 (some runs ~95 ns). The buffer (BUF_BYTES) is formatted
+ * once); the delivery of a local message right after its send or reply was recorded is an
+ * 8-byte record (R_NEXT), or stores only its addresses (R_SAME). rpc.same_loop (four events
+ * per round trip) measured ~29 ns untraced and 53-57 ns traced at p50; about one run in
+ * eight is slower (~80 ns; placement-dependent: never with ASLR off, and untraced runs have
+ * such a mode too). The buffer (BUF_BYTES) is formatted
  * (hand-written JSON, ~2,000 instructions a record) and written in bulk when it fills, when
  * its thread exits, at mb_trace_close and at process exit: that cost lands on the message
  * that fills the buffer (p99, not p50). At a sustained maximal message rate the file is the
