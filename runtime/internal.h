@@ -46,7 +46,7 @@ struct mb_actor {
   mb__queue queue;       /* delivered in order */
   mb__queue held;        /* non-replies set aside while a serialized actor is busy */
   uint32_t busy;         /* outstanding calls + holds */
-  uint64_t corr;         /* the last correlation id of its calls */
+  uint64_t corr;         /* calls made: numbers its correlation ids (send.c) */
   bool ready;            /* on the loop's ready list */
   bool running;          /* inside a handler: destruction is deferred */
   bool dead;

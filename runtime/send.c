@@ -132,9 +132,11 @@ int mb_forward(mb_actor *self, mb_addr to, mb_msg *m) {
 
 /* The reply callback and its context travel in the request (cb__, reply__): the same message
  * comes back, so a call needs no record on the caller's side. A reply whose caller is gone
- * finds no actor at its address and is dropped. corr numbers the caller's calls. */
+ * finds no actor at its address and is dropped. corr: the caller's slot + 1 above bit 40, its
+ * call count below (nonzero; distinct between the actors of a loop; sync calls set bit 63). */
 void mb_call(mb_actor *self, mb_addr to, mb_msg *m, mb_reply_fn cb, void *ctx) {
-  prepare(m, (mb_addr){self->loop, self->slot, self->gen}, to, ++self->corr);
+  uint64_t corr = (uint64_t)(self->slot + 1) << 40 | (++self->corr & ((1ull << 40) - 1));
+  prepare(m, (mb_addr){self->loop, self->slot, self->gen}, to, corr);
   m->cb__ = cb;
   m->reply__ = ctx;
   self->busy++;

@@ -13,27 +13,9 @@
 
 #include "access.h"
 #include "membacking.h"
+#include "test_util.h"
 
 #define MiB (1ull << 20)
-
-static mb_object *memfd(uint64_t size, uint8_t fill) {
-  mb_object *o = NULL;
-  assert_int_equal(mb_object_create(MB_OBJECT_MEMFD, size, "t", &o), 0);
-  assert_int_equal(mb_object_fill_byte(o, fill), 0);
-  return o;
-}
-
-static mb_loop *start(const char *name) {
-  int err = 0;
-  mb_loop *l = mb_loop_start(name, &err);
-  assert_non_null(l);
-  return l;
-}
-
-static void stop(mb_loop *l) {
-  assert_int_equal(mb_loop_stop(l), 0);
-  mb_loop_free(l);
-}
 
 /* ---- introspection ----------------------------------------------------------------------- */
 
@@ -68,11 +50,11 @@ static void test_blocking_end_to_end(void **unused) {
   (void)unused;
   /* cmocka installs its own SIGSEGV/SIGBUS handlers around each test: ours goes back in front. */
   assert_int_equal(mb_access_reinstall(), 0);
-  mb_loop *mgr = start("mgr"), *ml = start("mapper"), *pl = start("part");
+  mb_loop *mgr = tu_start("mgr"), *ml = tu_start("mapper"), *pl = tu_start("part");
   mb_mm *mm = NULL;
   mb_mm_config cfg = {.max_addr = 1ull << 32, .loop = mgr};
   assert_int_equal(mb_mm_create(&cfg, &mm), 0);
-  mb_object *ram = memfd(16 * MiB, 0x11), *rom = memfd(64 * 1024, 0xee);
+  mb_object *ram = tu_memfd_byte("t", 16 * MiB, 0x11), *rom = tu_memfd_byte("t", 64 * 1024, 0xee);
   mb_region_id r_ram, r_rom;
   mb_region_params p = {"ram", 0, 16 * MiB, 255, false};
   assert_int_equal(mb_region_add_sync(mm, &p, &r_ram), 0);
@@ -119,9 +101,9 @@ static void test_blocking_end_to_end(void **unused) {
   mb_mm_destroy(mm); /* with the partition and regions still there */
   mb_object_unref(ram);
   mb_object_unref(rom);
-  stop(pl);
-  stop(ml);
-  stop(mgr);
+  tu_stop(pl);
+  tu_stop(ml);
+  tu_stop(mgr);
 }
 
 /* ---- asynchronous forms from a loop the test runs ------------------------------------------ */
@@ -147,56 +129,50 @@ static void test_async_attached(void **unused) {
   (void)unused;
   /* cmocka installs its own SIGSEGV/SIGBUS handlers around each test: ours goes back in front. */
   assert_int_equal(mb_access_reinstall(), 0);
-  uv_loop_t uv;
-  assert_int_equal(uv_loop_init(&uv), 0);
-  int err = 0;
-  mb_loop *home = mb_loop_attach(&uv, "vmm", &err);
-  assert_non_null(home);
+  tu_home h;
+  tu_home_init(&h, "vmm");
   mb_mm *mm = NULL;
-  mb_mm_config cfg = {.max_addr = 1ull << 30, .loop = home};
+  mb_mm_config cfg = {.max_addr = 1ull << 30, .loop = h.loop};
   assert_int_equal(mb_mm_create(&cfg, &mm), 0); /* inline: on the loop's own thread */
-  mb_object *o = memfd(2 * MiB, 0x5a);
+  mb_object *o = tu_memfd_byte("t", 2 * MiB, 0x5a);
   done_rec d = {0};
   mb_region_params p = {"dax", 1 * MiB * 64, 64 * MiB, 0, true};
   mb_region_add(mm, &p, on_done, &d);
   assert_int_equal(d.calls, 0); /* never completes inside the call */
-  wait_done(&uv, &d);
+  wait_done(&h.uv, &d);
   assert_int_equal(d.status, 0);
   mb_region_id id = (mb_region_id)d.value;
   d = (done_rec){0};
   mb_region_map(mm, id, true, on_done, &d);
-  wait_done(&uv, &d);
+  wait_done(&h.uv, &d);
   d = (done_rec){0};
   mb_mapper_add(mm, NULL, true, on_done, &d);
-  wait_done(&uv, &d);
+  wait_done(&h.uv, &d);
   assert_int_equal(d.status, 0);
   mb_mapper *m = (mb_mapper *)(uintptr_t)d.value;
   d = (done_rec){0};
   mb_mapping_params mp = {id, 2 * MiB, 2 * MiB, o, 0, true};
   mb_mapping_add(mm, &mp, on_done, &d);
-  wait_done(&uv, &d);
+  wait_done(&h.uv, &d);
   assert_int_equal(d.status, 0);
   assert_int_equal(mb_mapper_base(m)[64 * MiB + 2 * MiB], 0x5a);
   d = (done_rec){0};
   mb_mapping_add(mm, &mp, on_done, &d);
-  wait_done(&uv, &d);
+  wait_done(&h.uv, &d);
   assert_int_equal(d.status, MB_E_OVERLAP);
   d = (done_rec){0};
   mb_mapping_remove(mm, id, 2 * MiB, 1 * MiB, on_done, &d);
-  wait_done(&uv, &d);
+  wait_done(&h.uv, &d);
   uint8_t b;
   assert_int_equal(mb_mapper_read(m, 64 * MiB + 2 * MiB, &b, 1), MB_E_UNMAPPED);
   assert_int_equal(mb_mapper_read(m, 64 * MiB + 3 * MiB, &b, 1), 0);
   d = (done_rec){0};
   mb_mapper_remove(m, on_done, &d);
-  wait_done(&uv, &d);
+  wait_done(&h.uv, &d);
   assert_int_equal(d.status, 0);
   mb_mm_destroy(mm);
   mb_object_unref(o);
-  assert_int_equal(mb_loop_stop(home), 0);
-  uv_run(&uv, UV_RUN_DEFAULT);
-  mb_loop_free(home);
-  assert_int_equal(uv_loop_close(&uv), 0);
+  tu_home_fini(&h);
 }
 
 /* ---- several managers, used from several threads at once ---------------------------------- */
@@ -213,7 +189,7 @@ static void *run_vm(void *p) {
   mb_mm_config cfg = {.max_addr = 1ull << 30, .loop = a->loop};
   a->rc = mb_mm_create(&cfg, &mm);
   if (a->rc) return NULL;
-  mb_object *o = memfd(1 * MiB, a->fill);
+  mb_object *o = tu_memfd_byte("t", 1 * MiB, a->fill);
   mb_mapper *m = NULL;
   mb_region_id id;
   mb_region_params rp = {"ram", 0, 1 * MiB, 1, false};
@@ -238,7 +214,7 @@ static void test_several_managers(void **unused) {
   (void)unused;
   /* cmocka installs its own SIGSEGV/SIGBUS handlers around each test: ours goes back in front. */
   assert_int_equal(mb_access_reinstall(), 0);
-  mb_loop *shared = start("shared");
+  mb_loop *shared = tu_start("shared");
   pthread_t t[3];
   vm_arg args[3];
   for (int i = 0; i < 3; i++) {
@@ -249,7 +225,7 @@ static void test_several_managers(void **unused) {
     pthread_join(t[i], NULL);
     assert_int_equal(args[i].rc, 0);
   }
-  stop(shared);
+  tu_stop(shared);
 }
 
 static void test_bad_config(void **unused) {
@@ -259,13 +235,13 @@ static void test_bad_config(void **unused) {
   mb_mm *mm = NULL;
   mb_mm_config cfg = {0};
   assert_int_equal(mb_mm_create(&cfg, &mm), MB_E_INVALID);
-  mb_loop *l = start("x");
+  mb_loop *l = tu_start("x");
   cfg = (mb_mm_config){.max_addr = 12345, .loop = l};
   assert_int_equal(mb_mm_create(&cfg, &mm), MB_E_INVALID);
   cfg = (mb_mm_config){.overlap = 7, .loop = l};
   assert_int_equal(mb_mm_create(&cfg, &mm), MB_E_INVALID);
   assert_null(mm);
-  stop(l);
+  tu_stop(l);
 }
 
 int main(void) {

@@ -11,7 +11,6 @@
 #include <stdint.h>
 #include <cmocka.h>
 
-#include <dirent.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,44 +20,11 @@
 #include "mapping_manager.h"
 #include "mb_errors.h"
 #include "mb_runtime.h"
+#include "test_util.h" /* tu_home, tu_start, tu_stop, tu_memfd_pages, tu_fd_count */
 #include "va_mapper.h"
 
 #define PAGE ((uint64_t)MB_PAGE_SIZE)
 #define MiB (1ull << 20)
-
-/* ---- loops ----------------------------------------------------------------------------------- */
-
-/* A loop attached to a uv loop that the test thread runs. */
-typedef struct mp_home {
-  uv_loop_t uv;
-  mb_loop *loop;
-} mp_home;
-
-static inline void mp_home_init(mp_home *h) {
-  assert_int_equal(uv_loop_init(&h->uv), 0);
-  int err = 0;
-  h->loop = mb_loop_attach(&h->uv, "home", &err);
-  assert_non_null(h->loop);
-}
-
-static inline void mp_home_fini(mp_home *h) {
-  assert_int_equal(mb_loop_stop(h->loop), 0);
-  uv_run(&h->uv, UV_RUN_DEFAULT);
-  mb_loop_free(h->loop);
-  assert_int_equal(uv_loop_close(&h->uv), 0);
-}
-
-static inline mb_loop *mp_start(const char *name) {
-  int err = 0;
-  mb_loop *l = mb_loop_start(name, &err);
-  assert_non_null(l);
-  return l;
-}
-
-static inline void mp_stop(mb_loop *l) {
-  assert_int_equal(mb_loop_stop(l), 0); /* joins; uv_loop_close() == 0 on its thread */
-  mb_loop_free(l);
-}
 
 /* ---- actors, created on their loop's thread (inline when it is the caller's) ----------------- */
 
@@ -102,6 +68,27 @@ static inline void mp_vam_destroy_fn(mb_loop *l, void *arg) {
 
 static inline void mp_vam_destroy(mb_loop *l, mb_vam *v) {
   assert_int_equal(mb_loop_exec(l, mp_vam_destroy_fn, v), 0);
+}
+
+/* ---- the attach-mode fixture: a mapping manager on a loop the test thread runs ----------- */
+
+typedef struct mp_fixture {
+  tu_home h;
+  mb_addr mm;
+  int fds; /* open descriptors before the test */
+} mp_fixture;
+
+static inline void mp_begin(mp_fixture *f) {
+  assert_int_equal(mb_access_reinstall(), 0); /* cmocka puts its handlers in front per test */
+  f->fds = tu_fd_count();
+  tu_home_init(&f->h, "home");
+  f->mm = mp_mm_create(f->h.loop);
+}
+
+/* Stops the loop (destroying the manager with whatever it still holds). */
+static inline void mp_end(mp_fixture *f) {
+  tu_home_fini(&f->h);
+  assert_int_equal(tu_fd_count(), f->fds); /* every object reference was dropped */
 }
 
 /* ---- requests -------------------------------------------------------------------------------- */
@@ -185,6 +172,19 @@ static inline int mp_remove_mapper(mb_addr mm, mb_vam *v) {
   return rc;
 }
 
+/* A VA mapper created on l and added to the mapping manager mm. */
+static inline mb_vam *mp_vam_add(mb_loop *l, mb_addr mm, uint64_t max_addr, bool eager) {
+  mb_vam *v = mp_vam_create(l, mm, max_addr, eager);
+  assert_int_equal(mp_add_mapper(mm, v, eager), 0);
+  return v;
+}
+
+/* Removes v from mm, then destroys it on its loop l. */
+static inline void mp_vam_drop(mb_loop *l, mb_addr mm, mb_vam *v) {
+  assert_int_equal(mp_remove_mapper(mm, v), 0);
+  mp_vam_destroy(l, v);
+}
+
 /* MM_LIST: the visible mappings (free with mb_map_entries_free). */
 static inline uint32_t mp_list(mb_addr mm, mb_map_entry **out) {
   mm_list_msg *m = mm_list_new();
@@ -234,14 +234,6 @@ static inline void mp_expect_ranges(mb_vam *v, const mb_part_range *want, uint32
 
 /* ---- objects and contents -------------------------------------------------------------------- */
 
-/* A memfd object whose k-th page holds bytes (base + k) mod 256. */
-static inline mb_object *mp_object(uint64_t size, uint8_t base) {
-  mb_object *obj = NULL;
-  assert_int_equal(mb_object_create(MB_OBJECT_MEMFD, size, "mp", &obj), 0);
-  assert_int_equal(mb_object_fill_pages(obj, base), 0);
-  return obj;
-}
-
 /* True when buf[0..len) is what guest bytes [gpa, gpa+len) of a mapping of a
  * fill_pages(base) object at (map_gpa, obj_off) hold. */
 static inline bool mp_bytes_ok(const uint8_t *buf, size_t len, uint64_t gpa, uint64_t map_gpa,
@@ -262,22 +254,11 @@ static inline void mp_expect_bytes(mb_vam *v, uint64_t gpa, size_t len, uint64_t
   free(buf);
 }
 
-/* Open file descriptors of the process (each memfd object holds one). */
-static inline int mp_fd_count(void) {
-  DIR *d = opendir("/proc/self/fd");
-  assert_non_null(d);
-  int n = 0;
-  while (readdir(d) != NULL)
-    n++;
-  closedir(d);
-  return n;
-}
-
 /* libuv opens process-wide descriptors on first use; open them before counting. */
 static inline void mp_warm_up(void) {
-  mp_home h;
-  mp_home_init(&h);
-  mp_home_fini(&h);
+  tu_home h;
+  tu_home_init(&h, "home");
+  tu_home_fini(&h);
 }
 
 #endif

@@ -15,26 +15,8 @@
 
 #define R(gpa, size, w) {(gpa), (size), (w)}
 
-typedef struct fixture {
-  mp_home h;
-  mb_addr mm;
-  int fds;
-} fixture;
-
-static void begin(fixture *f) {
-  assert_int_equal(mb_access_reinstall(), 0); /* cmocka puts its handlers in front per test */
-  f->fds = mp_fd_count();
-  mp_home_init(&f->h);
-  f->mm = mp_mm_create(f->h.loop);
-}
-
-static void end(fixture *f) {
-  mp_home_fini(&f->h);
-  assert_int_equal(mp_fd_count(), f->fds);
-}
-
 /* Everything on the home loop runs until nothing is left to do. */
-static void settle(fixture *f) {
+static void settle(mp_fixture *f) {
   for (int i = 0; i < 64; i++)
     uv_run(&f->h.uv, UV_RUN_NOWAIT);
 }
@@ -57,7 +39,7 @@ static void on_pending(mb_actor *self, mb_msg *reply, void *ctx) {
 }
 
 /* A request from the home loop's actor, not waited for. */
-static void call_async(fixture *f, mb_addr to, mb_msg *m, pending *p) {
+static void call_async(mp_fixture *f, mb_addr to, mb_msg *m, pending *p) {
   *p = (pending){false, 0, NULL};
   mb_call(mb_loop_actor(f->h.loop), to, m, on_pending, p);
 }
@@ -67,14 +49,14 @@ static void pending_free(pending *p) {
   p->reply = NULL;
 }
 
-static void vam_unmap_async(fixture *f, mb_vam *v, uint64_t gpa, uint64_t size, pending *p) {
+static void vam_unmap_async(mp_fixture *f, mb_vam *v, uint64_t gpa, uint64_t size, pending *p) {
   vam_unmap_msg *m = vam_unmap_new();
   m->gpa = gpa;
   m->size = size;
   call_async(f, mb_vam_addr(v), &m->hdr, p);
 }
 
-static void vam_map_async(fixture *f, mb_vam *v, mb_map_entry *e, pending *p) {
+static void vam_map_async(mp_fixture *f, mb_vam *v, mb_map_entry *e, pending *p) {
   vam_map_msg *m = vam_map_new();
   m->entries = e; /* stays ours until the answer */
   m->count = 1;
@@ -91,7 +73,7 @@ static int vam_map_sync(mb_vam *v, mb_map_entry *e) {
 }
 
 /* What a mapping manager forwards for a lazy fault: establish `e`. */
-static void vam_resolve_async(fixture *f, mb_vam *v, mb_map_entry e, pending *p) {
+static void vam_resolve_async(mp_fixture *f, mb_vam *v, mb_map_entry e, pending *p) {
   mm_resolve_msg *m = mm_resolve_new();
   m->mapper = mb_vam_addr(v);
   m->gpa = e.gpa;
@@ -112,10 +94,10 @@ static size_t waiting(mb_vam *v) {
 
 static void test_lock_checks(void **state) {
   (void)state;
-  fixture f;
-  begin(&f);
+  mp_fixture f;
+  mp_begin(&f);
   mb_vam *v = mp_vam_create(f.h.loop, f.mm, 4 * MiB, true);
-  mb_object *a = mp_object(16 * PAGE, 50);
+  mb_object *a = tu_memfd_pages("mp", 16 * PAGE, 50);
   mb_map_entry rw = {0x10000, 8 * PAGE, a, 0, true}, ro = {0x20000, 2 * PAGE, a, 8 * PAGE, false};
   assert_int_equal(vam_map_sync(v, &rw), 0);
   assert_int_equal(vam_map_sync(v, &ro), 0);
@@ -182,15 +164,13 @@ static void test_lock_checks(void **state) {
   mb_vam_unlock(NULL);
 
   /* a lazy mapper's lock on its own loop thread would wait for that very loop */
-  mb_vam *lazy = mp_vam_create(f.h.loop, f.mm, 4 * MiB, false);
-  assert_int_equal(mp_add_mapper(f.mm, lazy, false), 0);
+  mb_vam *lazy = mp_vam_add(f.h.loop, f.mm, 4 * MiB, false);
   assert_int_equal(mb_vam_lock(lazy, 0x10000, PAGE, false, &bad), MB_EDEADLK);
-  assert_int_equal(mp_remove_mapper(f.mm, lazy), 0);
-  mp_vam_destroy(f.h.loop, lazy);
+  mp_vam_drop(f.h.loop, f.mm, lazy);
 
   mb_object_unref(a);
   mp_vam_destroy(f.h.loop, v);
-  end(&f);
+  mp_end(&f);
 }
 
 /* ---- parking --------------------------------------------------------------------------------- */
@@ -199,10 +179,10 @@ static void test_lock_checks(void **state) {
  * in arrival order, serves resolves clear of the queue, and refuses locks on what drains. */
 static void test_unmap_parks(void **state) {
   (void)state;
-  fixture f;
-  begin(&f);
+  mp_fixture f;
+  mp_begin(&f);
   mb_vam *v = mp_vam_create(f.h.loop, f.mm, 4 * MiB, true);
-  mb_object *a = mp_object(16 * PAGE, 10), *b = mp_object(4 * PAGE, 200);
+  mb_object *a = tu_memfd_pages("mp", 16 * PAGE, 10), *b = tu_memfd_pages("mp", 4 * PAGE, 200);
   mb_map_entry all = {0, 16 * PAGE, a, 0, true};
   assert_int_equal(vam_map_sync(v, &all), 0);
   mb_lock *l;
@@ -263,17 +243,17 @@ static void test_unmap_parks(void **state) {
   mb_object_unref(a);
   mb_object_unref(b);
   mp_vam_destroy(f.h.loop, v);
-  end(&f);
+  mp_end(&f);
 }
 
 /* A map that would replace locked pages with another backing parks too; the locked pointer
  * keeps seeing the old pages until the unlock. */
 static void test_replace_parks(void **state) {
   (void)state;
-  fixture f;
-  begin(&f);
+  mp_fixture f;
+  mp_begin(&f);
   mb_vam *v = mp_vam_create(f.h.loop, f.mm, 4 * MiB, true);
-  mb_object *a = mp_object(8 * PAGE, 1), *b = mp_object(8 * PAGE, 100);
+  mb_object *a = tu_memfd_pages("mp", 8 * PAGE, 1), *b = tu_memfd_pages("mp", 8 * PAGE, 100);
   mb_map_entry ea = {0, 8 * PAGE, a, 0, true}, eb = {0, 8 * PAGE, b, 0, true};
   assert_int_equal(vam_map_sync(v, &ea), 0);
   mb_lock *l;
@@ -294,17 +274,17 @@ static void test_replace_parks(void **state) {
   mb_object_unref(a);
   mb_object_unref(b);
   mp_vam_destroy(f.h.loop, v);
-  end(&f);
+  mp_end(&f);
 }
 
 /* A resolve clear of the parked head, itself held up by another lock, goes as soon as that
  * lock goes: it does not wait for the head. */
 static void test_resolve_passes_parked_head(void **state) {
   (void)state;
-  fixture f;
-  begin(&f);
+  mp_fixture f;
+  mp_begin(&f);
   mb_vam *v = mp_vam_create(f.h.loop, f.mm, 4 * MiB, true);
-  mb_object *a = mp_object(16 * PAGE, 1), *b = mp_object(4 * PAGE, 100);
+  mb_object *a = tu_memfd_pages("mp", 16 * PAGE, 1), *b = tu_memfd_pages("mp", 4 * PAGE, 100);
   mb_map_entry all = {0, 16 * PAGE, a, 0, true};
   assert_int_equal(vam_map_sync(v, &all), 0);
   mb_lock *l1, *l2;
@@ -334,22 +314,22 @@ static void test_resolve_passes_parked_head(void **state) {
   mb_object_unref(a);
   mb_object_unref(b);
   mp_vam_destroy(f.h.loop, v);
-  end(&f);
+  mp_end(&f);
 }
 
 /* With a real mapping manager: MM_UNMAP waits for the locked mapper's acknowledgement (the
  * others have given theirs); a resolve passes it, requests after it wait, in order. */
 static void test_manager_waits_for_lock(void **state) {
   (void)state;
-  fixture f;
-  begin(&f);
+  mp_fixture f;
+  mp_begin(&f);
   mb_vam *e = mp_vam_create(f.h.loop, f.mm, 4 * MiB, true);
   mb_vam *e2 = mp_vam_create(f.h.loop, f.mm, 4 * MiB, true);
   mb_vam *lazy = mp_vam_create(f.h.loop, f.mm, 4 * MiB, false);
   assert_int_equal(mp_add_mapper(f.mm, e, true), 0);
   assert_int_equal(mp_add_mapper(f.mm, e2, true), 0);
   assert_int_equal(mp_add_mapper(f.mm, lazy, false), 0);
-  mb_object *a = mp_object(16 * PAGE, 30);
+  mb_object *a = tu_memfd_pages("mp", 16 * PAGE, 30);
   assert_int_equal(mp_map1(f.mm, a, 0, 8 * PAGE, 0, true), 0);
   assert_int_equal(mp_map1(f.mm, a, 1 * MiB, 4 * PAGE, 8 * PAGE, false), 0);
   mb_lock *l;
@@ -415,7 +395,7 @@ static void test_manager_waits_for_lock(void **state) {
   mp_vam_destroy(f.h.loop, e);
   mp_vam_destroy(f.h.loop, e2);
   mp_vam_destroy(f.h.loop, lazy);
-  end(&f);
+  mp_end(&f);
 }
 
 /* ---- the watchdog --------------------------------------------------------------------------- */
@@ -442,7 +422,7 @@ static void tick(uv_timer_t *t) { (void)t; }
 /* Runs the home loop for about `ms`, or until the sink has `until_lines` lines (the
  * watchdog's timer is unreferenced, so a referenced timer of the test's own keeps uv_run
  * returning). */
-static void run_for(fixture *f, uint64_t ms, log_sink *s, int until_lines) {
+static void run_for(mp_fixture *f, uint64_t ms, log_sink *s, int until_lines) {
   uv_timer_t t;
   uv_timer_init(&f->h.uv, &t);
   uv_timer_start(&t, tick, 1, 1);
@@ -455,10 +435,10 @@ static void run_for(fixture *f, uint64_t ms, log_sink *s, int until_lines) {
 
 static void test_watchdog(void **state) {
   (void)state;
-  fixture f;
-  begin(&f);
+  mp_fixture f;
+  mp_begin(&f);
   mb_vam *v = mp_vam_create(f.h.loop, f.mm, 4 * MiB, true);
-  mb_object *a = mp_object(8 * PAGE, 0);
+  mb_object *a = tu_memfd_pages("mp", 8 * PAGE, 0);
   mb_map_entry e = {0x4000, 4 * PAGE, a, 0, true};
   assert_int_equal(vam_map_sync(v, &e), 0);
   log_sink s = {0, ""};
@@ -500,7 +480,7 @@ static void test_watchdog(void **state) {
 
   mb_object_unref(a);
   mp_vam_destroy(f.h.loop, v);
-  end(&f);
+  mp_end(&f);
 }
 
 /* ---- started loops --------------------------------------------------------------------------- */
@@ -531,10 +511,10 @@ static void wait_waiting(mb_vam *v, size_t n) {
 static void test_stop_with_parked_unmap(void **state) {
   (void)state;
   assert_int_equal(mb_access_reinstall(), 0);
-  int fds = mp_fd_count();
-  mb_loop *lv = mp_start("vam");
+  int fds = tu_fd_count();
+  mb_loop *lv = tu_start("vam");
   mb_vam *v = mp_vam_create(lv, (mb_addr){0}, 4 * MiB, true);
-  mb_object *a = mp_object(4 * PAGE, 9);
+  mb_object *a = tu_memfd_pages("mp", 4 * PAGE, 9);
   mb_map_entry e = {0, 4 * PAGE, a, 0, true};
   assert_int_equal(vam_map_sync(v, &e), 0);
   mb_lock *l;
@@ -543,14 +523,14 @@ static void test_stop_with_parked_unmap(void **state) {
   pthread_t t;
   assert_int_equal(pthread_create(&t, NULL, unmap_thread, &u), 0);
   wait_waiting(v, 1);
-  mp_stop(lv);
+  tu_stop(lv);
   pthread_join(t, NULL);
   assert_int_equal(u.rc, MB_ESTOPPED);
   ((uint8_t *)mb_vam_lock_ptr(l))[0] = 1; /* never torn down: still mapped */
   mb_vam_unlock(l);
   mb_vam_destroy(v);
   mb_object_unref(a);
-  assert_int_equal(mp_fd_count(), fds);
+  assert_int_equal(tu_fd_count(), fds);
 }
 
 /* The public API: a region unmap waits for an unlock from another thread; a mapper that holds
@@ -580,12 +560,12 @@ static size_t api_waiting(mb_mapper *m) {
 static void test_api(void **state) {
   (void)state;
   assert_int_equal(mb_access_reinstall(), 0);
-  int fds = mp_fd_count();
-  mb_loop *mgr = mp_start("mgr"), *ml = mp_start("mapper"), *pl = mp_start("part");
+  int fds = tu_fd_count();
+  mb_loop *mgr = tu_start("mgr"), *ml = tu_start("mapper"), *pl = tu_start("part");
   mb_mm *mm;
   mb_mm_config cfg = {.max_addr = 1ull << 30, .loop = mgr};
   assert_int_equal(mb_mm_create(&cfg, &mm), 0);
-  mb_object *ram = mp_object(16 * PAGE, 0x10);
+  mb_object *ram = tu_memfd_pages("mp", 16 * PAGE, 0x10);
   mb_region_id r;
   mb_region_params rp = {"ram", 0x100000, 16 * PAGE, 0, false};
   assert_int_equal(mb_region_add_sync(mm, &rp, &r), 0);
@@ -636,10 +616,10 @@ static void test_api(void **state) {
   assert_int_equal(mb_mapper_remove_sync(lazy), 0);
   mb_mm_destroy(mm);
   mb_object_unref(ram);
-  mp_stop(mgr);
-  mp_stop(ml);
-  mp_stop(pl);
-  assert_int_equal(mp_fd_count(), fds);
+  tu_stop(mgr);
+  tu_stop(ml);
+  tu_stop(pl);
+  assert_int_equal(tu_fd_count(), fds);
 }
 
 int main(void) {

@@ -26,6 +26,7 @@
 #include "access.h"
 #include "api_internal.h" /* the mappers' parked counts */
 #include "membacking.h"
+#include "test_util.h"
 
 #define PAGE 4096ull
 #define MiB (1ull << 20)
@@ -202,22 +203,10 @@ static void *tearer_main(void *arg) {
 
 /* ---- the test -------------------------------------------------------------------------------- */
 
-static mb_loop *start(const char *name) {
-  int err = 0;
-  mb_loop *l = mb_loop_start(name, &err);
-  assert_non_null(l);
-  return l;
-}
-
-static void stop(mb_loop *l) {
-  assert_int_equal(mb_loop_stop(l), 0);
-  mb_loop_free(l);
-}
-
 static void test_locks_against_teardowns(void **state) {
   (void)state;
   assert_int_equal(mb_access_reinstall(), 0); /* cmocka puts its handlers in front per test */
-  mb_loop *mgr = start("mgr"), *part = start("part"), *le = start("eager"), *ll = start("lazy");
+  mb_loop *mgr = tu_start("mgr"), *part = tu_start("part"), *le = tu_start("eager"), *ll = tu_start("lazy");
   static world w;
   memset(&w, 0, sizeof w);
   pthread_mutex_init(&w.why_lock, NULL);
@@ -285,10 +274,10 @@ static void test_locks_against_teardowns(void **state) {
     mb_object_unref(w.obj[i]);
   }
   pthread_mutex_destroy(&w.why_lock);
-  stop(mgr);
-  stop(part);
-  stop(le);
-  stop(ll);
+  tu_stop(mgr);
+  tu_stop(part);
+  tu_stop(le);
+  tu_stop(ll);
 }
 
 int main(void) {

@@ -6,34 +6,12 @@
 
 #include <unistd.h>
 
-typedef struct fixture {
-  mp_home h;
-  mb_addr mm;
-  int fds;
-} fixture;
-
-static void begin(fixture *f) {
-  assert_int_equal(mb_access_reinstall(), 0); /* cmocka puts its handlers in front per test */
-  f->fds = mp_fd_count();
-  mp_home_init(&f->h);
-  f->mm = mp_mm_create(f->h.loop);
+static mb_vam *add_vam(mp_fixture *f, uint64_t max_addr, bool eager) {
+  return mp_vam_add(f->h.loop, f->mm, max_addr, eager);
 }
 
-static mb_vam *add_vam(fixture *f, uint64_t max_addr, bool eager) {
-  mb_vam *v = mp_vam_create(f->h.loop, f->mm, max_addr, eager);
-  assert_int_equal(mp_add_mapper(f->mm, v, eager), 0);
-  return v;
-}
-
-static void drop_vam(fixture *f, mb_vam *v) {
-  assert_int_equal(mp_remove_mapper(f->mm, v), 0);
-  mp_vam_destroy(f->h.loop, v);
-}
-
-/* Stops the loop (destroying the manager with whatever it still holds). */
-static void end(fixture *f) {
-  mp_home_fini(&f->h);
-  assert_int_equal(mp_fd_count(), f->fds); /* every object reference was dropped */
+static void drop_vam(mp_fixture *f, mb_vam *v) {
+  mp_vam_drop(f->h.loop, f->mm, v);
 }
 
 #define R(gpa, size, w) {(gpa), (size), (w)}
@@ -42,11 +20,11 @@ static void end(fixture *f) {
 
 static void test_map_pushes_to_eager_mappers(void **state) {
   (void)state;
-  fixture f;
-  begin(&f);
+  mp_fixture f;
+  mp_begin(&f);
   mb_vam *e1 = add_vam(&f, 64 * MiB, true), *e2 = add_vam(&f, 64 * MiB, true);
   mb_vam *lazy = add_vam(&f, 64 * MiB, false);
-  mb_object *a = mp_object(16 * PAGE, 10), *b = mp_object(8 * PAGE, 100);
+  mb_object *a = tu_memfd_pages("mp", 16 * PAGE, 10), *b = tu_memfd_pages("mp", 8 * PAGE, 100);
   mb_map_entry batch[] = {
       {0x200000, 4 * PAGE, b, 2 * PAGE, false},
       {0x100000, 8 * PAGE, a, 4 * PAGE, true},
@@ -81,15 +59,15 @@ static void test_map_pushes_to_eager_mappers(void **state) {
   drop_vam(&f, e1);
   drop_vam(&f, e2);
   drop_vam(&f, lazy);
-  end(&f);
+  mp_end(&f);
 }
 
 static void test_map_validation(void **state) {
   (void)state;
-  fixture f;
-  begin(&f);
+  mp_fixture f;
+  mp_begin(&f);
   mb_vam *e = add_vam(&f, 64 * MiB, true);
-  mb_object *a = mp_object(16 * PAGE, 1);
+  mb_object *a = tu_memfd_pages("mp", 16 * PAGE, 1);
   assert_int_equal(mp_map1(f.mm, a, 0x10000, 4 * PAGE, 0, true), 0);
 
   /* against the visible mappings and within the batch */
@@ -125,19 +103,19 @@ static void test_map_validation(void **state) {
 
   mb_object_unref(a);
   drop_vam(&f, e);
-  end(&f);
+  mp_end(&f);
 }
 
 /* A mapper that cannot establish the batch: the others unmap it again, the manager forgets
  * it, and the error comes back. No half-applied state anywhere. */
 static void test_map_rollback(void **state) {
   (void)state;
-  fixture f;
-  begin(&f);
+  mp_fixture f;
+  mp_begin(&f);
   mb_vam *big = add_vam(&f, 64 * MiB, true), *big2 = add_vam(&f, 64 * MiB, true);
   mb_vam *small = add_vam(&f, 1 * MiB, true); /* its reservation ends at 1 MiB */
   mb_vam *lazy = add_vam(&f, 64 * MiB, false);
-  mb_object *a = mp_object(64 * PAGE, 7);
+  mb_object *a = tu_memfd_pages("mp", 64 * PAGE, 7);
   assert_int_equal(mp_map1(f.mm, a, 0x10000, 4 * PAGE, 0, true), 0);
 
   /* entries below 1 MiB (established by `small` first, then undone), then one beyond */
@@ -174,7 +152,7 @@ static void test_map_rollback(void **state) {
   drop_vam(&f, big);
   drop_vam(&f, big2);
   drop_vam(&f, lazy);
-  end(&f);
+  mp_end(&f);
 }
 
 /* ---- MM_UNMAP -------------------------------------------------------------------------------- */
@@ -182,10 +160,10 @@ static void test_map_rollback(void **state) {
 /* Removing the middle of a mapping leaves both sides, each reading its own object bytes. */
 static void test_unmap_splits(void **state) {
   (void)state;
-  fixture f;
-  begin(&f);
+  mp_fixture f;
+  mp_begin(&f);
   mb_vam *e = add_vam(&f, 64 * MiB, true);
-  mb_object *a = mp_object(32 * PAGE, 50);
+  mb_object *a = tu_memfd_pages("mp", 32 * PAGE, 50);
   assert_int_equal(mp_map1(f.mm, a, 0x100000, 16 * PAGE, 3 * PAGE, true), 0);
 
   assert_int_equal(mp_unmap(f.mm, 0x100000 + 5 * PAGE, 4 * PAGE), 0);
@@ -228,15 +206,15 @@ static void test_unmap_splits(void **state) {
   mb_object_unref(a);
   drop_vam(&f, e);
   drop_vam(&f, late);
-  end(&f);
+  mp_end(&f);
 }
 
 static void test_unmap_many_and_remap(void **state) {
   (void)state;
-  fixture f;
-  begin(&f);
+  mp_fixture f;
+  mp_begin(&f);
   mb_vam *e = add_vam(&f, 64 * MiB, true);
-  mb_object *a = mp_object(64 * PAGE, 0), *b = mp_object(64 * PAGE, 128);
+  mb_object *a = tu_memfd_pages("mp", 64 * PAGE, 0), *b = tu_memfd_pages("mp", 64 * PAGE, 128);
   /* eight 4-page mappings, alternating objects, back to back */
   mb_map_entry batch[8];
   for (int i = 0; i < 8; i++)
@@ -265,17 +243,17 @@ static void test_unmap_many_and_remap(void **state) {
   mb_object_unref(a);
   mb_object_unref(b);
   drop_vam(&f, e);
-  end(&f);
+  mp_end(&f);
 }
 
 /* ---- accesses through an eager mapper -------------------------------------------------------- */
 
 static void test_readonly_vs_unmapped(void **state) {
   (void)state;
-  fixture f;
-  begin(&f);
+  mp_fixture f;
+  mp_begin(&f);
   mb_vam *e = add_vam(&f, 4 * MiB, true);
-  mb_object *a = mp_object(8 * PAGE, 20);
+  mb_object *a = tu_memfd_pages("mp", 8 * PAGE, 20);
   assert_int_equal(mp_map1(f.mm, a, 0, 2 * PAGE, 0, true), 0);
   assert_int_equal(mp_map1(f.mm, a, 2 * PAGE, 2 * PAGE, 2 * PAGE, false), 0);
   uint8_t buf[6 * PAGE];
@@ -306,17 +284,17 @@ static void test_readonly_vs_unmapped(void **state) {
 
   mb_object_unref(a);
   drop_vam(&f, e);
-  end(&f);
+  mp_end(&f);
 }
 
 /* A page that is established but keeps faulting (its file shrank under it: SIGBUS) is retried
  * a bounded number of times, then reported. */
 static void test_backing_cannot_serve(void **state) {
   (void)state;
-  fixture f;
-  begin(&f);
+  mp_fixture f;
+  mp_begin(&f);
   mb_vam *e = add_vam(&f, 4 * MiB, true);
-  mb_object *a = mp_object(4 * PAGE, 1);
+  mb_object *a = tu_memfd_pages("mp", 4 * PAGE, 1);
   assert_int_equal(mp_map1(f.mm, a, 0, 4 * PAGE, 0, true), 0);
   mp_expect_bytes(e, 0, 4 * PAGE, 0, 0, 1);
   assert_int_equal(ftruncate(mb_object_fd(a), 2 * PAGE), 0);
@@ -329,16 +307,16 @@ static void test_backing_cannot_serve(void **state) {
   assert_int_equal(s.unmapped, 0);
   mb_object_unref(a);
   drop_vam(&f, e);
-  end(&f);
+  mp_end(&f);
 }
 
 /* ---- mappers --------------------------------------------------------------------------------- */
 
 static void test_late_eager_mapper_gets_everything(void **state) {
   (void)state;
-  fixture f;
-  begin(&f);
-  mb_object *a = mp_object(32 * PAGE, 3);
+  mp_fixture f;
+  mp_begin(&f);
+  mb_object *a = tu_memfd_pages("mp", 32 * PAGE, 3);
   for (int i = 0; i < 5; i++)
     assert_int_equal(mp_map1(f.mm, a, 0x10000 * (i + 1), 2 * PAGE, i * 4 * PAGE, i != 2), 0);
   mb_vam *late = add_vam(&f, 64 * MiB, true);
@@ -364,13 +342,13 @@ static void test_late_eager_mapper_gets_everything(void **state) {
   mb_object_unref(a);
   drop_vam(&f, late);
   drop_vam(&f, lazy);
-  end(&f);
+  mp_end(&f);
 }
 
 static void test_add_remove_mapper(void **state) {
   (void)state;
-  fixture f;
-  begin(&f);
+  mp_fixture f;
+  mp_begin(&f);
   mb_vam *e = add_vam(&f, 64 * MiB, true);
   assert_int_equal(mp_add_mapper(f.mm, e, true), MB_E_INVALID); /* twice */
   assert_int_equal(mp_add_mapper(f.mm, e, false), MB_E_INVALID);
@@ -379,7 +357,7 @@ static void test_add_remove_mapper(void **state) {
   assert_int_equal(mp_call(f.mm, &m->hdr), MB_E_INVALID);
   mb_msg_free(&m->hdr);
 
-  mb_object *a = mp_object(4 * PAGE, 9);
+  mb_object *a = tu_memfd_pages("mp", 4 * PAGE, 9);
   assert_int_equal(mp_map1(f.mm, a, 0, 4 * PAGE, 0, true), 0);
   assert_int_equal(mp_remove_mapper(f.mm, e), 0);
   assert_int_equal(mp_remove_mapper(f.mm, e), MB_E_NOTFOUND);
@@ -395,19 +373,19 @@ static void test_add_remove_mapper(void **state) {
 
   mb_object_unref(a);
   drop_vam(&f, e);
-  end(&f);
+  mp_end(&f);
 }
 
 /* A mapper destroyed without MM_REMOVE_MAPPER counts as having acknowledged. */
 static void test_gone_mapper_counts_as_acked(void **state) {
   (void)state;
-  fixture f;
-  begin(&f);
+  mp_fixture f;
+  mp_begin(&f);
   mb_vam *e = add_vam(&f, 64 * MiB, true), *gone = add_vam(&f, 64 * MiB, true);
   mb_vam *gone_lazy = add_vam(&f, 64 * MiB, false);
   mp_vam_destroy(f.h.loop, gone);
   mp_vam_destroy(f.h.loop, gone_lazy);
-  mb_object *a = mp_object(4 * PAGE, 9);
+  mb_object *a = tu_memfd_pages("mp", 4 * PAGE, 9);
   assert_int_equal(mp_map1(f.mm, a, 0, 4 * PAGE, 0, true), 0);
   assert_int_equal(mp_unmap(f.mm, PAGE, PAGE), 0);
   MP_EXPECT_RANGES(e, R(0, PAGE, true), R(2 * PAGE, 2 * PAGE, true));
@@ -423,7 +401,7 @@ static void test_gone_mapper_counts_as_acked(void **state) {
 
   mb_object_unref(a);
   drop_vam(&f, e);
-  end(&f);
+  mp_end(&f);
 }
 
 /* ---- MM_RESOLVE and MM_LIST ------------------------------------------------------------------ */
@@ -439,11 +417,11 @@ static int resolve(mb_addr mm, mb_vam *v, uint64_t gpa, mm_resolve_msg **out) {
 
 static void test_resolve(void **state) {
   (void)state;
-  fixture f;
-  begin(&f);
+  mp_fixture f;
+  mp_begin(&f);
   mb_vam *lazy = add_vam(&f, 64 * MiB, false);
   mb_vam *stranger = mp_vam_create(f.h.loop, f.mm, 64 * MiB, false);
-  mb_object *a = mp_object(16 * PAGE, 60);
+  mb_object *a = tu_memfd_pages("mp", 16 * PAGE, 60);
   assert_int_equal(mp_map1(f.mm, a, 0x40000, 8 * PAGE, 4 * PAGE, false), 0);
   assert_int_equal(mp_map1(f.mm, a, 0x50000, 2 * PAGE, 0, true), 0);
 
@@ -488,7 +466,7 @@ static void test_resolve(void **state) {
   drop_vam(&f, lazy);
   drop_vam(&f, tiny);
   mp_vam_destroy(f.h.loop, stranger);
-  end(&f);
+  mp_end(&f);
 }
 
 /* ---- VAM_* sent directly --------------------------------------------------------------------- */
@@ -513,10 +491,10 @@ static int vam_unmap(mb_vam *v, uint64_t gpa, uint64_t size) {
 
 static void test_vam_messages(void **state) {
   (void)state;
-  fixture f;
-  begin(&f);
+  mp_fixture f;
+  mp_begin(&f);
   mb_vam *v = mp_vam_create(f.h.loop, f.mm, 1 * MiB, true);
-  mb_object *a = mp_object(16 * PAGE, 33);
+  mb_object *a = tu_memfd_pages("mp", 16 * PAGE, 33);
   /* adjacent ranges merge only with equal access */
   mb_map_entry ok[] = {
       {0, 2 * PAGE, a, 0, true},
@@ -553,7 +531,7 @@ static void test_vam_messages(void **state) {
   MP_EXPECT_RANGES(v, R(0, PAGE, true), R(PAGE, PAGE, false));
   mb_object_unref(a);
   mp_vam_destroy(f.h.loop, v);
-  end(&f);
+  mp_end(&f);
 }
 
 /* ---- a large batch --------------------------------------------------------------------------- */
@@ -562,12 +540,12 @@ enum { MANY = 6000 };
 
 static void test_many_mappings_in_one_batch(void **state) {
   (void)state;
-  fixture f;
-  begin(&f);
+  mp_fixture f;
+  mp_begin(&f);
   mb_vam *e = add_vam(&f, 64 * MiB, true);
   mb_vam *lazy = add_vam(&f, 64 * MiB, false);
-  mb_object *objs[3] = {mp_object(MANY * PAGE, 0), mp_object(MANY * PAGE, 77),
-                        mp_object(MANY * PAGE, 200)};
+  mb_object *objs[3] = {tu_memfd_pages("mp", MANY * PAGE, 0), tu_memfd_pages("mp", MANY * PAGE, 77),
+                        tu_memfd_pages("mp", MANY * PAGE, 200)};
   mb_map_entry *batch = malloc(MANY * sizeof *batch);
   assert_non_null(batch);
   /* one page each, in reverse order, every third one at a gap */
@@ -626,7 +604,7 @@ static void test_many_mappings_in_one_batch(void **state) {
   drop_vam(&f, e);
   drop_vam(&f, lazy);
   drop_vam(&f, late);
-  end(&f); /* the manager goes with its mappings */
+  mp_end(&f); /* the manager goes with its mappings */
 }
 
 /* ---- shutdown -------------------------------------------------------------------------------- */
@@ -635,20 +613,20 @@ static void test_many_mappings_in_one_batch(void **state) {
  * the loop are destroyed afterwards. */
 static void test_stop_with_everything_held(void **state) {
   (void)state;
-  fixture f;
-  begin(&f);
+  mp_fixture f;
+  mp_begin(&f);
   mb_vam *e = add_vam(&f, 64 * MiB, true), *lazy = add_vam(&f, 64 * MiB, false);
-  mb_object *a = mp_object(8 * PAGE, 1);
+  mb_object *a = tu_memfd_pages("mp", 8 * PAGE, 1);
   assert_int_equal(mp_map1(f.mm, a, 0, 8 * PAGE, 0, true), 0);
   mm_resolve_msg *m;
   assert_int_equal(resolve(f.mm, lazy, 0, &m), 0);
   mb_object_unref(m->entry.obj);
   mb_msg_free(&m->hdr);
   mb_object_unref(a);
-  mp_home_fini(&f.h);
+  tu_home_fini(&f.h);
   mb_vam_destroy(e);
   mb_vam_destroy(lazy);
-  assert_int_equal(mp_fd_count(), f.fds);
+  assert_int_equal(tu_fd_count(), f.fds);
 }
 
 int main(void) {

@@ -14,11 +14,34 @@ static int fds_before;
 
 static void begin(void) {
   assert_int_equal(mb_access_reinstall(), 0); /* cmocka puts its handlers in front per test */
-  fds_before = mp_fd_count();
+  fds_before = tu_fd_count();
 }
 
 static void end(void) {
-  assert_int_equal(mp_fd_count(), fds_before); /* every object reference was dropped */
+  assert_int_equal(tu_fd_count(), fds_before); /* every object reference was dropped */
+}
+
+/* ---- one lazy mapper: the manager on loop "mm", the mapper on a loop of its own ---------- */
+
+typedef struct lazy_rig {
+  mb_loop *lm, *lv;
+  mb_addr mm;
+  mb_vam *lazy;
+} lazy_rig;
+
+static void rig_open(lazy_rig *r, const char *lv_name, uint64_t max_addr) {
+  begin();
+  r->lm = tu_start("mm");
+  r->lv = tu_start(lv_name);
+  r->mm = mp_mm_create(r->lm);
+  r->lazy = mp_vam_add(r->lv, r->mm, max_addr, false);
+}
+
+static void rig_close(lazy_rig *r) {
+  mp_vam_drop(r->lv, r->mm, r->lazy);
+  tu_stop(r->lv);
+  tu_stop(r->lm);
+  end();
 }
 
 /* ---- a lazy mapper --------------------------------------------------------------------------- */
@@ -38,73 +61,66 @@ static void read_on_loop(mb_loop *l, void *arg) {
 
 static void test_lazy_establishes_on_access(void **state) {
   (void)state;
-  begin();
-  mb_loop *lm = mp_start("mm"), *lv = mp_start("vam");
-  mb_addr mm = mp_mm_create(lm);
-  mb_vam *lazy = mp_vam_create(lv, mm, 64 * MiB, false);
-  assert_int_equal(mp_add_mapper(mm, lazy, false), 0);
-  mb_object *a = mp_object(16 * PAGE, 40), *b = mp_object(16 * PAGE, 140);
-  assert_int_equal(mp_map1(mm, a, 0x100000, 8 * PAGE, 2 * PAGE, true), 0);
-  assert_int_equal(mp_map1(mm, b, 0x200000, 4 * PAGE, 0, false), 0);
-  MP_EXPECT_NO_RANGES(lazy);
+  lazy_rig rig;
+  rig_open(&rig, "vam", 64 * MiB);
+  mb_object *a = tu_memfd_pages("mp", 16 * PAGE, 40), *b = tu_memfd_pages("mp", 16 * PAGE, 140);
+  assert_int_equal(mp_map1(rig.mm, a, 0x100000, 8 * PAGE, 2 * PAGE, true), 0);
+  assert_int_equal(mp_map1(rig.mm, b, 0x200000, 4 * PAGE, 0, false), 0);
+  MP_EXPECT_NO_RANGES(rig.lazy);
 
   /* the first read resolves the whole mapping; later ones do not fault */
-  mp_expect_bytes(lazy, 0x100000 + PAGE + 5, 100, 0x100000, 2 * PAGE, 40);
-  MP_EXPECT_RANGES(lazy, R(0x100000, 8 * PAGE, true));
-  mp_expect_bytes(lazy, 0x100000, 8 * PAGE, 0x100000, 2 * PAGE, 40);
-  mb_vam_stats s = mb_vam_stats_get(lazy);
+  mp_expect_bytes(rig.lazy, 0x100000 + PAGE + 5, 100, 0x100000, 2 * PAGE, 40);
+  MP_EXPECT_RANGES(rig.lazy, R(0x100000, 8 * PAGE, true));
+  mp_expect_bytes(rig.lazy, 0x100000, 8 * PAGE, 0x100000, 2 * PAGE, 40);
+  mb_vam_stats s = mb_vam_stats_get(rig.lazy);
   assert_int_equal(s.faults, 1);
   assert_int_equal(s.resolved, 1);
   assert_int_equal(s.unmapped, 0);
 
   /* a write to a read-only mapping: resolved (read-only), then readonly */
   uint8_t buf[2 * PAGE] = {0};
-  assert_int_equal(mb_vam_write(lazy, 0x200000 + PAGE, buf, 4), MB_E_READONLY);
-  MP_EXPECT_RANGES(lazy, R(0x100000, 8 * PAGE, true), R(0x200000, 4 * PAGE, false));
-  mp_expect_bytes(lazy, 0x200000, 4 * PAGE, 0x200000, 0, 140);
+  assert_int_equal(mb_vam_write(rig.lazy, 0x200000 + PAGE, buf, 4), MB_E_READONLY);
+  MP_EXPECT_RANGES(rig.lazy, R(0x100000, 8 * PAGE, true), R(0x200000, 4 * PAGE, false));
+  mp_expect_bytes(rig.lazy, 0x200000, 4 * PAGE, 0x200000, 0, 140);
   /* holes: unmapped, after asking */
-  assert_int_equal(mb_vam_read(lazy, 0x100000 + 7 * PAGE, buf, 2 * PAGE), MB_E_UNMAPPED);
-  assert_int_equal(mb_vam_write(lazy, 0x300000, buf, 1), MB_E_UNMAPPED);
-  s = mb_vam_stats_get(lazy);
+  assert_int_equal(mb_vam_read(rig.lazy, 0x100000 + 7 * PAGE, buf, 2 * PAGE), MB_E_UNMAPPED);
+  assert_int_equal(mb_vam_write(rig.lazy, 0x300000, buf, 1), MB_E_UNMAPPED);
+  s = mb_vam_stats_get(rig.lazy);
   assert_int_equal(s.resolved, 2);
   assert_int_equal(s.unmapped, 2);
 
   /* unmapped: torn down in the lazy mapper too, and its next access finds nothing */
-  assert_int_equal(mp_unmap(mm, 0x100000, 8 * PAGE), 0);
-  MP_EXPECT_RANGES(lazy, R(0x200000, 4 * PAGE, false));
-  assert_int_equal(mb_vam_read(lazy, 0x100000, buf, 1), MB_E_UNMAPPED);
+  assert_int_equal(mp_unmap(rig.mm, 0x100000, 8 * PAGE), 0);
+  MP_EXPECT_RANGES(rig.lazy, R(0x200000, 4 * PAGE, false));
+  assert_int_equal(mb_vam_read(rig.lazy, 0x100000, buf, 1), MB_E_UNMAPPED);
   /* mapped again with other contents: the next access resolves the new mapping */
-  assert_int_equal(mp_map1(mm, b, 0x100000, 8 * PAGE, 8 * PAGE, true), 0);
-  mp_expect_bytes(lazy, 0x100000, 8 * PAGE, 0x100000, 8 * PAGE, 140);
+  assert_int_equal(mp_map1(rig.mm, b, 0x100000, 8 * PAGE, 8 * PAGE, true), 0);
+  mp_expect_bytes(rig.lazy, 0x100000, 8 * PAGE, 0x100000, 8 * PAGE, 140);
   memset(buf, 0x5a, PAGE);
-  assert_int_equal(mb_vam_write(lazy, 0x100000 + 3 * PAGE, buf, PAGE), 0);
+  assert_int_equal(mb_vam_write(rig.lazy, 0x100000 + 3 * PAGE, buf, PAGE), 0);
 
   /* never block a loop that has to answer */
-  on_loop_read r = {lazy, 0x180000, 0};
-  assert_int_equal(mb_loop_exec(lv, read_on_loop, &r), 0);
+  on_loop_read r = {rig.lazy, 0x180000, 0};
+  assert_int_equal(mb_loop_exec(rig.lv, read_on_loop, &r), 0);
   assert_int_equal(r.rc, MB_EDEADLK);
   r.rc = 0;
-  assert_int_equal(mb_loop_exec(lm, read_on_loop, &r), 0);
+  assert_int_equal(mb_loop_exec(rig.lm, read_on_loop, &r), 0);
   assert_int_equal(r.rc, MB_EDEADLK);
   r.gpa = 0x100000; /* established: no question to ask */
-  assert_int_equal(mb_loop_exec(lv, read_on_loop, &r), 0);
+  assert_int_equal(mb_loop_exec(rig.lv, read_on_loop, &r), 0);
   assert_int_equal(r.rc, 0);
 
   /* resolved, but the backing cannot serve it: bounded retries, then fault */
-  mb_object *c = mp_object(4 * PAGE, 1);
-  assert_int_equal(mp_map1(mm, c, 0x400000, 4 * PAGE, 0, true), 0);
+  mb_object *c = tu_memfd_pages("mp", 4 * PAGE, 1);
+  assert_int_equal(mp_map1(rig.mm, c, 0x400000, 4 * PAGE, 0, true), 0);
   assert_int_equal(ftruncate(mb_object_fd(c), PAGE), 0);
-  assert_int_equal(mb_vam_read(lazy, 0x400000 + 2 * PAGE, buf, 1), MB_E_FAULT);
-  mp_expect_bytes(lazy, 0x400000, PAGE, 0x400000, 0, 1);
+  assert_int_equal(mb_vam_read(rig.lazy, 0x400000 + 2 * PAGE, buf, 1), MB_E_FAULT);
+  mp_expect_bytes(rig.lazy, 0x400000, PAGE, 0x400000, 0, 1);
   mb_object_unref(c);
 
   mb_object_unref(a);
   mb_object_unref(b);
-  assert_int_equal(mp_remove_mapper(mm, lazy), 0);
-  mp_vam_destroy(lv, lazy);
-  mp_stop(lv);
-  mp_stop(lm);
-  end();
+  rig_close(&rig);
 }
 
 /* ---- mappers on different loops -------------------------------------------------------------- */
@@ -112,20 +128,17 @@ static void test_lazy_establishes_on_access(void **state) {
 static void test_mappers_on_different_loops(void **state) {
   (void)state;
   begin();
-  mb_loop *l[4] = {mp_start("mm"), mp_start("m1"), mp_start("m2"), mp_start("m3")};
+  mb_loop *l[4] = {tu_start("mm"), tu_start("m1"), tu_start("m2"), tu_start("m3")};
   mb_addr mm = mp_mm_create(l[0]);
-  mb_object *a = mp_object(64 * PAGE, 90);
+  mb_object *a = tu_memfd_pages("mp", 64 * PAGE, 90);
   assert_int_equal(mp_map1(mm, a, 0, 4 * PAGE, 0, true), 0);
   mb_vam *e[3];
   for (int i = 0; i < 3; i++) {
-    e[i] = mp_vam_create(l[i + 1], mm, 64 * MiB, true);
-    assert_int_equal(mp_add_mapper(mm, e[i], true), 0);
+    e[i] = mp_vam_add(l[i + 1], mm, 64 * MiB, true);
     MP_EXPECT_RANGES(e[i], R(0, 4 * PAGE, true)); /* replayed */
   }
-  mb_vam *lazy = mp_vam_create(l[3], mm, 64 * MiB, false);
-  assert_int_equal(mp_add_mapper(mm, lazy, false), 0);
-  mb_vam *small = mp_vam_create(l[2], mm, 1 * MiB, true);
-  assert_int_equal(mp_add_mapper(mm, small, true), 0);
+  mb_vam *lazy = mp_vam_add(l[3], mm, 64 * MiB, false);
+  mb_vam *small = mp_vam_add(l[2], mm, 1 * MiB, true);
 
   mb_map_entry batch[] = {
       {0x10000, 4 * PAGE, a, 8 * PAGE, true},
@@ -165,12 +178,11 @@ static void test_mappers_on_different_loops(void **state) {
 
   mb_object_unref(a);
   for (int i = 0; i < 3; i++) {
-    assert_int_equal(mp_remove_mapper(mm, e[i]), 0);
-    mp_vam_destroy(l[i + 1], e[i]);
+    mp_vam_drop(l[i + 1], mm, e[i]);
   }
   /* the loops stop with `lazy` and `small` still registered; they are freed afterwards */
   for (int i = 3; i >= 0; i--)
-    mp_stop(l[i]);
+    tu_stop(l[i]);
   mb_vam_destroy(lazy);
   mb_vam_destroy(small);
   end();
@@ -222,9 +234,9 @@ static void *reader_main(void *p) {
 static void test_lazy_reads_race_unmaps(void **state) {
   (void)state;
   begin();
-  mb_loop *lm = mp_start("mm"), *l1 = mp_start("lazy"), *l2 = mp_start("eager");
+  mb_loop *lm = tu_start("mm"), *l1 = tu_start("lazy"), *l2 = tu_start("eager");
   mb_addr mm = mp_mm_create(lm);
-  mb_object *obj = mp_object(SPAN_PAGES * PAGE, 70);
+  mb_object *obj = tu_memfd_pages("mp", SPAN_PAGES * PAGE, 70);
   mb_map_entry pieces[SPAN_PAGES / 4];
   for (int i = 0; i < SPAN_PAGES / 4; i++)
     pieces[i] = (mb_map_entry){BASE + i * 4 * PAGE, 4 * PAGE, obj, i * 4 * PAGE, true};
@@ -272,9 +284,9 @@ static void test_lazy_reads_race_unmaps(void **state) {
   assert_int_equal(mp_remove_mapper(mm, eager), 0);
   mp_vam_destroy(l1, lazy);
   mp_vam_destroy(l2, eager);
-  mp_stop(l2);
-  mp_stop(l1);
-  mp_stop(lm);
+  tu_stop(l2);
+  tu_stop(l1);
+  tu_stop(lm);
   end();
 }
 
@@ -314,22 +326,19 @@ static void *toucher_main(void *p) {
 
 static void test_concurrent_first_touch(void **state) {
   (void)state;
-  begin();
-  mb_loop *lm = mp_start("mm"), *lv = mp_start("lazy");
-  mb_addr mm = mp_mm_create(lm);
-  mb_vam *lazy = mp_vam_create(lv, mm, 16 * MiB, false);
-  assert_int_equal(mp_add_mapper(mm, lazy, false), 0);
+  lazy_rig rig;
+  rig_open(&rig, "lazy", 16 * MiB);
   for (int round = 0; round < 20; round++) {
     mb_object *anon = NULL;
     assert_int_equal(mb_object_create(MB_OBJECT_ANON, TOUCHERS * TOUCH_PAGES * PAGE, NULL, &anon),
                      0);
-    assert_int_equal(mp_map1(mm, anon, 0, TOUCHERS * TOUCH_PAGES * PAGE, 0, true), 0);
+    assert_int_equal(mp_map1(rig.mm, anon, 0, TOUCHERS * TOUCH_PAGES * PAGE, 0, true), 0);
     mb_object_unref(anon); /* the manager and the mapper hold it */
     pthread_barrier_t go;
     pthread_barrier_init(&go, NULL, TOUCHERS);
     toucher t[TOUCHERS];
     for (int i = 0; i < TOUCHERS; i++) {
-      t[i] = (toucher){lazy, i, &go, NULL, 0};
+      t[i] = (toucher){rig.lazy, i, &go, NULL, 0};
       assert_int_equal(pthread_create(&t[i].thread, NULL, toucher_main, &t[i]), 0);
     }
     for (int i = 0; i < TOUCHERS; i++) {
@@ -338,39 +347,32 @@ static void test_concurrent_first_touch(void **state) {
         fail_msg("round %d, thread %d: %s", round, i, t[i].error);
     }
     pthread_barrier_destroy(&go);
-    MP_EXPECT_RANGES(lazy, R(0, TOUCHERS * TOUCH_PAGES * PAGE, true));
-    assert_int_equal(mp_unmap(mm, 0, TOUCHERS * TOUCH_PAGES * PAGE), 0);
-    MP_EXPECT_NO_RANGES(lazy);
+    MP_EXPECT_RANGES(rig.lazy, R(0, TOUCHERS * TOUCH_PAGES * PAGE, true));
+    assert_int_equal(mp_unmap(rig.mm, 0, TOUCHERS * TOUCH_PAGES * PAGE), 0);
+    MP_EXPECT_NO_RANGES(rig.lazy);
   }
-  assert_int_equal(mp_remove_mapper(mm, lazy), 0);
-  mp_vam_destroy(lv, lazy);
-  mp_stop(lv);
-  mp_stop(lm);
-  end();
+  rig_close(&rig);
 }
 
 /* ---- the manager's loop stops first ---------------------------------------------------------- */
 
 static void test_manager_loop_stops_first(void **state) {
   (void)state;
-  begin();
-  mb_loop *lm = mp_start("mm"), *lv = mp_start("lazy");
-  mb_addr mm = mp_mm_create(lm);
-  mb_vam *lazy = mp_vam_create(lv, mm, 16 * MiB, false);
-  assert_int_equal(mp_add_mapper(mm, lazy, false), 0);
-  mb_object *a = mp_object(4 * PAGE, 5);
-  assert_int_equal(mp_map1(mm, a, 0, 4 * PAGE, 0, true), 0);
-  mp_expect_bytes(lazy, 0, PAGE, 0, 0, 5);
-  assert_int_equal(mb_loop_stop(lm), 0); /* freed only once nobody can send to it */
+  lazy_rig rig;
+  rig_open(&rig, "lazy", 16 * MiB);
+  mb_object *a = tu_memfd_pages("mp", 4 * PAGE, 5);
+  assert_int_equal(mp_map1(rig.mm, a, 0, 4 * PAGE, 0, true), 0);
+  mp_expect_bytes(rig.lazy, 0, PAGE, 0, 0, 5);
+  assert_int_equal(mb_loop_stop(rig.lm), 0); /* freed only once nobody can send to it */
   /* established pages still read; anything else cannot be asked for any more */
-  mp_expect_bytes(lazy, PAGE, PAGE, 0, 0, 5);
+  mp_expect_bytes(rig.lazy, PAGE, PAGE, 0, 0, 5);
   uint8_t b;
-  assert_int_equal(mb_vam_read(lazy, 8 * PAGE, &b, 1), MB_E_UNMAPPED);
-  assert_int_equal(mb_vam_stats_get(lazy).unmapped, 1);
+  assert_int_equal(mb_vam_read(rig.lazy, 8 * PAGE, &b, 1), MB_E_UNMAPPED);
+  assert_int_equal(mb_vam_stats_get(rig.lazy).unmapped, 1);
   mb_object_unref(a);
-  mp_vam_destroy(lv, lazy);
-  mp_stop(lv);
-  mb_loop_free(lm);
+  mp_vam_destroy(rig.lv, rig.lazy);
+  tu_stop(rig.lv);
+  mb_loop_free(rig.lm);
   end();
 }
 

@@ -10,6 +10,7 @@
 #include <stdlib.h>
 
 #include "range_tree.h"
+#include "test_util.h"
 
 /* ---- model ----------------------------------------------------------------------------- */
 
@@ -31,13 +32,7 @@ typedef struct model {
   int disjoint;   /* keep intervals disjoint (the common use) */
 } model;
 
-static uint64_t rnd(model *m) {
-  /* xorshift64* */
-  m->rng ^= m->rng >> 12;
-  m->rng ^= m->rng << 25;
-  m->rng ^= m->rng >> 27;
-  return m->rng * 2685821657736338717ull;
-}
+static uint64_t rnd(model *m) { return tu_xorshift(&m->rng); }
 
 static uint64_t rnd_below(model *m, uint64_t n) {
   return rnd(m) % n;

@@ -17,6 +17,7 @@
 #include "access.h"
 #include "backing.h"
 #include "partition_mapper.h"
+#include "test_util.h"
 #include "va_reserve.h"
 
 #define K 1024ull
@@ -33,8 +34,7 @@ typedef struct guest {
 static void guest_open(guest *g) {
   assert_int_equal(mb_access_reinstall(), 0); /* cmocka replaced the fault handlers */
   assert_int_equal(mb_va_reserve(&g->va, MAX_ADDR), 0);
-  assert_int_equal(mb_object_create(MB_OBJECT_MEMFD, 256 * K, "pm", &g->obj), 0);
-  assert_int_equal(mb_object_fill_pages(g->obj, FILL_BASE), 0);
+  g->obj = tu_memfd_pages("pm", 256 * K, FILL_BASE);
   assert_int_equal(mb_object_map_into(g->obj, &g->va, 0, 256 * K, 0, true), 0);
 }
 
@@ -44,18 +44,6 @@ static void guest_close(guest *g) {
 }
 
 /* ---- loops and the mapper ------------------------------------------------------------- */
-
-static mb_loop *start_loop(const char *name) {
-  int err = 0;
-  mb_loop *l = mb_loop_start(name, &err);
-  assert_non_null(l);
-  return l;
-}
-
-static void stop_loop(mb_loop *l) {
-  assert_int_equal(mb_loop_stop(l), 0);
-  mb_loop_free(l);
-}
 
 typedef struct spawn {
   const mb_partition_ops *ops;
@@ -80,6 +68,30 @@ static mb_actor *spawn_mapper(mb_loop *l, const mb_partition_ops *ops, uint8_t *
 static void destroy_fn(mb_loop *l, void *arg) {
   (void)l;
   mb_actor_destroy(arg);
+}
+
+/* Every test: the guest, and a started loop "part" for the mapper. */
+typedef struct bench {
+  guest g;
+  mb_loop *l;
+} bench;
+
+static void bench_open(bench *b) {
+  guest_open(&b->g);
+  b->l = tu_start("part");
+}
+
+static void bench_close(bench *b) {
+  tu_stop(b->l); /* destroys the loop's actors */
+  guest_close(&b->g);
+}
+
+/* A soft-backend mapper on the bench's loop, over its guest memory. */
+static mb_addr soft_mapper(bench *b) {
+  int rc;
+  mb_actor *a = spawn_mapper(b->l, &mb_partition_soft, b->g.va.base, &rc);
+  assert_int_equal(rc, 0);
+  return mb_actor_addr(a);
 }
 
 /* ---- blocking requests ---------------------------------------------------------------- */
@@ -188,11 +200,10 @@ static void map_five(mb_addr pm) {
 
 static void test_requests(void **unused) {
   (void)unused;
-  guest g;
-  guest_open(&g);
-  mb_loop *l = start_loop("part");
+  bench b;
+  bench_open(&b);
   int rc;
-  mb_actor *a = spawn_mapper(l, &mb_partition_soft, g.va.base, &rc);
+  mb_actor *a = spawn_mapper(b.l, &mb_partition_soft, b.g.va.base, &rc);
   assert_int_equal(rc, 0);
   mb_addr pm = mb_actor_addr(a);
   assert_pm_ranges(pm, NULL, 0);
@@ -206,7 +217,7 @@ static void test_requests(void **unused) {
     assert_int_equal(buf[i], mb_fill_pages_byte(FILL_BASE, 64 * K - 16 + i));
   memset(buf, 0xab, sizeof buf);
   assert_int_equal(pm_access_sync(pm, 64 * K - 16, buf, sizeof buf, true), 0); /* A -> B */
-  assert_memory_equal(g.va.base + 64 * K - 16, buf, sizeof buf);
+  assert_memory_equal(b.g.va.base + 64 * K - 16, buf, sizeof buf);
   assert_int_equal(pm_access_sync(pm, 300 * K, buf, 4, false), MB_E_MMIO);
   assert_int_equal(pm_access_sync(pm, 130 * K, buf, 4, true), MB_E_MMIO);
   assert_int_equal(pm_access_sync(pm, 520 * K, buf, 4, false), MB_E_FAULT);
@@ -221,20 +232,17 @@ static void test_requests(void **unused) {
   assert_pm_ranges(pm, after, 3);
   assert_int_equal(pm_access_sync(pm, 64 * K, buf, 4, false), MB_E_MMIO);
 
-  assert_int_equal(mb_loop_exec(l, destroy_fn, a), 0);
+  assert_int_equal(mb_loop_exec(b.l, destroy_fn, a), 0);
   assert_int_equal(pm_map_sync(pm, 64 * K, 64 * K, true), MB_EGONE);
-  stop_loop(l);
-  guest_close(&g);
+  bench_close(&b);
 }
 
 /* A one-way message is carried out too; a message of another protocol is refused. */
 static void test_oneway_and_foreign(void **unused) {
   (void)unused;
-  guest g;
-  guest_open(&g);
-  mb_loop *l = start_loop("part");
-  int rc;
-  mb_addr pm = mb_actor_addr(spawn_mapper(l, &mb_partition_soft, g.va.base, &rc));
+  bench b;
+  bench_open(&b);
+  mb_addr pm = soft_mapper(&b);
   pm_map_msg *m = pm_map_new();
   m->gpa = 0;
   m->size = 8 * K;
@@ -245,65 +253,60 @@ static void test_oneway_and_foreign(void **unused) {
   tx_ping_msg *t = tx_ping_new();
   assert_int_equal(mb_call_sync(pm, &t->hdr), MB_EINVAL);
   mb_msg_free(&t->hdr);
-  stop_loop(l);
-  guest_close(&g);
+  bench_close(&b);
 }
 
 /* Destroying the actor, or stopping its loop, destroys the backend instance with its pieces. */
 static void test_destroy_destroys_instance(void **unused) {
   (void)unused;
-  guest g;
-  guest_open(&g);
-  mb_loop *l = start_loop("part");
+  bench b;
+  bench_open(&b);
   counted_destroyed = 0;
   int rc;
-  mb_actor *a = spawn_mapper(l, &counted_ops, g.va.base, &rc);
+  mb_actor *a = spawn_mapper(b.l, &counted_ops, b.g.va.base, &rc);
   assert_int_equal(rc, 0);
   map_five(mb_actor_addr(a));
   assert_int_equal(counted_live, 1);
-  assert_int_equal(mb_loop_exec(l, destroy_fn, a), 0);
+  assert_int_equal(mb_loop_exec(b.l, destroy_fn, a), 0);
   assert_int_equal(counted_live, 0);
   assert_int_equal(counted_destroyed, 1);
   assert_int_equal(counted_pieces_at_destroy, 5);
 
-  a = spawn_mapper(l, &counted_ops, g.va.base, &rc);
+  a = spawn_mapper(b.l, &counted_ops, b.g.va.base, &rc);
   assert_int_equal(pm_map_sync(mb_actor_addr(a), 0, 4 * K, true), 0);
-  stop_loop(l); /* destroys the loop's actors */
+  bench_close(&b); /* destroys the loop's actors */
   assert_int_equal(counted_live, 0);
   assert_int_equal(counted_destroyed, 2);
   assert_int_equal(counted_pieces_at_destroy, 1);
-  guest_close(&g);
 }
 
 /* Creation returns the backend's error and leaves no actor behind. */
 static void test_create_errors(void **unused) {
   (void)unused;
-  guest g;
-  guest_open(&g);
-  mb_loop *l = start_loop("part");
+  bench b;
+  bench_open(&b);
   int rc;
-  uint64_t actors = mb_loop_stats_get(l).actors; /* the loop's own */
-  assert_null(spawn_mapper(l, &unsupported_ops, g.va.base, &rc));
+  uint64_t actors = mb_loop_stats_get(b.l).actors; /* the loop's own */
+  assert_null(spawn_mapper(b.l, &unsupported_ops, b.g.va.base, &rc));
   assert_int_equal(rc, MB_E_UNSUPPORTED);
-  assert_int_equal(mb_loop_stats_get(l).actors, actors);
+  assert_int_equal(mb_loop_stats_get(b.l).actors, actors);
   mb_actor *out = NULL; /* not on the loop's thread */
-  assert_int_equal(mb_partition_mapper_create(l, &mb_partition_soft, MAX_ADDR, g.va.base, &out),
+  assert_int_equal(mb_partition_mapper_create(b.l, &mb_partition_soft, MAX_ADDR, b.g.va.base, &out),
                    MB_EINVAL);
   /* kvm: unsupported here (no /dev/kvm); where it runs, a working mapper. */
-  mb_actor *a = spawn_mapper(l, &mb_partition_kvm, g.va.base, &rc);
+  mb_actor *a = spawn_mapper(b.l, &mb_partition_kvm, b.g.va.base, &rc);
   if (rc == MB_E_UNSUPPORTED) {
     assert_null(a);
-    assert_int_equal(mb_loop_stats_get(l).actors, actors);
+    assert_int_equal(mb_loop_stats_get(b.l).actors, actors);
   } else {
     assert_int_equal(rc, 0);
     assert_int_equal(pm_map_sync(mb_actor_addr(a), 0, 64 * K, true), 0);
-    uint8_t b = 0;
-    assert_int_equal(pm_access_sync(mb_actor_addr(a), 5, &b, 1, false), 0);
-    assert_int_equal(b, mb_fill_pages_byte(FILL_BASE, 5));
-    assert_int_equal(mb_loop_exec(l, destroy_fn, a), 0);
+    uint8_t byte = 0;
+    assert_int_equal(pm_access_sync(mb_actor_addr(a), 5, &byte, 1, false), 0);
+    assert_int_equal(byte, mb_fill_pages_byte(FILL_BASE, 5));
+    assert_int_equal(mb_loop_exec(b.l, destroy_fn, a), 0);
   }
-  stop_loop(l);
-  guest_close(&g);
+  bench_close(&b);
 }
 
 /* ---- requests from an actor on another loop -------------------------------------------- */
@@ -364,17 +367,12 @@ static void call_read(mb_actor *self, mb_addr pm, uint64_t gpa, script *s) {
 /* Eight requests issued at once from one actor are handled in order. */
 static void test_from_actor(void **unused) {
   (void)unused;
-  guest g;
-  guest_open(&g);
-  uv_loop_t uv;
-  assert_int_equal(uv_loop_init(&uv), 0);
-  int err = 0;
-  mb_loop *home = mb_loop_attach(&uv, "home", &err);
-  assert_non_null(home);
-  mb_loop *l = start_loop("part");
-  int rc;
-  mb_addr pm = mb_actor_addr(spawn_mapper(l, &mb_partition_soft, g.va.base, &rc));
-  mb_actor *self = mb_loop_actor(home);
+  bench b;
+  bench_open(&b);
+  tu_home h;
+  tu_home_init(&h, "home");
+  mb_addr pm = soft_mapper(&b);
+  mb_actor *self = mb_loop_actor(h.loop);
   script s = {0};
   call_map(self, pm, 0, 64 * K, true, &s);          /* 0 */
   call_map(self, pm, 64 * K, 64 * K, true, &s);     /* 1 */
@@ -384,8 +382,7 @@ static void test_from_actor(void **unused) {
   call_unmap(self, pm, 0, 64 * K, &s);              /* 5 */
   call_unmap(self, pm, 0, 64 * K, &s);              /* 6: not a piece any more */
   call_ranges(self, pm, &s);                        /* 7: 64K+64K rw, 128K+64K ro */
-  while (!s.done)
-    uv_run(&uv, UV_RUN_ONCE);
+  tu_home_run_until(&h, &s.done);
   const int want[SCRIPT_STEPS] = {0, 0, 0, 0, 0, 0, -ENOENT, 0};
   assert_memory_equal(s.status, want, sizeof want);
   assert_int_equal(s.count[3], 2);
@@ -395,12 +392,8 @@ static void test_from_actor(void **unused) {
   assert_int_equal(s.first[7].gpa, 64 * K);
   for (size_t i = 0; i < sizeof s.buf; i++)
     assert_int_equal(s.buf[i], mb_fill_pages_byte(FILL_BASE, 4 * K + 8 + i));
-  stop_loop(l);
-  assert_int_equal(mb_loop_stop(home), 0);
-  uv_run(&uv, UV_RUN_DEFAULT);
-  mb_loop_free(home);
-  assert_int_equal(uv_loop_close(&uv), 0);
-  guest_close(&g);
+  bench_close(&b);
+  tu_home_fini(&h);
 }
 
 /* ---- several threads at once ---------------------------------------------------------- */
@@ -428,11 +421,9 @@ static void *worker_main(void *arg) {
 
 static void test_concurrent_access(void **unused) {
   (void)unused;
-  guest g;
-  guest_open(&g);
-  mb_loop *l = start_loop("part");
-  int rc;
-  mb_addr pm = mb_actor_addr(spawn_mapper(l, &mb_partition_soft, g.va.base, &rc));
+  bench b;
+  bench_open(&b);
+  mb_addr pm = soft_mapper(&b);
   assert_int_equal(pm_map_sync(pm, 0, 64 * K, true), 0);
   pthread_t t[THREADS];
   worker w[THREADS];
@@ -448,12 +439,11 @@ static void test_concurrent_access(void **unused) {
     assert_int_equal(pthread_join(t[i], NULL), 0);
     assert_int_equal(w[i].failures, 0);
     uint32_t last[4];
-    memcpy(last, g.va.base + (uint64_t)i * 4 * K + 12, sizeof last);
+    memcpy(last, b.g.va.base + (uint64_t)i * 4 * K + 12, sizeof last);
     assert_int_equal(last[0], (uint32_t)i);
     assert_int_equal(last[1], ROUNDS - 1);
   }
-  stop_loop(l);
-  guest_close(&g);
+  bench_close(&b);
 }
 
 int main(void) {

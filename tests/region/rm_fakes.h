@@ -24,6 +24,7 @@
 #include "mb_errors.h"
 #include "partition_mapper.h"
 #include "region_manager.h"
+#include "test_util.h"
 
 #define FX_MAXP 4
 #define FX_MAXOBJ 8
@@ -54,8 +55,7 @@ typedef struct fx_fake {
 } fx_fake;
 
 struct fx {
-  uv_loop_t uv;
-  mb_loop *loop;
+  tu_home home; /* the test thread runs it: the region manager and the fakes live here */
   mb_actor *rm;
   mb_addr rm_addr;
   fx_fake mm;
@@ -293,12 +293,9 @@ static inline fx *fx_new(int overlap, uint64_t max_addr, int npm, bool threaded)
   assert_non_null(f->log);
   pthread_mutex_init(&f->lock, NULL);
   f->fail_at = -1;
-  assert_int_equal(uv_loop_init(&f->uv), 0);
-  int err = 0;
-  f->loop = mb_loop_attach(&f->uv, "home", &err);
-  assert_non_null(f->loop);
+  tu_home_init(&f->home, "home");
   f->mm = (fx_fake){f, FAKE_MM, {0}};
-  f->mm_addr = mb_actor_addr(mb_actor_create(f->loop, &fake_mm_type, &f->mm, "fake_mm"));
+  f->mm_addr = mb_actor_addr(mb_actor_create(f->home.loop, &fake_mm_type, &f->mm, "fake_mm"));
   f->npm = npm;
   for (int i = 0; i < npm; i++) {
     f->pm[i] = (fx_fake){f, i, {0}};
@@ -306,18 +303,17 @@ static inline fx *fx_new(int overlap, uint64_t max_addr, int npm, bool threaded)
     if (threaded) {
       char name[16];
       snprintf(name, sizeof name, "pm%d", i);
-      f->pm_loop[i] = mb_loop_start(name, &err);
-      assert_non_null(f->pm_loop[i]);
+      f->pm_loop[i] = tu_start(name);
       assert_int_equal(mb_loop_exec(f->pm_loop[i], fx_spawn_pm, &s), 0);
     } else {
-      fx_spawn_pm(f->loop, &s);
+      fx_spawn_pm(f->home.loop, &s);
     }
     assert_non_null(s.actor);
     f->pm_actor[i] = s.actor;
     f->pm_addr[i] = mb_actor_addr(s.actor);
   }
   mb_rm_config cfg = {max_addr, overlap, f->mm_addr};
-  f->rm = mb_region_manager_create(f->loop, &cfg);
+  f->rm = mb_region_manager_create(f->home.loop, &cfg);
   assert_non_null(f->rm);
   f->rm_addr = mb_actor_addr(f->rm);
   return f;
@@ -326,14 +322,9 @@ static inline fx *fx_new(int overlap, uint64_t max_addr, int npm, bool threaded)
 static inline void fx_free(fx *f) {
   mb_actor_destroy(f->rm);
   for (int i = 0; i < f->npm; i++)
-    if (f->pm_loop[i] != NULL) {
-      assert_int_equal(mb_loop_stop(f->pm_loop[i]), 0); /* destroys the fake with its loop */
-      mb_loop_free(f->pm_loop[i]);
-    }
-  assert_int_equal(mb_loop_stop(f->loop), 0);
-  uv_run(&f->uv, UV_RUN_DEFAULT);
-  mb_loop_free(f->loop);
-  assert_int_equal(uv_loop_close(&f->uv), 0);
+    if (f->pm_loop[i] != NULL)
+      tu_stop(f->pm_loop[i]); /* destroys the fake with its loop */
+  tu_home_fini(&f->home);
   for (int i = 0; i < f->nobj; i++) mb_object_unref(f->obj[i]);
   free(f->mm.state.v);
   for (int i = 0; i < f->npm; i++) free(f->pm[i].state.v);
@@ -370,8 +361,8 @@ static inline void fx_on_reply(mb_actor *self, mb_msg *reply, void *ctx) {
 static inline mb_msg *fx_call(fx *f, mb_msg *msg) {
   fx_wait w = {0};
   assert_non_null(msg);
-  mb_call(mb_loop_actor(f->loop), f->rm_addr, msg, fx_on_reply, &w);
-  while (!w.done) uv_run(&f->uv, UV_RUN_ONCE);
+  mb_call(mb_loop_actor(f->home.loop), f->rm_addr, msg, fx_on_reply, &w);
+  tu_home_run_until(&f->home, &w.done);
   return w.reply;
 }
 

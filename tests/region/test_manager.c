@@ -19,6 +19,14 @@ static uint32_t add(fx *f, const char *name, uint64_t gpa, uint64_t size, int pr
   return (uint32_t)id;
 }
 
+/* A region with one mapping, of obj from offset 0, over all of it. */
+static uint32_t add_backed(fx *f, const char *name, uint64_t gpa, uint64_t size, int prio,
+                           mb_object *obj, bool writable) {
+  uint32_t id = add(f, name, gpa, size, prio);
+  assert_int_equal(fx_mapping_add(f, id, 0, size, obj, 0, writable), 0);
+  return id;
+}
+
 /* Position of needle in hay (asserted present). */
 static size_t pos(const char *hay, const char *needle) {
   const char *p = strstr(hay, needle);
@@ -35,19 +43,38 @@ static size_t rpos(const char *hay, const char *needle) {
   return at;
 }
 
+/* Checks the order of one change in the log it takes: both partitions (pm0, pm1) unmap `gone`
+ * before the mapping manager does, the manager unmaps it before it maps `mm_map`, and it maps
+ * that before either partition maps `pm_map`. */
+static void expect_swap_order(fx *f, const char *gone, const char *mm_map, const char *pm_map) {
+  char *log = fx_take_log(f), line[128];
+  snprintf(line, sizeof line, "mm unmap %s", gone);
+  size_t mm_unmap_at = pos(log, line);
+  snprintf(line, sizeof line, "mm map %s", mm_map);
+  size_t mm_map_at = pos(log, line);
+  for (int i = 0; i < 2; i++) {
+    snprintf(line, sizeof line, "pm%d unmap %s", i, gone);
+    assert_true(rpos(log, line) < mm_unmap_at);
+  }
+  assert_true(mm_unmap_at < mm_map_at);
+  for (int i = 0; i < 2; i++) {
+    snprintf(line, sizeof line, "pm%d map %s", i, pm_map);
+    assert_true(mm_map_at < pos(log, line));
+  }
+  free(log);
+}
+
 /* ---- the spec's example ------------------------------------------------------------------ */
 
 static void test_example(void **unused) {
   (void)unused;
   fx *f = nested(1);
   mb_object *ram_o = fx_object(f, "ram", 16 * M), *rom_o = fx_object(f, "rom", 64 * K);
-  uint32_t ram = add(f, "ram", 0, 16 * M, 255);
-  assert_int_equal(fx_mapping_add(f, ram, 0, 16 * M, ram_o, 0, RW), 0);
+  uint32_t ram = add_backed(f, "ram", 0, 16 * M, 255, ram_o, RW);
   fx_expect_log(f, "");
   assert_int_equal(fx_region_map(f, ram, RW), 0);
   fx_expect_log(f, "mm map 0x0+0x1000000:rw=ram@0x0");
-  uint32_t rom = add(f, "rom", 0xf0000, 64 * K, 0);
-  assert_int_equal(fx_mapping_add(f, rom, 0, 64 * K, rom_o, 0, RO), 0);
+  uint32_t rom = add_backed(f, "rom", 0xf0000, 64 * K, 0, rom_o, RO);
   fx_expect_log(f, "");
   assert_int_equal(fx_partition_add(f, 0), 0);
   fx_expect_log(f, "pm0 map 0x0+0x1000000:rw");
@@ -72,11 +99,9 @@ static void test_rom_over_ram(void **unused) {
   (void)unused;
   fx *f = nested(2);
   mb_object *ram_o = fx_object(f, "ram", 1 * M), *bios_o = fx_object(f, "bios", 64 * K);
-  uint32_t ram = add(f, "ram", 0, 1 * M, 10);
-  assert_int_equal(fx_mapping_add(f, ram, 0, 1 * M, ram_o, 0, RW), 0);
+  uint32_t ram = add_backed(f, "ram", 0, 1 * M, 10, ram_o, RW);
   assert_int_equal(fx_region_map(f, ram, RW), 0);
-  uint32_t bios = add(f, "bios", 0xf0000, 64 * K, 1);
-  assert_int_equal(fx_mapping_add(f, bios, 0, 64 * K, bios_o, 0, RO), 0);
+  uint32_t bios = add_backed(f, "bios", 0xf0000, 64 * K, 1, bios_o, RO);
   free(fx_take_log(f));
   assert_int_equal(fx_region_map(f, bios, RO), 0);
   fx_expect_log(f, ""); /* hidden: nothing to tell anyone */
@@ -88,29 +113,14 @@ static void test_rom_over_ram(void **unused) {
   /* Unmapping RAM reveals the BIOS: partitions first, then the mapping manager, then the
    * new piece's mappings, then the partitions again. */
   assert_int_equal(fx_region_unmap(f, ram), 0);
-  char *log = fx_take_log(f);
-  size_t mm_unmap = pos(log, "mm unmap 0x0+0x100000"), mm_map = pos(log, "mm map 0xf0000+0x10000:ro=bios@0x0");
-  assert_true(rpos(log, "pm0 unmap 0x0+0x100000") < mm_unmap);
-  assert_true(rpos(log, "pm1 unmap 0x0+0x100000") < mm_unmap);
-  assert_true(mm_unmap < mm_map);
-  assert_true(mm_map < pos(log, "pm0 map 0xf0000+0x10000:ro"));
-  assert_true(mm_map < pos(log, "pm1 map 0xf0000+0x10000:ro"));
-  free(log);
+  expect_swap_order(f, "0x0+0x100000", "0xf0000+0x10000:ro=bios@0x0", "0xf0000+0x10000:ro");
   assert_int_equal(fx_region_state(f, bios), MB_REGION_ACTIVE);
   assert_int_equal(fx_region_state(f, ram), MB_REGION_UNMAPPED);
 
   /* Mapping RAM again hides it: only the BIOS bytes are unmapped from the VA mappers; RAM's
    * mappings are set up in one call. */
   assert_int_equal(fx_region_map(f, ram, RW), 0);
-  log = fx_take_log(f);
-  mm_unmap = pos(log, "mm unmap 0xf0000+0x10000");
-  mm_map = pos(log, "mm map 0x0+0x100000:rw=ram@0x0");
-  assert_true(rpos(log, "pm0 unmap 0xf0000+0x10000") < mm_unmap);
-  assert_true(rpos(log, "pm1 unmap 0xf0000+0x10000") < mm_unmap);
-  assert_true(mm_unmap < mm_map);
-  assert_true(mm_map < pos(log, "pm0 map 0x0+0x100000:rw"));
-  assert_true(mm_map < pos(log, "pm1 map 0x0+0x100000:rw"));
-  free(log);
+  expect_swap_order(f, "0xf0000+0x10000", "0x0+0x100000:rw=ram@0x0", "0x0+0x100000:rw");
   assert_int_equal(fx_region_state(f, bios), MB_REGION_HIDDEN);
   assert_int_equal(fx_region_state(f, ram), MB_REGION_ACTIVE);
 
@@ -156,8 +166,7 @@ static void test_access_change_hidden(void **unused) {
   fx *f = nested(1);
   mb_object *o = fx_object(f, "o", 1 * M);
   uint32_t big = add(f, "big", 0, 1 * M, 9);
-  uint32_t small = add(f, "small", 0, 64 * K, 1);
-  assert_int_equal(fx_mapping_add(f, small, 0, 64 * K, o, 0, RW), 0);
+  uint32_t small = add_backed(f, "small", 0, 64 * K, 1, o, RW);
   assert_int_equal(fx_partition_add(f, 0), 0);
   assert_int_equal(fx_region_map(f, big, RW), 0);
   assert_int_equal(fx_region_map(f, small, RW), 0);
@@ -176,11 +185,9 @@ static void test_partial_any(void **unused) {
   (void)unused;
   fx *f = any(1);
   mb_object *a = fx_object(f, "a", 64 * K), *b = fx_object(f, "b", 16 * K);
-  uint32_t base = add(f, "base", 0, 64 * K, 1);
-  assert_int_equal(fx_mapping_add(f, base, 0, 64 * K, a, 0, RW), 0);
+  uint32_t base = add_backed(f, "base", 0, 64 * K, 1, a, RW);
   assert_int_equal(fx_region_map(f, base, RW), 0);
-  uint32_t patch = add(f, "patch", 16 * K, 16 * K, 2);
-  assert_int_equal(fx_mapping_add(f, patch, 0, 16 * K, b, 0, RW), 0);
+  uint32_t patch = add_backed(f, "patch", 16 * K, 16 * K, 2, b, RW);
   assert_int_equal(fx_partition_add(f, 0), 0);
   fx_expect_log(f, "mm map 0x0+0x10000:rw=a@0x0; pm0 map 0x0+0x10000:rw");
 
@@ -302,8 +309,7 @@ static void test_splits(void **unused) {
   (void)unused;
   fx *f = nested(1);
   mb_object *o = fx_object(f, "o", 64 * K), *p = fx_object(f, "p", 64 * K);
-  uint32_t r = add(f, "r", 0, 64 * K, 0);
-  assert_int_equal(fx_mapping_add(f, r, 0, 64 * K, o, 0, RW), 0);
+  uint32_t r = add_backed(f, "r", 0, 64 * K, 0, o, RW);
   assert_int_equal(fx_region_map(f, r, RW), 0);
   assert_int_equal(fx_partition_add(f, 0), 0);
   free(fx_take_log(f));
@@ -677,8 +683,7 @@ static void test_destroy_in_flight(void **unused) {
   for (int which = 0; which < 3; which++) {
     fx *f = nested(1);
     mb_object *o = fx_object(f, "o", 64 * K);
-    uint32_t r = add(f, "r", 0, 64 * K, 0);
-    assert_int_equal(fx_mapping_add(f, r, 0, 64 * K, o, 0, RW), 0);
+    uint32_t r = add_backed(f, "r", 0, 64 * K, 0, o, RW);
     assert_int_equal(fx_partition_add(f, 0), 0);
     if (which == 2) assert_int_equal(fx_region_map(f, r, RW), 0);
     f->hold_next = true;
@@ -702,15 +707,15 @@ static void test_destroy_in_flight(void **unused) {
       rr->id = r;
       m = &rr->hdr;
     }
-    mb_call(mb_loop_actor(f->loop), f->rm_addr, m, on_pending, &p);
-    while (f->held == NULL) uv_run(&f->uv, UV_RUN_ONCE);
+    mb_call(mb_loop_actor(f->home.loop), f->rm_addr, m, on_pending, &p);
+    while (f->held == NULL) uv_run(&f->home.uv, UV_RUN_ONCE);
     assert_false(p.done);
     mb_actor_destroy(f->rm);
-    while (!p.done) uv_run(&f->uv, UV_RUN_ONCE);
+    tu_home_run_until(&f->home, &p.done);
     assert_int_equal(p.status, MB_EGONE);
     mb_reply(f->held, 0); /* to a manager that is gone: dropped */
-    uv_run(&f->uv, UV_RUN_NOWAIT);
-    f->rm = mb_region_manager_create(f->loop, &(mb_rm_config){64 * G, MB_OVERLAP_NESTED, f->mm_addr});
+    uv_run(&f->home.uv, UV_RUN_NOWAIT);
+    f->rm = mb_region_manager_create(f->home.loop, &(mb_rm_config){64 * G, MB_OVERLAP_NESTED, f->mm_addr});
     assert_non_null(f->rm); /* fx_free destroys this one */
     fx_no_violations(f);
     fx_free(f);
@@ -721,8 +726,8 @@ static void test_create_config(void **unused) {
   (void)unused;
   fx *f = nested(0);
   mb_rm_config bad = {64 * G, 7, f->mm_addr};
-  assert_null(mb_region_manager_create(f->loop, &bad));
-  assert_null(mb_region_manager_create(f->loop, NULL));
+  assert_null(mb_region_manager_create(f->home.loop, &bad));
+  assert_null(mb_region_manager_create(f->home.loop, NULL));
   assert_null(mb_region_manager_create(NULL, &bad));
   fx_free(f);
 }

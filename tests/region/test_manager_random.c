@@ -5,6 +5,7 @@
  * winners says; a request that failed must have changed nothing. One variant runs each fake
  * partition mapper on a loop thread of its own. */
 #include "rm_fakes.h"
+#include "rm_model.h"
 
 #define PG 4096ull
 #define NPAGES 64
@@ -39,12 +40,7 @@ typedef struct model {
   mb_object *obj[NOBJ];
 } model;
 
-static uint64_t rnd(model *m) {
-  m->rng ^= m->rng >> 12;
-  m->rng ^= m->rng << 25;
-  m->rng ^= m->rng >> 27;
-  return m->rng * 2685821657736338717ull;
-}
+static uint64_t rnd(model *m) { return tu_xorshift(&m->rng); }
 
 static uint64_t below(model *m, uint64_t n) { return rnd(m) % n; }
 
@@ -112,10 +108,7 @@ static int admit(model *m, uint64_t s, uint64_t e, uint8_t prio) {
   for (int i = 0; i < NSLOT; i++) {
     mreg *o = &m->r[i];
     if (!o->live || o->end <= s || e <= o->start) continue;
-    bool ok = o->prio < prio   ? (s <= o->start && o->end <= e)
-              : o->prio > prio ? (o->start <= s && e <= o->end)
-                               : (o->start == s && o->end == e);
-    if (!ok) return MB_E_OVERLAP;
+    if (!rm_model_nests(o->start, o->end, o->prio, s, e, prio)) return MB_E_OVERLAP;
   }
   return 0;
 }

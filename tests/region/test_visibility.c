@@ -14,6 +14,8 @@
 #include "mb_errors.h"
 #include "region_manager.h"
 #include "region_visibility.h"
+#include "rm_model.h"
+#include "test_util.h"
 
 #define PG 4096u
 #define NPAGES 96
@@ -36,12 +38,7 @@ typedef struct model {
   int overlap;
 } model;
 
-static uint64_t rnd(model *m) {
-  m->rng ^= m->rng >> 12;
-  m->rng ^= m->rng << 25;
-  m->rng ^= m->rng >> 27;
-  return m->rng * 2685821657736338717ull;
-}
+static uint64_t rnd(model *m) { return tu_xorshift(&m->rng); }
 
 static uint64_t below(model *m, uint64_t n) { return rnd(m) % n; }
 
@@ -66,10 +63,7 @@ static int model_admit(model *m, uint64_t s, uint64_t e, uint8_t prio) {
   for (int i = 0; i < NREG; i++) {
     mregion *o = &m->r[i];
     if (!o->live || o->end <= s || e <= o->start) continue;
-    bool ok = o->prio < prio   ? (s <= o->start && o->end <= e)
-              : o->prio > prio ? (o->start <= s && e <= o->end)
-                               : (o->start == s && o->end == e);
-    if (!ok) return MB_E_OVERLAP;
+    if (!rm_model_nests(o->start, o->end, o->prio, s, e, prio)) return MB_E_OVERLAP;
   }
   return 0;
 }

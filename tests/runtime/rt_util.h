@@ -1,4 +1,5 @@
-/* rt_util.h: small helpers shared by the runtime tests (a loop run by the test thread). */
+/* rt_util.h: small helpers shared by the runtime tests (actors spawned on started loops, an
+ * adder); the loops themselves come from tests/common/test_util.h. */
 #ifndef MB_RT_UTIL_H
 #define MB_RT_UTIL_H
 
@@ -12,44 +13,7 @@
 
 #include "mb_runtime.h"
 #include "test_proto.h"
-
-/* A loop attached to a uv loop that the test thread itself runs. */
-typedef struct rt_home {
-  uv_loop_t uv;
-  mb_loop *loop;
-} rt_home;
-
-static inline void rt_home_init(rt_home *h) {
-  assert_int_equal(uv_loop_init(&h->uv), 0);
-  int err = 0;
-  h->loop = mb_loop_attach(&h->uv, "home", &err);
-  assert_non_null(h->loop);
-}
-
-/* Run the test's loop until *flag is true (the loop never blocks forever: callers make sure
- * work is pending or arrives from other threads). */
-static inline void rt_home_run_until(rt_home *h, const volatile bool *flag) {
-  while (!*flag) uv_run(&h->uv, UV_RUN_ONCE);
-}
-
-static inline void rt_home_fini(rt_home *h) {
-  assert_int_equal(mb_loop_stop(h->loop), 0);
-  uv_run(&h->uv, UV_RUN_DEFAULT);
-  mb_loop_free(h->loop);
-  assert_int_equal(uv_loop_close(&h->uv), 0);
-}
-
-static inline mb_loop *rt_start(const char *name) {
-  int err = 0;
-  mb_loop *l = mb_loop_start(name, &err);
-  assert_non_null(l);
-  return l;
-}
-
-static inline void rt_stop(mb_loop *l) {
-  assert_int_equal(mb_loop_stop(l), 0); /* uv_loop_close() == 0 on its thread */
-  mb_loop_free(l);
-}
+#include "test_util.h" /* tu_home, tu_start, tu_stop */
 
 /* Create an actor on a started loop from the test thread. */
 typedef struct rt_spawn {

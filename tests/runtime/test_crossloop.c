@@ -40,7 +40,7 @@ static void *sender_thread(void *p) {
 
 static void test_fifo_from_threads(void **unused) {
   (void)unused;
-  mb_loop *l = rt_start("rx");
+  mb_loop *l = tu_start("rx");
   fifo_state st = {0};
   mb_addr rx = rt_spawn_on(l, &fifo_type, &st, "fifo");
   pthread_t th[THREADS];
@@ -53,7 +53,7 @@ static void test_fifo_from_threads(void **unused) {
   while (atomic_load(&st.total) < THREADS * PER_THREAD) sched_yield();
   mb_loop_stats s = mb_loop_stats_get(l);
   assert_true(s.wakeups <= s.delivered); /* wake-ups only on idle-to-busy transitions */
-  rt_stop(l);
+  tu_stop(l);
 }
 
 /* ---- causal order across three loops ------------------------------------------------------
@@ -103,16 +103,16 @@ static void a_run(mb_loop *l, void *arg) {
 
 static void test_causal_order(void **unused) {
   (void)unused;
-  mb_loop *l1 = rt_start("l1"), *l2 = rt_start("l2"), *l3 = rt_start("l3");
+  mb_loop *l1 = tu_start("l1"), *l2 = tu_start("l2"), *l3 = tu_start("l3");
   causal_c cst = {0};
   mb_addr c = rt_spawn_on(l3, &c_type, &cst, "c");
   mb_addr b = rt_spawn_on(l2, &b_type, &c, "b");
   causal_a a = {b, c};
   assert_int_equal(mb_loop_exec(l1, a_run, &a), 0);
   while (!atomic_load(&cst.done)) sched_yield();
-  rt_stop(l1);
-  rt_stop(l2);
-  rt_stop(l3);
+  tu_stop(l1);
+  tu_stop(l2);
+  tu_stop(l3);
 }
 
 /* ---- blocking calls ------------------------------------------------------------------------ */
@@ -144,7 +144,7 @@ static void sync_on_own_loop(mb_loop *l, void *arg) {
 
 static void test_blocking_calls(void **unused) {
   (void)unused;
-  mb_loop *l = rt_start("svc");
+  mb_loop *l = tu_start("svc");
   mb_addr adder = rt_spawn_on(l, &rt_adder_type, NULL, "adder");
   pthread_t th[4];
   caller_arg args[4];
@@ -176,7 +176,7 @@ static void bump(mb_loop *l, void *arg) {
 
 static void test_exec_post(void **unused) {
   (void)unused;
-  mb_loop *l = rt_start("x");
+  mb_loop *l = tu_start("x");
   _Atomic int n = 0;
   for (int i = 0; i < 100; i++) assert_int_equal(mb_loop_post(l, bump, &n), 0);
   assert_int_equal(mb_loop_exec(l, bump, &n), 0);

@@ -31,17 +31,17 @@ static void send_seq(mb_actor *from, mb_addr to, uint32_t sender, uint64_t seq) 
 
 static void test_same_loop_fifo_per_sender(void **unused) {
   (void)unused;
-  rt_home h;
-  rt_home_init(&h);
+  tu_home h;
+  tu_home_init(&h, "home");
   order_state st = {0};
   mb_actor *rx = mb_actor_create(h.loop, &order_type, &st, "rx");
   mb_actor *tx[SENDERS];
   for (int s = 0; s < SENDERS; s++) tx[s] = mb_actor_create(h.loop, &order_type, NULL, "tx");
   for (uint64_t i = 0; i < PER_SENDER; i++)
     for (uint32_t s = 0; s < SENDERS; s++) send_seq(tx[s], mb_actor_addr(rx), s, i);
-  rt_home_run_until(&h, &st.done);
+  tu_home_run_until(&h, &st.done);
   assert_int_equal(mb_loop_stats_get(h.loop).delivered, SENDERS * PER_SENDER);
-  rt_home_fini(&h);
+  tu_home_fini(&h);
 }
 
 /* ---- requests ---------------------------------------------------------------------------- */
@@ -72,23 +72,23 @@ static void call_add(mb_actor *self, mb_addr to, int64_t a, int64_t b, call_log 
 
 static void test_request_reply(void **unused) {
   (void)unused;
-  rt_home h;
-  rt_home_init(&h);
+  tu_home h;
+  tu_home_init(&h, "home");
   mb_actor *adder = mb_actor_create(h.loop, &rt_adder_type, NULL, "adder");
   call_log log = {0};
   call_add(mb_loop_actor(h.loop), mb_actor_addr(adder), 40, 2, &log);
   assert_int_equal(log.replies, 0); /* never answered inside mb_call */
-  rt_home_run_until(&h, &log.done);
+  tu_home_run_until(&h, &log.done);
   assert_int_equal(log.replies, 1);
   assert_int_equal(log.last_status, MB_OK);
   assert_int_equal(log.last_sum, 42);
-  rt_home_fini(&h);
+  tu_home_fini(&h);
 }
 
 static void test_dead_actor(void **unused) {
   (void)unused;
-  rt_home h;
-  rt_home_init(&h);
+  tu_home h;
+  tu_home_init(&h, "home");
   mb_actor *adder = mb_actor_create(h.loop, &rt_adder_type, NULL, "adder");
   mb_addr gone = mb_actor_addr(adder);
   mb_actor_destroy(adder);
@@ -97,14 +97,14 @@ static void test_dead_actor(void **unused) {
   assert_int_equal(mb_actor_addr(other).slot, gone.slot);
   call_log log = {0};
   call_add(mb_loop_actor(h.loop), gone, 1, 2, &log);
-  rt_home_run_until(&h, &log.done);
+  tu_home_run_until(&h, &log.done);
   assert_int_equal(log.last_status, MB_EGONE);
   t_seq_msg *m = t_seq_new();
   assert_int_equal(mb_send(mb_loop_actor(h.loop), gone, &m->hdr), MB_EGONE);
   assert_int_equal(mb_loop_stats_get(h.loop).dropped, 1);
   m = t_seq_new();
   assert_int_equal(mb_send(mb_loop_actor(h.loop), (mb_addr){0}, &m->hdr), MB_EGONE);
-  rt_home_fini(&h);
+  tu_home_fini(&h);
 }
 
 /* A handler that forgets to answer, and one that keeps the request and frees it. */
@@ -119,18 +119,18 @@ static const mb_actor_type keep_free_type = {"keepfree", keep_free_handle, NULL,
 
 static void test_unanswered_request_gets_error(void **unused) {
   (void)unused;
-  rt_home h;
-  rt_home_init(&h);
+  tu_home h;
+  tu_home_init(&h, "home");
   const mb_actor_type *types[] = {&silent_type, &keep_free_type};
   for (int i = 0; i < 2; i++) {
     mb_actor *a = mb_actor_create(h.loop, types[i], NULL, "x");
     call_log log = {0};
     call_add(mb_loop_actor(h.loop), mb_actor_addr(a), 1, 1, &log);
-    rt_home_run_until(&h, &log.done);
+    tu_home_run_until(&h, &log.done);
     assert_int_equal(log.replies, 1);
     assert_int_equal(log.last_status, MB_ENOREPLY);
   }
-  rt_home_fini(&h);
+  tu_home_fini(&h);
 }
 
 /* ---- a deferred reply: kept now, answered on a later message --------------------------- */
@@ -155,8 +155,8 @@ static const mb_actor_type defer_type = {"defer", defer_handle, NULL, 0};
 
 static void test_deferred_reply(void **unused) {
   (void)unused;
-  rt_home h;
-  rt_home_init(&h);
+  tu_home h;
+  tu_home_init(&h, "home");
   defer_state st = {0};
   mb_actor *d = mb_actor_create(h.loop, &defer_type, &st, "defer");
   call_log log = {0};
@@ -164,10 +164,10 @@ static void test_deferred_reply(void **unused) {
   while (!st.kept) uv_run(&h.uv, UV_RUN_ONCE);
   assert_int_equal(log.replies, 0);
   send_seq(mb_loop_actor(h.loop), mb_actor_addr(d), 0, 0);
-  rt_home_run_until(&h, &log.done);
+  tu_home_run_until(&h, &log.done);
   assert_int_equal(log.last_status, MB_OK);
   assert_int_equal(log.last_sum, 70);
-  rt_home_fini(&h);
+  tu_home_fini(&h);
 }
 
 /* ---- fairness: a self-feeding actor does not starve its neighbours ----------------------- */
@@ -191,8 +191,8 @@ static const mb_actor_type flag_type = {"flag", flag_handle, NULL, 0};
 
 static void test_batch_limit_fairness(void **unused) {
   (void)unused;
-  rt_home h;
-  rt_home_init(&h);
+  tu_home h;
+  tu_home_init(&h, "home");
   bool flagged = false;
   spin_state st = {&flagged, 0};
   mb_actor *spin = mb_actor_create(h.loop, &spin_type, &st, "spin");
@@ -200,24 +200,24 @@ static void test_batch_limit_fairness(void **unused) {
   send_seq(mb_loop_actor(h.loop), mb_actor_addr(spin), 0, 0);
   send_seq(mb_loop_actor(h.loop), mb_actor_addr(spin), 0, 1);
   send_seq(mb_loop_actor(h.loop), mb_actor_addr(flag), 0, 0);
-  rt_home_run_until(&h, &flagged);
+  tu_home_run_until(&h, &flagged);
   assert_true(st.spins < 4 * MB_BATCH); /* the flag actor ran after at most a few batches */
-  rt_home_fini(&h);
+  tu_home_fini(&h);
 }
 
 /* ---- request latency -------------------------------------------------------------------- */
 
 static void test_request_latency(void **unused) {
   (void)unused;
-  rt_home h;
-  rt_home_init(&h);
+  tu_home h;
+  tu_home_init(&h, "home");
   mb_actor *adder = mb_actor_create(h.loop, &rt_adder_type, NULL, "adder");
   const mb_latency *lat = NULL;
   assert_int_equal(mb_actor_latency(adder, &lat), 0);
   mb_actor_time_requests(adder, true);
   call_log log = {0};
   for (int i = 0; i < 10; i++) call_add(mb_loop_actor(h.loop), mb_actor_addr(adder), i, 1, &log);
-  rt_home_run_until(&h, &log.done);
+  tu_home_run_until(&h, &log.done);
   assert_int_equal(mb_actor_latency(adder, &lat), 1);
   assert_ptr_equal(lat[0].proto, &t_protocol);
   assert_int_equal(lat[0].kind, T_ADD);
@@ -225,7 +225,7 @@ static void test_request_latency(void **unused) {
   assert_true(mb_latency_quantile(&lat[0], 0.5) <= mb_latency_quantile(&lat[0], 0.99));
   assert_true(mb_latency_quantile(&lat[0], 0.99) <= lat[0].max_ns);
   assert_true(lat[0].total_ns >= lat[0].max_ns);
-  rt_home_fini(&h);
+  tu_home_fini(&h);
 }
 
 /* ---- protocol: names and formatting ----------------------------------------------------- */

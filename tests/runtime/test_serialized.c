@@ -63,7 +63,7 @@ static void on_done(mb_actor *self, mb_msg *reply, void *ctx) {
   r->done = r->n == 3;
 }
 
-static void run_case(rt_home *h, mb_loop *worker_loop) {
+static void run_case(tu_home *h, mb_loop *worker_loop) {
   ser_state st = {0};
   st.worker = worker_loop ? rt_spawn_on(worker_loop, &rt_adder_type, NULL, "w")
                           : mb_actor_addr(mb_actor_create(h->loop, &rt_adder_type, NULL, "w"));
@@ -74,7 +74,7 @@ static void run_case(rt_home *h, mb_loop *worker_loop) {
     m->a = i;
     mb_call(mb_loop_actor(h->loop), mb_actor_addr(ser), &m->hdr, on_done, &r);
   }
-  rt_home_run_until(h, &r.done);
+  tu_home_run_until(h, &r.done);
   st.log[st.n] = '\0';
   assert_string_equal(st.log, "BrrEBrrEBrrE");
   assert_int_equal(r.order[0], 1);
@@ -85,20 +85,20 @@ static void run_case(rt_home *h, mb_loop *worker_loop) {
 
 static void test_nested_same_loop(void **unused) {
   (void)unused;
-  rt_home h;
-  rt_home_init(&h);
+  tu_home h;
+  tu_home_init(&h, "home");
   run_case(&h, NULL);
-  rt_home_fini(&h);
+  tu_home_fini(&h);
 }
 
 static void test_nested_cross_loop(void **unused) {
   (void)unused;
-  rt_home h;
-  rt_home_init(&h);
-  mb_loop *w = rt_start("worker");
+  tu_home h;
+  tu_home_init(&h, "home");
+  mb_loop *w = tu_start("worker");
   run_case(&h, w);
-  rt_stop(w);
-  rt_home_fini(&h);
+  tu_stop(w);
+  tu_home_fini(&h);
 }
 
 /* An explicit hold also holds back new messages; release lets them in, in order. */
@@ -116,8 +116,8 @@ static const mb_actor_type hold_type = {"hold", hold_handle, NULL, MB_ACTOR_SERI
 
 static void test_hold_release(void **unused) {
   (void)unused;
-  rt_home h;
-  rt_home_init(&h);
+  tu_home h;
+  tu_home_init(&h, "home");
   hold_state st = {0};
   mb_actor *a = mb_actor_create(h.loop, &hold_type, &st, "hold");
   for (uint64_t i = 0; i < 3; i++) {
@@ -128,8 +128,8 @@ static void test_hold_release(void **unused) {
   for (int i = 0; i < 5; i++) uv_run(&h.uv, UV_RUN_NOWAIT);
   assert_int_equal(st.seen, 1);
   mb_actor_release(a);
-  rt_home_run_until(&h, &st.done);
-  rt_home_fini(&h);
+  tu_home_run_until(&h, &st.done);
+  tu_home_fini(&h);
 }
 
 int main(void) {

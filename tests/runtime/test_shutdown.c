@@ -40,9 +40,9 @@ static void on_result(mb_actor *self, mb_msg *reply, void *ctx) {
 
 static void test_stop_answers_pending(void **unused) {
   (void)unused;
-  rt_home h;
-  rt_home_init(&h);
-  mb_loop *svc = rt_start("svc");
+  tu_home h;
+  tu_home_init(&h, "home");
+  mb_loop *svc = tu_start("svc");
   keeper k = {0};
   mb_addr kp = rt_spawn_on(svc, &keeper_type, &k, "keeper");
   results r = {0};
@@ -52,11 +52,11 @@ static void test_stop_answers_pending(void **unused) {
   }
   /* Wait until the keeper holds the first request, so three are queued behind it. */
   while (mb_loop_stats_get(svc).delivered < 1) uv_run(&h.uv, UV_RUN_NOWAIT);
-  rt_stop(svc);
-  rt_home_run_until(&h, &r.done);
+  tu_stop(svc);
+  tu_home_run_until(&h, &r.done);
   assert_int_equal(r.enoreply, 1);
   assert_int_equal(r.estopped, 3);
-  rt_home_fini(&h);
+  tu_home_fini(&h);
 }
 
 /* Requests still queued on an attached loop when it stops are answered too, and a blocked
@@ -75,7 +75,7 @@ static void *blocked_caller(void *p) {
 
 static void test_stop_releases_blocked_threads(void **unused) {
   (void)unused;
-  mb_loop *svc = rt_start("svc");
+  mb_loop *svc = tu_start("svc");
   keeper k = {0};
   blocked_arg a = {rt_spawn_on(svc, &keeper_type, &k, "keeper"), 1};
   blocked_arg b = a;
@@ -94,8 +94,8 @@ static void test_stop_releases_blocked_threads(void **unused) {
 
 static void test_attached_stop_with_work_queued(void **unused) {
   (void)unused;
-  rt_home h;
-  rt_home_init(&h);
+  tu_home h;
+  tu_home_init(&h, "home");
   keeper k = {0};
   mb_actor *kp = mb_actor_create(h.loop, &keeper_type, &k, "keeper");
   for (int i = 0; i < 3; i++) {
@@ -103,7 +103,7 @@ static void test_attached_stop_with_work_queued(void **unused) {
     mb_send(mb_loop_actor(h.loop), mb_actor_addr(kp), &m->hdr);
   }
   /* Never run: stop with three one-way messages queued. They are dropped, not leaked. */
-  rt_home_fini(&h);
+  tu_home_fini(&h);
 }
 
 /* ---- trace ---------------------------------------------------------------------------- */
@@ -120,16 +120,16 @@ static void test_trace_records(void **unused) {
   assert_true(fd >= 0);
   close(fd);
   assert_int_equal(mb_trace_open(path), 0);
-  rt_home h;
-  rt_home_init(&h);
+  tu_home h;
+  tu_home_init(&h, "home");
   mb_actor *adder = mb_actor_create(h.loop, &rt_adder_type, NULL, "adder");
   t_add_msg *m = t_add_new();
   m->a = 2;
   m->b = 3;
   bool done = false;
   mb_call(mb_loop_actor(h.loop), mb_actor_addr(adder), &m->hdr, on_traced, &done);
-  rt_home_run_until(&h, &done);
-  rt_home_fini(&h);
+  tu_home_run_until(&h, &done);
+  tu_home_fini(&h);
   mb_trace_close();
   FILE *f = fopen(path, "r");
   assert_non_null(f);

@@ -65,7 +65,7 @@ static void test_stress_four_loops(void **unused) {
   memset(tx, 0, sizeof tx);
   mb_addr rx_addr[LOOPS];
   for (int i = 0; i < LOOPS; i++) {
-    loops[i] = rt_start("stress");
+    loops[i] = tu_start("stress");
     rx_addr[i] = rt_spawn_on(loops[i], &rx_type, &rx[i], "rx");
   }
   mb_addr tx_addr[SENDERS];
@@ -87,7 +87,7 @@ static void test_stress_four_loops(void **unused) {
     delivered += mb_loop_stats_get(loops[i]).delivered;
   }
   assert_true(delivered >= LOOPS * per_rx); /* >= 1,048,576 messages, plus replies and chunks */
-  for (int i = 0; i < LOOPS; i++) rt_stop(loops[i]);
+  for (int i = 0; i < LOOPS; i++) tu_stop(loops[i]);
 }
 
 int main(void) {

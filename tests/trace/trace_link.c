@@ -1,7 +1,7 @@
 /* trace_link.c: from records to actors, requests and hops (see trace.h).
  *
- * Matching. A request is keyed by (requester, corr): corr is unique per requester loop while
- * the request is outstanding, and sync calls from threads that are not actors carry corr
+ * Matching. A request is keyed by (requester, corr): corr is unique per requester while the
+ * request is outstanding (the runtime numbers each actor's calls), and sync calls from threads that are not actors carry corr
  * values with the top bit set, unique in the process. Walking the records in seq order:
  *   call A->B       a new request, state CALLED, on its way to B; nested in A's innermost
  *                   open hop, if A is handling a request
