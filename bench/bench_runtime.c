@@ -18,10 +18,36 @@
 MB_PROTOCOL_DECLARE(bn, BN_MESSAGES)
 MB_PROTOCOL_DEFINE(bn, BN_MESSAGES);
 
+/* The home loop, attached to a uv loop this thread runs: shared by the benchmarks set up at
+ * the same time (a measured side and its baseline), since a thread runs one runtime loop. */
+static struct {
+  uv_loop_t uv;
+  mb_loop *loop;
+  unsigned users;
+} home;
+
+static int home_get(void) {
+  if (home.users++ > 0) return 0;
+  int err = uv_loop_init(&home.uv);
+  if (!err) home.loop = mb_loop_attach(&home.uv, "bench", &err);
+  if (!err) return 0;
+  if (!home.loop) uv_loop_close(&home.uv);
+  home.users = 0;
+  return err;
+}
+
+static void home_put(void) {
+  if (--home.users > 0) return;
+  mb_loop_stop(home.loop);
+  uv_run(&home.uv, UV_RUN_DEFAULT);
+  mb_loop_free(home.loop);
+  uv_loop_close(&home.uv);
+  home.loop = NULL;
+}
+
 typedef struct rt_bench {
   mb_bench *b;
-  uv_loop_t uv;
-  mb_loop *home, *peer_loop;
+  mb_loop *peer_loop;
   mb_actor *driver;
   mb_addr sink;          /* counts messages, or answers BN_ADD */
   uint64_t handled;      /* by the sink, when it is on the home loop */
@@ -91,10 +117,10 @@ static void teardown(void *state) {
     mb_loop_stop(st->peer_loop);
     mb_loop_free(st->peer_loop);
   }
-  mb_loop_stop(st->home);
-  uv_run(&st->uv, UV_RUN_DEFAULT);
-  mb_loop_free(st->home);
-  uv_loop_close(&st->uv);
+  if (st->driver) mb_actor_destroy(st->driver);
+  mb_actor *sink = home.loop ? mb_actor_at(home.loop, st->sink) : NULL;
+  if (sink) mb_actor_destroy(sink);
+  home_put();
   free(st);
 }
 
@@ -102,18 +128,17 @@ static int setup_common(mb_bench *b, void **state, bool cross) {
   rt_bench *st = calloc(1, sizeof *st);
   if (!st) return -12;
   st->b = b;
-  int err = uv_loop_init(&st->uv);
-  if (!err) st->home = mb_loop_attach(&st->uv, "bench", &err);
+  int err = home_get();
   if (err) {
     free(st);
     return mb_bench_fail(b, "loop: %s", mb_strerror(err));
   }
-  st->driver = mb_actor_create(st->home, &driver_type, st, "driver");
+  st->driver = mb_actor_create(home.loop, &driver_type, st, "driver");
   if (cross) {
     st->peer_loop = mb_loop_start("peer", &err);
     if (st->peer_loop) mb_loop_exec(st->peer_loop, spawn_sink, st);
   } else {
-    st->sink = mb_actor_addr(mb_actor_create(st->home, &sink_type, st, "sink"));
+    st->sink = mb_actor_addr(mb_actor_create(home.loop, &sink_type, st, "sink"));
   }
   if (err) {
     teardown(st);
@@ -130,7 +155,7 @@ static int go(rt_bench *st, uint32_t n, bool oneway) {
   bn_go_msg *m = bn_go_new();
   m->count = n;
   mb_send(st->driver, mb_actor_addr(st->driver), &m->hdr);
-  while (!st->done || (oneway && st->handled < target)) uv_run(&st->uv, UV_RUN_ONCE);
+  while (!st->done || (oneway && st->handled < target)) uv_run(&home.uv, UV_RUN_ONCE);
   return 0;
 }
 
@@ -143,6 +168,34 @@ static int setup_cross(mb_bench *b, void **state) {
 static int run_msg(mb_bench *b, void *state, uint32_t n) { (void)b; return go(state, n, true); }
 static int run_rpc(mb_bench *b, void *state, uint32_t n) { (void)b; return go(state, n, false); }
 
+/* rpc.same_loop.traced: rpc.same_loop with the message trace on, side by side with the
+ * untraced one in the same process (the trace is paused while the baseline runs). The trace
+ * goes to /dev/null: it is recorded and formatted as always, but a full run would write
+ * gigabytes, and the disk's speed is not the runtime's cost. */
+static int setup_traced(mb_bench *b, void **state) {
+  if (getenv("MEMBACKING_TRACE"))
+    return mb_bench_skip(b, "MEMBACKING_TRACE is set: every benchmark is traced");
+  int rc = setup_common(b, state, false);
+  if (rc) return rc;
+  if (mb_trace_open("/dev/null") != MB_OK) {
+    teardown(*state);
+    return mb_bench_fail(b, "trace: cannot open /dev/null");
+  }
+  mb_trace_pause(true);
+  return 0;
+}
+static int run_traced(mb_bench *b, void *state, uint32_t n) {
+  (void)b;
+  mb_trace_pause(false);
+  int rc = go(state, n, false);
+  mb_trace_pause(true);
+  return rc;
+}
+static void teardown_traced(void *state) {
+  mb_trace_close();
+  teardown(state);
+}
+
 static const mb_bench_def runtime_benches[] = {
     {.name = "msg.same_loop", .unit = MB_BENCH_NS, .setup = setup_local, .run = run_msg,
      .teardown = teardown, .batch = 1000,
@@ -150,6 +203,9 @@ static const mb_bench_def runtime_benches[] = {
     {.name = "rpc.same_loop", .unit = MB_BENCH_NS, .setup = setup_local, .run = run_rpc,
      .teardown = teardown, .batch = 1000,
      .doc = "a request and its reply between two actors on one loop"},
+    {.name = "rpc.same_loop.traced", .unit = MB_BENCH_NS, .baseline = "rpc.same_loop",
+     .setup = setup_traced, .run = run_traced, .teardown = teardown_traced, .batch = 1000,
+     .doc = "rpc.same_loop with the message trace on (to /dev/null)"},
     {.name = "rpc.cross_thread", .unit = MB_BENCH_NS, .baseline = "uv_async.pingpong",
      .setup = setup_cross, .run = run_rpc, .teardown = teardown, .flags = MB_BENCH_SELF_TIMED,
      .doc = "a request and its reply between actors on two loops on two threads"},

@@ -221,6 +221,9 @@ uint64_t mb_latency_quantile(const mb_latency *l, double q);
  * MEMBACKING_TRACE=path in the environment starts it at the first loop's creation. */
 int mb_trace_open(const char *path);
 void mb_trace_close(void);
+/* Stop (paused) or resume recording into the open trace, which stays open: to trace only a
+ * window of interest. Opening a trace resumes. No effect when no trace is open. */
+void mb_trace_pause(bool paused);
 
 #ifdef __cplusplus
 }

@@ -730,6 +730,12 @@ int mb_trace_open(const char *path) {
 
 void mb_trace_close(void) { (void)mb_trace_open(NULL); }
 
+void mb_trace_pause(bool paused) {
+  pthread_mutex_lock(&trace_lock);
+  atomic_store(&mb__trace_on, !paused && trace_file != NULL);
+  pthread_mutex_unlock(&trace_lock);
+}
+
 static void env_open(void) {
   const char *times = getenv("MEMBACKING_TRACE_TIMES");
   if (times && !strcmp(times, "exact")) ts_every = 1;

@@ -113,8 +113,19 @@ static void on_traced(mb_actor *self, mb_msg *reply, void *ctx) {
   *(bool *)ctx = true;
 }
 
-static void test_trace_records(void **unused) {
-  (void)unused;
+/* One add(a, b) call from the loop actor to the adder, run to its reply. */
+static void add_call(tu_home *h, mb_actor *adder, int a, int b) {
+  t_add_msg *m = t_add_new();
+  m->a = a;
+  m->b = b;
+  bool done = false;
+  mb_call(mb_loop_actor(h->loop), mb_actor_addr(adder), &m->hdr, on_traced, &done);
+  tu_home_run_until(h, &done);
+}
+
+/* Runs `calls` add calls (the first `paused` of them with the trace paused), then checks the
+ * trace holds exactly call, deliver, reply, deliver of the last one, in seq order. */
+static void check_traced_add(int paused) {
   char path[] = "/tmp/mb-trace-XXXXXX";
   int fd = mkstemp(path);
   assert_true(fd >= 0);
@@ -123,12 +134,10 @@ static void test_trace_records(void **unused) {
   tu_home h;
   tu_home_init(&h, "home");
   mb_actor *adder = mb_actor_create(h.loop, &rt_adder_type, NULL, "adder");
-  t_add_msg *m = t_add_new();
-  m->a = 2;
-  m->b = 3;
-  bool done = false;
-  mb_call(mb_loop_actor(h.loop), mb_actor_addr(adder), &m->hdr, on_traced, &done);
-  tu_home_run_until(&h, &done);
+  mb_trace_pause(paused > 0);
+  for (int i = 0; i < paused; i++) add_call(&h, adder, 7, 7);
+  mb_trace_pause(false);
+  add_call(&h, adder, 2, 3);
   tu_home_fini(&h);
   mb_trace_close();
   FILE *f = fopen(path, "r");
@@ -154,12 +163,24 @@ static void test_trace_records(void **unused) {
   unlink(path);
 }
 
+static void test_trace_records(void **unused) {
+  (void)unused;
+  check_traced_add(0);
+}
+
+/* Calls made while the trace is paused leave no record; resuming records again. */
+static void test_trace_pause(void **unused) {
+  (void)unused;
+  check_traced_add(3);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_stop_answers_pending),
       cmocka_unit_test(test_stop_releases_blocked_threads),
       cmocka_unit_test(test_attached_stop_with_work_queued),
       cmocka_unit_test(test_trace_records),
+      cmocka_unit_test(test_trace_pause),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
