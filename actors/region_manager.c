@@ -222,14 +222,10 @@ static rm_op *op_new(rm_state *st, mb_msg *req, rm_region *r) {
 /* Releases what the operation holds (not the reusable calls array): it is idle again. */
 static void op_free(rm_op *op) {
   mb__vis_abort(&op->diff);
-  if (op->mapping != NULL) {
-    mapping_free(op->mapping);
-    op->mapping = NULL;
-  }
-  if (op->spare != NULL) {
-    free(op->spare);
-    op->spare = NULL;
-  }
+  mapping_free(op->mapping);
+  op->mapping = NULL;
+  free(op->spare);
+  op->spare = NULL;
   op->req = NULL;
 }
 

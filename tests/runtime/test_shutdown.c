@@ -123,25 +123,36 @@ static void add_call(tu_home *h, mb_actor *adder, int a, int b) {
   tu_home_run_until(h, &done);
 }
 
-/* Runs `calls` add calls (the first `paused` of them with the trace paused), then checks the
- * trace holds exactly call, deliver, reply, deliver of the last one, in seq order. */
-static void check_traced_add(int paused) {
-  char path[] = "/tmp/mb-trace-XXXXXX";
+/* Opens a trace to a new file (path: a mkstemp template), then a home loop with an adder. */
+static mb_actor *trace_begin(char *path, tu_home *h) {
   int fd = mkstemp(path);
   assert_true(fd >= 0);
   close(fd);
   assert_int_equal(mb_trace_open(path), 0);
+  tu_home_init(h, "home");
+  return mb_actor_create(h->loop, &rt_adder_type, NULL, "adder");
+}
+
+/* Stops the loop and closes the trace: the trace file, open for reading. */
+static FILE *trace_end(const char *path, tu_home *h) {
+  tu_home_fini(h);
+  mb_trace_close();
+  FILE *f = fopen(path, "r");
+  assert_non_null(f);
+  return f;
+}
+
+/* Runs `calls` add calls (the first `paused` of them with the trace paused), then checks the
+ * trace holds exactly call, deliver, reply, deliver of the last one, in seq order. */
+static void check_traced_add(int paused) {
+  char path[] = "/tmp/mb-trace-XXXXXX";
   tu_home h;
-  tu_home_init(&h, "home");
-  mb_actor *adder = mb_actor_create(h.loop, &rt_adder_type, NULL, "adder");
+  mb_actor *adder = trace_begin(path, &h);
   mb_trace_pause(paused > 0);
   for (int i = 0; i < paused; i++) add_call(&h, adder, 7, 7);
   mb_trace_pause(false);
   add_call(&h, adder, 2, 3);
-  tu_home_fini(&h);
-  mb_trace_close();
-  FILE *f = fopen(path, "r");
-  assert_non_null(f);
+  FILE *f = trace_end(path, &h);
   char line[1024];
   const char *want[] = {"\"ev\":\"call\"", "\"ev\":\"deliver\"", "\"ev\":\"reply\"",
                         "\"ev\":\"deliver\""};
@@ -174,13 +185,43 @@ static void test_trace_pause(void **unused) {
   check_traced_add(3);
 }
 
+/* MEMBACKING_TRACE_TIMES=exact (set in main, read when the first loop starts): every record
+ * carries its own clock reading, so a pause on the test thread between two calls shows as
+ * a gap between their records (interpolated times would spread it over all of them). */
+static void test_trace_exact_times(void **unused) {
+  (void)unused;
+  char path[] = "/tmp/mb-trace-XXXXXX";
+  tu_home h;
+  mb_actor *adder = trace_begin(path, &h);
+  add_call(&h, adder, 1, 1);
+  usleep(20000);
+  add_call(&h, adder, 2, 3);
+  FILE *f = trace_end(path, &h);
+  char line[1024];
+  unsigned long long t[8];
+  int n = 0;
+  while (n < 8 && fgets(line, sizeof line, f)) {
+    long long seq;
+    assert_int_equal(sscanf(line, "{\"seq\":%lld,\"t_ns\":%llu", &seq, &t[n]), 2);
+    n++;
+  }
+  fclose(f);
+  unlink(path);
+  assert_int_equal(n, 8);
+  for (int i = 1; i < 8; i++) assert_true(t[i] >= t[i - 1]);
+  assert_true(t[4] - t[3] >= 20000000ull); /* the pause, between the two calls */
+  assert_true(t[3] - t[0] < 20000000ull && t[7] - t[4] < 20000000ull);
+}
+
 int main(void) {
+  setenv("MEMBACKING_TRACE_TIMES", "exact", 1);
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_stop_answers_pending),
       cmocka_unit_test(test_stop_releases_blocked_threads),
       cmocka_unit_test(test_attached_stop_with_work_queued),
       cmocka_unit_test(test_trace_records),
       cmocka_unit_test(test_trace_pause),
+      cmocka_unit_test(test_trace_exact_times),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
