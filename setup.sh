@@ -10,7 +10,8 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-PACKAGES=(gcc libc6-dev meson ninja-build pkg-config python3 libuv1-dev libcmocka-dev libjemalloc-dev)
+PACKAGES=(gcc libc6-dev meson ninja-build pkg-config python3 libuv1-dev libcmocka-dev libjemalloc-dev
+          clang libclang-rt-14-dev)
 
 install_packages() {
   local missing=()
@@ -70,6 +71,14 @@ run_tests() {
   configure build-tsan -Dallocator=libc -Db_sanitize=thread -Db_lundef=false -Db_lto=false
   meson test -C build-tsan --print-errorlogs --suite concurrent -t 10 || rc=1
   cp build-tsan/meson-logs/testlog.json /tmp/mb-testlog-tsan.json; logs+=(/tmp/mb-testlog-tsan.json)
+  # One test: the scenario parser and printer under libFuzzer for 60 s (clang, ASan+UBSan).
+  # Only its target is built; a failed build fails the test, which then has no program to run.
+  echo "== tests: fuzz, scenario parser and printer (clang, libFuzzer, 60 s) =="
+  [ -f build-fuzz/build.ninja ] || CC=clang meson setup build-fuzz -Dallocator=libc \
+    -Db_sanitize=address,undefined -Db_lundef=false -Db_lto=false >/dev/null
+  ninja -C build-fuzz tests/fuzz/fuzz-scenario >/dev/null || rc=1
+  meson test -C build-fuzz --no-rebuild --print-errorlogs --suite fuzz --verbose || rc=1
+  cp build-fuzz/meson-logs/testlog.json /tmp/mb-testlog-fuzz.json; logs+=(/tmp/mb-testlog-fuzz.json)
   summary "${logs[@]}" || rc=1
   return $rc
 }

@@ -34,6 +34,7 @@ struct mb_mm {
   mb_loop *part_loop;
   mb_vam *part_vam;       /* the partitions' eager VA mapper */
   mb_mapper primary;      /* the public handle of part_vam (never on the mappers list) */
+  mb_gpa_map *gpa_map;    /* the visible map, published for exit handlers (classify) */
   pthread_mutex_t lock;   /* guards the two lists below */
   mb_mapper *mappers;
   mb_partition *partitions;
@@ -54,8 +55,9 @@ void mb__api_submit(mb__rec *rec, mb_addr to, mb_msg *msg, mb__value_fn value, m
 /* Blocking form: the status; *value filled when value_fn and value are given. */
 int mb__api_call(mb__rec *rec, mb_addr to, mb_msg *msg, mb__value_fn value_fn, uint64_t *value);
 
-/* Destroy a mapper or partition on its loop and unlink it from its manager (blocking). */
-void mb__mapper_destroy(mb_mapper *m);
+/* Destroy a mapper or partition on its loop and unlink it from its manager (blocking). The
+ * mapper's: 0, or mb_vam_destroy's error (its VA could not be released; it is gone anyway). */
+int mb__mapper_destroy(mb_mapper *m);
 void mb__partition_destroy(mb_partition *p);
 
 /* Close the dump-on-signal handle, if any (inspect.c). */

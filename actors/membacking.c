@@ -114,7 +114,7 @@ typedef struct mm_build {
 static void mm_build_managers(mb_loop *loop, void *arg) {
   mm_build *b = arg;
   b->mm->mm = mb_mapping_manager_create(loop);
-  mb_rm_config rc = {b->mm->max_addr, b->cfg->overlap, mb_actor_addr(b->mm->mm)};
+  mb_rm_config rc = {b->mm->max_addr, b->cfg->overlap, mb_actor_addr(b->mm->mm), b->mm->gpa_map};
   b->mm->rm = b->mm->mm ? mb_region_manager_create(loop, &rc) : NULL;
   b->rc = b->mm->rm ? 0 : MB_ENOMEM;
   if (b->rc) return;
@@ -156,7 +156,8 @@ int mb_mm_create(const mb_mm_config *cfg, mb_mm **out) {
   mm->max_addr = cfg->max_addr ? cfg->max_addr : 64ull << 30;
   pthread_mutex_init(&mm->lock, NULL);
   mm_build b = {mm, cfg, 0};
-  rc = mb_loop_exec(mm->loop, mm_build_managers, &b);
+  rc = mb_gpa_map_create(&mm->gpa_map) ? MB_ENOMEM : 0;
+  if (!rc) rc = mb_loop_exec(mm->loop, mm_build_managers, &b);
   if (!rc && !(rc = b.rc)) rc = mb_loop_exec(mm->part_loop, mm_build_part_vam, &b);
   if (!rc) rc = b.rc;
   if (rc) {
@@ -200,6 +201,7 @@ void mb_mm_destroy(mb_mm *mm) {
   while (mm->mappers) mb__mapper_destroy(mm->mappers);
   if (mm->part_vam) mb_loop_exec(mm->part_loop, destroy_part_vam, mm->part_vam);
   mb_loop_exec(mm->loop, destroy_managers, mm);
+  mb_gpa_map_destroy(mm->gpa_map);
   pthread_mutex_destroy(&mm->lock);
   free(mm);
 }

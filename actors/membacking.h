@@ -31,6 +31,8 @@
 #include <time.h>
 
 #include "backing.h"
+#include "gpa_map.h"
+#include "kvm_exit.h"
 #include "mb_errors.h"
 #include "mb_runtime.h"
 #include "partition.h"
@@ -125,7 +127,9 @@ int mb_mapping_replace_sync(mb_mm *mm, const mb_mapping_params *p);
 void mb_mapper_add(mb_mm *mm, mb_loop *loop, bool eager, mb_done_fn done, void *ctx);
 int mb_mapper_add_sync(mb_mm *mm, mb_loop *loop, bool eager, mb_mapper **out);
 /* Remove a mapper: its VA range is released; the handle becomes invalid. MB_E_INVALID while
- * it holds locks (see "locks"). */
+ * it holds locks (see "locks"). A negative errno other than the runtime's: the mapper was
+ * removed (the handle is invalid all the same) but the kernel refused to unmap its VA range,
+ * which stays reserved. */
 void mb_mapper_remove(mb_mapper *m, mb_done_fn done, void *ctx);
 int mb_mapper_remove_sync(mb_mapper *m);
 /* Guest address g is at base + g, for max_addr bytes. */
@@ -210,6 +214,18 @@ void mb_partition_add(mb_mm *mm, const mb_partition_ops *ops, mb_loop *loop, mb_
                       void *ctx);
 int mb_partition_add_sync(mb_mm *mm, const mb_partition_ops *ops, mb_loop *loop,
                           mb_partition **out);
+/* Add a partition with a backend's configuration: mb_partition_kvm_attach with an
+ * mb_kvm_attach_config manages the memory slots of a KVM VM the VMM owns (partition.h). The
+ * configuration is copied: it need not outlive the call. MB_E_INVALID for a bad one (not a
+ * KVM VM, a slot range past the VM's limit). mb_partition_add(mm, ops, loop, ...) is the same
+ * with no configuration. */
+typedef struct mb_partition_params {
+  const mb_partition_ops *ops;
+  const void *config;  /* ops->config_size bytes, or NULL */
+  mb_loop *loop;       /* runs its partition mapper; NULL: the manager's loop */
+} mb_partition_params;
+void mb_partition_attach(mb_mm *mm, const mb_partition_params *p, mb_done_fn done, void *ctx);
+int mb_partition_attach_sync(mb_mm *mm, const mb_partition_params *p, mb_partition **out);
 void mb_partition_remove(mb_partition *p, mb_done_fn done, void *ctx);
 int mb_partition_remove_sync(mb_partition *p);
 /* A guest access through the partition's view: 0, MB_E_MMIO, MB_E_FAULT, MB_E_INVALID. The
@@ -220,6 +236,40 @@ int mb_partition_access_sync(mb_partition *p, uint64_t gpa, void *buf, size_t le
 /* The guest ranges mapped into the partition (see mb_mapper_ranges for ownership). */
 void mb_partition_ranges(mb_partition *p, mb_done_fn done, void *ctx);
 int mb_partition_ranges_sync(mb_partition *p, mb_range_list **out);
+
+/* ---- the exit question ---------------------------------------------------------------------
+ *
+ * A VMM's vCPU thread that gets an exit for a guest physical address asks what is there:
+ *   MB_GPA_RAM    guest RAM the guest may access: run the vCPU again (the exit raced with a
+ *                 change of the map; while an operation on that range is in flight, the
+ *                 answer stays RAM and the guest may exit again until it completes);
+ *   MB_GPA_MMIO   device MMIO: nothing is visible there, or it is a write to a read-only
+ *                 region (ROM): the VMM's device model emulates it;
+ *   MB_GPA_FAULT  a fault of the backing: a hole in a visible region (no mapping there), a
+ *                 write to a read-only mapping inside a writable region, a file truncated
+ *                 under its mapping. The guest touched RAM that is not there.
+ * The answer agrees with the operations that complete: once an unmap has completed, its
+ * range is never RAM; a page that stays RAM across an operation is RAM throughout, even
+ * while the operation deletes its memory slot and adds it again (a piece that grows or
+ * shrinks); a page an operation makes RAM is MMIO until that operation completes.
+ *
+ * Any thread, no loop needed, never waits for a loop: O(log n) in the visible pieces under a
+ * reader lock that loops hold only for in-memory updates; RAM and FAULT are told apart by
+ * touching one byte per page of the access in the partitions' VA mapper (a load, or for a
+ * write a locked OR of zero, which changes no byte). len > 0; gpa + len <= max_addr, else
+ * MB_E_INVALID. Do not call it on a partition being removed. */
+typedef int mb_gpa_kind; /* MB_GPA_RAM, MB_GPA_MMIO, MB_GPA_FAULT (gpa_map.h) */
+int mb_partition_classify(mb_partition *p, uint64_t gpa, uint64_t len, bool write);
+
+/* The same question asked of a KVM_RUN outcome on a vCPU of the partition's VM, as each kernel
+ * reports it (kvm_exit.h): pass KVM_RUN's return value, its errno and the vCPU's kvm_run.
+ * 0 with *out for an exit about guest memory: KVM_EXIT_MMIO (on kvm-pvm hosts also a hole or
+ * a read-only page inside a slot), KVM_EXIT_MEMORY_FAULT (-1/EFAULT, mainline 6.8+), or a
+ * bare EFAULT (older kernels: out->kind FAULT, out->len 0, no address). MB_E_INVALID for
+ * any other outcome (HLT, IO, EINTR, ...). */
+struct kvm_run;
+int mb_partition_classify_exit(mb_partition *p, int rc, int err, const struct kvm_run *run,
+                               mb_kvm_exit *out);
 
 /* ---- introspection ------------------------------------------------------------------------- */
 

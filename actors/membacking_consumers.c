@@ -4,6 +4,7 @@
  * destroyed on its own loop, the managers are told, and the caller's completion runs on the
  * caller's loop. The asynchronous forms chain the steps with mb_loop_post and mb_call; the
  * blocking forms run them in order with mb_loop_exec and mb_call_sync. */
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -61,11 +62,16 @@ static void partition_forget(mb_partition *p) {
 
 /* ---- one consumer operation in steps ------------------------------------------------------- */
 
+/* The largest backend configuration a partition takes (mb_kvm_attach_config fits). */
+enum { CONFIG_MAX = 64 };
+
 typedef struct step_op {
   mb_mm *mm;
   mb_loop *caller, *target;
   bool eager;
   const mb_partition_ops *ops;
+  const void *config;                             /* NULL, or config_copy */
+  _Alignas(max_align_t) unsigned char config_copy[CONFIG_MAX];
   mb_vam *vam;
   mb_actor *actor;
   mb_mapper *mapper;
@@ -171,9 +177,15 @@ static void vam_make_fn(mb_loop *loop, void *arg) {
   if (!v->rc) mb_actor_time_requests(mb_actor_at(loop, mb_vam_addr(v->vam)), true);
 }
 
+typedef struct vam_kill {
+  mb_vam *vam;
+  int rc;
+} vam_kill;
+
 static void vam_destroy_fn(mb_loop *loop, void *arg) {
   (void)loop;
-  mb_vam_destroy(arg);
+  vam_kill *k = arg;
+  k->rc = mb_vam_destroy(k->vam);
 }
 
 int mb_mapper_add_sync(mb_mm *mm, mb_loop *loop, bool eager, mb_mapper **out) {
@@ -184,7 +196,7 @@ int mb_mapper_add_sync(mb_mm *mm, mb_loop *loop, bool eager, mb_mapper **out) {
   rc = mb__api_call(NULL, mb_actor_addr(mm->mm), add_mapper_msg(v.vam), NULL, NULL);
   mb_mapper *m = rc ? NULL : mapper_new(mm, v.vam, loop);
   if (!m) {
-    mb_loop_exec(loop, vam_destroy_fn, v.vam);
+    mb_loop_exec(loop, vam_destroy_fn, &(vam_kill){v.vam, 0});
     rc = rc ? rc : MB_ENOMEM;
   }
   mb__rec_mapper(mm->rec, true, m, eager, rc);
@@ -197,8 +209,8 @@ static void mapper_removed(mb_actor *self, mb_msg *reply, void *ctx) {
   step_op *op = ctx;
   int rc = reply->status;
   mb__rec_mapper(op->mm->rec, false, op->mapper, false, rc);
-  if (!rc) {
-    mb_vam_destroy(op->mapper->vam);
+  if (!rc) { /* removed; a failed VA release is still the caller's to hear of */
+    rc = mb_vam_destroy(op->mapper->vam);
     mapper_forget(op->mapper);
   } else {
     mb_vam_unretire(op->mapper->vam);
@@ -230,14 +242,16 @@ int mb_mapper_remove_sync(mb_mapper *m) {
   int rc = mb_vam_retire(m->vam);
   if (rc) return rc;
   rc = mb__api_call(NULL, mb_actor_addr(m->mm->mm), remove_mapper_msg(m->vam), NULL, NULL);
-  if (!rc) mb__mapper_destroy(m);
+  if (!rc) rc = mb__mapper_destroy(m);
   else mb_vam_unretire(m->vam);
   return rc;
 }
 
-void mb__mapper_destroy(mb_mapper *m) {
-  mb_loop_exec(m->loop, vam_destroy_fn, m->vam);
+int mb__mapper_destroy(mb_mapper *m) {
+  vam_kill k = {m->vam, 0};
+  mb_loop_exec(m->loop, vam_destroy_fn, &k);
   mapper_forget(m);
+  return k.rc;
 }
 
 uint8_t *mb_mapper_base(const mb_mapper *m) { return mb_vam_base(m->vam); }
@@ -313,8 +327,8 @@ static void partition_registered(mb_actor *self, mb_msg *reply, void *ctx) {
 
 static void partition_add_step(mb_loop *loop, void *arg) {
   step_op *op = arg;
-  int rc = mb_partition_mapper_create(loop, op->ops, op->mm->max_addr, mb_vam_base(op->mm->part_vam),
-                                      &op->actor);
+  int rc = mb_partition_mapper_create(loop, op->ops, op->config, op->mm->max_addr,
+                                      mb_vam_base(op->mm->part_vam), &op->actor);
   if (!rc) mb_actor_time_requests(op->actor, true);
   mb_msg *msg = rc ? NULL : partition_msg(true, op->actor);
   if (!msg) {
@@ -325,24 +339,40 @@ static void partition_add_step(mb_loop *loop, void *arg) {
   mb_call(mb_loop_actor(loop), mb_actor_addr(op->mm->rm), msg, partition_registered, op);
 }
 
+/* MB_E_INVALID unless the parameters name a backend and a configuration it can take. */
+static int check_params(const mb_partition_params *p) {
+  if (!p || !p->ops || !p->ops->create) return MB_E_INVALID;
+  if (p->config && (p->ops->config_size == 0 || p->ops->config_size > CONFIG_MAX))
+    return MB_E_INVALID;
+  return 0;
+}
+
+void mb_partition_attach(mb_mm *mm, const mb_partition_params *p, mb_done_fn done, void *ctx) {
+  int rc = check_params(p);
+  step_op *op = rc ? NULL : step_new(mm, p->loop, done, ctx);
+  if (op) {
+    op->ops = p->ops;
+    if (p->config) op->config = memcpy(op->config_copy, p->config, p->ops->config_size);
+  }
+  step_start(op, rc ? NULL : partition_add_step, done, ctx);
+}
+
 void mb_partition_add(mb_mm *mm, const mb_partition_ops *ops, mb_loop *loop, mb_done_fn done,
                       void *ctx) {
-  step_op *op = step_new(mm, loop, done, ctx);
-  if (op) op->ops = ops;
-  step_start(op, partition_add_step, done, ctx);
+  mb_partition_attach(mm, &(mb_partition_params){ops, NULL, loop}, done, ctx);
 }
 
 typedef struct part_make {
   mb_mm *mm;
-  const mb_partition_ops *ops;
+  const mb_partition_params *params;
   mb_actor *actor;
   int rc;
 } part_make;
 
 static void part_make_fn(mb_loop *loop, void *arg) {
   part_make *p = arg;
-  p->rc = mb_partition_mapper_create(loop, p->ops, p->mm->max_addr, mb_vam_base(p->mm->part_vam),
-                                     &p->actor);
+  p->rc = mb_partition_mapper_create(loop, p->params->ops, p->params->config, p->mm->max_addr,
+                                     mb_vam_base(p->mm->part_vam), &p->actor);
   if (!p->rc) mb_actor_time_requests(p->actor, true);
 }
 
@@ -351,11 +381,13 @@ static void actor_destroy_fn(mb_loop *loop, void *arg) {
   mb_actor_destroy(arg);
 }
 
-int mb_partition_add_sync(mb_mm *mm, const mb_partition_ops *ops, mb_loop *loop,
-                          mb_partition **out) {
-  loop = loop ? loop : mm->loop;
-  part_make pm = {mm, ops, NULL, 0};
-  int rc = mb_loop_exec(loop, part_make_fn, &pm);
+int mb_partition_attach_sync(mb_mm *mm, const mb_partition_params *params, mb_partition **out) {
+  int rc = check_params(params);
+  if (rc) return rc;
+  const mb_partition_ops *ops = params->ops;
+  mb_loop *loop = params->loop ? params->loop : mm->loop;
+  part_make pm = {mm, params, NULL, 0};
+  rc = mb_loop_exec(loop, part_make_fn, &pm);
   if (rc || (rc = pm.rc)) return rc;
   rc = mb__api_call(NULL, mb_actor_addr(mm->rm), partition_msg(true, pm.actor), NULL, NULL);
   mb_partition *p = rc ? NULL : partition_new(mm, ops, pm.actor, loop);
@@ -366,6 +398,11 @@ int mb_partition_add_sync(mb_mm *mm, const mb_partition_ops *ops, mb_loop *loop,
   mb__rec_partition(mm->rec, true, p, ops->name, rc);
   if (!rc) *out = p;
   return rc;
+}
+
+int mb_partition_add_sync(mb_mm *mm, const mb_partition_ops *ops, mb_loop *loop,
+                          mb_partition **out) {
+  return mb_partition_attach_sync(mm, &(mb_partition_params){ops, NULL, loop}, out);
 }
 
 static void partition_removed(mb_actor *self, mb_msg *reply, void *ctx) {
@@ -434,4 +471,23 @@ void mb_partition_ranges(mb_partition *p, mb_done_fn done, void *ctx) {
 
 int mb_partition_ranges_sync(mb_partition *p, mb_range_list **out) {
   return ranges_sync(mb_actor_addr(p->actor), &pm_ranges_new()->hdr, pm_ranges_value, out);
+}
+
+/* ---- the exit question ------------------------------------------------------------------- */
+
+int mb_partition_classify(mb_partition *p, uint64_t gpa, uint64_t len, bool write) {
+  uint64_t max = p->mm->max_addr;
+  if (len == 0 || len > max || gpa > max - len) return MB_E_INVALID;
+  return mb_gpa_map_classify(p->mm->gpa_map, gpa, len, write, mb_vam_base(p->mm->part_vam));
+}
+
+static int classify_lookup(void *ctx, uint64_t gpa, uint64_t len, bool write) {
+  int kind = mb_partition_classify(ctx, gpa, len, write);
+  return kind == MB_E_INVALID ? MB_GPA_MMIO : kind; /* past max_addr: no RAM there */
+}
+
+int mb_partition_classify_exit(mb_partition *p, int rc, int err, const struct kvm_run *run,
+                               mb_kvm_exit *out) {
+  if (!run || !out) return MB_E_INVALID;
+  return mb__kvm_exit_classify(rc, err, run, classify_lookup, p, out);
 }

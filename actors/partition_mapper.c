@@ -95,8 +95,8 @@ static void pm_destroy(mb_actor *self) {
 
 static const mb_actor_type pm_type = {"partition_mapper", pm_handle, pm_destroy, 0};
 
-int mb_partition_mapper_create(mb_loop *loop, const mb_partition_ops *ops, uint64_t max_addr,
-                               uint8_t *va_base, mb_actor **out) {
+int mb_partition_mapper_create(mb_loop *loop, const mb_partition_ops *ops, const void *config,
+                               uint64_t max_addr, uint8_t *va_base, mb_actor **out) {
   if (!loop || !ops || !va_base || !out || !mb_loop_is_current(loop))
     return MB_EINVAL;
   if (mb_loop_stopping(loop))
@@ -106,7 +106,7 @@ int mb_partition_mapper_create(mb_loop *loop, const mb_partition_ops *ops, uint6
     return MB_ENOMEM;
   s->ops = ops;
   s->va_base = va_base;
-  int rc = ops->create(max_addr, &s->inst);
+  int rc = ops->create(max_addr, config, &s->inst);
   if (rc != 0) {
     free(s);
     return rc;

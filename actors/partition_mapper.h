@@ -26,10 +26,10 @@
   M(pm, PM_ACCESS, access, PM_ACCESS_FIELDS)
 MB_PROTOCOL_DECLARE(pm, PM_MESSAGES)
 
-/* Create on `loop` (its thread): a backend instance for guest addresses below max_addr, whose
- * host memory for gpa is at va_base + gpa. 0, or the backend's error (MB_E_UNSUPPORTED). */
-int mb_partition_mapper_create(mb_loop *loop, const mb_partition_ops *ops, uint64_t max_addr,
-                               uint8_t *va_base, mb_actor **out);
+/* Create on `loop` (its thread): a backend instance for guest addresses below max_addr, with
+ * the backend's configuration (partition.h), whose host memory for gpa is at va_base + gpa. 0, or the backend's error (MB_E_UNSUPPORTED). */
+int mb_partition_mapper_create(mb_loop *loop, const mb_partition_ops *ops, const void *config,
+                               uint64_t max_addr, uint8_t *va_base, mb_actor **out);
 /* The actor's destruction (mb_actor_destroy) destroys the backend instance. */
 
 /* On the partition mapper's thread only (a direct call, not a message): its mapped ranges as

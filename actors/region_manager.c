@@ -101,6 +101,7 @@ typedef struct rm_op {
   uint64_t start, end;    /* mapping remove: the absolute range */
   rm_mapping *spare;      /* mapping remove: the right part of a mapping split in two */
   mb_addr partition;      /* partition add */
+  bool published;         /* the gpa map shows this operation as busy */
 } rm_op;
 
 typedef struct rm_state {
@@ -215,6 +216,7 @@ static rm_op *op_new(rm_state *st, mb_msg *req, rm_region *r) {
   op->region = r;
   op->ncalls = op->nsteps = op->step = op->pending = 0;
   op->undoing = false;
+  op->published = false;
   op->err = 0;
   return op;
 }
@@ -416,7 +418,76 @@ static void call_send(mb_actor *self, rm_call *c, bool inverse) {
 
 static void op_commit(rm_state *st, rm_op *op);
 
+/* ---- the published guest physical map (gpa_map.h) -------------------------------------- */
+
+/* An access change of a mapped region: no piece comes or goes, all of its pieces change. */
+static bool is_access_change(const rm_op *op) {
+  const rm_region *r = op->region;
+  return op->kind == RM_REGION_MAP && op->diff.nremoved == 0 && op->diff.nadded == 0 &&
+         r->vis.mapped && r->writable != op->writable;
+}
+
+/* The guest range the operation may change, and how many ranges it adds (none: empty). */
+static mb_range op_span(const rm_op *op, size_t *adds) {
+  const mb__vis_diff *d = &op->diff;
+  *adds = d->nadded;
+  mb_range span = {0, 0};
+  if (d->nremoved > 0 || d->nadded > 0) {
+    span.start = UINT64_MAX;
+    if (d->nremoved > 0)
+      span = (mb_range){d->removed[0]->node.start, d->removed[d->nremoved - 1]->node.end};
+    if (d->nadded > 0) {
+      span.start = min64(span.start, d->added[0]->node.start);
+      span.end = max64(span.end, d->added[d->nadded - 1]->node.end);
+    }
+  } else if (op->kind == RM_MAPPING_ADD && op->mapping) {
+    span = (mb_range){op->mapping->node.start, op->mapping->node.end};
+  } else if (op->kind == RM_MAPPING_REMOVE) {
+    span = (mb_range){op->start, op->end};
+  } else if (op->region && is_access_change(op)) {
+    span = (mb_range){r_start(op->region), r_end(op->region)};
+  }
+  return span;
+}
+
+/* Publishes the operation as busy before anything is sent: 0 or MB_ENOMEM. */
+static int gpa_begin(rm_state *st, rm_op *op) {
+  size_t adds;
+  mb_range span = op_span(op, &adds);
+  if (!st->cfg.gpa_map || span.start >= span.end)
+    return 0;
+  if (mb_gpa_map_begin(st->cfg.gpa_map, span.start, span.end, adds) != 0)
+    return MB_ENOMEM;
+  op->published = true;
+  return 0;
+}
+
+/* Publishes the operation's end: its changes of the visible map if it succeeded (before the
+ * commit releases the diff), and the end of busy. */
+static void gpa_end(rm_state *st, rm_op *op, bool ok) {
+  mb_gpa_map *g = st->cfg.gpa_map;
+  if (!op->published)
+    return;
+  mb_gpa_map_edit(g);
+  const mb__vis_diff *d = &op->diff;
+  for (size_t i = 0; ok && i < d->nremoved; i++)
+    mb_gpa_map_drop(g, d->removed[i]->node.start);
+  for (size_t i = 0; ok && i < d->nadded; i++)
+    mb_gpa_map_add(g, d->added[i]->node.start, d->added[i]->node.end,
+                   new_access(op, region_of_vis(d->added[i]->region)));
+  if (ok && op->region && is_access_change(op)) {
+    rm_region *r = op->region;
+    mb__vis_piece *p;
+    for (p = mb__vis_first_piece_of(&st->vis, &r->vis, r_start(r), r_end(r)); p;
+         p = mb__vis_next_piece_of(p, &r->vis, r_start(r), r_end(r)))
+      mb_gpa_map_access(g, p->node.start, op->writable);
+  }
+  mb_gpa_map_end(g);
+  op->published = false;
+}
+
 static void op_finish(rm_state *st, rm_op *op, int err) {
+  gpa_end(st, op, err == 0);
   if (err == 0)
     op_commit(st, op);
   mb_msg *req = op->req;
@@ -452,6 +523,8 @@ static void op_next(mb_actor *self, rm_state *st) {
 
 /* Starts a planned operation (rc: the planning result). */
 static void op_start(mb_actor *self, rm_state *st, rm_op *op, int rc) {
+  if (rc == 0)
+    rc = gpa_begin(st, op);
   if (rc != 0) {
     mb_msg *req = op->req;
     op_free(op);
@@ -580,6 +653,8 @@ static int plan_mapping_add(rm_state *st, rm_op *op) {
     return MB_E_INVALID;
   if (first_mapping(r, abs.start, abs.end))
     return MB_E_OVERLAP;
+  if (m->writable && !mb_object_writable(m->obj))
+    return MB_E_READONLY; /* an object only readable (a sealed memfd, an O_RDONLY file) */
   rm_mapping *nm = calloc(1, sizeof *nm);
   if (nm == NULL)
     return MB_ENOMEM;

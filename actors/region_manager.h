@@ -34,6 +34,7 @@
 #include <stdio.h>
 
 #include "backing.h"
+#include "gpa_map.h"
 #include "mb_protocol.h"
 
 enum { MB_OVERLAP_NESTED = 0, MB_OVERLAP_ANY = 1 };
@@ -68,6 +69,7 @@ typedef struct mb_rm_config {
   uint64_t max_addr;
   int overlap;              /* MB_OVERLAP_NESTED or MB_OVERLAP_ANY */
   mb_addr mapping_manager;
+  mb_gpa_map *gpa_map;      /* published at each operation's start and end; may be NULL */
 } mb_rm_config;
 
 /* On the region manager's thread only (a direct call, not a message): a region's state, or

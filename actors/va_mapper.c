@@ -295,13 +295,12 @@ static mb_range unrecord(mb_vam *v, mb_rtree_node *it, uint64_t a, uint64_t b,
   return span;
 }
 
-/* Maps object bytes at [start, end), as mb_object_map_into would, without checking again
- * what establish checked. */
+/* Maps object bytes at [start, end). Through mb_object_map_into, which knows each kind's fd
+ * (MB_OBJECT_ANON's is internal) and refuses a writable mapping of a read-only object
+ * (MB_E_READONLY) before anything changes. */
 static int map_object(mb_vam *v, uint64_t start, uint64_t end, const mb_object *obj,
                       uint64_t obj_off, bool writable) {
-  int fd = mb_object_fd(obj); /* -1: MB_OBJECT_ANON */
-  return fd < 0 ? mb_va_map_anon(&v->va, start, end - start, writable)
-                : mb_va_map_fd(&v->va, start, end - start, fd, obj_off, writable);
+  return mb_object_map_into(obj, &v->va, start, end - start, obj_off, writable);
 }
 
 /* Maps object bytes into [start, end), where nothing is established (so no lock is there
@@ -814,9 +813,9 @@ static void free_subtree(mb_rtree_node *n) {
   }
 }
 
-void mb_vam_destroy(mb_vam *v) {
+int mb_vam_destroy(mb_vam *v) {
   if (v == NULL)
-    return;
+    return 0;
   if (v->actor != NULL)
     mb_actor_destroy(v->actor);
   free_subtree(v->ranges.root);
@@ -829,8 +828,9 @@ void mb_vam_destroy(mb_vam *v) {
   mb_msg_free(v->watch);
   while (v->nrange_cache > 0)
     free(v->range_cache[--v->nrange_cache]);
-  mb_va_release(&v->va);
+  int rc = mb_va_release(&v->va); /* on failure the span stays reserved: reported, not hidden */
   free(v);
+  return rc;
 }
 
 mb_addr mb_vam_addr(const mb_vam *v) {

@@ -57,8 +57,10 @@ typedef struct mb_vam mb_vam; /* the mapper: its reservation, its actor, its sta
  * does not register with the mapping manager (the caller sends MM_ADD_MAPPER). */
 int mb_vam_create(mb_loop *loop, mb_addr mapping_manager, uint64_t max_addr, bool eager,
                   mb_vam **out);
-/* Destroy: call on its loop's thread after MM_REMOVE_MAPPER completed; releases the VA. */
-void mb_vam_destroy(mb_vam *vam);
+/* Destroy: call on its loop's thread after MM_REMOVE_MAPPER completed; releases the VA. 0, or
+ * the -errno of a failed release (mb_va_release): the mapper is gone all the same, but its
+ * span stays reserved (leaked). NULL is a no-op (0). */
+int mb_vam_destroy(mb_vam *vam);
 mb_addr mb_vam_addr(const mb_vam *vam);
 uint8_t *mb_vam_base(const mb_vam *vam);
 bool mb_vam_eager(const mb_vam *vam);

@@ -21,10 +21,13 @@ typedef struct mb_part_range {
 } mb_part_range;
 
 typedef struct mb_partition_ops {
-  const char *name; /* "soft", "kvm" */
-  /* Make an instance for guest addresses below max_addr. 0, or MB_E_UNSUPPORTED when the
+  const char *name; /* "soft", "kvm", "kvm_attach" */
+  size_t config_size; /* bytes of its configuration (0: it takes none) */
+  /* Make an instance for guest addresses below max_addr, with the backend's own
+   * configuration (NULL for soft and kvm; an mb_kvm_attach_config for kvm_attach), read
+   * during the call only. 0, MB_E_INVALID for a bad configuration, MB_E_UNSUPPORTED when the
    * backend cannot run here (no /dev/kvm), or a negative errno. */
-  int (*create)(uint64_t max_addr, void **inst);
+  int (*create)(uint64_t max_addr, const void *config, void **inst);
   void (*destroy)(void *inst); /* unmaps everything */
   /* Map [gpa, gpa+size) to host memory at host_va (the VA mapper's base + gpa). -ENOSPC when
    * the backend has no room left (kvm: out of memory slots). */
@@ -40,6 +43,34 @@ typedef struct mb_partition_ops {
 } mb_partition_ops;
 
 extern const mb_partition_ops mb_partition_soft; /* in-process: follows its recorded map */
-extern const mb_partition_ops mb_partition_kvm;  /* a KVM VM; MB_E_UNSUPPORTED without /dev/kvm */
+/* A KVM VM of its own with a probe vCPU that makes guest accesses (scenarios, tests): built on
+ * kvm_attach, with slot 0 for its vCPU's code. MB_E_UNSUPPORTED without /dev/kvm. */
+extern const mb_partition_ops mb_partition_kvm;
+
+/* ---- kvm_attach: memory slots of a VM the VMM owns --------------------------------------
+ *
+ * The VMM creates the VM, its vCPUs and their threads, and runs KVM_RUN; membacking manages
+ * the memory slots in [slot_first, slot_first + slot_count) of that VM and no other. Each
+ * visible piece of guest memory is one slot (KVM_MEM_READONLY when the piece is read-only);
+ * slot numbers are recycled, and when the range is used up, the operation that needed one
+ * more fails with -ENOSPC and changes nothing. Removing the partition deletes exactly the
+ * slots membacking created; the VM stays its owner's. A guest access through the partition
+ * (mb_partition_access: device DMA) follows the map in process memory, as soft does.
+ *
+ * set_region, if not NULL, is called instead of ioctl(vm_fd, KVM_SET_USER_MEMORY_REGION, r)
+ * (0 or -errno): for a VMM that fences its vCPUs around slot changes, or routes its ioctls.
+ * It is called on the partition's loop thread. vm_fd may then be -1. */
+struct kvm_userspace_memory_region;
+typedef int (*mb_kvm_set_region_fn)(void *ctx, const struct kvm_userspace_memory_region *r);
+
+typedef struct mb_kvm_attach_config {
+  int vm_fd;            /* the VMM's VM (KVM_CREATE_VM); never closed by membacking */
+  uint32_t slot_first;  /* membacking's slots: [slot_first, slot_first + slot_count) */
+  uint32_t slot_count;  /* 0: every slot from slot_first up to KVM_CAP_NR_MEMSLOTS */
+  mb_kvm_set_region_fn set_region;
+  void *ctx;
+} mb_kvm_attach_config;
+
+extern const mb_partition_ops mb_partition_kvm_attach;
 
 #endif

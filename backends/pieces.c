@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <stdlib.h>
 
+#include "access.h"
 #include "mb_range.h"
 
 /* The checks of mb_pieces_check_map that do not look at the map. */
@@ -66,4 +67,37 @@ void mb_pieces_clear(mb_rtree *pieces, void (*each)(mb_piece *pc, void *ctx), vo
       each(mb_piece_of(n), ctx);
     mb_pieces_drop(pieces, mb_piece_of(n));
   }
+}
+
+/* Copies len bytes between buf and the piece's host memory at gpa (inside the piece). */
+static int copy_piece(const mb_piece *pc, uint64_t gpa, void *buf, size_t len, bool write) {
+  uint8_t *host = pc->host + (gpa - pc->node.start);
+  int rc = write ? mb_access_write(host, buf, len, NULL) : mb_access_read(buf, host, len, NULL);
+  return rc == -EFAULT ? MB_E_FAULT : rc;
+}
+
+int mb_pieces_access(const mb_rtree *pieces, uint64_t max_addr, uint64_t gpa, void *buf,
+                     size_t len, bool write) {
+  if (len > max_addr || gpa > max_addr - len)
+    return MB_E_INVALID;
+  uint8_t *b = buf;
+  while (len > 0) {
+    mb_piece *pc = mb_piece_of(mb_rtree_find(pieces, gpa));
+    if (!pc || (write && !pc->writable))
+      return MB_E_MMIO;
+    uint64_t avail = pc->node.end - gpa;
+    size_t n = avail < len ? (size_t)avail : len;
+    int rc = copy_piece(pc, gpa, b, n, write);
+    if (rc != 0)
+      return rc;
+    gpa += n;
+    b += n;
+    len -= n;
+  }
+  return 0;
+}
+
+int mb_pieces_exit_kind(const mb_rtree *pieces, uint64_t gpa, bool write) {
+  mb_piece *pc = mb_piece_of(mb_rtree_find(pieces, gpa));
+  return pc && (pc->writable || !write) ? MB_GPA_FAULT : MB_GPA_MMIO;
 }

@@ -7,6 +7,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "gpa_map.h"
 #include "partition.h"
 #include "range_tree.h"
 
@@ -39,6 +40,15 @@ int mb_pieces_add(mb_rtree *pieces, uint64_t gpa, uint64_t size, void *host, boo
 void mb_pieces_drop(mb_rtree *pieces, mb_piece *pc);
 /* Drop every piece, calling each(pc, ctx) first when each is not NULL. */
 void mb_pieces_clear(mb_rtree *pieces, void (*each)(mb_piece *pc, void *ctx), void *ctx);
+/* partition.h's access() by following the map, as the soft partition does: the first byte
+ * with no piece, or written in a read-only piece, is MB_E_MMIO; host memory that faults is
+ * MB_E_FAULT; MB_E_INVALID past max_addr. */
+int mb_pieces_access(const mb_rtree *pieces, uint64_t max_addr, uint64_t gpa, void *buf,
+                     size_t len, bool write);
+/* What a KVM exit at gpa means for a partition that maps exactly these pieces and whose
+ * vCPU the kernel could not let touch gpa: inside a piece, other than a write to a read-only
+ * one, the host memory failed (MB_GPA_FAULT); else device MMIO (MB_GPA_MMIO). */
+int mb_pieces_exit_kind(const mb_rtree *pieces, uint64_t gpa, bool write);
 /* partition.h's ranges(): up to max pieces in ascending order; returns how many there are. */
 size_t mb_pieces_ranges(const mb_rtree *pieces, mb_part_range *out, size_t max);
 

@@ -10,7 +10,6 @@
 #include <errno.h>
 #include <stdlib.h>
 
-#include "access.h"
 #include "mb_range.h"
 #include "partition.h"
 #include "pieces.h"
@@ -26,9 +25,11 @@ typedef struct soft_part {
   unsigned nspare;
 } soft_part;
 
-static int soft_create(uint64_t max_addr, void **inst) {
+static int soft_create(uint64_t max_addr, const void *config, void **inst) {
   if (max_addr == 0 || !mb_page_aligned(max_addr))
     return -EINVAL;
+  if (config != NULL)
+    return MB_E_INVALID; /* the soft partition has nothing to configure */
   soft_part *p = calloc(1, sizeof *p);
   if (!p)
     return -ENOMEM;
@@ -74,34 +75,9 @@ static int soft_unmap(void *inst, uint64_t gpa, uint64_t size) {
   return 0;
 }
 
-/* Copies len bytes between buf and the piece's host memory at gpa (inside the piece). */
-static int copy_piece(const mb_piece *pc, uint64_t gpa, void *buf, size_t len, bool write) {
-  uint8_t *host = pc->host + (gpa - pc->node.start);
-  int rc = write ? mb_access_write(host, buf, len, NULL) : mb_access_read(buf, host, len, NULL);
-  if (rc == -EFAULT)
-    return MB_E_FAULT;
-  return rc;
-}
-
 static int soft_access(void *inst, uint64_t gpa, void *buf, size_t len, bool write) {
   soft_part *p = inst;
-  if (len > p->max_addr || gpa > p->max_addr - len)
-    return MB_E_INVALID;
-  uint8_t *b = buf;
-  while (len > 0) {
-    mb_piece *pc = mb_piece_of(mb_rtree_find(&p->pieces, gpa));
-    if (!pc || (write && !pc->writable))
-      return MB_E_MMIO;
-    uint64_t avail = pc->node.end - gpa;
-    size_t n = avail < len ? (size_t)avail : len;
-    int rc = copy_piece(pc, gpa, b, n, write);
-    if (rc != 0)
-      return rc;
-    gpa += n;
-    b += n;
-    len -= n;
-  }
-  return 0;
+  return mb_pieces_access(&p->pieces, p->max_addr, gpa, buf, len, write);
 }
 
 static size_t soft_ranges(void *inst, mb_part_range *out, size_t max) {

@@ -39,7 +39,7 @@ struct mb__recover {
 
 /* One whole copy. READ: guest src -> host dst; WRITE: host src -> guest dst; FILL: byte ->
  * guest dst. guest is the guest-side address. */
-enum mb__op { MB__READ, MB__WRITE, MB__FILL };
+enum mb__op { MB__READ, MB__WRITE, MB__FILL, MB__PROBE_READ, MB__PROBE_WRITE };
 struct mb__job {
   enum mb__op op;
   unsigned char *dst;
@@ -92,6 +92,27 @@ void mb__access_on_fault(int sig, siginfo_t *si, void *uc) {
 
 /* ---- the copy itself ------------------------------------------------------------------- */
 
+/* A probe touches one byte in each page of the guest range [p, p + n), as the guest's CPU
+ * would: a load, or for a write a locked OR of zero, a store that changes nothing even while
+ * the guest stores to the same byte. Inline assembly on x86-64: neither the compiler nor a
+ * sanitizer turns it into anything else. */
+static inline void mb__probe(uintptr_t p, size_t n, bool write) {
+  uintptr_t end = p + n;
+  for (uintptr_t a = p; a < end; a = (a & ~(uintptr_t)MB_PAGE_MASK) + MB_PAGE_SIZE) {
+#if defined(__x86_64__)
+    if (write)
+      __asm__ volatile("lock orb $0, %0" : "+m"(*(unsigned char *)a)::"memory");
+    else
+      __asm__ volatile("" ::"r"(*(volatile unsigned char *)a) : "memory");
+#else
+    if (write)
+      __atomic_fetch_or((unsigned char *)a, 0, __ATOMIC_RELAXED);
+    else
+      (void)*(volatile unsigned char *)a;
+#endif
+  }
+}
+
 #if defined(__SANITIZE_THREAD__)
 #define MB__TSAN 1
 #elif defined(__has_feature)
@@ -102,7 +123,9 @@ void mb__access_on_fault(int sig, siginfo_t *si, void *uc) {
 
 #ifndef MB__TSAN
 static inline void mb__copy(const struct mb__job *j, size_t off, size_t n) {
-  if (j->op == MB__FILL)
+  if (j->op >= MB__PROBE_READ)
+    mb__probe(j->guest + off, n, j->op == MB__PROBE_WRITE);
+  else if (j->op == MB__FILL)
     memset(j->dst + off, j->byte, n);
   else
     memcpy(j->dst + off, j->src + off, n);
@@ -124,6 +147,10 @@ void __tsan_write_range(void *addr, unsigned long size);
 
 __attribute__((no_sanitize_thread, noinline)) static void
 mb__copy(const struct mb__job *j, size_t off, size_t n) {
+  if (j->op >= MB__PROBE_READ) {
+    mb__probe(j->guest + off, n, j->op == MB__PROBE_WRITE);
+    return;
+  }
   volatile unsigned char *d = j->dst + off;
   const volatile unsigned char *s = j->src + off;
   for (size_t i = 0; i < n; i++)
@@ -241,5 +268,11 @@ int mb_access_write(void *guest_dst, const void *src, size_t n, mb_fault *f) {
 
 int mb_access_fill(void *guest_dst, int byte, size_t n, mb_fault *f) {
   struct mb__job j = {MB__FILL, guest_dst, NULL, byte, (uintptr_t)guest_dst};
+  return run(&j, n, f);
+}
+
+int mb_access_probe(const void *guest, size_t n, bool write, mb_fault *f) {
+  struct mb__job j = {write ? MB__PROBE_WRITE : MB__PROBE_READ, NULL, NULL, 0,
+                      (uintptr_t)guest};
   return run(&j, n, f);
 }

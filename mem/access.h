@@ -32,6 +32,7 @@
 #ifndef MB_ACCESS_H
 #define MB_ACCESS_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
 #ifdef __cplusplus
@@ -62,6 +63,11 @@ int mb_access_read(void *dst, const void *guest_src, size_t n, mb_fault *f);
 int mb_access_write(void *guest_dst, const void *src, size_t n, mb_fault *f);
 /* Sets n bytes of guest memory to (unsigned char)byte. */
 int mb_access_fill(void *guest_dst, int byte, size_t n, mb_fault *f);
+/* Checks that the guest could access [guest, guest + n) now, touching one byte per page: a
+ * load, or for write a locked OR of zero (a store that changes no byte, even racing with
+ * other stores; it does make the page dirty and, for private memory, the kernel copies it).
+ * 0 or -EFAULT (f filled in as for a copy). */
+int mb_access_probe(const void *guest, size_t n, bool write, mb_fault *f);
 
 #ifdef __cplusplus
 }

@@ -1,33 +1,56 @@
-/* backing.c: backing objects (see backing.h): creation of each kind, refcount, fills. */
+/* backing.c: backing objects (see backing.h): creation of each kind, import of a caller's
+ * fd, refcount, fills, mapping. */
 #include "backing.h"
 
 #include <assert.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <linux/fs.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <unistd.h>
 
+#include "fault_inject.h"
 #include "mb_range.h"
 
 struct mb_object {
   atomic_uint refs;
   mb_object_kind kind;
-  int fd; /* -1 for MB_OBJECT_ANON */
+  bool writable; /* false only for a read-only import */
+  int fd;        /* always valid; MB_OBJECT_ANON's is never given out */
   uint64_t size;
 };
+
+/* Wraps fd (now owned) in a new object; closes fd if that fails. */
+static int object_new(mb_object_kind kind, int fd, uint64_t size, bool writable,
+                      mb_object **out) {
+  mb_object *obj = malloc(sizeof *obj);
+  if (obj == NULL) {
+    close(fd);
+    return -ENOMEM;
+  }
+  atomic_init(&obj->refs, 1);
+  obj->kind = kind;
+  obj->writable = writable;
+  obj->fd = fd;
+  obj->size = size;
+  *out = obj;
+  return 0;
+}
 
 /* ---- creation -------------------------------------------------------------------------- */
 
 static int create_memfd(const char *name) {
   char label[64];
   snprintf(label, sizeof label, "membacking:%s", name ? name : "ram");
-  int fd = memfd_create(label, MFD_CLOEXEC);
+  int fd = mb__sys_memfd_create(label, MFD_CLOEXEC);
   return fd < 0 ? -errno : fd;
 }
 
@@ -54,11 +77,13 @@ static int create_tmpfile(void) {
   return fd;
 }
 
+/* MB_OBJECT_ANON is a memfd too: one set of pages that every mapping shares, which
+ * private anonymous mappings (a fresh copy per mapping) cannot give. */
 static int create_fd(mb_object_kind kind, uint64_t size, const char *name) {
-  int fd = kind == MB_OBJECT_MEMFD ? create_memfd(name) : create_tmpfile();
+  int fd = kind == MB_OBJECT_FILE ? create_tmpfile() : create_memfd(name);
   if (fd < 0)
     return fd;
-  if (ftruncate(fd, (off_t)size) != 0) {
+  if (mb__sys_ftruncate(fd, (off_t)size) != 0) {
     int err = -errno;
     close(fd);
     return err;
@@ -72,23 +97,107 @@ int mb_object_create(mb_object_kind kind, uint64_t size, const char *name, mb_ob
     return -EINVAL;
   if (kind != MB_OBJECT_MEMFD && kind != MB_OBJECT_FILE && kind != MB_OBJECT_ANON)
     return -EINVAL;
-  mb_object *obj = malloc(sizeof *obj);
-  if (obj == NULL)
-    return -ENOMEM;
-  obj->fd = -1;
-  if (kind != MB_OBJECT_ANON) {
-    obj->fd = create_fd(kind, size, name);
-    if (obj->fd < 0) {
-      int err = obj->fd;
-      free(obj);
-      return err;
-    }
+  int fd = create_fd(kind, size, name);
+  if (fd < 0)
+    return fd;
+  return object_new(kind, fd, size, true, out);
+}
+
+/* ---- import ---------------------------------------------------------------------------- */
+
+/* /dev/zero: every shared mapping of it is new memory, so views would not share bytes. */
+static bool is_dev_zero(const struct stat *st) {
+  return S_ISCHR(st->st_mode) && major(st->st_rdev) == 1 && minor(st->st_rdev) == 5;
+}
+
+/* How many bytes fd can back, as far as the kernel says: UINT64_MAX for a character device
+ * (it does not say; the trial mapping of the last page checks, as it checks that files map
+ * in 4 KiB pages). MB_E_INVALID for a kind of
+ * file that cannot be mapped at all (pipe, socket, directory, anonymous inode). */
+static int file_size(int fd, const struct stat *st, uint64_t *out) {
+  if (S_ISREG(st->st_mode)) {
+    *out = (uint64_t)st->st_size;
+    return 0;
   }
-  atomic_init(&obj->refs, 1);
-  obj->kind = kind;
-  obj->size = size;
-  *out = obj;
+  if (S_ISBLK(st->st_mode))
+    return ioctl(fd, BLKGETSIZE64, out) == 0 ? 0 : -errno;
+  if (S_ISCHR(st->st_mode) && !is_dev_zero(st)) {
+    *out = UINT64_MAX;
+    return 0;
+  }
+  return MB_E_INVALID;
+}
+
+/* size 0 asks for the whole file (which must then have a known, aligned size). */
+static int import_size(uint64_t avail, uint64_t *size) {
+  if (*size == 0 && avail != UINT64_MAX)
+    *size = avail;
+  if (*size == 0 || !mb_page_aligned(*size) || *size > (uint64_t)INT64_MAX || *size > avail)
+    return MB_E_INVALID;
   return 0;
+}
+
+/* Whether fd allows writable shared mappings, as far as its flags and seals tell. */
+static bool fd_writable(int fd) {
+  int fl = fcntl(fd, F_GETFL);
+  if (fl < 0 || (fl & O_ACCMODE) != O_RDWR)
+    return false;
+  int seals = fcntl(fd, F_GET_SEALS); /* -1 (EINVAL) for files that cannot be sealed */
+  return seals < 0 || (seals & (F_SEAL_WRITE | F_SEAL_FUTURE_WRITE)) == 0;
+}
+
+/* mmap failures that mean "not now" (a limit), not "not this fd". */
+static bool transient(int err) {
+  return err == ENOMEM || err == EAGAIN || err == ENFILE || err == EMFILE || err == EINTR;
+}
+
+/* Maps one page of fd at off as the object will be mapped, and unmaps it again: the
+ * kernel's own verdict on whether fd can back guest memory. */
+static int try_map(int fd, uint64_t off, bool writable) {
+  int prot = writable ? PROT_READ | PROT_WRITE : PROT_READ;
+  void *p = mb__sys_mmap(NULL, MB_PAGE_SIZE, prot, MAP_SHARED, fd, (off_t)off);
+  if (p == MAP_FAILED)
+    return transient(errno) ? -errno : MB_E_INVALID;
+  /* A lone fresh mapping needs no split to go, so this does not fail in practice; if it
+   * does, the page stays mapped and the caller hears of it. */
+  return mb__sys_munmap(p, MB_PAGE_SIZE) == 0 ? 0 : -errno;
+}
+
+/* Checks the first and the last page; *writable drops to false if the kernel refuses a
+ * writable mapping for a reason fd_writable cannot see (an append-only inode, say). */
+static int check_mappable(int fd, uint64_t size, bool *writable) {
+  int rc = try_map(fd, 0, *writable);
+  if (rc == MB_E_INVALID && *writable) {
+    *writable = false;
+    rc = try_map(fd, 0, false);
+  }
+  if (rc == 0 && size > MB_PAGE_SIZE)
+    rc = try_map(fd, size - MB_PAGE_SIZE, *writable);
+  return rc;
+}
+
+/* Everything is checked on the caller's fd; the duplicate is made last, so a failure has
+ * nothing to undo. */
+int mb_object_import_fd(int fd, uint64_t size, mb_object **out) {
+  if (out == NULL)
+    return MB_E_INVALID;
+  *out = NULL;
+  struct stat st;
+  if (fd < 0 || fstat(fd, &st) != 0)
+    return fd < 0 || errno == EBADF ? MB_E_INVALID : -errno;
+  uint64_t avail = 0;
+  int rc = file_size(fd, &st, &avail);
+  if (rc == 0)
+    rc = import_size(avail, &size);
+  bool writable = fd_writable(fd);
+  if (rc == 0)
+    rc = check_mappable(fd, size, &writable);
+  if (rc != 0)
+    return rc;
+  int own = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+  if (own < 0)
+    return -errno;
+  return object_new(MB_OBJECT_FD, own, size, writable, out);
 }
 
 /* ---- references ------------------------------------------------------------------------ */
@@ -110,8 +219,7 @@ void mb_object_unref(mb_object *obj) {
   assert(old > 0);
   if (old != 1)
     return;
-  if (obj->fd >= 0)
-    close(obj->fd);
+  close(obj->fd);
   free(obj);
 }
 
@@ -126,7 +234,11 @@ uint64_t mb_object_size(const mb_object *obj) {
 }
 
 int mb_object_fd(const mb_object *obj) {
-  return obj->fd;
+  return obj->kind == MB_OBJECT_ANON ? -1 : obj->fd;
+}
+
+bool mb_object_writable(const mb_object *obj) {
+  return obj->writable;
 }
 
 /* mb_object_check_range, inline for mb_object_map_into. */
@@ -180,8 +292,8 @@ static int punch_all(mb_object *obj) {
 }
 
 static int fill(mb_object *obj, uint8_t value, bool per_page) {
-  if (obj->kind == MB_OBJECT_ANON)
-    return -ENOTSUP;
+  if (!obj->writable)
+    return MB_E_READONLY;
   if (!per_page && value == 0) {
     int rc = punch_all(obj);
     if (rc != -EOPNOTSUPP && rc != -ENOSYS)
@@ -214,7 +326,7 @@ int mb_object_map_into(const mb_object *obj, mb_va *va, uint64_t va_off, uint64_
   int rc = check_range(obj, obj_off, len);
   if (rc != 0)
     return rc;
-  if (obj->kind == MB_OBJECT_ANON)
-    return mb_va_map_anon(va, va_off, len, writable);
+  if (writable && !obj->writable)
+    return MB_E_READONLY;
   return mb_va_map_fd(va, va_off, len, obj->fd, obj_off, writable);
 }

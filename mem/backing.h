@@ -5,12 +5,21 @@
  *                    that receives the fd.
  *   MB_OBJECT_FILE   a regular file in a private temporary directory (mkdtemp under $TMPDIR,
  *                    else /tmp), unlinked at once: nothing is left on disk, even on a crash.
- *   MB_OBJECT_ANON   private anonymous memory: no fd, no contents of its own; every
- *                    mapping of it is fresh zeroed memory.
+ *   MB_OBJECT_ANON   private memory: contents of its own, like a memfd, but no fd is ever
+ *                    given out (mb_object_fd is -1), so no other process can map it. It is
+ *                    an internal memfd: every mapping of it, in every VA reservation,
+ *                    shows the same bytes, and bytes survive unmap/map and access changes
+ *                    for as long as the object lives. (A forked child shares its mapped
+ *                    pages, as for every kind.)
+ *   MB_OBJECT_FD     a descriptor the VMM already holds (a DAX file, a memfd shared with a
+ *                    vhost-user device, a snapshot file), imported by mb_object_import_fd.
  *
- * Objects are reference counted and immutable after creation (size, kind and fd never
- * change), so any thread may use one it holds a reference to. The fd, if any, is closed on
- * the last unref. Sizes and offsets are 4 KiB aligned; errors are negative errno values.
+ * Every kind is mapped shared (MAP_SHARED), so all views of an object are one memory.
+ *
+ * Objects are reference counted and immutable after creation (size, kind, fd and
+ * writability never change), so any thread may use one it holds a reference to. The
+ * object's fd is its own and is closed on the last unref. Sizes and offsets are 4 KiB
+ * aligned; errors are negative errno values, or the codes of mb_errors.h where noted.
  */
 #ifndef MB_BACKING_H
 #define MB_BACKING_H
@@ -18,6 +27,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "mb_errors.h"
 #include "mb_range.h"
 #include "va_reserve.h"
 
@@ -29,13 +39,32 @@ typedef enum mb_object_kind {
   MB_OBJECT_MEMFD,
   MB_OBJECT_FILE,
   MB_OBJECT_ANON,
+  MB_OBJECT_FD,
 } mb_object_kind;
 
 typedef struct mb_object mb_object;
 
 /* Creates an object of size bytes (non-zero, 4 KiB aligned, <= INT64_MAX) with one
- * reference. name labels the memfd (may be NULL). */
+ * reference, all zero. name labels the memfd (may be NULL). kind MB_OBJECT_FD: -EINVAL
+ * (use mb_object_import_fd). */
 int mb_object_create(mb_object_kind kind, uint64_t size, const char *name, mb_object **out);
+/* Imports fd as an MB_OBJECT_FD object of size bytes with one reference. The object keeps
+ * a duplicate of fd (F_DUPFD_CLOEXEC) and closes only that: the caller keeps fd and may
+ * close it at once. size 0 takes the file's size (a regular file, a memfd, a block device);
+ * a character device must be given its size. The size must be a non-zero multiple of
+ * 4 KiB, at most INT64_MAX and at most the file's size. Guest memory is mapped in 4 KiB
+ * pages, so what only maps in larger ones (hugetlbfs files, device DAX) is MB_E_INVALID.
+ * The object is read-only (mb_object_writable false) when fd was opened O_RDONLY or is a
+ * memfd sealed with F_SEAL_WRITE or F_SEAL_FUTURE_WRITE (or the kernel refuses a writable
+ * shared mapping of it for another reason); its mappings and fills are MB_E_READONLY.
+ * This is decided at import: sealing later makes writable mappings fail with -EPERM.
+ * The caller must not shrink the file below size: access beyond its end faults (SIGBUS,
+ * seen as a fault by mb_access_*).
+ * MB_E_INVALID: fd is not open, or not mappable (a pipe, socket, directory, eventfd,
+ * O_WRONLY or O_PATH fd, /dev/zero (each mapping would be separate memory), a procfs or
+ * sysfs file: decided by mapping a page for a moment), or the size is bad. Resource limits
+ * are -errno (-EMFILE, -ENOMEM). On any error nothing is kept and *out is NULL. */
+int mb_object_import_fd(int fd, uint64_t size, mb_object **out);
 /* Adds a reference; returns obj. */
 mb_object *mb_object_ref(mb_object *obj);
 /* Drops a reference; the last one closes the fd and frees the object. NULL is a no-op. */
@@ -43,15 +72,21 @@ void mb_object_unref(mb_object *obj);
 
 mb_object_kind mb_object_get_kind(const mb_object *obj);
 uint64_t mb_object_size(const mb_object *obj);
-/* The object's fd (owned by the object), or -1 for MB_OBJECT_ANON. */
+/* The object's fd (owned by the object), or -1 for MB_OBJECT_ANON (private: its fd is
+ * internal). For MB_OBJECT_FD it is the object's duplicate, not the caller's fd. */
 int mb_object_fd(const mb_object *obj);
+/* False if only read-only mappings of the object are possible (a read-only import): a
+ * writable mapping of it is MB_E_READONLY. Region and mapping managers check this before
+ * accepting a writable mapping, so it is refused before anything changes. */
+bool mb_object_writable(const mb_object *obj);
 
 /* 0 if [off, off + len) is non-empty, aligned and inside the object, else -EINVAL. */
 int mb_object_check_range(const mb_object *obj, uint64_t off, uint64_t len);
 
 /* Contents (test scenarios). Sets every byte to `byte` / the k-th 4 KiB page to bytes of
- * value (base + k) mod 256. -ENOTSUP for MB_OBJECT_ANON, which has no contents. Not atomic
- * with respect to concurrent readers. */
+ * value (base + k) mod 256, for every kind (MB_OBJECT_ANON too: every mapping sees it; an
+ * imported fd: the caller's file is written). MB_E_READONLY for a read-only object. Not
+ * atomic with respect to concurrent readers. */
 int mb_object_fill_byte(mb_object *obj, uint8_t byte);
 int mb_object_fill_pages(mb_object *obj, uint8_t base);
 
@@ -60,8 +95,10 @@ static inline uint8_t mb_fill_pages_byte(uint8_t base, uint64_t off) {
   return (uint8_t)(base + off / MB_PAGE_SIZE);
 }
 
-/* Maps object bytes [obj_off, obj_off + len) at va offset va_off (shared for fd kinds,
- * fresh private memory for MB_OBJECT_ANON). */
+/* Maps object bytes [obj_off, obj_off + len) shared at va offset va_off, read-only or
+ * read-write. -EINVAL for a range outside the object or the reservation and MB_E_READONLY
+ * for writable on a read-only object, both changing nothing; a failed mmap leaves the
+ * range PROT_NONE (mb_va_map_fd). */
 int mb_object_map_into(const mb_object *obj, mb_va *va, uint64_t va_off, uint64_t len,
                        uint64_t obj_off, bool writable);
 

@@ -11,6 +11,7 @@
 #include <stddef.h>
 #include <sys/mman.h>
 
+#include "fault_inject.h"
 #include "mb_range.h"
 
 /* The flags of a reserved (unmapped) range: no access, no memory committed. */
@@ -21,7 +22,14 @@ static int prot_of(bool writable) {
 }
 
 int mb_va_reserve(mb_va *va, uint64_t size) {
-  return mb_va_reserve_aligned(va, size, MB_PAGE_SIZE);
+  return mb_va_reserve_aligned(va, size, mb_va_align_for(size));
+}
+
+/* Gives back [p, p + len) of a fresh reservation; a no-op for len 0. */
+static int trim(uintptr_t p, uintptr_t len) {
+  if (len == 0 || mb__sys_munmap((void *)p, len) == 0)
+    return 0;
+  return -errno;
 }
 
 int mb_va_reserve_aligned(mb_va *va, uint64_t size, uint64_t align) {
@@ -33,28 +41,32 @@ int mb_va_reserve_aligned(mb_va *va, uint64_t size, uint64_t align) {
   if (size > SIZE_MAX - slack)
     return -EINVAL;
   size_t span = (size_t)(size + slack);
-  void *p = mmap(NULL, span, PROT_NONE, MB__RESERVE_FLAGS, -1, 0);
+  void *p = mb__sys_mmap(NULL, span, PROT_NONE, MB__RESERVE_FLAGS, -1, 0);
   if (p == MAP_FAILED)
     return -errno;
   uintptr_t lo = (uintptr_t)p;
   uintptr_t base = (lo + (align - 1)) & ~(uintptr_t)(align - 1);
   uintptr_t tail = lo + span - (base + size);
-  /* Trimming our own fresh mapping cannot fail in a way that matters: at worst a few
-   * PROT_NONE pages stay reserved. */
-  if (base > lo)
-    munmap(p, base - lo);
-  if (tail > 0)
-    munmap((void *)(base + size), tail);
+  int rc = trim(lo, base - lo);
+  if (rc == 0)
+    rc = trim(base + size, tail);
+  if (rc != 0) { /* give everything back rather than keep a span nobody accounts for; */
+    mb__sys_munmap(p, span); /* munmap of the already trimmed part is harmless */
+    return rc;
+  }
   va->base = (uint8_t *)base;
   va->size = size;
   return 0;
 }
 
-void mb_va_release(mb_va *va) {
-  if (va->base != NULL)
-    munmap(va->base, va->size);
+int mb_va_release(mb_va *va) {
+  if (va->base == NULL)
+    return 0;
+  if (mb__sys_munmap(va->base, va->size) != 0)
+    return -errno; /* still ours, all of it: the caller may retry */
   va->base = NULL;
   va->size = 0;
+  return 0;
 }
 
 /* mb_va_check, inline for the map functions. */
@@ -71,7 +83,7 @@ int mb_va_check(const mb_va *va, uint64_t off, uint64_t len) {
 
 /* Puts a PROT_NONE reservation over the range (no bounds check). */
 static int reserve_range(mb_va *va, uint64_t off, uint64_t len) {
-  void *p = mmap(va->base + off, len, PROT_NONE, MB__RESERVE_FLAGS | MAP_FIXED, -1, 0);
+  void *p = mb__sys_mmap(va->base + off, len, PROT_NONE, MB__RESERVE_FLAGS | MAP_FIXED, -1, 0);
   return p == MAP_FAILED ? -errno : 0;
 }
 
@@ -92,8 +104,8 @@ int mb_va_map_fd(mb_va *va, uint64_t off, uint64_t len, int fd, uint64_t fd_off,
     return rc;
   if (!mb_page_aligned(fd_off) || fd_off > (uint64_t)INT64_MAX - len)
     return -EINVAL;
-  void *p = mmap(va->base + off, len, prot_of(writable), MAP_SHARED | MAP_FIXED, fd,
-                 (off_t)fd_off);
+  void *p = mb__sys_mmap(va->base + off, len, prot_of(writable), MAP_SHARED | MAP_FIXED, fd,
+                         (off_t)fd_off);
   return finish_map(va, off, len, p);
 }
 
@@ -101,8 +113,8 @@ int mb_va_map_anon(mb_va *va, uint64_t off, uint64_t len, bool writable) {
   int rc = check(va, off, len);
   if (rc != 0)
     return rc;
-  void *p = mmap(va->base + off, len, prot_of(writable),
-                 MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
+  void *p = mb__sys_mmap(va->base + off, len, prot_of(writable),
+                         MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
   return finish_map(va, off, len, p);
 }
 
@@ -110,7 +122,7 @@ int mb_va_protect(mb_va *va, uint64_t off, uint64_t len, bool writable) {
   int rc = check(va, off, len);
   if (rc != 0)
     return rc;
-  if (mprotect(va->base + off, len, prot_of(writable)) != 0)
+  if (mb__sys_mprotect(va->base + off, len, prot_of(writable)) != 0)
     return -errno;
   return 0;
 }

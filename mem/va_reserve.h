@@ -8,7 +8,7 @@
  *
  * Offsets and lengths are relative to the base, must be 4 KiB aligned, non-zero (len) and
  * inside the reservation; anything else is -EINVAL and changes nothing. System call failures
- * return -errno.
+ * return -errno (each system call goes through fault_inject.h, so tests can fail any one).
  *
  * Threads: reserve/release are called by the owner with no other user of the span. The map
  * functions may run from any thread; calls on disjoint ranges do not interfere, calls on
@@ -30,13 +30,26 @@ typedef struct mb_va {
   uint64_t size; /* bytes, a multiple of 4 KiB; read-only for users */
 } mb_va;
 
-/* Reserves size bytes (non-zero, 4 KiB aligned) at an address the kernel picks. */
+/* Base alignment of mb_va_reserve: 1 GiB for spans of at least 1 GiB, else 2 MiB, so
+ * transparent huge pages and KVM's large pages (which need host and guest addresses equally
+ * aligned) can back guest RAM from guest address 0 on. */
+#define MB_VA_ALIGN_SMALL (2ull << 20)
+#define MB_VA_ALIGN_LARGE (1ull << 30)
+static inline uint64_t mb_va_align_for(uint64_t size) {
+  return size >= MB_VA_ALIGN_LARGE ? MB_VA_ALIGN_LARGE : MB_VA_ALIGN_SMALL;
+}
+
+/* Reserves size bytes (non-zero, 4 KiB aligned) at an address the kernel picks, aligned to
+ * mb_va_align_for(size). Only size bytes stay reserved (see mb_va_reserve_aligned). */
 int mb_va_reserve(mb_va *va, uint64_t size);
-/* Same, with base aligned to align (a power of two >= 4 KiB, e.g. 2 MiB or 1 GiB so large
- * pages can back the span); reserves size + align and trims the excess. */
+/* Same, with base aligned to align (a power of two >= 4 KiB). Reserves size + align - 4 KiB,
+ * then unmaps the excess on both sides; if that fails, gives the whole span back and returns
+ * the error. *va is zeroed on failure. */
 int mb_va_reserve_aligned(mb_va *va, uint64_t size, uint64_t align);
-/* Unmaps the whole span (all mappings in it) and zeroes *va. A zeroed va is a no-op. */
-void mb_va_release(mb_va *va);
+/* Unmaps the whole span (all mappings in it) and zeroes *va: 0. A zeroed va is a no-op (0).
+ * If the kernel refuses (-errno, e.g. -ENOMEM when vm.max_map_count is reached), nothing was
+ * released and *va is unchanged: the span is still reserved and the caller may retry. */
+int mb_va_release(mb_va *va);
 
 static inline void *mb_va_ptr(const mb_va *va, uint64_t off) {
   return va->base + off;

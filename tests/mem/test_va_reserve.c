@@ -1,6 +1,7 @@
 /* test_va_reserve.c: VA reservations: mapping fds and anonymous memory, unmapping back to
- * PROT_NONE, protection changes, argument checks, large and aligned reservations. Faults
- * are observed with mb_access_* instead of crashing. */
+ * PROT_NONE, protection changes, argument checks, large and aligned reservations (large-page
+ * alignment by default, with nothing but the span itself left reserved). Faults are observed
+ * with mb_access_* instead of crashing. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -18,6 +19,7 @@
 
 #include "access.h"
 #include "mb_range.h"
+#include "mem_probe.h"
 #include "va_reserve.h"
 
 #define PAGE ((uint64_t)MB_PAGE_SIZE)
@@ -71,10 +73,10 @@ static void test_reserve_64g(void **state) {
   unsigned char b = 0;
   assert_int_equal(pread(fd, &b, 1, PAGE - 1), 1);
   assert_int_equal(b, 0x5a);
-  mb_va_release(&va);
+  assert_int_equal(mb_va_release(&va), 0);
   assert_null(va.base);
   assert_true(va.size == 0);
-  mb_va_release(&va); /* releasing a released (zeroed) va is a no-op */
+  assert_int_equal(mb_va_release(&va), 0); /* releasing a released (zeroed) va is a no-op */
   close(fd);
 }
 
@@ -89,6 +91,54 @@ static void test_reserve_aligned(void **state) {
     assert_true(va.size == 3 * GiB + 5 * PAGE);
     assert_false(readable(va.base + va.size - 1));
     mb_va_release(&va);
+  }
+}
+
+/* Where the kernel would put a span of len bytes now (nothing maps in between: the next
+ * mmap of that length lands there too). */
+static uint8_t *next_placement(uint64_t len) {
+  void *p = mmap(NULL, len, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  assert_true(p != MAP_FAILED);
+  assert_int_equal(munmap(p, len), 0);
+  return p;
+}
+
+/* Asserts that the first and last pages of [a, b) are unmapped (a == b: nothing to see). */
+static void expect_unmapped(const uint8_t *a, const uint8_t *b) {
+  if (a < b) {
+    assert_false(mem_mapped(a));
+    assert_false(mem_mapped(b - 1));
+  }
+}
+
+/* mb_va_reserve aligns every span for large pages and gives the excess back: the process's
+ * address space grows by exactly the span (VmSize is exact whatever lies around it), and the
+ * trimmed pages on either side, where the kernel put the whole span first, are unmapped. */
+static void test_reserve_large_page_aligned(void **state) {
+  (void)state;
+  const uint64_t sizes[] = {PAGE,       2 * MiB - PAGE, 2 * MiB,    2 * MiB + PAGE,
+                            GiB - PAGE, GiB,            GiB + PAGE, 3 * GiB + 5 * PAGE,
+                            64 * GiB + 3 * PAGE};
+  for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
+    uint64_t size = sizes[i], align = size >= GiB ? GiB : 2 * MiB;
+    assert_true(mb_va_align_for(size) == align);
+    uint64_t span = size + align - PAGE;
+    uint64_t before = mem_vm_size();
+    uint8_t *lo = next_placement(span);
+    mb_va va;
+    assert_int_equal(mb_va_reserve(&va, size), 0);
+    uint64_t grew = mem_vm_size() - before;
+    if (((uintptr_t)va.base & (align - 1)) != 0 || grew != size)
+      fail_msg("size %#llx: base %p (align %#llx), address space grew by %#llx",
+               (unsigned long long)size, (void *)va.base, (unsigned long long)align,
+               (unsigned long long)grew);
+    assert_true(va.size == size);
+    assert_true(mem_mapped(va.base) && mem_mapped(va.base + size - 1));
+    assert_true(va.base >= lo && va.base + size <= lo + span); /* where it was predicted */
+    expect_unmapped(lo, va.base);
+    expect_unmapped(va.base + size, lo + span);
+    assert_int_equal(mb_va_release(&va), 0);
+    assert_true(mem_vm_size() == before);
   }
 }
 
@@ -298,6 +348,7 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_reserve_64g),
       cmocka_unit_test(test_reserve_aligned),
+      cmocka_unit_test(test_reserve_large_page_aligned),
       cmocka_unit_test(test_reserve_invalid),
       cmocka_unit_test(test_map_fd_read_write),
       cmocka_unit_test(test_protect),

@@ -76,7 +76,7 @@ static int setup(void **state) {
     const host_map *m = &host_maps[i];
     assert_int_equal(mb_object_map_into(f->obj, &f->va, m->gpa, m->len, m->obj_off, m->writable), 0);
   }
-  assert_int_equal(ops->create(MAX_ADDR, &f->inst), 0);
+  assert_int_equal(ops->create(MAX_ADDR, NULL, &f->inst), 0);
   for (size_t i = 0; i < ARRAY_LEN(pieces); i++)
     assert_int_equal(map(f, pieces[i].gpa, pieces[i].size, pieces[i].writable), 0);
   *state = f;
@@ -403,7 +403,7 @@ int main(int argc, char **argv) {
     return 2;
   }
   void *probe = NULL;
-  int rc = ops->create(MAX_ADDR, &probe);
+  int rc = ops->create(MAX_ADDR, NULL, &probe);
   if (rc == MB_E_UNSUPPORTED) {
     printf("SKIP: the %s partition backend cannot run here (no usable /dev/kvm); "
            "its cases were not run\n", ops->name);

@@ -54,7 +54,7 @@ typedef struct spawn {
 
 static void spawn_fn(mb_loop *l, void *arg) {
   spawn *s = arg;
-  s->rc = mb_partition_mapper_create(l, s->ops, MAX_ADDR, s->base, &s->actor);
+  s->rc = mb_partition_mapper_create(l, s->ops, NULL, MAX_ADDR, s->base, &s->actor);
 }
 
 /* Creates a mapper on l from the test thread: the actor, or NULL and the error in *rc. */
@@ -145,8 +145,8 @@ static void assert_pm_ranges(mb_addr pm, const mb_part_range *want, size_t n) {
 static atomic_int counted_live, counted_destroyed;
 static atomic_size_t counted_pieces_at_destroy;
 
-static int counted_create(uint64_t max_addr, void **inst) {
-  int rc = mb_partition_soft.create(max_addr, inst);
+static int counted_create(uint64_t max_addr, const void *config, void **inst) {
+  int rc = mb_partition_soft.create(max_addr, config, inst);
   if (rc == 0)
     counted_live++;
   return rc;
@@ -169,12 +169,12 @@ static int counted_access(void *inst, uint64_t gpa, void *buf, size_t len, bool 
 static size_t counted_ranges(void *inst, mb_part_range *out, size_t max) {
   return mb_partition_soft.ranges(inst, out, max);
 }
-static const mb_partition_ops counted_ops = {"counted", counted_create, counted_destroy,
+static const mb_partition_ops counted_ops = {"counted", 0, counted_create, counted_destroy,
                                              counted_map, counted_unmap, counted_access,
                                              counted_ranges};
 
-static int unsupported_create(uint64_t max_addr, void **inst) {
-  (void)max_addr;
+static int unsupported_create(uint64_t max_addr, const void *config, void **inst) {
+  (void)max_addr, (void)config;
   (void)inst;
   return MB_E_UNSUPPORTED;
 }
@@ -291,7 +291,7 @@ static void test_create_errors(void **unused) {
   assert_int_equal(rc, MB_E_UNSUPPORTED);
   assert_int_equal(mb_loop_stats_get(b.l).actors, actors);
   mb_actor *out = NULL; /* not on the loop's thread */
-  assert_int_equal(mb_partition_mapper_create(b.l, &mb_partition_soft, MAX_ADDR, b.g.va.base, &out),
+  assert_int_equal(mb_partition_mapper_create(b.l, &mb_partition_soft, NULL, MAX_ADDR, b.g.va.base, &out),
                    MB_EINVAL);
   /* kvm: unsupported here (no /dev/kvm); where it runs, a working mapper. */
   mb_actor *a = spawn_mapper(b.l, &mb_partition_kvm, b.g.va.base, &rc);

@@ -79,6 +79,7 @@ struct fx {
   char violation[256];
   bool hold_next;       /* keep the next message unanswered, in `held` */
   mb_msg *held;
+  mb_gpa_map *gpa_map;  /* the region manager publishes its visible map here */
 };
 
 /* Answers msg with rc, or keeps it unanswered when the test asked for that. */
@@ -312,7 +313,8 @@ static inline fx *fx_new(int overlap, uint64_t max_addr, int npm, bool threaded)
     f->pm_actor[i] = s.actor;
     f->pm_addr[i] = mb_actor_addr(s.actor);
   }
-  mb_rm_config cfg = {max_addr, overlap, f->mm_addr};
+  assert_int_equal(mb_gpa_map_create(&f->gpa_map), 0);
+  mb_rm_config cfg = {max_addr, overlap, f->mm_addr, f->gpa_map};
   f->rm = mb_region_manager_create(f->home.loop, &cfg);
   assert_non_null(f->rm);
   f->rm_addr = mb_actor_addr(f->rm);
@@ -325,6 +327,7 @@ static inline void fx_free(fx *f) {
     if (f->pm_loop[i] != NULL)
       tu_stop(f->pm_loop[i]); /* destroys the fake with its loop */
   tu_home_fini(&f->home);
+  mb_gpa_map_destroy(f->gpa_map);
   for (int i = 0; i < f->nobj; i++) mb_object_unref(f->obj[i]);
   free(f->mm.state.v);
   for (int i = 0; i < f->npm; i++) free(f->pm[i].state.v);

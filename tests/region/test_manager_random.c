@@ -95,6 +95,14 @@ static void check(model *m, const char *what) {
     free(pieces.v);
   }
   free(want.v);
+  /* the published map (what an exit handler is told) agrees, page by page */
+  for (uint64_t p = 0; p < NPAGES; p++) {
+    int rd = mb_gpa_map_classify(f->gpa_map, p * PG, PG, false, NULL);
+    int wr = mb_gpa_map_classify(f->gpa_map, p * PG, PG, true, NULL);
+    if (rd != (win[p] ? MB_GPA_RAM : MB_GPA_MMIO) ||
+        wr != (win[p] && win[p]->writable ? MB_GPA_RAM : MB_GPA_MMIO))
+      fail_msg("%s: page %" PRIu64 " classified %d/%d", what, p, rd, wr);
+  }
   for (int i = 0; i < NSLOT; i++) {
     mreg *r = &m->r[i];
     if (!r->live) continue;

@@ -60,11 +60,23 @@ typedef struct replay_table {
   size_t n, cap;
 } replay_table;
 
+/* How a file is run: the layout, and the backend that stands in for `soft` partitions. */
+typedef struct replay_config {
+  replay_layout layout;
+  bool kvm_partitions; /* --partitions=kvm: every `partition add NAME soft` makes a kvm one */
+} replay_config;
+
+/* The memory a file may make the runner use at run time: access buffers live at once plus
+ * objects with a fill (their every page is written), in bytes. The parser bounds a file's
+ * decoded BYTES and HEXBYTES separately (SCENARIO_DATA_MAX). */
+#define REPLAY_MEMORY_MAX (UINT64_C(256) << 20)
+
 typedef struct replay_op replay_op;
 
 typedef struct replay_world {
   const scenario *sc;
   replay_layout layout;
+  bool kvm_partitions;
   uv_loop_t uv;
   bool uv_live, timer_live;
   uv_timer_t stall_timer;  /* asks a long wait to check whether anything can still happen */
@@ -79,10 +91,11 @@ typedef struct replay_world {
   replay_op *ops;          /* every operation not yet freed */
   replay_op **labels;      /* by index of the `async` command: its operation until awaited */
   uint64_t completions;    /* operations completed, for quiescence */
+  uint64_t memory;         /* charged against REPLAY_MEMORY_MAX: live buffers, filled objects */
 } replay_world;
 
 /* Set up loops and the manager for `sc`. 0, or an error (msg filled). */
-int replay_world_init(replay_world *w, const scenario *sc, replay_layout layout, char *msg,
+int replay_world_init(replay_world *w, const scenario *sc, const replay_config *cfg, char *msg,
                       size_t msglen);
 /* Tear everything down: waits for what is in flight, destroys the manager, releases every
  * name, stops the loops and closes the client loop. 0, or -1 when the uv loop would not
@@ -130,6 +143,8 @@ struct replay_op {
   uint64_t value;          /* the API's value: id, state, pointer */
   uint8_t *buf;            /* read / guest access data */
   size_t len;
+  uint64_t charged;        /* bytes of w->memory it holds: its buffer, a filled object's */
+  char *refusal;           /* why the runner itself did not issue it (malloc'd), if it did not */
   replay_entry *entry;     /* the name it acts on (referenced), if any */
   mb_loop *new_loop;       /* spread: the loop started for the mapper or partition it adds */
   mb_range_list *ranges;   /* expect partition / mapper: the actual ranges */
@@ -178,8 +193,15 @@ typedef enum replay_outcome { REPLAY_PASS, REPLAY_FAIL, REPLAY_SKIP } replay_out
 
 /* Run a parsed scenario in a fresh world. On FAIL, *fail_line and *message are set ("EXPECTED /
  * HAPPENED", one line, malloc'd); on SKIP, *message says why. */
-replay_outcome replay_run(const scenario *sc, replay_layout layout, unsigned *fail_line,
+replay_outcome replay_run(const scenario *sc, const replay_config *cfg, unsigned *fail_line,
                           char **message);
+
+/* ---- kvm ------------------------------------------------------------------------------------- */
+
+/* NULL when a kvm partition can be made here, else why not (malloc'd), for a SKIP line. */
+char *replay_kvm_missing(const scenario *sc);
+/* Does the file add a soft partition (a sync or async `partition add NAME soft`)? */
+bool replay_uses_soft(const scenario *sc);
 
 /* Helpers: malloc'd printf, and a command printed canonically on one line. */
 char *replay_strdupf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));

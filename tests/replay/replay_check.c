@@ -50,6 +50,7 @@ static char *bytes_text(const uint8_t *data, size_t len) {
 
 /* What an operation's completion amounts to, in scenario terms. */
 static char *happened(const replay_op *op) {
+  if (op->refusal) return replay_strdupf("%s", op->refusal);
   const char *token = mb_error_token(op->status);
   if (op->status != 0 && token) return replay_strdupf("got error:%s", token);
   if (op->status != 0)
@@ -61,6 +62,8 @@ static char *happened(const replay_op *op) {
   return s;
 }
 
+/* A refused op (the runner's memory limit) meets no expectation: it is not the library's
+ * answer, whatever its status. */
 bool replay_check_result(const replay_op *op, const scenario_expect *e, char **got) {
   const char *token = mb_error_token(op->status);
   bool ok = false;
@@ -75,6 +78,7 @@ bool replay_check_result(const replay_op *op, const scenario_expect *e, char **g
          (op->len == 0 || memcmp(op->buf, e->bytes.data, op->len) == 0);
     break;
   }
+  if (op->refusal) ok = false;
   if (!ok) *got = happened(op);
   return ok;
 }

@@ -3,10 +3,8 @@
  * `await` waits and checks, `expect pending` lets every actor run out of work first, and the
  * state expectations query the manager, a partition or a mapper. The first unmet expectation
  * ends the file. */
-#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #include "replay.h"
 
@@ -19,19 +17,18 @@ static char *failure(const scenario_cmd *cmd, char *got) {
   return s;
 }
 
-/* Wait for op, check it against `e` (or the state `expect` asks for), free it. */
+/* Wait for op, check it against `e` (or the state `expect` asks for), free it. An op that
+ * never completed is still in flight (its request is parked behind a lock, and in spread a
+ * loop it started is in use): it stays on w->ops, and the world's teardown, which releases
+ * the locks, lets it finish before freeing it. */
 static bool finish(replay_world *w, replay_op *op, const scenario_cmd *shown,
                    const scenario_expect *e, char **why) {
-  char *got = NULL;
-  bool ok;
   if (replay_wait(w, op) != 0) {
-    ok = false;
-    got = replay_strdupf("never completed: no actor has work left");
-  } else if (e) {
-    ok = replay_check_result(op, e, &got);
-  } else {
-    ok = replay_check_state(op, shown, &got);
+    *why = failure(shown, replay_strdupf("never completed: no actor has work left"));
+    return false;
   }
+  char *got = NULL;
+  bool ok = e ? replay_check_result(op, e, &got) : replay_check_state(op, shown, &got);
   if (!ok) *why = failure(shown, got);
   replay_op_free(op);
   return ok;
@@ -48,9 +45,15 @@ static bool exec_operation(replay_world *w, const scenario_cmd *cmd, char **why)
   return finish(w, op, cmd, state ? NULL : &cmd->expect, why);
 }
 
+/* An operation the runner refused to start (its memory limit) fails the async line itself. */
 static bool exec_async(replay_world *w, const scenario_cmd *cmd, size_t index, char **why) {
   replay_op *op = replay_op_start(w, cmd->async.inner);
   if (!op) *why = failure(cmd, replay_strdupf("failed: out of memory"));
+  if (op && op->refusal) {
+    *why = failure(cmd, replay_strdupf("%s", op->refusal));
+    replay_op_free(op);
+    return false;
+  }
   w->labels[index] = op;
   return op != NULL;
 }
@@ -88,17 +91,15 @@ static bool exec_command(replay_world *w, size_t index, char **why) {
 
 /* ---- a whole file ------------------------------------------------------------------------------ */
 
-/* NULL when the kvm backend can make a VM here, else why not. */
-static char *kvm_missing(const scenario *sc) {
-  void *inst = NULL;
-  int rc = mb_partition_kvm.create(sc->max_addr, &inst);
-  if (rc == 0) {
-    mb_partition_kvm.destroy(inst);
-    return NULL;
-  }
-  if (access("/dev/kvm", R_OK | W_OK) != 0)
-    return replay_strdupf("require kvm: /dev/kvm is not usable here (%s)", strerror(errno));
-  return replay_strdupf("require kvm: cannot create a KVM VM here (%s)", membacking_strerror(rc));
+/* NULL when the file can run here, else why it is skipped (malloc'd). */
+static char *skip_reason(const scenario *sc, const replay_config *cfg) {
+  const char *why = NULL;
+  if (sc->require_kvm) why = "require kvm";
+  else if (cfg->kvm_partitions && replay_uses_soft(sc)) why = "--partitions=kvm";
+  char *missing = why ? replay_kvm_missing(sc) : NULL;
+  char *s = missing ? replay_strdupf("%s: %s", why, missing) : NULL;
+  free(missing);
+  return s;
 }
 
 static replay_outcome run_commands(replay_world *w, unsigned *line, char **message) {
@@ -116,15 +117,15 @@ static unsigned last_line(const scenario *sc) {
   return sc->ncmds ? sc->cmds[sc->ncmds - 1].line : 1;
 }
 
-replay_outcome replay_run(const scenario *sc, replay_layout layout, unsigned *line,
+replay_outcome replay_run(const scenario *sc, const replay_config *cfg, unsigned *line,
                           char **message) {
   *line = 0;
   *message = NULL;
-  if (sc->require_kvm && (*message = kvm_missing(sc))) return REPLAY_SKIP;
+  if ((*message = skip_reason(sc, cfg))) return REPLAY_SKIP;
   replay_world w;
   char msg[256] = "";
   replay_outcome out = REPLAY_FAIL;
-  if (replay_world_init(&w, sc, layout, msg, sizeof msg) == 0) {
+  if (replay_world_init(&w, sc, cfg, msg, sizeof msg) == 0) {
     out = run_commands(&w, line, message);
   } else {
     *line = first_line(sc);

@@ -1,6 +1,10 @@
 /* replay_main.c: membacking-replay, the scenario runner (spec/scenario.md, "Running"):
  *
- *   membacking-replay [--layout=single|spread] [--quiet] FILE.mbs...
+ *   membacking-replay [--layout=single|spread] [--partitions=soft|kvm] [--quiet] FILE.mbs...
+ *
+ * --partitions=kvm runs every `partition add NAME soft` as a kvm partition (the kvm variant of
+ * a scenario); a file that adds a soft partition is then skipped where /dev/kvm cannot host a
+ * VM, as `require kvm` skips one. --partitions=soft (the default) runs each as written.
  *
  * Arguments, parsing every file first (a file that does not parse is a usage error: exit 2
  * before anything runs), one PASS / SKIP / FAIL line per file, the summary, the exit status. */
@@ -12,7 +16,7 @@
 enum { EXIT_PASSED = 0, EXIT_FAILED = 1, EXIT_USAGE = 2, EXIT_ALL_SKIPPED = 77 };
 
 typedef struct options {
-  replay_layout layout;
+  replay_config run;
   bool quiet;
   char **files;
   int nfiles;
@@ -20,22 +24,27 @@ typedef struct options {
 
 static int usage(const char *why) {
   if (why) fprintf(stderr, "membacking-replay: %s\n", why);
-  fprintf(stderr, "usage: membacking-replay [--layout=single|spread] [--quiet] FILE.mbs...\n");
+  fprintf(stderr, "usage: membacking-replay [--layout=single|spread] [--partitions=soft|kvm] "
+                  "[--quiet] FILE.mbs...\n");
   return EXIT_USAGE;
 }
 
 /* 0, or the usage error's exit status. */
 static int parse_options(int argc, char **argv, options *o) {
-  *o = (options){REPLAY_SINGLE, false, NULL, 0};
+  *o = (options){{REPLAY_SINGLE, false}, false, NULL, 0};
   int i = 1;
   for (; i < argc && strncmp(argv[i], "--", 2) == 0; i++) {
     if (strcmp(argv[i], "--") == 0) {
       i++;
       break;
     } else if (strcmp(argv[i], "--layout=single") == 0) {
-      o->layout = REPLAY_SINGLE;
+      o->run.layout = REPLAY_SINGLE;
     } else if (strcmp(argv[i], "--layout=spread") == 0) {
-      o->layout = REPLAY_SPREAD;
+      o->run.layout = REPLAY_SPREAD;
+    } else if (strcmp(argv[i], "--partitions=soft") == 0) {
+      o->run.kvm_partitions = false;
+    } else if (strcmp(argv[i], "--partitions=kvm") == 0) {
+      o->run.kvm_partitions = true;
     } else if (strcmp(argv[i], "--quiet") == 0) {
       o->quiet = true;
     } else {
@@ -75,7 +84,7 @@ typedef struct tally {
 static void run_one(const options *o, const char *file, const scenario *sc, tally *t) {
   unsigned line = 0;
   char *message = NULL;
-  switch (replay_run(sc, o->layout, &line, &message)) {
+  switch (replay_run(sc, &o->run, &line, &message)) {
   case REPLAY_PASS:
     t->passed++;
     if (!o->quiet) printf("PASS %s\n", file);

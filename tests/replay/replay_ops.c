@@ -2,6 +2,7 @@
  * the command uses (a missing one is answered `notfound` by the runner itself) and issues the
  * asynchronous API call with replay_op_done as its completion; an apply function updates the
  * name tables when the operation completes. */
+#include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -24,8 +25,10 @@ void replay_op_free(replay_op *op) {
   replay_op **p = &op->w->ops;
   while (*p != op) p = &(*p)->next;
   *p = op->next;
+  op->w->memory -= op->charged;
   free(op->buf);
   free(op->ranges);
+  free(op->refusal);
   replay_entry_unref(op->w, op->entry);
   replay_loop_free(op->w, op->new_loop);
   free(op);
@@ -39,6 +42,21 @@ static replay_entry *use(replay_world *w, replay_op *op, replay_ns ns, const cha
   return e;
 }
 
+/* Charge `bytes` to the file's memory (REPLAY_MEMORY_MAX); false, with the op refused and
+ * done, when that would go past the limit. The op holds the charge until it is freed. */
+static bool charge(replay_world *w, replay_op *op, uint64_t bytes, const char *what) {
+  if (bytes > REPLAY_MEMORY_MAX - w->memory) {
+    op->refusal = replay_strdupf("not run: %s needs %" PRIu64 " bytes, and the file's memory "
+                                 "would pass the runner's limit of %" PRIu64 " MiB",
+                                 what, bytes, REPLAY_MEMORY_MAX >> 20);
+    replay_op_done(op, MB_ENOMEM, 0);
+    return false;
+  }
+  w->memory += bytes;
+  op->charged += bytes;
+  return true;
+}
+
 /* Take the name off its table once a remove succeeded. */
 #define APPLY_REMOVE(fn, ns)                                                                   \
   static void fn(replay_op *op) {                                                              \
@@ -50,8 +68,17 @@ APPLY_REMOVE(apply_partition_remove, REPLAY_NS_PARTITION)
 
 /* ---- objects --------------------------------------------------------------------------------- */
 
+/* A fill writes every page of the object, so a filled object costs its whole size in memory
+ * (or disk). The op holds the charge; an object made takes it over, to the end of the file. */
+static bool object_charge(replay_world *w, replay_op *op) {
+  const scenario_object *o = &op->cmd->object;
+  if (o->fill == SCENARIO_FILL_BYTE && o->fill_value == 0) return true; /* nothing written */
+  return charge(w, op, o->size, "filling the object");
+}
+
 static void start_object(replay_world *w, replay_op *op) {
   const scenario_object *o = &op->cmd->object;
+  if (!object_charge(w, op)) return;
   mb_object *obj = NULL;
   mb_object_kind kind = o->type == SCENARIO_OBJECT_FILE ? MB_OBJECT_FILE : MB_OBJECT_MEMFD;
   int rc = mb_object_create(kind, o->size, o->name, &obj);
@@ -59,8 +86,12 @@ static void start_object(replay_world *w, replay_op *op) {
   else if (!rc && o->fill_value != 0) rc = mb_object_fill_byte(obj, o->fill_value);
   replay_entry *e = rc ? NULL : replay_name_add(w, REPLAY_NS_OBJECT, o->name);
   if (!rc && !e) rc = MB_ENOMEM;
-  if (e) e->object = obj;
-  else mb_object_unref(obj);
+  if (e) {
+    e->object = obj;
+    op->charged = 0; /* kept by the object */
+  } else {
+    mb_object_unref(obj);
+  }
   replay_op_done(op, rc, 0);
 }
 
@@ -137,6 +168,20 @@ static void apply_consumer_add(replay_op *op) {
   op->new_loop = NULL;
 }
 
+/* Consumer adds and removes reach the managers from the consumer's own loop, not through the
+ * region manager's mailbox, so the library does not order them after the region and mapping
+ * operations issued before them (a mapper add overtakes an `async` mapping remove still on
+ * its way to the mapping manager). The format queues them behind an operation that waits
+ * ("Locks"): every earlier operation is first let go as far as it can, in both layouts. */
+static void settle_earlier(replay_world *w, const replay_op *self) {
+  for (replay_op *o = w->ops; o; o = o->next) {
+    if (o != self && !replay_op_is_done(o)) {
+      replay_settle(w);
+      return;
+    }
+  }
+}
+
 /* The loop a new consumer runs on: a fresh started one (spread) or the client loop (single). */
 static mb_loop *consumer_loop(replay_world *w, replay_op *op, const char *what, const char *name) {
   int err = 0;
@@ -148,26 +193,31 @@ static mb_loop *consumer_loop(replay_world *w, replay_op *op, const char *what, 
 static void start_mapper_add(replay_world *w, replay_op *op) {
   const scenario_mapper *m = &op->cmd->mapper;
   op->apply = apply_consumer_add;
+  settle_earlier(w, op);
   mb_loop *loop = consumer_loop(w, op, "mapper", m->name);
   if (loop) mb_mapper_add(w->mm, loop, m->mode == SCENARIO_MAPPER_EAGER, replay_op_done, op);
 }
 
 static void start_mapper_remove(replay_world *w, replay_op *op) {
+  settle_earlier(w, op);
   replay_entry *e = use(w, op, REPLAY_NS_MAPPER, op->cmd->mapper.name);
   op->apply = apply_mapper_remove;
   if (e) mb_mapper_remove(e->mapper, replay_op_done, op);
 }
 
+/* --partitions=kvm puts a kvm partition where the file adds a soft one. */
 static void start_partition_add(replay_world *w, replay_op *op) {
   const scenario_partition *p = &op->cmd->partition;
-  const mb_partition_ops *ops =
-      p->backend == SCENARIO_PARTITION_KVM ? &mb_partition_kvm : &mb_partition_soft;
+  bool kvm = p->backend == SCENARIO_PARTITION_KVM || w->kvm_partitions;
+  const mb_partition_ops *ops = kvm ? &mb_partition_kvm : &mb_partition_soft;
   op->apply = apply_consumer_add;
+  settle_earlier(w, op);
   mb_loop *loop = consumer_loop(w, op, "partition", p->name);
   if (loop) mb_partition_add(w->mm, ops, loop, replay_op_done, op);
 }
 
 static void start_partition_remove(replay_world *w, replay_op *op) {
+  settle_earlier(w, op);
   replay_entry *e = use(w, op, REPLAY_NS_PARTITION, op->cmd->partition.name);
   op->apply = apply_partition_remove;
   if (e) mb_partition_remove(e->partition, replay_op_done, op);
@@ -175,11 +225,19 @@ static void start_partition_remove(replay_world *w, replay_op *op) {
 
 /* ---- accesses ---------------------------------------------------------------------------------- */
 
-/* op->buf: room for a read, or a copy of a write's bytes (the API may write through it). */
-static bool access_buffer(replay_op *op) {
+/* op->buf: room for a read, or a copy of a write's bytes (the API may write through it).
+ * Validity comes before the buffer (spec: validity before state): a range that ends past
+ * max_addr, or wraps, is answered invalid here, as the library would answer it, without
+ * allocating LEN bytes for it. */
+static bool access_buffer(replay_world *w, replay_op *op) {
   const scenario_io *io = &op->cmd->io;
   bool read = op->cmd->kind == SCENARIO_READ || op->cmd->kind == SCENARIO_GUEST_READ;
   uint64_t len = read ? io->len : io->data.len;
+  if (len > w->sc->max_addr || io->gpa > w->sc->max_addr - len) {
+    replay_op_done(op, MB_E_INVALID, 0);
+    return false;
+  }
+  if (!charge(w, op, len, read ? "the read's buffer" : "the write's buffer")) return false;
   if (len > SIZE_MAX || !(op->buf = malloc(len ? (size_t)len : 1))) {
     replay_op_done(op, MB_ENOMEM, 0);
     return false;
@@ -195,14 +253,14 @@ static bool access_buffer(replay_op *op) {
 static void start_mapper_access(replay_world *w, replay_op *op) {
   if (w->layout == REPLAY_SINGLE) replay_settle(w);
   replay_entry *e = use(w, op, REPLAY_NS_MAPPER, op->cmd->io.target);
-  if (!e || !access_buffer(op)) return;
+  if (!e || !access_buffer(w, op)) return;
   int rc = replay_worker_submit(op);
   if (rc) replay_op_done(op, rc, 0);
 }
 
 static void start_guest_access(replay_world *w, replay_op *op) {
   replay_entry *e = use(w, op, REPLAY_NS_PARTITION, op->cmd->io.target);
-  if (!e || !access_buffer(op)) return;
+  if (!e || !access_buffer(w, op)) return;
   bool write = op->cmd->kind == SCENARIO_GUEST_WRITE;
   mb_partition_access(e->partition, op->cmd->io.gpa, op->buf, op->len, write, replay_op_done, op);
 }

@@ -140,11 +140,12 @@ static int init_loops(replay_world *w, char *msg, size_t msglen) {
   return err;
 }
 
-int replay_world_init(replay_world *w, const scenario *sc, replay_layout layout, char *msg,
+int replay_world_init(replay_world *w, const scenario *sc, const replay_config *cfg, char *msg,
                       size_t msglen) {
   memset(w, 0, sizeof *w);
   w->sc = sc;
-  w->layout = layout;
+  w->layout = cfg->layout;
+  w->kvm_partitions = cfg->kvm_partitions;
   w->labels = calloc(sc->ncmds ? sc->ncmds : 1, sizeof *w->labels);
   if (!w->labels) {
     snprintf(msg, msglen, "out of memory");
@@ -152,13 +153,13 @@ int replay_world_init(replay_world *w, const scenario *sc, replay_layout layout,
   }
   int err = init_loops(w, msg, msglen);
   if (err) return err;
-  mb_mm_config cfg = {
+  mb_mm_config mm_cfg = {
       .max_addr = sc->max_addr,
       .overlap = sc->overlap == SCENARIO_OVERLAP_ANY ? MB_OVERLAP_ANY : MB_OVERLAP_NESTED,
       .loop = w->mgr_loop,
       .part_loop = w->part_loop,
   };
-  err = mb_mm_create(&cfg, &w->mm);
+  err = mb_mm_create(&mm_cfg, &w->mm);
   if (err) snprintf(msg, msglen, "mb_mm_create: %s", membacking_strerror(err));
   return err;
 }

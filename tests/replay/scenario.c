@@ -168,6 +168,18 @@ static uint8_t hex_byte(const char *p) {
   return (uint8_t)(scenario__hex_digit(p[0]) << 4 | scenario__hex_digit(p[1]));
 }
 
+/* Charge a value of `total` bytes to the file's data (SCENARIO_DATA_MAX). */
+static int data_limit(parser *P, const char *what, uint64_t total) {
+  if (total <= SCENARIO_DATA_MAX - P->data) return 0;
+  if (P->data == 0)
+    return fail(P, "%s: %s is %" PRIu64 " bytes long, more than the %" PRIu64 " a file may hold",
+                P->what, what, total, (uint64_t)SCENARIO_DATA_MAX);
+  return fail(P,
+              "%s: %s is %" PRIu64 " bytes long; with the %" PRIu64 " bytes of BYTES and "
+              "HEXBYTES before it, more than the %" PRIu64 " a file may hold",
+              P->what, what, total, P->data, (uint64_t)SCENARIO_DATA_MAX);
+}
+
 /* Decode the BYTES tokens up to the end of the line or a `=>`. With want_len, their total must
  * equal *want_len (a read's LEN). */
 static int decode_bytes(parser *P, cursor *c, const char *what, const uint64_t *want_len,
@@ -193,12 +205,11 @@ static int decode_bytes(parser *P, cursor *c, const char *what, const uint64_t *
   if (want_len && total != *want_len)
     return fail(P, "%s: %s is %" PRIu64 " bytes long, the read's LEN is %" PRIu64, P->what, what,
                 total, *want_len);
-  if (total > SCENARIO_BYTES_MAX)
-    return fail(P, "%s: %s is %" PRIu64 " bytes long, more than the %" PRIu64 " this parser takes",
-                P->what, what, total, (uint64_t)SCENARIO_BYTES_MAX);
+  if (data_limit(P, what, total)) return -1;
 
   if (total > 0 && !(out->data = malloc(total))) return fail(P, "out of memory");
   out->len = total;
+  P->data += total;
   size_t at = 0;
   while (next_option(c, &t)) {
     if (t.n > 2 && t.p[2] == '*') {
@@ -716,6 +727,11 @@ done:
 int scenario_parse_string(const char *text, const char *name, scenario **out, char *err,
                           size_t errlen) {
   return parse_text(text, strlen(text), name, out, err, errlen);
+}
+
+int scenario_parse_text(const char *text, size_t len, const char *name, scenario **out, char *err,
+                        size_t errlen) {
+  return parse_text(text, len, name, out, err, errlen);
 }
 
 int scenario_parse_file(const char *path, scenario **out, char *err, size_t errlen) {

@@ -108,6 +108,7 @@ typedef struct scenario__parser {
   size_t cap;       /* allocated length of sc->cmds */
   bool past_config; /* a command other than config/require has been seen */
   bool in_async;    /* parsing the command an async line wraps */
+  uint64_t data;    /* bytes of BYTES and HEXBYTES decoded so far: at most SCENARIO_DATA_MAX */
   scenario__scope live[SCENARIO__NS_COUNT];
 } scenario__parser;
 

@@ -107,9 +107,13 @@ static void put_hex(sink *s, const uint8_t *d, size_t n) {
   put(s, tmp, k);
 }
 
-/* How many bytes starting at i equal d[i]. */
+/* How many bytes starting at i equal d[i]. Long runs (HH*N of up to SCENARIO_DATA_MAX bytes)
+ * are skipped a block at a time: d[j..j+n] are all equal iff memcmp(d + j, d + j + 1, n) == 0. */
 static size_t run_at(const uint8_t *d, size_t len, size_t i) {
-  size_t j = i + 1;
+  enum { BLOCK = 4096 };
+  size_t j = i;
+  while (len - j > BLOCK && memcmp(d + j, d + j + 1, BLOCK) == 0) j += BLOCK;
+  j++;
   while (j < len && d[j] == d[i]) j++;
   return j - i;
 }

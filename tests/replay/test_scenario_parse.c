@@ -18,13 +18,24 @@
 /* The executable is linked with --wrap for malloc, calloc and realloc, so the parser's
  * allocations come here: alloc_countdown == 0 makes the next one fail. */
 static long alloc_countdown = -1;
+/* Bytes asked for by malloc and calloc since the last reset (realloc: the new size). */
+static uint64_t alloc_bytes;
 void *__real_malloc(size_t n);
 void *__real_calloc(size_t n, size_t size);
 void *__real_realloc(void *p, size_t n);
 static bool alloc_fails(void) { return alloc_countdown >= 0 && alloc_countdown-- == 0; }
-void *__wrap_malloc(size_t n) { return alloc_fails() ? NULL : __real_malloc(n); }
-void *__wrap_calloc(size_t n, size_t size) { return alloc_fails() ? NULL : __real_calloc(n, size); }
-void *__wrap_realloc(void *p, size_t n) { return alloc_fails() ? NULL : __real_realloc(p, n); }
+void *__wrap_malloc(size_t n) {
+  alloc_bytes += n;
+  return alloc_fails() ? NULL : __real_malloc(n);
+}
+void *__wrap_calloc(size_t n, size_t size) {
+  alloc_bytes += (uint64_t)n * size;
+  return alloc_fails() ? NULL : __real_calloc(n, size);
+}
+void *__wrap_realloc(void *p, size_t n) {
+  alloc_bytes += n;
+  return alloc_fails() ? NULL : __real_realloc(p, n);
+}
 
 /* ---- helpers -------------------------------------------------------------------------------- */
 
@@ -99,45 +110,12 @@ static void assert_printed(const scenario_cmd *c, const char *want) {
   free(got);
 }
 
-static bool bytes_equal(const scenario_bytes *a, const scenario_bytes *b) {
-  return a->len == b->len && (a->len == 0 || memcmp(a->data, b->data, a->len) == 0);
-}
-
-/* Deep equality of two commands, line numbers aside. */
-static bool cmd_equal(const scenario_cmd *a, const scenario_cmd *b) {
-  if (a->kind != b->kind || a->expect.kind != b->expect.kind) return false;
-  if (a->expect.kind == SCENARIO_EXPECT_ERROR && a->expect.error != b->expect.error) return false;
-  if (!bytes_equal(&a->expect.bytes, &b->expect.bytes)) return false;
-  switch (a->kind) {
-  case SCENARIO_ASYNC:
-    return strcmp(a->async.label, b->async.label) == 0 && cmd_equal(a->async.inner, b->async.inner);
-  case SCENARIO_WRITE:
-  case SCENARIO_GUEST_WRITE:
-    return strcmp(a->io.target, b->io.target) == 0 && a->io.gpa == b->io.gpa &&
-           a->io.len == b->io.len && bytes_equal(&a->io.data, &b->io.data);
-  case SCENARIO_EXPECT_PARTITION:
-  case SCENARIO_EXPECT_MAPPER: {
-    const scenario_ranges *x = &a->expect_ranges.ranges, *y = &b->expect_ranges.ranges;
-    if (strcmp(a->expect_ranges.name, b->expect_ranges.name) != 0 || x->n != y->n) return false;
-    for (size_t i = 0; i < x->n; i++)
-      if (x->items[i].gpa != y->items[i].gpa || x->items[i].size != y->items[i].size ||
-          x->items[i].ro != y->items[i].ro)
-        return false;
-    return true;
-  }
-  default:
-    /* Every other payload is plain data, zeroed before parsing: compare the union's bytes. */
-    return memcmp(&a->config, &b->config, sizeof *a - offsetof(scenario_cmd, config)) == 0;
-  }
-}
-
 static void assert_same_program(const scenario *a, const scenario *b) {
   assert_int_equal(a->ncmds, b->ncmds);
-  for (size_t i = 0; i < a->ncmds; i++) {
-    if (!cmd_equal(&a->cmds[i], &b->cmds[i])) {
-      char *x = print_cmd(&a->cmds[i]), *y = print_cmd(&b->cmds[i]);
-      fail_msg("command %zu differs: '%s' / '%s'", i, x, y);
-    }
+  size_t i;
+  if (!scenario_equal(a, b, &i) && i < a->ncmds) {
+    char *x = print_cmd(&a->cmds[i]), *y = print_cmd(&b->cmds[i]);
+    fail_msg("command %zu differs: '%s' / '%s'", i, x, y);
   }
   assert_int_equal(a->max_addr, b->max_addr);
   assert_int_equal(a->overlap, b->overlap);
@@ -625,6 +603,36 @@ static void test_bytes(void **state) {
   parse_err("write m 0 00*2G\n", "write: HEXBYTES is 2147483648 bytes long, more than the");
   parse_err("write m 0 00*1G 00\n", "write: HEXBYTES is 1073741825 bytes long");
   parse_err("write m 0 ff*0xffffffffffffffff 00*1\n", "write: HEXBYTES is 18446744073709551615");
+}
+
+/* BYTES and HEXBYTES are bounded per file, not only per line: six short lines of 00*1G once
+ * took gigabytes and seconds. The parser refuses the line that passes SCENARIO_DATA_MAX,
+ * before allocating for it, and never holds more than that. */
+static void test_bytes_per_file(void **state) {
+  (void)state;
+  assert_int_equal(SCENARIO_DATA_MAX, 64 << 20);
+  alloc_bytes = 0;
+  parse_err_at("write m 0 00*1G\nwrite m 0 00*1G\n", 1, "write: HEXBYTES is 1073741824");
+  parse_err("write m 0 00*40M\nwrite m 0 11*20M\nwrite m 0 22*4M 33\n",
+            "write: HEXBYTES is 4194305 bytes long; with the 62914560 bytes of BYTES and "
+            "HEXBYTES before it, more than the 67108864 a file may hold");
+  parse_err("read m 0 60M => 00*60M\nasync a read m 0 8M\nawait a => 01*8M\n",
+            "await: BYTES is 8388608 bytes long; with the 62914560 bytes");
+  parse_err("write m 0 da*0874401614 da*0\n", "more than the 67108864 a file may hold");
+  assert_true(alloc_bytes < (UINT64_C(130) << 20)); /* 60M + 62M held, nothing for the rest */
+
+  /* Exactly the limit parses; a file of many small values adds up like one large one. */
+  scenario *sc = parse_ok("write m 0 00*32M\nread m 0 32M => ff*32M\nwrite m 0 00*0\n");
+  assert_int_equal(sc->cmds[1].expect.bytes.len, 32 << 20);
+  scenario_free(sc);
+  char *text = NULL;
+  size_t len = 0;
+  FILE *f = open_memstream(&text, &len);
+  for (int i = 0; i < 1024; i++) fprintf(f, "write m %d 5a*64K\n", i);
+  fprintf(f, "write m 0 00\n");
+  fclose(f);
+  parse_err_at(text, 1025, "write: HEXBYTES is 1 bytes long; with the 67108864 bytes");
+  free(text);
 }
 
 static void test_results(void **state) {
@@ -1219,6 +1227,51 @@ static void test_round_trip(void **state) {
                     "expect mapper m1 none\nmapper remove m0\npartition remove p0 => ok\n");
 }
 
+/* scenario_equal tells apart programs that differ in any one field (the round-trip checks,
+ * here and in the fuzzer, rely on it). */
+static void test_compare(void **state) {
+  (void)state;
+  static const char *const pairs[][2] = {
+      {"config max_addr=1G\n", "config max_addr=2G\n"},
+      {"config overlap=any\n", "config overlap=nested\n"},
+      {"object memfd o 4K fill=0x01\n", "object memfd o 4K fill=pages:0x01\n"},
+      {"object memfd o 4K\n", "object file o 4K\n"},
+      {"region add r 0 4K\n", "region add r 0 8K\n"},
+      {"region add r 0 4K prio=1\n", "region add r 0 4K prio=2\n"},
+      {"region add r 0 4K type=device\n", "region add r 0 4K\n"},
+      {"region map r\n", "region map r ro\n"},
+      {"region map r => error:notfound\n", "region map r => error:invalid\n"},
+      {"region map r => ok\n", "region map r\n"},
+      {"mapping add r 0 4K o 0\n", "mapping add r 0 4K o 4K\n"},
+      {"mapping add r 0 4K o 0\n", "mapping replace r 0 4K o 0\n"},
+      {"mapper add m eager\n", "mapper add m lazy\n"},
+      {"partition add p soft\n", "partition add p kvm\n"},
+      {"read m 0 4 => 00*4\n", "read m 0 4 => 00*3 01\n"},
+      {"write m 0 aa\n", "write m 0 ab\n"},
+      {"guest p read 0 1\n", "read p 0 1\n"},
+      {"lock m 0 4K ro as L\n", "lock m 0 4K as L\n"},
+      {"async a region map r\n", "async a region map r ro\n"},
+      {"async a region map r\nawait a\n", "async a region map r\nawait a => ok\n"},
+      {"expect region r active\n", "expect region r hidden\n"},
+      {"expect mapper m 0+4K:rw\n", "expect mapper m 0+4K:ro\n"},
+      {"expect mapper m 0+4K:rw\n", "expect partition m 0+4K:rw\n"},
+      {"expect mapper m 0+4K:rw\n", "expect mapper m 0+4K:rw 8K+4K:rw\n"},
+      {"require kvm\n", "region map r\n"},
+      {"region map r\n", "region map r\nregion map r\n"},
+  };
+  for (size_t i = 0; i < sizeof pairs / sizeof pairs[0]; i++) {
+    scenario *a = parse_ok(pairs[i][0]), *b = parse_ok(pairs[i][1]), *c = parse_ok(pairs[i][0]);
+    size_t at = 99;
+    if (scenario_equal(a, b, &at) || scenario_equal(b, a, NULL))
+      fail_msg("'%s' and '%s' compare equal", pairs[i][0], pairs[i][1]);
+    assert_true(at <= a->ncmds);
+    assert_true(scenario_equal(a, c, NULL));
+    scenario_free(a);
+    scenario_free(b);
+    scenario_free(c);
+  }
+}
+
 /* Make each allocation of a parse fail in turn: the parse fails cleanly with "out of memory"
  * (the sanitizer build checks that nothing leaks), until every allocation succeeds. */
 static int parse_with_failures(const char *text, const char *path) {
@@ -1275,6 +1328,7 @@ int main(void) {
       cmocka_unit_test_teardown(test_consumers, teardown_last),
       cmocka_unit_test_teardown(test_accesses, teardown_last),
       cmocka_unit_test_teardown(test_bytes, teardown_last),
+      cmocka_unit_test(test_bytes_per_file),
       cmocka_unit_test_teardown(test_results, teardown_last),
       cmocka_unit_test_teardown(test_locks, teardown_last),
       cmocka_unit_test(test_async),
@@ -1286,6 +1340,7 @@ int main(void) {
       cmocka_unit_test(test_format_bytes),
       cmocka_unit_test_teardown(test_print_canonical, teardown_last),
       cmocka_unit_test(test_round_trip),
+      cmocka_unit_test(test_compare),
       cmocka_unit_test(test_allocation_failures),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);

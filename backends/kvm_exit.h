@@ -1,0 +1,39 @@
+/* kvm_exit.h: what a KVM_RUN outcome says about guest memory, on every kernel these hosts run.
+ *
+ * A guest access that its memory slot's host memory cannot serve (a PROT_NONE hole, a write
+ * to a page mapped read-only inside a writable slot) comes back three ways:
+ *   mainline KVM, 6.8 and later   KVM_RUN -1/EFAULT with exit reason KVM_EXIT_MEMORY_FAULT
+ *                                 (gpa and size given);
+ *   older kernels                 KVM_RUN -1/EFAULT alone (no address);
+ *   kvm-pvm hosts                 KVM_RUN 0 with KVM_EXIT_MMIO at the address, exactly like an
+ *                                 access where no slot exists.
+ * So the exit reason alone cannot tell device MMIO from guest RAM that is not there: the
+ * memory manager's own map decides (`lookup`), the same way for all three. Pure code: tests
+ * feed it kvm_run records they make themselves, without /dev/kvm. */
+#ifndef MB_KVM_EXIT_H
+#define MB_KVM_EXIT_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+struct kvm_run;
+
+/* A decided exit. kind: MB_GPA_RAM (guest RAM, retry the instruction), MB_GPA_MMIO (device
+ * MMIO: emulate it) or MB_GPA_FAULT (the backing failed). len 0: the kernel gave no address
+ * (a bare EFAULT). */
+typedef struct mb_kvm_exit {
+  int kind;
+  uint64_t gpa, len;
+  bool write;
+} mb_kvm_exit;
+
+/* The map's answer for an access (gpa_map.h's MB_GPA_* values). */
+typedef int (*mb_kvm_lookup_fn)(void *ctx, uint64_t gpa, uint64_t len, bool write);
+
+/* rc and err: what KVM_RUN returned and its errno; run: the vCPU's kvm_run. 0 with *out for
+ * an exit about guest memory (an MMIO exit, a memory fault, a bare EFAULT); MB_E_INVALID for
+ * any other outcome (HLT, IO, EINTR, ...: nothing to decide). */
+int mb__kvm_exit_classify(int rc, int err, const struct kvm_run *run, mb_kvm_lookup_fn lookup,
+                          void *ctx, mb_kvm_exit *out);
+
+#endif

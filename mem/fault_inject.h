@@ -1,0 +1,88 @@
+/* fault_inject.h: the seam through which mem/ makes the system calls that can fail, so tests
+ * can make any one of them fail (SQLite-style: every failure point has a test that checks
+ * nothing leaked and nothing was left half-done).
+ *
+ * Every mmap, munmap, mprotect, memfd_create and ftruncate in mem/ goes through the
+ * mb__sys_* wrappers below. Built without MB_FAULT_INJECTION (the default) they are inline
+ * calls of the system call itself: no cost at all. Built with it (meson -Dfault_injection=true
+ * for the whole library, or -DMB_FAULT_INJECTION=1 for one test program that compiles mem/
+ * itself), each wrapper first counts the call and fails it, with errno set, when armed to.
+ *
+ * Kinds are a closed enum; a new seam (allocations, KVM ioctls) adds a kind and a wrapper.
+ *
+ * Threads: every function may be called from any thread. Counting is exact under
+ * concurrency; which of several concurrent calls is "the n-th" is whichever counts n-th.
+ */
+#ifndef MB_FAULT_INJECT_H
+#define MB_FAULT_INJECT_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/mman.h>
+#include <sys/types.h>
+#include <unistd.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef enum mb_fi_kind {
+  MB_FI_MMAP,
+  MB_FI_MUNMAP,
+  MB_FI_MPROTECT,
+  MB_FI_MEMFD_CREATE,
+  MB_FI_FTRUNCATE,
+  MB_FI_KINDS /* the number of kinds, not a kind */
+} mb_fi_kind;
+
+/* True if this build injects faults. Tests that need it exit 77 (skipped) when false. */
+bool mb_fi_enabled(void);
+/* Makes the n-th call of `kind` from now on (n >= 1: 1 is the next call) fail with errno
+ * err (> 0), once. Replaces what was armed for that kind; n == 0 disarms it. 0, or
+ * MB_E_INVALID (bad kind or err), or MB_E_UNSUPPORTED when the build has no injection. */
+int mb_fi_arm(mb_fi_kind kind, uint64_t n, int err);
+/* The same, but the n-th call and every later one fail, until disarmed or reset. */
+int mb_fi_arm_persist(mb_fi_kind kind, uint64_t n, int err);
+/* Disarms every kind and sets every counter to 0. */
+void mb_fi_reset(void);
+/* Calls of `kind` since the last reset, failed ones included (0 without injection). */
+uint64_t mb_fi_calls(mb_fi_kind kind);
+/* Calls of `kind` failed on purpose since the last reset (0 without injection). */
+uint64_t mb_fi_injected(mb_fi_kind kind);
+
+#ifdef MB_FAULT_INJECTION
+/* Counts one call of kind; true (errno set) if it must fail. */
+bool mb__fi_fail(mb_fi_kind kind);
+#else
+static inline bool mb__fi_fail(mb_fi_kind kind) {
+  (void)kind;
+  return false;
+}
+#endif
+
+static inline void *mb__sys_mmap(void *addr, size_t len, int prot, int flags, int fd,
+                                 off_t off) {
+  return mb__fi_fail(MB_FI_MMAP) ? MAP_FAILED : mmap(addr, len, prot, flags, fd, off);
+}
+
+static inline int mb__sys_munmap(void *addr, size_t len) {
+  return mb__fi_fail(MB_FI_MUNMAP) ? -1 : munmap(addr, len);
+}
+
+static inline int mb__sys_mprotect(void *addr, size_t len, int prot) {
+  return mb__fi_fail(MB_FI_MPROTECT) ? -1 : mprotect(addr, len, prot);
+}
+
+static inline int mb__sys_memfd_create(const char *name, unsigned flags) {
+  return mb__fi_fail(MB_FI_MEMFD_CREATE) ? -1 : memfd_create(name, flags);
+}
+
+static inline int mb__sys_ftruncate(int fd, off_t len) {
+  return mb__fi_fail(MB_FI_FTRUNCATE) ? -1 : ftruncate(fd, len);
+}
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* MB_FAULT_INJECT_H */

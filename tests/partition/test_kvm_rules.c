@@ -1,0 +1,417 @@
+/* test_kvm_rules.c: every KVM rule that can be decided without /dev/kvm, called directly:
+ * slot numbers (kvm_slots.h), the exit rule on the three kernel behaviours (kvm_exit.h), the
+ * exit question on a live manager (mb_partition_classify[_exit]), and the kvm_attach backend
+ * driven by a manager against a fake VM that enforces KVM's slot rules (set_region hook). */
+#include <errno.h>
+#include <linux/kvm.h>
+#include <pthread.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "access.h"
+#include "kvm_slots.h"
+#include "membacking.h"
+#include "test_util.h"
+
+#define MiB (1ull << 20)
+#define KiB (1ull << 10)
+#ifndef KVM_EXIT_MEMORY_FAULT
+#define KVM_EXIT_MEMORY_FAULT 39
+#endif
+
+/* ---- slot numbers ----------------------------------------------------------------------- */
+
+static void test_slots(void **unused) {
+  (void)unused;
+  mb_kvm_slots s;
+  assert_int_equal(mb_kvm_slots_init(&s, 0, 0), MB_E_INVALID);
+  assert_int_equal(mb_kvm_slots_init(&s, MB_KVM_SLOT_LIMIT - 2, 3), MB_E_INVALID);
+  assert_int_equal(mb_kvm_slots_init(&s, 10, 3), 0);
+  uint32_t a, b, c, d;
+  assert_int_equal(mb_kvm_slots_take(&s, &a), 0);
+  assert_int_equal(mb_kvm_slots_take(&s, &b), 0);
+  assert_int_equal(mb_kvm_slots_take(&s, &c), 0);
+  assert_int_equal(a, 10);
+  assert_int_equal(b, 11);
+  assert_int_equal(c, 12);
+  assert_int_equal(mb_kvm_slots_take(&s, &d), -ENOSPC); /* only the range given */
+  assert_int_equal(mb_kvm_slots_used(&s), 3);
+  mb_kvm_slots_give(&s, b);
+  assert_int_equal(mb_kvm_slots_take(&s, &d), 0);
+  assert_int_equal(d, 11); /* recycled */
+  mb_kvm_slots_give(&s, a);
+  mb_kvm_slots_give(&s, c);
+  assert_int_equal(mb_kvm_slots_used(&s), 1);
+  mb_kvm_slots_fini(&s);
+}
+
+/* ---- the exit rule on the three kernel behaviours ------------------------------------ */
+
+/* A map for the rule: [1M, 2M) is RAM with a hole at [1M+64K, 1M+128K) and a read-only page
+ * at 1M+128K; [4M, 5M) is a read-only region; nothing elsewhere. */
+static int stub_lookup(void *ctx, uint64_t gpa, uint64_t len, bool write) {
+  (void)ctx, (void)len;
+  if (gpa >= 4 * MiB && gpa < 5 * MiB)
+    return write ? MB_GPA_MMIO : MB_GPA_RAM;
+  if (gpa < MiB || gpa >= 2 * MiB)
+    return MB_GPA_MMIO;
+  if (gpa >= MiB + 64 * KiB && gpa < MiB + 128 * KiB)
+    return MB_GPA_FAULT;
+  if (gpa >= MiB + 128 * KiB && gpa < MiB + 132 * KiB && write)
+    return MB_GPA_FAULT;
+  return MB_GPA_RAM;
+}
+
+static struct kvm_run *run_mmio(struct kvm_run *run, uint64_t gpa, uint32_t len, bool write) {
+  memset(run, 0, sizeof *run);
+  run->exit_reason = KVM_EXIT_MMIO;
+  run->mmio.phys_addr = gpa;
+  run->mmio.len = len;
+  run->mmio.is_write = write;
+  return run;
+}
+
+static struct kvm_run *run_memory_fault(struct kvm_run *run, uint64_t gpa, uint64_t size) {
+  memset(run, 0, sizeof *run);
+  run->exit_reason = KVM_EXIT_MEMORY_FAULT;
+  uint64_t *mf = (uint64_t *)(void *)&run->mmio; /* {flags, gpa, size} */
+  mf[0] = 0, mf[1] = gpa, mf[2] = size;
+  return run;
+}
+
+static int kind_of(int rc, int err, struct kvm_run *run) {
+  mb_kvm_exit ex;
+  int r = mb__kvm_exit_classify(rc, err, run, stub_lookup, NULL, &ex);
+  return r == 0 ? ex.kind : r;
+}
+
+static void test_exit_rule(void **unused) {
+  (void)unused;
+  struct kvm_run run;
+  /* kvm-pvm hosts: everything comes back as an MMIO exit; the map decides. */
+  assert_int_equal(kind_of(0, 0, run_mmio(&run, 3 * MiB, 4, false)), MB_GPA_MMIO);
+  assert_int_equal(kind_of(0, 0, run_mmio(&run, 4 * MiB, 1, true)), MB_GPA_MMIO);
+  assert_int_equal(kind_of(0, 0, run_mmio(&run, MiB + 64 * KiB, 8, false)), MB_GPA_FAULT);
+  assert_int_equal(kind_of(0, 0, run_mmio(&run, MiB + 128 * KiB, 1, true)), MB_GPA_FAULT);
+  assert_int_equal(kind_of(0, 0, run_mmio(&run, MiB, 8, true)), MB_GPA_RAM); /* raced: retry */
+  mb_kvm_exit ex;
+  assert_int_equal(mb__kvm_exit_classify(0, 0, run_mmio(&run, 0x1234, 2, true), stub_lookup,
+                                         NULL, &ex), 0);
+  assert_true(ex.gpa == 0x1234 && ex.len == 2 && ex.write);
+  /* mainline 6.8+: -1/EFAULT with KVM_EXIT_MEMORY_FAULT. */
+  assert_int_equal(kind_of(-1, EFAULT, run_memory_fault(&run, MiB + 64 * KiB, 4096)),
+                   MB_GPA_FAULT);
+  assert_int_equal(kind_of(-1, EFAULT, run_memory_fault(&run, MiB + 128 * KiB, 4096)),
+                   MB_GPA_FAULT); /* reads, does not write: a write to a read-only page */
+  assert_int_equal(kind_of(-1, EFAULT, run_memory_fault(&run, MiB, 4096)), MB_GPA_RAM);
+  assert_int_equal(kind_of(-1, EFAULT, run_memory_fault(&run, 3 * MiB, 4096)), MB_GPA_MMIO);
+  /* older kernels: a bare EFAULT, no address. */
+  memset(&run, 0, sizeof run);
+  run.exit_reason = KVM_EXIT_HLT; /* stale */
+  assert_int_equal(mb__kvm_exit_classify(-1, EFAULT, &run, stub_lookup, NULL, &ex), 0);
+  assert_true(ex.kind == MB_GPA_FAULT && ex.len == 0);
+  /* not about memory */
+  assert_int_equal(kind_of(0, 0, &run), MB_E_INVALID);                 /* HLT */
+  assert_int_equal(kind_of(-1, EINTR, &run), MB_E_INVALID);
+  run.exit_reason = KVM_EXIT_IO;
+  assert_int_equal(kind_of(0, 0, &run), MB_E_INVALID);
+  assert_int_equal(kind_of(-1, EFAULT, run_mmio(&run, 3 * MiB, 4, false)), MB_GPA_FAULT);
+  assert_int_equal(kind_of(0, 0, run_mmio(&run, UINT64_MAX - 1, 8, false)), MB_E_INVALID);
+}
+
+/* ---- a manager with a soft partition: the exit question on real memory ----------------- */
+
+typedef struct world {
+  mb_loop *loop;
+  mb_mm *mm;
+  mb_partition *part;
+  mb_object *obj;
+  mb_region_id ram, rom;
+} world;
+
+/* RAM [0, 4M) from a memfd except a hole at [1M, 2M) and a read-only mapping at [2M, 3M);
+ * ROM [8M, 9M) mapped read-only. */
+static void world_init(world *w, const mb_partition_params *params) {
+  assert_int_equal(mb_access_reinstall(), 0);
+  w->loop = tu_start("mgr");
+  mb_mm_config cfg = {.max_addr = 64 * MiB, .overlap = MB_OVERLAP_ANY, .loop = w->loop};
+  assert_int_equal(mb_mm_create(&cfg, &w->mm), 0);
+  w->obj = tu_memfd_byte("t", 8 * MiB, 0x5a);
+  mb_region_params ram = {"ram", 0, 4 * MiB, 1, false}, rom = {"rom", 8 * MiB, MiB, 1, false};
+  assert_int_equal(mb_region_add_sync(w->mm, &ram, &w->ram), 0);
+  assert_int_equal(mb_region_add_sync(w->mm, &rom, &w->rom), 0);
+  mb_mapping_params m[] = {{w->ram, 0, MiB, w->obj, 0, true},
+                           {w->ram, 2 * MiB, MiB, w->obj, 2 * MiB, false},
+                           {w->ram, 3 * MiB, MiB, w->obj, 3 * MiB, true},
+                           {w->rom, 0, MiB, w->obj, 4 * MiB, true}};
+  for (size_t i = 0; i < sizeof m / sizeof m[0]; i++)
+    assert_int_equal(mb_mapping_add_sync(w->mm, &m[i]), 0);
+  assert_int_equal(mb_region_map_sync(w->mm, w->ram, true), 0);
+  assert_int_equal(mb_region_map_sync(w->mm, w->rom, false), 0);
+  mb_partition_params soft = {&mb_partition_soft, NULL, NULL};
+  assert_int_equal(mb_partition_attach_sync(w->mm, params ? params : &soft, &w->part), 0);
+}
+
+static void world_fini(world *w) {
+  mb_mm_destroy(w->mm);
+  mb_object_unref(w->obj);
+  tu_stop(w->loop);
+}
+
+static void test_classify(void **unused) {
+  (void)unused;
+  world w;
+  world_init(&w, NULL);
+  mb_partition *p = w.part;
+  assert_int_equal(mb_partition_classify(p, 0x1000, 8, false), MB_GPA_RAM);
+  assert_int_equal(mb_partition_classify(p, 0x1000, 8, true), MB_GPA_RAM);
+  assert_int_equal(mb_partition_classify(p, MiB + 8, 4, false), MB_GPA_FAULT);  /* a hole */
+  assert_int_equal(mb_partition_classify(p, 2 * MiB, 4, false), MB_GPA_RAM);
+  assert_int_equal(mb_partition_classify(p, 2 * MiB, 4, true), MB_GPA_FAULT);   /* ro mapping */
+  assert_int_equal(mb_partition_classify(p, 8 * MiB, 4, false), MB_GPA_RAM);
+  assert_int_equal(mb_partition_classify(p, 8 * MiB, 4, true), MB_GPA_MMIO);    /* ROM write */
+  assert_int_equal(mb_partition_classify(p, 5 * MiB, 4, false), MB_GPA_MMIO);   /* nothing */
+  /* the first failing byte decides */
+  assert_int_equal(mb_partition_classify(p, MiB - 4, 8, false), MB_GPA_FAULT);
+  assert_int_equal(mb_partition_classify(p, 4 * MiB - 4, 8, false), MB_GPA_MMIO);
+  assert_int_equal(mb_partition_classify(p, 0, 0, false), MB_E_INVALID);
+  assert_int_equal(mb_partition_classify(p, 64 * MiB - 4, 8, false), MB_E_INVALID);
+  /* the probe changes no byte */
+  uint8_t b = 0;
+  assert_int_equal(mb_mapper_read(mb_mm_primary_mapper(w.mm), 0x1000, &b, 1), 0);
+  assert_int_equal(b, 0x5a);
+  /* the same answers through a KVM exit record, and they follow the map */
+  struct kvm_run run;
+  mb_kvm_exit ex;
+  assert_int_equal(mb_partition_classify_exit(p, 0, 0, run_mmio(&run, MiB, 4, false), &ex), 0);
+  assert_int_equal(ex.kind, MB_GPA_FAULT);
+  assert_int_equal(mb_region_unmap_sync(w.mm, w.ram), 0);
+  assert_int_equal(mb_partition_classify(p, 0x1000, 8, false), MB_GPA_MMIO);
+  assert_int_equal(mb_partition_classify_exit(p, 0, 0, run_mmio(&run, MiB, 4, false), &ex), 0);
+  assert_int_equal(ex.kind, MB_GPA_MMIO);
+  assert_int_equal(mb_region_map_sync(w.mm, w.rom, true), 0); /* access change in place */
+  assert_int_equal(mb_partition_classify(p, 8 * MiB, 4, true), MB_GPA_RAM);
+  world_fini(&w);
+}
+
+/* ---- kvm_attach against a fake VM ---------------------------------------------------- */
+
+enum { FAKE_SLOTS = 64 };
+
+/* A VM's memory slots as KVM keeps them, with KVM's rules: an id below the limit, no overlap
+ * with another slot, no resize of a live slot, delete only what exists. */
+typedef struct fake_vm {
+  pthread_mutex_t lock;
+  struct kvm_userspace_memory_region slot[FAKE_SLOTS]; /* memory_size 0: free */
+  int calls, fail_at, fail_err; /* fail the fail_at-th call (1-based) with fail_err */
+  int violations;
+  /* a hook run inside each call: the test's look at the exit question mid-operation */
+  void (*on_set)(struct fake_vm *vm, const struct kvm_userspace_memory_region *r);
+  void *ctx;
+} fake_vm;
+
+static bool overlaps(const struct kvm_userspace_memory_region *a, uint64_t gpa, uint64_t size) {
+  return a->memory_size && a->guest_phys_addr < gpa + size && gpa < a->guest_phys_addr + a->memory_size;
+}
+
+static int fake_set_locked(fake_vm *vm, const struct kvm_userspace_memory_region *r) {
+  if (r->slot >= FAKE_SLOTS)
+    return -EINVAL;
+  struct kvm_userspace_memory_region *s = &vm->slot[r->slot];
+  if (r->memory_size == 0) {
+    if (s->memory_size == 0)
+      vm->violations++; /* deleting nothing: a bug of ours */
+    s->memory_size = 0;
+    return 0;
+  }
+  if (s->memory_size != 0)
+    return -EINVAL; /* KVM cannot resize or re-add a live slot */
+  for (int i = 0; i < FAKE_SLOTS; i++)
+    if (overlaps(&vm->slot[i], r->guest_phys_addr, r->memory_size))
+      return -EEXIST;
+  *s = *r;
+  return 0;
+}
+
+static int fake_set_region(void *ctx, const struct kvm_userspace_memory_region *r) {
+  fake_vm *vm = ctx;
+  if (vm->on_set)
+    vm->on_set(vm, r);
+  pthread_mutex_lock(&vm->lock);
+  int rc = ++vm->calls == vm->fail_at ? vm->fail_err : fake_set_locked(vm, r);
+  pthread_mutex_unlock(&vm->lock);
+  return rc;
+}
+
+/* The slots in use, and whether all of them lie in [first, first + count). */
+static int fake_used(fake_vm *vm, uint32_t first, uint32_t count, bool *inside) {
+  int n = 0;
+  *inside = true;
+  pthread_mutex_lock(&vm->lock);
+  for (uint32_t i = 0; i < FAKE_SLOTS; i++) {
+    if (!vm->slot[i].memory_size)
+      continue;
+    n++;
+    *inside &= i >= first && i < first + count;
+  }
+  pthread_mutex_unlock(&vm->lock);
+  return n;
+}
+
+static mb_partition_params attach_params(fake_vm *vm, mb_kvm_attach_config *c, uint32_t first,
+                                         uint32_t count) {
+  *c = (mb_kvm_attach_config){.vm_fd = -1, .slot_first = first, .slot_count = count,
+                              .set_region = fake_set_region, .ctx = vm};
+  return (mb_partition_params){&mb_partition_kvm_attach, c, NULL};
+}
+
+static void fake_init(fake_vm *vm) {
+  memset(vm, 0, sizeof *vm);
+  pthread_mutex_init(&vm->lock, NULL);
+  /* the VMM's own slot 0 (firmware), far above the guest's RAM */
+  vm->slot[0] = (struct kvm_userspace_memory_region){0, 0, 1ull << 40, 4096, 0x1000};
+}
+
+static void test_attach_slots(void **unused) {
+  (void)unused;
+  fake_vm vm;
+  fake_init(&vm);
+  mb_kvm_attach_config c;
+  mb_partition_params params = attach_params(&vm, &c, 8, 4);
+  world w;
+  world_init(&w, &params);
+  bool inside;
+  assert_int_equal(fake_used(&vm, 8, 4, &inside), 2 + 1); /* ram, rom, and the VMM's slot 0 */
+  assert_int_equal(fake_used(&vm, 0, 12, &inside), 3);
+  /* three more regions fit the range of four only up to its end: the fifth is -ENOSPC and
+   * changes nothing */
+  mb_region_id r[3];
+  for (int i = 0; i < 3; i++) {
+    mb_region_params p = {"x", (16 + 2 * (uint64_t)i) * MiB, MiB, 1, false};
+    assert_int_equal(mb_region_add_sync(w.mm, &p, &r[i]), 0);
+  }
+  assert_int_equal(mb_region_map_sync(w.mm, r[0], true), 0);
+  assert_int_equal(mb_region_map_sync(w.mm, r[1], true), 0);
+  assert_int_equal(mb_region_map_sync(w.mm, r[2], true), -ENOSPC);
+  int st = -1;
+  assert_int_equal(mb_region_state_sync(w.mm, r[2], &st), 0);
+  assert_int_equal(st, MB_REGION_UNMAPPED);
+  assert_int_equal(mb_partition_classify(w.part, 20 * MiB, 4, false), MB_GPA_MMIO);
+  /* slots are recycled */
+  assert_int_equal(mb_region_unmap_sync(w.mm, r[0]), 0);
+  assert_int_equal(mb_region_map_sync(w.mm, r[2], true), 0);
+  /* a failing ioctl rolls the operation back */
+  assert_int_equal(mb_region_unmap_sync(w.mm, r[1]), 0);
+  vm.fail_at = vm.calls + 1, vm.fail_err = -ENOMEM;
+  assert_int_equal(mb_region_map_sync(w.mm, r[0], true), -ENOMEM);
+  assert_int_equal(mb_region_state_sync(w.mm, r[0], &st), 0);
+  assert_int_equal(st, MB_REGION_UNMAPPED);
+  mb_range_list *ranges = NULL;
+  assert_int_equal(mb_partition_ranges_sync(w.part, &ranges), 0);
+  assert_int_equal(ranges->count, 3); /* ram (with its hole), rom, r[2] */
+  free(ranges);
+  assert_int_equal(fake_used(&vm, 8, 4, &inside), 4);
+  /* removing the partition deletes exactly its slots: the VMM's stays */
+  assert_int_equal(mb_partition_remove_sync(w.part), 0);
+  assert_int_equal(fake_used(&vm, 0, 1, &inside), 1);
+  assert_true(inside);
+  assert_int_equal(vm.violations, 0);
+  world_fini(&w);
+  pthread_mutex_destroy(&vm.lock);
+}
+
+static void test_attach_config(void **unused) {
+  (void)unused;
+  fake_vm vm;
+  fake_init(&vm);
+  world w;
+  world_init(&w, NULL);
+  mb_kvm_attach_config c;
+  mb_partition_params params = attach_params(&vm, &c, MB_KVM_SLOT_LIMIT - 1, 2);
+  mb_partition *p = NULL;
+  assert_int_equal(mb_partition_attach_sync(w.mm, &params, &p), MB_E_INVALID);
+  params = attach_params(&vm, &c, 0, 0);
+  c.set_region = NULL; /* and vm_fd -1: not a KVM VM */
+  assert_int_equal(mb_partition_attach_sync(w.mm, &params, &p), MB_E_INVALID);
+  c.vm_fd = 0; /* stdin: not a KVM VM either */
+  assert_int_equal(mb_partition_attach_sync(w.mm, &params, &p), MB_E_INVALID);
+  params = (mb_partition_params){&mb_partition_soft, &c, NULL}; /* soft takes no config */
+  assert_int_equal(mb_partition_attach_sync(w.mm, &params, &p), MB_E_INVALID);
+  assert_int_equal(mb_partition_attach_sync(w.mm, NULL, &p), MB_E_INVALID);
+  /* too few slots for what is visible: the add fails and leaves nothing behind */
+  params = attach_params(&vm, &c, 4, 1);
+  assert_int_equal(mb_partition_attach_sync(w.mm, &params, &p), -ENOSPC);
+  bool inside;
+  assert_int_equal(fake_used(&vm, 0, 1, &inside), 1);
+  world_fini(&w);
+  pthread_mutex_destroy(&vm.lock);
+}
+
+/* While an operation deletes and re-adds slots (and, between the two, changes the VA mapper),
+ * a page that stays RAM is RAM. */
+typedef struct midway {
+  mb_partition *part;
+  int asked, ram;
+} midway;
+
+static void ask_midway(fake_vm *vm, const struct kvm_userspace_memory_region *r) {
+  midway *m = vm->ctx;
+  (void)r;
+  if (!m || !m->part)
+    return;
+  m->asked++;
+  /* [0, 1M) and [3M, 4M) stay RAM throughout; [16M, 17M) is the region going away */
+  m->ram += mb_partition_classify(m->part, 0x1000, 8, true) == MB_GPA_RAM;
+  m->ram += mb_partition_classify(m->part, 3 * MiB, 8, true) == MB_GPA_RAM;
+}
+
+static void test_attach_stays_ram(void **unused) {
+  (void)unused;
+  fake_vm vm;
+  fake_init(&vm);
+  midway m = {0};
+  mb_kvm_attach_config c;
+  mb_partition_params params = attach_params(&vm, &c, 1, 16);
+  world w;
+  world_init(&w, &params);
+  vm.ctx = &m;
+  vm.on_set = ask_midway;
+  m.part = w.part;
+  /* a region of higher priority over [1M, 2M) of ram splits ram's piece: its slot is deleted
+   * and two are added; unmapping it again joins them */
+  mb_region_id hi;
+  mb_region_params p = {"hi", MiB, MiB, 2, false};
+  assert_int_equal(mb_region_add_sync(w.mm, &p, &hi), 0);
+  mb_mapping_params mp = {hi, 0, MiB, w.obj, 5 * MiB, true};
+  assert_int_equal(mb_mapping_add_sync(w.mm, &mp), 0);
+  assert_int_equal(mb_region_map_sync(w.mm, hi, true), 0);
+  assert_int_equal(mb_partition_classify(w.part, MiB, 8, false), MB_GPA_RAM); /* no hole now */
+  assert_int_equal(mb_region_unmap_sync(w.mm, hi), 0);
+  assert_int_equal(mb_partition_classify(w.part, MiB, 8, false), MB_GPA_FAULT);
+  /* an access change deletes and re-adds the slots too */
+  assert_int_equal(mb_region_map_sync(w.mm, w.ram, false), 0);
+  assert_true(m.asked >= 3);
+  assert_int_equal(m.ram, 2 * m.asked);
+  assert_int_equal(mb_partition_classify(w.part, 0x1000, 8, true), MB_GPA_MMIO);
+  m.part = NULL;
+  assert_int_equal(vm.violations, 0);
+  world_fini(&w);
+  pthread_mutex_destroy(&vm.lock);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_slots),
+      cmocka_unit_test(test_exit_rule),
+      cmocka_unit_test(test_classify),
+      cmocka_unit_test(test_attach_slots),
+      cmocka_unit_test(test_attach_config),
+      cmocka_unit_test(test_attach_stays_ram),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}
