@@ -1,9 +1,15 @@
-/* api_internal.h: what the public API's files (membacking.c, membacking_consumers.c) share:
- * the manager's handle and the two ways of issuing a request. */
+/* api_internal.h: what the public API's files (membacking.c, membacking_consumers.c,
+ * membacking_locks.c, handles.c, inspect.c, record.c) share: the manager, its consumers, their
+ * handles, and the two ways of issuing a request.
+ *
+ * A public mb_mapper *, mb_partition * or mb_lock * is a handle (handles.c), never a pointer
+ * to one of the structs below: the public functions turn it into the struct, and the library's
+ * own code (the lists, recording, introspection) holds the structs themselves. */
 #ifndef MB_API_INTERNAL_H
 #define MB_API_INTERNAL_H
 
 #include <pthread.h>
+#include <stdatomic.h>
 
 #include "mapping_manager.h"
 #include "membacking.h"
@@ -12,11 +18,68 @@
 #include "record.h"
 #include "va_mapper.h"
 
+/* ---- handles (handles.c) ---------------------------------------------------------------- */
+
+typedef uintptr_t mb__handle; /* tag << 32 | (slot index + 1); 0 names nothing */
+typedef enum mb__hkind { MB__H_MAPPER = 1, MB__H_PARTITION = 2, MB__H_LOCK = 3 } mb__hkind;
+typedef struct mb__hslot mb__hslot;
+typedef struct mb__rs mb__rs;
+enum { MB__H_NONE = UINT32_MAX };
+
+/* A slot for a new object, not yet valid as a handle: its index, or MB__H_NONE (no memory). */
+uint32_t mb__h_alloc(void);
+/* Makes the slot live for obj: its handle. */
+mb__handle mb__h_publish(uint32_t idx, mb__hkind kind, void *obj);
+/* A lock's slot, before it is published: its mapper's slot and what mb_lock_ptr and co read. */
+void mb__h_set_lock(uint32_t idx, uint32_t owner, uint8_t *ptr, uint64_t gpa, uint64_t size);
+/* Back to the free list: a slot never published, or one killed and retired. */
+void mb__h_free(uint32_t idx);
+uint32_t mb__h_index(mb__handle h);
+/* The object while h is live and of `kind`, else NULL. Safe to use only inside a section on
+ * h (mb__h_enter), or where its owner keeps it alive. */
+void *mb__h_obj(mb__handle h, mb__hkind kind);
+/* Makes h invalid for every later check: true for the one caller that did it. */
+bool mb__h_kill(mb__handle h);
+/* A removal owns h's object until it unclaims it or kills h; false if another one does. */
+bool mb__h_claim(mb__handle h);
+void mb__h_unclaim(mb__handle h);
+
+/* A lock's slot, read without entering its mapper (false if h is not a live lock). */
+typedef struct mb__hlock {
+  uint32_t owner;
+  void *obj;
+  uint8_t *ptr;
+  uint64_t gpa, size;
+} mb__hlock;
+bool mb__h_lock_peek(mb__handle h, mb__hlock *out);
+/* Kills and frees every live lock handle whose mapper slot is `owner`: how many. */
+unsigned mb__h_kill_locks(uint32_t owner);
+
+/* Reader sections: any thread, never blocking. mb__h_enter opens one on h's slot and returns
+ * its object (NULL: refused); close it with mb__rs_leave whatever it returned. While it is
+ * open, what h names is not freed. */
+void *mb__h_enter(mb__handle h, mb__hkind kind, mb__rs **rs);
+mb__rs *mb__rs_enter(uint32_t idx);
+void mb__rs_leave(mb__rs *rs);
+/* After mb__h_kill: fn(arg), then the slot freed, once no section that saw h live is open.
+ * On `loop`'s thread this never blocks (it may finish later, from a timer on that loop);
+ * elsewhere it waits. */
+void mb__h_retire(uint32_t idx, mb_loop *loop, void (*fn)(void *), void *arg);
+
+/* ---- consumers and the manager ------------------------------------------------------------ */
+
+typedef void (*mb__kill_cb)(void *ctx, int rc);
+
 struct mb_mapper {
   mb_mm *mm;
   mb_vam *vam;
   mb_loop *loop;
   mb_mapper *prev, *next;
+  mb__handle h;             /* its public handle (0 for the primary before creation ends) */
+  uint32_t idx;             /* its slot */
+  _Atomic uint32_t nlocks;  /* live lock handles taken through it */
+  mb__kill_cb killed;       /* after its destruction: the VA release's result */
+  void *killed_ctx;
 };
 
 struct mb_partition {
@@ -25,40 +88,63 @@ struct mb_partition {
   mb_actor *actor;
   mb_loop *loop;
   mb_partition *prev, *next;
+  mb__handle h;
+  uint32_t idx;
+  mb_addr addr;             /* the partition mapper's */
+  mb__kill_cb killed;
+  void *killed_ctx;
 };
 
 struct mb_mm {
   mb_loop *loop;          /* region manager and mapping manager */
-  mb_actor *rm, *mm;
+  mb_actor *rm, *mm;      /* valid until mb_mm_destroy */
+  mb_addr rm_addr, mm_addr; /* valid for ever: requests after destroy get MB_EGONE */
   uint64_t max_addr;
   mb_loop *part_loop;
   mb_vam *part_vam;       /* the partitions' eager VA mapper */
-  mb_mapper primary;      /* the public handle of part_vam (never on the mappers list) */
+  uint8_t *part_base;     /* its base */
+  mb_mapper primary;      /* the internal side of part_vam (never on the mappers list) */
   mb_gpa_map *gpa_map;    /* the visible map, published for exit handlers (classify) */
-  pthread_mutex_t lock;   /* guards the two lists below */
+  pthread_mutex_t lock;   /* guards the lists, steps, dead and rec against destroy */
   mb_mapper *mappers;
   mb_partition *partitions;
+  struct step_op *steps;  /* consumer operations in flight (membacking_consumers.c) */
+  bool dead;              /* mb_mm_destroy has begun */
+  _Atomic uint32_t refs;  /* the manager's own, in-flight operations', dying consumers' */
   int overlap;
   mb__rec *rec;           /* NULL unless recording */
   void *insp_signal;      /* the dump-on-signal handle, on `loop` */
   int signum;
 };
 
+/* The manager's struct outlives mb_mm_destroy while someone holds a reference. */
+void mb__mm_ref(mb_mm *mm);
+void mb__mm_unref(mb_mm *mm);
+/* MB_EDEADLK when the calling thread runs a loop that an operation on the manager may need
+ * (its loop, part_loop, a consumer's, or the target of an add in flight), else 0. */
+int mb__mm_check_thread(mb_mm *mm);
+
+/* ---- issuing requests -------------------------------------------------------------------- */
+
 /* Reads the operation's value out of its reply (a region id, a state, ...). */
 typedef uint64_t (*mb__value_fn)(mb_msg *reply);
 
 /* Asynchronous form: send `msg` as a request from the calling thread's loop; done() runs there
  * with the status and value. `obj`, if not NULL, is a reference released after completion.
- * `rec`, if not NULL, records the completed request. */
-void mb__api_submit(mb__rec *rec, mb_addr to, mb_msg *msg, mb__value_fn value, mb_object *obj,
+ * `mm`, if not NULL, records the completed request when it is recording. */
+void mb__api_submit(mb_mm *mm, mb_addr to, mb_msg *msg, mb__value_fn value, mb_object *obj,
                     mb_done_fn done, void *ctx);
 /* Blocking form: the status; *value filled when value_fn and value are given. */
 int mb__api_call(mb__rec *rec, mb_addr to, mb_msg *msg, mb__value_fn value_fn, uint64_t *value);
 
-/* Destroy a mapper or partition on its loop and unlink it from its manager (blocking). The
- * mapper's: 0, or mb_vam_destroy's error (its VA could not be released; it is gone anyway). */
-int mb__mapper_destroy(mb_mapper *m);
-void mb__partition_destroy(mb_partition *p);
+/* Kill a consumer that was unlinked from its manager, on its loop: its handle becomes invalid
+ * at once, its actor goes, its memory once no reader is in it; then killed(killed_ctx, rc)
+ * if set (a mapper's rc: 0 or mb_vam_destroy's error). */
+void mb__mapper_kill(mb_mapper *m);
+void mb__partition_kill(mb_partition *p);
+
+/* The VA mapper behind a public mapper handle (tests), or NULL. */
+mb_vam *mb__mapper_vam(mb_mapper *handle);
 
 /* Close the dump-on-signal handle, if any (inspect.c). */
 void mb__inspect_stop(mb_mm *mm);

@@ -11,7 +11,7 @@
 /* ---- issuing requests ---------------------------------------------------------------------- */
 
 typedef struct api_op {
-  mb__rec *rec;
+  mb_mm *mm; /* a reference, when the manager records: the reply is recorded */
   mb_done_fn done;
   void *ctx;
   mb__value_fn value;
@@ -67,11 +67,19 @@ static void api_op_put(api_op *op) {
   api_ncache++;
 }
 
+/* A recording is closed by mb_mm_destroy: a reply that comes back later is not recorded. */
+static void record_reply(mb_mm *mm, mb_msg *reply) {
+  pthread_mutex_lock(&mm->lock);
+  if (!mm->dead) mb__rec_request(mm->rec, reply, reply->status);
+  pthread_mutex_unlock(&mm->lock);
+  mb__mm_unref(mm);
+}
+
 static void api_op_reply(mb_actor *self, mb_msg *reply, void *ctx) {
   (void)self;
   api_op *op = ctx;
   uint64_t v = (op->value && reply->status == 0) ? op->value(reply) : 0;
-  mb__rec_request(op->rec, reply, reply->status);
+  if (op->mm) record_reply(op->mm, reply);
   if (op->obj) mb_object_unref(op->obj);
   mb_done_fn done = op->done;
   void *done_ctx = op->ctx;
@@ -79,18 +87,19 @@ static void api_op_reply(mb_actor *self, mb_msg *reply, void *ctx) {
   done(done_ctx, reply->status, v);
 }
 
-void mb__api_submit(mb__rec *rec, mb_addr to, mb_msg *msg, mb__value_fn value, mb_object *obj,
+void mb__api_submit(mb_mm *mm, mb_addr to, mb_msg *msg, mb__value_fn value, mb_object *obj,
                     mb_done_fn done, void *ctx) {
   mb_loop *here = mb_loop_current();
   api_op *op = here ? api_op_get() : NULL;
-  if (!op || !msg) { /* a programming error (no loop) or no memory: the only inline answer */
+  if (!op || !msg) { /* no loop (a programming error) or no memory: the only inline answers */
     mb_msg_free(msg);
-    done(ctx, op || !here ? MB_ENOMEM : MB_EINVAL, 0);
-    if (op)
-      api_op_put(op);
+    if (op) api_op_put(op);
+    done(ctx, here ? MB_ENOMEM : MB_EINVAL, 0);
     return;
   }
-  *op = (api_op){rec, done, ctx, value, obj ? mb_object_ref(obj) : NULL, NULL};
+  if (mm && !mm->rec) mm = NULL;
+  if (mm) mb__mm_ref(mm);
+  *op = (api_op){mm, done, ctx, value, obj ? mb_object_ref(obj) : NULL, NULL};
   mb_call(mb_loop_actor(here), to, msg, api_op_reply, op);
 }
 
@@ -101,6 +110,16 @@ int mb__api_call(mb__rec *rec, mb_addr to, mb_msg *msg, mb__value_fn value_fn, u
   mb__rec_request(rec, msg, rc);
   mb_msg_free(msg);
   return rc;
+}
+
+/* A blocking request to the region manager: refused on a loop thread the request needs. */
+static int rm_call(mb_mm *mm, mb_msg *msg, mb__value_fn value_fn, uint64_t *value) {
+  int rc = mb__mm_check_thread(mm);
+  if (rc) {
+    mb_msg_free(msg);
+    return rc;
+  }
+  return mb__api_call(mm->rec, mm->rm_addr, msg, value_fn, value);
 }
 
 /* ---- managers ---------------------------------------------------------------------------- */
@@ -118,6 +137,8 @@ static void mm_build_managers(mb_loop *loop, void *arg) {
   b->mm->rm = b->mm->mm ? mb_region_manager_create(loop, &rc) : NULL;
   b->rc = b->mm->rm ? 0 : MB_ENOMEM;
   if (b->rc) return;
+  b->mm->rm_addr = mb_actor_addr(b->mm->rm);
+  b->mm->mm_addr = mb_actor_addr(b->mm->mm);
   mb_actor_time_requests(b->mm->rm, true); /* stage latency, for introspection */
   mb_actor_time_requests(b->mm->mm, true);
 }
@@ -130,13 +151,18 @@ static void ignore_reply(mb_actor *self, mb_msg *reply, void *ctx) {
  * mapping manager: this call is sent first, and delivery is causal. */
 static void mm_build_part_vam(mb_loop *loop, void *arg) {
   mm_build *b = arg;
-  b->rc = mb_vam_create(loop, mb_actor_addr(b->mm->mm), b->mm->max_addr, true, &b->mm->part_vam);
-  if (b->rc) return;
-  mb_actor_time_requests(mb_actor_at(loop, mb_vam_addr(b->mm->part_vam)), true);
+  mb_mm *mm = b->mm;
   mm_add_mapper_msg *m = mm_add_mapper_new();
-  m->mapper = mb_vam_addr(b->mm->part_vam);
+  b->rc = m ? mb_vam_create(loop, mm->mm_addr, mm->max_addr, true, &mm->part_vam) : MB_ENOMEM;
+  if (b->rc) {
+    mb_msg_free(m ? &m->hdr : NULL);
+    return;
+  }
+  mm->part_base = mb_vam_base(mm->part_vam);
+  mb_actor_time_requests(mb_actor_at(loop, mb_vam_addr(mm->part_vam)), true);
+  m->mapper = mb_vam_addr(mm->part_vam);
   m->eager = true;
-  mb_call(mb_loop_actor(loop), mb_actor_addr(b->mm->mm), &m->hdr, ignore_reply, NULL);
+  mb_call(mb_loop_actor(loop), mm->mm_addr, &m->hdr, ignore_reply, NULL);
 }
 
 static int check_config(const mb_mm_config *cfg) {
@@ -154,9 +180,12 @@ int mb_mm_create(const mb_mm_config *cfg, mb_mm **out) {
   mm->loop = cfg->loop;
   mm->part_loop = cfg->part_loop ? cfg->part_loop : cfg->loop;
   mm->max_addr = cfg->max_addr ? cfg->max_addr : 64ull << 30;
+  mm->overlap = cfg->overlap;
+  atomic_init(&mm->refs, 1);
   pthread_mutex_init(&mm->lock, NULL);
   mm_build b = {mm, cfg, 0};
-  rc = mb_gpa_map_create(&mm->gpa_map) ? MB_ENOMEM : 0;
+  mm->primary = (mb_mapper){.mm = mm, .loop = mm->part_loop, .idx = mb__h_alloc()};
+  rc = mm->primary.idx == MB__H_NONE || mb_gpa_map_create(&mm->gpa_map) ? MB_ENOMEM : 0;
   if (!rc) rc = mb_loop_exec(mm->loop, mm_build_managers, &b);
   if (!rc && !(rc = b.rc)) rc = mb_loop_exec(mm->part_loop, mm_build_part_vam, &b);
   if (!rc) rc = b.rc;
@@ -164,8 +193,8 @@ int mb_mm_create(const mb_mm_config *cfg, mb_mm **out) {
     mb_mm_destroy(mm);
     return rc;
   }
-  mm->primary = (mb_mapper){mm, mm->part_vam, mm->part_loop, NULL, NULL};
-  mm->overlap = cfg->overlap;
+  mm->primary.vam = mm->part_vam;
+  mm->primary.h = mb__h_publish(mm->primary.idx, MB__H_MAPPER, &mm->primary);
   char path[4096];
   if (mb__rec_env_path(path, sizeof path)) (void)mb_mm_record(mm, path);
   *out = mm;
@@ -175,11 +204,33 @@ int mb_mm_create(const mb_mm_config *cfg, mb_mm **out) {
 int mb_mm_record(mb_mm *mm, const char *path) {
   if (mm->rec || !path) return MB_E_INVALID;
   int err = 0;
-  mm->rec = mb__rec_open(path, mm, mm->overlap, &err);
-  return mm->rec ? 0 : err;
+  mb__rec *rec = mb__rec_open(path, mm, mm->overlap, &err);
+  pthread_mutex_lock(&mm->lock);
+  mm->rec = rec;
+  pthread_mutex_unlock(&mm->lock);
+  return rec ? 0 : err;
 }
 
-mb_mapper *mb_mm_primary_mapper(mb_mm *mm) { return &mm->primary; }
+mb_mapper *mb_mm_primary_mapper(mb_mm *mm) { return (mb_mapper *)mm->primary.h; }
+
+void mb__mm_ref(mb_mm *mm) { atomic_fetch_add(&mm->refs, 1); }
+
+void mb__mm_unref(mb_mm *mm) {
+  if (atomic_fetch_sub(&mm->refs, 1) != 1) return;
+  mb_gpa_map_destroy(mm->gpa_map);
+  pthread_mutex_destroy(&mm->lock);
+  free(mm);
+}
+
+static void kill_on_loop(mb_loop *loop, void *arg) {
+  (void)loop;
+  mb__mapper_kill(arg);
+}
+
+static void kill_partition_on_loop(mb_loop *loop, void *arg) {
+  (void)loop;
+  mb__partition_kill(arg);
+}
 
 static void destroy_part_vam(mb_loop *loop, void *arg) {
   (void)loop;
@@ -193,17 +244,50 @@ static void destroy_managers(mb_loop *loop, void *arg) {
   if (mm->mm) mb_actor_destroy(mm->mm);
 }
 
+/* The next consumer to kill, taken off its list (under the lock: a removal that has not
+ * unlinked it by now never will, as the manager is dead). */
+static void *pop_consumer(mb_mm *mm, bool mapper) {
+  pthread_mutex_lock(&mm->lock);
+  void *c = mapper ? (void *)mm->mappers : (void *)mm->partitions;
+  if (mapper && mm->mappers) {
+    mm->mappers = mm->mappers->next;
+    if (mm->mappers) mm->mappers->prev = NULL;
+  } else if (!mapper && mm->partitions) {
+    mm->partitions = mm->partitions->next;
+    if (mm->partitions) mm->partitions->prev = NULL;
+  }
+  pthread_mutex_unlock(&mm->lock);
+  return c;
+}
+
+static void destroy_primary(mb_mm *mm) {
+  if (mm->primary.h) {
+    mb_loop_exec(mm->part_loop, kill_on_loop, &mm->primary);
+    return;
+  }
+  if (mm->primary.idx != MB__H_NONE) mb__h_free(mm->primary.idx);
+  if (mm->part_vam) mb_loop_exec(mm->part_loop, destroy_part_vam, mm->part_vam);
+}
+
+/* Consumer operations in flight see `dead` and end with MB_EGONE; the struct lives on until
+ * they and the consumers' last readers are done (refs). */
 void mb_mm_destroy(mb_mm *mm) {
   if (!mm) return;
+  pthread_mutex_lock(&mm->lock);
+  bool again = mm->dead;
+  mm->dead = true;
+  pthread_mutex_unlock(&mm->lock);
+  if (again) return;
   mb__inspect_stop(mm);
   mb__rec_close(mm->rec, mm);
-  while (mm->partitions) mb__partition_destroy(mm->partitions);
-  while (mm->mappers) mb__mapper_destroy(mm->mappers);
-  if (mm->part_vam) mb_loop_exec(mm->part_loop, destroy_part_vam, mm->part_vam);
-  mb_loop_exec(mm->loop, destroy_managers, mm);
-  mb_gpa_map_destroy(mm->gpa_map);
-  pthread_mutex_destroy(&mm->lock);
-  free(mm);
+  mm->rec = NULL;
+  mb_partition *p;
+  while ((p = pop_consumer(mm, false))) mb_loop_exec(p->loop, kill_partition_on_loop, p);
+  mb_mapper *m;
+  while ((m = pop_consumer(mm, true))) mb_loop_exec(m->loop, kill_on_loop, m);
+  destroy_primary(mm);
+  if (mm->rm || mm->mm) mb_loop_exec(mm->loop, destroy_managers, mm);
+  mb__mm_unref(mm);
 }
 
 uint64_t mb_mm_max_addr(const mb_mm *mm) { return mm->max_addr; }
@@ -225,12 +309,12 @@ static mb_msg *region_add_msg(const mb_region_params *p) {
 }
 
 void mb_region_add(mb_mm *mm, const mb_region_params *p, mb_done_fn done, void *ctx) {
-  mb__api_submit(mm->rec, mb_actor_addr(mm->rm), region_add_msg(p), region_id_of, NULL, done, ctx);
+  mb__api_submit(mm, mm->rm_addr, region_add_msg(p), region_id_of, NULL, done, ctx);
 }
 
 int mb_region_add_sync(mb_mm *mm, const mb_region_params *p, mb_region_id *id) {
   uint64_t v = 0;
-  int rc = mb__api_call(mm->rec, mb_actor_addr(mm->rm), region_add_msg(p), region_id_of, &v);
+  int rc = rm_call(mm, region_add_msg(p), region_id_of, &v);
   if (!rc && id) *id = (mb_region_id)v;
   return rc;
 }
@@ -244,11 +328,11 @@ static mb_msg *region_map_msg(mb_region_id id, bool writable) {
 }
 
 void mb_region_map(mb_mm *mm, mb_region_id id, bool writable, mb_done_fn done, void *ctx) {
-  mb__api_submit(mm->rec, mb_actor_addr(mm->rm), region_map_msg(id, writable), NULL, NULL, done, ctx);
+  mb__api_submit(mm, mm->rm_addr, region_map_msg(id, writable), NULL, NULL, done, ctx);
 }
 
 int mb_region_map_sync(mb_mm *mm, mb_region_id id, bool writable) {
-  return mb__api_call(mm->rec, mb_actor_addr(mm->rm), region_map_msg(id, writable), NULL, NULL);
+  return rm_call(mm, region_map_msg(id, writable), NULL, NULL);
 }
 
 /* unmap, remove and state carry just the id. */
@@ -264,31 +348,31 @@ ID_MSG(region_remove)
 ID_MSG(region_state)
 
 void mb_region_unmap(mb_mm *mm, mb_region_id id, mb_done_fn done, void *ctx) {
-  mb__api_submit(mm->rec, mb_actor_addr(mm->rm), region_unmap_msg(id), NULL, NULL, done,
+  mb__api_submit(mm, mm->rm_addr, region_unmap_msg(id), NULL, NULL, done,
                  ctx);
 }
 
 int mb_region_unmap_sync(mb_mm *mm, mb_region_id id) {
-  return mb__api_call(mm->rec, mb_actor_addr(mm->rm), region_unmap_msg(id), NULL, NULL);
+  return rm_call(mm, region_unmap_msg(id), NULL, NULL);
 }
 
 void mb_region_remove(mb_mm *mm, mb_region_id id, mb_done_fn done, void *ctx) {
-  mb__api_submit(mm->rec, mb_actor_addr(mm->rm), region_remove_msg(id), NULL, NULL, done,
+  mb__api_submit(mm, mm->rm_addr, region_remove_msg(id), NULL, NULL, done,
                  ctx);
 }
 
 int mb_region_remove_sync(mb_mm *mm, mb_region_id id) {
-  return mb__api_call(mm->rec, mb_actor_addr(mm->rm), region_remove_msg(id), NULL, NULL);
+  return rm_call(mm, region_remove_msg(id), NULL, NULL);
 }
 
 void mb_region_state(mb_mm *mm, mb_region_id id, mb_done_fn done, void *ctx) {
-  mb__api_submit(mm->rec, mb_actor_addr(mm->rm), region_state_msg(id), region_state_of,
+  mb__api_submit(mm, mm->rm_addr, region_state_msg(id), region_state_of,
                  NULL, done, ctx);
 }
 
 int mb_region_state_sync(mb_mm *mm, mb_region_id id, int *state) {
   uint64_t v = 0;
-  int rc = mb__api_call(mm->rec, mb_actor_addr(mm->rm), region_state_msg(id),
+  int rc = rm_call(mm, region_state_msg(id),
                         region_state_of, &v);
   if (!rc && state) *state = (int)v;
   return rc;
@@ -314,14 +398,14 @@ static mb_msg *mapping_msg(const mb_mapping_params *p, bool replace) {
 static int mapping_sync(mb_mm *mm, const mb_mapping_params *p, bool replace) {
   if (!p->obj) return MB_E_NOTFOUND;
   mb_object_ref(p->obj);
-  int rc = mb__api_call(mm->rec, mb_actor_addr(mm->rm), mapping_msg(p, replace), NULL, NULL);
+  int rc = rm_call(mm, mapping_msg(p, replace), NULL, NULL);
   mb_object_unref(p->obj);
   return rc;
 }
 
 static void mapping_async(mb_mm *mm, const mb_mapping_params *p, bool replace, mb_done_fn done,
                           void *ctx) {
-  mb__api_submit(mm->rec, mb_actor_addr(mm->rm), p->obj ? mapping_msg(p, replace) : NULL, NULL, p->obj,
+  mb__api_submit(mm, mm->rm_addr, p->obj ? mapping_msg(p, replace) : NULL, NULL, p->obj,
                  done, ctx);
 }
 
@@ -347,12 +431,12 @@ static mb_msg *mapping_remove_msg(mb_region_id region, uint64_t offset, uint64_t
 
 void mb_mapping_remove(mb_mm *mm, mb_region_id region, uint64_t offset, uint64_t size,
                        mb_done_fn done, void *ctx) {
-  mb__api_submit(mm->rec, mb_actor_addr(mm->rm), mapping_remove_msg(region, offset, size), NULL, NULL,
+  mb__api_submit(mm, mm->rm_addr, mapping_remove_msg(region, offset, size), NULL, NULL,
                  done, ctx);
 }
 
 int mb_mapping_remove_sync(mb_mm *mm, mb_region_id region, uint64_t offset, uint64_t size) {
-  return mb__api_call(mm->rec, mb_actor_addr(mm->rm), mapping_remove_msg(region, offset, size), NULL,
+  return rm_call(mm, mapping_remove_msg(region, offset, size), NULL,
                       NULL);
 }
 

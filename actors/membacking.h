@@ -264,12 +264,31 @@ int mb_partition_classify(mb_partition *p, uint64_t gpa, uint64_t len, bool writ
 /* The same question asked of a KVM_RUN outcome on a vCPU of the partition's VM, as each kernel
  * reports it (kvm_exit.h): pass KVM_RUN's return value, its errno and the vCPU's kvm_run.
  * 0 with *out for an exit about guest memory: KVM_EXIT_MMIO (on kvm-pvm hosts also a hole or
- * a read-only page inside a slot), KVM_EXIT_MEMORY_FAULT (-1/EFAULT, mainline 6.8+), or a
- * bare EFAULT (older kernels: out->kind FAULT, out->len 0, no address). MB_E_INVALID for
- * any other outcome (HLT, IO, EINTR, ...). */
+ * a read-only page inside a slot), -1/EFAULT with KVM_EXIT_MEMORY_FAULT (gpa given), or a
+ * bare -1/EFAULT (Debian's 6.1 and 6.12 on hardware virtualization: out->kind FAULT,
+ * out->len 0, no address). MB_E_INVALID for any other outcome (HLT, IO, EINTR, ...).
+ *
+ * What to do with the answer depends on how the exit came:
+ *   after KVM_EXIT_MMIO, the instruction waits half done for run->mmio:
+ *     MMIO   emulate the device into run->mmio.data; the next KVM_RUN completes it;
+ *     RAM    serve it from guest RAM (mb_partition_serve_exit), then KVM_RUN; if that
+ *            fails, the map moved again: classify again;
+ *     FAULT  the guest touched RAM that is not there: finish the pending MMIO without
+ *            running guest code (KVM_RUN with immediate_exit = 1) before skipping the
+ *            instruction or stopping;
+ *   after -1/EFAULT, nothing is pending: RAM (or MMIO: the range went away) runs the vCPU
+ *   again; FAULT is a fault of the backing.
+ * A bare EFAULT does not update run->exit_reason: a VMM whose kernel also reports
+ * KVM_EXIT_MEMORY_FAULT clears exit_reason after handling one, so that a stale value is not
+ * read as a new fault. */
 struct kvm_run;
 int mb_partition_classify_exit(mb_partition *p, int rc, int err, const struct kvm_run *run,
                                mb_kvm_exit *out);
+/* Serves an MMIO exit that mb_partition_classify_exit answered MB_GPA_RAM from guest RAM, as the
+ * guest's access would have: a read fills run->mmio.data, a write stores it. Any thread. 0
+ * (KVM_RUN completes the instruction), MB_E_UNMAPPED or MB_E_READONLY (the map changed again:
+ * classify again), MB_E_INVALID (not such an exit). */
+int mb_partition_serve_exit(mb_partition *p, const mb_kvm_exit *ex, struct kvm_run *run);
 
 /* ---- introspection ------------------------------------------------------------------------- */
 

@@ -491,3 +491,11 @@ int mb_partition_classify_exit(mb_partition *p, int rc, int err, const struct kv
   if (!run || !out) return MB_E_INVALID;
   return mb__kvm_exit_classify(rc, err, run, classify_lookup, p, out);
 }
+
+int mb_partition_serve_exit(mb_partition *p, const mb_kvm_exit *ex, struct kvm_run *run) {
+  uint8_t *data = mb__kvm_exit_mmio_data(run, ex);
+  if (!data) return MB_E_INVALID;
+  mb_mapper *ram = &p->mm->primary;
+  return ex->write ? mb_mapper_write(ram, ex->gpa, data, ex->len)
+                   : mb_mapper_read(ram, ex->gpa, data, ex->len);
+}

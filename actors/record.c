@@ -215,8 +215,10 @@ void mb__rec_mapper(mb__rec *r, bool add, const mb_mapper *m, bool eager, int st
   if (r) rec_consumer(r, "mapper", add, m, eager ? "eager" : "lazy", status);
 }
 
+/* A VMM's own VM (kvm_attach) replays as a kvm partition: the scenario's VM stands in. */
 void mb__rec_partition(mb__rec *r, bool add, const mb_partition *p, const char *backend,
                        int status) {
+  if (backend && strncmp(backend, "kvm", 3) == 0) backend = "kvm";
   if (r) rec_consumer(r, "partition", add, p, backend, status);
 }
 

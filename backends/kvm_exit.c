@@ -57,7 +57,19 @@ int mb__kvm_exit_classify(int rc, int err, const struct kvm_run *run, mb_kvm_loo
   return 0;
 }
 
+uint8_t *mb__kvm_exit_mmio_data(struct kvm_run *run, const mb_kvm_exit *ex) {
+  if (!run || !ex || run->exit_reason != KVM_EXIT_MMIO || ex->kind != MB_GPA_RAM ||
+      ex->gpa != run->mmio.phys_addr || ex->len == 0 || ex->len > sizeof run->mmio.data)
+    return NULL;
+  return run->mmio.data;
+}
+
 #else
+
+uint8_t *mb__kvm_exit_mmio_data(struct kvm_run *run, const mb_kvm_exit *ex) {
+  (void)run, (void)ex;
+  return NULL;
+}
 
 int mb__kvm_exit_classify(int rc, int err, const struct kvm_run *run, mb_kvm_lookup_fn lookup,
                           void *ctx, mb_kvm_exit *out) {

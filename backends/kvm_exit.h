@@ -2,11 +2,12 @@
  *
  * A guest access that its memory slot's host memory cannot serve (a PROT_NONE hole, a write
  * to a page mapped read-only inside a writable slot) comes back three ways:
- *   mainline KVM, 6.8 and later   KVM_RUN -1/EFAULT with exit reason KVM_EXIT_MEMORY_FAULT
- *                                 (gpa and size given);
- *   older kernels                 KVM_RUN -1/EFAULT alone (no address);
- *   kvm-pvm hosts                 KVM_RUN 0 with KVM_EXIT_MMIO at the address, exactly like an
- *                                 access where no slot exists.
+ *   KVM_RUN -1/EFAULT alone       no address, exit_reason left as it was: kvm_amd on Debian's
+ *                                 6.1 and 6.12 (checked under nested emulation);
+ *   -1/EFAULT, KVM_EXIT_MEMORY_FAULT  gpa and size given: kernels and paths that fill in
+ *                                 kvm_run.memory_fault (6.8+ where KVM reports it);
+ *   KVM_RUN 0, KVM_EXIT_MMIO      at the address, exactly like an access where no slot
+ *                                 exists: kvm-pvm hosts (kernel 6.18).
  * So the exit reason alone cannot tell device MMIO from guest RAM that is not there: the
  * memory manager's own map decides (`lookup`), the same way for all three. Pure code: tests
  * feed it kvm_run records they make themselves, without /dev/kvm. */
@@ -35,5 +36,8 @@ typedef int (*mb_kvm_lookup_fn)(void *ctx, uint64_t gpa, uint64_t len, bool writ
  * any other outcome (HLT, IO, EINTR, ...: nothing to decide). */
 int mb__kvm_exit_classify(int rc, int err, const struct kvm_run *run, mb_kvm_lookup_fn lookup,
                           void *ctx, mb_kvm_exit *out);
+/* run->mmio.data when ex is the RAM answer to run's MMIO exit (so it can be served there),
+ * else NULL. */
+uint8_t *mb__kvm_exit_mmio_data(struct kvm_run *run, const mb_kvm_exit *ex);
 
 #endif

@@ -26,7 +26,7 @@
  *
  * The guest runs one command at a time from its mailbox, with real loads and stores, and rings
  * the doorbell (an OUT to DEMO_DOORBELL_PORT) when it is done; the VMM then puts the next
- * command in the mailbox. STOP halts it (HLT). */
+ * command in the mailbox. After STOP the VMM does not run the guest again. */
 enum { DEMO_CMD_NONE, DEMO_CMD_READ, DEMO_CMD_WRITE, DEMO_CMD_WORK, DEMO_CMD_STOP };
 
 typedef struct demo_mailbox {
@@ -46,7 +46,7 @@ enum {
 /* The guest RAM location the guest increments as its background work (DEMO_CMD_WORK). */
 #define DEMO_GUEST_COUNTER 0x9000ull
 
-/* ---- the device model (demo_devices.c) ------------------------------------------------------ */
+/* ---- the device model (demo_devices.c) ----------------------------------------------------- */
 
 #define DEMO_VGA_BASE 0xa0000ull
 #define DEMO_VGA_SIZE (128 * KiB)
@@ -64,7 +64,7 @@ void demo_devices_free(demo_devices *d);
 /* An MMIO access the guest made (vCPU thread): a read fills data[0, len). */
 void demo_devices_access(demo_devices *d, uint64_t gpa, uint8_t *data, uint32_t len, bool write);
 
-/* ---- the vCPU (demo_vcpu.c, demo_kvm.c, demo_soft.c) ---------------------------------------- */
+/* ---- the vCPU (demo_vcpu.c, demo_kvm.c, demo_soft.c) --------------------------------------- */
 
 /* A probe: the VMM asks the running guest to load 8 bytes at gpa (or store `value` there) and
  * report what happened; the report comes back on the VMM's loop. */
@@ -119,9 +119,11 @@ void demo_vcpu_fail(demo_vcpu *v, const char *fmt, ...) __attribute__((format(pr
 
 /* The VMM's own KVM VM (demo_kvm.c): /dev/kvm, the VM, its private memory (the guest program,
  * the mailbox, page tables) in slot DEMO_SLOT_PRIVATE above the guest's range, and one vCPU in
- * long mode. membacking gets slots [DEMO_SLOT_FIRST, +DEMO_SLOT_COUNT). 0 or an error, with the
- * step that failed in *step. MB_E_UNSUPPORTED when this host has no usable KVM. */
+ * long mode. membacking gets slots [DEMO_SLOT_FIRST, +DEMO_SLOT_COUNT). 0, or the error of the
+ * step named in *step (a negative errno, MB_E_UNSUPPORTED, MB_E_INVALID); a failure at the
+ * first step, DEMO_KVM_STEP_OPEN, means this host has no usable /dev/kvm. */
 enum { DEMO_SLOT_PRIVATE = 0, DEMO_SLOT_FIRST = 8, DEMO_SLOT_COUNT = 512 };
+#define DEMO_KVM_STEP_OPEN "open /dev/kvm"
 int demo_kvm_open(demo_kvm **out, uint64_t guest_end, const char **step);
 void demo_kvm_close(demo_kvm *k);
 int demo_kvm_vm_fd(const demo_kvm *k);
@@ -130,7 +132,7 @@ demo_mailbox *demo_kvm_mailbox(demo_kvm *k);
 void demo_kvm_vcpu_run(demo_vcpu *v);
 void demo_soft_vcpu_run(demo_vcpu *v);
 
-/* ---- the VMM (demo_main.c) ------------------------------------------------------------------- */
+/* ---- the VMM (demo_main.c) ----------------------------------------------------------------- */
 
 #define DEMO_DAX_GPA (4 * GiB)
 #define DEMO_CHUNK (2 * MiB)
@@ -174,7 +176,7 @@ typedef struct demo_pending {
 void demo_on_done(void *ctx, int status, uint64_t value);
 int demo_finish(vmm *v, demo_pending *p, int kind, uint64_t t0);
 
-/* ---- the story (demo_story.c) ----------------------------------------------------------------- */
+/* ---- the story (demo_story.c) -------------------------------------------------------------- */
 
 void demo_story_boot(vmm *v);
 void demo_story_pam(vmm *v);
@@ -184,7 +186,7 @@ void demo_story_summary(vmm *v);
 /* After the vCPU stopped: the guest's counter in its RAM is its work, as the VMM sees it. */
 void demo_story_check_counter(vmm *v);
 
-/* ---- latency per kind of operation (demo_stats.c) --------------------------------------------- */
+/* ---- latency per kind of operation (demo_stats.c) ------------------------------------------ */
 
 enum { DEMO_OP_REGION_MAP, DEMO_OP_REGION_UNMAP, DEMO_OP_ACCESS_CHANGE, DEMO_OP_MAPPING_ADD,
        DEMO_OP_MAPPING_REMOVE, DEMO_OP_REGION_ADD, DEMO_OP_KINDS };

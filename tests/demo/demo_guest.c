@@ -16,8 +16,8 @@
  *          je   write
  *          cmp  rax, 3               ; WORK
  *          je   work
- *          hlt                       ; STOP (or anything else): KVM_EXIT_HLT
- *          jmp  exec
+ *          hlt                       ; anything else (the VMM never runs it after STOP):
+ *          jmp  exec                 ; KVM_EXIT_HLT, which the VMM does not expect
  *   read:  mov  rax, [rdi]           ; the guest's own load
  *          mov  [rbx + 24], rax      ; result
  *          jmp  done

@@ -8,8 +8,9 @@
  * attaches it to; it never runs the vCPU.
  *
  * The vCPU thread runs KVM_RUN in a loop and handles every outcome itself:
- *   KVM_EXIT_IO at the doorbell port   the command is done: the next one goes in the mailbox
- *   KVM_EXIT_HLT after STOP            the guest has stopped: the thread ends
+ *   KVM_EXIT_IO at the doorbell port   the command is done: the next one goes in the mailbox;
+ *                                      when that is STOP, the thread ends and leaves the guest
+ *                                      parked at its doorbell (no HLT needed to stop it)
  *   EINTR, EAGAIN, KVM_EXIT_INTR       run again
  *   anything else                      the exit question, mb_partition_classify_exit():
  *     MMIO   the device model serves the access (fills run->mmio.data for a read), and the
@@ -47,10 +48,10 @@ struct demo_kvm {
 _Static_assert(DEMO_GUEST_MAILBOX == MB_KVM_LM_DATA - MB_KVM_LM_CODE,
                "the program finds its mailbox in kvm_vcpu.h's data area");
 
-/* ---- the VM ------------------------------------------------------------------------------------ */
+/* ---- the VM -------------------------------------------------------------------------------- */
 
 static int open_vm(demo_kvm *k, const char **step) {
-  *step = "open /dev/kvm";
+  *step = DEMO_KVM_STEP_OPEN;
   k->kvm_fd = open("/dev/kvm", O_RDWR | O_CLOEXEC);
   if (k->kvm_fd < 0)
     return -errno;
@@ -137,7 +138,7 @@ demo_mailbox *demo_kvm_mailbox(demo_kvm *k) {
   return (demo_mailbox *)(void *)(k->lm.host + MB_KVM_LM_DATA);
 }
 
-/* ---- the vCPU thread ---------------------------------------------------------------------------- */
+/* ---- the vCPU thread ----------------------------------------------------------------------- */
 
 /* The guest gives the command up: it goes on at `off` in the program. */
 static void restart_at(demo_vcpu *v, demo_kvm *k, uint64_t off) {
@@ -152,9 +153,8 @@ static void restart_at(demo_vcpu *v, demo_kvm *k, uint64_t off) {
 }
 
 /* An access the exit question calls RAM, served from guest RAM as the guest would have made it. */
-static int ram_access(demo_vcpu *v, const mb_kvm_exit *ex, uint8_t *data) {
-  return ex->write ? mb_mapper_write(v->ram, ex->gpa, data, ex->len)
-                   : mb_mapper_read(v->ram, ex->gpa, data, ex->len);
+static int ram_access(demo_vcpu *v, const mb_kvm_exit *ex, struct kvm_run *run) {
+  return mb_partition_serve_exit(v->part, ex, run);
 }
 
 /* KVM_EXIT_MMIO: the instruction waits for run->mmio (its data, for a read). */
@@ -171,7 +171,7 @@ static void mmio_exit(demo_vcpu *v, demo_kvm *k, mb_kvm_exit ex) {
         restart_at(v, k, DEMO_GUEST_DONE);
       return;
     case DEMO_EXIT_RETRY:
-      if (ram_access(v, &ex, data) == 0)
+      if (ram_access(v, &ex, k->vcpu.run) == 0)
         return;
       ex.kind = mb_partition_classify(v->part, ex.gpa, ex.len, ex.write); /* it moved again */
       continue;
@@ -183,8 +183,8 @@ static void mmio_exit(demo_vcpu *v, demo_kvm *k, mb_kvm_exit ex) {
 
 /* KVM_RUN -1/EFAULT, with KVM_EXIT_MEMORY_FAULT or bare: nothing is pending. */
 static void fault_exit(demo_vcpu *v, demo_kvm *k, const mb_kvm_exit *ex) {
-  /* exit_reason stays as it is until the next exit that sets it: a later bare EFAULT must not
-   * be read as this memory fault again. */
+  /* A bare EFAULT leaves exit_reason as it was: clear it, so that a later bare EFAULT is not
+   * read as this memory fault again. */
   k->vcpu.run->exit_reason = KVM_EXIT_UNKNOWN;
   if (demo_vcpu_exit(v, ex, NULL) == DEMO_EXIT_FAULT)
     restart_at(v, k, DEMO_GUEST_DONE);
@@ -203,31 +203,39 @@ static const char *exit_name(uint32_t reason) {
   }
 }
 
+static unsigned long long exit_detail(const struct kvm_run *run) {
+  if (run->exit_reason == KVM_EXIT_INTERNAL_ERROR)
+    return run->internal.suberror;
+  if (run->exit_reason == KVM_EXIT_FAIL_ENTRY)
+    return run->fail_entry.hardware_entry_failure_reason;
+  return 0;
+}
+
+/* Everything a remote reader needs to tell what the vCPU did. */
 static void unexpected_exit(demo_vcpu *v, demo_kvm *k, int rc, int err) {
   const struct kvm_run *run = k->vcpu.run;
   struct kvm_regs regs = {0};
-  int regs_rc = ioctl(k->vcpu.fd, KVM_GET_REGS, &regs);
-  unsigned long long detail = run->exit_reason == KVM_EXIT_INTERNAL_ERROR ? run->internal.suberror
-                              : run->exit_reason == KVM_EXIT_FAIL_ENTRY
-                                  ? run->fail_entry.hardware_entry_failure_reason
-                                  : 0;
-  demo_vcpu_fail(v, "unexpected KVM_RUN outcome: rc %d (%s), exit %u %s (detail 0x%llx), rip %s0x%llx",
+  if (ioctl(k->vcpu.fd, KVM_GET_REGS, &regs) < 0)
+    regs.rip = ~0ull; /* unknown */
+  demo_vcpu_fail(v,
+                 "unexpected KVM_RUN outcome: rc %d (%s), exit %u %s (detail 0x%llx), "
+                 "rip 0x%llx (the program is at 0x%llx)",
                  rc, rc < 0 ? membacking_strerror(-err) : "ok", run->exit_reason,
-                 exit_name(run->exit_reason), detail, regs_rc < 0 ? "unknown, last " : "",
-                 (unsigned long long)regs.rip);
+                 exit_name(run->exit_reason), exit_detail(run), (unsigned long long)regs.rip,
+                 (unsigned long long)(k->lm.base + MB_KVM_LM_CODE));
 }
 
-/* KVM_EXIT_IO: only the doorbell is expected. */
-static void io_exit(demo_vcpu *v, demo_kvm *k) {
+/* KVM_EXIT_IO: only the doorbell is expected. false: do not run the guest again. */
+static bool io_exit(demo_vcpu *v, demo_kvm *k) {
   const struct kvm_run *run = k->vcpu.run;
   if (run->io.direction != KVM_EXIT_IO_OUT || run->io.port != DEMO_DOORBELL_PORT ||
       run->io.size != 1 || run->io.count != 1) {
     demo_vcpu_fail(v, "unexpected I/O: port 0x%x, %s, size %u, count %u", run->io.port,
                    run->io.direction == KVM_EXIT_IO_OUT ? "out" : "in", run->io.size,
                    run->io.count);
-    return;
+    return false;
   }
-  demo_vcpu_doorbell(v); /* STOP: the guest halts next */
+  return demo_vcpu_doorbell(v);
 }
 
 void demo_kvm_vcpu_run(demo_vcpu *v) {
@@ -238,11 +246,10 @@ void demo_kvm_vcpu_run(demo_vcpu *v) {
     if (rc < 0 && (err == EINTR || err == EAGAIN))
       continue;
     if (rc == 0 && run->exit_reason == KVM_EXIT_IO) {
-      io_exit(v, k);
+      if (!io_exit(v, k))
+        return; /* STOP, or a failure */
       continue;
     }
-    if (rc == 0 && run->exit_reason == KVM_EXIT_HLT && v->mbox->cmd == DEMO_CMD_STOP)
-      return;
     if (rc == 0 && run->exit_reason == KVM_EXIT_INTR)
       continue;
     mb_kvm_exit ex;

@@ -27,7 +27,7 @@
 
 #define MAX_ADDR (8 * GiB)
 
-/* ---- issuing operations on the VMM's loop ---------------------------------------------------- */
+/* ---- issuing operations on the VMM's loop -------------------------------------------------- */
 
 void demo_on_done(void *ctx, int status, uint64_t value) {
   demo_pending *p = ctx;
@@ -134,7 +134,7 @@ static void build_guest(vmm *v) {
   demo_must(v, mb_mapper_write(v->view, 0x500, &boot, 8), "boot data");
 }
 
-/* ---- the VM, the partition and the vCPU --------------------------------------------------------- */
+/* ---- the VM, the partition and the vCPU ---------------------------------------------------- */
 
 /* The first line says where the guest runs. want: 1 KVM only, -1 soft only, 0 KVM if it can. */
 static int choose_vcpu(vmm *v, int want) {
@@ -149,9 +149,16 @@ static int choose_vcpu(vmm *v, int want) {
     return 0;
   }
   v->kvm = NULL;
-  printf("membacking demo: no usable KVM here (%s: %s), so the guest runs on a soft vCPU "
-         "through the soft partition\n", step, membacking_strerror(rc));
-  return want > 0 ? -1 : 0;
+  if (want > 0) {
+    printf("membacking demo: --kvm, but no usable KVM here (%s: %s)\n", step,
+           membacking_strerror(rc));
+    return -1;
+  }
+  const char *why = strcmp(step, DEMO_KVM_STEP_OPEN) ? "/dev/kvm cannot run this guest"
+                                                     : "no usable /dev/kvm here";
+  printf("membacking demo: %s (%s: %s), so the guest runs on a soft vCPU through the soft "
+         "partition\n", why, step, membacking_strerror(rc));
+  return 0;
 }
 
 /* membacking manages the VM's slots [DEMO_SLOT_FIRST, +DEMO_SLOT_COUNT); the VMM keeps the
@@ -229,7 +236,7 @@ static void stop_vmm(vmm *v) {
   demo_stats_free();
 }
 
-/* ---- main ----------------------------------------------------------------------------------- */
+/* ---- main ---------------------------------------------------------------------------------- */
 
 static void tell_story(vmm *v, int rounds) {
   demo_story_boot(v);

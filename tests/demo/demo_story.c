@@ -38,6 +38,7 @@ static void check(vmm *v, bool ok) {
 /* What an access came back with, for the story's table. */
 static const char *outcome(char *buf, size_t size, int rc, bool write, uint64_t value) {
   if (rc == MB_E_FAULT) return "fault";
+  if (rc == -EIO) return "no vCPU";
   if (rc != 0 && rc != MB_E_MMIO) return membacking_strerror(rc);
   if (write) return rc == 0 ? "stored" : "mmio";
   snprintf(buf, size, "%s%016llx", rc == 0 ? "" : "mmio ", (unsigned long long)value);
@@ -83,10 +84,11 @@ static void expect_view(vmm *v, const char *story, uint64_t gpa, uint8_t byte) {
 static void expect_device(vmm *v, const char *story, _Atomic uint64_t *counter,
                           uint64_t before, uint64_t delta) {
   uint64_t n = atomic_load(counter) - before;
+  char what[32];
   bool ok = n == delta;
   check(v, ok);
-  printf("  %-12s %-34s %-40s %s\n", "device model", n == 1 ? "1 access" : "accesses", story,
-         ok ? "ok" : "WRONG");
+  snprintf(what, sizeof what, "counted %llu", (unsigned long long)n);
+  printf("  %-12s %-34s %-40s %s\n", "device model", what, story, ok ? "ok" : "WRONG");
 }
 
 /* The guest's background work moves on (or its vCPU has stopped). */
@@ -98,7 +100,7 @@ static void wait_guest_progress(vmm *v) {
     uv_run(&v->uv, UV_RUN_ONCE);
 }
 
-/* ---- the story ------------------------------------------------------------------------------ */
+/* ---- the story ----------------------------------------------------------------------------- */
 
 void demo_story_boot(vmm *v) {
   wait_guest_progress(v); /* the guest runs before the story starts */
@@ -169,7 +171,7 @@ void demo_story_churn(vmm *v, int rounds) {
          wrong ? "WRONG" : "ok");
 }
 
-/* ---- the summary ------------------------------------------------------------------------------ */
+/* ---- the summary --------------------------------------------------------------------------- */
 
 static void print_states(vmm *v) {
   static const char *const names[] = {"unmapped", "hidden", "active", "partial"};
@@ -219,7 +221,7 @@ void demo_story_summary(vmm *v) {
   print_states(v);
   print_partition(v);
   print_stages(v);
-  printf("\nvCPU exits answered by the exit question: %llu mmio, %llu fault, %llu ram (raced)\n",
+  printf("\nvCPU exits answered by the exit question: %llu mmio, %llu fault, %llu retried\n",
          (unsigned long long)atomic_load(&c->exits_mmio),
          (unsigned long long)atomic_load(&c->exits_fault),
          (unsigned long long)atomic_load(&c->exits_ram));

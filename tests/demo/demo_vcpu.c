@@ -103,7 +103,7 @@ void demo_vcpu_fail(demo_vcpu *v, const char *fmt, ...) {
   atomic_store(&v->failed, true);
 }
 
-/* ---- the thread, as the VMM sees it ------------------------------------------------------------ */
+/* ---- the thread, as the VMM sees it -------------------------------------------------------- */
 
 static void *vcpu_main(void *arg) {
   demo_vcpu *v = arg;

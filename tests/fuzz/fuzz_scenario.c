@@ -70,7 +70,8 @@ static void check_round_trip(const scenario *a) {
     finding("parsing the printed program gives another program", x ? x : text, y);
   }
   char *again = print_program(b);
-  if (strcmp(text, again) != 0) finding("printing the program again gives another text", text, again);
+  if (strcmp(text, again) != 0)
+    finding("printing the program again gives another text", text, again);
   free(again);
   scenario_free(b);
   free(text);

@@ -3,6 +3,7 @@
  * exit question on a live manager (mb_partition_classify[_exit]), and the kvm_attach backend
  * driven by a manager against a fake VM that enforces KVM's slot rules (set_region hook). */
 #include <errno.h>
+#include <fcntl.h>
 #include <linux/kvm.h>
 #include <pthread.h>
 #include <setjmp.h>
@@ -12,6 +13,9 @@
 #include <cmocka.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include "access.h"
 #include "kvm_slots.h"
@@ -190,6 +194,21 @@ static void test_classify(void **unused) {
   mb_kvm_exit ex;
   assert_int_equal(mb_partition_classify_exit(p, 0, 0, run_mmio(&run, MiB, 4, false), &ex), 0);
   assert_int_equal(ex.kind, MB_GPA_FAULT);
+  /* an MMIO exit on RAM (the map moved under the access) is served from guest RAM */
+  assert_int_equal(mb_partition_classify_exit(p, 0, 0, run_mmio(&run, 0x2000, 8, false), &ex), 0);
+  assert_int_equal(ex.kind, MB_GPA_RAM);
+  assert_int_equal(mb_partition_serve_exit(p, &ex, &run), 0);
+  for (int i = 0; i < 8; i++)
+    assert_int_equal(run.mmio.data[i], 0x5a);
+  run_mmio(&run, 0x2000, 2, true);
+  run.mmio.data[0] = 0xc3, run.mmio.data[1] = 0x3c;
+  assert_int_equal(mb_partition_classify_exit(p, 0, 0, &run, &ex), 0);
+  assert_int_equal(mb_partition_serve_exit(p, &ex, &run), 0);
+  uint8_t two[2];
+  assert_int_equal(mb_mapper_read(mb_mm_primary_mapper(w.mm), 0x2000, two, 2), 0);
+  assert_true(two[0] == 0xc3 && two[1] == 0x3c);
+  assert_int_equal(mb_partition_classify_exit(p, 0, 0, run_mmio(&run, MiB, 4, false), &ex), 0);
+  assert_int_equal(mb_partition_serve_exit(p, &ex, &run), MB_E_INVALID); /* a hole: no */
   assert_int_equal(mb_region_unmap_sync(w.mm, w.ram), 0);
   assert_int_equal(mb_partition_classify(p, 0x1000, 8, false), MB_GPA_MMIO);
   assert_int_equal(mb_partition_classify_exit(p, 0, 0, run_mmio(&run, MiB, 4, false), &ex), 0);
@@ -404,6 +423,46 @@ static void test_attach_stays_ram(void **unused) {
   pthread_mutex_destroy(&vm.lock);
 }
 
+/* ---- kvm_attach on a real VM (skipped without /dev/kvm) ----------------------------------- */
+
+/* The VMM's own slot 0 at gpa over 4 KiB of its memory: 0 or -errno (EEXIST: overlaps a slot). */
+static int vmm_slot(int vm, uint64_t gpa, void *mem, uint64_t size) {
+  struct kvm_userspace_memory_region r = {0, 0, gpa, size, (uintptr_t)mem};
+  return ioctl(vm, KVM_SET_USER_MEMORY_REGION, &r) < 0 ? -errno : 0;
+}
+
+static void test_attach_real_vm(void **unused) {
+  (void)unused;
+  int kvm = open("/dev/kvm", O_RDWR | O_CLOEXEC);
+  if (kvm < 0)
+    skip(); /* no /dev/kvm here: checked on hosts that have it */
+  int vm = ioctl(kvm, KVM_CREATE_VM, 0);
+  assert_true(vm >= 0);
+  void *page = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  assert_true(page != MAP_FAILED);
+  mb_kvm_attach_config c = {.vm_fd = vm, .slot_first = 8, .slot_count = 2};
+  mb_partition_params params = {&mb_partition_kvm_attach, &c, NULL};
+  world w;
+  world_init(&w, &params);
+  /* membacking's slots are in the VM: the VMM's own slot cannot overlap them */
+  assert_int_equal(vmm_slot(vm, 0, page, 4096), -EEXIST);
+  assert_int_equal(vmm_slot(vm, 32 * MiB, page, 4096), 0);
+  mb_region_id extra;
+  mb_region_params p = {"extra", 16 * MiB, MiB, 1, false};
+  assert_int_equal(mb_region_add_sync(w.mm, &p, &extra), 0);
+  assert_int_equal(mb_region_map_sync(w.mm, extra, true), -ENOSPC); /* two slots only */
+  assert_int_equal(mb_partition_classify(w.part, 0x1000, 8, true), MB_GPA_RAM);
+  assert_int_equal(mb_partition_remove_sync(w.part), 0);
+  /* removal deleted membacking's slots, and only those: the VMM's slot 0 is still there */
+  assert_int_equal(vmm_slot(vm, 32 * MiB, page, 8192), -EINVAL); /* no resize of a live slot */
+  struct kvm_userspace_memory_region r = {9, 0, 0, 4096, (uintptr_t)page};
+  assert_int_equal(ioctl(vm, KVM_SET_USER_MEMORY_REGION, &r), 0); /* gpa 0 is free again */
+  world_fini(&w);
+  munmap(page, 4096);
+  close(vm);
+  close(kvm);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_slots),
@@ -412,6 +471,7 @@ int main(void) {
       cmocka_unit_test(test_attach_slots),
       cmocka_unit_test(test_attach_config),
       cmocka_unit_test(test_attach_stays_ram),
+      cmocka_unit_test(test_attach_real_vm),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
