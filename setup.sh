@@ -3,7 +3,8 @@
 #   ./setup.sh demo    the main job: the demo VMM (tests/demo)
 #   ./setup.sh test    every test: the normal build, ASan+UBSan, and the concurrent ones under
 #                      TSan; ends with the line "N passed, N failed"
-#   ./setup.sh bench   the full benchmark table
+#   ./setup.sh bench   the full benchmark table (arguments go to membacking-bench: --quick,
+#                      --filter NAME, --json, ...)
 #   ./setup.sh plot    the map.soft/map.kvm latency plot (bench/latency.svg), with gnuplot
 #   ./setup.sh build   just install and build (build/)
 # Works as root, or with sudo for the package step.
@@ -92,6 +93,14 @@ run_tests() {
   ninja -C build-fuzz tests/fuzz/fuzz-scenario >/dev/null || rc=1
   meson test -C build-fuzz --no-rebuild --print-errorlogs --suite fuzz --verbose || rc=1
   cp build-fuzz/meson-logs/testlog.json /tmp/mb-testlog-fuzz.json; logs+=(/tmp/mb-testlog-fuzz.json)
+  # One test: the fault-injection sweep (tests/fault/sweep.py): every scenario under the n-th
+  # failed system call or allocation, both layouts, ASan+UBSan+LSan. Only the replayer is built.
+  echo "== tests: fault injection sweep (ASan+UBSan, libc allocator) =="
+  [ -f build-fi/build.ninja ] || meson setup build-fi -Dfault_injection=true -Dallocator=libc \
+    -Db_sanitize=address,undefined -Db_lundef=false -Db_lto=false >/dev/null
+  ninja -C build-fi tests/replay/membacking-replay >/dev/null || rc=1
+  meson test -C build-fi --no-rebuild --print-errorlogs --suite fault --verbose || rc=1
+  cp build-fi/meson-logs/testlog.json /tmp/mb-testlog-fi.json; logs+=(/tmp/mb-testlog-fi.json)
   summary "${logs[@]}" || rc=1
   return $rc
 }
@@ -101,7 +110,7 @@ case "${1:-}" in
     build_all
     exec build/tests/demo/membacking-demo ;;
   test) run_tests ;;
-  bench) build_all; exec build/bench/membacking-bench ;;
+  bench) build_all; exec build/bench/membacking-bench "${@:2}" ;;
   plot)
     PACKAGES+=(gnuplot-nox)
     build_all

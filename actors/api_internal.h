@@ -40,9 +40,12 @@ uint32_t mb__h_index(mb__handle h);
 void *mb__h_obj(mb__handle h, mb__hkind kind);
 /* Makes h invalid for every later check: true for the one caller that did it. */
 bool mb__h_kill(mb__handle h);
-/* A removal owns h's object until it unclaims it or kills h; false if another one does. */
+/* A removal owns h's object until it unclaims it or kills h; false if another one does (or
+ * h is not live). Unclaiming a handle that was killed meanwhile does nothing. */
 bool mb__h_claim(mb__handle h);
 void mb__h_unclaim(mb__handle h);
+/* Is h live? A sequentially consistent read (see mb_mapper_lock). */
+bool mb__h_alive(mb__handle h);
 
 /* A lock's slot, read without entering its mapper (false if h is not a live lock). */
 typedef struct mb__hlock {
@@ -55,9 +58,9 @@ bool mb__h_lock_peek(mb__handle h, mb__hlock *out);
 /* Kills and frees every live lock handle whose mapper slot is `owner`: how many. */
 unsigned mb__h_kill_locks(uint32_t owner);
 
-/* Reader sections: any thread, never blocking. mb__h_enter opens one on h's slot and returns
- * its object (NULL: refused); close it with mb__rs_leave whatever it returned. While it is
- * open, what h names is not freed. */
+/* Reader sections: any thread, never blocking, never failing. mb__h_enter opens one on h's
+ * slot and returns its object (NULL: refused); close it with mb__rs_leave whatever it
+ * returned. While it is open, what h names is not freed. */
 void *mb__h_enter(mb__handle h, mb__hkind kind, mb__rs **rs);
 mb__rs *mb__rs_enter(uint32_t idx);
 void mb__rs_leave(mb__rs *rs);
@@ -77,7 +80,7 @@ struct mb_mapper {
   mb_mapper *prev, *next;
   mb__handle h;             /* its public handle (0 for the primary before creation ends) */
   uint32_t idx;             /* its slot */
-  _Atomic uint32_t nlocks;  /* live lock handles taken through it */
+  _Atomic bool had_locks;   /* a lock was taken through it: its destruction looks for them */
   mb__kill_cb killed;       /* after its destruction: the VA release's result */
   void *killed_ctx;
 };

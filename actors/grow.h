@@ -5,6 +5,8 @@
 #include <stddef.h>
 #include <stdlib.h>
 
+#include "fault_inject.h" /* mb__realloc: MB_FI_ALLOC */
+
 /* arr (n elements of elem bytes used, room for *cap) with room for one more: arr itself when
  * there is room, else a reallocation to twice *cap (or `first`) with *cap updated. NULL when
  * out of memory: arr and *cap are then unchanged. */
@@ -12,7 +14,7 @@ static inline void *mb__grow(void *arr, size_t *cap, size_t n, size_t elem, size
   if (n < *cap)
     return arr;
   size_t c = *cap ? 2 * *cap : first;
-  void *p = realloc(arr, c * elem);
+  void *p = mb__realloc(arr, c * elem);
   if (p != NULL)
     *cap = c;
   return p;

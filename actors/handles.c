@@ -26,6 +26,7 @@
 #include <unistd.h>
 
 #include "api_internal.h"
+#include "fault_inject.h" /* MB_FI_ALLOC: tests fail these allocations */
 
 /* ---- the table --------------------------------------------------------------------------- */
 
@@ -56,7 +57,7 @@ static inline mb__hslot *slot_at(uint32_t idx) {
 
 static bool grow(void) {
   if (used / CHUNK >= CHUNKS) return false;
-  mb__hslot *c = calloc(CHUNK, sizeof *c);
+  mb__hslot *c = mb__calloc(CHUNK, sizeof *c);
   if (!c) return false;
   for (uint32_t i = 0; i < CHUNK; i++) atomic_init(&c[i].tag, 2u << 2); /* free, never 0 */
   atomic_store_explicit(&chunks[used / CHUNK], c, memory_order_release);
@@ -77,6 +78,7 @@ uint32_t mb__h_alloc(void) {
 
 void mb__h_free(uint32_t idx) {
   mb__hslot *s = slot_at(idx);
+  if (!s) return;
   atomic_store_explicit(&s->obj, NULL, memory_order_relaxed);
   atomic_store_explicit(&s->claimed, 0, memory_order_relaxed);
   pthread_mutex_lock(&table_lock);
@@ -90,12 +92,13 @@ mb__handle mb__h_publish(uint32_t idx, mb__hkind kind, void *obj) {
   uint32_t gen = (atomic_load_explicit(&s->tag, memory_order_relaxed) >> 2) + 1; /* odd */
   uint32_t tag = gen << 2 | (uint32_t)kind;
   atomic_store_explicit(&s->obj, obj, memory_order_relaxed);
-  atomic_store_explicit(&s->tag, tag, memory_order_release);
+  atomic_store(&s->tag, tag); /* seq_cst: see mb_mapper_lock */
   return (mb__handle)tag << 32 | (idx + 1);
 }
 
 void mb__h_set_lock(uint32_t idx, uint32_t owner, uint8_t *ptr, uint64_t gpa, uint64_t size) {
   mb__hslot *s = slot_at(idx);
+  if (!s) return;
   atomic_store_explicit(&s->owner, owner, memory_order_relaxed);
   atomic_store_explicit(&s->ptr, ptr, memory_order_relaxed);
   atomic_store_explicit(&s->gpa, gpa, memory_order_relaxed);
@@ -107,7 +110,7 @@ uint32_t mb__h_index(mb__handle h) { return index_of(h); }
 /* The slot h names while h is live, else NULL. */
 static inline mb__hslot *live_slot(mb__handle h) {
   mb__hslot *s = slot_at(index_of(h));
-  if (__builtin_expect(!s || atomic_load_explicit(&s->tag, memory_order_acquire) != tag_of(h), 0))
+  if (__builtin_expect(!s || atomic_load(&s->tag) != tag_of(h), 0)) /* seq_cst: rs_sync */
     return NULL;
   return s;
 }
@@ -123,15 +126,22 @@ bool mb__h_kill(mb__handle h) {
   return s && atomic_compare_exchange_strong(&s->tag, &tag, dead);
 }
 
+/* claimed holds the claimer's tag, so a late unclaim cannot free a later incarnation's claim. */
 bool mb__h_claim(mb__handle h) {
   mb__hslot *s = live_slot(h);
   uint32_t no = 0;
-  return s && atomic_compare_exchange_strong(&s->claimed, &no, 1);
+  return s && atomic_compare_exchange_strong(&s->claimed, &no, tag_of(h));
 }
 
 void mb__h_unclaim(mb__handle h) {
   mb__hslot *s = slot_at(index_of(h));
-  if (s) atomic_store(&s->claimed, 0);
+  uint32_t mine = tag_of(h);
+  if (s) atomic_compare_exchange_strong(&s->claimed, &mine, 0);
+}
+
+bool mb__h_alive(mb__handle h) {
+  mb__hslot *s = slot_at(index_of(h));
+  return s && atomic_load(&s->tag) == tag_of(h);
 }
 
 /* A seqlock read: the fields were written before the tag was published and change only after
@@ -139,12 +149,12 @@ void mb__h_unclaim(mb__handle h) {
 bool mb__h_lock_peek(mb__handle h, mb__hlock *out) {
   mb__hslot *s = (tag_of(h) & 3) == MB__H_LOCK ? live_slot(h) : NULL;
   if (!s) return false;
-  out->owner = atomic_load_explicit(&s->owner, memory_order_relaxed);
-  out->obj = atomic_load_explicit(&s->obj, memory_order_relaxed);
-  out->ptr = atomic_load_explicit(&s->ptr, memory_order_relaxed);
-  out->gpa = atomic_load_explicit(&s->gpa, memory_order_relaxed);
-  out->size = atomic_load_explicit(&s->size, memory_order_relaxed);
-  atomic_thread_fence(memory_order_acquire);
+  /* acquire: the tag's second read cannot move before any of these */
+  out->owner = atomic_load_explicit(&s->owner, memory_order_acquire);
+  out->obj = atomic_load_explicit(&s->obj, memory_order_acquire);
+  out->ptr = atomic_load_explicit(&s->ptr, memory_order_acquire);
+  out->gpa = atomic_load_explicit(&s->gpa, memory_order_acquire);
+  out->size = atomic_load_explicit(&s->size, memory_order_acquire);
   return atomic_load_explicit(&s->tag, memory_order_relaxed) == tag_of(h);
 }
 
@@ -212,8 +222,12 @@ static void rs_init(void) {
   (void)pthread_key_create(&rs_key, rs_unregister);
 }
 
-/* This thread's record, made on its first section; NULL on no memory (the section then
- * cannot be announced: the caller refuses the handle). */
+/* Threads that could not get a record of their own (no memory) share this one: each of
+ * their sections counts as a section on every slot. */
+static mb__rs rs_shared;
+enum { RS_ANY = RS_DEPTH + 1 };
+
+/* This thread's record, made on its first section (NULL on no memory). */
 static mb__rs *rs_register(void) {
   pthread_once(&rs_once, rs_init);
   mb__rs *t = calloc(1, sizeof *t);
@@ -230,56 +244,64 @@ static mb__rs *rs_register(void) {
   return t;
 }
 
-static inline void rs_push(mb__rs *t, uint32_t idx) {
+static inline void rs_push(mb__rs *t, uint32_t idx, memory_order order) {
   uint32_t d = atomic_load_explicit(&t->depth, memory_order_relaxed);
   if (d < RS_DEPTH) atomic_store_explicit(&t->hazard[d], idx + 1, memory_order_relaxed);
-  atomic_store_explicit(&t->depth, d + 1, memory_order_release);
+  atomic_store_explicit(&t->depth, d + 1, order);
 }
 
 __attribute__((noinline, cold)) static mb__rs *rs_enter_slow(uint32_t idx) {
   mb__rs *t = rs_mine ? rs_mine : rs_register();
-  if (!t) return NULL;
-  rs_push(t, idx);
-  if (rs_mode == RS_FENCE) atomic_thread_fence(memory_order_seq_cst);
-  else atomic_signal_fence(memory_order_seq_cst);
+  if (!t) {
+    t = &rs_shared;
+    atomic_fetch_add(&t->depth, RS_ANY); /* seq_cst, like the tag's load after it */
+  } else if (rs_mode == RS_FENCE) {
+    rs_push(t, idx, memory_order_seq_cst); /* Dekker with the kill, all seq_cst */
+  } else {
+    rs_push(t, idx, memory_order_release);
+    atomic_signal_fence(memory_order_seq_cst);
+  }
   return t;
 }
 
 mb__rs *mb__rs_enter(uint32_t idx) {
   mb__rs *t = rs_fast;
   if (__builtin_expect(t == NULL, 0)) return rs_enter_slow(idx);
-  rs_push(t, idx);
+  rs_push(t, idx, memory_order_release);
   atomic_signal_fence(memory_order_seq_cst); /* the hazard before the tag (see the top) */
   return t;
 }
 
 void mb__rs_leave(mb__rs *t) {
-  if (t)
+  if (t == &rs_shared)
+    atomic_fetch_sub_explicit(&t->depth, RS_ANY, memory_order_release);
+  else
     atomic_store_explicit(&t->depth, atomic_load_explicit(&t->depth, memory_order_relaxed) - 1,
                           memory_order_release);
 }
 
 void *mb__h_enter(mb__handle h, mb__hkind kind, mb__rs **rs) {
   *rs = mb__rs_enter(index_of(h));
-  return *rs ? mb__h_obj(h, kind) : NULL;
+  return mb__h_obj(h, kind);
 }
 
-/* After a kill: make every section that saw the tag live visible to rs_busy. */
+/* After a kill: make every section that saw the tag live visible to rs_busy. (A membarrier
+ * command that passed QUERY, and REGISTER for the private one, does not fail later.) */
 static void rs_sync(void) {
   pthread_once(&rs_once, rs_init);
-  if (rs_mode == RS_PRIVATE && membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED) == 0) return;
-  if (rs_mode != RS_FENCE && membarrier(MEMBARRIER_CMD_GLOBAL) == 0) return;
-  atomic_thread_fence(memory_order_seq_cst); /* RS_FENCE: the readers fence too */
+  if (rs_mode == RS_PRIVATE) (void)membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED);
+  else if (rs_mode == RS_GLOBAL) (void)membarrier(MEMBARRIER_CMD_GLOBAL);
+  /* RS_FENCE: the readers' depth stores, the kill and the scan are seq_cst (Dekker) */
 }
 
 /* Is a section on idx open on another thread? (The caller's own sections do not count: it
  * does not destroy what it is reading.) */
 static bool rs_busy(uint32_t idx) {
-  bool busy = false;
+  bool busy = atomic_load_explicit(&rs_shared.depth, memory_order_acquire) != 0;
   pthread_mutex_lock(&rs_lock);
   for (mb__rs *t = rs_threads; t && !busy; t = t->next) {
     if (t == rs_mine) continue;
-    uint32_t d = atomic_load_explicit(&t->depth, memory_order_acquire);
+    uint32_t d = atomic_load(&t->depth); /* seq_cst: RS_FENCE's Dekker */
     busy = d > RS_DEPTH;
     for (uint32_t i = 0; i < d && i < RS_DEPTH && !busy; i++)
       busy = atomic_load_explicit(&t->hazard[i], memory_order_relaxed) == idx + 1;

@@ -11,6 +11,11 @@
  * reply is in, even if a reply ran inside mb_call. MM_RESOLVE and MM_LIST are answered (or
  * forwarded) at once and are no operation.
  *
+ * A failed operation changes nothing. MM_MAP takes the batch out again and has the mappers
+ * that established it unmap it. MM_UNMAP keeps what it cut out of the tree (op.cut) until
+ * every mapper answered: if one failed (it left its own range as it was), the nodes go back
+ * as they were and the eager mappers that did tear down get the range mapped again.
+ *
  * The actor keeps its own order instead of being MB_ACTOR_SERIALIZED: a request that comes
  * while an operation is in flight waits in `waiting` (kept, in arrival order) and is taken up
  * when the operation answers, with one exception: an MM_RESOLVE passes any operation but
@@ -34,6 +39,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "fault_inject.h" /* mb__malloc, mb__calloc: MB_FI_ALLOC */
 #include "grow.h"
 #include "mb_errors.h"
 #include "range_tree.h"
@@ -51,15 +57,24 @@ static void mm_dispose(mb_msg *msg) {
 MB_PROTOCOL_DEFINE_DISPOSE(mm, MM_MESSAGES, mm_dispose);
 
 typedef struct mm_node {
-  mb_rtree_node node; /* [e.gpa, e.gpa + e.size) */
-  mb_map_entry e;     /* e.obj: this node's own reference */
+  mb_rtree_node node;  /* [e.gpa, e.gpa + e.size) */
+  mb_map_entry e;      /* e.obj: this node's own reference */
+  struct mm_node *cut; /* the next node an MM_UNMAP took out whole */
 } mm_node;
+
+/* What an MM_UNMAP took out of the tree, kept until it answers: it goes back if it fails. */
+typedef struct mm_cut {
+  mm_node *whole;                 /* nodes taken out whole (with their references), by `cut` */
+  mm_node *left, *right;          /* nodes trimmed to their part left of a / right of b */
+  uint64_t left_end, right_start; /* their bounds before */
+  bool right_new;                 /* right is the spare of a node that straddled both edges */
+} mm_cut;
 
 /* A registered mapper, with its part in the operation in flight. */
 typedef struct mm_mapper {
   mb_addr addr;
   bool eager;
-  bool ok;   /* it established the operation's batch */
+  bool ok;   /* it established the operation's batch (MM_MAP) or tore it down (MM_UNMAP) */
   bool gone; /* it could not answer: forgotten when the operation ends */
 } mm_mapper;
 
@@ -77,6 +92,7 @@ typedef struct mm_op {
   uint32_t lent;         /* VAM_MAP replies still due (they read `entries`) */
   bool refs_moved;       /* MM_MAP: the entries' references went to the inserted nodes */
   mm_mapper replay;      /* MM_ADD_MAPPER: the new mapper (not registered yet) */
+  mm_cut cut;            /* MM_UNMAP */
 } mm_op;
 
 struct mm_state {
@@ -116,7 +132,7 @@ static bool is_gone(int status) {
 
 /* A node from the cache, or a new one. */
 static mm_node *node_get(mm_state *st) {
-  return st->nnode_cache > 0 ? st->node_cache[--st->nnode_cache] : malloc(sizeof(mm_node));
+  return st->nnode_cache > 0 ? st->node_cache[--st->nnode_cache] : mb__malloc(sizeof(mm_node));
 }
 
 /* Gives back an unlinked node whose entry holds no reference. */
@@ -184,7 +200,7 @@ static int snapshot(mm_state *st, mb_map_entry **out, uint32_t *count) {
     return 0;
   if (n > UINT32_MAX)
     return MB_ENOMEM;
-  mb_map_entry *a = malloc(n * sizeof *a);
+  mb_map_entry *a = mb__malloc(n * sizeof *a);
   if (a == NULL)
     return MB_ENOMEM;
   size_t i = 0;
@@ -237,6 +253,7 @@ static void op_finish(mm_state *st, int status) {
   op->entries = NULL;
   op->count = 0;
   op->refs_moved = false;
+  op->cut = (mm_cut){0};
   st->busy = false;
   mb_reply(req, status);
   if (st->nwaiting > 0)
@@ -283,9 +300,12 @@ static void call_map(mm_state *st, mm_mapper *t) {
 
 static void on_vam_unmap(mb_actor *self, mb_msg *reply, void *ctx) {
   mm_state *st = mb_actor_state(self);
-  if (is_gone(reply->status))
-    mark_gone(st, ctx);
-  else if (reply->status != 0)
+  mm_mapper *m = ctx;
+  if (reply->status == 0)
+    m->ok = true;
+  else if (is_gone(reply->status))
+    mark_gone(st, m);
+  else
     op_fail(st, reply->status);
   op_settle(st);
 }
@@ -417,10 +437,11 @@ static void handle_map(mm_state *st, mm_map_msg *m) {
 
 /* ---- MM_UNMAP -------------------------------------------------------------------------------- */
 
-/* Removes every mapped byte of [a, b); a mapping straddling an edge keeps its outside part.
- * Only a mapping straddling both edges needs a second node, allocated before anything
- * changes. The nodes never overlap, so the walk ends at the first one reaching b. */
+/* Removes every mapped byte of [a, b) into op.cut; a mapping straddling an edge keeps its
+ * outside part. Only a mapping straddling both edges needs a second node, allocated before
+ * anything changes. The nodes never overlap, so the walk ends at the first one reaching b. */
 static int cut_range(mm_state *st, uint64_t a, uint64_t b) {
+  mm_cut *cut = &st->op.cut;
   mb_rtree_node *it = mb_rtree_first_overlap(&st->maps, a, b);
   mm_node *spare = NULL;
   if (it != NULL && it->start < a && it->end > b && (spare = node_get(st)) == NULL)
@@ -437,26 +458,108 @@ static int cut_range(mm_state *st, uint64_t a, uint64_t b) {
       spare->e.obj_off += b - start;
       mb_object_ref(spare->e.obj);
       mb_rtree_insert(&st->maps, &spare->node, b, end);
+      cut->right = spare; /* the only node in the range: nothing else is cut */
+      cut->right_new = true;
     }
     if (start < a) {
+      cut->left = n;
+      cut->left_end = end;
       n->e.size = a - start;
       mb_rtree_insert(&st->maps, &n->node, start, a);
     } else if (end > b) {
+      cut->right = n;
+      cut->right_start = start;
       n->e.gpa = b;
       n->e.size = end - b;
       n->e.obj_off += b - start;
       mb_rtree_insert(&st->maps, &n->node, b, end);
     } else {
-      mb_object_unref(n->e.obj);
-      node_put(st, n);
+      n->cut = cut->whole;
+      cut->whole = n;
     }
     it = next;
   }
   return 0;
 }
 
-static void unmap_done(mm_state *st) {
+/* The operation succeeded: what it took out whole goes. */
+static void cut_commit(mm_state *st) {
+  for (mm_node *n = st->op.cut.whole, *next; n != NULL; n = next) {
+    next = n->cut;
+    mb_object_unref(n->e.obj);
+    node_put(st, n);
+  }
+}
+
+/* The operation failed: the tree is put back as it was (nothing else changed it meanwhile:
+ * operations are one at a time and resolves only read it). */
+static void cut_restore(mm_state *st) {
+  mm_cut *cut = &st->op.cut;
+  if (cut->right != NULL) {
+    mm_node *r = cut->right;
+    mb_rtree_remove(&st->maps, &r->node);
+    if (cut->right_new) {
+      mb_object_unref(r->e.obj);
+      node_put(st, r);
+    } else {
+      r->e.obj_off -= r->e.gpa - cut->right_start;
+      r->e.size += r->e.gpa - cut->right_start;
+      r->e.gpa = cut->right_start;
+      mb_rtree_insert(&st->maps, &r->node, r->e.gpa, r->e.gpa + r->e.size);
+    }
+  }
+  if (cut->left != NULL) {
+    mm_node *l = cut->left;
+    mb_rtree_remove(&st->maps, &l->node);
+    l->e.size = cut->left_end - l->e.gpa;
+    mb_rtree_insert(&st->maps, &l->node, l->e.gpa, cut->left_end);
+  }
+  for (mm_node *n = cut->whole; n != NULL; n = n->cut)
+    mb_rtree_insert(&st->maps, &n->node, n->e.gpa, n->e.gpa + n->e.size);
+  cut->whole = NULL;
+}
+
+/* The visible mappings of [a, b), cut to it, with references, into op.entries. */
+static int clip_entries(mm_state *st, uint64_t a, uint64_t b) {
+  mm_op *op = &st->op;
+  uint32_t n = 0;
+  mb_rtree_node *it;
+  mb_rtree_for_each_overlap(it, &st->maps, a, b)
+    n++;
+  if (n == 0 || (op->entries = mb__malloc(n * sizeof *op->entries)) == NULL)
+    return n == 0 ? 0 : MB_ENOMEM;
+  mb_rtree_for_each_overlap(it, &st->maps, a, b) {
+    const mb_map_entry *e = &node_of(it)->e;
+    uint64_t start = it->start > a ? it->start : a, end = it->end < b ? it->end : b;
+    op->entries[op->count++] = (mb_map_entry){start, end - start, mb_object_ref(e->obj),
+                                              e->obj_off + (start - e->gpa), e->writable};
+  }
+  return 0;
+}
+
+static void unmap_rolled_back(mm_state *st) {
   op_finish(st, st->op.status);
+}
+
+/* Every mapper answered. On a failure, the tree goes back, and the eager mappers that tore
+ * the range down map it again (a mapper that failed left its range as it was; a lazy one
+ * faults it in again). A failure of that rollback itself (a second refusal) leaves such a
+ * mapper without the range: its accesses there then fail as unmapped. */
+static void unmap_done(mm_state *st) {
+  mm_op *op = &st->op;
+  const mm_unmap_msg *m = mm_unmap_of(op->req);
+  if (op->status == 0) {
+    cut_commit(st);
+    op_finish(st, 0);
+    return;
+  }
+  cut_restore(st);
+  op_begin(st, unmap_rolled_back);
+  if (clip_entries(st, m->gpa, m->gpa + m->size) == 0 && op->count > 0)
+    for (mm_mapper *t = st->mappers, *past = t + st->nmappers; t < past; t++)
+      if (t->ok && t->eager && !t->gone)
+        call_map(st, t);
+  op_settle(st);
 }
 
 static void handle_unmap(mm_state *st, mm_unmap_msg *m) {
@@ -470,8 +573,10 @@ static void handle_unmap(mm_state *st, mm_unmap_msg *m) {
     return;
   }
   op_begin(st, unmap_done);
-  for (mm_mapper *t = st->mappers, *past = t + st->nmappers; t < past; t++)
+  for (mm_mapper *t = st->mappers, *past = t + st->nmappers; t < past; t++) {
+    t->ok = false;
     call_unmap(st, t, m->gpa, m->size);
+  }
   op_settle(st);
 }
 
@@ -551,7 +656,7 @@ static void handle_list(mm_state *st, mm_list_msg *m) {
 static int wait_push(mm_state *st, mb_msg *msg) {
   if (st->nwaiting == st->cap_waiting) {
     size_t cap = st->cap_waiting ? 2 * st->cap_waiting : 8;
-    mb_msg **w = malloc(cap * sizeof *w);
+    mb_msg **w = mb__malloc(cap * sizeof *w);
     if (w == NULL)
       return MB_ENOMEM;
     for (size_t i = 0; i < st->nwaiting; i++)
@@ -663,6 +768,10 @@ static void free_subtree(mb_rtree_node *n) {
 static void mm_destroy(mb_actor *self) {
   mm_state *st = mb_actor_state(self);
   mm_op *op = &st->op;
+  for (mm_node *n = op->cut.whole, *next; n != NULL; n = next) { /* an MM_UNMAP in flight */
+    next = n->cut;
+    node_free(n);
+  }
   if (st->busy) {
     /* Mappers on other loops may still be reading a lent array: leave it to them rather than
      * free it under their feet (only when a loop stops in the middle of an operation). The
@@ -692,7 +801,7 @@ static void mm_destroy(mb_actor *self) {
 static const mb_actor_type mm_type = {"mapping_manager", mm_handle, mm_destroy, 0};
 
 mb_actor *mb_mapping_manager_create(mb_loop *loop) {
-  mm_state *st = calloc(1, sizeof *st);
+  mm_state *st = mb__calloc(1, sizeof *st);
   if (st == NULL)
     return NULL;
   mb_rtree_init(&st->maps);

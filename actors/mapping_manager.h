@@ -17,7 +17,10 @@
  *               in the range (mappings straddling an edge are split; their outside part stays)
  *               and make every mapper unmap it; completes when all acknowledged. A range
  *               with nothing visible is a no-op (mappers are still told: lazy ones may hold
- *               stale nothing, this keeps the rule simple).
+ *               stale nothing, this keeps the rule simple). When a mapper fails (it kept the
+ *               range), the mappings are put back as they were and the eager mappers that had
+ *               torn the range down map it again before the error is answered: the failed
+ *               unmap changes nothing.
  *   MM_ADD_MAPPER {mapper, eager}  register a VA mapper actor; for an eager one, every visible
  *               mapping is pushed to it before this completes.
  *   MM_REMOVE_MAPPER {mapper}      forget a mapper (it tears its own VA down when destroyed).

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "api_internal.h"
+#include "fault_inject.h" /* MB_FI_ALLOC: tests fail these allocations */
 
 /* ---- issuing requests ---------------------------------------------------------------------- */
 
@@ -175,7 +176,7 @@ static int check_config(const mb_mm_config *cfg) {
 
 int mb_mm_create(const mb_mm_config *cfg, mb_mm **out) {
   int rc = check_config(cfg);
-  mb_mm *mm = rc ? NULL : calloc(1, sizeof *mm);
+  mb_mm *mm = rc ? NULL : mb__calloc(1, sizeof *mm);
   if (!mm) return rc ? rc : MB_ENOMEM;
   mm->loop = cfg->loop;
   mm->part_loop = cfg->part_loop ? cfg->part_loop : cfg->loop;

@@ -21,6 +21,31 @@
  *
  * Errors: 0 or a negative code: MB_E_* (mb_errors.h: the scenario format's set), MB_E* of the
  * runtime (mb_runtime.h), or a negative errno. membacking_strerror() names them all.
+ *
+ * The mapping limit: -ENOMEM from an operation that maps guest memory (region map, mapping
+ * add, a lazy mapper's access or lock) is often not a shortage of memory but the process's
+ * limit on kernel memory mappings, vm.max_map_count (65530 by default): every VA mapper
+ * (the manager's own primary mapper included) needs one or two of them per established
+ * mapping, so with two mappers about 16,000 small mappings reach it. -ENOMEM alone cannot
+ * say which; so the first time a VA mapper is refused while the process is at the limit, it
+ * says so on stderr, once per process:
+ *   membacking: mmap refused (ENOMEM): the process has N memory mappings, vm.max_map_count
+ *   is M; raise it (sysctl vm.max_map_count) or use fewer, larger mappings
+ * The operation fails and changes nothing, as any refused one does.
+ *
+ * Signals: the library installs process-wide SIGSEGV and SIGBUS handlers (SA_SIGINFO |
+ * SA_ONSTACK | SA_NODEFER) when the first VA mapper is made, i.e. at the first mb_mm_create
+ * (or at the first mb_access_* call): they turn faults inside guest memory, and only those,
+ * into errors (MB_E_UNMAPPED, MB_E_FAULT, a lazy mapper's fault-in). Every other fault goes
+ * to the handler that was installed before, exactly as the kernel would have delivered it
+ * (its mask, SA_SIGINFO or not), or, if that was SIG_DFL/SIG_IGN, kills the process as it
+ * would have. A VMM that installs its own SIGSEGV/SIGBUS handler:
+ *   - before the first mb_mm_create: nothing to do, faults not in guest memory reach it;
+ *   - after: either chain (call the action sigaction() returned to you as "old" for faults
+ *     that are not yours), or call mb_access_reinstall() (access.h) once yours is in place,
+ *     which puts ours in front again and makes yours the one we chain to.
+ * Raw loads and stores through mb_mapper_base() are not covered: a fault there is the
+ * VMM's own (use mb_mapper_read/write, or locks, where a range may be torn down).
  */
 #ifndef MEMBACKING_H
 #define MEMBACKING_H
@@ -28,6 +53,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <time.h>
 
 #include "backing.h"
@@ -78,8 +104,10 @@ mb_mapper *mb_mm_primary_mapper(mb_mm *mm);
 
 /* ---- regions ------------------------------------------------------------------------------ */
 
+enum { MB_REGION_NAME_MAX = 63 }; /* bytes of a region name, its NUL not counted */
 typedef struct mb_region_params {
-  const char *name;    /* for traces and introspection; may be NULL */
+  const char *name;    /* for traces and introspection; may be NULL; at most 63 bytes
+                        * (MB_REGION_NAME_MAX): a longer one is MB_E_INVALID, never cut */
   uint64_t gpa, size;  /* 4 KiB multiples, within max_addr */
   uint8_t priority;    /* 0-255, higher wins */
   bool device;         /* type=device (else ram) */
@@ -135,7 +163,9 @@ int mb_mapper_remove_sync(mb_mapper *m);
 /* Guest address g is at base + g, for max_addr bytes. */
 uint8_t *mb_mapper_base(const mb_mapper *m);
 bool mb_mapper_eager(const mb_mapper *m);
-/* Any thread: 0, MB_E_UNMAPPED, MB_E_READONLY, MB_E_INVALID. */
+/* Any thread: 0, MB_E_UNMAPPED, MB_E_READONLY, MB_E_INVALID, MB_E_FAULT; for a lazy mapper
+ * whose fault-in the host refused, that refusal (a negative errno such as -ENOMEM, or
+ * MB_ENOMEM): the access may succeed later. */
 int mb_mapper_read(mb_mapper *m, uint64_t gpa, void *buf, size_t len);
 int mb_mapper_write(mb_mapper *m, uint64_t gpa, const void *buf, size_t len);
 /* The ranges established in the mapper's VA right now (malloc'd; free() it). value of the
@@ -175,7 +205,7 @@ int mb_mapper_ranges_sync(mb_mapper *m, mb_range_list **out);
  * every lock must be released before mb_mm_destroy. */
 typedef struct mb_lock mb_lock;
 int mb_mapper_lock(mb_mapper *m, uint64_t gpa, uint64_t size, bool writable, mb_lock **out);
-void mb_mapper_unlock(mb_lock *lock);
+int mb_mapper_unlock(mb_lock *lock);
 void *mb_lock_ptr(const mb_lock *lock);
 uint64_t mb_lock_gpa(const mb_lock *lock);
 uint64_t mb_lock_size(const mb_lock *lock);
@@ -203,7 +233,7 @@ int mb_mapper_locks(mb_mapper *m, mb_lock_list **out);
  * and marked overdue in mb_mapper_locks. It never forces anything. 0 turns it off; the
  * default is 10000 ms to stderr. Any thread. */
 typedef void (*mb_log_fn)(void *ctx, const char *line);
-void mb_mapper_lock_watchdog(mb_mapper *m, uint64_t threshold_ms, mb_log_fn log, void *ctx);
+int mb_mapper_lock_watchdog(mb_mapper *m, uint64_t threshold_ms, mb_log_fn log, void *ctx);
 
 /* ---- partitions ---------------------------------------------------------------------------- */
 
@@ -295,15 +325,34 @@ int mb_partition_serve_exit(mb_partition *p, const mb_kvm_exit *ex, struct kvm_r
 /* The manager's whole state as one JSON object (malloc'd; free() it): "regions" (state,
  * priority, access, mappings), "visible" (the visible map: pieces and the mappings they
  * show), "pending" (the operation in flight), "stages" (request latency of the region and
- * mapping managers, per message kind: count, p50, p99, max), "mappers" (each VA mapper's
- * established ranges, fault counters, held locks and latency), "partitions" (each one's slots
- * and latency). It is read on each actor's loop in turn (mb_loop_exec), so a call from a loop
- * thread briefly waits for the other loops. Do not remove mappers or partitions while an
- * inspection runs. The async form's value is the char *. */
+ * mapping managers, per message kind: samples, p50_ns, p99_ns, max_ns), "mappers" (each VA
+ * mapper's established ranges, fault counters, held locks and latency), "partitions" (each
+ * one's slots and latency). Latency is sampled: one request in MB_LATENCY_SAMPLE (16) of
+ * each kind is timed, and "samples" counts those, not the requests handled. Strings are
+ * valid UTF-8 whatever a name holds (a byte that is not becomes U+FFFD). It is read on each
+ * actor's loop in turn (mb_loop_exec), so a call from a loop thread briefly waits for the
+ * other loops. Do not remove mappers or partitions while an inspection runs. The async
+ * form's value is the char *. */
 void mb_mm_inspect(mb_mm *mm, mb_done_fn done, void *ctx);
 int mb_mm_inspect_sync(mb_mm *mm, char **json);
 /* Dump it to `path` (NULL: stderr) whenever the process gets `signum` (e.g. SIGUSR1). */
 int mb_mm_inspect_on_signal(mb_mm *mm, int signum, const char *path);
+/* The memory map of an inspection (the JSON of mb_mm_inspect, e.g. a saved dump) as text
+ * for people, like QEMU's "info mtree": the regions as a tree, each under the smallest
+ * region that contains it, siblings by priority (highest first), then address; each with
+ * [start, end) in hex, priority, ram or device, access (rw, ro, or - while unmapped), state
+ * (active, partial, hidden, unmapped), name and id, then its mappings ("mapping [start, end)
+ * object N +OFFSET rw|ro": objects are numbered in order of appearance, as the dump names
+ * them by address only); then each partition's slots. Any thread. 0, MB_E_INVALID when
+ * `json` is not an inspection, MB_ENOMEM, or a negative errno when writing fails. The
+ * format (tests/trace/golden/mtree.txt):
+ *   memory map [0x00000000, 0x100000000), overlap nested
+ *   region [0x00000000, 0x01000000) prio 255 ram rw active "ram" (id 1)
+ *     mapping [0x00000000, 0x01000000) object 1 +0x0 rw
+ *     region [0x000a0000, 0x000c0000) prio 1 device - unmapped "vga" (id 2)
+ *   partition 0 (soft): 1 slot
+ *     slot [0x00000000, 0x01000000) rw */
+int mb_mm_mtree(const char *json, FILE *out);
 
 /* ---- errors -------------------------------------------------------------------------------- */
 

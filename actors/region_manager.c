@@ -600,6 +600,10 @@ static void op_commit(rm_state *st, rm_op *op) {
 
 static int region_add(rm_state *st, rm_region_add_msg *m) {
   mb_range range;
+  /* A name that fills the field without its NUL is too long (63 bytes at most): the sender
+   * passes it cut to the field's size, unterminated, so that it is refused, never cut. */
+  if (memchr(m->name, '\0', sizeof m->name) == NULL)
+    return MB_E_INVALID;
   if (mb_range_make(m->gpa, m->size, &range) != 0 || range.end > st->cfg.max_addr)
     return MB_E_INVALID;
   int rc = mb__vis_admit(&st->vis, range.start, range.end, m->prio);

@@ -5,11 +5,12 @@
  * of held locks and the queue of requests parked behind them.
  *
  * Invariant: a range in the tree is mapped in the reservation. The actor, the only writer,
- * maps before it inserts and removes before it unmaps (a replacement is one MAP_FIXED, with
- * the old range in the tree until the new one takes its place), holding `lock` only around
- * the tree change; faulting threads take `lock` to look a page up. So a faulting thread that
- * finds its page established lost a race with a change, and retrying is right; one that does
- * not find it has a real miss (eager: unmapped; lazy: ask the mapping manager, then retry).
+ * maps before it inserts (a replacement is one MAP_FIXED, with the old range in the tree
+ * until the new one takes its place) and tears down with the PROT_NONE replacement and the
+ * removal in one critical section of `lock`, so a refused replacement leaves both as they
+ * were; faulting threads take `lock` to look a page up. So a faulting thread that finds its
+ * page established lost a race with a change, and retrying is right; one that does not find
+ * it has a real miss (eager: unmapped; lazy: ask the mapping manager, then retry).
  *
  * Locks. Invariant: a held lock covers established pages only, and none of them is torn down
  * or replaced while it is held. A locker checks and records under `lock`; the actor checks
@@ -37,6 +38,7 @@
 #include "json_out.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <linux/futex.h>
 #include <stdatomic.h>
@@ -47,6 +49,7 @@
 #include <unistd.h>
 
 #include "access.h"
+#include "fault_inject.h" /* mb__malloc, mb__calloc: MB_FI_ALLOC */
 #include "mb_errors.h"
 #include "range_tree.h"
 
@@ -157,7 +160,8 @@ static void range_free(vam_range *r) {
 
 /* A range from the cache, or a new one (the actor's thread). */
 static vam_range *range_get(mb_vam *v) {
-  return v->nrange_cache > 0 ? v->range_cache[--v->nrange_cache] : malloc(sizeof(vam_range));
+  return v->nrange_cache > 0 ? v->range_cache[--v->nrange_cache]
+                             : mb__malloc(sizeof(vam_range));
 }
 
 /* Gives back an unlinked range holding no reference (NULL: nothing). */
@@ -172,6 +176,61 @@ static void range_put(mb_vam *v, vam_range *r) {
 
 static int map_error(int rc) {
   return rc == -EINVAL ? MB_E_INVALID : rc;
+}
+
+/* A negative errno: the host refused (the runtime's codes start at -1001, mb_errors.h's at
+ * -2001). */
+static bool is_errno(int rc) {
+  return rc < 0 && rc > -1000;
+}
+
+/* ---- the mapping limit ----------------------------------------------------------------------- */
+
+/* Within this many mappings of vm.max_map_count, an ENOMEM is taken for the limit (a split
+ * needs two more; other threads map and unmap meanwhile). */
+enum { VAM_MAP_SLACK = 8 };
+
+/* The process's memory mappings (lines of /proc/self/maps), or -1. No allocation: the
+ * process may be out of mappings for the heap too. */
+static long map_count(void) {
+  int fd = open("/proc/self/maps", O_RDONLY | O_CLOEXEC);
+  if (fd < 0)
+    return -1;
+  char buf[16384];
+  long n = 0;
+  ssize_t k;
+  while ((k = read(fd, buf, sizeof buf)) > 0)
+    for (ssize_t i = 0; i < k; i++)
+      n += buf[i] == '\n';
+  close(fd);
+  return k < 0 ? -1 : n;
+}
+
+/* vm.max_map_count, or -1 (no allocation either). */
+static long max_map_count(void) {
+  char buf[32] = "";
+  int fd = open("/proc/sys/vm/max_map_count", O_RDONLY | O_CLOEXEC);
+  ssize_t k = fd < 0 ? -1 : read(fd, buf, sizeof buf - 1);
+  if (fd >= 0)
+    close(fd);
+  return k > 0 ? strtol(buf, NULL, 10) : -1;
+}
+
+/* A map or teardown the host refused: rc. The code alone (-ENOMEM) cannot tell an operator
+ * which limit was hit, so the first refusal of the process that comes with its mappings at
+ * vm.max_map_count is named on stderr, with the count and what to raise (see membacking.h). */
+static int host_refused(int rc) {
+  static atomic_bool named;
+  if (rc != -ENOMEM || atomic_load_explicit(&named, memory_order_relaxed))
+    return rc;
+  long max = max_map_count(), n = max > 0 ? map_count() : -1;
+  if (n >= 0 && n + VAM_MAP_SLACK >= max && !atomic_exchange(&named, true))
+    fprintf(stderr,
+            "membacking: mmap refused (ENOMEM): the process has %ld memory mappings, "
+            "vm.max_map_count is %ld; raise it (sysctl vm.max_map_count) or use fewer, larger "
+            "mappings\n",
+            n, max);
+  return rc;
 }
 
 /* ---- jobs: requests kept behind locks (the actor's thread; `lock` held) ---------------------- */
@@ -264,15 +323,12 @@ static int park(mb_vam *v, vam_job *job) {
 /* Unrecords every established byte of [a, b) (the caller holds `lock`), from `it`, the first
  * range overlapping it, splitting ranges that straddle an edge; one straddling both takes
  * *spare (set to NULL then). Ranges never overlap, so the walk ends at the first one that
- * reaches b. Returns the span from the first to the last byte unrecorded. */
-static mb_range unrecord(mb_vam *v, mb_rtree_node *it, uint64_t a, uint64_t b,
-                         vam_range **spare) {
-  mb_range span = {it->start > a ? it->start : a, 0};
+ * reaches b. */
+static void unrecord(mb_vam *v, mb_rtree_node *it, uint64_t a, uint64_t b, vam_range **spare) {
   while (it != NULL) {
     vam_range *r = range_of(it);
     uint64_t start = it->start, end = it->end;
     mb_rtree_node *next = end < b ? mb_rtree_next_overlap(it, a, b) : NULL;
-    span.end = end < b ? end : b;
     mb_rtree_remove(&v->ranges, it);
     if (start < a && end > b) {
       vam_range *s = *spare;
@@ -292,7 +348,14 @@ static mb_range unrecord(mb_vam *v, mb_rtree_node *it, uint64_t a, uint64_t b,
     }
     it = next;
   }
-  return span;
+}
+
+/* From the first to the last established byte of [a, b), `it` the first range overlapping
+ * it (ranges never overlap: the last is the one before the first that starts at b or later). */
+static mb_range established_span(const mb_vam *v, mb_rtree_node *it, uint64_t a, uint64_t b) {
+  mb_rtree_node *past = mb_rtree_lower_bound(&v->ranges, b);
+  mb_rtree_node *last = past != NULL ? mb_rtree_prev(past) : mb_rtree_last(&v->ranges);
+  return (mb_range){it->start > a ? it->start : a, last->end < b ? last->end : b};
 }
 
 /* Maps object bytes at [start, end). Through mb_object_map_into, which knows each kind's fd
@@ -313,7 +376,7 @@ static int map_gap(mb_vam *v, uint64_t start, uint64_t end, mb_object *obj, uint
   int rc = map_object(v, start, end, obj, obj_off, writable);
   if (rc != 0) { /* the range is PROT_NONE, and nothing was recorded there */
     range_put(v, r);
-    return map_error(rc);
+    return host_refused(map_error(rc));
   }
   r->obj = mb_object_ref(obj);
   r->obj_off = obj_off;
@@ -359,12 +422,15 @@ static int map_replace(mb_vam *v, uint64_t start, uint64_t end, mb_object *obj,
   vam_unlock(v);
   range_put(v, r);
   range_put(v, spare);
-  return map_error(rc);
+  return host_refused(map_error(rc));
 }
 
-/* Tears down every established byte of [a, b): unrecorded first, then made PROT_NONE with one
- * call over the span (what lies between established pieces is PROT_NONE already). With a
- * lock in the way nothing changes: parked (job). */
+/* Tears down every established byte of [a, b): made PROT_NONE with one call over the span
+ * (what lies between established pieces is PROT_NONE already), then unrecorded, under `lock`
+ * (a faulting thread waits the call out). A refused call leaves the ranges recorded and
+ * mapped: the kernel checks the mapping count before it changes anything (a refusal that
+ * left a hole, on an old kernel out of memory midway, shows as MB_E_FAULT, never as wrong
+ * data). With a lock in the way nothing changes: parked (job). */
 static int teardown(mb_vam *v, uint64_t a, uint64_t b, vam_job *job) {
   mb_rtree_node *it = mb_rtree_first_overlap(&v->ranges, a, b);
   if (it == NULL)
@@ -372,17 +438,16 @@ static int teardown(mb_vam *v, uint64_t a, uint64_t b, vam_job *job) {
   vam_range *spare = NULL;
   if (it->start < a && it->end > b && (spare = range_get(v)) == NULL)
     return MB_ENOMEM;
+  mb_range span = established_span(v, it, a, b);
+  int rc;
   vam_lock(v);
-  if (locked(v, a, b)) {
-    int rc = park(v, job);
-    vam_unlock(v);
-    range_put(v, spare);
-    return rc;
-  }
-  mb_range span = unrecord(v, it, a, b, &spare);
+  if (locked(v, a, b))
+    rc = park(v, job);
+  else if ((rc = mb_va_unmap(&v->va, span.start, span.end - span.start)) == 0)
+    unrecord(v, it, a, b, &spare);
   vam_unlock(v);
   range_put(v, spare);
-  return map_error(mb_va_unmap(&v->va, span.start, span.end - span.start));
+  return host_refused(map_error(rc));
 }
 
 static bool same_backing(const vam_range *r, uint64_t at, const mb_object *obj, uint64_t obj_off,
@@ -460,7 +525,7 @@ static int handle_ranges(mb_vam *v, vam_ranges_msg *m) {
   size_t n = mb_rtree_count(&v->ranges);
   if (n == 0)
     return 0;
-  mb_part_range *out = malloc(n * sizeof *out);
+  mb_part_range *out = mb__malloc(n * sizeof *out);
   if (out == NULL)
     return MB_ENOMEM;
   uint32_t k = 0;
@@ -702,7 +767,7 @@ static void on_watch_timer(uv_timer_t *t) {
     mb_lock *l = mb_rtree_entry(it, mb_lock, node);
     n += !l->reported && now - l->t_ns >= limit;
   }
-  mb_lock *due = n ? malloc(n * sizeof *due) : NULL;
+  mb_lock *due = n ? mb__malloc(n * sizeof *due) : NULL;
   size_t k = 0;
   mb_rtree_for_each(it, &v->locks) {
     mb_lock *l = mb_rtree_entry(it, mb_lock, node);
@@ -723,7 +788,7 @@ static void on_watch_timer(uv_timer_t *t) {
 /* VAM_WATCH: the message goes home and the timer starts (made on first use, unreferenced). */
 static void on_watch(mb_vam *v, mb_msg *msg) {
   mb_msg_keep(msg);
-  if (v->timer == NULL && (v->timer = malloc(sizeof *v->timer)) != NULL) {
+  if (v->timer == NULL && (v->timer = mb__malloc(sizeof *v->timer)) != NULL) {
     uv_timer_init(mb_loop_uv(v->loop), v->timer);
     uv_unref((uv_handle_t *)v->timer);
     v->timer->data = v;
@@ -769,7 +834,7 @@ int mb_vam_create(mb_loop *loop, mb_addr mapping_manager, uint64_t max_addr, boo
   int rc = mb_access_init();
   if (rc != 0)
     return rc;
-  mb_vam *v = calloc(1, sizeof *v);
+  mb_vam *v = mb__calloc(1, sizeof *v);
   if (v == NULL)
     return MB_ENOMEM;
   v->eager = eager;
@@ -869,6 +934,14 @@ static int page_state(mb_vam *v, uint64_t page) {
   return s;
 }
 
+/* What a failed resolve means for an access or a lock: a refusal of the host (a negative
+ * errno such as -ENOMEM from the mapper's mmap, or the runtime's MB_ENOMEM) is reported as it
+ * is, and so is MB_EDEADLK; anything else (nothing visible there, the mapper not registered,
+ * the manager gone) means the page is unmapped. */
+static int resolve_failure(int rc) {
+  return is_errno(rc) || rc == MB_ENOMEM || rc == MB_EDEADLK ? rc : MB_E_UNMAPPED;
+}
+
 /* Asks the mapping manager to have `page`'s mapping established here (blocking). */
 static int resolve(mb_vam *v, uint64_t page) {
   if (mb_loop_is_current(v->loop))
@@ -909,9 +982,8 @@ static int on_fault(mb_vam *v, uint64_t at, bool write, vam_retry *r) {
       r->resolves++;
       return 0;
     }
-    if (rc == MB_EDEADLK)
+    if ((rc = resolve_failure(rc)) != MB_E_UNMAPPED)
       return rc;
-    rc = MB_E_UNMAPPED;
   }
   count(&v->unmapped);
   return rc;
@@ -1002,7 +1074,7 @@ int mb_vam_lock(mb_vam *v, uint64_t gpa, uint64_t size, bool writable, mb_lock *
   if (size == 0 || !mb_page_aligned(gpa) || !mb_page_aligned(size) || gpa > v->va.size ||
       size > v->va.size - gpa)
     return MB_E_INVALID;
-  mb_lock *l = calloc(1, sizeof *l);
+  mb_lock *l = mb__calloc(1, sizeof *l);
   if (l == NULL)
     return MB_ENOMEM;
   l->vam = v;
@@ -1034,7 +1106,7 @@ int mb_vam_lock(mb_vam *v, uint64_t gpa, uint64_t size, bool writable, mb_lock *
       break;
     int r = resolve(v, missing);
     if (r != 0) {
-      rc = r == MB_EDEADLK ? r : MB_E_UNMAPPED;
+      rc = resolve_failure(r);
       break;
     }
     count(&v->resolved);
@@ -1097,7 +1169,7 @@ int mb_vam_locks(mb_vam *v, mb_vam_lock_info **out, size_t *count_out, size_t *w
   uint64_t now = now_ns(CLOCK_MONOTONIC);
   vam_lock(v);
   size_t n = mb_rtree_count(&v->locks);
-  mb_vam_lock_info *info = n ? malloc(n * sizeof *info) : NULL;
+  mb_vam_lock_info *info = n ? mb__malloc(n * sizeof *info) : NULL;
   if (n == 0 || info != NULL) {
     size_t i = 0;
     mb_rtree_node *it;

@@ -10,7 +10,8 @@
  *   VAM_MAP    {entries, count}  establish these mappings (MAP_FIXED into the reservation);
  *              the array stays the sender's. On failure, undo this batch, answer the error.
  *   VAM_UNMAP  {gpa, size}       tear down whatever is established in the range (a MAP_FIXED
- *              PROT_NONE replacement, never munmap), then answer.
+ *              PROT_NONE replacement, never munmap), then answer. A refused replacement
+ *              changes nothing: the range stays established, and the error is answered.
  *   VAM_RANGES {out: ranges, count}  the established ranges in ascending order with their
  *              access (a malloc'd array of mb_part_range the requester frees).
  *   and MM_RESOLVE forwarded by the mapping manager (see mapping_manager.h): establish
@@ -68,7 +69,9 @@ bool mb_vam_eager(const mb_vam *vam);
 /* Any thread, no loop needed (a lazy mapper's fault blocks on the mapping manager, so never
  * call it from the mapping manager's loop thread or the mapper's own: MB_EDEADLK). 0,
  * MB_E_UNMAPPED, MB_E_READONLY, MB_E_INVALID (beyond max_addr), MB_E_FAULT (the page is
- * established but keeps faulting: its backing cannot serve it). */
+ * established but keeps faulting: its backing cannot serve it), or, for a lazy mapper whose
+ * fault-in the host refused, that refusal: the mapper's negative errno (-ENOMEM at
+ * vm.max_map_count, named once on stderr: see membacking.h) or MB_ENOMEM. */
 int mb_vam_read(mb_vam *vam, uint64_t gpa, void *buf, size_t len);
 int mb_vam_write(mb_vam *vam, uint64_t gpa, const void *buf, size_t len);
 
@@ -93,7 +96,7 @@ void mb__vam_inspect(mb_vam *vam, FILE *f);
  * and records the lock, all under the mapper's mutex, so no VAM_UNMAP can slip in between
  * the check and the record. A page whose teardown is already parked or queued counts as
  * unmapped. Errors: MB_E_INVALID (zero size, unaligned, beyond max_addr, the mapper is being
- * removed), MB_E_UNMAPPED, MB_E_READONLY, MB_ENOMEM, MB_EDEADLK. The pointer
+ * removed), MB_E_UNMAPPED, MB_E_READONLY, MB_ENOMEM, MB_EDEADLK, a refused fault-in's errno. The pointer
  * (mb_vam_lock_ptr) to the range's first byte stays valid until mb_vam_unlock: plain loads
  * and stores through it never fault on account of the manager.
  *

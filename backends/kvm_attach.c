@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <stdlib.h>
 
+#include "fault_inject.h"
 #include "kvm_attach.h"
 #include "mb_range.h"
 
@@ -17,7 +18,8 @@ static int ioctl_set_region(void *ctx, const struct kvm_userspace_memory_region 
   return ioctl(vm_fd, KVM_SET_USER_MEMORY_REGION, r) < 0 ? -errno : 0;
 }
 
-/* Sets (size > 0) or deletes (size == 0) a slot: 0 or -errno. */
+/* Sets (size > 0) or deletes (size == 0) a slot: 0 or -errno. The fault-injection seam
+ * (mem/fault_inject.h) sees every call, through the ioctl or the VMM's hook alike. */
 static int slot_set(mb_kvm_attach *a, uint32_t slot, uint64_t gpa, uint64_t size,
                     const void *host, bool writable) {
   struct kvm_userspace_memory_region r = {
@@ -27,6 +29,8 @@ static int slot_set(mb_kvm_attach *a, uint32_t slot, uint64_t gpa, uint64_t size
       .memory_size = size,
       .userspace_addr = (uintptr_t)host,
   };
+  if (mb__fi_fail(MB_FI_KVM_SET_REGION))
+    return -errno;
   return a->set_region(a->ctx, &r);
 }
 

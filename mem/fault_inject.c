@@ -4,8 +4,25 @@
 
 #include <errno.h>
 #include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 
 #include "mb_errors.h"
+
+static const char *const kind_names[MB_FI_KINDS] = {
+    [MB_FI_MMAP] = "mmap",
+    [MB_FI_MUNMAP] = "munmap",
+    [MB_FI_MPROTECT] = "mprotect",
+    [MB_FI_MEMFD_CREATE] = "memfd_create",
+    [MB_FI_FTRUNCATE] = "ftruncate",
+    [MB_FI_KVM_SET_REGION] = "kvm_set_region",
+    [MB_FI_ALLOC] = "alloc",
+};
+
+const char *mb_fi_kind_name(mb_fi_kind kind) {
+  return (unsigned)kind < MB_FI_KINDS ? kind_names[kind] : NULL;
+}
 
 #ifdef MB_FAULT_INJECTION
 
@@ -68,6 +85,67 @@ bool mb__fi_fail(mb_fi_kind kind) {
   atomic_fetch_add_explicit(&s->injected, 1, memory_order_relaxed);
   errno = atomic_load_explicit(&s->err, memory_order_relaxed);
   return true;
+}
+
+/* ---- arming from the environment (MB_FI, MB_FI_COUNT: see fault_inject.h) ---------------- */
+
+static int errno_of(const char *s) {
+  static const struct {
+    const char *name;
+    int err;
+  } names[] = {{"ENOMEM", ENOMEM}, {"EMFILE", EMFILE}, {"ENFILE", ENFILE}, {"ENOSPC", ENOSPC},
+               {"EAGAIN", EAGAIN}, {"EINTR", EINTR},   {"EFAULT", EFAULT}, {"EINVAL", EINVAL},
+               {"EEXIST", EEXIST}, {"EPERM", EPERM},   {"EACCES", EACCES}, {"ENODEV", ENODEV},
+               {"EBUSY", EBUSY},   {"EIO", EIO}};
+  for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
+    if (strcmp(s, names[i].name) == 0) return names[i].err;
+  char *end;
+  long v = strtol(s, &end, 10);
+  return *s && !*end && v > 0 && v < 4096 ? (int)v : 0;
+}
+
+/* One item "KIND:N[:ERRNO]" (modified in place); false when it does not parse. */
+static bool parse_item(char *item, mb_fi_kind *kind, uint64_t *n, int *err) {
+  char *name = strtok_r(item, ":", &item), *num = strtok_r(NULL, ":", &item);
+  char *e = strtok_r(NULL, ":", &item), *end = NULL;
+  if (!name || !num || strtok_r(NULL, ":", &item)) return false;
+  *kind = MB_FI_KINDS;
+  for (int k = 0; k < MB_FI_KINDS; k++)
+    if (kind_names[k] && strcmp(name, kind_names[k]) == 0) *kind = (mb_fi_kind)k;
+  *n = strtoull(num, &end, 0);
+  *err = e ? errno_of(e) : ENOMEM;
+  return *kind != MB_FI_KINDS && *num && !*end && *n > 0 && *err > 0;
+}
+
+/* Every item parses, or nothing is armed. */
+static bool arm_from(const char *spec) {
+  struct { mb_fi_kind kind; uint64_t n; int err; } want[MB_FI_KINDS];
+  size_t count = 0;
+  char *copy = strdup(spec), *rest = copy, *item;
+  bool ok = copy != NULL;
+  while (ok && (item = strtok_r(rest, ",", &rest))) {
+    ok = count < MB_FI_KINDS &&
+         parse_item(item, &want[count].kind, &want[count].n, &want[count].err);
+    count++;
+  }
+  free(copy);
+  for (size_t i = 0; ok && i < count; i++) mb_fi_arm(want[i].kind, want[i].n, want[i].err);
+  return ok && count > 0;
+}
+
+static void print_counts(void) {
+  for (int k = 0; k < MB_FI_KINDS; k++)
+    fprintf(stderr, "mb_fi: %s calls=%llu injected=%llu\n",
+            kind_names[k] ? kind_names[k] : "?", (unsigned long long)mb_fi_calls((mb_fi_kind)k),
+            (unsigned long long)mb_fi_injected((mb_fi_kind)k));
+}
+
+__attribute__((constructor)) static void arm_from_env(void) {
+  const char *spec = getenv("MB_FI"), *count = getenv("MB_FI_COUNT");
+  if (spec && *spec && !arm_from(spec))
+    fprintf(stderr, "membacking: MB_FI=\"%s\" does not parse (KIND:N[:ERRNO],...): nothing "
+                    "armed\n", spec);
+  if (count && strcmp(count, "1") == 0) atexit(print_counts);
 }
 
 #else /* !MB_FAULT_INJECTION */

@@ -3,12 +3,15 @@
  * nothing leaked and nothing was left half-done).
  *
  * Every mmap, munmap, mprotect, memfd_create and ftruncate in mem/ goes through the
- * mb__sys_* wrappers below. Built without MB_FAULT_INJECTION (the default) they are inline
- * calls of the system call itself: no cost at all. Built with it (meson -Dfault_injection=true
- * for the whole library, or -DMB_FAULT_INJECTION=1 for one test program that compiles mem/
- * itself), each wrapper first counts the call and fails it, with errno set, when armed to.
+ * mb__sys_* wrappers below; backends/kvm_attach.c asks mb__fi_fail(MB_FI_KVM_SET_REGION)
+ * before each KVM_SET_USER_MEMORY_REGION (mem/ knows nothing of KVM). Built without
+ * MB_FAULT_INJECTION (the default) they are inline calls of the system call itself: no cost
+ * at all. Built with it (meson -Dfault_injection=true for the whole library, or
+ * -DMB_FAULT_INJECTION=1 for one test program that compiles mem/ itself), each wrapper first
+ * counts the call and fails it, with errno set, when armed to.
  *
- * Kinds are a closed enum; a new seam (allocations, KVM ioctls) adds a kind and a wrapper.
+ * Kinds are a closed enum; a new seam adds a kind and a wrapper. The actors' allocations and
+ * message allocation (MB_FI_ALLOC) go through the seam too, though mem/ makes none of them.
  *
  * Threads: every function may be called from any thread. Counting is exact under
  * concurrency; which of several concurrent calls is "the n-th" is whichever counts n-th.
@@ -18,6 +21,7 @@
 
 #include <stdbool.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <sys/mman.h>
 #include <sys/types.h>
 #include <unistd.h>
@@ -32,6 +36,8 @@ typedef enum mb_fi_kind {
   MB_FI_MPROTECT,
   MB_FI_MEMFD_CREATE,
   MB_FI_FTRUNCATE,
+  MB_FI_KVM_SET_REGION, /* backends/kvm_attach.c: KVM_SET_USER_MEMORY_REGION (ioctl or hook) */
+  MB_FI_ALLOC, /* mb__malloc/calloc/realloc below (actors/) and mb_msg_new (runtime/msg.c) */
   MB_FI_KINDS /* the number of kinds, not a kind */
 } mb_fi_kind;
 
@@ -49,6 +55,21 @@ void mb_fi_reset(void);
 uint64_t mb_fi_calls(mb_fi_kind kind);
 /* Calls of `kind` failed on purpose since the last reset (0 without injection). */
 uint64_t mb_fi_injected(mb_fi_kind kind);
+/* The kind's name as MB_FI spells it ("mmap", "kvm_set_region"), or NULL for no kind. */
+const char *mb_fi_kind_name(mb_fi_kind kind);
+
+/* Arming from the environment (only in a build with injection), read once when the library is
+ * loaded, before main:
+ *   MB_FI="KIND:N[:ERRNO][,KIND:N[:ERRNO]...]"
+ *       fail the N-th call (N >= 1, counted from process start) of KIND, once, with ERRNO
+ *       (a number or a name such as ENOMEM, EMFILE, ENOSPC; default ENOMEM). KIND is a name of
+ *       mb_fi_kind_name: mmap, munmap, mprotect, memfd_create, ftruncate, kvm_set_region,
+ *       alloc.
+ *       A value that does not parse is reported on stderr and arms nothing.
+ *   MB_FI_COUNT=1
+ *       at exit, print one line per kind to stderr, for a driver that sweeps every N:
+ *         mb_fi: KIND calls=C injected=I
+ * Example: MB_FI=mmap:7 MB_FI_COUNT=1 membacking-replay --fault-check FILE.mbs */
 
 #ifdef MB_FAULT_INJECTION
 /* Counts one call of kind; true (errno set) if it must fail. */
@@ -79,6 +100,20 @@ static inline int mb__sys_memfd_create(const char *name, unsigned flags) {
 
 static inline int mb__sys_ftruncate(int fd, off_t len) {
   return mb__fi_fail(MB_FI_FTRUNCATE) ? -1 : ftruncate(fd, len);
+}
+
+/* Allocations (MB_FI_ALLOC): the actors allocate through these, and mb_msg_new asks
+ * mb__fi_fail(MB_FI_ALLOC) before it takes a block, so a test can fail any one of them. */
+static inline void *mb__malloc(size_t size) {
+  return mb__fi_fail(MB_FI_ALLOC) ? NULL : malloc(size);
+}
+
+static inline void *mb__calloc(size_t n, size_t size) {
+  return mb__fi_fail(MB_FI_ALLOC) ? NULL : calloc(n, size);
+}
+
+static inline void *mb__realloc(void *p, size_t size) {
+  return mb__fi_fail(MB_FI_ALLOC) ? NULL : realloc(p, size);
 }
 
 #ifdef __cplusplus

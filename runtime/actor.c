@@ -4,13 +4,14 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "fault_inject.h" /* MB_FI_ALLOC: tests fail the runtime's allocations */
 #include "internal.h"
 
 #define NO_SLOT UINT32_MAX
 
 static int grow_slots(mb_loop *l) {
   uint32_t cap = l->cap_slots ? l->cap_slots * 2 : 16;
-  mb__slot *s = realloc(l->slots, cap * sizeof *s);
+  mb__slot *s = mb__realloc(l->slots, cap * sizeof *s);
   if (!s) return MB_ENOMEM;
   l->slots = s;
   l->cap_slots = cap;
@@ -31,7 +32,7 @@ static uint32_t take_slot(mb_loop *l) {
 mb_actor *mb_actor_create(mb_loop *l, const mb_actor_type *type, void *state, const char *name) {
   if (!l || !type || !type->handle || !mb_loop_is_current(l) || l->stopping) return NULL;
   if (!l->nslots) l->free_slot = NO_SLOT;
-  mb_actor *a = calloc(1, sizeof *a);
+  mb_actor *a = mb__calloc(1, sizeof *a);
   uint32_t i = a ? take_slot(l) : NO_SLOT;
   if (i == NO_SLOT) {
     free(a);

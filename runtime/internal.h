@@ -98,6 +98,7 @@ struct mb_loop {
   uint32_t trace_name;   /* trace.c: interned name index + 1 once known, 0 before */
   mb__waiter started;
   int start_err;
+  mb_msg *stop_msg;    /* a started loop's stop request, made with the loop */
   char name[32];
 };
 

@@ -8,6 +8,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "fault_inject.h" /* MB_FI_ALLOC: tests fail the runtime's allocations */
 #include "internal.h"
 
 _Thread_local mb_loop *mb__tls_loop;
@@ -173,6 +174,9 @@ int mb__loop_push(mb_loop *l, mb_msg *m) {
   return rc;
 }
 
+/* Everything of ours that can fail is done before the first libuv handle exists, so a failure
+ * leaves nothing to close: libuv itself aborts the process when it cannot grow its watcher
+ * table in uv_poll_start (mb_runtime.h, "Out of memory"). */
 static int loop_init(mb_loop *l, uv_loop_t *uv, const char *name) {
   mb__trace_env_init();
   l->uv = uv;
@@ -180,36 +184,67 @@ static int loop_init(mb_loop *l, uv_loop_t *uv, const char *name) {
   mb__inbox_init(&l->inbox);
   (void)mb__inbox_sleep(&l->inbox); /* no turn has run yet: the first push must wake us */
   l->tid = pthread_self();
+  mb_loop *outer = mb__tls_loop;
   mb__tls_loop = l;
-  l->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-  if (l->efd < 0) return -errno;
-  int rc = uv_poll_init(uv, &l->poll, l->efd);
+  l->loop_actor = mb_actor_create(l, &loop_actor_type, NULL, "loop");
+  l->efd = l->loop_actor ? eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC) : -1;
+  int rc = !l->loop_actor ? MB_ENOMEM : l->efd < 0 ? -errno : uv_poll_init(uv, &l->poll, l->efd);
   if (rc) {
-    close(l->efd);
+    if (l->efd >= 0) close(l->efd);
+    mb_actor_destroy(l->loop_actor);
+    mb__tls_loop = outer;
     return rc;
   }
   uv_idle_init(uv, &l->idle);
   l->poll.data = l->idle.data = l;
   l->open_handles = 2;
-  uv_poll_start(&l->poll, UV_READABLE, on_wake);
-  l->loop_actor = mb_actor_create(l, &loop_actor_type, NULL, "loop");
-  if (l->loop_actor) live_add(l);
-  return l->loop_actor ? 0 : MB_ENOMEM;
+  rc = uv_poll_start(&l->poll, UV_READABLE, on_wake);
+  if (rc) {
+    mb__tls_loop = outer;
+    return rc; /* the caller closes the handles */
+  }
+  live_add(l);
+  return 0;
+}
+
+/* A loop that never ran: its handles closing (on_close frees it, free_pending) or nothing. */
+static void loop_discard(mb_loop *l) {
+  mb_actor_destroy(l->loop_actor);
+  if (l->open_handles) {
+    l->free_pending = true;
+    uv_close((uv_handle_t *)&l->poll, on_close);
+    uv_close((uv_handle_t *)&l->idle, on_close);
+    return;
+  }
+  mb_msg_free(l->stop_msg);
+  free(l->slots);
+  free(l);
 }
 
 static void loop_thread(void *arg) {
   mb_loop *l = arg;
   l->start_err = loop_init(l, &l->own_uv, l->name);
+  if (l->start_err) {
+    if (l->open_handles) { /* on_close must not free it: mb_loop_start does */
+      uv_close((uv_handle_t *)&l->poll, on_close);
+      uv_close((uv_handle_t *)&l->idle, on_close);
+      uv_run(l->uv, UV_RUN_DEFAULT);
+    }
+    mb__waiter_signal(&l->started);
+    return;
+  }
   mb__waiter_signal(&l->started);
-  if (l->start_err) return;
   uv_run(l->uv, UV_RUN_DEFAULT);
   l->close_rc = uv_loop_close(l->uv);
   mb__tls_loop = NULL;
 }
 
+/* The stop request is allocated here, with the loop, so that mb_loop_stop cannot fail for
+ * want of memory. */
 mb_loop *mb_loop_start(const char *name, int *err) {
-  mb_loop *l = calloc(1, sizeof *l);
-  int rc = l ? uv_loop_init(&l->own_uv) : MB_ENOMEM;
+  mb_loop *l = mb__calloc(1, sizeof *l);
+  if (l) l->stop_msg = mb_msg_new(NULL, 0, sizeof(mb_msg));
+  int rc = !l || !l->stop_msg ? MB_ENOMEM : uv_loop_init(&l->own_uv);
   if (rc) goto fail;
   l->owned = true;
   snprintf(l->name, sizeof l->name, "%s", name ? name : "loop");
@@ -221,28 +256,22 @@ mb_loop *mb_loop_start(const char *name, int *err) {
   mb__waiter_wait(&l->started);
   if ((rc = l->start_err)) {
     uv_thread_join(&l->thread);
-    uv_run(&l->own_uv, UV_RUN_DEFAULT); /* run the close of a half-made poll handle */
     uv_loop_close(&l->own_uv);
+    l->open_handles = 0; /* closed on its thread */
     goto fail;
   }
   return l;
 fail:
-  free(l);
+  if (l) loop_discard(l);
   if (err) *err = rc;
   return NULL;
 }
 
 mb_loop *mb_loop_attach(uv_loop_t *uv, const char *name, int *err) {
-  mb_loop *l = calloc(1, sizeof *l);
+  mb_loop *l = mb__calloc(1, sizeof *l);
   int rc = l ? loop_init(l, uv, name) : MB_ENOMEM;
   if (!rc) return l;
-  if (l && l->open_handles) {
-    l->free_pending = true;
-    uv_close((uv_handle_t *)&l->poll, on_close);
-    uv_close((uv_handle_t *)&l->idle, on_close);
-  } else {
-    free(l);
-  }
+  if (l) loop_discard(l);
   if (err) *err = rc;
   return NULL;
 }
@@ -275,8 +304,8 @@ int mb_loop_stop(mb_loop *l) {
     if (mb_loop_is_current(l)) return MB_EDEADLK;
     if (atomic_load(&l->senders) & 1) return l->close_rc;
     close_senders(l);
-    mb_msg *stop = mb_msg_new(NULL, 0, sizeof(mb_msg));
-    if (!stop) return MB_ENOMEM;
+    mb_msg *stop = l->stop_msg;
+    l->stop_msg = NULL;
     stop->flags__ = MB__F_STOP;
     mb__inbox_push_wake(l, stop);
     uv_thread_join(&l->thread);
@@ -297,6 +326,7 @@ void mb_loop_free(mb_loop *l) {
     l->free_pending = true; /* the last close callback frees it */
     return;
   }
+  mb_msg_free(l->stop_msg); /* a started loop that was never stopped */
   free(l->slots);
   free(l);
 }

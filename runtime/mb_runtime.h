@@ -35,6 +35,19 @@
  *   reply callback). mb_send_from, mb_call_sync, mb_loop_exec and mb_loop_post may be called
  *   from any thread, including threads that own no loop. mb_loop_* lifecycle functions are
  *   called by the thread that owns the loop object (see each function).
+ *
+ * Out of memory
+ *   An allocation of the runtime's own that fails (a message, an actor, a loop) is an error
+ *   return, MB_ENOMEM, that leaves nothing half made. libuv's policy differs: it aborts the
+ *   process when it cannot allocate inside uv_loop_init (to start its signal watcher) and
+ *   when uv_poll_start has to grow the loop's table of watched descriptors. The runtime
+ *   calls them only while making a loop: uv_loop_init in mb_loop_start, and uv_poll_start
+ *   (for the loop's eventfd) in mb_loop_start and mb_loop_attach, each after every
+ *   allocation of its own for that loop, so an allocation failure of ours never follows a
+ *   libuv call it would have to undo. Once a loop is made, nothing the runtime does on it
+ *   allocates in libuv: sends, calls, replies, mb_loop_exec and mb_loop_post allocate only
+ *   messages (MB_ENOMEM), and mb_loop_stop allocates nothing (a started loop's stop request
+ *   is made with the loop).
  */
 #ifndef MB_RUNTIME_H
 #define MB_RUNTIME_H
@@ -111,10 +124,14 @@ typedef struct mb_loop_stats {
   uint64_t actors;      /* live actors */
 } mb_loop_stats;
 
-/* Start a loop on a new thread. Returns NULL (and *err) on failure. */
+/* Start a loop on a new thread. Returns NULL (and *err: MB_ENOMEM, or a libuv or negative
+ * errno code) on failure, with nothing left behind. libuv aborts the process if it runs out
+ * of memory inside (see "Out of memory" above). */
 mb_loop *mb_loop_start(const char *name, int *err);
 /* Attach the runtime to a uv_loop_t that the caller runs. Call from the thread running `uv`
- * (or before it runs). The caller keeps calling uv_run; the runtime adds one poll handle. */
+ * (or before it runs). The caller keeps calling uv_run; the runtime adds one poll handle.
+ * NULL (and *err) on failure; when a handle was already made, its close completes on the
+ * caller's next uv_run. libuv aborts if it runs out of memory growing its watcher table. */
 mb_loop *mb_loop_attach(uv_loop_t *uv, const char *name, int *err);
 /* Stop a loop: pending and later requests to its actors get MB_ESTOPPED, its actors are
  * destroyed, its handles closed. For a started loop, call from any thread but its own; it
@@ -218,9 +235,21 @@ uint64_t mb_latency_quantile(const mb_latency *l, double q);
 /* ---- tracing ------------------------------------------------------------------------------ */
 
 /* Record every send and delivery to `path` (JSON lines, see runtime/trace.c); NULL stops.
- * MEMBACKING_TRACE=path in the environment starts it at the first loop's creation. */
+ * MEMBACKING_TRACE=path in the environment starts it at the first loop's creation.
+ * Records are buffered per thread and written when a buffer fills, when its thread ends, at
+ * mb_trace_flush and mb_trace_close, at exit(), and on a fatal signal: the first open
+ * installs a handler (once per process) for each of SIGABRT, SIGBUS, SIGFPE, SIGILL and
+ * SIGSEGV whose action is then the default, which writes what is buffered (best effort) and
+ * then dies of the signal as the default action would. Signals someone else handles are left
+ * alone: a trace opened after the first mb_mm_create (whose fault handler owns SIGSEGV and
+ * SIGBUS from then on) is not written on those two; MEMBACKING_TRACE always opens before. */
 int mb_trace_open(const char *path);
 void mb_trace_close(void);
+/* Write every thread's buffered records to the open trace now (e.g. before a planned abort
+ * or exec, or to read the file while the program runs). Any thread; not from a signal
+ * handler. 0, or the negative errno of a write that failed since the last call (its records
+ * are lost). */
+int mb_trace_flush(void);
 /* Stop (paused) or resume recording into the open trace, which stays open: to trace only a
  * window of interest. Opening a trace resumes. No effect when no trace is open. */
 void mb_trace_pause(bool paused);

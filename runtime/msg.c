@@ -7,11 +7,41 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "fault_inject.h" /* MB_FI_ALLOC: a test can fail any message allocation */
 #include "internal.h"
 
 #if MB_USE_JEMALLOC
 #include <jemalloc/jemalloc.h>
 #include <pthread.h>
+
+/* jemalloc 5.3 dereferences NULL (SIGSEGV) when a thread's first allocation has to create an
+ * arena and the host refuses the mapping for it: at vm.max_map_count, or any mmap failure
+ * (arena_choose_hard returns NULL unchecked; jemalloc issue #2289). A thread needs a new
+ * automatic arena only while some of the opt.narenas (4 per CPU) do not exist yet, so the
+ * first message allocation of the process creates them all, while mappings are still to be
+ * had; from then on no thread's first allocation maps anything for an arena. Each costs
+ * about 2 MiB of address space, 125 KiB of memory and 0.3 ms, once (a process running that
+ * many threads pays the same). */
+static pthread_once_t arenas_once = PTHREAD_ONCE_INIT;
+
+static void arenas_create(void) {
+  size_t init[3], hooks[3], ninit = 3, nhooks = 3, len = sizeof(unsigned);
+  unsigned narenas = 0;
+  if (mallctl("opt.narenas", &narenas, &len, NULL, 0) != 0 ||
+      mallctlnametomib("arena.0.initialized", init, &ninit) != 0 ||
+      mallctlnametomib("arena.0.extent_hooks", hooks, &nhooks) != 0)
+    return;
+  for (unsigned i = 1; i < narenas; i++) {
+    bool exists = true;
+    void *h = NULL;
+    size_t blen = sizeof exists, hlen = sizeof h;
+    init[1] = hooks[1] = i;
+    /* an absent arena's hooks read as the defaults; writing them creates it with them */
+    if (mallctlbymib(init, ninit, &exists, &blen, NULL, 0) == 0 && !exists &&
+        mallctlbymib(hooks, nhooks, &h, &hlen, NULL, 0) == 0)
+      mallctlbymib(hooks, nhooks, NULL, NULL, &h, sizeof h);
+  }
+}
 
 /* A small per-thread cache of message blocks in 64-byte classes up to 512 bytes, in front of
  * jemalloc: a same-thread send and handle then costs a list pop and push. Blocks freed on
@@ -64,11 +94,17 @@ static inline void *zero_words(void *p, size_t n) {
   return p;
 }
 
+/* A cache miss: from jemalloc, every arena made first (once per process). */
+__attribute__((noinline)) static void *msg_alloc_new(size_t size) {
+  pthread_once(&arenas_once, arenas_create);
+  return mallocx(size, MALLOCX_ZERO);
+}
+
 static inline void *msg_alloc(size_t size) {
   size_t k = (size - 1) / GRAIN;
-  if (k >= CLASSES) return mallocx(size, MALLOCX_ZERO);
+  if (k >= CLASSES) return msg_alloc_new(size);
   block *b = tcache.head[k];
-  if (!b) return mallocx((k + 1) * GRAIN, MALLOCX_ZERO);
+  if (!b) return msg_alloc_new((k + 1) * GRAIN);
   tcache.head[k] = b->next;
   tcache.count[k]--;
   return zero_words(b, (k + 1) * GRAIN);
@@ -95,7 +131,7 @@ static inline void msg_dealloc(void *p, size_t size) { (void)size; free(p); }
 #endif
 
 mb_msg *mb_msg_new(const mb_protocol *proto, uint32_t kind, size_t size) {
-  if (size < sizeof(mb_msg) || size > UINT32_MAX) return NULL;
+  if (size < sizeof(mb_msg) || size > UINT32_MAX || mb__fi_fail(MB_FI_ALLOC)) return NULL;
   mb_msg *m = msg_alloc(size);
   if (!m) return NULL;
   m->proto = proto;

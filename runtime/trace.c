@@ -2,19 +2,25 @@
  *
  * When on (MEMBACKING_TRACE=path, or mb_trace_open), every send and delivery appends one JSON
  * object per line to the file:
- *   {"seq":N,"t_ns":T,"ev":EV,"loop":L,"from":A,"to":A,"kind":K,"corr":C,"status":S,"fields":F}
+ *   {"seq":N,"t_ns":T,"ev":EV,"loop":L,"from":A,"to":A,"kind":K,"corr":"C","status":S,"fields":F}
  *   seq     global order of the records (a total order consistent with each thread's order and
  *           with message causality; unique, not consecutive)
  *   t_ns    CLOCK_MONOTONIC nanoseconds
+ *   t_interp  true when t_ns is interpolated (see t_ns below); absent when it was read
  *   ev      send | call | forward | reply | deliver | drop  (reply: a reply or an error reply
  *           leaves the replier; deliver: a handler or reply callback is about to run)
  *   loop    name of the loop whose thread records the event ("-" for other threads)
  *   from,to actor addresses "LOOP/SLOT.GEN"; "-" for a thread that is not an actor
  *   from_name, to_name  the actors' names where the recording thread can know them (actors of
  *           its own loop), else ""
- *   kind    message kind name from the protocol; corr the correlation id (0 = one-way)
+ *   kind    message kind name from the protocol
+ *   corr    the correlation id (0 = one-way), as a decimal string: ids use all 64 bits (the
+ *           caller's slot, the top bit for a blocking call), and JSON readers that hold numbers
+ *           as doubles (JavaScript) would round them above 2^53
  *   status  the reply status (0 unless ev is reply, or deliver of a reply)
  *   fields  the protocol's text formatting of the payload, "name=value ..."
+ * Strings are valid UTF-8 whatever the names hold: a byte that starts no valid sequence is
+ * written as \ufffd (mb_utf8.h).
  *
  * Cost. When off: one predictable branch per message. When on: a binary record appended to a
  * per-thread buffer, no lock and no formatting: a 24-byte header with the names as indexes
@@ -26,12 +32,12 @@
  * eight is slower (~80 ns; placement-dependent: never with ASLR off, and untraced runs have
  * such a mode too). The buffer (BUF_BYTES) is formatted
  * (hand-written JSON, ~2,000 instructions a record) and written in bulk when it fills, when
- * its thread exits, at mb_trace_close and at process exit: that cost lands on the message
- * that fills the buffer (p99, not p50). At a sustained maximal message rate the file is the
- * limit: ~225 bytes of JSON per event, ~2.5 us per traced round trip on average here (a new
- * file takes ~470 MB/s on this disk). Lines of one thread are in seq order; chunks of
- * different threads may interleave, so the file is not globally sorted (membacking-trace
- * sorts by seq).
+ * its thread exits, at mb_trace_flush, at mb_trace_close, at process exit and on a fatal
+ * signal (below): that cost lands on the message that fills the buffer (p99, not p50). At a
+ * sustained maximal message rate the file is the limit: ~240 bytes per event, ~2.5 us per
+ * traced round trip on average here (a new file takes ~470 MB/s on this disk). Lines of one
+ * thread are in seq order; chunks of different threads may interleave, so the file is not
+ * globally sorted (membacking-trace sorts by seq).
  *
  * seq: a thread takes blocks of SEQ_BLOCK numbers from a global counter. An event that crosses
  * threads (its sender or receiver is not an actor of the recording thread's loop, or the thread
@@ -41,16 +47,32 @@
  * t_ns: from the TSC (x86-64; calibrated against CLOCK_MONOTONIC when the trace opens). An
  * event that crosses threads, the first event of each buffer and every TS_EVERY-th event of a
  * thread read it; the others get a time interpolated between their neighbours' when written
- * (off by at most that gap). MEMBACKING_TRACE_TIMES=exact reads it at every event instead:
- * what membacking-trace --stages needs to be exact, at ~1.3x the traced cost (rpc.same_loop
- * ~77 ns against ~55 ns sampled). */
+ * (off by at most that gap; marked t_interp). MEMBACKING_TRACE_TIMES=exact reads it at every
+ * event instead: what membacking-trace --stages needs to be exact, at ~1.3x the traced cost
+ * (rpc.same_loop ~77 ns against ~55 ns sampled).
+ *
+ * Crashes. Formatted lines go to a buffer of this file's own (OUT_BYTES), written with
+ * write(2), so that a fatal signal can still write them. mb_trace_open installs, once per
+ * process, a handler for SIGABRT, SIGBUS, SIGFPE, SIGILL and SIGSEGV, each where the signal's
+ * action is still the default (the process would die of it: nobody else handles it). The
+ * handler formats what every thread has buffered and writes it (best effort: it waits a
+ * bounded time for the locks of a thread caught mid-flush, then goes ahead), then dies of the
+ * signal as the default action would. The library's own SIGSEGV/SIGBUS handler (mem/access.c,
+ * installed at the first mb_mm_create) chains faults that are not its own to the handler it
+ * found, so a trace opened before the first manager (MEMBACKING_TRACE always is) is written on
+ * any crash; one opened later is not on SIGSEGV/SIGBUS, as the handler then in place is not
+ * the default one. */
+#include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
-#include <stddef.h>
 #include <pthread.h>
+#include <signal.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 #if defined(__x86_64__) || defined(__i386__)
 #include <x86intrin.h>
 #define HAVE_TSC 1
@@ -59,6 +81,7 @@
 #endif
 
 #include "internal.h"
+#include "mb_utf8.h"
 
 enum {
   REC_MSG_MAX = 512,        /* message bytes copied into a record */
@@ -241,10 +264,20 @@ typedef struct tbuf {
 } tbuf;
 
 _Atomic bool mb__trace_on;
-static FILE *trace_file;
-/* Lock order: reg_lock, then a tbuf's lock, then trace_lock. */
+/* Lock order: reg_lock, then a tbuf's lock, then trace_lock (a crash takes them in another
+ * order, but only ever tries them). */
 static pthread_mutex_t reg_lock = PTHREAD_MUTEX_INITIALIZER;   /* registry */
-static pthread_mutex_t trace_lock = PTHREAD_MUTEX_INITIALIZER; /* file, calibration */
+static pthread_mutex_t trace_lock = PTHREAD_MUTEX_INITIALIZER; /* out, calibration */
+/* The file and its formatted lines not yet written; under trace_lock. Lines enter whole
+ * (n moves past a line once it is complete) and leave from `done`, so a crash that interrupts
+ * either can carry on from where they stand. */
+enum { OUT_BYTES = 1 << 20 };
+static struct trace_out {
+  int fd;     /* -1: no trace open */
+  int err;    /* the first write error since the last mb_trace_flush (negative errno) */
+  char *buf;  /* OUT_BYTES, allocated at the first open */
+  size_t n, done;
+} out = {.fd = -1};
 static _Atomic uint64_t trace_seq;
 static _Atomic uint64_t trace_gen;
 static tbuf *registry;
@@ -340,15 +373,23 @@ static void put_u64(line *ln, uint64_t v) {
   while (k < sizeof t) ln->buf[ln->n++] = t[k++];
 }
 
-/* Appends s (its first 512 characters at most) as the body of a JSON string. */
+/* Appends s (its first 512 bytes at most, and the rest of a sequence that starts within
+ * them) as the body of a JSON string; a byte that starts no valid UTF-8 sequence becomes
+ * U+FFFD, so the line is valid JSON whatever the names and fields hold. */
 static void put_json(line *ln, const char *s) {
   static const char hex[] = "0123456789abcdef";
-  for (size_t i = 0; s[i] && i < 512; i++) {
-    unsigned char c = (unsigned char)s[i];
+  const unsigned char *p = (const unsigned char *)s, *end = p + 512;
+  while (*p && p < end) {
+    unsigned char c = *p;
     char *o = ln->buf + ln->n;
-    if (c >= 0x20 && c != '"' && c != '\\') {
-      o[0] = (char)c;
-      ln->n++;
+    size_t k = c >= 0x80 ? mb__utf8_len(p) : 1;
+    if (k == 0) {
+      memcpy(o, "\\ufffd", 6);
+      ln->n += 6;
+      k = 1;
+    } else if (c >= 0x20 && c != '"' && c != '\\') {
+      memcpy(o, p, k);
+      ln->n += k;
     } else if (c < 0x20) {
       memcpy(o, "\\u00", 4);
       o[4] = hex[c >> 4];
@@ -359,6 +400,7 @@ static void put_json(line *ln, const char *s) {
       o[1] = (char)c;
       ln->n += 2;
     }
+    p += k;
   }
 }
 
@@ -410,7 +452,29 @@ static struct rec_view rec_view_of(tbuf *b, const rec *r) {
   return v;
 }
 
-static void write_rec(FILE *f, tbuf *b, const rec *r, uint64_t t_ns) {
+/* Writes out's pending lines to the file; under trace_lock. A failed write drops them (the
+ * error is kept for mb_trace_flush): a full disk must not stop the traced program. */
+static void out_drain(void) {
+  while (out.done < out.n) {
+    ssize_t k = write(out.fd, out.buf + out.done, out.n - out.done);
+    if (k < 0 && errno == EINTR) continue;
+    if (k <= 0) {
+      if (!out.err) out.err = k < 0 ? -errno : -EIO;
+      break;
+    }
+    out.done += (size_t)k;
+  }
+  out.n = out.done = 0;
+}
+
+static void out_put(const char *s, size_t n) {
+  if (out.n + n > OUT_BYTES) out_drain();
+  memcpy(out.buf + out.n, s, n);
+  out.n += n;
+}
+
+/* Formats record r of b as one line into out; under trace_lock. */
+static void write_rec(tbuf *b, const rec *r, uint64_t t_ns, bool interp) {
   struct rec_view v = rec_view_of(b, r);
   const mb_msg *m = (r->flags & R_NEXT) ? &b->last.m : rec_message(b, r);
   char fields[512];
@@ -423,6 +487,7 @@ static void write_rec(FILE *f, tbuf *b, const rec *r, uint64_t t_ns) {
   put_u64(&ln, v.seq);
   PUT_LIT(&ln, ",\"t_ns\":");
   put_u64(&ln, t_ns);
+  if (interp) PUT_LIT(&ln, ",\"t_interp\":true");
   PUT_LIT(&ln, ",\"ev\":\"");
   put_json(&ln, ev_names[v.ev]);
   PUT_LIT(&ln, "\",\"loop\":\"");
@@ -437,61 +502,71 @@ static void write_rec(FILE *f, tbuf *b, const rec *r, uint64_t t_ns) {
   put_json(&ln, name_of(v.from_name));
   PUT_LIT(&ln, "\",\"to_name\":\"");
   put_json(&ln, name_of(v.to_name));
-  PUT_LIT(&ln, "\",\"corr\":");
+  PUT_LIT(&ln, "\",\"corr\":\"");
   put_u64(&ln, m->corr);
-  PUT_LIT(&ln, ",\"status\":");
+  PUT_LIT(&ln, "\",\"status\":");
   if (m->status < 0) PUT_LIT(&ln, "-");
   put_u64(&ln, m->status < 0 ? (uint64_t)0 - (uint64_t)(int64_t)m->status : (uint64_t)m->status);
   PUT_LIT(&ln, ",\"fields\":\"");
   put_json(&ln, fx[0] == ' ' ? fx + 1 : fx);
   PUT_LIT(&ln, "\"}\n");
-  fwrite(ln.buf, 1, ln.n, f);
+  out_put(ln.buf, ln.n);
 }
 
-/* Writes b's complete records not yet written; b->lock held. Records of a trace that was
- * closed meanwhile are dropped. */
-static void flush_locked(tbuf *b) {
-  size_t used = atomic_load_explicit(&b->used, memory_order_acquire);
-  if (b->flushed == used) return;
-  pthread_mutex_lock(&trace_lock);
-  bool live = trace_file && b->gen == atomic_load_explicit(&trace_gen, memory_order_relaxed);
-  if (live) {
-    uint64_t end_tsc = ticks();
-    size_t off = b->flushed;
-    uint64_t prev = b->last_tsc;
-    while (off < used) {
-      /* A run of unsampled records up to the next sampled one (or now). */
-      size_t run_end = off;
-      uint32_t n = 0;
-      uint64_t next = end_tsc;
-      while (run_end < used) {
-        const rec *r = (const rec *)(const void *)(b->data + run_end);
-        if (r->flags & R_TS) {
-          next = rec_tsc(r);
-          break;
-        }
-        run_end += r->len;
-        n++;
-      }
-      if (prev == 0 || prev > next) prev = next;
-      uint32_t i = 0;
-      for (; off < run_end; i++) {
-        const rec *r = (const rec *)(const void *)(b->data + off);
-        uint64_t t = prev + (next - prev) * (i + 1) / (n + 1);
-        write_rec(trace_file, b, r, tsc_to_ns(t));
-        off += r->len;
-      }
-      if (off < used) {
-        const rec *r = (const rec *)(const void *)(b->data + off);
-        write_rec(trace_file, b, r, tsc_to_ns(rec_tsc(r)));
-        prev = rec_tsc(r);
-        off += r->len;
-      }
+/* The end of the run of unsampled records from b->flushed (the offset of the next sampled
+ * record, or used), how many it holds, and the TSC that closes it (that record's, or now). */
+static size_t run_of(const tbuf *b, size_t used, uint32_t *n, uint64_t *next) {
+  size_t end = b->flushed;
+  for (*n = 0; end < used; ++*n) {
+    const rec *r = (const rec *)(const void *)(b->data + end);
+    if (r->flags & R_TS) {
+      *next = rec_tsc(r);
+      return end;
     }
-    b->last_tsc = prev;
+    end += r->len;
   }
-  pthread_mutex_unlock(&trace_lock);
+  *next = ticks();
+  return end;
+}
+
+/* Writes b's records from b->flushed to used, each unsampled one at a time interpolated
+ * between the sampled ones around it; under trace_lock. b->flushed and b->last_tsc move with
+ * every record, so that a crash that interrupts a flush carries on after its last line. */
+static void write_records(tbuf *b, size_t used) {
+  while (b->flushed < used) {
+    uint32_t n;
+    uint64_t next;
+    size_t run_end = run_of(b, used, &n, &next);
+    uint64_t prev = b->last_tsc == 0 || b->last_tsc > next ? next : b->last_tsc;
+    for (uint32_t i = 0; b->flushed < run_end; i++) {
+      const rec *r = (const rec *)(const void *)(b->data + b->flushed);
+      write_rec(b, r, tsc_to_ns(prev + (next - prev) * (i + 1) / (n + 1)), true);
+      b->flushed += r->len;
+    }
+    if (b->flushed < used) {
+      const rec *r = (const rec *)(const void *)(b->data + b->flushed);
+      write_rec(b, r, tsc_to_ns(rec_tsc(r)), false);
+      b->last_tsc = rec_tsc(r);
+      b->flushed += r->len;
+    }
+  }
+}
+
+/* Writes b's complete records not yet written; trace_lock held, and b->lock but in a crash.
+ * Records of a trace that was closed meanwhile are dropped. */
+static void drain(tbuf *b) {
+  size_t used = atomic_load_explicit(&b->used, memory_order_acquire);
+  if (out.fd >= 0 && b->gen == atomic_load_explicit(&trace_gen, memory_order_relaxed))
+    write_records(b, used);
   b->flushed = used;
+}
+
+/* b->lock held. */
+static void flush_locked(tbuf *b) {
+  if (b->flushed == atomic_load_explicit(&b->used, memory_order_acquire)) return;
+  pthread_mutex_lock(&trace_lock);
+  drain(b);
+  pthread_mutex_unlock(&trace_lock);
 }
 
 /* The owner's flush: afterwards the buffer is empty. */
@@ -519,8 +594,9 @@ static void tb_exit(void *arg) {
 
 static void tb_key_make(void) { pthread_key_create(&tb_key, tb_exit); }
 
-/* Writes every thread's complete records (of the current trace). */
-static void flush_all(void) {
+/* Writes every thread's complete records (of the current trace) to the file; the first write
+ * error since the last call, or 0. */
+static int flush_all(void) {
   pthread_mutex_lock(&reg_lock);
   for (tbuf *b = registry; b; b = b->next) {
     pthread_mutex_lock(&b->lock);
@@ -529,12 +605,81 @@ static void flush_all(void) {
   }
   pthread_mutex_unlock(&reg_lock);
   pthread_mutex_lock(&trace_lock);
-  if (trace_file) fflush(trace_file);
+  if (out.fd >= 0) out_drain();
+  int err = out.err;
+  out.err = 0;
   pthread_mutex_unlock(&trace_lock);
+  return err;
 }
 
-static void at_exit(void) { flush_all(); }
-static void register_exit(void) { atexit(at_exit); }
+static void at_exit(void) { (void)flush_all(); }
+
+/* ---- fatal signals ------------------------------------------------------------------------
+ * Only the default action is ever replaced (see the top of the file), so the handler ends by
+ * restoring it: a fault then recurs when the handler returns, a sent signal is sent again. */
+
+static const int crash_signals[] = {SIGABRT, SIGBUS, SIGFPE, SIGILL, SIGSEGV};
+static _Atomic int crash_state; /* 0, 1 while a thread flushes, 2 once it is done */
+
+/* Takes m if it comes free within ~200 ms (a thread caught mid-flush never frees it). */
+static bool lock_briefly(pthread_mutex_t *m) {
+  struct timespec ms = {0, 1000000};
+  for (int i = 0; i < 200; i++) {
+    if (pthread_mutex_trylock(m) == 0) return true;
+    nanosleep(&ms, NULL);
+  }
+  return false;
+}
+
+/* Formats and writes what every thread has buffered, with no allocation and no stdio. */
+static void crash_flush(void) {
+  bool reg = lock_briefly(&reg_lock), tr = lock_briefly(&trace_lock);
+  if (out.fd >= 0) {
+    for (tbuf *b = registry; b; b = b->next) {
+      bool held = lock_briefly(&b->lock);
+      drain(b);
+      if (held) pthread_mutex_unlock(&b->lock);
+    }
+    out_drain();
+  }
+  if (tr) pthread_mutex_unlock(&trace_lock);
+  if (reg) pthread_mutex_unlock(&reg_lock);
+}
+
+static void on_crash(int sig, siginfo_t *si, void *uc) {
+  (void)uc;
+  int saved_errno = errno, idle = 0;
+  struct timespec ms = {0, 1000000};
+  if (atomic_compare_exchange_strong(&crash_state, &idle, 1)) {
+    crash_flush();
+    atomic_store(&crash_state, 2);
+  } else {
+    /* Another thread crashed first: let its flush finish before this one ends the process. */
+    for (int i = 0; i < 2000 && atomic_load(&crash_state) == 1; i++) nanosleep(&ms, NULL);
+  }
+  struct sigaction dfl;
+  memset(&dfl, 0, sizeof dfl);
+  dfl.sa_handler = SIG_DFL;
+  sigemptyset(&dfl.sa_mask);
+  sigaction(sig, &dfl, NULL);
+  if (si == NULL || si->si_code <= 0) raise(sig); /* sent (abort, kill): pending until we return */
+  errno = saved_errno;
+}
+
+static void crash_install(void) {
+  for (size_t i = 0; i < sizeof crash_signals / sizeof crash_signals[0]; i++) {
+    struct sigaction cur, sa;
+    /* SIG_DFL reads the same through sa_handler with SA_SIGINFO or without (a union). */
+    if (sigaction(crash_signals[i], NULL, &cur) != 0 || cur.sa_handler != SIG_DFL) continue;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_sigaction = on_crash;
+    sa.sa_flags = SA_SIGINFO | SA_ONSTACK; /* SA_ONSTACK: a stack overflow still flushes */
+    sigemptyset(&sa.sa_mask);
+    for (size_t j = 0; j < sizeof crash_signals / sizeof crash_signals[0]; j++)
+      sigaddset(&sa.sa_mask, crash_signals[j]);
+    sigaction(crash_signals[i], &sa, NULL);
+  }
+}
 
 /* ---- recording ----------------------------------------------------------------------- */
 
@@ -573,6 +718,14 @@ static void tb_restart(tbuf *b, uint64_t gen) {
   b->last_msg = NULL; /* a buffer starts with a whole record */
 }
 
+/* The bytes of a record with these flags, of a message of msz bytes. */
+static size_t rec_len(uint32_t flags, size_t msz) {
+  size_t body = (flags & R_TEXT)   ? sizeof(mb_msg) + 512
+                : (flags & R_SAME) ? 16
+                                   : msz - sizeof(mb_msg) + PACKED_HDR;
+  return (sizeof(rec) + rec_ext(flags) + body + 7) & ~(size_t)7;
+}
+
 /* Any event: the general path (first event of a thread, another thread's actor, a big message,
  * a full buffer, a new trace, a new seq block). */
 __attribute__((noinline)) static void event_slow(int ev, const mb_msg *m) {
@@ -587,18 +740,14 @@ __attribute__((noinline)) static void event_slow(int ev, const mb_msg *m) {
   size_t msz = m->size < sizeof(mb_msg) ? sizeof(mb_msg) : m->size;
   if (msz > REC_MSG_MAX) flags |= R_TEXT;
   else if (local && m == b->last_msg && evi == MB__EV_DELIVER) flags |= R_SAME;
-  size_t body = (flags & R_TEXT)   ? sizeof(mb_msg) + 512
-                : (flags & R_SAME) ? 16
-                                   : msz - sizeof(mb_msg) + PACKED_HDR;
-  size_t len = (sizeof(rec) + rec_ext(flags) + body + 7) & ~(size_t)7;
+  size_t len = rec_len(flags, msz);
   size_t used = atomic_load_explicit(&b->used, memory_order_relaxed);
   if (__builtin_expect(gen != b->gen || used + len > BUF_BYTES, 0)) {
-    tb_restart(b, gen); /* the buffer starts with a whole message: no R_SAME */
+    tb_restart(b, gen);
     used = 0;
-    if (flags & R_SAME) {
-      flags &= ~(uint32_t)R_SAME;
-      len = (sizeof(rec) + rec_ext(flags) + msz - sizeof(mb_msg) + PACKED_HDR + 7) & ~(size_t)7;
-    }
+    /* A buffer starts with a whole message (no R_SAME) and a time that was read. */
+    flags = (flags & ~(uint32_t)R_SAME) | R_TS;
+    len = rec_len(flags, msz);
   }
   if (!local || b->seq_next == b->seq_end) {
     b->seq_next = atomic_fetch_add_explicit(&trace_seq, SEQ_BLOCK, memory_order_acq_rel);
@@ -711,28 +860,39 @@ void mb__trace_event(int ev, const mb_msg *m) {
 
 /* ---- open and close ------------------------------------------------------------------ */
 
+static void first_open(void) {
+  out.buf = malloc(OUT_BYTES);
+  atexit(at_exit);
+  crash_install();
+}
+
 int mb_trace_open(const char *path) {
-  FILE *f = path ? fopen(path, "w") : NULL;
-  if (path && !f) return MB_EINVAL;
-  if (f) setvbuf(f, NULL, _IOFBF, 1 << 20); /* a flush writes megabytes: few system calls */
-  static pthread_once_t exit_once = PTHREAD_ONCE_INIT;
-  if (f) pthread_once(&exit_once, register_exit);
-  flush_all(); /* the previous trace's records go to its file */
+  static pthread_once_t once = PTHREAD_ONCE_INIT;
+  int fd = path ? open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0666) : -1;
+  if (path && fd < 0) return MB_EINVAL;
+  if (path) pthread_once(&once, first_open);
+  if (path && !out.buf) {
+    close(fd);
+    return MB_ENOMEM;
+  }
+  (void)flush_all(); /* the previous trace's records go to its file */
   pthread_mutex_lock(&trace_lock);
-  if (trace_file) fclose(trace_file);
-  trace_file = f;
-  if (f) calibrate();
+  if (out.fd >= 0) close(out.fd);
+  out.fd = fd;
+  if (fd >= 0) calibrate();
   atomic_fetch_add_explicit(&trace_gen, 1, memory_order_acq_rel);
-  atomic_store(&mb__trace_on, f != NULL);
+  atomic_store(&mb__trace_on, fd >= 0);
   pthread_mutex_unlock(&trace_lock);
   return MB_OK;
 }
+
+int mb_trace_flush(void) { return flush_all(); }
 
 void mb_trace_close(void) { (void)mb_trace_open(NULL); }
 
 void mb_trace_pause(bool paused) {
   pthread_mutex_lock(&trace_lock);
-  atomic_store(&mb__trace_on, !paused && trace_file != NULL);
+  atomic_store(&mb__trace_on, !paused && out.fd >= 0);
   pthread_mutex_unlock(&trace_lock);
 }
 

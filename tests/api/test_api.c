@@ -27,7 +27,7 @@ static void check_inspect(mb_mm *mm, mb_mapper *m) {
   assert_int_equal(mb_mm_inspect_sync(mm, &json), 0);
   mb_mapper_unlock(lock);
   const char *keys[] = {"\"regions\":", "\"visible\":", "\"pending\":", "\"stages\":",
-                        "\"region_manager\":", "\"rm.region_add\":", "\"mappers\":",
+                        "\"region_manager\":", "\"rm.region_add\":{\"samples\":", "\"mappers\":",
                         "\"established\":", "\"locks\":[{\"gpa\":983040", "\"partitions\":",
                         "\"slots\":", "\"name\":\"rom\""};
   for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++)

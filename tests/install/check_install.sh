@@ -34,4 +34,12 @@ C
 # shellcheck disable=SC2046
 cc -std=gnu11 -o "$root/vmm" "$root/vmm.c" $(pkg-config --cflags --libs membacking)
 "$root/vmm"
-echo "prefix $prefix: installed headers and pkg-config work"
+# The tools a VMM author uses on recordings and traces are installed and run.
+bin="$root$prefix/bin"
+for tool in membacking-replay membacking-trace; do
+  [ -x "$bin/$tool" ] || { echo "$tool was not installed in $prefix/bin"; exit 1; }
+done
+printf 'object memfd ram 64K fill=0x11\nregion add ram 0 64K\nmapping add ram 0 64K ram 0\nregion map ram\nmapper add m eager\nread m 0 2 => 1111\n' > "$root/t.mbs"
+"$bin/membacking-replay" --quiet "$root/t.mbs"
+"$bin/membacking-trace" --help >/dev/null 2>&1 || [ $? -eq 2 ] # usage: 0 or 2, not a crash
+echo "prefix $prefix: installed headers, pkg-config and tools work"

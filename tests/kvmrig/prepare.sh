@@ -39,7 +39,10 @@ if [ -z "$have" ]; then
   tmp=$(mktemp -d "$cache/fetch.XXXXXX")
   trap 'rm -rf "$tmp"' EXIT
   # The package lists may be stale (the mirror dropped that version): update once, retry.
-  fetch() { (cd "$tmp" && apt-get download -q "$pkg" 2>&1 | grep -v unsandboxed || true); ls "$tmp"/*.deb >/dev/null 2>&1; }
+  fetch() {
+    (cd "$tmp" && apt-get download -q "$pkg" 2>&1 | grep -v unsandboxed || true)
+    ls "$tmp"/*.deb >/dev/null 2>&1
+  }
   fetch || { "${sudo[@]}" apt-get update -qq; pkg=$(image); fetch; } ||
     { echo "kvmrig: cannot download $pkg" >&2; exit 1; }
   dpkg-deb -x "$tmp"/*.deb "$tmp/root"

@@ -8,12 +8,12 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 [ $# -ge 1 ] || { echo "usage: $0 CMD [ARGS...]" >&2; exit 2; }
 die() { echo "rig: $*" >&2; exit 125; }
-cache=${RIG_CACHE:-$here/../../build-kvmrig}
 kernel=${RIG_KERNEL:-6.12}
 timeout=${RIG_TIMEOUT:-600}
 rw=${RIG_RW-$(cd "$here/../.." && pwd)}
 verbose=${RIG_VERBOSE:-0}
 
+cache=$(cd "${RIG_CACHE:-$here/../../build-kvmrig}" 2>/dev/null && pwd) || die "no cache: run $here/prepare.sh"
 # The newest cached kernel of that version (6.1 must not pick 6.12).
 kdir=$(ls -d "$cache/kernels/linux-image-$kernel"[.+-]* 2>/dev/null | sort -V | tail -n 1 || true)
 [ -n "$kdir" ] || die "no kernel $kernel in $cache: run $here/prepare.sh"
@@ -99,11 +99,15 @@ if [ "$verbose" != 0 ]; then
 fi
 [ "$qrc" != 124 ] && [ "$qrc" != 137 ] || { echo "rig: timed out after ${timeout} s (RIG_TIMEOUT)" >&2; exit 124; }
 [ ! -f "$job/rc" ] || exit "$(cat "$job/rc")"
-# The first line says why (init's failure, else QEMU's last word); then the logs.
+# The first line says why (init's failure, else a kernel crash, else QEMU's last word).
+when=before
+[ ! -f "$job/started" ] || when=while
 why=$(head -n 1 "$job/fail" 2>/dev/null || true)
-[ -n "$why" ] || why=$(grep -v '^$' "$job/qemu.log" | tail -n 1 || true)
+[ -n "$why" ] || [ $when = before ] ||
+  why=$(grep -m 1 -E 'Kernel panic|BUG:|Oops|general protection' "$job/console.log" || true)
+[ -n "$why" ] || why=$(grep -v '^ *$' "$job/qemu.log" | tail -n 1 || true)
 {
-  echo "rig: the VM stopped before the command ran (qemu exit $qrc): ${why:-no reason given}"
+  echo "rig: the VM stopped $when the command ran (qemu exit $qrc): ${why:-no reason given}"
   echo "rig: ---- qemu ----"
   tail -n 20 "$job/qemu.log"
   echo "rig: ---- console (tail) ----"

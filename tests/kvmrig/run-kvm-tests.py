@@ -51,14 +51,26 @@ def shared_dirs(dirs):
     return out
 
 
+def stop(p):
+    """SIGTERM first: run-in-kvm.sh then stops QEMU, which `timeout` put in a group of its own."""
+    os.killpg(p.pid, signal.SIGTERM)
+    try:
+        p.wait(10)
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)
+
+
 def run_bounded(cmd, seconds, **kw):
-    """subprocess.run that kills the whole process group (apt, QEMU) when time runs out."""
+    """subprocess.run that stops the whole process group (apt, QEMU) when time runs out."""
     p = subprocess.Popen(cmd, start_new_session=True, stdin=subprocess.DEVNULL, **kw)
     try:
         return p.communicate(timeout=max(seconds, 1))[0], p.returncode
     except subprocess.TimeoutExpired:
-        os.killpg(p.pid, signal.SIGKILL)
+        stop(p)
         return p.communicate()[0], None
+    except BaseException:  # interrupted: leave no QEMU behind
+        stop(p)
+        raise
 
 
 def host(build, out_path):
@@ -82,11 +94,14 @@ def host(build, out_path):
     if listing.returncode:
         return finish('meson introspect failed: ' + listing.stderr.strip())
     tests = [t for t in json.loads(listing.stdout) if selected(t)]
+    if not tests:
+        print('kvm tests: none in %s' % build)
+        return finish()
     # Packages and kernel: at most half the time, the VM gets the rest.
     output, rc = run_bounded([os.path.join(HERE, 'prepare.sh')], timeout / 2,
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    print(output, end='', flush=True)
     if rc != 0:
-        print(output, end='')
         return finish('prepare.sh (packages, kernel) %s'
                       % ('timed out' if rc is None else 'exited %d' % rc))
     vm_seconds = int(deadline - time.monotonic())
@@ -123,7 +138,8 @@ def host(build, out_path):
     elif rc == OUT_OF_TIME:
         reason = 'out of time after %d of %d tests (RIG_TIMEOUT)' % (len(results), len(tests))
     else:
-        reason = why[0] if why else 'the runner in the guest exited %d' % rc
+        reason = '%s, after %d of %d tests' % (why[0] if why else 'the runner in the guest exited %d'
+                                               % rc, len(results), len(tests))
     return finish(reason)
 
 
@@ -168,7 +184,7 @@ def guest(run):
     with open(os.path.join(run, 'results.json'), 'a') as out:
         for i, t in enumerate(tests, 1):
             left = budget - (time.monotonic() - start)
-            own = t['timeout'] * multiplier if t['timeout'] > 0 else left
+            own = t['timeout'] * multiplier if t['timeout'] > 0 else float('inf')
             began, wall = time.monotonic(), time.time()
             ran = run_test(t, job['workdir'], min(own, left), own) if left > 0 else None
             if ran is None:
@@ -200,6 +216,7 @@ def main():
     if len(sys.argv) != 3:
         print(__doc__, file=sys.stderr)
         return 2
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so that run_bounded cleans up
     return host(sys.argv[1], sys.argv[2])
 
 

@@ -245,7 +245,7 @@ static void test_locks_against_teardowns(void **state) {
                 (unsigned long long)atomic_load(&w.refused),
                 (unsigned long long)atomic_load(&w.teardowns));
   uint64_t parked = 0;
-  for (int m = 0; m < 3; m++) parked += mb_vam_stats_get(w.mappers[m]->vam).parked;
+  for (int m = 0; m < 3; m++) parked += mb_vam_stats_get(mb__mapper_vam(w.mappers[m])).parked;
   print_message("teardowns parked behind a lock: %llu\n", (unsigned long long)parked);
   assert_true(atomic_load(&w.locked) > 0);
   assert_true(atomic_load(&w.teardowns) > 0);

@@ -46,6 +46,8 @@ typedef struct replay_entry {
   char name[SCENARIO_NAME_SIZE];
   unsigned refs;
   bool live; /* still in its table */
+  bool shadowed; /* --fault-check: the name was defined again while this one lived (its
+                  * remove had failed); lookups skip it, the table keeps it to the end */
   mb_region_id region;
   mb_object *object;
   mb_mapper *mapper;
@@ -64,6 +66,7 @@ typedef struct replay_table {
 typedef struct replay_config {
   replay_layout layout;
   bool kvm_partitions; /* --partitions=kvm: every `partition add NAME soft` makes a kvm one */
+  bool fault_check;    /* --fault-check: see replay_fault.c */
 } replay_config;
 
 /* The memory a file may make the runner use at run time: access buffers live at once plus
@@ -72,6 +75,24 @@ typedef struct replay_config {
 #define REPLAY_MEMORY_MAX (UINT64_C(256) << 20)
 
 typedef struct replay_op replay_op;
+
+/* What --fault-check has seen of the injected failure so far (replay_fault.c). */
+typedef struct replay_fault {
+  uint64_t fds;            /* open fds before the world was set up */
+  char *maps;              /* the library's mappings then (/proc/self/maps lines) */
+  unsigned diverged;       /* results or states that differed from the file's */
+  unsigned report_line;    /* the first operation that answered an error it was not expected
+                            * to, once the failure was injected (0: none yet) */
+  int report_status;
+  char *report_cmd;
+  unsigned inject_line;    /* the command during which the injection was first seen */
+  char *inject_cmd;
+  unsigned since_inject;   /* commands run since then */
+  bool stuck;              /* an operation never completed */
+  unsigned stopped_line;   /* the file stopped there: it waits behind a lock the script holds */
+  unsigned inspect_failed; /* introspections that failed (nothing to compare with) */
+  char *kept_maps;         /* mappings left after an injected munmap failure (the kernel's) */
+} replay_fault;
 
 typedef struct replay_world {
   const scenario *sc;
@@ -92,6 +113,7 @@ typedef struct replay_world {
   replay_op **labels;      /* by index of the `async` command: its operation until awaited */
   uint64_t completions;    /* operations completed, for quiescence */
   uint64_t memory;         /* charged against REPLAY_MEMORY_MAX: live buffers, filled objects */
+  replay_fault *fault;     /* --fault-check: its observations (owned by replay_run); else NULL */
 } replay_world;
 
 /* Set up loops and the manager for `sc`. 0, or an error (msg filled). */
@@ -186,6 +208,12 @@ void replay_worker_quiet(void);
 bool replay_check_result(const replay_op *op, const scenario_expect *e, char **got);
 /* Compare state answers with expect region / partition / mapper commands. */
 bool replay_check_state(const replay_op *op, const scenario_cmd *expect, char **got);
+/* Ranges as RANGES are written: ascending, adjacent ranges with the same access merged
+ * (r->items malloc'd). False when out of memory. */
+bool replay_ranges_normalise(const mb_range_list *l, scenario_ranges *r);
+bool replay_ranges_equal(const scenario_ranges *a, const scenario_ranges *b);
+/* RANGES text ("none", "0+16M:rw 16M+16K:ro"), malloc'd. */
+char *replay_ranges_text(const scenario_ranges *r);
 
 /* ---- the executor ------------------------------------------------------------------------------ */
 
@@ -195,6 +223,38 @@ typedef enum replay_outcome { REPLAY_PASS, REPLAY_FAIL, REPLAY_SKIP } replay_out
  * HAPPENED", one line, malloc'd); on SKIP, *message says why. */
 replay_outcome replay_run(const scenario *sc, const replay_config *cfg, unsigned *fail_line,
                           char **message);
+
+/* ---- --fault-check: consumers against the manager after an injected failure -------------------
+ *
+ * The library is built with fault injection and armed from the environment (MB_FI, see
+ * mem/fault_inject.h). A result that differs from the file's is not a failure; instead, at
+ * every quiet point (no operation in flight) each consumer must agree with the manager's
+ * visible map, and after the teardown no fd and none of the library's mappings may be left. */
+
+/* Before the world is set up: what a clean teardown must come back to. */
+void replay_fault_begin(replay_fault *f);
+/* An operation finished (matched: its result was the file's). */
+void replay_fault_result(replay_world *w, const replay_op *op, const scenario_cmd *shown,
+                         bool matched);
+/* After command `cmd` ran (its result differed from the file's: diverged): notes the
+ * injection, and checks the consumers when the world is quiet (at the points replay_fault.c
+ * says). False (with *why: "WHAT / HAPPENED", malloc'd) on a disagreement. */
+bool replay_fault_after(replay_world *w, const scenario_cmd *cmd, bool diverged, bool last,
+                        char **why);
+/* Note that the injection fired during `cmd`, if it did and was not noted before. */
+void replay_fault_note(replay_fault *f, const scenario_cmd *cmd);
+/* Did an operation, or one of the runner's own calls of the library, report it? */
+bool replay_fault_reported(const replay_fault *f);
+/* The library answered one of the runner's own calls (a post, a barrier, a query of the
+ * checks) with `status`: after an injection, that reports it. Any thread. */
+void replay_runner_error(const char *what, int status);
+/* After the teardown: leaks. False (with *why) when something was left behind. */
+bool replay_fault_end(replay_fault *f, char **why);
+/* One line saying what was injected, when, and who reported it (malloc'd). */
+char *replay_fault_summary(const replay_fault *f);
+void replay_fault_free(replay_fault *f);
+/* Failures injected so far, over every kind. */
+uint64_t replay_fault_injected(void);
 
 /* ---- kvm ------------------------------------------------------------------------------------- */
 

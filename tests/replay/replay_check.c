@@ -119,9 +119,7 @@ static int by_gpa(const void *a, const void *b) {
   return x->gpa < y->gpa ? -1 : x->gpa > y->gpa;
 }
 
-/* The actual ranges in the form RANGES are written in: ascending, adjacent ranges with the same
- * access merged. False when out of memory. */
-static bool normalise(const mb_range_list *l, scenario_ranges *r) {
+bool replay_ranges_normalise(const mb_range_list *l, scenario_ranges *r) {
   *r = (scenario_ranges){NULL, 0};
   if (!l || l->count == 0) return true;
   if (!(r->items = calloc(l->count, sizeof *r->items))) return false;
@@ -138,7 +136,7 @@ static bool normalise(const mb_range_list *l, scenario_ranges *r) {
   return true;
 }
 
-static bool same_ranges(const scenario_ranges *a, const scenario_ranges *b) {
+bool replay_ranges_equal(const scenario_ranges *a, const scenario_ranges *b) {
   if (a->n != b->n) return false;
   for (size_t i = 0; i < a->n; i++) {
     const scenario_range *x = &a->items[i], *y = &b->items[i];
@@ -148,26 +146,33 @@ static bool same_ranges(const scenario_ranges *a, const scenario_ranges *b) {
 }
 
 /* RANGES text through the scenario printer: an `expect mapper` line, minus its head. */
-static char *ranges_text(const scenario_ranges *r) {
+char *replay_ranges_text(const scenario_ranges *r) {
   scenario_cmd c = {.kind = SCENARIO_EXPECT_MAPPER};
   c.expect_ranges.name[0] = 'x';
   c.expect_ranges.ranges = *r;
   char *line = replay_command_text(&c);
   const char *head = "expect mapper x ";
   char *s = line && strncmp(line, head, strlen(head)) == 0
-                ? replay_strdupf("got %s", line + strlen(head))
+                ? replay_strdupf("%s", line + strlen(head))
                 : NULL;
   free(line);
   return s;
 }
 
+static char *ranges_text(const scenario_ranges *r) {
+  char *text = replay_ranges_text(r);
+  char *s = text ? replay_strdupf("got %s", text) : NULL;
+  free(text);
+  return s;
+}
+
 static bool check_ranges(const replay_op *op, const scenario_cmd *expect, char **got) {
   scenario_ranges actual;
-  if (!normalise(op->ranges, &actual)) {
+  if (!replay_ranges_normalise(op->ranges, &actual)) {
     *got = replay_strdupf("failed: out of memory");
     return false;
   }
-  bool ok = same_ranges(&actual, &expect->expect_ranges.ranges);
+  bool ok = replay_ranges_equal(&actual, &expect->expect_ranges.ranges);
   if (!ok) *got = ranges_text(&actual);
   free(actual.items);
   return ok;

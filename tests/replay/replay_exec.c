@@ -2,7 +2,8 @@
  * world: a synchronous operation is issued and waited for, `async` issues without waiting,
  * `await` waits and checks, `expect pending` lets every actor run out of work first, and the
  * state expectations query the manager, a partition or a mapper. The first unmet expectation
- * ends the file. */
+ * ends the file, except under --fault-check (replay_fault.c), where the checks after each
+ * command decide. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -25,10 +26,12 @@ static bool finish(replay_world *w, replay_op *op, const scenario_cmd *shown,
                    const scenario_expect *e, char **why) {
   if (replay_wait(w, op) != 0) {
     *why = failure(shown, replay_strdupf("never completed: no actor has work left"));
+    if (w->fault) w->fault->stuck = true;
     return false;
   }
   char *got = NULL;
   bool ok = e ? replay_check_result(op, e, &got) : replay_check_state(op, shown, &got);
+  if (w->fault) replay_fault_result(w, op, shown, ok);
   if (!ok) *why = failure(shown, got);
   replay_op_free(op);
   return ok;
@@ -102,13 +105,46 @@ static char *skip_reason(const scenario *sc, const replay_config *cfg) {
   return s;
 }
 
+/* --fault-check: an operation that never completes waits behind a lock the script holds (a lock
+ * the file expected to fail may succeed now): the file stops there. Without a lock, it hangs. */
+static bool stop_here(replay_world *w, const scenario_cmd *cmd) {
+  if (!w->fault->stuck || w->tables[REPLAY_NS_LOCK].n == 0) return false;
+  w->fault->stopped_line = cmd->line;
+  return true;
+}
+
+/* --fault-check: an async operation never awaited answers too, if no other one did. */
+static void note_unawaited(replay_world *w) {
+  replay_fault *f = w->fault;
+  for (replay_op *op = w->ops; op && !f->report_line; op = op->next) {
+    if (replay_op_is_done(op) && op->status != 0 && !op->refusal &&
+        scenario_cmd_is_operation(op->cmd->kind) && replay_fault_injected() > 0) {
+      f->report_line = op->cmd->line;
+      f->report_status = op->status;
+      f->report_cmd = replay_command_text(op->cmd);
+    }
+  }
+}
+
 static replay_outcome run_commands(replay_world *w, unsigned *line, char **message) {
   for (size_t i = 0; i < w->sc->ncmds; i++) {
-    if (!exec_command(w, i, message)) {
-      *line = w->sc->cmds[i].line;
+    const scenario_cmd *cmd = &w->sc->cmds[i];
+    bool ok = exec_command(w, i, message), diverged = !ok;
+    if (w->fault) replay_fault_note(w->fault, cmd);
+    if (!ok && w->fault && (!w->fault->stuck || stop_here(w, cmd))) {
+      free(*message); /* a result the injected failure changed: the checks below decide */
+      *message = NULL;
+      w->fault->diverged += !w->fault->stuck;
+      if (!w->fault->stuck) ok = true;
+      else break;
+    }
+    if (ok && w->fault) ok = replay_fault_after(w, cmd, diverged, i + 1 == w->sc->ncmds, message);
+    if (!ok) {
+      *line = cmd->line;
       return REPLAY_FAIL;
     }
   }
+  if (w->fault) note_unawaited(w);
   return REPLAY_PASS;
 }
 
@@ -117,16 +153,54 @@ static unsigned last_line(const scenario *sc) {
   return sc->ncmds ? sc->cmds[sc->ncmds - 1].line : 1;
 }
 
+/* --fault-check: was the injected failure reported? Setting up counts as an operation. */
+static replay_outcome check_reported(replay_fault *f, replay_outcome out, unsigned *line,
+                                     char **message) {
+  if (out != REPLAY_PASS || !f->inject_line || replay_fault_reported(f)) return out;
+  *line = f->inject_line;
+  *message = replay_strdupf("%s / the injected failure was not reported: no operation answered "
+                            "an error", f->inject_cmd ? f->inject_cmd : "?");
+  return REPLAY_FAIL;
+}
+
+/* --fault-check: the verdict, with what was injected, when, and who reported it. */
+static replay_outcome fault_verdict(replay_fault *f, replay_outcome out, const scenario *sc,
+                                    unsigned *line, char **message) {
+  char *why = NULL;
+  out = check_reported(f, out, line, message);
+  if (out == REPLAY_PASS && !replay_fault_end(f, &why)) {
+    out = REPLAY_FAIL;
+    *line = last_line(sc);
+    *message = why;
+  }
+  char *summary = replay_fault_summary(f);
+  char *s = out == REPLAY_PASS ? replay_strdupf("%s", summary ? summary : "?")
+                               : replay_strdupf("%s [%s]", *message ? *message : "? / ?",
+                                                summary ? summary : "?");
+  free(summary);
+  free(*message);
+  *message = s;
+  return out;
+}
+
 replay_outcome replay_run(const scenario *sc, const replay_config *cfg, unsigned *line,
                           char **message) {
   *line = 0;
   *message = NULL;
   if ((*message = skip_reason(sc, cfg))) return REPLAY_SKIP;
+  replay_fault fault;
+  if (cfg->fault_check) replay_fault_begin(&fault);
   replay_world w;
   char msg[256] = "";
   replay_outcome out = REPLAY_FAIL;
   if (replay_world_init(&w, sc, cfg, msg, sizeof msg) == 0) {
+    w.fault = cfg->fault_check ? &fault : NULL;
     out = run_commands(&w, line, message);
+  } else if (cfg->fault_check && replay_fault_injected() > 0) {
+    out = REPLAY_PASS; /* the failure was reported where it happened */
+    fault.inject_line = fault.report_line = first_line(sc);
+    fault.inject_cmd = replay_strdupf("setting up");
+    fault.report_cmd = replay_strdupf("setting up: %s", msg);
   } else {
     *line = first_line(sc);
     *message = replay_strdupf("setting up / %s", msg);
@@ -135,6 +209,10 @@ replay_outcome replay_run(const scenario *sc, const replay_config *cfg, unsigned
     out = REPLAY_FAIL;
     *line = last_line(sc);
     *message = replay_strdupf("tearing down / the client loop still has handles open");
+  }
+  if (cfg->fault_check) {
+    out = fault_verdict(&fault, out, sc, line, message);
+    replay_fault_free(&fault);
   }
   return out;
 }

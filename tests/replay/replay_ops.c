@@ -63,8 +63,14 @@ static bool charge(replay_world *w, replay_op *op, uint64_t bytes, const char *w
     if (op->status == 0) replay_name_remove(op->w, ns, op->entry);                             \
   }
 APPLY_REMOVE(apply_region_remove, REPLAY_NS_REGION)
-APPLY_REMOVE(apply_mapper_remove, REPLAY_NS_MAPPER)
 APPLY_REMOVE(apply_partition_remove, REPLAY_NS_PARTITION)
+
+/* A mapper remove that answers a negative errno (not one of the runtime's or the format's
+ * codes) removed the mapper all the same: only the kernel kept its VA range (membacking.h). */
+static void apply_mapper_remove(replay_op *op) {
+  bool errno_code = op->status < 0 && op->status > MB_EGONE;
+  if (op->status == 0 || errno_code) replay_name_remove(op->w, REPLAY_NS_MAPPER, op->entry);
+}
 
 /* ---- objects --------------------------------------------------------------------------------- */
 

@@ -68,12 +68,14 @@ static void run_access(replay_op *op) {
   }
   W.posting = true;
   pthread_mutex_unlock(&W.mu);
+  int posted = 0;
   if (!lock) {
-    (void)mb_loop_post(client, wake_noop, NULL);
-  } else if (mb_loop_post(client, lock_done, op) != 0) {
+    posted = mb_loop_post(client, wake_noop, NULL); /* failed: the stall check wakes it */
+  } else if ((posted = mb_loop_post(client, lock_done, op)) != 0) {
     mb_mapper_unlock((mb_lock *)(uintptr_t)op->value); /* no client loop any more */
     atomic_store_explicit(&op->done, true, memory_order_release);
   }
+  if (posted && posted != MB_ESTOPPED) replay_runner_error("posting to the client loop", posted);
   pthread_mutex_lock(&W.mu);
   W.busy = false; /* a lock: only now, so idle implies its completion is on the client loop */
   W.posting = false;

@@ -54,7 +54,7 @@ void replay_loop_free(replay_world *w, mb_loop *loop) {
 replay_entry *replay_name_lookup(replay_world *w, replay_ns ns, const char *name) {
   replay_table *t = &w->tables[ns];
   for (size_t i = 0; i < t->n; i++)
-    if (strcmp(t->items[i]->name, name) == 0) return t->items[i];
+    if (!t->items[i]->shadowed && strcmp(t->items[i]->name, name) == 0) return t->items[i];
   return NULL;
 }
 
@@ -69,6 +69,10 @@ replay_entry *replay_name_add(replay_world *w, replay_ns ns, const char *name) {
   }
   replay_entry *e = calloc(1, sizeof *e);
   if (!e) return NULL;
+  /* Only under --fault-check (the parser refuses it otherwise): the old one's remove failed.
+   * It stays in the table, unnamed, as the manager keeps it. */
+  replay_entry *old = replay_name_lookup(w, ns, name);
+  if (old) old->shadowed = true;
   snprintf(e->name, sizeof e->name, "%s", name);
   e->refs = 1;
   e->live = true;

@@ -71,6 +71,26 @@ static void test_parse_good(void **unused) {
   assert_int_equal(r.ev, TRACE_CALL);
 }
 
+/* corr as the runtime writes it, a decimal string (all 64 bits), and t_interp. */
+static void test_parse_corr_interp(void **unused) {
+  (void)unused;
+  trace_rec r;
+  char err[256] = "";
+  assert_int_equal(parse(REC_HEAD "\"to\":\"home/1.1\",\"kind\":\"add\","
+                                  "\"corr\":\"18446744073709551615\",\"status\":0,"
+                                  "\"fields\":\"\",\"t_interp\":true}",
+                         &r, err, sizeof err),
+                   0);
+  assert_true(r.corr == UINT64_MAX && r.t_interp);
+  assert_int_equal(parse(REC_HEAD "\"t_interp\":false,\"to\":\"home/1.1\",\"kind\":\"add\","
+                                  "\"corr\":\"0\",\"status\":0,\"fields\":\"\"}",
+                         &r, err, sizeof err),
+                   0);
+  assert_true(r.corr == 0 && !r.t_interp);
+  assert_int_equal(parse(REC_HEAD REC_TAIL, &r, err, sizeof err), 0); /* older: no t_interp */
+  assert_false(r.t_interp);
+}
+
 static void test_parse_errors(void **unused) {
   (void)unused;
   static const struct {
@@ -89,6 +109,13 @@ static void test_parse_errors(void **unused) {
       {"{\"seq\":18446744073709551616", "out of range"},
       {"{\"status\":2147483648", "out of range"},
       {"{\"seq\":\"1\"", "wants an integer"},
+      {"{\"corr\":\"\"", "wants a decimal string"},
+      {"{\"corr\":\"01\"", "wants a decimal string"},
+      {"{\"corr\":\"1x\"", "wants a decimal string"},
+      {"{\"corr\":\"-1\"", "wants a decimal string"},
+      {"{\"corr\":\"18446744073709551616\"", "wants a decimal string"},
+      {"{\"corr\":1.5", "not a fraction"},
+      {"{\"t_interp\":1", "wants true or false"},
       {"{\"ev\":\"jump\"", "unknown event \"jump\""},
       {"{\"from\":\"home\"", "is not an address"},
       {"{\"to\":\"home/1\"", "is not an address"},
@@ -160,6 +187,7 @@ static void test_read_file(void **unused) {
   msg = read_errors(LINE(2) LINE(0) LINE(1), &rc, &t); /* out of order: sorted */
   assert_int_equal(rc, 0);
   assert_int_equal(t.nrecs, 3);
+  assert_int_equal(t.ninterp, 0);
   for (size_t i = 0; i < 3; i++) assert_int_equal(t.recs[i].seq, i);
   assert_int_equal(t.recs[0].line, 2);
   free(msg);
@@ -353,7 +381,8 @@ static void test_chrome_utf8(void **unused) {
 
 int main(void) {
   const struct CMUnitTest tests[] = {
-      cmocka_unit_test(test_parse_good),   cmocka_unit_test(test_parse_errors),
+      cmocka_unit_test(test_parse_good),   cmocka_unit_test(test_parse_corr_interp),
+      cmocka_unit_test(test_parse_errors),
       cmocka_unit_test(test_read_file),    cmocka_unit_test(test_link_nesting),
       cmocka_unit_test(test_link_edges),   cmocka_unit_test(test_golden),
       cmocka_unit_test(test_chrome_utf8),

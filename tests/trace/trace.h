@@ -39,6 +39,7 @@ typedef struct trace_rec {
   uint64_t seq, t_ns, corr;
   int32_t status;
   trace_ev ev;
+  bool t_interp;  /* t_ns was interpolated by the runtime, not read from the clock */
   uint32_t line;  /* 1-based line in the file */
   char *loop, *from, *to, *kind, *from_name, *to_name, *fields;
   char *buf;
@@ -89,6 +90,7 @@ typedef struct trace {
   trace_req *reqs;
   size_t nreqs, capreqs;
   uint64_t t0, t1; /* earliest and latest t_ns */
+  size_t ninterp;  /* records whose t_ns was interpolated (a trace with sampled times) */
   size_t *actor_index; /* open-addressing hash of actors by address */
   size_t actor_index_cap;
 } trace;

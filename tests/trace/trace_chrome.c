@@ -275,7 +275,8 @@ static void put_slice(chrome *c, const slice *s) {
   fputs(",\"to\":", c->out);
   put_cstr(c->out, trace_actor_label(t, s->hop != TRACE_NONE ? t->hops[s->hop].actor : q->target,
                                      label, sizeof label));
-  fprintf(c->out, ",\"corr\":%" PRIu64 ",\"seq\":%" PRIu64 ",\"end\":\"%s\"", r->corr, r->seq,
+  /* corr as a string, as in the trace: JavaScript viewers would round it above 2^53 */
+  fprintf(c->out, ",\"corr\":\"%" PRIu64 "\",\"seq\":%" PRIu64 ",\"end\":\"%s\"", r->corr, r->seq,
           end == TRACE_NONE ? "unanswered" : trace_ev_name(t->recs[end].ev));
   if (end != TRACE_NONE) fprintf(c->out, ",\"status\":%" PRId32, t->recs[end].status);
   fputs(",\"fields\":", c->out);

@@ -1,11 +1,13 @@
 /* trace_read.c: parsing trace records, one flat JSON object per line (runtime/trace.c).
  *
- * Not a general JSON parser: a record is one object whose values are strings or integers.
- * Required keys: seq, t_ns, ev, loop, from, to, kind, corr, status, fields; from_name and
- * to_name are optional (older traces lack them). Other keys are skipped when their value is a
- * scalar, so that a newer writer's extra fields do not break the reader. Any other deviation
- * (a nested value, a fraction where an integer belongs, a duplicate key, an unknown event,
- * an address that is not LOOP/SLOT.GEN or "-", text after the object) rejects the line. */
+ * Not a general JSON parser: a record is one object whose values are strings, integers or
+ * booleans. Required keys: seq, t_ns, ev, loop, from, to, kind, corr, status, fields;
+ * from_name, to_name and t_interp are optional (older traces lack them, t_interp is there only
+ * when true). corr is a decimal string (an integer in older traces: both are read). Other
+ * keys are skipped when their value is a scalar, so that a newer writer's extra fields do not
+ * break the reader. Any other deviation (a nested value, a fraction where an integer belongs,
+ * a duplicate key, an unknown event, an address that is not LOOP/SLOT.GEN or "-", text after
+ * the object) rejects the line. */
 #include <errno.h>
 #include <inttypes.h>
 #include <stdarg.h>
@@ -186,6 +188,44 @@ static int parse_i32(cursor *c, const char *key, int32_t *out) {
   return 0;
 }
 
+/* corr: a string of decimal digits (what the runtime writes: JavaScript readers would round
+ * an integer above 2^53), or an integer (older traces). */
+static int parse_corr(cursor *c, const char *key, uint64_t *out) {
+  skip_ws(c);
+  if (c->p >= c->end || *c->p != '"') return parse_u64(c, key, out);
+  char *s = c->p, *text;
+  if (parse_string(c, &text)) return -1;
+  size_t n = strspn(text, "0123456789");
+  uint64_t v = 0;
+  bool ok = n > 0 && text[n] == '\0' && (n == 1 || text[0] != '0');
+  for (size_t i = 0; ok && i < n; i++) {
+    unsigned d = (unsigned)(text[i] - '0');
+    ok = v <= (UINT64_MAX - d) / 10;
+    v = v * 10 + d;
+  }
+  if (!ok) {
+    c->p = s;
+    return fail(c, "\"%s\" wants a decimal string of 64 bits at most", key);
+  }
+  *out = v;
+  return 0;
+}
+
+static int parse_bool(cursor *c, const char *key, bool *out) {
+  skip_ws(c);
+  size_t left = (size_t)(c->end - c->p);
+  if (left >= 4 && memcmp(c->p, "true", 4) == 0) {
+    c->p += 4;
+    *out = true;
+  } else if (left >= 5 && memcmp(c->p, "false", 5) == 0) {
+    c->p += 5;
+    *out = false;
+  } else {
+    return fail(c, "\"%s\" wants true or false", key);
+  }
+  return 0;
+}
+
 /* Skips decimal digits; how many. */
 static size_t span_digits(cursor *c) {
   char *s = c->p;
@@ -243,19 +283,22 @@ static bool valid_addr(const char *a) {
 
 enum {
   K_SEQ, K_T_NS, K_EV, K_LOOP, K_FROM, K_TO, K_KIND, K_FROM_NAME, K_TO_NAME, K_CORR, K_STATUS,
-  K_FIELDS, K_COUNT
+  K_FIELDS, K_T_INTERP, K_COUNT
 };
-static const char *const keys[K_COUNT] = {"seq",  "t_ns",      "ev",      "loop",
-                                          "from", "to",        "kind",    "from_name",
-                                          "to_name", "corr",   "status",  "fields"};
-static const unsigned required = ~(1u << K_FROM_NAME | 1u << K_TO_NAME) & ((1u << K_COUNT) - 1);
+static const char *const keys[K_COUNT] = {"seq",     "t_ns",   "ev",     "loop",
+                                          "from",    "to",     "kind",   "from_name",
+                                          "to_name", "corr",   "status", "fields",
+                                          "t_interp"};
+static const unsigned required =
+    ~(1u << K_FROM_NAME | 1u << K_TO_NAME | 1u << K_T_INTERP) & ((1u << K_COUNT) - 1);
 
 static int parse_value(cursor *c, trace_rec *r, int k) {
   char *ev;
   switch (k) {
   case K_SEQ: return parse_u64(c, keys[k], &r->seq);
   case K_T_NS: return parse_u64(c, keys[k], &r->t_ns);
-  case K_CORR: return parse_u64(c, keys[k], &r->corr);
+  case K_CORR: return parse_corr(c, keys[k], &r->corr);
+  case K_T_INTERP: return parse_bool(c, keys[k], &r->t_interp);
   case K_STATUS: return parse_i32(c, keys[k], &r->status);
   case K_EV:
     if (parse_string(c, &ev)) return -1;
@@ -411,6 +454,7 @@ int trace_read(trace *t, const char *path, FILE *err) {
   if (!std) fclose(f);
   if (!rc) rc = order(t, err);
   for (size_t i = 0; i < t->nrecs; i++) {
+    t->ninterp += t->recs[i].t_interp;
     if (i == 0 || t->recs[i].t_ns < t->t0) t->t0 = t->recs[i].t_ns;
     if (i == 0 || t->recs[i].t_ns > t->t1) t->t1 = t->recs[i].t_ns;
   }

@@ -10,6 +10,8 @@
                                                      records the single-layout replay of
                                                      SCENARIO, compares with GOLDEN (--check)
     trace_test.py replay-stages TOOL REPLAY SCENARIO records it, checks --stages and --chrome
+    trace_test.py stages-warning TOOL SAMPLED EXACT  --stages warns on stderr about SAMPLED's
+                                                     interpolated times, not about EXACT
 
 Exit status 0 when the check passes, 1 when not (with what went wrong on stdout).
 """
@@ -60,8 +62,9 @@ def delivered_requests(recs):
     """Deliveries of requests (not of replies): those matching a call or forward on its way."""
     pending, n = {}, 0
     for r in recs:
-        key = (r['from'], r['corr'])
-        if r['corr'] == 0:
+        corr = int(r['corr'])  # a decimal string (an integer in older traces)
+        key = (r['from'], corr)
+        if corr == 0:
             continue
         if r['ev'] in ('call', 'forward'):
             pending[key] = (r['to'], r['kind'])
@@ -139,6 +142,9 @@ def check_chrome(tool, trace):
             flows.setdefault(e['id'], {})[e['ph']] = e
             if not enclosed(e):
                 raise Failed('flow event without an enclosing slice: %r' % e)
+    for e in events:
+        if e['ph'] == 'X' and not isinstance(e['args']['corr'], str):
+            raise Failed('corr is not a string (JavaScript rounds above 2^53): %r' % e)
     handled = delivered_requests(recs)
     nhandle = sum(1 for e in events if e['ph'] == 'X' and e['cat'] == 'handle')
     if nhandle != handled or len(flows) != handled:
@@ -201,6 +207,17 @@ def replay_stages(tool, replay, scenario):
         raise Failed('region_remove stages do not add up to its total: %r' % ns)
 
 
+def stages_warning(tool, sampled, exact):
+    want = re.compile(r'^membacking-trace: warning: 1 of 2 records of .*sampled\.trace have '
+                      r'interpolated times .*MEMBACKING_TRACE_TIMES=exact$')
+    r = run([tool, '--stages', sampled])
+    if r.returncode != 0 or not want.match(r.stderr.strip()):
+        raise Failed('--stages on %s: exit %d, stderr %r' % (sampled, r.returncode, r.stderr))
+    r = run([tool, '--stages', exact])
+    if r.returncode != 0 or r.stderr:
+        raise Failed('--stages on %s: exit %d, stderr %r' % (exact, r.returncode, r.stderr))
+
+
 def main(argv):
     try:
         if len(argv) == 6 and argv[1] == 'output':
@@ -217,6 +234,8 @@ def main(argv):
             replay_golden(*argv[2:])
         elif len(argv) == 5 and argv[1] == 'replay-stages':
             replay_stages(*argv[2:])
+        elif len(argv) == 5 and argv[1] == 'stages-warning':
+            stages_warning(*argv[2:])
         else:
             print(__doc__, file=sys.stderr)
             return 2
