@@ -8,11 +8,33 @@
  * Two forms of every operation
  *   - Asynchronous: call it on a thread that runs a runtime loop (mb_loop_current() != NULL,
  *     e.g. a VMM's own uv loop attached with mb_loop_attach). `done(ctx, status, value)` runs
- *     later on that same loop, exactly once, never inside the call.
- *   - Blocking (the _sync suffix): call it from a thread that does not run the manager's loop
- *     (a vCPU thread, a worker, main before the loops run); it returns the status.
+ *     later on that same loop, exactly once, never inside the call, whatever the outcome (an
+ *     error, a refused handle, a manager destroyed meanwhile). Two answers come inside the
+ *     call instead, on the calling thread, and nothing is done: MB_EINVAL when the calling
+ *     thread runs no loop (there is no loop to answer on later), and MB_ENOMEM when the
+ *     request itself cannot be allocated.
+ *   - Blocking (the _sync suffix): returns the status. Call it from a thread that runs none
+ *     of the loops the operation may wait for: the manager's loop, its part_loop, and the
+ *     loop of each of its mappers and partitions (and of one being added). On such a loop's
+ *     thread a blocking call would wait for itself: it returns MB_EDEADLK at once and does
+ *     nothing. (The calls about one consumer only, mb_mapper_ranges_sync and the partition
+ *     access and ranges calls, need only that consumer's loop.) Threads that run no loop (a
+ *     vCPU thread, a worker, main before the loops run) and loops the manager does not use
+ *     may always block.
  * Operations on one manager are carried out in the order they are issued (per issuing
  * thread); an operation completes only when every consumer it affects is up to date.
+ *
+ * Handles and misuse
+ *   mb_mapper *, mb_partition * and mb_lock * are handles, not pointers (never dereference
+ *   one): a slot and a generation. Once what a handle names is gone (removed, unlocked, or
+ *   destroyed with its manager), every call given it answers MB_E_INVALID (NULL, 0 or false
+ *   where it returns those): a double remove, a double unlock, an access after a remove are
+ *   refused, not undefined, and so is a handle of the wrong kind. A call racing with the end
+ *   of its handle (a read on one thread while another removes the mapper) completes as if it
+ *   came first or answers MB_E_INVALID: the removal frees nothing while such a call is inside
+ *   (it waits for them without blocking any loop). The check costs a compare and two stores
+ *   per call. A handle could name something again only after 2^29 reuses of its slot. The
+ *   manager, mb_mm *, is a plain pointer: using it after mb_mm_destroy is undefined.
  *
  * Guest accesses through a VA mapper (mb_mapper_read/write, or plain loads and stores at
  * mb_mapper_base() + gpa) never need a loop thread. A lazy mapper's first touch of a range
@@ -86,8 +108,16 @@ typedef struct mb_mm_config {
 /* Create a manager. Any thread; blocks while its actors are created on their loops. */
 int mb_mm_create(const mb_mm_config *cfg, mb_mm **out);
 /* Destroy a manager with everything it has: partitions, mappers, regions. Any thread; blocks
- * while the actors are destroyed on their loops. Handles of its mappers and partitions become
- * invalid. */
+ * while the actors are destroyed on their loops. Handles of its mappers, partitions and locks
+ * become invalid (MB_E_INVALID). Operations in flight are not waited for; each still ends
+ * exactly once, on its caller's loop: a mapper or partition add or remove that had not
+ * finished answers MB_EGONE (or 0 if it finished first: the handle it gave is invalid all the
+ * same), a region or mapping operation its result or the runtime's error for the gone actors
+ * (MB_EGONE, MB_ESTOPPED). A recording stops at the destroy. Locks still held are released
+ * (a line on stderr says how many): their pages are torn down under their holders, whose
+ * pointers may then fault, and mb_mapper_unlock answers MB_E_INVALID; release them first.
+ * A reader inside a call on one of its mappers delays only the freeing of that mapper's VA,
+ * which then completes on the mapper's loop. Calling it twice is undefined. */
 void mb_mm_destroy(mb_mm *mm);
 uint64_t mb_mm_max_addr(const mb_mm *mm);
 /* Record every region, mapping, mapper and partition operation issued on this manager, with
@@ -99,7 +129,7 @@ int mb_mm_record(mb_mm *mm, const char *path);
 /* The manager's primary VA mapper: eager, created with the manager on part_loop; partitions
  * map guest memory by its VA (as KVM memslots do), and VMM code may access guest memory
  * through it like through any mapper. It lives as long as the manager (mb_mapper_remove on
- * it answers MB_E_INVALID). */
+ * it answers MB_E_INVALID); its handle is invalid after mb_mm_destroy. */
 mb_mapper *mb_mm_primary_mapper(mb_mm *mm);
 
 /* ---- regions ------------------------------------------------------------------------------ */
@@ -151,19 +181,23 @@ int mb_mapping_replace_sync(mb_mm *mm, const mb_mapping_params *p);
 
 /* Add a VA mapper whose actor runs on `loop` (NULL: the manager's loop). An eager mapper has
  * every visible mapping established before this completes; a lazy one establishes on access.
- * value: the mb_mapper *. */
+ * value: the mb_mapper *. MB_EGONE when the manager was destroyed before it completed. The
+ * blocking form also refuses a `loop` that is the calling thread's (MB_EDEADLK). */
 void mb_mapper_add(mb_mm *mm, mb_loop *loop, bool eager, mb_done_fn done, void *ctx);
 int mb_mapper_add_sync(mb_mm *mm, mb_loop *loop, bool eager, mb_mapper **out);
 /* Remove a mapper: its VA range is released; the handle becomes invalid. MB_E_INVALID while
- * it holds locks (see "locks"). A negative errno other than the runtime's: the mapper was
- * removed (the handle is invalid all the same) but the kernel refused to unmap its VA range,
- * which stays reserved. */
+ * it holds locks (see "locks"), for the primary mapper, and for a handle that names no mapper
+ * (already removed, or a removal of it is in flight). MB_EGONE: its manager was destroyed
+ * meanwhile (the mapper went with it). A negative errno other than the runtime's: the mapper
+ * was removed (the handle is invalid all the same) but the kernel refused to unmap its VA
+ * range, which stays reserved. */
 void mb_mapper_remove(mb_mapper *m, mb_done_fn done, void *ctx);
 int mb_mapper_remove_sync(mb_mapper *m);
-/* Guest address g is at base + g, for max_addr bytes. */
+/* Guest address g is at base + g, for max_addr bytes. NULL (false) for an invalid handle. */
 uint8_t *mb_mapper_base(const mb_mapper *m);
 bool mb_mapper_eager(const mb_mapper *m);
-/* Any thread: 0, MB_E_UNMAPPED, MB_E_READONLY, MB_E_INVALID, MB_E_FAULT; for a lazy mapper
+/* Any thread: 0, MB_E_UNMAPPED, MB_E_READONLY, MB_E_INVALID (beyond max_addr, or a handle
+ * that names no mapper), MB_E_FAULT; for a lazy mapper
  * whose fault-in the host refused, that refusal (a negative errno such as -ENOMEM, or
  * MB_ENOMEM): the access may succeed later. */
 int mb_mapper_read(mb_mapper *m, uint64_t gpa, void *buf, size_t len);
@@ -202,7 +236,11 @@ int mb_mapper_ranges_sync(mb_mapper *m, mb_range_list **out);
  *
  * Do not wait for a manager operation while holding a lock on a range it tears down: it
  * waits for the lock. mb_mapper_remove of a mapper that holds locks fails (MB_E_INVALID);
- * every lock must be released before mb_mm_destroy. */
+ * release every lock before mb_mm_destroy (which releases what is left, see there).
+ *
+ * mb_mapper_unlock: 0, or MB_E_INVALID for a lock that is not held any more (a double
+ * unlock, or one released by mb_mm_destroy); NULL is a no-op (0). For such a handle
+ * mb_lock_ptr answers NULL, mb_lock_gpa and mb_lock_size 0. */
 typedef struct mb_lock mb_lock;
 int mb_mapper_lock(mb_mapper *m, uint64_t gpa, uint64_t size, bool writable, mb_lock **out);
 int mb_mapper_unlock(mb_lock *lock);
@@ -231,7 +269,7 @@ int mb_mapper_locks(mb_mapper *m, mb_lock_list **out);
  *   membacking: lock held for N ms: mapper LOOP/SLOT.GEN (eager|lazy) range [A, B) rw|ro
  *   since YYYY-MM-DD HH:MM:SS.mmm
  * and marked overdue in mb_mapper_locks. It never forces anything. 0 turns it off; the
- * default is 10000 ms to stderr. Any thread. */
+ * default is 10000 ms to stderr. Any thread. 0, or MB_E_INVALID for an invalid handle. */
 typedef void (*mb_log_fn)(void *ctx, const char *line);
 int mb_mapper_lock_watchdog(mb_mapper *m, uint64_t threshold_ms, mb_log_fn log, void *ctx);
 
@@ -239,7 +277,8 @@ int mb_mapper_lock_watchdog(mb_mapper *m, uint64_t threshold_ms, mb_log_fn log, 
 
 /* Add a partition with the given backend (&mb_partition_soft, or the kvm one) whose mapper
  * runs on `loop` (NULL: the manager's loop). Everything visible is mapped into it before this
- * completes. value: the mb_partition *. MB_E_UNSUPPORTED where the backend cannot run. */
+ * completes. value: the mb_partition *. MB_E_UNSUPPORTED where the backend cannot run;
+ * MB_EGONE when the manager was destroyed before it completed. */
 void mb_partition_add(mb_mm *mm, const mb_partition_ops *ops, mb_loop *loop, mb_done_fn done,
                       void *ctx);
 int mb_partition_add_sync(mb_mm *mm, const mb_partition_ops *ops, mb_loop *loop,
@@ -256,6 +295,8 @@ typedef struct mb_partition_params {
 } mb_partition_params;
 void mb_partition_attach(mb_mm *mm, const mb_partition_params *p, mb_done_fn done, void *ctx);
 int mb_partition_attach_sync(mb_mm *mm, const mb_partition_params *p, mb_partition **out);
+/* MB_E_INVALID for a handle that names no partition (already removed, or a removal of it is
+ * in flight); MB_EGONE when its manager was destroyed meanwhile. */
 void mb_partition_remove(mb_partition *p, mb_done_fn done, void *ctx);
 int mb_partition_remove_sync(mb_partition *p);
 /* A guest access through the partition's view: 0, MB_E_MMIO, MB_E_FAULT, MB_E_INVALID. The
@@ -287,7 +328,8 @@ int mb_partition_ranges_sync(mb_partition *p, mb_range_list **out);
  * reader lock that loops hold only for in-memory updates; RAM and FAULT are told apart by
  * touching one byte per page of the access in the partitions' VA mapper (a load, or for a
  * write a locked OR of zero, which changes no byte). len > 0; gpa + len <= max_addr, else
- * MB_E_INVALID. Do not call it on a partition being removed. */
+ * MB_E_INVALID. On a partition being removed it answers as before the removal or
+ * MB_E_INVALID (once removed, always the latter). */
 typedef int mb_gpa_kind; /* MB_GPA_RAM, MB_GPA_MMIO, MB_GPA_FAULT (gpa_map.h) */
 int mb_partition_classify(mb_partition *p, uint64_t gpa, uint64_t len, bool write);
 
@@ -338,14 +380,15 @@ int mb_mm_inspect_sync(mb_mm *mm, char **json);
 /* Dump it to `path` (NULL: stderr) whenever the process gets `signum` (e.g. SIGUSR1). */
 int mb_mm_inspect_on_signal(mb_mm *mm, int signum, const char *path);
 /* The memory map of an inspection (the JSON of mb_mm_inspect, e.g. a saved dump) as text
- * for people, like QEMU's "info mtree": the regions as a tree, each under the smallest
- * region that contains it, siblings by priority (highest first), then address; each with
- * [start, end) in hex, priority, ram or device, access (rw, ro, or - while unmapped), state
- * (active, partial, hidden, unmapped), name and id, then its mappings ("mapping [start, end)
- * object N +OFFSET rw|ro": objects are numbered in order of appearance, as the dump names
- * them by address only); then each partition's slots. Any thread. 0, MB_E_INVALID when
- * `json` is not an inspection, MB_ENOMEM, or a negative errno when writing fails. The
- * format (tests/trace/golden/mtree.txt):
+ * for people, like QEMU's "info mtree": the address space and the operation in flight (if
+ * any), then the regions as a tree, each under the smallest region that contains it,
+ * siblings by priority (highest first), then address; each with [start, end) in hex,
+ * priority, ram or device, access (rw, ro, or - while unmapped), state (active, partial,
+ * hidden, unmapped), name and id, then its mappings ("mapping [start, end) object N +OFFSET
+ * rw|ro": objects are numbered in order of appearance, as the dump names them by address
+ * only); then each partition's slots. Any thread. 0, MB_E_INVALID when `json` is not an
+ * inspection, MB_ENOMEM, or a negative errno when writing fails. The format (see
+ * tests/trace/golden/mtree.txt):
  *   memory map [0x00000000, 0x100000000), overlap nested
  *   region [0x00000000, 0x01000000) prio 255 ram rw active "ram" (id 1)
  *     mapping [0x00000000, 0x01000000) object 1 +0x0 rw

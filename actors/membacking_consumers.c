@@ -276,7 +276,8 @@ static void mapper_registered(mb_actor *self, mb_msg *reply, void *ctx) {
 
 static void mapper_add_step(mb_loop *loop, void *arg) {
   step_op *op = arg;
-  int rc = mapper_build(op->mm, loop, op->eager, &op->mapper);
+  int rc = mb_loop_stopping(loop) ? MB_ESTOPPED
+                                  : mapper_build(op->mm, loop, op->eager, &op->mapper);
   mb_msg *msg = rc ? NULL : add_mapper_msg(op->mapper->vam);
   if (!msg) {
     if (!rc) mapper_unbuild(op->mapper);
@@ -313,8 +314,8 @@ static void mapper_removed(mb_actor *self, mb_msg *reply, void *ctx) {
 /* A mapper that holds locks is not removed (MB_E_INVALID); once retired it takes no more. */
 static void mapper_remove_step(mb_loop *loop, void *arg) {
   step_op *op = arg;
-  mb_mapper *m = mb__h_obj(op->h, MB__H_MAPPER);
-  int rc = m ? mb_vam_retire(m->vam) : MB_EGONE;
+  mb_mapper *m = mb_loop_stopping(loop) ? NULL : mb__h_obj(op->h, MB__H_MAPPER);
+  int rc = m ? mb_vam_retire(m->vam) : mb_loop_stopping(loop) ? MB_ESTOPPED : MB_EGONE;
   mb_msg *msg = rc ? NULL : remove_mapper_msg(mb_vam_addr(m->vam));
   if (!msg) {
     if (!rc) mb_vam_unretire(m->vam);
@@ -636,7 +637,8 @@ static void partition_registered(mb_actor *self, mb_msg *reply, void *ctx) {
 
 static void partition_add_step(mb_loop *loop, void *arg) {
   step_op *op = arg;
-  int rc = partition_build(op->mm, loop, op->ops, op->config, &op->part);
+  int rc = mb_loop_stopping(loop) ? MB_ESTOPPED
+                                  : partition_build(op->mm, loop, op->ops, op->config, &op->part);
   mb_msg *msg = rc ? NULL : partition_msg(true, op->part->addr);
   if (!msg) {
     if (!rc) partition_unbuild(op->part);
@@ -689,10 +691,10 @@ static void partition_removed(mb_actor *self, mb_msg *reply, void *ctx) {
 
 static void partition_remove_step(mb_loop *loop, void *arg) {
   step_op *op = arg;
-  mb_partition *p = mb__h_obj(op->h, MB__H_PARTITION);
+  mb_partition *p = mb_loop_stopping(loop) ? NULL : mb__h_obj(op->h, MB__H_PARTITION);
   mb_msg *msg = p ? partition_msg(false, p->addr) : NULL;
   if (!msg) {
-    step_done(op, p ? MB_ENOMEM : MB_EGONE, 0);
+    step_done(op, p ? MB_ENOMEM : mb_loop_stopping(loop) ? MB_ESTOPPED : MB_EGONE, 0);
     return;
   }
   mb_call(mb_loop_actor(loop), op->mm->rm_addr, msg, partition_removed, op);

@@ -388,9 +388,11 @@ static int map_gap(mb_vam *v, uint64_t start, uint64_t end, mb_object *obj, uint
 }
 
 /* Replaces what is established at [start, end) by object bytes, in one MAP_FIXED (no hole
- * for a concurrent reader), then records them. A failed map leaves the range PROT_NONE, so it
- * is unrecorded all the same. It checks for locks and maps under `lock`, so no lock can be
- * taken on the old pages in between. With a lock in the way: parked (job). */
+ * for a concurrent reader), then records them. After a failed map the range is torn down
+ * and unrecorded (a lazy mapper faults it in again), unless the kernel refuses that too: the
+ * old pages are then still mapped, and stay recorded. It checks for locks and maps under
+ * `lock`, so no lock can be taken on the old pages in between. With a lock in the way:
+ * parked (job). */
 static int map_replace(mb_vam *v, uint64_t start, uint64_t end, mb_object *obj,
                        uint64_t obj_off, bool writable, vam_job *job) {
   /* A spare only when one established range straddles both edges (then it is the only one
@@ -413,7 +415,8 @@ static int map_replace(mb_vam *v, uint64_t start, uint64_t end, mb_object *obj,
     return rc;
   }
   rc = map_object(v, start, end, obj, obj_off, writable);
-  unrecord(v, it, start, end, &spare);
+  if (rc == 0 || mb_va_unmap(&v->va, start, end - start) == 0)
+    unrecord(v, it, start, end, &spare);
   if (rc == 0) {
     *r = (vam_range){.obj = mb_object_ref(obj), .obj_off = obj_off, .writable = writable};
     mb_rtree_insert(&v->ranges, &r->node, start, end);

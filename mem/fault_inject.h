@@ -10,8 +10,8 @@
  * -DMB_FAULT_INJECTION=1 for one test program that compiles mem/ itself), each wrapper first
  * counts the call and fails it, with errno set, when armed to.
  *
- * Kinds are a closed enum; a new seam adds a kind and a wrapper. The actors' allocations and
- * message allocation (MB_FI_ALLOC) go through the seam too, though mem/ makes none of them.
+ * Kinds are a closed enum; a new seam adds a kind and a wrapper. The library's allocations
+ * (MB_FI_ALLOC: actors/, runtime/, messages) go through the seam too, though mem/ makes none.
  *
  * Threads: every function may be called from any thread. Counting is exact under
  * concurrency; which of several concurrent calls is "the n-th" is whichever counts n-th.
@@ -37,7 +37,7 @@ typedef enum mb_fi_kind {
   MB_FI_MEMFD_CREATE,
   MB_FI_FTRUNCATE,
   MB_FI_KVM_SET_REGION, /* backends/kvm_attach.c: KVM_SET_USER_MEMORY_REGION (ioctl or hook) */
-  MB_FI_ALLOC, /* mb__malloc/calloc/realloc below (actors/) and mb_msg_new (runtime/msg.c) */
+  MB_FI_ALLOC, /* the library's allocations: mb__malloc/calloc/realloc below, mb_msg_new */
   MB_FI_KINDS /* the number of kinds, not a kind */
 } mb_fi_kind;
 

@@ -48,6 +48,10 @@
  *   allocates in libuv: sends, calls, replies, mb_loop_exec and mb_loop_post allocate only
  *   messages (MB_ENOMEM), and mb_loop_stop allocates nothing (a started loop's stop request
  *   is made with the loop).
+ *   With -Dallocator=jemalloc, the process's first message creates every automatic jemalloc
+ *   arena (4 per CPU, ~125 KiB each): jemalloc 5.3 crashes when a thread's first allocation
+ *   needs a new arena and the host refuses the mapping (at vm.max_map_count), and with all of
+ *   them made no thread's first allocation needs one (runtime/msg.c).
  */
 #ifndef MB_RUNTIME_H
 #define MB_RUNTIME_H
@@ -68,7 +72,8 @@ enum {
   MB_EGONE = -1001,     /* the receiving actor does not exist (destroyed, never created) */
   MB_ESTOPPED = -1002,  /* the receiving or the replying loop is stopping or stopped */
   MB_ENOREPLY = -1003,  /* the receiver dropped the request without answering it */
-  MB_EDEADLK = -1004,   /* a blocking call was made from the receiver's own loop thread */
+  MB_EDEADLK = -1004,   /* a blocking call from a loop thread it would wait for (the
+                         * receiver's own; membacking.h: any loop the operation needs) */
   MB_ENOMEM = -1005,    /* out of memory */
   MB_EINVAL = -1006,    /* a bad argument */
 };

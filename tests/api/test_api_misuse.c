@@ -451,7 +451,8 @@ static void remove_while_reading(bool eager, bool async) {
   mb_mapper *m = NULL;
   assert_int_equal(mb_mapper_add_sync(v.mm, cl, eager, &m), 0);
   atomic_store(&r.m, m);
-  for (int i = 0; i < READERS; i++) assert_int_equal(pthread_create(&t[i], NULL, reader_main, &r), 0);
+  for (int i = 0; i < READERS; i++)
+    assert_int_equal(pthread_create(&t[i], NULL, reader_main, &r), 0);
   for (int round = 0; round < ROUNDS; round++) {
     usleep(2000);
     if (async) {

@@ -206,6 +206,7 @@ def main():
     known = collections.Counter()
     done_runs = 0
     stopped = False
+    last_progress = time.monotonic()
 
     def one(job):
         p, l, k, n = job
@@ -219,6 +220,10 @@ def main():
                 stopped = True
                 continue
             done_runs += 1
+            if time.monotonic() - last_progress >= 60:
+                last_progress = time.monotonic()
+                print('  ... %d of %d runs, %d failures, %.0f s' % (
+                    done_runs, len(runs), len(problems), last_progress - started), flush=True)
             rc, out, err, _ = r
             verdict, detail = classify(rc, out, err)
             if verdict in ('ok', 'not-reached'):

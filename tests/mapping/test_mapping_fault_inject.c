@@ -24,7 +24,7 @@ static int setup(void **state) {
   return 0;
 }
 
-/* ---- requests that tolerate a failed allocation of their own message --------------------------- */
+/* ---- requests that tolerate a failed allocation of their own message ------------------------- */
 
 static int try_unmap(mb_addr mm, uint64_t gpa, uint64_t size) {
   mm_unmap_msg *m = mm_unmap_new();
@@ -55,7 +55,7 @@ static int try_map(mb_addr mm, const mb_map_entry *e, uint32_t n) {
   return rc;
 }
 
-/* ---- the state every consumer must agree on ----------------------------------------------------- */
+/* ---- the state every consumer must agree on -------------------------------------------------- */
 
 /* layout minus [a, b): what stays visible after a successful unmap (into out; its count). */
 static uint32_t subtract(const mb_map_entry *layout, uint32_t n, uint64_t a, uint64_t b,
@@ -98,7 +98,7 @@ static void expect_state(mb_addr mm, mb_vam **eager, int nv, const mb_map_entry 
   }
 }
 
-/* ---- a rig: two eager mappers and a lazy one on a loop the test thread runs ---------------------- */
+/* ---- a rig: two eager mappers and a lazy one on a loop the test thread runs ------------------ */
 
 typedef struct rig {
   mp_fixture f;
@@ -223,7 +223,60 @@ static void test_map_refused(void **state) {
   rig_close(&r);
 }
 
-/* ---- a lazy mapper whose fault-in is refused (F12) ----------------------------------------------- */
+/* ---- a mapper's replacement refused ---------------------------------------------------------- */
+
+/* VAM_MAP sent to the mapper directly (the test plays the mapping manager). */
+static int vam_map(mb_vam *v, mb_map_entry *e, uint32_t n) {
+  vam_map_msg *m = vam_map_new();
+  assert_non_null(m);
+  m->entries = e;
+  m->count = n;
+  int rc = mp_call(mb_vam_addr(v), &m->hdr);
+  mb_msg_free(&m->hdr);
+  return rc;
+}
+
+/* A range established with one backing, mapped over with another: when the kernel refuses
+ * the replacement, the mapper's record follows what its VA holds. Refused once, the range
+ * ends up torn down (the batch is undone); refused for good (the replacement, and the
+ * teardowns after it), the old pages stay mapped and stay recorded, never mapped unrecorded
+ * (where a later unmap would miss them). */
+static void test_replace_refused(void **state) {
+  (void)state;
+  mp_fixture f;
+  mp_begin(&f);
+  mb_vam *v = mp_vam_create(f.h.loop, f.mm, 64 * MiB, true);
+  mb_object *a = tu_memfd_pages("fi", 4 * PAGE, BASE), *b = tu_memfd_pages("fi", 4 * PAGE, 99);
+  mb_map_entry old = {0x100000, 4 * PAGE, a, 0, true}, new = {0x100000, 4 * PAGE, b, 0, true};
+  uint8_t byte;
+
+  assert_int_equal(vam_map(v, &old, 1), 0);
+  assert_int_equal(mb_fi_arm(MB_FI_MMAP, 1, ENOMEM), 0);
+  assert_int_equal(vam_map(v, &new, 1), -ENOMEM);
+  MP_EXPECT_NO_RANGES(v);
+  assert_int_equal(mb_vam_read(v, 0x100000, &byte, 1), MB_E_UNMAPPED);
+
+  assert_int_equal(vam_map(v, &old, 1), 0);
+  assert_int_equal(mb_fi_arm_persist(MB_FI_MMAP, 1, ENOMEM), 0);
+  assert_int_equal(vam_map(v, &new, 1), -ENOMEM);
+  assert_int_equal(mb_fi_arm(MB_FI_MMAP, 0, ENOMEM), 0);
+  MP_EXPECT_RANGES(v, R(0x100000, 4 * PAGE, true));
+  mp_expect_bytes(v, 0x100000, 4 * PAGE, 0x100000, 0, BASE);
+
+  vam_unmap_msg *u = vam_unmap_new();
+  u->gpa = 0x100000;
+  u->size = 4 * PAGE;
+  assert_int_equal(mp_call(mb_vam_addr(v), &u->hdr), 0);
+  mb_msg_free(&u->hdr);
+  MP_EXPECT_NO_RANGES(v);
+  assert_int_equal(mb_vam_read(v, 0x100000, &byte, 1), MB_E_UNMAPPED);
+  mb_object_unref(a);
+  mb_object_unref(b);
+  mp_vam_destroy(f.h.loop, v);
+  mp_end(&f);
+}
+
+/* ---- a lazy mapper whose fault-in is refused (F12) ------------------------------------------- */
 
 typedef struct lazy_rig {
   mb_loop *lm, *lv;
@@ -294,6 +347,7 @@ int main(void) {
       cmocka_unit_test_setup(test_unmap_teardown_refused, setup),
       cmocka_unit_test_setup(test_unmap_allocation_refused, setup),
       cmocka_unit_test_setup(test_map_refused, setup),
+      cmocka_unit_test_setup(test_replace_refused, setup),
       cmocka_unit_test_setup(test_lazy_fault_refused, setup),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
