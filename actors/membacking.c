@@ -301,7 +301,8 @@ static uint64_t region_state_of(mb_msg *m) { return (uint64_t)rm_region_state_of
 static mb_msg *region_add_msg(const mb_region_params *p) {
   rm_region_add_msg *m = rm_region_add_new();
   if (!m) return NULL;
-  if (p->name) snprintf(m->name, sizeof m->name, "%s", p->name);
+  /* a name longer than MB_REGION_NAME_MAX arrives unterminated: the region manager refuses it */
+  if (p->name) memcpy(m->name, p->name, strnlen(p->name, sizeof m->name));
   m->gpa = p->gpa;
   m->size = p->size;
   m->prio = p->priority;

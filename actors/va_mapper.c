@@ -846,8 +846,10 @@ int mb_vam_create(mb_loop *loop, mb_addr mapping_manager, uint64_t max_addr, boo
   v->watch_ms = MB_VAM_WATCHDOG_MS;
   mb_rtree_init(&v->ranges);
   mb_rtree_init(&v->locks);
-  v->kick = &vam_kick_new()->hdr;
-  v->watch = &vam_watch_new()->hdr;
+  vam_kick_msg *kick = vam_kick_new();
+  vam_watch_msg *watch = vam_watch_new();
+  v->kick = kick ? &kick->hdr : NULL;
+  v->watch = watch ? &watch->hdr : NULL;
   if (v->kick == NULL || v->watch == NULL) {
     mb_msg_free(v->kick);
     mb_msg_free(v->watch);

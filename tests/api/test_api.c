@@ -228,6 +228,26 @@ static void test_several_managers(void **unused) {
   tu_stop(shared);
 }
 
+/* A region name is kept whole or refused, never cut. */
+static void test_region_names(void **unused) {
+  (void)unused;
+  assert_int_equal(mb_access_reinstall(), 0);
+  mb_loop *l = tu_start("names");
+  mb_mm *mm = NULL;
+  mb_mm_config cfg = {.max_addr = 1ull << 30, .loop = l};
+  assert_int_equal(mb_mm_create(&cfg, &mm), 0);
+  char name[MB_REGION_NAME_MAX + 2];
+  memset(name, 'n', sizeof name - 1);
+  name[sizeof name - 1] = '\0'; /* one byte too long */
+  mb_region_params p = {name, 0, 1 << 20, 1, false};
+  mb_region_id id;
+  assert_int_equal(mb_region_add_sync(mm, &p, &id), MB_E_INVALID);
+  name[MB_REGION_NAME_MAX] = '\0'; /* exactly the limit */
+  assert_int_equal(mb_region_add_sync(mm, &p, &id), 0);
+  mb_mm_destroy(mm);
+  tu_stop(l);
+}
+
 static void test_bad_config(void **unused) {
   (void)unused;
   /* cmocka installs its own SIGSEGV/SIGBUS handlers around each test: ours goes back in front. */
@@ -250,6 +270,7 @@ int main(void) {
       cmocka_unit_test(test_async_attached),
       cmocka_unit_test(test_several_managers),
       cmocka_unit_test(test_bad_config),
+      cmocka_unit_test(test_region_names),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

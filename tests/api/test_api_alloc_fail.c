@@ -97,6 +97,7 @@ static void test_loop_start(void **unused) {
   }
   watchdog_stop(&w);
   assert_true(n > 1 && n < MAX_N);
+  print_message("mb_loop_start: %llu allocations failed in turn\n", (unsigned long long)n - 1);
 }
 
 static void test_loop_attach(void **unused) {
@@ -127,6 +128,7 @@ static void test_loop_attach(void **unused) {
     if (l && !f) break;
   }
   assert_true(n > 1 && n < MAX_N);
+  print_message("mb_loop_attach: %llu allocations failed in turn\n", (unsigned long long)n - 1);
 }
 
 /* ---- F3: a manager whose making fails ------------------------------------------------------- */
@@ -167,6 +169,7 @@ static void test_mm_create(void **unused) {
     if (vmsize_kib() - vm > 1024 * 1024) fail_msg("n=%llu: VmSize grew", (unsigned long long)n);
   }
   assert_true(n > 1 && n < MAX_N);
+  print_message("mb_mm_create: %llu allocations failed in turn\n", (unsigned long long)n - 1);
   tu_stop(pl);
   tu_stop(ml);
 }

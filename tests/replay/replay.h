@@ -236,6 +236,8 @@ void replay_fault_begin(replay_fault *f);
 /* An operation finished (matched: its result was the file's). */
 void replay_fault_result(replay_world *w, const replay_op *op, const scenario_cmd *shown,
                          bool matched);
+/* Async operations never awaited (w->ops, done) report too: at the end of the file. */
+void replay_fault_unawaited(replay_world *w);
 /* After command `cmd` ran (its result differed from the file's: diverged): notes the
  * injection, and checks the consumers when the world is quiet (at the points replay_fault.c
  * says). False (with *why: "WHAT / HAPPENED", malloc'd) on a disagreement. */

@@ -113,19 +113,6 @@ static bool stop_here(replay_world *w, const scenario_cmd *cmd) {
   return true;
 }
 
-/* --fault-check: an async operation never awaited answers too, if no other one did. */
-static void note_unawaited(replay_world *w) {
-  replay_fault *f = w->fault;
-  for (replay_op *op = w->ops; op && !f->report_line; op = op->next) {
-    if (replay_op_is_done(op) && op->status != 0 && !op->refusal &&
-        scenario_cmd_is_operation(op->cmd->kind) && replay_fault_injected() > 0) {
-      f->report_line = op->cmd->line;
-      f->report_status = op->status;
-      f->report_cmd = replay_command_text(op->cmd);
-    }
-  }
-}
-
 static replay_outcome run_commands(replay_world *w, unsigned *line, char **message) {
   for (size_t i = 0; i < w->sc->ncmds; i++) {
     const scenario_cmd *cmd = &w->sc->cmds[i];
@@ -144,7 +131,6 @@ static replay_outcome run_commands(replay_world *w, unsigned *line, char **messa
       return REPLAY_FAIL;
     }
   }
-  if (w->fault) note_unawaited(w);
   return REPLAY_PASS;
 }
 

@@ -71,6 +71,18 @@ static bool barrier(mb_loop *loop) {
   return false;
 }
 
+static void delivered_here(mb_loop *loop, void *arg) {
+  *(uint64_t *)arg = mb_loop_stats_get(loop).delivered;
+}
+
+/* A started loop's delivered count, read on it: mb_loop_stats_get from another thread cannot
+ * say that it failed (it needs a message). False when the read failed. */
+static bool delivered(mb_loop *loop, uint64_t *out) {
+  int rc = mb_loop_exec(loop, delivered_here, out);
+  replay_runner_error("reading a loop's statistics", rc);
+  return rc == 0;
+}
+
 typedef struct counts {
   size_t n;
   uint64_t *v; /* client delivered, completions, then each started loop's delivered */
@@ -89,7 +101,11 @@ static counts round_counts(replay_world *w) {
   }
   c.v[0] = client_delivered(w);
   c.v[1] = w->completions;
-  for (size_t i = 0; i < w->nstarted; i++) c.v[i + 2] = mb_loop_stats_get(w->started[i]).delivered;
+  for (size_t i = 0; i < w->nstarted; i++) passed &= delivered(w->started[i], &c.v[i + 2]);
+  if (!passed) {
+    free(c.v);
+    return (counts){0, NULL};
+  }
   return c;
 }
 

@@ -196,6 +196,7 @@ int replay_world_fini(replay_world *w) {
     replay_locks_release(w); /* what waits for them can finish */
     drain(w);
     replay_locks_release(w); /* taken by what just finished */
+    if (w->fault) replay_fault_unawaited(w);
   }
   mb_mm_destroy(w->mm);
   w->mm = NULL;
