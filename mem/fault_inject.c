@@ -2,7 +2,9 @@
  * MB_FAULT_INJECTION only the stubs that tell tests to skip are compiled. */
 #include "fault_inject.h"
 
+#include <dlfcn.h>
 #include <errno.h>
+#include <execinfo.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -76,6 +78,27 @@ uint64_t mb_fi_injected(mb_fi_kind kind) {
   return (unsigned)kind < MB_FI_KINDS ? atomic_load(&slots[kind].injected) : 0;
 }
 
+static bool trace_injections; /* MB_FI_TRACE=1, set before main */
+
+/* "mb_fi: injected KIND call N at: FILE+0xOFFSET ..." on stderr: return addresses relative to
+ * the object they lie in, for addr2line (tests/fault/sweep.py names the functions). */
+static void print_trace(mb_fi_kind kind, uint64_t n) {
+  void *pcs[24];
+  int depth = backtrace(pcs, 24);
+  char line[4096];
+  size_t len = (size_t)snprintf(line, sizeof line, "mb_fi: injected %s call %llu at:",
+                                kind_names[kind] ? kind_names[kind] : "?", (unsigned long long)n);
+  for (int i = 1; i < depth && len < sizeof line; i++) {
+    Dl_info info;
+    if (dladdr(pcs[i], &info) && info.dli_fname && info.dli_fbase)
+      len += (size_t)snprintf(line + len, sizeof line - len, " %s+%#lx", info.dli_fname,
+                              (unsigned long)((char *)pcs[i] - (char *)info.dli_fbase));
+    else
+      len += (size_t)snprintf(line + len, sizeof line - len, " %p", pcs[i]);
+  }
+  fprintf(stderr, "%s\n", line);
+}
+
 bool mb__fi_fail(mb_fi_kind kind) {
   fi_slot *s = &slots[kind];
   uint64_t n = atomic_fetch_add_explicit(&s->calls, 1, memory_order_relaxed) + 1;
@@ -83,6 +106,7 @@ bool mb__fi_fail(mb_fi_kind kind) {
   if (at == 0 || n < at || (n > at && !atomic_load_explicit(&s->persist, memory_order_relaxed)))
     return false;
   atomic_fetch_add_explicit(&s->injected, 1, memory_order_relaxed);
+  if (trace_injections) print_trace(kind, n);
   errno = atomic_load_explicit(&s->err, memory_order_relaxed);
   return true;
 }
@@ -142,6 +166,8 @@ static void print_counts(void) {
 
 __attribute__((constructor)) static void arm_from_env(void) {
   const char *spec = getenv("MB_FI"), *count = getenv("MB_FI_COUNT");
+  const char *trace = getenv("MB_FI_TRACE");
+  trace_injections = trace && strcmp(trace, "1") == 0;
   if (spec && *spec && !arm_from(spec))
     fprintf(stderr, "membacking: MB_FI=\"%s\" does not parse (KIND:N[:ERRNO],...): nothing "
                     "armed\n", spec);

@@ -69,6 +69,9 @@ const char *mb_fi_kind_name(mb_fi_kind kind);
  *   MB_FI_COUNT=1
  *       at exit, print one line per kind to stderr, for a driver that sweeps every N:
  *         mb_fi: KIND calls=C injected=I
+ *   MB_FI_TRACE=1
+ *       print where each injected failure happened to stderr, for addr2line:
+ *         mb_fi: injected KIND call N at: OBJECT+0xOFFSET OBJECT+0xOFFSET ...
  * Example: MB_FI=mmap:7 MB_FI_COUNT=1 membacking-replay --fault-check FILE.mbs */
 
 #ifdef MB_FAULT_INJECTION

@@ -43,6 +43,8 @@ KNOWN = [
 ]
 
 COUNT_LINE = re.compile(r'^mb_fi: (\w+) calls=(\d+) injected=(\d+)$', re.M)
+TRACE_LINE = re.compile(r'^mb_fi: injected \w+ call \d+ at: (.*)$', re.M)
+ROOT = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', '..'))
 RESULT_LINE = re.compile(r'^(PASS|FAIL|SKIP) (.*)$', re.M)
 SANITIZER_LINE = re.compile(r'^(SUMMARY: \w+Sanitizer: .*|.*runtime error: .*|==\d+==ERROR: .*)$',
                             re.M)
@@ -59,7 +61,7 @@ def command(replay, layout, path):
 
 
 def reproducer(replay, layout, path, spec):
-    env = 'MB_FI=%s ASAN_OPTIONS=%s' % (spec, os.environ.get('ASAN_OPTIONS', ''))
+    env = 'MB_FI=%s MB_FI_TRACE=1 ASAN_OPTIONS=%s' % (spec, os.environ.get('ASAN_OPTIONS', ''))
     return env + ' ' + ' '.join(shlex.quote(a) for a in command(replay, layout, path))
 
 
@@ -69,8 +71,16 @@ def run(replay, layout, path, env_extra, timeout):
     env.update(env_extra)
     start = time.monotonic()
     try:
-        p = subprocess.run(command(replay, layout, path), env=env, stdout=subprocess.PIPE,
-                           stderr=subprocess.PIPE, text=True, errors='replace', timeout=timeout)
+        for attempt in range(3):
+            try:
+                p = subprocess.run(command(replay, layout, path), env=env,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                   errors='replace', timeout=timeout)
+                break
+            except OSError as e:  # the program is being rebuilt: a moment later it is back
+                if attempt == 2:
+                    return -1, '', 'cannot run %s: %s' % (replay, e), 0.0
+                time.sleep(2)
         return p.returncode, p.stdout, p.stderr, time.monotonic() - start
     except subprocess.TimeoutExpired as e:
         def text(b):
@@ -136,6 +146,40 @@ def classify(rc, out, err):
     return 'crash', what + ('\n      ' + '\n      '.join(stack) if stack else '')
 
 
+def injected_at(err, frames=10):
+    """Where the failure was injected (MB_FI_TRACE=1), as 'function (file:line) < ...'."""
+    m = TRACE_LINE.search(err)
+    if not m:
+        return ''
+    pcs = []
+    for item in m.group(1).split():
+        obj, _, off = item.rpartition('+')
+        if obj and off.startswith('0x'):
+            pcs.append((obj, int(off, 16) - 1))  # a return address: the call is just before
+    names = {}  # (object, offset) -> ['function (file:line)', ...], inlined calls first
+    for obj in dict.fromkeys(o for o, _ in pcs):
+        offs = [off for o, off in pcs if o == obj]
+        try:
+            out = subprocess.run(['addr2line', '-a', '-f', '-i', '-e', obj] +
+                                 ['%#x' % o for o in offs], stdout=subprocess.PIPE,
+                                 stderr=subprocess.DEVNULL, text=True, timeout=30).stdout
+        except (OSError, subprocess.TimeoutExpired):
+            out = ''
+        for off, block in zip(offs, re.split(r'^0x[0-9a-f]+\n', out, flags=re.M)[1:]):
+            lines = block.strip('\n').split('\n')
+            for fn, where in zip(lines[0::2], lines[1::2]):
+                path, _, line = re.sub(r' \(discriminator \d+\)', '', where).rpartition(':')
+                if fn == '??':
+                    continue
+                if path.startswith('/'):
+                    path = os.path.relpath(os.path.normpath(path), ROOT)
+                names.setdefault((obj, off), []).append('%s (%s:%s)' % (fn, path, line))
+    chain = [n for pc in pcs for n in names.get(pc, [os.path.basename(pc[0])])]
+    chain = [c for c in chain if not c.startswith(('mb__fi_fail', 'print_trace', '__libc',
+                                                   '_start', 'start_thread', 'clone'))]
+    return ' < '.join(chain[:frames])
+
+
 def known_bug(path, layout, kind, text):
     for bug, scenario, lay, k, pattern in KNOWN:
         if scenario and not fnmatch.fnmatch(os.path.basename(path), scenario):
@@ -167,7 +211,7 @@ def main():
     layouts = a.layouts.split(',')
     kinds = set(a.kinds.split(',')) if a.kinds else None
 
-    files = sorted(glob.glob(os.path.join(a.scenarios, '*.mbs')))
+    files = sorted(glob.glob(os.path.join(os.path.normpath(a.scenarios), '*.mbs')))
     if a.only:
         files = [f for f in files if fnmatch.fnmatch(os.path.basename(f), a.only)]
     if a.skip:
@@ -212,7 +256,8 @@ def main():
         p, l, k, n = job
         if a.deadline and time.monotonic() - started > a.deadline:
             return job, None
-        return job, run(a.replay, l, p, {'MB_FI': '%s:%d' % (k, n)}, a.timeout)
+        return job, run(a.replay, l, p, {'MB_FI': '%s:%d' % (k, n), 'MB_FI_TRACE': '1'},
+                        a.timeout)
 
     with concurrent.futures.ThreadPoolExecutor(max_workers=a.jobs) as pool:
         for (p, l, k, n), r in pool.map(one, runs):
@@ -234,6 +279,9 @@ def main():
                         else 'nothing injected' if verdict == 'not-reached' else 'other'] += 1
                 continue
             spec = '%s:%d' % (k, n)
+            where = injected_at(err)
+            if where:
+                detail += '\n  injected at: ' + where
             bug = known_bug(p, l, k, detail + '\n' + out + err)
             if bug:
                 stats[k]['known'] += 1

@@ -88,6 +88,7 @@ typedef struct replay_fault {
   unsigned inject_line;    /* the command during which the injection was first seen */
   char *inject_cmd;
   unsigned since_inject;   /* commands run since then */
+  uint64_t checked_bytes;  /* introspection the checks read (it bounds their cost) */
   bool stuck;              /* an operation never completed */
   unsigned stopped_line;   /* the file stopped there: it waits behind a lock the script holds */
   unsigned inspect_failed; /* introspections that failed (nothing to compare with) */

@@ -10,7 +10,9 @@
  *     introspection (mb_mm_inspect); the named consumers are asked too (mb_*_ranges), and the
  *     manager must know exactly the consumers the script has;
  *   - the failure is reported: once it was injected, some operation answers an error the file
- *     did not expect (or the world cannot be set up);
+ *     did not expect, or a state query an error of the runtime (out of memory, ...), or the
+ *     world cannot be set up, or the library answers one of the runner's own calls (a post to
+ *     its loop, a barrier, a query of the checks) with an error;
  *   - nothing is left: after the teardown, as many fds are open as before, and no mapping of the
  *     library's (a reservation: anonymous, no access; or a view of a backing object) is new;
  *   - nothing hangs: an operation that never completes is allowed only behind a lock the script
@@ -123,12 +125,15 @@ static char *new_maps(const char *before) {
   char *now = library_maps(), *text = NULL;
   size_t len = 0;
   FILE *out = open_memstream(&text, &len);
+  bool first = true;
   for (char *p = now, *nl; out && p && *p; p = nl ? nl + 1 : NULL) {
     nl = strchr(p, '\n');
     if (nl) *nl = '\0';
     unsigned long long a, b;
-    if (sscanf(p, "%llx-%llx", &a, &b) == 2 && !overlaps_before(before, a, b))
-      fprintf(out, "%s%s", len ? "; " : "", p);
+    if (sscanf(p, "%llx-%llx", &a, &b) == 2 && !overlaps_before(before, a, b)) {
+      fprintf(out, "%s%s", first ? "" : "; ", p);
+      first = false;
+    }
   }
   if (out) fclose(out);
   free(now);
@@ -454,6 +459,7 @@ static char *check_consumers(replay_world *w) {
     replay_runner_error("mb_mm_inspect_sync", rc);
     return NULL; /* nothing to compare with */
   }
+  w->fault->checked_bytes += strlen(json);
   rjson *doc = rjson_parse(json);
   expected e = {{NULL, 0}, {NULL, 0}};
   char *why = NULL;
@@ -476,10 +482,12 @@ static bool quiet(replay_world *w) {
 
 /* Which quiet points are checked: before the injection nothing can disagree (every scenario
  * passes without one), so the command it fired in, the CHECK_AFTER commands that follow, every
- * command whose result differed, and the last one. (Checking every command costs O(n^2) in a
- * file of n mappings: large.mbs would take minutes a run.) A run without an injection, the
- * sweep's counting run, checks nothing: the calls the checks make are never the n-th. */
+ * command whose result differed, and the last one; once CHECK_BYTES of introspection were read,
+ * the last one only. (A check costs O(n) in a file of n mappings: checking every command of
+ * large.mbs would take minutes a run.) A run without an injection, the sweep's counting run,
+ * checks nothing: the calls the checks make are never the n-th. */
 enum { CHECK_AFTER = 50 };
+#define CHECK_BYTES (UINT64_C(8) << 20)
 
 void replay_fault_note(replay_fault *f, const scenario_cmd *cmd) {
   if (!f->inject_line && replay_fault_injected() > 0) {
@@ -493,7 +501,8 @@ bool replay_fault_after(replay_world *w, const scenario_cmd *cmd, bool diverged,
   replay_fault *f = w->fault;
   replay_fault_note(f, cmd);
   bool soon = f->inject_line && f->since_inject++ <= CHECK_AFTER;
-  if (f->stuck || !f->inject_line || !(soon || diverged || last)) return true;
+  bool afford = f->checked_bytes < CHECK_BYTES;
+  if (f->stuck || !f->inject_line || !(((soon || diverged) && afford) || last)) return true;
   replay_settle(w);
   if (!quiet(w)) return true; /* consumers may differ while an operation is under way */
   char *d = check_consumers(w);
