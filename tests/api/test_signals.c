@@ -58,17 +58,24 @@ static void install_vmm_handler(void) {
   sigaction(SIGSEGV, &sa, &replaced);
 }
 
+/* A manager on a loop thread of its own, or NULL. */
+static mb_mm *start_manager(mb_loop **loop) {
+  int err;
+  mb_mm *mm = NULL;
+  *loop = mb_loop_start("mgr", &err);
+  mb_mm_config cfg = {.max_addr = 64 * MiB, .loop = *loop};
+  return *loop && mb_mm_create(&cfg, &mm) == 0 ? mm : NULL;
+}
+
 /* A manager with a 2 MiB RAM region and nothing mapped at [1M, 2M): a guest read there must be
  * MB_E_UNMAPPED, and the VMM's own fault must reach its handler. 0 when both hold. */
 static int check_both(const char *how, int install) {
   vmm_page = mmap(NULL, 4096, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (install == 1)
     install_vmm_handler();
-  int err;
-  mb_loop *loop = mb_loop_start("mgr", &err);
-  mb_mm *mm = NULL;
-  mb_mm_config cfg = {.max_addr = 64 * MiB, .loop = loop};
-  if (!loop || mb_mm_create(&cfg, &mm) != 0)
+  mb_loop *loop;
+  mb_mm *mm = start_manager(&loop);
+  if (!mm)
     return 10;
   if (install >= 2)
     install_vmm_handler();
@@ -100,11 +107,8 @@ static int check_both(const char *how, int install) {
 /* No handler of the VMM's: the library's handler must not swallow a fault outside guest
  * memory. The child must die of SIGSEGV after the manager exists. */
 static int wild_fault(void) {
-  int err;
-  mb_loop *loop = mb_loop_start("mgr", &err);
-  mb_mm *mm = NULL;
-  mb_mm_config cfg = {.max_addr = 64 * MiB, .loop = loop};
-  if (!loop || mb_mm_create(&cfg, &mm) != 0)
+  mb_loop *loop;
+  if (!start_manager(&loop))
     return 10;
   volatile char *wild = mmap(NULL, 4096, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   wild[0] = 1;
