@@ -454,7 +454,10 @@ static void remove_while_reading(bool eager, bool async) {
   for (int i = 0; i < READERS; i++)
     assert_int_equal(pthread_create(&t[i], NULL, reader_main, &r), 0);
   for (int round = 0; round < ROUNDS; round++) {
-    usleep(2000);
+    /* let the readers read through this mapper first (slow under TSan): bounded */
+    long before = atomic_load(&r.ok);
+    for (int i = 0; atomic_load(&r.ok) == before && i < 3000; i++)
+      usleep(1000);
     if (async) {
       done_rec d = {0};
       mb_mapper_remove(m, on_done, &d);
