@@ -196,6 +196,24 @@ static const char *injected_kinds(char *buf, size_t size) {
   return buf;
 }
 
+/* Who reported the failure, in words (malloc'd). */
+static char *report_text(const replay_fault *f) {
+  char *to_runner = runner_error(), *s;
+  const char *cmd = f->report_cmd ? f->report_cmd : "?";
+  const char *token = mb_error_token(f->report_status);
+  if (!f->report_line && to_runner)
+    s = replay_strdupf("reported to the runner: %s", to_runner);
+  else if (!f->report_line)
+    s = replay_strdupf("not reported");
+  else if (!f->report_status) /* setting up: its message says it */
+    s = replay_strdupf("reported at line %u '%s'", f->report_line, cmd);
+  else
+    s = replay_strdupf("reported at line %u '%s': %s (%d)", f->report_line, cmd,
+                       token ? token : membacking_strerror(f->report_status), f->report_status);
+  free(to_runner);
+  return s;
+}
+
 char *replay_fault_summary(const replay_fault *f) {
   const char *spec = getenv("MB_FI");
   char kinds[256];
@@ -205,19 +223,7 @@ char *replay_fault_summary(const replay_fault *f) {
   char *when = f->inject_line ? replay_strdupf("during line %u '%s'", f->inject_line,
                                                f->inject_cmd ? f->inject_cmd : "?")
                               : replay_strdupf("during the teardown");
-  const char *token = mb_error_token(f->report_status);
-  char *to_runner = runner_error();
-  char *report = !f->report_line && to_runner
-                     ? replay_strdupf("reported to the runner: %s", to_runner)
-                 : !f->report_line   ? replay_strdupf("not reported")
-                 : !f->report_status ? replay_strdupf("reported at line %u '%s'", f->report_line,
-                                                      f->report_cmd ? f->report_cmd : "?")
-                                     : replay_strdupf("reported at line %u '%s': %s (%d)",
-                                                      f->report_line,
-                                                      f->report_cmd ? f->report_cmd : "?",
-                                                      token ? token
-                                                            : membacking_strerror(f->report_status),
-                                                      f->report_status);
+  char *report = report_text(f);
   char *s = replay_strdupf("MB_FI=%s: injected %s %s; %s; %u results differed%s%s%s%s",
                            spec ? spec : "", kinds, when ? when : "?", report ? report : "?",
                            f->diverged, f->stopped_line ? "; stopped behind a held lock" : "",
@@ -226,7 +232,6 @@ char *replay_fault_summary(const replay_fault *f) {
                            f->inspect_failed ? "; an introspection failed" : "");
   free(when);
   free(report);
-  free(to_runner);
   return s;
 }
 

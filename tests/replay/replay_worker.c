@@ -72,7 +72,8 @@ static void run_access(replay_op *op) {
   if (!lock) {
     posted = mb_loop_post(client, wake_noop, NULL); /* failed: the stall check wakes it */
   } else if ((posted = mb_loop_post(client, lock_done, op)) != 0) {
-    mb_mapper_unlock((mb_lock *)(uintptr_t)op->value); /* no client loop any more */
+    mb_mapper_unlock((mb_lock *)(uintptr_t)op->value); /* no client loop (or no memory) */
+    op->status = posted; /* the lock is not held under its name: the command failed */
     atomic_store_explicit(&op->done, true, memory_order_release);
   }
   if (posted && posted != MB_ESTOPPED) replay_runner_error("posting to the client loop", posted);
