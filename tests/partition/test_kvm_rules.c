@@ -58,7 +58,7 @@ static void test_slots(void **unused) {
 
 /* A map for the rule: [1M, 2M) is RAM with a hole at [1M+64K, 1M+128K) and a read-only page
  * at 1M+128K; [4M, 5M) is a read-only region; nothing elsewhere. */
-static int stub_lookup(void *ctx, uint64_t gpa, uint64_t len, bool write) {
+static int fixed_map_lookup(void *ctx, uint64_t gpa, uint64_t len, bool write) {
   (void)ctx, (void)len;
   if (gpa >= 4 * MiB && gpa < 5 * MiB)
     return write ? MB_GPA_MMIO : MB_GPA_RAM;
@@ -90,7 +90,7 @@ static struct kvm_run *run_memory_fault(struct kvm_run *run, uint64_t gpa, uint6
 
 static int kind_of(int rc, int err, struct kvm_run *run) {
   mb_kvm_exit ex;
-  int r = mb__kvm_exit_classify(rc, err, run, stub_lookup, NULL, &ex);
+  int r = mb__kvm_exit_classify(rc, err, run, fixed_map_lookup, NULL, &ex);
   return r == 0 ? ex.kind : r;
 }
 
@@ -104,7 +104,7 @@ static void test_exit_rule(void **unused) {
   assert_int_equal(kind_of(0, 0, run_mmio(&run, MiB + 128 * KiB, 1, true)), MB_GPA_FAULT);
   assert_int_equal(kind_of(0, 0, run_mmio(&run, MiB, 8, true)), MB_GPA_RAM); /* raced: retry */
   mb_kvm_exit ex;
-  assert_int_equal(mb__kvm_exit_classify(0, 0, run_mmio(&run, 0x1234, 2, true), stub_lookup,
+  assert_int_equal(mb__kvm_exit_classify(0, 0, run_mmio(&run, 0x1234, 2, true), fixed_map_lookup,
                                          NULL, &ex), 0);
   assert_true(ex.gpa == 0x1234 && ex.len == 2 && ex.write);
   /* mainline 6.8+: -1/EFAULT with KVM_EXIT_MEMORY_FAULT. */
@@ -117,7 +117,7 @@ static void test_exit_rule(void **unused) {
   /* older kernels: a bare EFAULT, no address. */
   memset(&run, 0, sizeof run);
   run.exit_reason = KVM_EXIT_HLT; /* stale */
-  assert_int_equal(mb__kvm_exit_classify(-1, EFAULT, &run, stub_lookup, NULL, &ex), 0);
+  assert_int_equal(mb__kvm_exit_classify(-1, EFAULT, &run, fixed_map_lookup, NULL, &ex), 0);
   assert_true(ex.kind == MB_GPA_FAULT && ex.len == 0);
   /* not about memory */
   assert_int_equal(kind_of(0, 0, &run), MB_E_INVALID);                 /* HLT */
