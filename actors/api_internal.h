@@ -11,6 +11,8 @@
 #include <pthread.h>
 #include <stdatomic.h>
 
+#include <uv.h>
+
 #include "mapping_manager.h"
 #include "membacking.h"
 #include "partition_mapper.h"

@@ -35,7 +35,7 @@
 #ifndef MB_MAPPING_MANAGER_H
 #define MB_MAPPING_MANAGER_H
 
-#include "backing.h"
+#include "mb_backing.h"
 #include "mb_protocol.h"
 
 /* One visible mapping: guest range -> object range, with its effective access. */

@@ -64,7 +64,7 @@
  * would have. A VMM that installs its own SIGSEGV/SIGBUS handler:
  *   - before the first mb_mm_create: nothing to do, faults not in guest memory reach it;
  *   - after: either chain (call the action sigaction() returned to you as "old" for faults
- *     that are not yours), or call mb_access_reinstall() (access.h) once yours is in place,
+ *     that are not yours), or call mb_access_reinstall() (mb_access.h) once yours is in place,
  *     which puts ours in front again and makes yours the one we chain to.
  * Raw loads and stores through mb_mapper_base() are not covered: a fault there is the
  * VMM's own (use mb_mapper_read/write, or locks, where a range may be torn down).
@@ -78,13 +78,12 @@
 #include <stdio.h>
 #include <time.h>
 
-#include "backing.h"
-#include "gpa_map.h"
-#include "kvm_exit.h"
+#include "mb_access.h"
+#include "mb_backing.h"
 #include "mb_errors.h"
+#include "mb_kvm_exit.h"
+#include "mb_partition.h"
 #include "mb_runtime.h"
-#include "partition.h"
-#include "region_manager.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -94,6 +93,10 @@ typedef struct mb_mm mb_mm;
 typedef struct mb_mapper mb_mapper;
 typedef struct mb_partition mb_partition;
 typedef uint32_t mb_region_id;
+
+/* mb_region_params.overlap; region states (mb_region_state). */
+enum { MB_OVERLAP_NESTED = 0, MB_OVERLAP_ANY = 1 };
+enum { MB_REGION_UNMAPPED = 0, MB_REGION_HIDDEN = 1, MB_REGION_ACTIVE = 2, MB_REGION_PARTIAL = 3 };
 
 /* value: the new region id, the region state, or a pointer (mb_mapper *, mb_partition *). */
 typedef void (*mb_done_fn)(void *ctx, int status, uint64_t value);
@@ -284,7 +287,7 @@ void mb_partition_add(mb_mm *mm, const mb_partition_ops *ops, mb_loop *loop, mb_
 int mb_partition_add_sync(mb_mm *mm, const mb_partition_ops *ops, mb_loop *loop,
                           mb_partition **out);
 /* Add a partition with a backend's configuration: mb_partition_kvm_attach with an
- * mb_kvm_attach_config manages the memory slots of a KVM VM the VMM owns (partition.h). The
+ * mb_kvm_attach_config manages the memory slots of a KVM VM the VMM owns (mb_partition.h). The
  * configuration is copied: it need not outlive the call. MB_E_INVALID for a bad one (not a
  * KVM VM, a slot range past the VM's limit). mb_partition_add(mm, ops, loop, ...) is the same
  * with no configuration. */
@@ -330,11 +333,11 @@ int mb_partition_ranges_sync(mb_partition *p, mb_range_list **out);
  * write a locked OR of zero, which changes no byte). len > 0; gpa + len <= max_addr, else
  * MB_E_INVALID. On a partition being removed it answers as before the removal or
  * MB_E_INVALID (once removed, always the latter). */
-typedef int mb_gpa_kind; /* MB_GPA_RAM, MB_GPA_MMIO, MB_GPA_FAULT (gpa_map.h) */
+typedef int mb_gpa_kind; /* MB_GPA_RAM, MB_GPA_MMIO, MB_GPA_FAULT (mb_access.h) */
 int mb_partition_classify(mb_partition *p, uint64_t gpa, uint64_t len, bool write);
 
 /* The same question asked of a KVM_RUN outcome on a vCPU of the partition's VM, as each kernel
- * reports it (kvm_exit.h): pass KVM_RUN's return value, its errno and the vCPU's kvm_run.
+ * reports it (mb_kvm_exit.h): pass KVM_RUN's return value, its errno and the vCPU's kvm_run.
  * 0 with *out for an exit about guest memory: KVM_EXIT_MMIO (on kvm-pvm hosts also a hole or
  * a read-only page inside a slot), -1/EFAULT with KVM_EXIT_MEMORY_FAULT (gpa given), or a
  * bare -1/EFAULT (Debian's 6.1 and 6.12 on hardware virtualization: out->kind FAULT,

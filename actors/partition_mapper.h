@@ -1,5 +1,5 @@
 /* partition_mapper.h: the partition mapper actor: one per partition. It maps each visible
- * region piece the region manager gives it into its backend (partition.h), by host VA: the
+ * region piece the region manager gives it into its backend (mb_partition.h), by host VA: the
  * piece's guest range is backed by the partition VA mapper's range at base + gpa.
  *
  * Messages (requests; the reply is the same message):
@@ -13,7 +13,7 @@
 #define MB_PARTITION_MAPPER_H
 
 #include "mb_protocol.h"
-#include "partition.h"
+#include "mb_partition.h"
 
 #define PM_MAP_FIELDS(F) F(uint64_t, gpa) F(uint64_t, size) F(bool, writable)
 #define PM_UNMAP_FIELDS(F) F(uint64_t, gpa) F(uint64_t, size)
@@ -27,7 +27,7 @@
 MB_PROTOCOL_DECLARE(pm, PM_MESSAGES)
 
 /* Create on `loop` (its thread): a backend instance for guest addresses below max_addr, with
- * the backend's configuration (partition.h), whose host memory for gpa is at va_base + gpa. 0, or the backend's error (MB_E_UNSUPPORTED). */
+ * the backend's configuration (mb_partition.h), whose host memory for gpa is at va_base + gpa. 0, or the backend's error (MB_E_UNSUPPORTED). */
 int mb_partition_mapper_create(mb_loop *loop, const mb_partition_ops *ops, const void *config,
                                uint64_t max_addr, uint8_t *va_base, mb_actor **out);
 /* The actor's destruction (mb_actor_destroy) destroys the backend instance. */

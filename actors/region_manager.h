@@ -33,12 +33,10 @@
 
 #include <stdio.h>
 
-#include "backing.h"
+#include "mb_backing.h"
 #include "gpa_map.h"
 #include "mb_protocol.h"
-
-enum { MB_OVERLAP_NESTED = 0, MB_OVERLAP_ANY = 1 };
-enum { MB_REGION_UNMAPPED = 0, MB_REGION_HIDDEN = 1, MB_REGION_ACTIVE = 2, MB_REGION_PARTIAL = 3 };
+#include "membacking.h" /* MB_OVERLAP_*, MB_REGION_* */
 
 typedef char mb_name[64];
 

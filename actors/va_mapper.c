@@ -34,6 +34,8 @@
  */
 #include "va_mapper.h"
 
+#include <uv.h>
+
 #include "grow.h"
 #include "json_out.h"
 
@@ -48,10 +50,11 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
-#include "access.h"
+#include "mb_access.h"
 #include "fault_inject.h" /* mb__malloc, mb__calloc: MB_FI_ALLOC */
 #include "mb_errors.h"
 #include "range_tree.h"
+#include "va_reserve.h"
 
 /* A VAM_RANGES reply carries a malloc'd array: freed if its requester is gone. */
 static void vam_dispose(mb_msg *msg) {

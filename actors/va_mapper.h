@@ -37,7 +37,7 @@
 #include <stdio.h>
 
 #include "mapping_manager.h"
-#include "partition.h"
+#include "mb_partition.h"
 
 #define VAM_MAP_FIELDS(F) F(mb_map_entry *, entries) F(uint32_t, count)
 #define VAM_UNMAP_FIELDS(F) F(uint64_t, gpa) F(uint64_t, size)

@@ -23,7 +23,7 @@
  * special registers are loaded again before the next run.
  *
  * Outcome of a run: HLT -> 0. An exit about guest memory is decided by the rule every KVM
- * partition uses (kvm_exit.h), from this partition's own slots: an MMIO exit, a memory-fault
+ * partition uses (mb_kvm_exit.h), from this partition's own slots: an MMIO exit, a memory-fault
  * exit or a bare EFAULT at an address inside a slot, other than a write to a read-only slot,
  * is MB_E_FAULT (its host memory cannot serve it: a PROT_NONE hole, a write to a read-only
  * page), which kvm-pvm hosts report as MMIO; anything else is MB_E_MMIO. Bytes before the
@@ -34,10 +34,10 @@
 
 #include "gpa_map.h"
 #include "kvm_attach.h"
-#include "kvm_exit.h"
+#include "mb_kvm_exit.h"
 #include "kvm_vcpu.h"
 #include "mb_range.h"
-#include "partition.h"
+#include "mb_partition.h"
 #include "pieces.h"
 
 #if defined(__x86_64__) && defined(__linux__)
@@ -164,7 +164,7 @@ static int own_slots_kind(void *ctx, uint64_t gpa, uint64_t len, bool write) {
   return mb_pieces_exit_kind(&((kvm_part *)ctx)->attach.pieces, gpa, write);
 }
 
-/* An exit about guest memory: MB_E_MMIO or MB_E_FAULT (kvm_exit.h decides); 1 if it is not. */
+/* An exit about guest memory: MB_E_MMIO or MB_E_FAULT (mb_kvm_exit.h decides); 1 if it is not. */
 static int memory_exit(kvm_part *p, int rc, int err) {
   mb_kvm_exit ex;
   if (mb__kvm_exit_classify(rc, err, p->vcpu.run, own_slots_kind, p, &ex) != 0)

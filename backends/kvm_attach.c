@@ -1,5 +1,5 @@
 /* kvm_attach.c: the kvm_attach partition backend: memory slots of a KVM VM the VMM owns (see
- * partition.h). Each piece is one slot in the VMM's slot range; the piece map (pieces.h) says
+ * mb_partition.h). Each piece is one slot in the VMM's slot range; the piece map (pieces.h) says
  * which slot backs which guest range. kvm.c builds its own VM on this. */
 #include <errno.h>
 #include <stdlib.h>

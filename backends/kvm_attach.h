@@ -7,7 +7,7 @@
 #include <stdint.h>
 
 #include "kvm_slots.h"
-#include "partition.h"
+#include "mb_partition.h"
 #include "pieces.h"
 
 typedef struct mb_kvm_attach {
@@ -24,7 +24,7 @@ typedef struct mb_kvm_attach {
 int mb__kvm_attach_init(mb_kvm_attach *a, uint64_t max_addr, const mb_kvm_attach_config *c);
 /* Deletes exactly the slots it created. */
 void mb__kvm_attach_fini(mb_kvm_attach *a);
-/* partition.h's map and unmap, on a slot each. */
+/* mb_partition.h's map and unmap, on a slot each. */
 int mb__kvm_attach_map(mb_kvm_attach *a, uint64_t gpa, uint64_t size, void *host, bool writable);
 int mb__kvm_attach_unmap(mb_kvm_attach *a, uint64_t gpa, uint64_t size);
 

@@ -1,5 +1,5 @@
-/* kvm_exit.c: deciding KVM exits about guest memory (see kvm_exit.h). */
-#include "kvm_exit.h"
+/* kvm_exit.c: deciding KVM exits about guest memory (see mb_kvm_exit.h). */
+#include "mb_kvm_exit.h"
 
 #include <errno.h>
 #include <stddef.h>

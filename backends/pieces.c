@@ -4,7 +4,7 @@
 #include <errno.h>
 #include <stdlib.h>
 
-#include "access.h"
+#include "mb_access.h"
 #include "mb_range.h"
 
 /* The checks of mb_pieces_check_map that do not look at the map. */

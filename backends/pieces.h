@@ -1,5 +1,5 @@
 /* pieces.h: the map a partition backend keeps: non-overlapping pieces of guest range, each
- * mapped as a whole and unmapped as a whole (partition.h's rules). Shared by the backends. */
+ * mapped as a whole and unmapped as a whole (mb_partition.h's rules). Shared by the backends. */
 #ifndef MB_PIECES_H
 #define MB_PIECES_H
 
@@ -8,7 +8,7 @@
 #include <stdint.h>
 
 #include "gpa_map.h"
-#include "partition.h"
+#include "mb_partition.h"
 #include "range_tree.h"
 
 typedef struct mb_piece {
@@ -40,7 +40,7 @@ int mb_pieces_add(mb_rtree *pieces, uint64_t gpa, uint64_t size, void *host, boo
 void mb_pieces_drop(mb_rtree *pieces, mb_piece *pc);
 /* Drop every piece, calling each(pc, ctx) first when each is not NULL. */
 void mb_pieces_clear(mb_rtree *pieces, void (*each)(mb_piece *pc, void *ctx), void *ctx);
-/* partition.h's access() by following the map, as the soft partition does: the first byte
+/* mb_partition.h's access() by following the map, as the soft partition does: the first byte
  * with no piece, or written in a read-only piece, is MB_E_MMIO; host memory that faults is
  * MB_E_FAULT; MB_E_INVALID past max_addr. */
 int mb_pieces_access(const mb_rtree *pieces, uint64_t max_addr, uint64_t gpa, void *buf,
@@ -49,7 +49,7 @@ int mb_pieces_access(const mb_rtree *pieces, uint64_t max_addr, uint64_t gpa, vo
  * vCPU the kernel could not let touch gpa: inside a piece, other than a write to a read-only
  * one, the host memory failed (MB_GPA_FAULT); else device MMIO (MB_GPA_MMIO). */
 int mb_pieces_exit_kind(const mb_rtree *pieces, uint64_t gpa, bool write);
-/* partition.h's ranges(): up to max pieces in ascending order; returns how many there are. */
+/* mb_partition.h's ranges(): up to max pieces in ascending order; returns how many there are. */
 size_t mb_pieces_ranges(const mb_rtree *pieces, mb_part_range *out, size_t max);
 
 #endif

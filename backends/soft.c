@@ -11,7 +11,7 @@
 #include <stdlib.h>
 
 #include "mb_range.h"
-#include "partition.h"
+#include "mb_partition.h"
 #include "pieces.h"
 #include "range_tree.h"
 

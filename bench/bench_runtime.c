@@ -5,6 +5,8 @@
  * cross-thread peer lives on a started loop. */
 #include <stdlib.h>
 
+#include <uv.h>
+
 #include "areas.h"
 #include "harness.h"
 #include "mb_protocol.h"

@@ -1,4 +1,4 @@
-/* access.c: fault-tolerant guest copies (see access.h): the per-thread recovery point, the
+/* access.c: fault-tolerant guest copies (see mb_access.h): the per-thread recovery point, the
  * fault handler's check "is this fault inside the current copy", the copies themselves and
  * the search for the precise fault address. Installing the handler and chaining the faults
  * that are not ours live in access_signals.c.
@@ -9,7 +9,7 @@
  * and inside [lo, lo + len) happened in that copy's guest side, whose frame is live: the
  * siglongjmp is safe. Copies made from a signal handler push themselves via `prev`.
  */
-#include "access.h"
+#include "mb_access.h"
 
 #include <errno.h>
 #include <pthread.h>

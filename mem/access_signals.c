@@ -4,7 +4,7 @@
  *
  * Invariant: mb__prev[i] is written only under mb__install_lock and before our handler is
  * (re)installed, so a handler running on any thread reads a complete action; reinstalling
- * while other threads take chained faults is excluded by contract (access.h).
+ * while other threads take chained faults is excluded by contract (mb_access.h).
  */
 #include "access_signals.h"
 
@@ -14,7 +14,7 @@
 #include <string.h>
 #include <ucontext.h>
 
-#include "access.h"
+#include "mb_access.h"
 
 atomic_bool mb__access_ready;
 

@@ -1,6 +1,6 @@
-/* backing.c: backing objects (see backing.h): creation of each kind, import of a caller's
+/* backing.c: backing objects (see mb_backing.h): creation of each kind, import of a caller's
  * fd, refcount, fills, mapping. */
-#include "backing.h"
+#include "mb_backing.h"
 
 #include <assert.h>
 #include <errno.h>
@@ -19,6 +19,7 @@
 
 #include "fault_inject.h"
 #include "mb_range.h"
+#include "va_reserve.h"
 
 struct mb_object {
   atomic_uint refs;

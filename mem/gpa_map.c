@@ -9,7 +9,7 @@
 #include <pthread.h>
 #include <stdlib.h>
 
-#include "access.h"
+#include "mb_access.h"
 #include "range_tree.h"
 
 typedef struct gpa_range {

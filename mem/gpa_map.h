@@ -26,8 +26,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* Answers of mb_gpa_map_classify (also the public mb_gpa_kind values). */
-enum { MB_GPA_RAM = 0, MB_GPA_MMIO = 1, MB_GPA_FAULT = 2 };
+#include "mb_access.h" /* MB_GPA_RAM, MB_GPA_MMIO, MB_GPA_FAULT: mb_gpa_map_classify's answers */
 
 typedef struct mb_gpa_map mb_gpa_map;
 

@@ -8,6 +8,7 @@
 #include "inbox.h"
 #include "mb_protocol.h"
 #include "mb_runtime.h"
+#include <uv.h>
 
 /* mb_msg.flags__ */
 enum {

@@ -59,7 +59,9 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
-#include <uv.h>
+
+/* libuv's loop type, declared as uv.h declares it (so this header needs no feature macros). */
+typedef struct uv_loop_s uv_loop_t;
 
 #ifdef __cplusplus
 extern "C" {
@@ -94,8 +96,15 @@ typedef struct mb_addr {
 } mb_addr;
 
 /* Message header; the payload follows it in the same allocation (see mb_protocol.h). */
+/* MB_ATOMIC_LINK: the inbox link is atomic in the library (C11); C++ sees a plain pointer of
+ * the same size and alignment (checked in runtime/msg.c) and never touches it. */
+#ifdef __cplusplus
+#define MB_ATOMIC_LINK(T) T
+#else
+#define MB_ATOMIC_LINK(T) T _Atomic
+#endif
 typedef struct mb_msg {
-  struct mb_msg *_Atomic next__; /* inbox link; runtime use only */
+  MB_ATOMIC_LINK(struct mb_msg *) next__; /* inbox link; runtime use only */
   struct mb_msg *qnext__;        /* local queue link; runtime use only */
   mb_addr to;                    /* receiver */
   mb_addr from;                  /* sender actor, zero for a thread that is not an actor */

@@ -10,6 +10,11 @@
 #include "fault_inject.h" /* MB_FI_ALLOC: a test can fail any message allocation */
 #include "internal.h"
 
+/* C++ embedders see mb_msg.next__ as a plain pointer (MB_ATOMIC_LINK): same layout. */
+_Static_assert(sizeof(struct mb_msg *_Atomic) == sizeof(struct mb_msg *) &&
+                   _Alignof(struct mb_msg *_Atomic) == _Alignof(struct mb_msg *),
+               "mb_msg layout differs between C and C++");
+
 #if MB_USE_JEMALLOC
 #include <jemalloc/jemalloc.h>
 #include <pthread.h>

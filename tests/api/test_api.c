@@ -11,7 +11,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "access.h"
+#include "mb_access.h"
 #include "membacking.h"
 #include "test_util.h"
 

@@ -19,7 +19,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "access.h"
+#include "mb_access.h"
 #include "fault_inject.h"
 #include "membacking.h"
 #include "test_util.h"

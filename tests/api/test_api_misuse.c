@@ -18,7 +18,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "access.h"
+#include "mb_access.h"
 #include "membacking.h"
 #include "test_util.h"
 

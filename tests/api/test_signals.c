@@ -14,7 +14,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "access.h"
+#include "mb_access.h"
 #include "membacking.h"
 
 #define MiB (1ull << 20)

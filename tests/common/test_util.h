@@ -13,7 +13,9 @@
 
 #include <dirent.h>
 
-#include "backing.h"
+#include <uv.h>
+
+#include "mb_backing.h"
 #include "mb_runtime.h"
 
 /* ---- loops ----------------------------------------------------------------------------------- */

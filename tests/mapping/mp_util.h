@@ -15,8 +15,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "access.h"
-#include "backing.h"
+#include <uv.h>
+
+#include "mb_access.h"
+#include "mb_backing.h"
 #include "mapping_manager.h"
 #include "mb_errors.h"
 #include "mb_runtime.h"

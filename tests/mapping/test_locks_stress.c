@@ -23,7 +23,7 @@
 #include <string.h>
 #include <sys/mman.h>
 
-#include "access.h"
+#include "mb_access.h"
 #include "api_internal.h" /* the mappers' parked counts */
 #include "membacking.h"
 #include "test_util.h"

@@ -19,7 +19,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "access.h"
+#include "mb_access.h"
 #include "mb_range.h"
 #include "va_reserve.h"
 
@@ -342,7 +342,7 @@ static void on_usr1(int sig) {
 #if defined(__SANITIZE_THREAD__) || TEST_HAS_TSAN
   /* ThreadSanitizer runs every handler with all signals blocked, whatever its sa_mask; a
    * fault with SIGSEGV blocked kills the process, so a copy here needs them unblocked (as
-   * access.h says for any handler whose mask blocks them). */
+   * mb_access.h says for any handler whose mask blocks them). */
   sigset_t faults;
   sigemptyset(&faults);
   sigaddset(&faults, SIGSEGV);

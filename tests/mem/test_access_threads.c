@@ -17,7 +17,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
-#include "access.h"
+#include "mb_access.h"
 #include "mb_range.h"
 #include "va_reserve.h"
 

@@ -21,8 +21,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "access.h"
-#include "backing.h"
+#include "mb_access.h"
+#include "mb_backing.h"
 #include "mb_errors.h"
 #include "mb_range.h"
 #include "mem_probe.h"

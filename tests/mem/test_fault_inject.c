@@ -14,8 +14,8 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
-#include "access.h"
-#include "backing.h"
+#include "mb_access.h"
+#include "mb_backing.h"
 #include "fault_inject.h"
 #include "mb_errors.h"
 #include "mb_range.h"

@@ -1,4 +1,4 @@
-/* test_backend.c: one table of cases for the partition backends (partition.h), run against
+/* test_backend.c: one table of cases for the partition backends (mb_partition.h), run against
  * the backend named on the command line: `soft` or `kvm`. Each case gets a fresh instance
  * over the same guest layout (below): data, MMIO versus fault, accesses crossing pieces,
  * bad ranges, the map's bookkeeping and slot recycling. Where the backend cannot run here
@@ -24,9 +24,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "access.h"
-#include "backing.h"
-#include "partition.h"
+#include "mb_access.h"
+#include "mb_backing.h"
+#include "mb_partition.h"
 #include "va_reserve.h"
 
 #define K 1024ull

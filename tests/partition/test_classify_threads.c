@@ -15,7 +15,7 @@
 #include <cmocka.h>
 #include <string.h>
 
-#include "access.h"
+#include "mb_access.h"
 #include "membacking.h"
 #include "test_util.h"
 

@@ -1,5 +1,5 @@
 /* test_kvm_rules.c: every KVM rule that can be decided without /dev/kvm, called directly:
- * slot numbers (kvm_slots.h), the exit rule on the three kernel behaviours (kvm_exit.h), the
+ * slot numbers (kvm_slots.h), the exit rule on the three kernel behaviours (mb_kvm_exit.h), the
  * exit question on a live manager (mb_partition_classify[_exit]), and the kvm_attach backend
  * driven by a manager against a fake VM that enforces KVM's slot rules (set_region hook). */
 #include <errno.h>
@@ -17,7 +17,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
-#include "access.h"
+#include "mb_access.h"
 #include "kvm_slots.h"
 #include "membacking.h"
 #include "test_util.h"

@@ -14,8 +14,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "access.h"
-#include "backing.h"
+#include "mb_access.h"
+#include "mb_backing.h"
 #include "partition_mapper.h"
 #include "test_util.h"
 #include "va_reserve.h"

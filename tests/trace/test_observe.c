@@ -24,6 +24,7 @@
 #include <cmocka.h>
 
 #include "membacking.h"
+#include "region_manager.h"
 #include "test_util.h"
 #include "trace.h"
 

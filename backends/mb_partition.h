@@ -1,4 +1,4 @@
-/* partition.h: the partition backend interface. A backend is a hypervisor partition's guest
+/* mb_partition.h: the partition backend interface. A backend is a hypervisor partition's guest
  * physical address space; the partition mapper actor (actors/partition_mapper.h) drives one
  * instance. Each backend lives in its own file (soft.c, kvm.c) and exports one ops table.
  *

@@ -1,4 +1,4 @@
-/* access.h: fault-tolerant copies into and out of guest memory.
+/* mb_access.h: fault-tolerant copies into and out of guest memory.
  *
  * Guest memory lives in a VA reservation (va_reserve.h) where any page may be unmapped,
  * read-only or beyond the end of its file at any moment. These copies turn the resulting
@@ -34,6 +34,11 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+
+/* What a guest access at a guest physical address meets (mb_partition_classify,
+ * mb_kvm_exit_decide): guest RAM, device MMIO (nothing visible, or a write to a read-only
+ * range), or a fault of the backing behind visible memory. */
+enum { MB_GPA_RAM = 0, MB_GPA_MMIO = 1, MB_GPA_FAULT = 2 };
 
 #ifdef __cplusplus
 extern "C" {

@@ -1,4 +1,4 @@
-/* kvm_exit.h: what a KVM_RUN outcome says about guest memory, on every kernel these hosts run.
+/* mb_kvm_exit.h: what a KVM_RUN outcome says about guest memory, on every kernel these hosts run.
  *
  * A guest access that its memory slot's host memory cannot serve (a PROT_NONE hole, a write
  * to a page mapped read-only inside a writable slot) comes back three ways:
@@ -17,6 +17,8 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "mb_access.h"
+
 struct kvm_run;
 
 /* A decided exit. kind: MB_GPA_RAM (guest RAM, retry the instruction), MB_GPA_MMIO (device
@@ -28,7 +30,7 @@ typedef struct mb_kvm_exit {
   bool write;
 } mb_kvm_exit;
 
-/* The map's answer for an access (gpa_map.h's MB_GPA_* values). */
+/* The map's answer for an access (mb_access.h's MB_GPA_* values). */
 typedef int (*mb_kvm_lookup_fn)(void *ctx, uint64_t gpa, uint64_t len, bool write);
 
 /* rc and err: what KVM_RUN returned and its errno; run: the vCPU's kvm_run. 0 with *out for

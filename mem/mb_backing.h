@@ -1,4 +1,4 @@
-/* backing.h: backing objects, the memory that guest ranges are mapped from.
+/* mb_backing.h: backing objects, the memory that guest ranges are mapped from.
  *
  * Kinds
  *   MB_OBJECT_MEMFD  a memfd (the default for RAM): shareable, mappable by any process
@@ -29,7 +29,6 @@
 
 #include "mb_errors.h"
 #include "mb_range.h"
-#include "va_reserve.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -95,11 +94,13 @@ static inline uint8_t mb_fill_pages_byte(uint8_t base, uint64_t off) {
   return (uint8_t)(base + off / MB_PAGE_SIZE);
 }
 
+struct mb_va; /* a VA reservation (the library's own; not part of the API) */
+
 /* Maps object bytes [obj_off, obj_off + len) shared at va offset va_off, read-only or
  * read-write. -EINVAL for a range outside the object or the reservation and MB_E_READONLY
  * for writable on a read-only object, both changing nothing; a failed mmap leaves the
  * range PROT_NONE (mb_va_map_fd). */
-int mb_object_map_into(const mb_object *obj, mb_va *va, uint64_t va_off, uint64_t len,
+int mb_object_map_into(const mb_object *obj, struct mb_va *va, uint64_t va_off, uint64_t len,
                        uint64_t obj_off, bool writable);
 
 #ifdef __cplusplus
