@@ -11,7 +11,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-PACKAGES=(gcc libc6-dev meson ninja-build pkg-config python3 libuv1-dev libcmocka-dev libjemalloc-dev
+PACKAGES=(gcc g++ libc6-dev meson ninja-build pkg-config python3 libuv1-dev libcmocka-dev libjemalloc-dev
           clang libclang-rt-14-dev)
 
 install_packages() {

@@ -47,6 +47,7 @@ mb_actor *mb_actor_create(mb_loop *l, const mb_actor_type *type, void *state, co
   snprintf(a->name, sizeof a->name, "%s", name ? name : type->name);
   l->slots[i].actor = a;
   l->stats.actors++;
+  mb__loop_keepalive(l);
   return a;
 }
 
@@ -65,6 +66,7 @@ void mb_actor_destroy(mb_actor *a) {
   s->next_free = l->free_slot;
   l->free_slot = a->slot;
   l->stats.actors--;
+  mb__loop_keepalive(l);
   if (l->loop_actor == a) l->loop_actor = NULL;
   drain_undeliverable(l, &a->held);
   drain_undeliverable(l, &a->queue);

@@ -88,6 +88,9 @@ struct mb_loop {
   bool stopping;
   bool stopped;
   bool free_pending;
+  bool stop_after_turn; /* an attached loop's mb_loop_stop from inside a turn */
+  uint32_t calls_out;   /* calls from this loop's actors awaiting replies, and mb_loop_refs */
+  bool refd;            /* the wake-up handle keeps uv_run going (mb__loop_keepalive) */
   mb__slot *slots;
   uint32_t nslots, cap_slots, free_slot;
   mb_actor *ready_head, *ready_tail;
@@ -107,6 +110,8 @@ extern _Thread_local mb_loop *mb__tls_loop;
 
 /* loop.c */
 void mb__loop_kick(mb_loop *loop);               /* same thread: make sure a turn runs */
+void mb__loop_calls(mb_loop *loop, int delta);   /* same thread: calls out, +1 or -1 */
+void mb__loop_keepalive(mb_loop *loop);          /* same thread: after actors come or go */
 static inline void mb__loop_make_ready(mb_loop *l, mb_actor *a) { /* put on the ready list */
   if (a->ready) return;
   a->ready = true;

@@ -118,6 +118,39 @@ void mb__loop_kick(mb_loop *l) {
   if (!l->in_turn) set_idle(l, true);
 }
 
+/* An attached loop follows libuv's convention: its wake-up handle is referenced (keeps the
+ * VMM's uv_run going) only while the loop has something to serve or to wait for: an actor
+ * besides its own built-in one (a manager's, a mapper's: like a libuv server handle), or a
+ * call from one of its actors (an async API call included) whose reply has not run (like a
+ * libuv request). A started loop's handle is always referenced: its thread runs until stopped. */
+void mb__loop_keepalive(mb_loop *l) {
+  bool want = l->calls_out > 0 || l->stats.actors > 1;
+  if (l->owned || l->stopping || !l->open_handles || want == l->refd) return;
+  l->refd = want;
+  if (want) uv_ref((uv_handle_t *)&l->poll);
+  else uv_unref((uv_handle_t *)&l->poll);
+}
+
+void mb__loop_calls(mb_loop *l, int delta) {
+  l->calls_out += (uint32_t)delta;
+  mb__loop_keepalive(l);
+}
+
+void mb_loop_ref(mb_loop *l) { mb__loop_calls(l, +1); }
+void mb_loop_unref(mb_loop *l) {
+  if (l->calls_out) mb__loop_calls(l, -1);
+}
+
+static void stop_now(mb_loop *l);
+
+/* An attached loop's mb_loop_stop from a handler or callback of this turn takes effect here,
+ * once that handler or callback has returned. */
+static bool stop_deferred(mb_loop *l) {
+  if (!l->stop_after_turn) return false;
+  stop_now(l);
+  return true;
+}
+
 static mb_actor *pop_ready(mb_loop *l) {
   mb_actor *a = l->ready_head;
   if (a && !(l->ready_head = a->ready_next)) l->ready_tail = NULL;
@@ -142,9 +175,13 @@ static void turn(mb_loop *l) {
       mb__receive(l, m);
       budget--;
       if (l->stopped) return;
+      if (stop_deferred(l)) return;
     }
     mb_actor *a;
-    while (budget > 0 && (a = pop_ready(l))) budget -= (int)mb__actor_run(a);
+    while (budget > 0 && (a = pop_ready(l))) {
+      budget -= (int)mb__actor_run(a);
+      if (stop_deferred(l)) return;
+    }
     if (budget <= 0) break;
     if (l->ready_head) continue;
     if (l->crossed && linger(l)) continue; /* only when talking to other threads */
@@ -203,6 +240,8 @@ static int loop_init(mb_loop *l, uv_loop_t *uv, const char *name) {
     mb__tls_loop = outer;
     return rc; /* the caller closes the handles */
   }
+  l->refd = true;
+  mb__loop_keepalive(l);
   live_add(l);
   return 0;
 }
@@ -311,12 +350,18 @@ int mb_loop_stop(mb_loop *l) {
     uv_thread_join(&l->thread);
     return l->close_rc;
   }
-  if (!mb_loop_is_current(l) || l->in_turn) return MB_EDEADLK;
-  if (l->stopping) return MB_OK;
+  if (!mb_loop_is_current(l)) return MB_EDEADLK;
+  if (l->stopping || l->stop_after_turn) return MB_OK;
   close_senders(l);
+  if (l->in_turn) l->stop_after_turn = true; /* the turn stops once the callback returns */
+  else stop_now(l);
+  return MB_OK;
+}
+
+/* An attached loop stops on its own thread, outside any handler or callback. */
+static void stop_now(mb_loop *l) {
   mb__loop_shutdown(l);
   mb__tls_loop = NULL;
-  return MB_OK;
 }
 
 void mb_loop_free(mb_loop *l) {

@@ -143,15 +143,30 @@ typedef struct mb_loop_stats {
  * of memory inside (see "Out of memory" above). */
 mb_loop *mb_loop_start(const char *name, int *err);
 /* Attach the runtime to a uv_loop_t that the caller runs. Call from the thread running `uv`
- * (or before it runs). The caller keeps calling uv_run; the runtime adds one poll handle.
+ * (or before it runs). The caller keeps calling uv_run; the runtime adds one poll handle
+ * and one idle handle, as libuv's own handles behave: they keep uv_run(UV_RUN_DEFAULT) going
+ * only while the loop has something to serve or to wait for, that is while an actor other
+ * than its built-in one lives on it (a manager or consumer placed on this loop: until it is
+ * destroyed), or a call or an asynchronous operation started from it has not answered yet
+ * (mb_loop_ref). Otherwise uv_run returns once the VMM's own handles let it; messages sent to
+ * the loop meanwhile wait for the next uv_run.
  * NULL (and *err) on failure; when a handle was already made, its close completes on the
  * caller's next uv_run. libuv aborts if it runs out of memory growing its watcher table. */
 mb_loop *mb_loop_attach(uv_loop_t *uv, const char *name, int *err);
 /* Stop a loop: pending and later requests to its actors get MB_ESTOPPED, its actors are
- * destroyed, its handles closed. For a started loop, call from any thread but its own; it
- * joins the thread and closes the uv loop (uv_loop_close() == 0). For an attached loop, call
- * from the thread running it; the handles close on the caller's next uv_run. */
+ * destroyed, its handles closed. For a started loop, call from any thread but its own (its
+ * own: MB_EDEADLK); it joins the thread and closes the uv loop (uv_loop_close() == 0). For an
+ * attached loop, call from the thread running it (another thread: MB_EDEADLK), from a libuv
+ * callback, a handler or a reply callback alike: from a handler or reply callback of the
+ * runtime the stop takes effect once that callback returns (the loop stays usable until then);
+ * the handles close on the caller's next uv_run, and mb_loop_free may be called at once. */
 int mb_loop_stop(mb_loop *loop);
+/* An operation in flight that finishes with a callback on an attached loop keeps the VMM's
+ * uv_run going, as a libuv request does: mb_loop_ref when it starts, mb_loop_unref once its
+ * callback has run, both on the loop's thread. Calls (mb_call) and the library's own
+ * asynchronous operations do this by themselves. No effect on a started loop. */
+void mb_loop_ref(mb_loop *loop);
+void mb_loop_unref(mb_loop *loop);
 /* Free a stopped loop. No thread may still send to its actors. */
 void mb_loop_free(mb_loop *loop);
 

@@ -53,6 +53,8 @@ void mb__route(mb_msg *m) { (void)route(m); }
 
 static void drop(mb_loop *here, mb_msg *m) {
   if (here) here->stats.dropped++;
+  if (here && (m->flags__ & MB__F_REPLY) && m->cb__ && m->to.loop == here)
+    mb__loop_calls(here, -1); /* the answer to a call whose caller is gone */
   MB__TRACE(DROP, m);
   if (m->proto && m->proto->dispose) m->proto->dispose(m);
   mb__msg_release(m);
@@ -140,6 +142,7 @@ void mb_call(mb_actor *self, mb_addr to, mb_msg *m, mb_reply_fn cb, void *ctx) {
   m->cb__ = cb;
   m->reply__ = ctx;
   self->busy++;
+  mb__loop_calls(self->loop, +1);
   MB__TRACE(CALL, m);
   (void)route(m);
 }
@@ -151,6 +154,7 @@ void mb__dispatch_reply(mb_actor *a, mb_msg *m) {
     return;
   }
   a->busy--;
+  mb__loop_calls(a->loop, -1);
   run_reply_cb(a, m, cb, m->reply__);
   mb__actor_done_busy(a);
 }

@@ -10,30 +10,24 @@ pc=$(dirname "$(find "$root" -name membacking.pc | head -n 1)")
 [ -n "$pc" ] || { echo "membacking.pc was not installed"; exit 1; }
 prefix=$(sed -n 's/^prefix=//p' "$pc/membacking.pc")
 export PKG_CONFIG_PATH="$pc" PKG_CONFIG_SYSROOT_DIR="$root"
-cat > "$root/vmm.c" <<'C'
-#include <membacking.h>
-#include <stdio.h>
-int main(void) {
-  int err = 0;
-  mb_loop *loop = mb_loop_start("vmm", &err);
-  if (!loop) return 1;
-  mb_mm_config cfg = {.max_addr = 1ull << 30, .loop = loop};
-  mb_mm *mm = NULL;
-  if (mb_mm_create(&cfg, &mm)) return 2;
-  mb_region_params rp = {.name = "ram", .gpa = 0, .size = 1 << 20, .priority = 255};
-  mb_region_id id;
-  int rc = mb_region_add_sync(mm, &rp, &id);
-  if (!rc) rc = mb_region_map_sync(mm, id, true);
-  mb_mm_destroy(mm);
-  mb_loop_stop(loop);
-  mb_loop_free(loop);
-  printf("region add+map: %s\n", membacking_strerror(rc));
-  return rc ? 3 : 0;
-}
-C
+here=$(cd "$(dirname "$0")" && pwd)
+flags=$(pkg-config --cflags membacking)
+case " $flags " in
+*/membacking\ *) echo "pkg-config puts the headers' own folder on the include path: $flags"; exit 1 ;;
+esac
 # shellcheck disable=SC2046
-cc -std=gnu11 -o "$root/vmm" "$root/vmm.c" $(pkg-config --cflags --libs membacking)
+cc -std=c11 -Wall -Wextra -Werror -o "$root/vmm" "$here/vmm.c" $(pkg-config --cflags --libs membacking)
 "$root/vmm"
+# shellcheck disable=SC2046
+c++ -std=c++17 -Wall -Wextra -Werror -o "$root/vmm-cpp" "$here/vmm.cpp" $(pkg-config --cflags --libs membacking)
+"$root/vmm-cpp"
+# The same VMM as a meson project: dependency('membacking') finds the installed library.
+mkdir -p "$root/proj"
+cp "$here/vmm.c" "$root/proj/"
+printf "project('vmm', 'c', default_options: ['c_std=c11', 'werror=true', 'warning_level=2'])\nexecutable('vmm', 'vmm.c', dependencies: dependency('membacking'))\n" > "$root/proj/meson.build"
+meson setup "$root/proj/build" "$root/proj" >/dev/null
+ninja -C "$root/proj/build" >/dev/null
+"$root/proj/build/vmm"
 # The tools a VMM author uses on recordings and traces are installed and run.
 bin="$root$prefix/bin"
 for tool in membacking-replay membacking-trace; do
@@ -42,4 +36,4 @@ done
 printf 'object memfd ram 64K fill=0x11\nregion add ram 0 64K\nmapping add ram 0 64K ram 0\nregion map ram\nmapper add m eager\nread m 0 2 => 1111\n' > "$root/t.mbs"
 "$bin/membacking-replay" --quiet "$root/t.mbs"
 "$bin/membacking-trace" --help >/dev/null 2>&1 || [ $? -eq 2 ] # usage: 0 or 2, not a crash
-echo "prefix $prefix: installed headers, pkg-config and tools work"
+echo "prefix $prefix: installed headers (C11, C++17), pkg-config, meson and tools work"
