@@ -129,6 +129,35 @@ void mb__mm_unref(mb_mm *mm);
  * (its loop, part_loop, a consumer's, or the target of an add in flight), else 0. */
 int mb__mm_check_thread(mb_mm *mm);
 
+/* ---- answers, and steps that must run (membacking.c) --------------------------------------
+ * An asynchronous operation whose steps end on other loops answers its caller through an
+ * answer made on the caller's loop when it starts: a small actor there and the message that
+ * will wake it, so that completing, later and from any thread, allocates nothing and cannot
+ * fail. */
+typedef void (*mb__answer_fn)(void *arg, bool delivered);
+#define API_ANSWER_FIELDS(F) F(mb__answer_fn, fn) F(void *, arg)
+#define API_MESSAGES(M) M(api, API_ANSWER, answer, API_ANSWER_FIELDS)
+MB_PROTOCOL_DECLARE(api, API_MESSAGES)
+
+typedef struct mb__answer {
+  mb_addr to;  /* its actor */
+  mb_msg *msg; /* NULL once sent or cancelled */
+} mb__answer;
+
+/* On `here`'s thread: 0, or MB_ENOMEM or MB_ESTOPPED with nothing made. */
+int mb__answer_make(mb__answer *a, mb_loop *here, mb__answer_fn fn, void *arg);
+/* Any thread, once: fn(arg, true) runs on the answer's loop, later (never inside this call);
+ * if that loop stopped meanwhile, fn(arg, false) runs instead, on whichever thread the runtime
+ * drops the message, to release arg. */
+void mb__answer_send(mb__answer *a);
+/* On the answer's loop, for one not sent: fn never runs. */
+void mb__answer_cancel(mb__answer *a);
+
+/* mb_loop_exec for a step that must run (a teardown, an undo): a refusal for want of memory
+ * is retried (every millisecond) until the runtime has memory for it; the only other refusal
+ * is a stopped loop's (MB_ESTOPPED), whose actors are gone already. */
+int mb__exec_must(mb_loop *loop, mb_exec_fn fn, void *arg);
+
 /* ---- issuing requests -------------------------------------------------------------------- */
 
 /* Reads the operation's value out of its reply (a region id, a state, ...). */

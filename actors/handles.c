@@ -314,6 +314,7 @@ static bool rs_busy(uint32_t idx) {
 
 typedef struct retiree {
   uv_timer_t timer;
+  mb_loop *loop;
   uint32_t idx;
   void (*fn)(void *);
   void *arg;
@@ -325,7 +326,9 @@ static void retiree_tick(uv_timer_t *t) {
   retiree *r = t->data;
   if (rs_busy(r->idx)) return;
   uv_timer_stop(t);
+  mb_loop_enter(r->loop); /* the reaper destroys actors: not while a borrower runs the turn */
   r->fn(r->arg);
+  mb_loop_leave(r->loop);
   mb__h_free(r->idx);
   uv_close((uv_handle_t *)t, retiree_closed);
 }
@@ -339,6 +342,7 @@ static bool retire_later(mb_loop *loop, uint32_t idx, void (*fn)(void *), void *
     free(r);
     return false;
   }
+  r->loop = loop;
   r->idx = idx;
   r->fn = fn;
   r->arg = arg;
@@ -350,7 +354,9 @@ static bool retire_later(mb_loop *loop, uint32_t idx, void (*fn)(void *), void *
 void mb__h_retire(uint32_t idx, mb_loop *loop, void (*fn)(void *), void *arg) {
   rs_sync();
   if (rs_busy(idx)) {
-    if (loop && mb_loop_is_current(loop) && retire_later(loop, idx, fn, arg)) return;
+    if (loop && mb_loop_is_current(loop) && !mb_loop_is_lent(loop) &&
+        retire_later(loop, idx, fn, arg))
+      return;
     while (rs_busy(idx)) sched_yield(); /* not on a loop, or no memory for a timer */
   }
   fn(arg);

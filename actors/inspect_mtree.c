@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "fault_inject.h" /* MB_FI_ALLOC: tests fail these allocations */
 #include "membacking.h"
 
 /* ---- reading JSON --------------------------------------------------------------------------- */
@@ -39,7 +40,7 @@ static void ws(jdoc *d) {
 static int add(jdoc *d, char type, const char *key, size_t *out) {
   if (d->n == d->cap) {
     size_t cap = d->cap ? 2 * d->cap : 256;
-    jnode *v = realloc(d->v, cap * sizeof *v);
+    jnode *v = mb__realloc(d->v, cap * sizeof *v);
     if (!v) return MB_ENOMEM;
     d->v = v;
     d->cap = cap;
@@ -204,7 +205,9 @@ static int value(jdoc *d, const char *key, int depth, size_t *out) {
 static int jparse(jdoc *d, const char *json) {
   size_t root;
   *d = (jdoc){0};
-  if (!(d->text = strdup(json))) return MB_ENOMEM;
+  size_t len = strlen(json) + 1;
+  if (!(d->text = mb__malloc(len))) return MB_ENOMEM;
+  memcpy(d->text, json, len);
   d->p = d->text;
   int rc = value(d, NULL, 0, &root);
   ws(d);
@@ -260,6 +263,7 @@ typedef struct mtree {
   size_t nr;
   const char **objects; /* the objects seen, numbered from 1 in order of appearance */
   size_t nobjects;
+  bool nomem;           /* an object could not be numbered: the map is not complete */
 } mtree;
 
 static int region_of(const jdoc *d, size_t node, mt_region *r) {
@@ -306,7 +310,7 @@ static int nest(mtree *t, size_t *head) {
     }
     q->parent = best ? (size_t)(best - t->r) + 1 : 0;
   }
-  size_t *order = malloc((t->nr + 1) * sizeof *order);
+  size_t *order = mb__malloc((t->nr + 1) * sizeof *order);
   if (!order) return MB_ENOMEM;
   for (size_t i = 0; i < t->nr; i++) order[i] = i;
   qsort_r(order, t->nr, sizeof *order, sibling_cmp, t->r);
@@ -348,8 +352,11 @@ static void put_range(const mtree *t, uint64_t start, uint64_t end) {
 static size_t object_number(mtree *t, const char *obj) {
   for (size_t i = 0; i < t->nobjects; i++)
     if (strcmp(t->objects[i], obj) == 0) return i + 1;
-  const char **o = realloc(t->objects, (t->nobjects + 1) * sizeof *o);
-  if (!o) return 0; /* printed as object 0: the text stays readable */
+  const char **o = mb__realloc(t->objects, (t->nobjects + 1) * sizeof *o);
+  if (!o) {
+    t->nomem = true; /* printed as object 0, and the call fails */
+    return 0;
+  }
   t->objects = o;
   t->objects[t->nobjects++] = obj;
   return t->nobjects;
@@ -425,7 +432,7 @@ static int read_regions(mtree *t) {
   size_t regions = jarr(&t->d, 0, "regions");
   if (!regions) return MB_E_INVALID;
   for (size_t i = t->d.v[regions].child; i; i = t->d.v[i].next) t->nr++;
-  t->r = calloc(t->nr + 1, sizeof *t->r);
+  t->r = mb__calloc(t->nr + 1, sizeof *t->r);
   if (!t->r) return MB_ENOMEM;
   size_t k = 0;
   for (size_t i = t->d.v[regions].child; i; i = t->d.v[i].next)
@@ -454,6 +461,7 @@ int mb_mm_mtree(const char *json, FILE *out) {
     for (size_t c = head; c; c = t.r[c - 1].next) put_region(&t, c - 1, 0);
     put_partitions(&t, jarr(&t.d, 0, "partitions"));
     if (ferror(out)) rc = -EIO;
+    else if (t.nomem) rc = MB_ENOMEM;
   }
   free(t.objects);
   free(t.r);

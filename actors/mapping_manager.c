@@ -798,7 +798,9 @@ static void mm_destroy(mb_actor *self) {
   free(st);
 }
 
-static const mb_actor_type mm_type = {"mapping_manager", mm_handle, mm_destroy, 0};
+/* Everything the mapping manager does may run on a thread lending its loop (MB_LOOP_LEND). */
+static bool mm_lendable(const mb_msg *m) { return (void)m, true; }
+static const mb_actor_type mm_type = {"mapping_manager", mm_handle, mm_destroy, 0, mm_lendable};
 
 mb_actor *mb_mapping_manager_create(mb_loop *loop) {
   mm_state *st = mb__calloc(1, sizeof *st);

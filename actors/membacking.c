@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "api_internal.h"
 #include "fault_inject.h" /* MB_FI_ALLOC: tests fail these allocations */
@@ -48,7 +49,7 @@ static void api_cache_init(void) {
 static api_op *api_op_get(void) {
   api_op *op = api_cache;
   if (op == NULL)
-    return malloc(sizeof *op);
+    return mb__malloc(sizeof *op);
   api_cache = op->next;
   api_ncache--;
   return op;
@@ -113,6 +114,58 @@ int mb__api_call(mb__rec *rec, mb_addr to, mb_msg *msg, mb__value_fn value_fn, u
   return rc;
 }
 
+/* ---- answers and steps that must run ---------------------------------------------------------- */
+
+static void answer_dispose(mb_msg *msg) {
+  api_answer_msg *m = api_answer_of(msg);
+  if (m) m->fn(m->arg, false); /* its loop is gone: the operation is released there */
+}
+
+MB_PROTOCOL_DEFINE_DISPOSE(api, API_MESSAGES, answer_dispose);
+
+/* An answer's actor lives for one message. */
+static void answer_handle(mb_actor *self, mb_msg *msg) {
+  api_answer_msg *m = api_answer_of(msg);
+  mb_actor_destroy(self);
+  if (m) m->fn(m->arg, true);
+}
+
+static const mb_actor_type answer_type = {"answer", answer_handle, NULL, 0, NULL};
+
+int mb__answer_make(mb__answer *a, mb_loop *here, mb__answer_fn fn, void *arg) {
+  if (mb_loop_stopping(here)) return MB_ESTOPPED;
+  api_answer_msg *m = api_answer_new();
+  mb_actor *actor = m ? mb_actor_create(here, &answer_type, NULL, "answer") : NULL;
+  if (!actor) {
+    mb_msg_free(m ? &m->hdr : NULL);
+    return MB_ENOMEM;
+  }
+  m->fn = fn;
+  m->arg = arg;
+  *a = (mb__answer){mb_actor_addr(actor), &m->hdr};
+  return 0;
+}
+
+void mb__answer_send(mb__answer *a) {
+  mb_msg *m = a->msg;
+  a->msg = NULL;
+  (void)mb_send_from(a->to, m); /* undeliverable: dropped, and answer_dispose runs */
+}
+
+void mb__answer_cancel(mb__answer *a) {
+  if (!a->msg) return;
+  mb_actor_destroy(mb_actor_at(a->to.loop, a->to));
+  mb_msg_free(a->msg);
+  a->msg = NULL;
+}
+
+int mb__exec_must(mb_loop *loop, mb_exec_fn fn, void *arg) {
+  int rc;
+  while ((rc = mb_loop_exec(loop, fn, arg)) == MB_ENOMEM)
+    nanosleep(&(struct timespec){0, 1000000}, NULL);
+  return rc;
+}
+
 /* A blocking request to the region manager: refused on a loop thread the request needs. */
 static int rm_call(mb_mm *mm, mb_msg *msg, mb__value_fn value_fn, uint64_t *value) {
   int rc = mb__mm_check_thread(mm);
@@ -144,26 +197,53 @@ static void mm_build_managers(mb_loop *loop, void *arg) {
   mb_actor_time_requests(b->mm->mm, true);
 }
 
-static void ignore_reply(mb_actor *self, mb_msg *reply, void *ctx) {
-  (void)self, (void)reply, (void)ctx;
-}
-
-/* The partitions' mapper is registered before any request of the caller can reach the
- * mapping manager: this call is sent first, and delivery is causal. */
+/* Only the part of a manager that has no loop of its own to wait for: its VA mapper. */
 static void mm_build_part_vam(mb_loop *loop, void *arg) {
   mm_build *b = arg;
   mb_mm *mm = b->mm;
-  mm_add_mapper_msg *m = mm_add_mapper_new();
-  b->rc = m ? mb_vam_create(loop, mm->mm_addr, mm->max_addr, true, &mm->part_vam) : MB_ENOMEM;
-  if (b->rc) {
-    mb_msg_free(m ? &m->hdr : NULL);
-    return;
-  }
+  b->rc = mb_vam_create(loop, mm->mm_addr, mm->max_addr, true, &mm->part_vam);
+  if (b->rc) return;
   mm->part_base = mb_vam_base(mm->part_vam);
   mb_actor_time_requests(mb_actor_at(loop, mb_vam_addr(mm->part_vam)), true);
+}
+
+static void destroy_managers(mb_loop *loop, void *arg);
+
+/* On the manager's loop: the registration was answered. A refusal leaves the manager unusable:
+ * its managers go, so that every operation answers MB_EGONE (those held back included), and
+ * stderr says why; mb_mm_destroy is still the caller's to call. */
+static void primary_registered(mb_actor *self, mb_msg *reply, void *ctx) {
+  mb_mm *mm = ctx;
+  if (mm->rm && reply->status) {
+    fprintf(stderr, "membacking: mb_mm_create: the mapping manager refused the partitions' "
+                    "mapper (%s): every operation on this manager fails\n",
+            membacking_strerror(reply->status));
+    destroy_managers(mb_actor_loop(self), mm);
+  } else if (mm->rm) {
+    mb_actor_release(mm->rm);
+  }
+  mb__mm_unref(mm);
+}
+
+/* The partitions' mapper is registered before any request of the caller can reach the
+ * mapping manager. A creator that does not run the manager's loop waits for the answer, and
+ * fails with it. On that loop's own thread nobody can wait: the region manager, where every
+ * operation that makes memory visible starts, is held until the registration is answered
+ * (mapper adds may pass it: with nothing visible they have nothing to miss). */
+static int register_primary(mb_mm *mm) {
+  mm_add_mapper_msg *m = mm_add_mapper_new();
+  if (!m) return MB_ENOMEM;
   m->mapper = mb_vam_addr(mm->part_vam);
   m->eager = true;
-  mb_call(mb_loop_actor(loop), mm->mm_addr, &m->hdr, ignore_reply, NULL);
+  if (!mb_loop_is_current(mm->loop)) {
+    int rc = mb_call_sync(mm->mm_addr, &m->hdr);
+    mb_msg_free(&m->hdr);
+    return rc;
+  }
+  mb_actor_hold(mm->rm);
+  mb__mm_ref(mm);
+  mb_call(mb_loop_actor(mm->loop), mm->mm_addr, &m->hdr, primary_registered, mm);
+  return 0;
 }
 
 static int check_config(const mb_mm_config *cfg) {
@@ -189,7 +269,7 @@ int mb_mm_create(const mb_mm_config *cfg, mb_mm **out) {
   rc = mm->primary.idx == MB__H_NONE || mb_gpa_map_create(&mm->gpa_map) ? MB_ENOMEM : 0;
   if (!rc) rc = mb_loop_exec(mm->loop, mm_build_managers, &b);
   if (!rc && !(rc = b.rc)) rc = mb_loop_exec(mm->part_loop, mm_build_part_vam, &b);
-  if (!rc) rc = b.rc;
+  if (!rc && !(rc = b.rc)) rc = register_primary(mm);
   if (rc) {
     mb_mm_destroy(mm);
     return rc;
@@ -238,11 +318,13 @@ static void destroy_part_vam(mb_loop *loop, void *arg) {
   mb_vam_destroy(arg);
 }
 
+/* On the manager's loop (where rm and mm are read and written once the manager is made). */
 static void destroy_managers(mb_loop *loop, void *arg) {
   (void)loop;
   mb_mm *mm = arg;
   if (mm->rm) mb_actor_destroy(mm->rm);
   if (mm->mm) mb_actor_destroy(mm->mm);
+  mm->rm = mm->mm = NULL;
 }
 
 /* The next consumer to kill, taken off its list (under the lock: a removal that has not
@@ -263,15 +345,17 @@ static void *pop_consumer(mb_mm *mm, bool mapper) {
 
 static void destroy_primary(mb_mm *mm) {
   if (mm->primary.h) {
-    mb_loop_exec(mm->part_loop, kill_on_loop, &mm->primary);
+    mb__exec_must(mm->part_loop, kill_on_loop, &mm->primary);
     return;
   }
   if (mm->primary.idx != MB__H_NONE) mb__h_free(mm->primary.idx);
-  if (mm->part_vam) mb_loop_exec(mm->part_loop, destroy_part_vam, mm->part_vam);
+  if (mm->part_vam) mb__exec_must(mm->part_loop, destroy_part_vam, mm->part_vam);
 }
 
 /* Consumer operations in flight see `dead` and end with MB_EGONE; the struct lives on until
- * they and the consumers' last readers are done (refs). */
+ * they and the consumers' last readers are done (refs). Each step on a loop must run: one the
+ * runtime has no memory for waits for memory (mb__exec_must); a stopped loop's actors are
+ * gone with it already. */
 void mb_mm_destroy(mb_mm *mm) {
   if (!mm) return;
   pthread_mutex_lock(&mm->lock);
@@ -283,11 +367,11 @@ void mb_mm_destroy(mb_mm *mm) {
   mb__rec_close(mm->rec, mm);
   mm->rec = NULL;
   mb_partition *p;
-  while ((p = pop_consumer(mm, false))) mb_loop_exec(p->loop, kill_partition_on_loop, p);
+  while ((p = pop_consumer(mm, false))) mb__exec_must(p->loop, kill_partition_on_loop, p);
   mb_mapper *m;
-  while ((m = pop_consumer(mm, true))) mb_loop_exec(m->loop, kill_on_loop, m);
+  while ((m = pop_consumer(mm, true))) mb__exec_must(m->loop, kill_on_loop, m);
   destroy_primary(mm);
-  if (mm->rm || mm->mm) mb_loop_exec(mm->loop, destroy_managers, mm);
+  mb__exec_must(mm->loop, destroy_managers, mm);
   mb__mm_unref(mm);
 }
 

@@ -108,7 +108,9 @@ typedef struct mb_mm_config {
   mb_loop *part_loop;  /* runs the partitions' own eager VA mapper; NULL: `loop` */
 } mb_mm_config;
 
-/* Create a manager. Any thread; blocks while its actors are created on their loops. */
+/* Create a manager. Any thread; blocks while its actors are created on their loops. Called on
+ * the manager's own loop thread, it cannot wait for the mapping manager to register the
+ * partitions' mapper: operations on the manager then wait until it has. */
 int mb_mm_create(const mb_mm_config *cfg, mb_mm **out);
 /* Destroy a manager with everything it has: partitions, mappers, regions. Any thread; blocks
  * while the actors are destroyed on their loops. Handles of its mappers, partitions and locks
@@ -120,7 +122,9 @@ int mb_mm_create(const mb_mm_config *cfg, mb_mm **out);
  * (a line on stderr says how many): their pages are torn down under their holders, whose
  * pointers may then fault, and mb_mapper_unlock answers MB_E_INVALID; release them first.
  * A reader inside a call on one of its mappers delays only the freeing of that mapper's VA,
- * which then completes on the mapper's loop. Calling it twice is undefined. */
+ * which then completes on the mapper's loop. It cannot fail halfway: a step on a loop that
+ * the runtime has no memory for is tried again until it has. Calling it twice is
+ * undefined. */
 void mb_mm_destroy(mb_mm *mm);
 uint64_t mb_mm_max_addr(const mb_mm *mm);
 /* Record every region, mapping, mapper and partition operation issued on this manager, with
@@ -375,9 +379,12 @@ int mb_partition_serve_exit(mb_partition *p, const mb_kvm_exit *ex, struct kvm_r
  * one's slots and latency). Latency is sampled: one request in MB_LATENCY_SAMPLE (16) of
  * each kind is timed, and "samples" counts those, not the requests handled. Strings are
  * valid UTF-8 whatever a name holds (a byte that is not becomes U+FFFD). It is read on each
- * actor's loop in turn (mb_loop_exec), so a call from a loop thread briefly waits for the
- * other loops. Do not remove mappers or partitions while an inspection runs. The async
- * form's value is the char *. */
+ * actor's loop in turn: the blocking form waits for each of those loops (mb_loop_exec), so
+ * a call from a loop thread briefly waits for the others; the asynchronous form posts each
+ * part to its loop and never blocks the loop that asks. A mapper or partition removed while
+ * an inspection runs is left out; its loop must not be stopped meanwhile. The async form's
+ * value is the char *. An inspection is whole or an error (MB_ENOMEM, MB_EGONE when the
+ * manager is destroyed meanwhile), never part of one. */
 void mb_mm_inspect(mb_mm *mm, mb_done_fn done, void *ctx);
 int mb_mm_inspect_sync(mb_mm *mm, char **json);
 /* Dump it to `path` (NULL: stderr) whenever the process gets `signum` (e.g. SIGUSR1). */

@@ -57,21 +57,46 @@ typedef struct step_op {
   mb_mapper *mapper;                              /* being added */
   mb_partition *part;                             /* being added */
   mb__handle h;                                   /* being removed: claimed */
+  mb__answer answer;                              /* when the target is not the caller's loop */
   int status;
   uint64_t value;
   mb_done_fn done;
   void *ctx;
 } step_op;
 
-/* An operation on a live manager, or one already answered MB_EGONE (op->status). */
-static step_op *step_new(mb_mm *mm, mb_loop *target, mb_done_fn done, void *ctx) {
-  step_op *op = mb__calloc(1, sizeof *op);
+/* On the caller's loop: the completion, and the operation's end. */
+static void step_finish(step_op *op) {
+  op->done(op->ctx, op->status, op->value);
+  free(op);
+}
+
+static void step_posted(mb_loop *loop, void *arg) {
+  (void)loop;
+  step_finish(arg);
+}
+
+static void step_answered(void *arg, bool delivered) {
+  if (delivered) step_finish(arg);
+  else free(arg); /* the caller's loop is gone: nobody to tell */
+}
+
+/* An operation on a live manager, or one already answered MB_EGONE (op->status); NULL with
+ * *rc when the calling thread runs no loop (MB_EINVAL) or memory is short (MB_ENOMEM). An
+ * operation whose steps run on another loop gets its answer now: its end cannot fail. */
+static step_op *step_new(mb_mm *mm, mb_loop *target, mb_done_fn done, void *ctx, int *rc) {
+  mb_loop *here = mb_loop_current();
+  step_op *op = here ? mb__calloc(1, sizeof *op) : NULL;
+  *rc = !here ? MB_EINVAL : !op ? MB_ENOMEM : 0;
   if (!op) return NULL;
   op->mm = mm;
-  op->caller = mb_loop_current();
+  op->caller = here;
   op->target = target ? target : mm->loop;
   op->done = done;
   op->ctx = ctx;
+  if (op->target != here && (*rc = mb__answer_make(&op->answer, here, step_answered, op))) {
+    free(op);
+    return NULL;
+  }
   mb__mm_ref(mm);
   pthread_mutex_lock(&mm->lock);
   op->status = mm->dead ? MB_EGONE : 0;
@@ -90,31 +115,31 @@ static void step_release(step_op *op) {
   mb__mm_unref(op->mm);
 }
 
-static void step_finish(mb_loop *loop, void *arg) {
-  (void)loop;
-  step_op *op = arg;
-  op->done(op->ctx, op->status, op->value);
-  free(op);
-}
-
-/* Hand the result back to the caller's loop. */
+/* Hand the result back to the caller's loop: through its answer, or, when every step ran on
+ * the caller's loop, at once: this is a later turn of that loop (a reply, a posted step, a
+ * retirement; step_start answers its own failures), so nothing can fail on the way. */
 static void step_done(step_op *op, int status, uint64_t value) {
   op->status = status;
   op->value = value;
   step_release(op);
-  if (mb_loop_post(op->caller, step_finish, op)) free(op); /* the caller's loop is gone */
+  if (op->answer.msg) mb__answer_send(&op->answer);
+  else step_finish(op);
 }
 
-/* Start an operation: its first step runs on the consumer's loop (no step: refused). */
-static void step_start(step_op *op, mb_exec_fn first, mb_done_fn done, void *ctx) {
-  if (!op || !op->caller) { /* no memory, or not on a loop (a programming error) */
-    if (op) step_release(op);
-    done(ctx, op ? MB_EINVAL : MB_ENOMEM, 0);
-    free(op);
+/* Start an operation: its first step runs on the consumer's loop. Inside the call only a
+ * want of memory is answered (membacking.h); any other refusal comes later. */
+static void step_start(step_op *op, mb_exec_fn first) {
+  int rc = op->status ? op->status : first ? mb_loop_post(op->target, first, op) : MB_E_INVALID;
+  if (rc == 0) return;
+  op->status = rc;
+  step_release(op);
+  if (op->answer.msg) {
+    mb__answer_send(&op->answer);
     return;
   }
-  int rc = op->status ? op->status : first ? mb_loop_post(op->target, first, op) : MB_E_INVALID;
-  if (rc) step_done(op, rc, 0);
+  if (rc != MB_ENOMEM && mb_loop_post(op->caller, step_posted, op) == 0) return;
+  op->status = MB_ENOMEM;
+  step_finish(op);
 }
 
 typedef struct later {
@@ -130,10 +155,11 @@ static void later_run(mb_loop *loop, void *arg) {
   free(x);
 }
 
-/* Answer an asynchronous call that never started, on the caller's loop as promised. */
+/* Answer an asynchronous call that never started, on the caller's loop as promised (a want
+ * of memory inside the call, as membacking.h allows). */
 static void answer_later(mb_done_fn done, void *ctx, int status) {
   mb_loop *here = mb_loop_current();
-  later *x = here ? malloc(sizeof *x) : NULL;
+  later *x = here && status != MB_ENOMEM ? mb__malloc(sizeof *x) : NULL;
   if (x) {
     *x = (later){done, ctx, status};
     if (mb_loop_post(here, later_run, x) == 0) return;
@@ -288,9 +314,14 @@ static void mapper_add_step(mb_loop *loop, void *arg) {
 }
 
 void mb_mapper_add(mb_mm *mm, mb_loop *loop, bool eager, mb_done_fn done, void *ctx) {
-  step_op *op = step_new(mm, loop, done, ctx);
-  if (op) op->eager = eager;
-  step_start(op, mapper_add_step, done, ctx);
+  int rc;
+  step_op *op = step_new(mm, loop, done, ctx, &rc);
+  if (!op) {
+    done(ctx, rc, 0);
+    return;
+  }
+  op->eager = eager;
+  step_start(op, mapper_add_step);
 }
 
 static void mapper_remove_killed(void *ctx, int rc) { step_done(ctx, rc, 0); }
@@ -334,18 +365,18 @@ static step_op *claim_step(mb__handle h, mb__hkind kind, mb_done_fn done, void *
   mb_loop *loop = !obj ? NULL : kind == MB__H_MAPPER ? ((mb_mapper *)obj)->loop
                                                      : ((mb_partition *)obj)->loop;
   bool ok = obj && obj != (void *)&mm->primary && mb__h_claim(h);
-  step_op *op = ok ? step_new(mm, loop, done, ctx) : NULL;
+  *rc = MB_E_INVALID;
+  step_op *op = ok ? step_new(mm, loop, done, ctx, rc) : NULL;
   mb__rs_leave(rs);
   if (ok && !op) mb__h_unclaim(h);
   if (op) op->h = h;
-  *rc = ok ? MB_ENOMEM : MB_E_INVALID;
   return op;
 }
 
 void mb_mapper_remove(mb_mapper *handle, mb_done_fn done, void *ctx) {
   int rc;
   step_op *op = claim_step((mb__handle)handle, MB__H_MAPPER, done, ctx, &rc);
-  if (op) step_start(op, mapper_remove_step, done, ctx);
+  if (op) step_start(op, mapper_remove_step);
   else answer_later(done, ctx, rc);
 }
 
@@ -376,7 +407,7 @@ static int mapper_add_sync(mb_mm *mm, mb_loop *loop, bool eager, mb_mapper **out
   if (rc || (rc = v.rc)) return rc;
   rc = mb__api_call(NULL, mm->mm_addr, add_mapper_msg(v.m->vam), NULL, NULL);
   rc = mapper_commit(v.m, eager, rc);
-  if (rc) mb_loop_exec(loop, mapper_unbuild_fn, v.m);
+  if (rc) mb__exec_must(loop, mapper_unbuild_fn, v.m);
   else *out = (mb_mapper *)v.m->h;
   return rc;
 }
@@ -417,7 +448,7 @@ static int mapper_remove_sync(mb_mm *mm, mb__handle h, mb_loop *loop, mb_addr va
   kill_wait w;
   sem_init(&w.done, 0, 0);
   e.wait = &w;
-  int rc = mb_loop_exec(loop, mapper_remove_end, &e);
+  int rc = mb__exec_must(loop, mapper_remove_end, &e);
   if (rc) mb__h_unclaim(h); /* its loop is gone */
   if (!rc && !(rc = e.status)) {
     while (sem_wait(&w.done) != 0) continue;
@@ -483,7 +514,7 @@ int mb_mapper_write(mb_mapper *handle, uint64_t gpa, const void *buf, size_t len
 /* ---- ranges -------------------------------------------------------------------------------- */
 
 mb_range_list *mb__range_list(mb_part_range *ranges, uint32_t count) {
-  mb_range_list *l = malloc(sizeof *l + (size_t)count * sizeof l->ranges[0]);
+  mb_range_list *l = mb__malloc(sizeof *l + (size_t)count * sizeof l->ranges[0]);
   if (l) {
     l->count = count;
     if (count) memcpy(l->ranges, ranges, (size_t)count * sizeof l->ranges[0]);
@@ -492,18 +523,33 @@ mb_range_list *mb__range_list(mb_part_range *ranges, uint32_t count) {
   return l;
 }
 
+/* A ranges reply's list (an asynchronous caller then gets MB_ENOMEM when there is none). */
+static uint64_t ranges_value(mb_msg *reply, mb_part_range **ranges, uint32_t count) {
+  mb_range_list *l = mb__range_list(*ranges, count);
+  *ranges = NULL;
+  if (!l) reply->status = MB_ENOMEM;
+  return (uint64_t)(uintptr_t)l;
+}
+
 static uint64_t vam_ranges_value(mb_msg *m) {
   vam_ranges_msg *r = vam_ranges_of(m);
-  mb_range_list *l = mb__range_list(r->ranges, r->count);
-  r->ranges = NULL;
-  return (uint64_t)(uintptr_t)l;
+  return ranges_value(m, &r->ranges, r->count);
 }
 
 static uint64_t pm_ranges_value(mb_msg *m) {
   pm_ranges_msg *r = pm_ranges_of(m);
-  mb_range_list *l = mb__range_list(r->ranges, r->count);
-  r->ranges = NULL;
-  return (uint64_t)(uintptr_t)l;
+  return ranges_value(m, &r->ranges, r->count);
+}
+
+/* The requests (NULL when out of memory). */
+static mb_msg *vam_ranges_request(void) {
+  vam_ranges_msg *m = vam_ranges_new();
+  return m ? &m->hdr : NULL;
+}
+
+static mb_msg *pm_ranges_request(void) {
+  pm_ranges_msg *m = pm_ranges_new();
+  return m ? &m->hdr : NULL;
 }
 
 /* The actor address behind a live handle (zero when it is not one). */
@@ -526,7 +572,7 @@ static void submit_to(mb_addr to, mb_msg *msg, mb__value_fn fn, mb_done_fn done,
 }
 
 void mb_mapper_ranges(mb_mapper *m, mb_done_fn done, void *ctx) {
-  submit_to(actor_of((mb__handle)m, MB__H_MAPPER), &vam_ranges_new()->hdr, vam_ranges_value,
+  submit_to(actor_of((mb__handle)m, MB__H_MAPPER), vam_ranges_request(), vam_ranges_value,
             done, ctx);
 }
 
@@ -543,7 +589,7 @@ static int ranges_sync(mb_addr to, mb_msg *msg, mb__value_fn fn, mb_range_list *
 }
 
 int mb_mapper_ranges_sync(mb_mapper *m, mb_range_list **out) {
-  return ranges_sync(actor_of((mb__handle)m, MB__H_MAPPER), &vam_ranges_new()->hdr,
+  return ranges_sync(actor_of((mb__handle)m, MB__H_MAPPER), vam_ranges_request(),
                      vam_ranges_value, out);
 }
 
@@ -658,13 +704,18 @@ static int check_params(const mb_partition_params *p) {
 
 void mb_partition_attach(mb_mm *mm, const mb_partition_params *p, mb_done_fn done, void *ctx) {
   int rc = check_params(p);
-  step_op *op = rc ? NULL : step_new(mm, p->loop, done, ctx);
-  if (op) {
-    op->ops = p->ops;
-    if (p->config) op->config = memcpy(op->config_copy, p->config, p->ops->config_size);
+  if (rc) {
+    answer_later(done, ctx, rc);
+    return;
   }
-  if (rc) answer_later(done, ctx, rc);
-  else step_start(op, partition_add_step, done, ctx);
+  step_op *op = step_new(mm, p->loop, done, ctx, &rc);
+  if (!op) {
+    done(ctx, rc, 0);
+    return;
+  }
+  op->ops = p->ops;
+  if (p->config) op->config = memcpy(op->config_copy, p->config, p->ops->config_size);
+  step_start(op, partition_add_step);
 }
 
 void mb_partition_add(mb_mm *mm, const mb_partition_ops *ops, mb_loop *loop, mb_done_fn done,
@@ -703,7 +754,7 @@ static void partition_remove_step(mb_loop *loop, void *arg) {
 void mb_partition_remove(mb_partition *handle, mb_done_fn done, void *ctx) {
   int rc;
   step_op *op = claim_step((mb__handle)handle, MB__H_PARTITION, done, ctx, &rc);
-  if (op) step_start(op, partition_remove_step, done, ctx);
+  if (op) step_start(op, partition_remove_step);
   else answer_later(done, ctx, rc);
 }
 
@@ -735,7 +786,7 @@ static int partition_attach_sync(mb_mm *mm, const mb_partition_params *params, m
   if (rc || (rc = v.rc)) return rc;
   rc = mb__api_call(NULL, mm->rm_addr, partition_msg(true, v.p->addr), NULL, NULL);
   rc = partition_commit(v.p, rc);
-  if (rc) mb_loop_exec(loop, partition_unbuild_fn, v.p);
+  if (rc) mb__exec_must(loop, partition_unbuild_fn, v.p);
   else *out = (mb_partition *)v.p->h;
   return rc;
 }
@@ -774,7 +825,7 @@ static int partition_remove_sync(mb_mm *mm, mb__handle h, mb_loop *loop, mb_addr
   kill_wait w;
   sem_init(&w.done, 0, 0);
   e.wait = &w;
-  int rc = mb_loop_exec(loop, partition_remove_end, &e);
+  int rc = mb__exec_must(loop, partition_remove_end, &e);
   if (rc) mb__h_unclaim(h); /* its loop is gone */
   if (!rc && !(rc = e.status)) {
     while (sem_wait(&w.done) != 0) continue;
@@ -827,12 +878,12 @@ int mb_partition_access_sync(mb_partition *p, uint64_t gpa, void *buf, size_t le
 }
 
 void mb_partition_ranges(mb_partition *p, mb_done_fn done, void *ctx) {
-  submit_to(actor_of((mb__handle)p, MB__H_PARTITION), &pm_ranges_new()->hdr, pm_ranges_value,
+  submit_to(actor_of((mb__handle)p, MB__H_PARTITION), pm_ranges_request(), pm_ranges_value,
             done, ctx);
 }
 
 int mb_partition_ranges_sync(mb_partition *p, mb_range_list **out) {
-  return ranges_sync(actor_of((mb__handle)p, MB__H_PARTITION), &pm_ranges_new()->hdr,
+  return ranges_sync(actor_of((mb__handle)p, MB__H_PARTITION), pm_ranges_request(),
                      pm_ranges_value, out);
 }
 

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "api_internal.h"
+#include "fault_inject.h" /* MB_FI_ALLOC: tests fail these allocations */
 
 /* In a section on m: take the lock and give it a handle. A lock taken while m is being killed
  * is handed back: the kill's sweep of m's locks (mb__h_kill_locks) and this check are ordered
@@ -86,7 +87,7 @@ static int locks_of(mb_vam *vam, mb_lock_list **out) {
   int rc = mb_vam_locks(vam, &info, &n, &waiting);
   if (rc != 0)
     return rc;
-  mb_lock_list *l = malloc(sizeof *l + n * sizeof l->locks[0]);
+  mb_lock_list *l = mb__malloc(sizeof *l + n * sizeof l->locks[0]);
   if (l == NULL) {
     free(info);
     return MB_ENOMEM;

@@ -6,6 +6,8 @@
 
 #include <stdlib.h>
 
+#include "fault_inject.h" /* MB_FI_ALLOC: tests fail these allocations */
+
 /* A PM_RANGES reply carries a malloc'd array: freed if its requester is gone. */
 static void pm_dispose(mb_msg *msg) {
   pm_ranges_msg *m = pm_ranges_of(msg);
@@ -35,7 +37,7 @@ static int merged_ranges(pm_state *s, mb_part_range **out, uint32_t *count) {
   size_t total = s->ops->ranges(s->inst, NULL, 0);
   if (total == 0)
     return 0;
-  mb_part_range *r = malloc(total * sizeof *r);
+  mb_part_range *r = mb__malloc(total * sizeof *r);
   if (!r)
     return MB_ENOMEM;
   total = s->ops->ranges(s->inst, r, total);
@@ -93,7 +95,10 @@ static void pm_destroy(mb_actor *self) {
   free(s);
 }
 
-static const mb_actor_type pm_type = {"partition_mapper", pm_handle, pm_destroy, 0};
+/* Backends map and unmap from any thread (one at a time): all of it may run on a thread
+ * lending the partition's loop (MB_LOOP_LEND). */
+static bool pm_lendable(const mb_msg *m) { return (void)m, true; }
+static const mb_actor_type pm_type = {"partition_mapper", pm_handle, pm_destroy, 0, pm_lendable};
 
 int mb_partition_mapper_create(mb_loop *loop, const mb_partition_ops *ops, const void *config,
                                uint64_t max_addr, uint8_t *va_base, mb_actor **out) {
@@ -101,7 +106,7 @@ int mb_partition_mapper_create(mb_loop *loop, const mb_partition_ops *ops, const
     return MB_EINVAL;
   if (mb_loop_stopping(loop))
     return MB_ESTOPPED;
-  pm_state *s = calloc(1, sizeof *s);
+  pm_state *s = mb__calloc(1, sizeof *s);
   if (!s)
     return MB_ENOMEM;
   s->ops = ops;

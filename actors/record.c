@@ -7,7 +7,8 @@
  * live region, else it becomes region<ID>; objects, mappers and partitions get o<N>, m<N>, p<N>.
  * Backing objects are recorded as `object memfd` of their size (their contents are not).
  * An operation the format cannot express (unaligned arguments, which a scenario rejects, or a
- * result outside the scenario's error codes) is written as a comment. */
+ * result outside the scenario's error codes) is written as a comment, and so is a want of
+ * memory of the recording's own (a name it could not keep: the lines after it may not replay). */
 #include <inttypes.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -15,6 +16,7 @@
 #include <string.h>
 
 #include "api_internal.h"
+#include "fault_inject.h" /* MB_FI_ALLOC: tests fail these allocations */
 #include "record.h"
 
 typedef struct rec_key {
@@ -37,7 +39,14 @@ struct mb__rec {
   rec_key *keys;
   size_t nkeys, cap;
   unsigned objects, mappers, partitions;
+  bool nomem; /* said so in the recording */
 };
+
+/* Names that could not be kept make the rest of the recording unreliable: it says so, once. */
+static void rec_nomem(mb__rec *r) {
+  if (!r->nomem) fputs("# membacking: out of memory while recording: what follows may not replay\n", r->f);
+  r->nomem = true;
+}
 
 static const char *const state_names[] = {"unmapped", "hidden", "active", "partial"};
 
@@ -67,8 +76,11 @@ static const char *region_name(mb__rec *r, uint32_t id, char *buf, size_t len) {
 static bool region_register(mb__rec *r, uint32_t id, const char *want) {
   if (id >= r->nregions) {
     size_t n = id + 1 > 2 * r->nregions ? id + 1 : 2 * r->nregions;
-    rec_region *p = realloc(r->regions, n * sizeof *p);
-    if (!p) return false;
+    rec_region *p = mb__realloc(r->regions, n * sizeof *p);
+    if (!p) {
+      rec_nomem(r);
+      return false;
+    }
     memset(p + r->nregions, 0, (n - r->nregions) * sizeof *p);
     r->regions = p;
     r->nregions = n;
@@ -89,8 +101,11 @@ static rec_key *key_find(mb__rec *r, const void *key) {
 static rec_key *key_add(mb__rec *r, const void *key, char prefix, unsigned n) {
   if (r->nkeys == r->cap) {
     size_t cap = r->cap ? r->cap * 2 : 16;
-    rec_key *p = realloc(r->keys, cap * sizeof *p);
-    if (!p) return NULL;
+    rec_key *p = mb__realloc(r->keys, cap * sizeof *p);
+    if (!p) {
+      rec_nomem(r);
+      return NULL;
+    }
     r->keys = p;
     r->cap = cap;
   }
@@ -225,13 +240,14 @@ void mb__rec_partition(mb__rec *r, bool add, const mb_partition *p, const char *
 /* ---- opening and closing -------------------------------------------------------------------- */
 
 mb__rec *mb__rec_open(const char *path, const mb_mm *mm, int overlap, int *err) {
-  mb__rec *r = calloc(1, sizeof *r);
+  mb__rec *r = mb__calloc(1, sizeof *r);
   if (r && !(r->f = fopen(path, "w"))) {
     free(r);
-    r = NULL;
+    *err = MB_E_INVALID;
+    return NULL;
   }
   if (!r) {
-    *err = MB_E_INVALID;
+    *err = MB_ENOMEM;
     return NULL;
   }
   pthread_mutex_init(&r->lock, NULL);
@@ -262,7 +278,8 @@ static void expect_regions(mb_loop *loop, void *arg) {
   (void)loop;
   close_ctx *c = arg;
   pthread_mutex_lock(&c->r->lock);
-  for (size_t id = 0; id < c->r->nregions; id++) {
+  if (!c->mm->rm) fputs("# expect region: not recorded: the manager was unusable\n", c->r->f);
+  for (size_t id = 0; c->mm->rm && id < c->r->nregions; id++) {
     if (!c->r->regions[id].live) continue;
     int st = mb__region_manager_state(c->mm->rm, (uint32_t)id);
     if (st >= 0 && st < 4)
@@ -276,8 +293,13 @@ static void expect_partition(mb_loop *loop, void *arg) {
   close_ctx *c = arg;
   mb_part_range *ranges = NULL;
   uint32_t n = 0;
-  if (mb__partition_mapper_ranges(c->p->actor, &ranges, &n)) return;
+  int rc = mb__partition_mapper_ranges(c->p->actor, &ranges, &n);
   pthread_mutex_lock(&c->r->lock);
+  if (rc) {
+    fprintf(c->r->f, "# expect partition %s: not recorded: %s\n", c->name, membacking_strerror(rc));
+    pthread_mutex_unlock(&c->r->lock);
+    return;
+  }
   fprintf(c->r->f, "expect partition %s", c->name);
   if (!n) fputs(" none", c->r->f);
   for (uint32_t i = 0; i < n; i++)
@@ -291,13 +313,13 @@ static void expect_partition(mb_loop *loop, void *arg) {
 void mb__rec_close(mb__rec *r, mb_mm *mm) {
   if (!r) return;
   close_ctx c = {r, mm, NULL, NULL};
-  mb_loop_exec(mm->loop, expect_regions, &c);
+  mb__exec_must(mm->loop, expect_regions, &c);
   for (mb_partition *p = mm->partitions; p; p = p->next) {
     rec_key *k = key_find(r, p);
     if (!k) continue;
     c.p = p;
     c.name = k->name;
-    mb_loop_exec(p->loop, expect_partition, &c);
+    mb__exec_must(p->loop, expect_partition, &c);
   }
   fclose(r->f);
   for (size_t i = 0; i < r->nkeys; i++)

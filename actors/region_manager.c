@@ -191,7 +191,7 @@ static int build_entries(const rm_call *c, mb_map_entry **out, uint32_t *count) 
       n++;
   if (n > UINT32_MAX)
     return MB_ENOMEM;
-  mb_map_entry *e = malloc(n * sizeof *e);
+  mb_map_entry *e = mb__malloc(n * sizeof *e);
   if (e == NULL)
     return MB_ENOMEM;
   e[0] = clip_entry(c->maps, start, end, c->writable);
@@ -611,7 +611,7 @@ static int region_add(rm_state *st, rm_region_add_msg *m) {
     return rc;
   if (st->next_id == 0)
     return MB_E_INVALID; /* every id was used once: ids are never reused */
-  rm_region *r = calloc(1, sizeof *r);
+  rm_region *r = mb__calloc(1, sizeof *r);
   if (r == NULL)
     return MB_ENOMEM;
   r->id = st->next_id++;
@@ -659,7 +659,7 @@ static int plan_mapping_add(rm_state *st, rm_op *op) {
     return MB_E_OVERLAP;
   if (m->writable && !mb_object_writable(m->obj))
     return MB_E_READONLY; /* an object only readable (a sealed memfd, an O_RDONLY file) */
-  rm_mapping *nm = calloc(1, sizeof *nm);
+  rm_mapping *nm = mb__calloc(1, sizeof *nm);
   if (nm == NULL)
     return MB_ENOMEM;
   nm->obj = mb_object_ref(m->obj);
@@ -693,7 +693,7 @@ static int plan_mapping_remove(rm_state *st, rm_op *op) {
   op->end = abs.end;
   if (!first_mapping(r, abs.start, abs.end))
     return 0; /* nothing mapped there: a no-op */
-  op->spare = malloc(sizeof *op->spare);
+  op->spare = mb__malloc(sizeof *op->spare);
   if (op->spare == NULL)
     return MB_ENOMEM;
   /* The visible removed bytes: r's mappings clipped to r's pieces inside the range. */
@@ -851,8 +851,10 @@ static void rm_destroy(mb_actor *self) {
   free(st);
 }
 
+/* Everything the region manager does may run on a thread lending its loop (MB_LOOP_LEND). */
+static bool rm_lendable(const mb_msg *m) { return (void)m, true; }
 static const mb_actor_type rm_type = {"region_manager", rm_handle, rm_destroy,
-                                      MB_ACTOR_SERIALIZED};
+                                      MB_ACTOR_SERIALIZED, rm_lendable};
 
 /* ---- introspection (direct reads on the region manager's thread) ---------------------------- */
 
@@ -933,7 +935,7 @@ mb_actor *mb_region_manager_create(mb_loop *loop, const mb_rm_config *cfg) {
   if (loop == NULL || cfg == NULL ||
       (cfg->overlap != MB_OVERLAP_NESTED && cfg->overlap != MB_OVERLAP_ANY))
     return NULL;
-  rm_state *st = calloc(1, sizeof *st);
+  rm_state *st = mb__calloc(1, sizeof *st);
   if (st == NULL)
     return NULL;
   st->cfg = *cfg;

@@ -18,6 +18,7 @@
 #include <errno.h>
 #include <stdlib.h>
 
+#include "fault_inject.h" /* MB_FI_ALLOC: tests fail these allocations */
 #include "mb_errors.h"
 #include "region_manager.h"
 
@@ -71,7 +72,7 @@ static int reserve(mb__vis_set *s, size_t n) {
       return -ENOMEM;
     want *= 2;
   }
-  void *b = malloc(want);
+  void *b = mb__malloc(want);
   if (b == NULL)
     return -ENOMEM;
   free(s->buf);
@@ -83,7 +84,7 @@ static int reserve(mb__vis_set *s, size_t n) {
 /* An unlinked piece [start, end) of region, or NULL. */
 static mb__vis_piece *piece_new(mb__vis_set *s, uint64_t start, uint64_t end,
                                 mb__vis_region *region) {
-  mb__vis_piece *p = s->ncache > 0 ? s->cache[--s->ncache] : malloc(sizeof *p);
+  mb__vis_piece *p = s->ncache > 0 ? s->cache[--s->ncache] : mb__malloc(sizeof *p);
   if (p != NULL)
     *p = (mb__vis_piece){.node = {.start = start, .end = end}, .region = region};
   return p;

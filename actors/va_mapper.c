@@ -112,7 +112,9 @@ struct mb_vam {
   uint64_t watch_ms;
   mb_vam_log_fn log;
   void *log_ctx;
-  uv_timer_t *timer;  /* the watchdog's, once started (the actor's thread only) */
+  uv_timer_t *timer;  /* the watchdog's: made with the mapper, so that starting it cannot
+                       * fail; a libuv handle once timer_live (the actor's thread only) */
+  bool timer_live;
   _Atomic uint64_t faults, resolved, unmapped, parked;
   vam_range *range_cache[8]; /* unlinked ranges kept for reuse (the actor's thread only) */
   unsigned nrange_cache;
@@ -712,13 +714,17 @@ static void vam_actor_gone(mb_actor *self) {
   for (size_t i = 0; i < n; i++)
     mb_reply(jobs[i].msg, status);
   free(jobs);
-  if (v->timer != NULL) {
+  if (v->timer != NULL && v->timer_live)
     uv_close((uv_handle_t *)v->timer, (uv_close_cb)free);
-    v->timer = NULL;
-  }
+  else
+    free(v->timer);
+  v->timer = NULL;
 }
 
-static const mb_actor_type vam_type = {"va_mapper", vam_handle, vam_actor_gone, 0};
+/* All but the watchdog's start (a libuv timer of the mapper's loop) may run on a thread
+ * lending the mapper's loop (MB_LOOP_LEND). */
+static bool vam_lendable(const mb_msg *m) { return !vam_watch_of((mb_msg *)m); }
+static const mb_actor_type vam_type = {"va_mapper", vam_handle, vam_actor_gone, 0, vam_lendable};
 
 /* ---- the watchdog (the actor's thread) ------------------------------------------------------- */
 
@@ -754,8 +760,26 @@ static void log_line(mb_vam *v, mb_vam_log_fn log, void *ctx, const mb_lock *l, 
     fprintf(stderr, "%s\n", line);
 }
 
-/* Reports each lock past the threshold once. The lines are made under `lock` and written
- * after it (a log function may take its time, or lock and unlock itself). */
+enum { WATCH_BATCH = 16 }; /* locks reported per look under `lock` (no allocation) */
+
+/* Up to WATCH_BATCH locks past the limit and not reported yet, marked reported, into due
+ * (`lock` held): how many. */
+static size_t due_locks(mb_vam *v, uint64_t now, uint64_t limit, mb_lock *due) {
+  size_t k = 0;
+  mb_rtree_node *it;
+  mb_rtree_for_each(it, &v->locks) {
+    mb_lock *l = mb_rtree_entry(it, mb_lock, node);
+    if (k < WATCH_BATCH && !l->reported && now - l->t_ns >= limit) {
+      l->reported = true;
+      due[k++] = *l;
+    }
+  }
+  return k;
+}
+
+/* Reports each lock past the threshold once. The locks due are copied under `lock`, a batch
+ * at a time, and reported after it (a log function may take its time, or lock and unlock
+ * itself). */
 static void on_watch_timer(uv_timer_t *t) {
   mb_vam *v = t->data;
   uint64_t now = now_ns(CLOCK_MONOTONIC);
@@ -766,47 +790,38 @@ static void on_watch_timer(uv_timer_t *t) {
     uv_timer_stop(t);
     return;
   }
+  uv_timer_set_repeat(t, watch_period(v->watch_ms));
   uint64_t limit = v->watch_ms * 1000000u;
-  size_t n = 0;
-  mb_rtree_node *it;
-  mb_rtree_for_each(it, &v->locks) {
-    mb_lock *l = mb_rtree_entry(it, mb_lock, node);
-    n += !l->reported && now - l->t_ns >= limit;
-  }
-  mb_lock *due = n ? mb__malloc(n * sizeof *due) : NULL;
-  size_t k = 0;
-  mb_rtree_for_each(it, &v->locks) {
-    mb_lock *l = mb_rtree_entry(it, mb_lock, node);
-    if (due != NULL && !l->reported && now - l->t_ns >= limit) {
-      l->reported = true;
-      due[k++] = *l;
-    }
-  }
   mb_vam_log_fn log = v->log;
   void *ctx = v->log_ctx;
-  uv_timer_set_repeat(t, watch_period(v->watch_ms));
+  mb_lock due[WATCH_BATCH];
+  size_t k = due_locks(v, now, limit, due);
   vam_unlock(v);
-  for (size_t i = 0; i < k; i++)
-    log_line(v, log, ctx, &due[i], now);
-  free(due);
+  while (k > 0) {
+    for (size_t i = 0; i < k; i++)
+      log_line(v, log, ctx, &due[i], now);
+    if (k < WATCH_BATCH)
+      break;
+    vam_lock(v);
+    k = due_locks(v, now, limit, due);
+    vam_unlock(v);
+  }
 }
 
-/* VAM_WATCH: the message goes home and the timer starts (made on first use, unreferenced). */
+/* VAM_WATCH: the message goes home and the timer starts (unreferenced). */
 static void on_watch(mb_vam *v, mb_msg *msg) {
   mb_msg_keep(msg);
-  if (v->timer == NULL && (v->timer = mb__malloc(sizeof *v->timer)) != NULL) {
+  if (!v->timer_live) {
     uv_timer_init(mb_loop_uv(v->loop), v->timer);
     uv_unref((uv_handle_t *)v->timer);
     v->timer->data = v;
+    v->timer_live = true;
   }
   vam_lock(v);
   v->watch = msg;
   uint64_t period = watch_period(v->watch_ms);
-  if (v->timer == NULL)
-    v->watching = false; /* no memory: the next lock tries again */
   vam_unlock(v);
-  if (v->timer != NULL)
-    uv_timer_start(v->timer, on_watch_timer, period, period);
+  uv_timer_start(v->timer, on_watch_timer, period, period);
 }
 
 /* Locks already held are watched from now on. */
@@ -853,9 +868,11 @@ int mb_vam_create(mb_loop *loop, mb_addr mapping_manager, uint64_t max_addr, boo
   vam_watch_msg *watch = vam_watch_new();
   v->kick = kick ? &kick->hdr : NULL;
   v->watch = watch ? &watch->hdr : NULL;
-  if (v->kick == NULL || v->watch == NULL) {
+  v->timer = mb__malloc(sizeof *v->timer);
+  if (v->kick == NULL || v->watch == NULL || v->timer == NULL) {
     mb_msg_free(v->kick);
     mb_msg_free(v->watch);
+    free(v->timer);
     free(v);
     return MB_ENOMEM;
   }
@@ -869,6 +886,7 @@ int mb_vam_create(mb_loop *loop, mb_addr mapping_manager, uint64_t max_addr, boo
   if (rc != 0) {
     mb_msg_free(v->kick);
     mb_msg_free(v->watch);
+    free(v->timer);
     free(v);
     return rc;
   }

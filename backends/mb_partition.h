@@ -59,7 +59,9 @@ extern const mb_partition_ops mb_partition_kvm;
  *
  * set_region, if not NULL, is called instead of ioctl(vm_fd, KVM_SET_USER_MEMORY_REGION, r)
  * (0 or -errno): for a VMM that fences its vCPUs around slot changes, or routes its ioctls.
- * It is called on the partition's loop thread. vm_fd may then be -1. */
+ * It is called for the partition's loop, one call at a time: on the loop's thread or, for a
+ * loop started with MB_LOOP_LEND, on a thread that runs the loop's turn while it sleeps.
+ * vm_fd may then be -1. */
 struct kvm_userspace_memory_region;
 typedef int (*mb_kvm_set_region_fn)(void *ctx, const struct kvm_userspace_memory_region *r);
 

@@ -34,6 +34,14 @@ int mb_bench_pin_serving_self(const mb_bench_pin *p) {
   return p->active ? pin_self(p->cpu) : 0;
 }
 
+/* From the harness thread's mask before mb_bench_pin_begin (it is pinned now). */
+int mb_bench_pin_other_cpu(const mb_bench_pin *p) {
+  for (int cpu = 0; cpu < CPU_SETSIZE; cpu++)
+    if (CPU_ISSET(cpu, &p->saved) && cpu != p->cpu)
+      return cpu;
+  return -1;
+}
+
 void mb_bench_pin_end(mb_bench_pin *p) {
   if (p->active)
     pthread_setaffinity_np(pthread_self(), sizeof p->saved, &p->saved);

@@ -1,5 +1,6 @@
 /* affinity.h: CPU placement for the benchmarks whose operation is a hand-off between two
- * threads (fault.lazy and its floor syscalls.fault_remote).
+ * threads (fault.lazy and its floor syscalls.fault_remote; spin.pingpong, whose two spinning
+ * threads are placed on two different CPUs instead).
  *
  * The cost of waking a sleeping thread depends mostly on where the two threads are: on one
  * CPU it is a context switch; across CPUs it is an IPI, which in this machine's nested guest
@@ -33,6 +34,9 @@ typedef struct mb_bench_pin {
 int mb_bench_pin_begin(mb_bench_pin *p);
 /* Pin the calling thread (the serving thread, from its own code) to the same CPU. */
 int mb_bench_pin_serving_self(const mb_bench_pin *p);
+/* A CPU of the process's mask other than p->cpu (for two threads that must not share one:
+ * spin.pingpong), or -1 when there is none. */
+int mb_bench_pin_other_cpu(const mb_bench_pin *p);
 /* Give the harness thread its saved affinity back. */
 void mb_bench_pin_end(mb_bench_pin *p);
 

@@ -11,7 +11,9 @@
   X(bench_map)            \
   X(bench_fault)          \
   X(bench_access)         \
+  X(bench_idle)           \
   X(baseline_uv)          \
+  X(baseline_wake)        \
   X(baseline_syscalls)
 
 #define MB_BENCH__DECLARE_AREA(name) void mb_bench_area_##name(void);

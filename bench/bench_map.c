@@ -2,6 +2,10 @@
  *
  *   map.soft            region map + region unmap of a 2 MiB region holding one memfd mapping,
  *                       with the manager's eager VA mapper and a soft partition
+ *   map.spread          map.soft's operation in the design's shape: region and mapping managers
+ *                       on one started loop, the eager VA mapper on a second, the soft
+ *                       partition's mapper on a third, issued from the harness thread's loop
+ *                       (the VMM's); its floor is map.soft, all on one loop (version 2)
  *   map.kvm             the same with a KVM partition (skipped without /dev/kvm)
  *   mapping.dax         mapping add + mapping remove of 2 MiB inside a mapped 1 GiB device
  *                       region, with the eager VA mapper
@@ -27,6 +31,13 @@
  * side and its baseline (scale.regions.1000 runs with scale.regions.10 as its baseline, each
  * with a manager of its own) both attach to the same thread, and a thread runs at most one
  * runtime loop.
+ *
+ * map.spread keeps the requester on that home loop (as a VMM's main loop) and starts three
+ * loops of its own for the manager's actors: mb_mm_config.loop (region and mapping managers),
+ * mb_mm_config.part_loop (the primary eager VA mapper) and the partition's loop
+ * (mb_partition_add's loop), as membacking-replay --layout=spread builds them. Each step then
+ * crosses threads: from the home loop to the managers, from them to the VA mapper and the
+ * partition mapper, and each answer back.
  *
  * The one VA mapper's only VA work is the floor's: map = one MAP_FIXED memfd mmap, unmap =
  * one MAP_FIXED PROT_NONE mmap, both 2 MiB, unpopulated.
@@ -72,23 +83,37 @@ enum { MB_SLOT = 2 * MIB };
 
 /* ---- the shared attached loop -------------------------------------------------------------- */
 
+/* `vmm` stands for the VMM's own handles on its loop (its devices, its timers): a referenced
+ * handle that is never signalled, as a VMM's loop always has some. It costs nothing while
+ * nothing signals it. */
 static struct {
   uv_loop_t uv;
+  uv_async_t vmm;
   mb_loop *loop;
   unsigned users;
 } home;
+
+static void home_vmm_signalled(uv_async_t *h) { (void)h; }
 
 static int home_get(mb_bench *b) {
   if (home.users++ > 0)
     return 0;
   int err = uv_loop_init(&home.uv);
-  if (err == 0)
+  if (err != 0) {
+    home.users = 0;
+    return mb_bench_fail(b, "loop: %s", uv_strerror(err));
+  }
+  bool vmm = (err = uv_async_init(&home.uv, &home.vmm, home_vmm_signalled)) == 0;
+  if (vmm)
     home.loop = mb_loop_attach(&home.uv, "bench-map", &err);
   if (err == 0)
     return 0;
-  if (home.loop == NULL)
-    uv_loop_close(&home.uv);
   home.users = 0;
+  home.loop = NULL;
+  if (vmm)
+    uv_close((uv_handle_t *)&home.vmm, NULL);
+  uv_run(&home.uv, UV_RUN_DEFAULT); /* close callbacks, the attach's included */
+  uv_loop_close(&home.uv);
   return mb_bench_fail(b, "loop: %s", mb_strerror(err));
 }
 
@@ -96,6 +121,7 @@ static void home_put(void) {
   if (--home.users > 0)
     return;
   mb_loop_stop(home.loop);
+  uv_close((uv_handle_t *)&home.vmm, NULL);
   uv_run(&home.uv, UV_RUN_DEFAULT); /* closes the loop's handles */
   mb_loop_free(home.loop);
   uv_loop_close(&home.uv);
@@ -118,8 +144,9 @@ static void on_done(void *ctx, int status, uint64_t value) {
   d->pending--;
 }
 
-/* Run the loop until every completion of d came in. Each completion runs on this loop, and
- * every actor it waits for is on it too, so this never blocks for long. */
+/* Run the loop until every completion of d came in. Each completion runs on this loop; the
+ * actors it waits for are on it too (ONE_LOOP) or on loops that wake it when they answer
+ * (SPREAD). */
 static int pump(done_rec *d) {
   while (d->pending > 0)
     uv_run(&home.uv, UV_RUN_ONCE);
@@ -130,9 +157,15 @@ static int pump(done_rec *d) {
 
 typedef enum kind { K_REGION, K_MAPPING } kind;
 
+/* Where the manager's actors run: all on the home loop, or spread over three started loops
+ * (map.spread). The requester is on the home loop either way. */
+typedef enum shape { ONE_LOOP, SPREAD } shape;
+enum { SPREAD_MGR, SPREAD_VA, SPREAD_PART, SPREAD_LOOPS };
+
 typedef struct map_bench {
   kind kind;
   bool have_home;
+  mb_loop *spread[SPREAD_LOOPS]; /* SPREAD: managers, primary VA mapper, partition mapper */
   mb_mm *mm;
   mb_object *obj;    /* the measured 2 MiB memfd */
   mb_object *other;  /* backs every other region or mapping */
@@ -143,9 +176,20 @@ typedef struct map_bench {
   uint64_t next;     /* classify: the next of the others to ask about */
 } map_bench;
 
+static void spread_stop(map_bench *st) {
+  for (int i = SPREAD_LOOPS - 1; i >= 0; i--) {
+    if (st->spread[i]) {
+      mb_loop_stop(st->spread[i]);
+      mb_loop_free(st->spread[i]);
+      st->spread[i] = NULL;
+    }
+  }
+}
+
 static void map_bench_free(map_bench *st) {
   if (st->mm)
-    mb_mm_destroy(st->mm); /* inline: its loop is this thread's */
+    mb_mm_destroy(st->mm); /* ONE_LOOP: inline, its loop is this thread's */
+  spread_stop(st);
   mb_object_unref(st->obj);
   mb_object_unref(st->other);
   if (st->have_home) {
@@ -219,77 +263,101 @@ static int add_others(mb_bench *b, map_bench *st, uint32_t n) {
   return rc ? mb_bench_fail(b, "other regions: %s", membacking_strerror(rc)) : 0;
 }
 
-/* A manager on the shared loop with the measured region (K_REGION: with its mapping, not
- * mapped; K_MAPPING: the device region, mapped, without the measured mapping), a partition
- * of `ops` (NULL: none) and n others. */
-static int map_setup_common(mb_bench *b, void **state, kind k, const mb_partition_ops *ops,
-                            uint32_t others) {
+/* SPREAD: the three loop threads of the design's shape (the replayer's spread layout), lending
+ * (MB_LOOP_LEND) as the replayer's are: a sleeping loop's turn runs on the thread that sends. */
+static int spread_start(mb_bench *b, map_bench *st) {
+  static const char *const names[SPREAD_LOOPS] = {"map-managers", "map-va", "map-partition"};
+  for (int i = 0; i < SPREAD_LOOPS; i++) {
+    int err = 0;
+    st->spread[i] = mb_loop_start_flags(names[i], MB_LOOP_LEND, &err);
+    if (st->spread[i] == NULL)
+      return mb_bench_fail(b, "starting loop %s: %s", names[i], mb_strerror(err));
+  }
+  return 0;
+}
+
+static int partition_add(mb_bench *b, map_bench *st, const mb_partition_ops *ops) {
+  done_rec d = {1, 0, 0};
+  mb_partition_add(st->mm, ops, st->spread[SPREAD_PART], on_done, &d);
+  int rc = pump(&d);
+  st->part = (mb_partition *)(uintptr_t)d.value;
+  if (rc == MB_E_UNSUPPORTED && access("/dev/kvm", R_OK | W_OK) != 0)
+    return mb_bench_skip(b, "%s partition unsupported here: /dev/kvm: %s", ops->name,
+                         strerror(errno));
+  if (rc == MB_E_UNSUPPORTED)
+    return mb_bench_skip(b, "%s partition unsupported here", ops->name);
+  return rc ? mb_bench_fail(b, "%s partition: %s", ops->name, membacking_strerror(rc)) : 0;
+}
+
+/* The manager, in its shape, with a partition of `ops` (NULL: none). The requester (this
+ * thread) is on the shared home loop in both shapes. */
+static int manager_create(mb_bench *b, map_bench *st, shape sh, const mb_partition_ops *ops) {
+  int rc = home_get(b);
+  if (rc != 0)
+    return rc;
+  st->have_home = true;
+  if (sh == SPREAD && (rc = spread_start(b, st)) != 0)
+    return rc;
+  mb_mm_config cfg = {.max_addr = MAX_ADDR, .overlap = MB_OVERLAP_NESTED, .loop = home.loop};
+  if (sh == SPREAD) {
+    cfg.loop = st->spread[SPREAD_MGR];
+    cfg.part_loop = st->spread[SPREAD_VA];
+  }
+  if ((rc = mb_mm_create(&cfg, &st->mm)) != 0) {
+    st->mm = NULL;
+    return mb_bench_fail(b, "mb_mm_create: %s", membacking_strerror(rc));
+  }
+  return ops ? partition_add(b, st, ops) : 0;
+}
+
+/* The measured region (K_REGION: with its mapping, not mapped; K_MAPPING: the device region,
+ * mapped, without the measured mapping). */
+static int measured_add(mb_bench *b, map_bench *st) {
+  int rc = mb_object_create(MB_OBJECT_MEMFD, MB_SLOT, "bench-map", &st->obj);
+  if (rc != 0)
+    return mb_bench_fail(b, "object: %s", membacking_strerror(rc));
+  if (st->kind == K_MAPPING) {
+    if ((rc = region_add(st, DEVICE_AT, DEVICE_SIZE, true, &st->id)) != 0 ||
+        (rc = region_map(st, st->id)) != 0)
+      return mb_bench_fail(b, "device region: %s", membacking_strerror(rc));
+    st->slot = (mb_mapping_params){.region = st->id, .offset = 0, .size = MB_SLOT,
+                                   .obj = st->obj, .obj_offset = 0, .writable = true};
+    return 0;
+  }
+  if ((rc = region_add(st, MEASURED_REGION_AT, MB_SLOT, false, &st->id)) != 0)
+    return mb_bench_fail(b, "region add: %s", membacking_strerror(rc));
+  mb_mapping_params p = {.region = st->id, .offset = 0, .size = MB_SLOT, .obj = st->obj,
+                         .obj_offset = 0, .writable = true};
+  if ((rc = mapping_add(st, &p)) != 0)
+    return mb_bench_fail(b, "mapping add: %s", membacking_strerror(rc));
+  return 0;
+}
+
+/* A manager in shape `sh` with the measured region, a partition of `ops` (NULL: none) and
+ * n others. */
+static int map_setup_shape(mb_bench *b, void **state, kind k, shape sh,
+                           const mb_partition_ops *ops, uint32_t others) {
   map_bench *st = calloc(1, sizeof *st);
   if (st == NULL)
     return -ENOMEM;
   st->kind = k;
-  int rc = home_get(b);
+  int rc = manager_create(b, st, sh, ops);
+  if (rc == 0)
+    rc = measured_add(b, st);
+  if (rc == 0)
+    rc = add_others(b, st, others);
   if (rc != 0) {
-    free(st);
+    map_bench_free(st);
     return rc;
   }
-  st->have_home = true;
-  mb_mm_config cfg = {.max_addr = MAX_ADDR, .overlap = MB_OVERLAP_NESTED, .loop = home.loop};
-  if ((rc = mb_mm_create(&cfg, &st->mm)) != 0) {
-    st->mm = NULL;
-    rc = mb_bench_fail(b, "mb_mm_create: %s", membacking_strerror(rc));
-    goto fail;
-  }
-  if (ops) {
-    done_rec d = {1, 0, 0};
-    mb_partition_add(st->mm, ops, NULL, on_done, &d);
-    rc = pump(&d);
-    st->part = (mb_partition *)(uintptr_t)d.value;
-    if (rc == MB_E_UNSUPPORTED) {
-      if (access("/dev/kvm", R_OK | W_OK) != 0)
-        rc = mb_bench_skip(b, "%s partition unsupported here: /dev/kvm: %s", ops->name,
-                           strerror(errno));
-      else
-        rc = mb_bench_skip(b, "%s partition unsupported here", ops->name);
-      goto fail;
-    }
-    if (rc != 0) {
-      rc = mb_bench_fail(b, "%s partition: %s", ops->name, membacking_strerror(rc));
-      goto fail;
-    }
-  }
-  if ((rc = mb_object_create(MB_OBJECT_MEMFD, MB_SLOT, "bench-map", &st->obj)) != 0) {
-    rc = mb_bench_fail(b, "object: %s", membacking_strerror(rc));
-    goto fail;
-  }
-  if (k == K_REGION) {
-    if ((rc = region_add(st, MEASURED_REGION_AT, MB_SLOT, false, &st->id)) != 0) {
-      rc = mb_bench_fail(b, "region add: %s", membacking_strerror(rc));
-      goto fail;
-    }
-    mb_mapping_params p = {.region = st->id, .offset = 0, .size = MB_SLOT, .obj = st->obj,
-                           .obj_offset = 0, .writable = true};
-    if ((rc = mapping_add(st, &p)) != 0) {
-      rc = mb_bench_fail(b, "mapping add: %s", membacking_strerror(rc));
-      goto fail;
-    }
-  } else {
-    if ((rc = region_add(st, DEVICE_AT, DEVICE_SIZE, true, &st->id)) != 0 ||
-        (rc = region_map(st, st->id)) != 0) {
-      rc = mb_bench_fail(b, "device region: %s", membacking_strerror(rc));
-      goto fail;
-    }
-    st->slot = (mb_mapping_params){.region = st->id, .offset = 0, .size = MB_SLOT,
-                                   .obj = st->obj, .obj_offset = 0, .writable = true};
-  }
-  if ((rc = add_others(b, st, others)) != 0)
-    goto fail;
   st->others = others;
   *state = st;
   return 0;
-fail:
-  map_bench_free(st);
-  return rc;
+}
+
+static int map_setup_common(mb_bench *b, void **state, kind k, const mb_partition_ops *ops,
+                            uint32_t others) {
+  return map_setup_shape(b, state, k, ONE_LOOP, ops, others);
 }
 
 /* ---- the measured operation ------------------------------------------------------------------
@@ -375,6 +443,9 @@ static int map_run(mb_bench *b, void *state, uint32_t n) {
 static int map_soft_setup(mb_bench *b, void **s) {
   return map_setup_common(b, s, K_REGION, &mb_partition_soft, 0);
 }
+static int map_spread_setup(mb_bench *b, void **s) {
+  return map_setup_shape(b, s, K_REGION, SPREAD, &mb_partition_soft, 0);
+}
 static int map_kvm_setup(mb_bench *b, void **s) {
   return map_setup_common(b, s, K_REGION, &mb_partition_kvm, 0);
 }
@@ -443,6 +514,11 @@ static const mb_bench_def map_benches[] = {
     MAP_BENCH("map.soft", "syscalls.map_unmap", map_soft_setup,
               "region map + unmap of 2 MiB (one memfd mapping), eager VA mapper, soft "
               "partition, all actors on one loop"),
+    {.name = "map.spread", .unit = MB_BENCH_NS, .baseline = "map.soft",
+     .setup = map_spread_setup, .run = map_run, .teardown = map_teardown,
+     .flags = MB_BENCH_SELF_TIMED | MB_BENCH_CPU,
+     .doc = "map.soft's region map + unmap with the managers, the eager VA mapper and the "
+            "soft partition each on a loop thread of its own, issued from the harness's loop"},
     MAP_BENCH("map.kvm", "syscalls.map_unmap_kvm", map_kvm_setup,
               "region map + unmap of 2 MiB (one memfd mapping), eager VA mapper, KVM "
               "partition, all actors on one loop"),

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""check_json.py: validate `membacking-bench --json` output against spec/bench.md.
+"""check_json.py: validate `membacking-bench --json` output against spec/bench.md (version 2).
 
 Reads the output from stdin (it runs nothing itself), e.g. in CI:
 
@@ -11,6 +11,12 @@ of the right types; `ratio` must be p50 / baseline_p50 for "ns" and baseline_p50
 for "B/s" (null when there is no baseline figure); percentiles must be ordered (p99 is the
 slow tail: p99 >= p50 for time, p99 <= p50 for throughput). A line with "skipped" is a
 benchmark that could not run here; one that also says "failed": true is a problem.
+
+Version 2: the rows the spec adds ("Version 2 additions", rpc.cross_thread included) must
+carry `cpu_ns` (a non-negative number when measured, null when skipped) and
+`baseline_cpu_ns` (a number exactly when baseline_p50 is one, null otherwise); any other
+row that carries them is held to the same rule. A row the spec names must name the spec's
+baseline (rpc.cross_thread: eventfd.pingpong; map.spread: map.soft; ...).
 --require NAME: NAME must be present and measured. Exit status 0 when everything holds.
 """
 
@@ -24,6 +30,35 @@ KEYS = ("bench", "unit", "n", "p50", "p99", "baseline", "baseline_p50", "ratio")
 UNITS = ("ns", "B/s")
 NAME = re.compile(r"^[A-Za-z0-9._-]+$")
 RATIO_TOLERANCE = 1e-4  # relative; the harness prints ratios with 6 significant digits
+
+# The spec's rows and their floors (None: no baseline). scale.*.N: see spec_baseline().
+SPEC_BASELINES = {
+    "msg.same_loop": None,
+    "rpc.same_loop": None,
+    "rpc.cross_thread": "eventfd.pingpong",
+    "map.soft": "syscalls.map_unmap",
+    "map.kvm": "syscalls.map_unmap_kvm",
+    "mapping.dax": "syscalls.map_unmap",
+    "fault.lazy": "syscalls.fault_remote",
+    "access.read": "memcpy",
+    # version 2 additions
+    "eventfd.pingpong": None,
+    "spin.pingpong": None,
+    "map.spread": "map.soft",
+    "idle.cpu": None,
+    "mapping.replace": "syscalls.map_replace",
+    "txn.pam": "txn.pam.separate",
+    "txn.pam.kvm": "txn.pam.separate.kvm",
+    "access.change": "syscalls.mprotect",
+    "dirty.sync.kvm": "syscalls.dirty_log",
+    "protect.kvm": "syscalls.slot_split",
+}
+# Rows that report cpu_ns and baseline_cpu_ns (spec version 2).
+CPU_ROWS = frozenset(("eventfd.pingpong", "spin.pingpong", "rpc.cross_thread", "map.spread",
+                      "idle.cpu", "mapping.replace", "txn.pam", "txn.pam.kvm", "access.change",
+                      "dirty.sync.kvm", "protect.kvm"))
+SCALE = re.compile(r"^scale\.(regions|mappings)\.(10|100|1000|10000)$")
+MISSING = object()
 
 
 def is_number(v):
@@ -83,6 +118,43 @@ def check_measured(obj, problem):
         problem(f"ratio {ratio} != {what} = {expected:.6g}")
 
 
+def spec_baseline(name):
+    """The spec's baseline of a row (None: none), or MISSING for a row the spec does not name."""
+    m = SCALE.match(name)
+    if m:
+        return f"scale.{m.group(1)}.10"
+    return SPEC_BASELINES.get(name, MISSING)
+
+
+def check_cpu(obj, problem):
+    """cpu_ns and baseline_cpu_ns: required on the version-2 rows, checked wherever present."""
+    name = obj["bench"]
+    if name in CPU_ROWS:
+        for key in ("cpu_ns", "baseline_cpu_ns"):
+            if key not in obj:
+                problem(f"missing key {key} (a version 2 row)")
+    measured = "skipped" not in obj
+    if "cpu_ns" in obj:
+        v = obj["cpu_ns"]
+        if measured and (not is_number(v) or v < 0):
+            problem(f"cpu_ns must be a non-negative number, got {v!r}")
+        elif not measured and v is not None:
+            problem(f"cpu_ns must be null for a skipped benchmark, got {v!r}")
+    if "baseline_cpu_ns" in obj:
+        v = obj["baseline_cpu_ns"]
+        if measured and is_number(obj["baseline_p50"]):
+            if not is_number(v) or v < 0:
+                problem(f"baseline_cpu_ns must be a non-negative number, got {v!r}")
+        elif v is not None:
+            problem(f"baseline_cpu_ns must be null without a baseline figure, got {v!r}")
+
+
+def check_spec_baseline(obj, problem):
+    want = spec_baseline(obj["bench"])
+    if want is not MISSING and obj["baseline"] != want:
+        problem(f"baseline must be {want!r} (spec/bench.md), got {obj['baseline']!r}")
+
+
 def check_line(obj, problem):
     if not isinstance(obj, dict):
         problem("not a JSON object")
@@ -104,6 +176,8 @@ def check_line(obj, problem):
     for key in ("baseline_n", "rounds"):
         if key in obj and (not is_int(obj[key]) or obj[key] < 0):
             problem(f"{key} must be a non-negative integer, got {obj[key]!r}")
+    check_spec_baseline(obj, problem)
+    check_cpu(obj, problem)
     if obj.get("failed", False) is not False:
         why = [obj[k] for k in ("skipped", "baseline_skipped", "error") if k in obj]
         problem(f"benchmark failed ({'; '.join(map(str, why)) or 'no reason given'})")

@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <uv.h>
@@ -108,6 +109,8 @@ struct mb_bench {
   size_t n, cap;
   uint32_t round;
   double busy_ns;  /* wall time inside run() during measured rounds */
+  double cpu_ns;   /* process CPU time (getrusage) during measured rounds */
+  uint64_t ops;    /* operations performed during measured rounds */
   double est_ns;   /* wall time per sample, from the warm-up */
   size_t target;   /* samples wanted */
   char msg[256];   /* skip or failure reason */
@@ -117,6 +120,15 @@ uint64_t mb_bench_now_ns(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
   return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+uint64_t mb_bench_cpu_ns(void) {
+  struct rusage ru;
+  if (getrusage(RUSAGE_SELF, &ru) != 0)
+    return 0;
+  uint64_t us = (uint64_t)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) * 1000000u +
+                (uint64_t)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec);
+  return us * 1000u;
 }
 
 bool mb_bench_quick(const mb_bench *b) { return b->quick; }
@@ -203,7 +215,8 @@ static void side_free(mb_bench *b) {
 /* Take k samples. */
 static int side_take(mb_bench *b, size_t k) {
   const mb_bench_def *d = b->def;
-  uint64_t start = mb_bench_now_ns();
+  uint64_t start = mb_bench_now_ns(), cpu_start = mb_bench_cpu_ns();
+  uint64_t ops = (d->flags & MB_BENCH_SELF_TIMED) ? k : k * (d->batch ? d->batch : 1);
   int rc = 0;
   if (d->flags & MB_BENCH_SELF_TIMED) {
     size_t before = b->n;
@@ -226,6 +239,8 @@ static int side_take(mb_bench *b, size_t k) {
   if (b->oom)
     return mb_bench_fail(b, "out of memory for samples");
   b->busy_ns += (double)(mb_bench_now_ns() - start);
+  b->cpu_ns += (double)(mb_bench_cpu_ns() - cpu_start);
+  b->ops += ops;
   return 0;
 }
 
@@ -249,7 +264,8 @@ static int side_warm(mb_bench *b) {
     elapsed = (double)(mb_bench_now_ns() - t0);
   }
   b->discard = false;
-  b->busy_ns = 0;
+  b->busy_ns = b->cpu_ns = 0;
+  b->ops = 0;
   b->est_ns = elapsed / (double)done;
 
   size_t fit = b->est_ns > 0 ? (size_t)(side_budget_ns[b->quick] / b->est_ns) : target;
@@ -270,6 +286,7 @@ static int cmp_double(const void *a, const void *b) {
 typedef struct stats {
   size_t n;
   double p50, p99; /* in the benchmark's unit */
+  double cpu_ns;   /* process CPU per operation */
 } stats;
 
 /* Nearest-rank percentiles of the per-operation times, converted to the unit. */
@@ -285,6 +302,7 @@ static int side_stats(mb_bench *b, stats *out) {
   double t50 = sorted[i50 - 1], t99 = sorted[i99 - 1];
   free(sorted);
   out->n = b->n;
+  out->cpu_ns = b->ops ? b->cpu_ns / (double)b->ops : 0;
   if (b->def->unit == MB_BENCH_NS) {
     out->p50 = t50;
     out->p99 = t99;
@@ -386,6 +404,12 @@ static void print_json(const result *r) {
   json_number(f, m && r->has_base, r->base.p50, "%.10g");
   fputs(",\"ratio\":", f);
   json_number(f, m && r->has_ratio, r->ratio, "%.6g");
+  if (r->def->flags & MB_BENCH_CPU) {
+    fputs(",\"cpu_ns\":", f);
+    json_number(f, m, r->st.cpu_ns, "%.10g");
+    fputs(",\"baseline_cpu_ns\":", f);
+    json_number(f, m && r->has_base, r->base.cpu_ns, "%.10g");
+  }
   if (m && r->has_base) {
     fputs(",\"baseline_p99\":", f);
     json_number(f, true, r->base.p99, "%.10g");
@@ -426,33 +450,50 @@ static void human(char *buf, size_t size, mb_bench_unit unit, double v) {
 static int name_width;
 
 static void print_table_header(const config *cfg) {
-  printf("# membacking-bench%s: p50/p99 per operation; baselines measured in the same run,\n"
-         "# interleaved round by round; ratio = cost over the floor (1.00x = none, lower is "
-         "better)\n",
+  printf("# membacking-bench%s (spec/bench.md version 2): p50/p99 per operation; baselines\n"
+         "# measured in the same run, interleaved round by round; ratio = cost over the floor\n"
+         "# (1.00x = none, lower is better); cpu/op = CPU of the whole process (all threads,\n"
+         "# getrusage) per operation, and its baseline's (version 2 rows)\n",
          cfg->quick ? " --quick" : "");
-  printf("%-*s %8s %11s %11s  %-*s %11s %8s\n", name_width, "bench", "n", "p50", "p99",
-         name_width, "baseline", "base p50", "ratio");
+  printf("%-*s %8s %11s %11s  %-*s %11s %8s %10s %10s\n", name_width, "bench", "n", "p50",
+         "p99", name_width, "baseline", "base p50", "ratio", "cpu/op", "base cpu");
+}
+
+/* The CPU columns of a measured row: cpu_ns and baseline_cpu_ns, for MB_BENCH_CPU rows. */
+static void cpu_columns(const result *r, char *cpu, char *base_cpu, size_t size) {
+  snprintf(cpu, size, "-");
+  snprintf(base_cpu, size, "-");
+  if (!(r->def->flags & MB_BENCH_CPU))
+    return;
+  human(cpu, size, MB_BENCH_NS, r->st.cpu_ns);
+  if (r->has_base)
+    human(base_cpu, size, MB_BENCH_NS, r->base.cpu_ns);
+}
+
+static void print_measured_row(const result *r) {
+  enum { W = 32 };
+  char p50[W], p99[W], bp50[W] = "-", ratio[W] = "-", cpu[W], base_cpu[W];
+  human(p50, W, r->def->unit, r->st.p50);
+  human(p99, W, r->def->unit, r->st.p99);
+  if (r->has_base)
+    human(bp50, W, r->def->unit, r->base.p50);
+  else if (r->base_skipped[0])
+    snprintf(bp50, W, "skipped");
+  if (r->has_ratio)
+    snprintf(ratio, W, "%.2fx", r->ratio);
+  cpu_columns(r, cpu, base_cpu, W);
+  printf("%-*s %8zu %11s %11s  %-*s %11s %8s %10s %10s\n", name_width, r->def->name, r->st.n,
+         p50, p99, name_width, r->baseline ? r->baseline : "-", bp50, ratio, cpu, base_cpu);
+  if (r->base_skipped[0])
+    printf("%-*s   (baseline %s: %s)\n", name_width, "", r->baseline, r->base_skipped);
 }
 
 static void print_row(const result *r) {
-  if (r->skipped) {
+  if (r->skipped)
     printf("%-*s %s: %s\n", name_width, r->def->name, r->failed ? "FAILED" : "skipped",
            r->skip_reason);
-  } else {
-    char p50[32], p99[32], bp50[32] = "-", ratio[32] = "-";
-    human(p50, sizeof p50, r->def->unit, r->st.p50);
-    human(p99, sizeof p99, r->def->unit, r->st.p99);
-    if (r->has_base)
-      human(bp50, sizeof bp50, r->def->unit, r->base.p50);
-    else if (r->base_skipped[0])
-      snprintf(bp50, sizeof bp50, "skipped");
-    if (r->has_ratio)
-      snprintf(ratio, sizeof ratio, "%.2fx", r->ratio);
-    printf("%-*s %8zu %11s %11s  %-*s %11s %8s\n", name_width, r->def->name, r->st.n, p50, p99,
-           name_width, r->baseline ? r->baseline : "-", bp50, ratio);
-    if (r->base_skipped[0])
-      printf("%-*s   (baseline %s: %s)\n", name_width, "", r->baseline, r->base_skipped);
-  }
+  else
+    print_measured_row(r);
   if (r->error[0])
     printf("%-*s   FAILED: %s\n", name_width, "", r->error);
   fflush(stdout);

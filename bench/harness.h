@@ -33,6 +33,11 @@
  *   with --quick, cut so that one side takes at most ~8 s (full) / ~0.5 s (quick) of run time
  *   as estimated in the warm-up, but never below 100 samples unless `samples` asks for fewer.
  *
+ *   CPU: every side's measured rounds are also bracketed with getrusage(RUSAGE_SELF) (user +
+ *   system, all threads of the process); cpu_ns = that CPU time / the operations performed
+ *   (batch per harness-timed call, n per self-timed run()). Rows flagged MB_BENCH_CPU print it
+ *   as cpu_ns, with their baseline's as baseline_cpu_ns (spec version 2).
+ *
  *   Units: MB_BENCH_NS reports p50/p99 of the per-operation times. MB_BENCH_BPS reports
  *   bytes / time: p50 = bytes / p50(time), p99 = bytes / p99(time), i.e. the throughput that
  *   99% of the operations reached (so p99 <= p50, the slow tail, as for time).
@@ -64,6 +69,7 @@ typedef enum mb_bench_unit {
 
 enum {
   MB_BENCH_SELF_TIMED = 1u << 0, /* run() reports its own samples with mb_bench_sample() */
+  MB_BENCH_CPU = 1u << 1,        /* report cpu_ns and baseline_cpu_ns (spec version 2 rows) */
 };
 
 enum { MB_BENCH_DEFAULT_SAMPLES = 20000 };
@@ -84,7 +90,7 @@ typedef struct mb_bench_def {
   mb_bench_run_fn run;           /* required */
   mb_bench_teardown_fn teardown; /* optional */
   uint32_t batch;                /* harness-timed: operations per timed call; 0 means 1 */
-  uint32_t flags;                /* MB_BENCH_SELF_TIMED */
+  uint32_t flags;                /* MB_BENCH_SELF_TIMED, MB_BENCH_CPU */
   uint64_t bytes;                /* MB_BENCH_BPS: bytes per operation */
   uint32_t samples;              /* samples per side in a full run; 0 = default */
   const char *doc;               /* what one operation is, one line (--list) */
@@ -107,6 +113,8 @@ enum { MB_BENCH_SKIPPED = 1, MB_BENCH_FAILED = -1 };
 void mb_bench_sample(mb_bench *b, double ns);
 /* CLOCK_MONOTONIC in ns: the clock the harness uses. */
 uint64_t mb_bench_now_ns(void);
+/* CPU time of the whole process (all threads, user + system) in ns, from getrusage. */
+uint64_t mb_bench_cpu_ns(void);
 /* Is this a --quick run? (To scale a benchmark's own sizes, rarely needed.) */
 bool mb_bench_quick(const mb_bench *b);
 const mb_bench_def *mb_bench_def_of(const mb_bench *b);

@@ -19,6 +19,11 @@ void mb__inbox_init(mb__inbox *q);
 bool mb__inbox_push(mb__inbox *q, mb_msg *m);
 /* Consumer only. NULL when empty, or when a producer is between its two steps. */
 mb_msg *mb__inbox_pop(mb__inbox *q);
+/* Consumer only: the message pop returns next (pop may return NULL for it while its producer
+ * is between its two steps), or NULL when empty. */
+mb_msg *mb__inbox_front(mb__inbox *q);
+/* Any thread, a hint: has the consumer marked itself asleep on an empty inbox? */
+bool mb__inbox_asleep(mb__inbox *q);
 /* Consumer only: is anything pushed (or being pushed) that pop has not returned? */
 bool mb__inbox_peek(mb__inbox *q);
 /* Consumer only, after pop returned NULL: mark the consumer asleep. Returns false when a

@@ -15,6 +15,7 @@ enum {
   MB__F_REPLY = 1u << 0,    /* travelling back to its requester */
   MB__F_SYS = 1u << 3,      /* runtime closure (mb_loop_exec/post), not an actor message */
   MB__F_STOP = 1u << 4,     /* the stop request of a started loop */
+  MB__F_HELD = 1u << 5,     /* a closure an attached loop posted to itself: it keeps it alive */
 };
 
 /* A blocked non-loop thread waiting for one reply or one closure to finish. */
@@ -76,6 +77,13 @@ struct mb_loop {
   _Alignas(64) uv_loop_t *uv;
   uv_loop_t own_uv;
   bool owned;          /* started by the runtime (own thread, own uv loop) */
+  bool lend;           /* MB_LOOP_LEND: set before the loop runs, read-only after */
+  _Alignas(64) _Atomic uint32_t token; /* who runs the turn (loop.c, "Lending") */
+  bool lent;           /* the turn running now is a borrower's */
+  mb_loop *peer;       /* the last loop this loop's turn sent to (for lingering) */
+  _Atomic uint32_t linger_ns; /* mb_loop_set_linger */
+  uint32_t linger_skip; /* turns left without lingering after fruitless ones */
+  uint32_t linger_miss; /* fruitless lingers in a row */
   uv_thread_t thread;
   pthread_t tid;
   int efd;             /* eventfd: the one wake-up mechanism of this loop */

@@ -14,9 +14,10 @@
 _Thread_local mb_loop *mb__tls_loop;
 
 enum { TURN_BUDGET = 4096 }; /* deliveries per turn before libuv gets the thread back */
-/* After a turn that did work, watch the inbox this long before sleeping: a reply that comes
- * back within it costs no wake-up on either side (a cross-CPU wake costs ~25 us on a VM). */
-enum { LINGER_NS = 20000 };
+/* After a turn whose messages went to a loop that was running, watch the inbox up to this long
+ * before sleeping: a reply that comes back within it costs no wake-up on either side (a
+ * cross-CPU wake costs ~25 us on a VM). mb_loop_set_linger changes it per loop. */
+enum { LINGER_NS = 20000, LINGER_BACKOFF_MAX = 6 };
 
 static uint64_t now_ns(void) {
   struct timespec ts;
@@ -24,9 +25,9 @@ static uint64_t now_ns(void) {
   return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
-/* Spin until the inbox has something or LINGER_NS passed. True when something arrived. */
-static bool linger(mb_loop *l) {
-  uint64_t end = now_ns() + LINGER_NS;
+/* Spin until the inbox has something or max_ns passed. True when something arrived. */
+static bool spin(mb_loop *l, uint32_t max_ns) {
+  uint64_t end = now_ns() + max_ns;
   for (;;) {
     for (int i = 0; i < 64; i++) {
       if (mb__inbox_peek(&l->inbox)) return true;
@@ -34,6 +35,32 @@ static bool linger(mb_loop *l) {
     }
     if (now_ns() >= end) return false;
   }
+}
+
+/* Linger only while it pays: each watch that found nothing doubles the number of turns that
+ * skip the next one (up to 2^6), so a loop whose peers answer slowly (asleep, or sharing its
+ * CPU) stops burning a core that another thread needs; a watch that found something resets
+ * it. The turn asks only when it sent to a loop that was running (turn, "crossed"). */
+static bool linger(mb_loop *l) {
+  uint32_t max = atomic_load_explicit(&l->linger_ns, memory_order_relaxed);
+  if (!max) return false;
+  if (l->linger_skip) {
+    l->linger_skip--;
+    return false;
+  }
+  l->stats.lingers++;
+  if (spin(l, max)) {
+    l->stats.linger_hits++;
+    l->linger_miss = 0;
+    return true;
+  }
+  if (l->linger_miss < LINGER_BACKOFF_MAX) l->linger_miss++;
+  l->linger_skip = (1u << l->linger_miss) - 1;
+  return false;
+}
+
+void mb_loop_set_linger(mb_loop *l, uint32_t max_ns) {
+  if (l) atomic_store_explicit(&l->linger_ns, max_ns, memory_order_relaxed);
 }
 
 /* ---- the registry of live loops --------------------------------------------------------------
@@ -87,7 +114,7 @@ bool mb__loop_name_copy(const mb_loop *l, char out[32]) {
 }
 
 static void loop_actor_handle(mb_actor *self, mb_msg *msg) { (void)self, (void)msg; }
-static const mb_actor_type loop_actor_type = {"loop", loop_actor_handle, NULL, 0};
+static const mb_actor_type loop_actor_type = {"loop", loop_actor_handle, NULL, 0, NULL};
 
 static void turn(mb_loop *l);
 
@@ -158,20 +185,64 @@ static mb_actor *pop_ready(mb_loop *l) {
   return a;
 }
 
+/* ---- lending: a sleeping loop's turn run by the thread that wakes it -------------------------
+ * Invariant: one thread at a time runs a loop's turn or touches its loop-local state (actors,
+ * their queues, the ready list, the inbox's consumer end, stats): the holder of the loop's
+ * token. Its own thread takes it for each turn (and mb_loop_enter outside turns); a thread
+ * that runs another loop and whose push found this MB_LOOP_LEND loop asleep may take it instead of
+ * waking the loop, and then runs the turn itself (mb__tls_loop set to this loop) for lendable
+ * messages only, never touching the loop's libuv handles. Takes are try-only for borrowers
+ * (never a wait, so never a deadlock); a turn the owner could not take is flagged WANTED and
+ * the borrower wakes the owner on release, as it does when it left work behind. The token's
+ * acquire and release hand the loop state over between threads. */
+enum { TOK_FREE = 0, TOK_OWNER = 1, TOK_LENT = 2, TOK_WANTED = 4 };
+enum { LEND_BUDGET = 256, LEND_DEPTH = 3 };
+static _Thread_local unsigned lend_depth;
+
+static bool take_owner(mb_loop *l) {
+  if (!l->lend) return true;
+  uint32_t t = atomic_load_explicit(&l->token, memory_order_relaxed);
+  for (;;) {
+    if (t == TOK_FREE) {
+      if (atomic_compare_exchange_weak_explicit(&l->token, &t, TOK_OWNER, memory_order_acquire,
+                                                memory_order_relaxed))
+        return true;
+    } else if ((t & TOK_WANTED) || atomic_compare_exchange_weak_explicit(
+                                      &l->token, &t, t | TOK_WANTED, memory_order_relaxed,
+                                      memory_order_relaxed)) {
+      return false;
+    }
+  }
+}
+
+static void release_owner(mb_loop *l) {
+  if (l->lend) atomic_store_explicit(&l->token, TOK_FREE, memory_order_release);
+}
+
+static void wake(mb_loop *l) {
+  uint64_t one = 1;
+  ssize_t n = write(l->efd, &one, sizeof one);
+  (void)n; /* EAGAIN means the counter is saturated: the loop is awake anyway */
+}
+
+void mb_loop_enter(mb_loop *l) {
+  while (l && l->lend && !take_owner(l)) sched_yield();
+}
+void mb_loop_leave(mb_loop *l) {
+  if (l) release_owner(l);
+}
+bool mb_loop_is_lent(const mb_loop *l) { return l && mb__tls_loop == l && l->lent; }
+
 /* Drain the inbox and run ready actors until both are empty or the budget is spent. The
  * inbox is marked asleep only when nothing is left, so a producer wakes us exactly when we
  * stopped looking. */
-static void turn(mb_loop *l) {
-  if (l->in_turn || l->stopped) return;
+static void turn_body(mb_loop *l) {
   l->in_turn = true;
   l->crossed = false;
   int budget = TURN_BUDGET;
   for (;;) {
     mb_msg *m;
     while (budget > 0 && (m = mb__inbox_pop(&l->inbox))) {
-      /* From an actor on another loop, a conversation is under way: worth lingering for.
-       * A blocked thread's request or a closure is not: its sender waits for our answer. */
-      if (m->from.loop) l->crossed = true;
       mb__receive(l, m);
       budget--;
       if (l->stopped) return;
@@ -184,27 +255,86 @@ static void turn(mb_loop *l) {
     }
     if (budget <= 0) break;
     if (l->ready_head) continue;
-    if (l->crossed && linger(l)) continue; /* only when talking to other threads */
+    if (l->crossed && linger(l)) continue; /* only when talking to awake loops */
     if (mb__inbox_sleep(&l->inbox)) break;
   }
   l->in_turn = false;
   set_idle(l, l->ready_head != NULL || budget <= 0);
 }
 
-void mb__inbox_push_wake(mb_loop *l, mb_msg *m) {
-  if (mb__inbox_push(&l->inbox, m)) {
-    uint64_t one = 1;
-    ssize_t n = write(l->efd, &one, sizeof one);
-    (void)n; /* EAGAIN means the counter is saturated: the loop is awake anyway */
+/* in_turn is loop state: read only with the token (a borrower's turn sets it). */
+static void turn(mb_loop *l) {
+  if (l->stopped || !take_owner(l)) return;
+  if (!l->in_turn) turn_body(l);
+  release_owner(l);
+}
+
+static bool lendable_msg(mb_loop *l, const mb_msg *m) {
+  if (m->flags__ & (MB__F_SYS | MB__F_STOP)) return false;
+  mb_actor *a = mb__actor_lookup(l, m->to);
+  return !a || (a->type->lendable && a->type->lendable(m));
+}
+
+/* A borrowed turn: lendable messages in inbox order, then ready actors of lendable types.
+ * True when it left the loop asleep with nothing for its owner to do. */
+static bool lent_turn_body(mb_loop *l) {
+  int budget = LEND_BUDGET;
+  for (;;) {
+    mb_msg *m;
+    while (budget > 0 && (m = mb__inbox_front(&l->inbox)) && lendable_msg(l, m) &&
+           (m = mb__inbox_pop(&l->inbox))) {
+      mb__receive(l, m);
+      budget--;
+    }
+    if (budget <= 0 || ((m = mb__inbox_front(&l->inbox)) && !lendable_msg(l, m))) return false;
+    mb_actor *a;
+    while (budget > 0 && (a = l->ready_head) && a->type->lendable)
+      budget -= (int)mb__actor_run(pop_ready(l));
+    if (l->ready_head) {
+      if (budget <= 0 || !l->ready_head->type->lendable) return false;
+      continue;
+    }
+    if (mb__inbox_sleep(&l->inbox)) return true;
   }
 }
 
+/* Instead of waking l, run its turn here (see "lending"). False when it cannot be had. */
+static bool lend(mb_loop *l) {
+  mb_loop *home = mb__tls_loop;
+  if (!l->lend || !home || home->stopping || lend_depth >= LEND_DEPTH) return false;
+  uint32_t t = TOK_FREE;
+  if (!atomic_compare_exchange_strong_explicit(&l->token, &t, TOK_LENT, memory_order_acquire,
+                                               memory_order_relaxed))
+    return false;
+  mb__tls_loop = l;
+  lend_depth++;
+  l->in_turn = l->lent = true;
+  l->stats.lent++;
+  bool asleep = lent_turn_body(l);
+  l->in_turn = l->lent = false;
+  lend_depth--;
+  mb__tls_loop = home;
+  t = atomic_exchange_explicit(&l->token, TOK_FREE, memory_order_release);
+  if (!asleep || (t & TOK_WANTED)) wake(l);
+  return true;
+}
+
+void mb__inbox_push_wake(mb_loop *l, mb_msg *m) {
+  if (mb__inbox_push(&l->inbox, m)) wake(l);
+}
+
+/* A push that found the loop asleep lends it or wakes it (a woken loop answers no sooner than
+ * a wake-up: measured, lingering for it only burns CPU); one that found it running marks the
+ * sender's turn as a conversation worth lingering for. */
 int mb__loop_push(mb_loop *l, mb_msg *m) {
-  if (mb__tls_loop) mb__tls_loop->crossed = true;
   uint64_t s = atomic_fetch_add_explicit(&l->senders, 2, memory_order_acq_rel);
   int rc = MB_ESTOPPED;
   if (!(s & 1)) {
-    mb__inbox_push_wake(l, m);
+    if (mb__inbox_push(&l->inbox, m)) {
+      if (!lend(l)) wake(l);
+    } else if (mb__tls_loop) {
+      mb__tls_loop->crossed = true; /* the peer is running: it may answer soon */
+    }
     rc = MB_OK;
   }
   atomic_fetch_sub_explicit(&l->senders, 2, memory_order_release);
@@ -217,6 +347,8 @@ int mb__loop_push(mb_loop *l, mb_msg *m) {
 static int loop_init(mb_loop *l, uv_loop_t *uv, const char *name) {
   mb__trace_env_init();
   l->uv = uv;
+  atomic_init(&l->linger_ns, l->owned ? LINGER_NS : 0); /* the VMM's own thread never spins */
+  atomic_init(&l->token, TOK_FREE);
   if (name != l->name) snprintf(l->name, sizeof l->name, "%s", name ? name : "loop");
   mb__inbox_init(&l->inbox);
   (void)mb__inbox_sleep(&l->inbox); /* no turn has run yet: the first push must wake us */
@@ -280,8 +412,15 @@ static void loop_thread(void *arg) {
 
 /* The stop request is allocated here, with the loop, so that mb_loop_stop cannot fail for
  * want of memory. */
-mb_loop *mb_loop_start(const char *name, int *err) {
-  mb_loop *l = mb__calloc(1, sizeof *l);
+mb_loop *mb_loop_start(const char *name, int *err) { return mb_loop_start_flags(name, 0, err); }
+
+mb_loop *mb_loop_start_flags(const char *name, unsigned flags, int *err) {
+  mb_loop *l = (flags & ~(unsigned)MB_LOOP_LEND) ? NULL : mb__calloc(1, sizeof *l);
+  if (!l && (flags & ~(unsigned)MB_LOOP_LEND)) {
+    if (err) *err = MB_EINVAL;
+    return NULL;
+  }
+  if (l) l->lend = (flags & MB_LOOP_LEND) != 0;
   if (l) l->stop_msg = mb_msg_new(NULL, 0, sizeof(mb_msg));
   int rc = !l || !l->stop_msg ? MB_ENOMEM : uv_loop_init(&l->own_uv);
   if (rc) goto fail;

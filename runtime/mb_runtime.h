@@ -136,12 +136,39 @@ typedef struct mb_loop_stats {
   uint64_t bounced;     /* requests answered with an error by the runtime */
   uint64_t wakeups;     /* eventfd wake-ups received */
   uint64_t actors;      /* live actors */
+  uint64_t lent;        /* turns another thread ran for this loop while it slept (MB_LOOP_LEND) */
+  uint64_t lingers;     /* turns that watched the inbox before sleeping ... */
+  uint64_t linger_hits; /* ... and found a message that way (no wake-up needed) */
 } mb_loop_stats;
 
 /* Start a loop on a new thread. Returns NULL (and *err: MB_ENOMEM, or a libuv or negative
  * errno code) on failure, with nothing left behind. libuv aborts the process if it runs out
  * of memory inside (see "Out of memory" above). */
 mb_loop *mb_loop_start(const char *name, int *err);
+/* mb_loop_start with flags:
+ *   MB_LOOP_LEND  while the loop sleeps, a thread that runs another loop (attached or
+ *                 started) and sends to it may run its turn itself instead of waking it (no
+ *                 wake-up, no thread switch; a thread that runs no loop always wakes it),
+ *                 for the messages of actors whose type allows it (mb_actor_type.lendable);
+ *                 anything else still runs on the loop's own thread, in order. The
+ *                 library's actors allow it for their memory work. A libuv callback of yours
+ *                 on mb_loop_uv(loop) that touches the loop's actors brackets that with
+ *                 mb_loop_enter / mb_loop_leave. */
+enum { MB_LOOP_LEND = 1u << 0 };
+mb_loop *mb_loop_start_flags(const char *name, unsigned flags, int *err);
+/* On a lending loop's own thread, outside the runtime's callbacks: wait until no other thread
+ * runs the loop's turn, and keep it so until mb_loop_leave. No effect on other loops. */
+void mb_loop_enter(mb_loop *loop);
+void mb_loop_leave(mb_loop *loop);
+/* True while the calling thread runs this loop's turn for it (MB_LOOP_LEND): no libuv call
+ * on the loop is allowed then. */
+bool mb_loop_is_lent(const mb_loop *loop);
+/* After a turn that talked to another loop, a loop may watch its inbox for up to max_ns
+ * before it sleeps, so that an answer coming back soon costs no wake-up. It does so only
+ * while it pays: while the loop it talked to is running, and less often after watches that
+ * found nothing. Default: 20 us for a started loop, 0 (never) for an attached one, whose
+ * thread is the VMM's. Call on the loop's thread, or before it runs. */
+void mb_loop_set_linger(mb_loop *loop, uint32_t max_ns);
 /* Attach the runtime to a uv_loop_t that the caller runs. Call from the thread running `uv`
  * (or before it runs). The caller keeps calling uv_run; the runtime adds one poll handle
  * and one idle handle, as libuv's own handles behave: they keep uv_run(UV_RUN_DEFAULT) going
@@ -184,7 +211,8 @@ typedef void (*mb_exec_fn)(mb_loop *loop, void *arg);
 /* Run fn(loop, arg) on the loop's thread and wait for it (inline when already there). */
 int mb_loop_exec(mb_loop *loop, mb_exec_fn fn, void *arg);
 /* Queue fn(loop, arg) to run on the loop's thread; fn runs with arg even when the loop is
- * stopping (check mb_loop_stopping) so arg can be released. */
+ * stopping (check mb_loop_stopping) so arg can be released. Posted by an attached loop's own
+ * thread, it keeps that loop's uv_run going until it has run (mb_loop_ref). */
 int mb_loop_post(mb_loop *loop, mb_exec_fn fn, void *arg);
 bool mb_loop_stopping(const mb_loop *loop);
 
@@ -201,6 +229,10 @@ typedef struct mb_actor_type {
   mb_handler_fn handle;         /* one-way messages and requests */
   mb_actor_dtor_fn destroy;     /* optional: release state when the actor goes */
   uint32_t flags;               /* MB_ACTOR_SERIALIZED */
+  /* optional: true for a message whose handling may run on a thread that runs the turn of a
+   * sleeping MB_LOOP_LEND loop for it: no libuv call, no blocking wait, no thread-bound
+   * state; messages such a handler sends to actors of its own loop must be lendable too. */
+  bool (*lendable)(const mb_msg *msg);
 } mb_actor_type;
 
 /* Create an actor on `loop`; call on the loop's thread (use mb_loop_exec from elsewhere). */

@@ -183,8 +183,10 @@ int mb_call_sync(mb_addr to, mb_msg *m) {
 void mb__sys_run(mb_loop *l, mb_msg *m) {
   mb__sys *s = (mb__sys *)m;
   mb__waiter *w = s->waiter;
+  bool held = (m->flags__ & MB__F_HELD) != 0;
   s->fn(l, s->arg);
   mb__msg_release(m);
+  if (held) mb_loop_unref(l);
   if (w) mb__waiter_signal(w);
 }
 
@@ -208,8 +210,18 @@ static int post(mb_loop *l, mb_exec_fn fn, void *arg, mb__waiter *w) {
   s->fn = fn;
   s->arg = arg;
   s->waiter = w;
+  /* A closure an attached loop's own thread posts to it is work in flight, as a libuv
+   * request is: it keeps the VMM's uv_run going until it has run (mb_loop_ref). */
+  bool held = mb_loop_is_current(l) && !mb_loop_is_lent(l);
+  if (held) {
+    s->hdr.flags__ |= MB__F_HELD;
+    mb_loop_ref(l);
+  }
   int rc = mb__loop_push(l, &s->hdr);
-  if (rc) mb__msg_release(&s->hdr);
+  if (rc) {
+    if (held) mb_loop_unref(l);
+    mb__msg_release(&s->hdr);
+  }
   return rc;
 }
 

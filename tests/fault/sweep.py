@@ -42,28 +42,7 @@ import time
 # to others): (bug, kind or None, regex searched in the run's verdict, where the failure was
 # injected and its output). A failure matching an entry is "known": counted and shown, not a
 # failure of the sweep. Remove an entry once its bug is fixed.
-KNOWN = [
-    ('B1 membacking_consumers.c mb_mapper_ranges/mb_partition_ranges take &...->hdr of a '
-     'message whose allocation failed (UB, UBSan aborts)', 'alloc',
-     r"runtime error: member access within null pointer of type 'struct (vam|pm)_ranges_msg'"),
-    ('B2 membacking_consumers.c step_done/partition_remove_killed: a failed mb_loop_post of the '
-     'completion is taken for a gone caller loop; the consumer add/remove never completes',
-     'alloc', r'never completed: no actor has work left.*injected at: mb_msg_new [^<]*< post '
-              r'[^<]*< mb_loop_post [^<]*< (step_done|partition_remove_killed) '),
-    ('B3 membacking.c mm_build_part_vam registers the primary mapper with ignore_reply: an '
-     'ENOMEM of mapping_manager.c reserve_mapper is lost, mb_mm_create succeeds, and the '
-     "partitions' own mapper never maps anything", 'alloc',
-     r"the partitions' own mapper shows none.*injected at: [^\n]*reserve_mapper "
-     r"\(actors/mapping_manager\.c:\d+\) < add_mapper"),
-    ('B4 membacking.c mb_mm_destroy/destroy_primary ignore a failed mb_loop_exec (its message '
-     'allocation): the consumer, primary mapper or managers it should destroy leak (memory, '
-     'VA reservation, fds)', 'alloc',
-     r'(LeakSanitizer|fds open|mappings are left).*injected at: mb_msg_new [^<]*< post [^<]*< '
-     r'mb_loop_exec [^<]*< (destroy_primary|mb_mm_destroy) '),
-    ('B5 va_mapper.c on_watch: a failed allocation of the lock watchdog timer is swallowed by '
-     "design ('the next lock tries again'); nobody hears of it", 'alloc',
-     r'not reported.*injected at: mb__malloc [^<]*< on_watch \(actors/va_mapper\.c:'),
-]
+KNOWN = []
 
 COUNT_LINE = re.compile(r'^mb_fi: (\w+) calls=(\d+) injected=(\d+)$', re.M)
 TRACE_LINE = re.compile(r'^mb_fi: injected \w+ call \d+ at: (.*)$', re.M)

@@ -266,8 +266,8 @@ static inline void fake_pm_handle(mb_actor *self, mb_msg *msg) {
   fx_answer(f, msg, rc);
 }
 
-static const mb_actor_type fake_mm_type = {"fake_mm", fake_mm_handle, NULL, 0};
-static const mb_actor_type fake_pm_type = {"fake_pm", fake_pm_handle, NULL, 0};
+static const mb_actor_type fake_mm_type = {"fake_mm", fake_mm_handle, NULL, 0, NULL};
+static const mb_actor_type fake_pm_type = {"fake_pm", fake_pm_handle, NULL, 0, NULL};
 
 /* ---- setup ------------------------------------------------------------------------------- */
 

@@ -4,11 +4,20 @@
  * Threads
  *   Everything here runs on the main thread, which runs the client loop (an mb_loop attached
  *   to a uv_loop_t of its own) and issues every operation with the asynchronous API. The one
- *   exception is the access worker (replay_worker.c): it performs mapper reads, writes and
- *   locks, which may block on the mapping manager, one at a time, and hands each back through
- *   the operation's `done` flag and a post to the client loop (a lock's completion runs on
- *   the client loop, which then owns the lock under its name). Unlock never blocks: it runs
- *   on the main thread.
+ *   exception is the access worker (replay_worker.c): it performs the mapper reads, writes and
+ *   locks that may block on the mapping manager (a lazy mapper's that faults pages in), one
+ *   at a time, and hands each back through the operation's `done` flag and a post to the
+ *   client loop (a lock's completion runs on the client loop, which then owns the lock under
+ *   its name). Those that cannot block run on the main thread, when the worker has nothing
+ *   queued before them: an eager mapper's (a fault there is an error at once), and in single
+ *   a lazy mapper's that needs no fault-in (replay_ops.c, try_here). Unlock never blocks: it
+ *   runs on the main thread.
+ *
+ * Memory
+ *   A file is read twice, one command at a time (scenario_stream): once to check it all before
+ *   anything runs (replay_scan), once as it runs. A command is freed once it ran, unless an
+ *   operation still in flight uses it (an async's, or one that never completed): that one
+ *   keeps it. So what a run holds does not grow with the file's length.
  */
 #ifndef REPLAY_H
 #define REPLAY_H
@@ -76,6 +85,14 @@ typedef struct replay_config {
 
 typedef struct replay_op replay_op;
 
+/* A file as the runner knows it before it runs it: what the first pass over it found. */
+typedef struct replay_file {
+  scenario sc;          /* its name and configuration; cmds NULL, ncmds: how many there are */
+  bool uses_soft;       /* it adds a soft partition (sync or async) */
+  unsigned first_line;  /* of its first command, and of its last (1 when it has none) */
+  unsigned last_line;
+} replay_file;
+
 /* What --fault-check has seen of the injected failure so far (replay_fault.c). */
 typedef struct replay_fault {
   uint64_t fds;            /* open fds before the world was set up */
@@ -111,9 +128,13 @@ typedef struct replay_world {
   mb_mm *mm;
   replay_table tables[REPLAY_NS_COUNT];
   replay_op *ops;          /* every operation not yet freed */
-  replay_op **labels;      /* by index of the `async` command: its operation until awaited */
   uint64_t completions;    /* operations completed, for quiescence */
   uint64_t memory;         /* charged against REPLAY_MEMORY_MAX: live buffers, filled objects */
+  /* single: no actor has work left (replay_settle said so), and since then the runner has
+   * neither pumped the client loop nor issued anything but the reads and writes it ran on
+   * this thread, which send nothing. Every actor runs on this thread, and only when it pumps
+   * the loop: the world is still quiescent, and an access needs no new settle. */
+  bool quiet;
   replay_fault *fault;     /* --fault-check: its observations (owned by replay_run); else NULL */
 } replay_world;
 
@@ -161,6 +182,9 @@ typedef void (*replay_apply_fn)(replay_op *op);
 struct replay_op {
   replay_world *w;
   const scenario_cmd *cmd; /* the operation (the inner command of an async) */
+  scenario_cmd *owned;     /* the file's command that cmd is part of, once the op outlives
+                            * its line (an async's, or one that never completed): freed with it */
+  size_t label;            /* an async's: 1 + the async's index in the file, until awaited */
   atomic_bool done;
   int status;              /* 0 or a negative code */
   uint64_t value;          /* the API's value: id, state, pointer */
@@ -220,9 +244,13 @@ char *replay_ranges_text(const scenario_ranges *r);
 
 typedef enum replay_outcome { REPLAY_PASS, REPLAY_FAIL, REPLAY_SKIP } replay_outcome;
 
-/* Run a parsed scenario in a fresh world. On FAIL, *fail_line and *message are set ("EXPECTED /
- * HAPPENED", one line, malloc'd); on SKIP, *message says why. */
-replay_outcome replay_run(const scenario *sc, const replay_config *cfg, unsigned *fail_line,
+/* The first pass over the file at `path`: check every line, and find what running it needs to
+ * know beforehand. 0, or -1 with the parser's message in err. f->sc.name is path (not copied). */
+int replay_scan(const char *path, replay_file *f, char *err, size_t errlen);
+/* Run a file that replay_scan checked, in a fresh world, reading it again as it runs. On FAIL,
+ * *fail_line and *message are set ("EXPECTED / HAPPENED", one line, malloc'd); on SKIP,
+ * *message says why. */
+replay_outcome replay_run(const replay_file *file, const replay_config *cfg, unsigned *fail_line,
                           char **message);
 
 /* ---- --fault-check: consumers against the manager after an injected failure -------------------
@@ -263,8 +291,8 @@ uint64_t replay_fault_injected(void);
 
 /* NULL when a kvm partition can be made here, else why not (malloc'd), for a SKIP line. */
 char *replay_kvm_missing(const scenario *sc);
-/* Does the file add a soft partition (a sync or async `partition add NAME soft`)? */
-bool replay_uses_soft(const scenario *sc);
+/* Does the command add a soft partition (a sync or async `partition add NAME soft`)? */
+bool replay_adds_soft(const scenario_cmd *cmd);
 
 /* Helpers: malloc'd printf, and a command printed canonically on one line. */
 char *replay_strdupf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));

@@ -20,13 +20,7 @@ char *replay_kvm_missing(const scenario *sc) {
   return replay_strdupf("cannot create a KVM VM here (%s)", membacking_strerror(rc));
 }
 
-static bool adds_soft(const scenario_cmd *c) {
+bool replay_adds_soft(const scenario_cmd *c) {
   if (c->kind == SCENARIO_ASYNC) c = c->async.inner;
   return c->kind == SCENARIO_PARTITION_ADD && c->partition.backend == SCENARIO_PARTITION_SOFT;
-}
-
-bool replay_uses_soft(const scenario *sc) {
-  for (size_t i = 0; i < sc->ncmds; i++)
-    if (adds_soft(&sc->cmds[i])) return true;
-  return false;
 }

@@ -38,6 +38,7 @@ int replay_wait(replay_world *w, replay_op *op) {
       if (!replay_op_is_done(op)) return -1;
       continue;
     }
+    w->quiet = false;
     uv_run(&w->uv, UV_RUN_ONCE);
   }
   return 0;
@@ -128,4 +129,5 @@ void replay_settle(replay_world *w) {
     if (done) break;
   }
   free(prev.v);
+  w->quiet = true;
 }

@@ -1,7 +1,7 @@
 /* replay_main.c: membacking-replay, the scenario runner (spec/scenario.md, "Running"):
  *
  *   membacking-replay [--layout=single|spread] [--partitions=soft|kvm] [--fault-check]
- *                     [--quiet] FILE.mbs...
+ *                     [--peak-memory] [--quiet] FILE.mbs...
  *
  * --partitions=kvm runs every `partition add NAME soft` as a kvm partition (the kvm variant of
  * a scenario); a file that adds a soft partition is then skipped where /dev/kvm cannot host a
@@ -12,8 +12,13 @@
  * checked; consumers against the manager, the failure's report and leaks are (replay_fault.c).
  * PASS and FAIL lines end with what was injected, when, and which operation reported it.
  *
- * Arguments, parsing every file first (a file that does not parse is a usage error: exit 2
- * before anything runs), one PASS / SKIP / FAIL line per file, the summary, the exit status. */
+ * --peak-memory prints, on stderr at the end, the process's peak resident set (VmHWM): a run
+ * holds what its file's live names and operations in flight need, not the file (replay.h,
+ * "Memory"), and the tests check that with it.
+ *
+ * Arguments, checking every file first (a file that does not parse is a usage error: exit 2
+ * before anything runs; replay_scan reads it through without keeping it), one PASS / SKIP /
+ * FAIL line per file, the summary, the exit status. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -25,6 +30,7 @@ enum { EXIT_PASSED = 0, EXIT_FAILED = 1, EXIT_USAGE = 2, EXIT_ALL_SKIPPED = 77 }
 typedef struct options {
   replay_config run;
   bool quiet;
+  bool peak_memory;
   char **files;
   int nfiles;
 } options;
@@ -32,13 +38,13 @@ typedef struct options {
 static int usage(const char *why) {
   if (why) fprintf(stderr, "membacking-replay: %s\n", why);
   fprintf(stderr, "usage: membacking-replay [--layout=single|spread] [--partitions=soft|kvm] "
-                  "[--fault-check] [--quiet] FILE.mbs...\n");
+                  "[--fault-check] [--peak-memory] [--quiet] FILE.mbs...\n");
   return EXIT_USAGE;
 }
 
 /* 0, or the usage error's exit status. */
 static int parse_options(int argc, char **argv, options *o) {
-  *o = (options){{REPLAY_SINGLE, false, false}, false, NULL, 0};
+  *o = (options){{REPLAY_SINGLE, false, false}, false, false, NULL, 0};
   int i = 1;
   for (; i < argc && strncmp(argv[i], "--", 2) == 0; i++) {
     if (strcmp(argv[i], "--") == 0) {
@@ -56,6 +62,8 @@ static int parse_options(int argc, char **argv, options *o) {
       o->run.fault_check = true;
     } else if (strcmp(argv[i], "--quiet") == 0) {
       o->quiet = true;
+    } else if (strcmp(argv[i], "--peak-memory") == 0) {
+      o->peak_memory = true;
     } else {
       fprintf(stderr, "membacking-replay: unknown option '%s'\n", argv[i]);
       return usage(NULL);
@@ -66,34 +74,32 @@ static int parse_options(int argc, char **argv, options *o) {
   return o->nfiles > 0 ? 0 : usage("no scenario file given");
 }
 
-static void free_all(scenario **scs, int n) {
-  for (int i = 0; i < n; i++) scenario_free(scs[i]);
-  free(scs);
-}
-
-/* Parse every file; NULL (after printing the parser's message) when one does not parse. */
-static scenario **parse_all(const options *o) {
-  scenario **scs = calloc((size_t)o->nfiles, sizeof *scs);
-  if (!scs) return NULL;
+/* Check every file; NULL (after printing the parser's message) when one does not parse. */
+static replay_file *scan_all(const options *o) {
+  replay_file *files = calloc((size_t)o->nfiles, sizeof *files);
+  if (!files) {
+    fprintf(stderr, "membacking-replay: out of memory\n");
+    return NULL;
+  }
   for (int i = 0; i < o->nfiles; i++) {
     char err[512];
-    if (scenario_parse_file(o->files[i], &scs[i], err, sizeof err) != 0) {
+    if (replay_scan(o->files[i], &files[i], err, sizeof err) != 0) {
       fprintf(stderr, "%s\n", err);
-      free_all(scs, i);
+      free(files);
       return NULL;
     }
   }
-  return scs;
+  return files;
 }
 
 typedef struct tally {
   int passed, failed, skipped;
 } tally;
 
-static void run_one(const options *o, const char *file, const scenario *sc, tally *t) {
+static void run_one(const options *o, const char *file, const replay_file *f, tally *t) {
   unsigned line = 0;
   char *message = NULL;
-  switch (replay_run(sc, &o->run, &line, &message)) {
+  switch (replay_run(f, &o->run, &line, &message)) {
   case REPLAY_PASS:
     t->passed++;
     if (!o->quiet && message) printf("PASS %s: %s\n", file, message); /* --fault-check */
@@ -112,6 +118,19 @@ static void run_one(const options *o, const char *file, const scenario *sc, tall
   fflush(stdout);
 }
 
+/* "membacking-replay: peak resident set N KiB", from /proc/self/status. */
+static void print_peak_memory(void) {
+  FILE *f = fopen("/proc/self/status", "r");
+  char line[256];
+  unsigned long kib = 0;
+  bool found = false;
+  while (f && !found && fgets(line, sizeof line, f))
+    found = sscanf(line, "VmHWM: %lu kB", &kib) == 1;
+  if (f) fclose(f);
+  if (found) fprintf(stderr, "membacking-replay: peak resident set %lu KiB\n", kib);
+  else fprintf(stderr, "membacking-replay: peak resident set unknown (no VmHWM)\n");
+}
+
 static int summary(const tally *t) {
   printf("%d passed, %d failed", t->passed, t->failed);
   if (t->skipped) printf(", %d skipped", t->skipped);
@@ -126,22 +145,23 @@ int main(int argc, char **argv) {
   options o;
   int rc = parse_options(argc, argv, &o);
   if (rc) return rc;
-  scenario **scs = parse_all(&o);
-  if (!scs) return EXIT_USAGE;
+  replay_file *files = scan_all(&o);
+  if (!files) return EXIT_USAGE;
   if (o.run.fault_check && !mb_fi_enabled()) {
     fprintf(stderr, "membacking-replay: --fault-check: this build injects no faults "
                     "(meson -Dfault_injection=true)\n");
-    free_all(scs, o.nfiles);
+    free(files);
     return EXIT_ALL_SKIPPED;
   }
   if ((rc = replay_worker_start()) != 0) {
     fprintf(stderr, "membacking-replay: starting the access worker: %s\n", mb_strerror(rc));
-    free_all(scs, o.nfiles);
+    free(files);
     return EXIT_FAILED;
   }
   tally t = {0, 0, 0};
-  for (int i = 0; i < o.nfiles; i++) run_one(&o, o.files[i], scs[i], &t);
+  for (int i = 0; i < o.nfiles; i++) run_one(&o, o.files[i], &files[i], &t);
   replay_worker_stop();
-  free_all(scs, o.nfiles);
+  free(files);
+  if (o.peak_memory) print_peak_memory();
   return summary(&t);
 }

@@ -31,6 +31,7 @@ void replay_op_free(replay_op *op) {
   free(op->refusal);
   replay_entry_unref(op->w, op->entry);
   replay_loop_free(op->w, op->new_loop);
+  scenario_cmd_free(op->owned);
   free(op);
 }
 
@@ -253,15 +254,43 @@ static bool access_buffer(replay_world *w, replay_op *op) {
   return true;
 }
 
-/* The access itself runs beside the loops, on the worker. Under the single layout it starts
- * only once every actor ran out of work (operations still in flight have done all they can),
- * so what it sees does not depend on thread timing: that layout stays deterministic. */
-static void start_mapper_access(replay_world *w, replay_op *op) {
-  if (w->layout == REPLAY_SINGLE) replay_settle(w);
-  replay_entry *e = use(w, op, REPLAY_NS_MAPPER, op->cmd->io.target);
-  if (!e || !access_buffer(w, op)) return;
+/* Under the single layout an access or a lock starts only once every actor ran out of work
+ * (operations still in flight have done all they can), so what it sees does not depend on
+ * thread timing: that layout stays deterministic. */
+static void settle_first(replay_world *w) {
+  if (w->layout == REPLAY_SINGLE && (!w->quiet || w->fault)) replay_settle(w);
+}
+
+/* Where an access or a lock runs. This thread runs the client loop and must never block: it
+ * has to see that an operation can never complete. An eager mapper's access never blocks (a
+ * fault there is an error at once): it runs here. A lazy mapper's blocks on the mapping
+ * manager when it faults a page in. In single, this thread runs the mapper's loop, and the
+ * library refuses that wait at once (MB_EDEADLK: it would wait for itself, membacking.h), so
+ * it is tried here and goes to the worker only then; in spread it goes there at once. And
+ * nothing overtakes accesses still queued on the worker. */
+static bool try_here(const replay_world *w, const replay_entry *e) {
+  return (w->layout == REPLAY_SINGLE || mb_mapper_eager(e->mapper)) && replay_worker_idle();
+}
+
+static void submit(replay_world *w, replay_op *op) {
+  w->quiet = false; /* the worker posts its completion to the client loop */
   int rc = replay_worker_submit(op);
   if (rc) replay_op_done(op, rc, 0);
+}
+
+/* A refused attempt did nothing that the worker's does not do again: a lazy write that
+ * stopped at a page to fault in is written again from its start, with the same bytes. */
+static void start_mapper_access(replay_world *w, replay_op *op) {
+  settle_first(w);
+  replay_entry *e = use(w, op, REPLAY_NS_MAPPER, op->cmd->io.target);
+  if (!e || !access_buffer(w, op)) return;
+  int rc = MB_EDEADLK;
+  uint64_t gpa = op->cmd->io.gpa;
+  if (try_here(w, e))
+    rc = op->cmd->kind == SCENARIO_READ ? mb_mapper_read(e->mapper, gpa, op->buf, op->len)
+                                        : mb_mapper_write(e->mapper, gpa, op->buf, op->len);
+  if (rc == MB_EDEADLK) submit(w, op);
+  else replay_op_done(op, rc, 0);
 }
 
 static void start_guest_access(replay_world *w, replay_op *op) {
@@ -287,14 +316,17 @@ static void apply_lock(replay_op *op) {
   e->owner = replay_entry_ref(op->entry);
 }
 
-/* Taken on the worker, like an access (a lazy mapper's lock faults the range in). */
+/* Taken where an access would run (a lazy mapper's lock faults the range in). */
 static void start_lock(replay_world *w, replay_op *op) {
-  if (w->layout == REPLAY_SINGLE) replay_settle(w);
+  settle_first(w);
   replay_entry *e = use(w, op, REPLAY_NS_MAPPER, op->cmd->lock.mapper);
   op->apply = apply_lock;
   if (!e) return;
-  int rc = replay_worker_submit(op);
-  if (rc) replay_op_done(op, rc, 0);
+  const scenario_lock *l = &op->cmd->lock;
+  mb_lock *lock = NULL;
+  int rc = try_here(w, e) ? mb_mapper_lock(e->mapper, l->gpa, l->size, !l->ro, &lock) : MB_EDEADLK;
+  if (rc == MB_EDEADLK) submit(w, op);
+  else replay_op_done(op, rc, (uintptr_t)lock);
 }
 
 static void apply_unlock(replay_op *op) {
@@ -373,6 +405,7 @@ replay_op *replay_op_start(replay_world *w, const scenario_cmd *cmd) {
   atomic_init(&op->done, false);
   op->next = w->ops;
   w->ops = op;
+  if (cmd->kind != SCENARIO_READ && cmd->kind != SCENARIO_WRITE) w->quiet = false;
   start_fn start = (unsigned)cmd->kind < SCENARIO_CMD_KIND_COUNT ? starters[cmd->kind] : NULL;
   if (start) start(w, op);
   else replay_op_done(op, MB_EINVAL, 0); /* not an operation: a bug of the executor */

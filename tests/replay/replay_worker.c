@@ -1,7 +1,7 @@
-/* replay_worker.c: the access worker. Mapper reads, writes and locks may fault into the
- * mapping manager and block on it (a lazy mapper), so they never run on a loop thread: one
- * long-lived thread takes them one at a time, in order, while the main thread keeps pumping
- * the client loop.
+/* replay_worker.c: the access worker. A lazy mapper's reads, writes and locks may fault into
+ * the mapping manager and block on it, so they never run on a loop thread: one long-lived
+ * thread takes them one at a time, in order, while the main thread keeps pumping the client
+ * loop. (An eager mapper's never block: the main thread runs those itself, replay_ops.c.)
  *
  * Hand-back: the worker stores the status, sets op->done (release), counts itself idle when
  * its queue is empty, and only then posts a no-op to the client loop, which wakes a main

@@ -20,7 +20,7 @@ static int started_push(replay_world *w, mb_loop *loop) {
 }
 
 static mb_loop *loop_start(replay_world *w, const char *name, int *err) {
-  mb_loop *loop = mb_loop_start(name, err);
+  mb_loop *loop = mb_loop_start_flags(name, MB_LOOP_LEND, err);
   if (loop && (*err = started_push(w, loop))) {
     mb_loop_stop(loop);
     mb_loop_free(loop);
@@ -150,11 +150,6 @@ int replay_world_init(replay_world *w, const scenario *sc, const replay_config *
   w->sc = sc;
   w->layout = cfg->layout;
   w->kvm_partitions = cfg->kvm_partitions;
-  w->labels = calloc(sc->ncmds ? sc->ncmds : 1, sizeof *w->labels);
-  if (!w->labels) {
-    snprintf(msg, msglen, "out of memory");
-    return MB_ENOMEM;
-  }
   int err = init_loops(w, msg, msglen);
   if (err) return err;
   mb_mm_config mm_cfg = {
@@ -212,7 +207,6 @@ int replay_world_fini(replay_world *w) {
   while (w->ops) replay_op_free(w->ops);
   while (w->nstarted > 0) replay_loop_free(w, w->started[w->nstarted - 1]);
   free(w->started);
-  free(w->labels);
   if (!w->uv_live) return 0;
   uv_run(&w->uv, UV_RUN_DEFAULT); /* the close callbacks of the client loop's handles */
   return uv_loop_close(&w->uv) == 0 ? 0 : -1;

@@ -238,9 +238,9 @@ static int parse_error_code(parser *P, tok code, scenario_error *err) {
               P->what, TOK(code));
 }
 
-/* The RESULT after `=>`. `read` is the read whose LEN BYTES must match (the command itself or
- * the read an await waits for); NULL where BYTES are not allowed. */
-static int parse_result(parser *P, cursor *c, scenario_cmd *cmd, const scenario_cmd *read) {
+/* The RESULT after `=>`. `read_len` is the LEN of the read that BYTES must match (the command
+ * itself or the read an await waits for); NULL where BYTES are not allowed. */
+static int parse_result(parser *P, cursor *c, scenario_cmd *cmd, const uint64_t *read_len) {
   scenario_expect *e = &cmd->expect;
   tok t, code;
   uint64_t n;
@@ -254,13 +254,13 @@ static int parse_result(parser *P, cursor *c, scenario_cmd *cmd, const scenario_
     code.n = t.n - 6;
     if (parse_error_code(P, code, &e->error)) return -1;
     e->kind = SCENARIO_EXPECT_ERROR;
-  } else if (!read || scenario__tok_starts(t, "error") || scenario__tok_starts(t, "ok")) {
+  } else if (!read_len || scenario__tok_starts(t, "error") || scenario__tok_starts(t, "ok")) {
     if (bytes_token(t, &n) == SCENARIO__NUM_OK)
       return fail(P, "%s: '=> BYTES' is only allowed after a read (expected ok or error:CODE)",
                   P->what);
     return fail(P, "%s: malformed result '%.*s' (expected ok or error:CODE)", P->what, TOK(t));
   } else {
-    if (decode_bytes(P, c, "BYTES", &read->io.len, &e->bytes)) return -1;
+    if (decode_bytes(P, c, "BYTES", read_len, &e->bytes)) return -1;
     e->kind = SCENARIO_EXPECT_BYTES;
   }
   if (scenario__next(c, &t))
@@ -272,8 +272,9 @@ static bool takes_result(scenario_cmd_kind kind) {
   return scenario_cmd_is_operation(kind) || kind == SCENARIO_AWAIT;
 }
 
-/* The end of a command: an optional `=> RESULT`, then nothing. `read` as for parse_result. */
-static int finish(parser *P, cursor *c, scenario_cmd *cmd, const scenario_cmd *read) {
+/* The end of a command: an optional `=> RESULT`, then nothing. `read_len` as for
+ * parse_result. */
+static int finish(parser *P, cursor *c, scenario_cmd *cmd, const uint64_t *read_len) {
   tok t;
   if (!scenario__next(c, &t)) return 0;
   if (!scenario__tok_is_arrow(t)) return fail(P, "%s: unexpected '%.*s'", P->what, TOK(t));
@@ -283,7 +284,7 @@ static int finish(parser *P, cursor *c, scenario_cmd *cmd, const scenario_cmd *r
     return fail(P, "async: the result of %s is checked by its await (await LABEL => RESULT)",
                 P->what);
   if (!takes_result(cmd->kind)) return fail(P, "%s takes no '=> RESULT'", P->what);
-  return parse_result(P, c, cmd, read);
+  return parse_result(P, c, cmd, read_len);
 }
 
 /* ---- commands ------------------------------------------------------------------------------- */
@@ -448,7 +449,7 @@ static int parse_io(parser *P, cursor *c, scenario_cmd *cmd) {
   if (arg_number(P, c, "GPA", &io->gpa)) return -1;
   if (cmd->kind == SCENARIO_READ || cmd->kind == SCENARIO_GUEST_READ) {
     if (arg_number(P, c, "LEN", &io->len)) return -1;
-    return finish(P, c, cmd, cmd);
+    return finish(P, c, cmd, &io->len);
   }
   if (decode_bytes(P, c, "HEXBYTES", NULL, &io->data)) return -1;
   io->len = io->data.len;
@@ -504,21 +505,21 @@ static int parse_async(parser *P, cursor *c, scenario_cmd *cmd, scenario_cmd_kin
 }
 
 /* The label of await or expect pending: it must name an async command not yet awaited. */
-static int arg_label(parser *P, cursor *c, scenario_cmd *cmd, const scenario_cmd **async) {
+static int arg_label(parser *P, cursor *c, scenario_cmd *cmd, const scenario__live **label) {
   if (arg_name(P, c, "LABEL", cmd->label.label)) return -1;
-  *async = scenario__label_async(P, cmd->label.label);
-  if (!*async) return fail(P, "%s: unknown label '%s'", P->what, cmd->label.label);
-  cmd->label.async_index = (size_t)(*async - P->sc->cmds);
+  *label = scenario__label(P, cmd->label.label);
+  if (!*label) return fail(P, "%s: unknown label '%s'", P->what, cmd->label.label);
+  cmd->label.async_index = (*label)->index;
   return 0;
 }
 
 static int parse_await(parser *P, cursor *c, scenario_cmd *cmd, scenario_cmd_kind first) {
-  const scenario_cmd *async;
+  const scenario__live *label;
   set_kind(P, cmd, first);
-  if (arg_label(P, c, cmd, &async)) return -1;
-  const scenario_cmd *inner = async->async.inner;
-  bool is_read = inner->kind == SCENARIO_READ || inner->kind == SCENARIO_GUEST_READ;
-  return finish(P, c, cmd, is_read ? inner : NULL);
+  if (arg_label(P, c, cmd, &label)) return -1;
+  bool is_read = label->kind == SCENARIO_READ || label->kind == SCENARIO_GUEST_READ;
+  uint64_t len = label->len;
+  return finish(P, c, cmd, is_read ? &len : NULL);
 }
 
 /* RANGES item: GPA+SIZE:rw or GPA+SIZE:ro. */
@@ -573,12 +574,12 @@ static int parse_ranges(parser *P, cursor *c, scenario_ranges *out) {
 }
 
 static int parse_expect(parser *P, cursor *c, scenario_cmd *cmd, scenario_cmd_kind first) {
-  const scenario_cmd *async;
+  const scenario__live *label;
   int i;
   if (pick_kind(P, c, cmd, first)) return -1;
   switch (cmd->kind) {
   case SCENARIO_EXPECT_PENDING:
-    if (arg_label(P, c, cmd, &async)) return -1;
+    if (arg_label(P, c, cmd, &label)) return -1;
     break;
   case SCENARIO_EXPECT_REGION:
     if (arg_name(P, c, "NAME", cmd->expect_region.name) ||
@@ -643,6 +644,7 @@ static int parse_command(parser *P, cursor *c, scenario_cmd *cmd) {
   return parsers[first](P, c, cmd, first);
 }
 
+/* The slot of a whole program: the next command of sc->cmds, zeroed. */
 static scenario_cmd *append(parser *P) {
   scenario *sc = P->sc;
   if (sc->ncmds == P->cap) {
@@ -654,11 +656,11 @@ static scenario_cmd *append(parser *P) {
   }
   scenario_cmd *cmd = &sc->cmds[sc->ncmds++];
   memset(cmd, 0, sizeof *cmd);
-  cmd->line = P->line;
   return cmd;
 }
 
-static int parse_line(parser *P, const char *p, const char *end) {
+int scenario__parse_line(parser *P, const char *p, const char *end) {
+  if (memchr(p, '\0', (size_t)(end - p))) return fail(P, "NUL byte in the line");
   for (const char *q = p; q < end; q++) {
     unsigned char ch = (unsigned char)*q;
     if (ch == '\r') return fail(P, "carriage return in the line (CRLF line endings?)");
@@ -670,9 +672,11 @@ static int parse_line(parser *P, const char *p, const char *end) {
   tok t;
   if (!scenario__peek(&c, &t)) return 0;
 
-  scenario_cmd *cmd = append(P);
+  scenario_cmd *cmd = P->slot(P);
   if (!cmd) return fail(P, "out of memory");
-  if (parse_command(P, &c, cmd) || scenario__check(P)) return -1;
+  cmd->line = P->line;
+  if (parse_command(P, &c, cmd) || scenario__check(P, cmd, P->count)) return -1;
+  P->count++;
   switch (cmd->kind) {
   case SCENARIO_CONFIG:
     if (cmd->config.key == SCENARIO_CONFIG_MAX_ADDR)
@@ -683,12 +687,12 @@ static int parse_line(parser *P, const char *p, const char *end) {
   case SCENARIO_REQUIRE: P->sc->require_kvm = true; break;
   default: P->past_config = true; break;
   }
-  return 0;
+  return 1;
 }
 
 static int parse_text(const char *text, size_t len, const char *name, scenario **out, char *err,
                       size_t errlen) {
-  parser P = {.file = name, .err = err, .errlen = errlen};
+  parser P = {.file = name, .err = err, .errlen = errlen, .slot = append};
   int rc = -1;
   *out = NULL;
   if (errlen) err[0] = '\0';
@@ -707,11 +711,7 @@ static int parse_text(const char *text, size_t len, const char *name, scenario *
     const char *nl = memchr(p, '\n', (size_t)(end - p));
     const char *eol = nl ? nl : end;
     P.line++;
-    if (memchr(p, '\0', (size_t)(eol - p))) {
-      fail(&P, "NUL byte in the line");
-      goto done;
-    }
-    if (parse_line(&P, p, eol)) goto done;
+    if (scenario__parse_line(&P, p, eol) < 0) goto done;
     p = nl ? nl + 1 : end;
   }
   rc = 0;
@@ -764,7 +764,7 @@ int scenario_parse_file(const char *path, scenario **out, char *err, size_t errl
   return rc;
 }
 
-static void free_cmd(scenario_cmd *cmd) {
+void scenario__cmd_clear(scenario_cmd *cmd) {
   free(cmd->expect.bytes.data);
   switch (cmd->kind) {
   case SCENARIO_WRITE:
@@ -772,16 +772,22 @@ static void free_cmd(scenario_cmd *cmd) {
   case SCENARIO_EXPECT_PARTITION:
   case SCENARIO_EXPECT_MAPPER: free(cmd->expect_ranges.ranges.items); break;
   case SCENARIO_ASYNC:
-    if (cmd->async.inner) free_cmd(cmd->async.inner);
+    if (cmd->async.inner) scenario__cmd_clear(cmd->async.inner);
     free(cmd->async.inner);
     break;
   default: break;
   }
 }
 
+void scenario_cmd_free(scenario_cmd *cmd) {
+  if (!cmd) return;
+  scenario__cmd_clear(cmd);
+  free(cmd);
+}
+
 void scenario_free(scenario *sc) {
   if (!sc) return;
-  for (size_t i = 0; i < sc->ncmds; i++) free_cmd(&sc->cmds[i]);
+  for (size_t i = 0; i < sc->ncmds; i++) scenario__cmd_clear(&sc->cmds[i]);
   free(sc->cmds);
   free(sc->name);
   free(sc);

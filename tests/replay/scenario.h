@@ -327,6 +327,33 @@ int scenario_parse_text(const char *text, size_t len, const char *name, scenario
 /* Free a scenario and everything it owns. NULL is fine. */
 void scenario_free(scenario *sc);
 
+/* ---- streaming ------------------------------------------------------------------------------ */
+
+/* A file read one command at a time, for a program too long to hold: the stream keeps one line,
+ * the names live at that point and what each live async label's await needs, never the
+ * commands read before. It applies exactly the rules of scenario_parse_file, with the same
+ * messages; the file's BYTES and HEXBYTES count against SCENARIO_DATA_MAX together, as there. */
+typedef struct scenario_stream scenario_stream;
+
+/* Open `path`. 0 and *out, or -1 with the message in err (the file cannot be opened, or no
+ * memory). */
+int scenario_stream_open(const char *path, scenario_stream **out, char *err, size_t errlen);
+/* The next command: 1 and *out (the caller's: scenario_cmd_free), 0 at the end of the file, -1
+ * when a line does not parse (or no memory; the stream answers -1 from then on): see
+ * scenario_stream_error. Every command has the fields it would have in a parsed program; an
+ * await's or expect pending's label.async_index is the index its async would have there (the
+ * number of commands before it in the file), for the caller to match the two. */
+int scenario_stream_next(scenario_stream *s, scenario_cmd **out);
+/* After -1: one line naming the file, the line and the problem, as scenario_parse_file's. */
+const char *scenario_stream_error(const scenario_stream *s);
+/* The file's name and configuration so far (complete once the first command that is not
+ * config or require has been read); cmds is NULL, ncmds counts the commands read. */
+const scenario *scenario_stream_info(const scenario_stream *s);
+/* Close the file and free the stream. NULL is fine. */
+void scenario_stream_close(scenario_stream *s);
+/* Free one command (of a stream) and everything it owns. NULL is fine. */
+void scenario_cmd_free(scenario_cmd *cmd);
+
 /* ---- comparing ------------------------------------------------------------------------------ */
 
 /* Deep equality of two commands: kind, payload and expectation; line numbers aside. */

@@ -40,18 +40,32 @@ static const char *const ns_names[SCENARIO__NS_COUNT] = {
     [SCENARIO__NS_LOCK] = "lock",     [SCENARIO__NS_LABEL] = "async label",
 };
 
-const scenario_cmd *scenario__label_async(const scenario__parser *P, const char *label) {
-  const scenario__live *l = scenario__scope_find(&P->live[SCENARIO__NS_LABEL], label);
-  return l ? &P->sc->cmds[l->index] : NULL;
+const scenario__live *scenario__label(const scenario__parser *P, const char *label) {
+  return scenario__scope_find(&P->live[SCENARIO__NS_LABEL], label);
 }
 
-static int add_live(scenario__parser *P, scenario__ns ns, const char *name, const char *ref,
-                    size_t index) {
+static scenario__live *add_live(scenario__parser *P, scenario__ns ns, const char *name,
+                                const char *ref) {
   scenario__live *l = scenario__scope_add(&P->live[ns], name);
-  if (!l) return fail(P, "out of memory");
+  if (!l) {
+    fail(P, "out of memory");
+    return NULL;
+  }
   l->line = P->line;
-  l->index = index;
   if (ref) snprintf(l->ref, sizeof l->ref, "%s", ref);
+  return l;
+}
+
+/* An async's label: what its await needs to know of the operation it started. */
+static int add_label(scenario__parser *P, const scenario_cmd *async, size_t index) {
+  const scenario_cmd *inner = async->async.inner;
+  effect e = effect_of(inner);
+  scenario__live *l = add_live(P, SCENARIO__NS_LABEL, async->async.label, e.name);
+  if (!l) return -1;
+  l->index = index;
+  l->kind = inner->kind;
+  bool read = inner->kind == SCENARIO_READ || inner->kind == SCENARIO_GUEST_READ;
+  l->len = read ? inner->io.len : 0;
   return 0;
 }
 
@@ -90,9 +104,22 @@ static bool expects_success(const scenario_cmd *c) {
   return c->expect.kind != SCENARIO_EXPECT_ERROR;
 }
 
-int scenario__check(scenario__parser *P) {
-  size_t index = P->sc->ncmds - 1;
-  const scenario_cmd *c = &P->sc->cmds[index];
+/* The await of a live label: the name its operation added stays live only if it succeeded,
+ * the name it removed goes only then. */
+static int check_await(scenario__parser *P, const scenario_cmd *c) {
+  const scenario__live *label = scenario__label(P, c->label.label); /* parse_await checked it */
+  scenario_cmd inner = {.kind = label->kind};
+  char name[SCENARIO_NAME_SIZE];
+  unsigned line = label->line;
+  snprintf(name, sizeof name, "%s", label->ref);
+  remove_live(P, SCENARIO__NS_LABEL, c->label.label, 0);
+  effect e = effect_of(&inner);
+  if (e.kind == ADDS && !expects_success(c)) remove_live(P, e.ns, name, line);
+  if (e.kind == REMOVES && expects_success(c)) remove_live(P, e.ns, name, 0);
+  return 0;
+}
+
+int scenario__check(scenario__parser *P, const scenario_cmd *c, size_t index) {
   const scenario_cmd *inner;
   const scenario__live *label;
   effect e;
@@ -101,7 +128,7 @@ int scenario__check(scenario__parser *P) {
   case SCENARIO_ASYNC:
     /* The inner operation starts now: an add reserves its name at once; a remove takes effect
      * at the await, when it is known to have completed. */
-    label = scenario__scope_find(&P->live[SCENARIO__NS_LABEL], c->async.label);
+    label = scenario__label(P, c->async.label);
     if (label)
       return fail(P, "async: label '%s' is still in use (since line %u, not awaited yet)",
                   c->async.label, label->line);
@@ -109,27 +136,19 @@ int scenario__check(scenario__parser *P) {
     if (check_start(P, inner)) return -1;
     e = effect_of(inner);
     if (e.kind == ADDS &&
-        add_live(P, e.ns, e.name, inner->kind == SCENARIO_LOCK ? inner->lock.mapper : NULL, 0))
+        !add_live(P, e.ns, e.name, inner->kind == SCENARIO_LOCK ? inner->lock.mapper : NULL))
       return -1;
-    return add_live(P, SCENARIO__NS_LABEL, c->async.label, NULL, index);
+    return add_label(P, c, index);
 
-  case SCENARIO_AWAIT: {
-    /* parse_await has made sure the label is live. */
-    const scenario_cmd *async = &P->sc->cmds[c->label.async_index];
-    inner = async->async.inner;
-    remove_live(P, SCENARIO__NS_LABEL, c->label.label, 0);
-    e = effect_of(inner);
-    if (e.kind == ADDS && !expects_success(c)) remove_live(P, e.ns, e.name, async->line);
-    if (e.kind == REMOVES && expects_success(c)) remove_live(P, e.ns, e.name, 0);
-    return 0;
-  }
+  case SCENARIO_AWAIT: return check_await(P, c);
 
   default:
     if (check_start(P, c)) return -1;
     e = effect_of(c);
     if (!expects_success(c)) return 0;
     if (e.kind == ADDS)
-      return add_live(P, e.ns, e.name, c->kind == SCENARIO_LOCK ? c->lock.mapper : NULL, 0);
+      return add_live(P, e.ns, e.name, c->kind == SCENARIO_LOCK ? c->lock.mapper : NULL) ? 0
+                                                                                           : -1;
     if (e.kind == REMOVES) remove_live(P, e.ns, e.name, 0);
     return 0;
   }

@@ -60,13 +60,18 @@ extern const char *const scenario__state_words[];       /* scenario_region_state
 
 /* ---- live names (scenario_scope.c) ---------------------------------------------------------- */
 
-/* One live name. For a lock, ref is its mapper; for an async label, index is the async
- * command's index in the program. */
+/* One live name. For a lock, ref is its mapper. For an async label: index is the async
+ * command's index in the program (its ordinal in the file), kind and len are the kind of the
+ * operation it started and, for a read, its LEN, and ref is the name that operation adds or
+ * removes, if any: what its await needs, kept here so that a stream need not keep the async
+ * command itself. */
 typedef struct scenario__live {
   char name[SCENARIO_NAME_SIZE];
   char ref[SCENARIO_NAME_SIZE];
   unsigned line; /* where it became live */
   size_t index;
+  scenario_cmd_kind kind;
+  uint64_t len;
   uint32_t hash;
   bool used;
 } scenario__live;
@@ -97,28 +102,40 @@ typedef enum scenario__ns {
   SCENARIO__NS_COUNT
 } scenario__ns;
 
-typedef struct scenario__parser {
+typedef struct scenario__parser scenario__parser;
+
+struct scenario__parser {
   const char *file; /* for messages */
   unsigned line;
   const char *what; /* the command being parsed ("region add"), for messages */
   char word[16];    /* the first word of the command being parsed */
   char *err;
   size_t errlen;
-  scenario *sc;
+  scenario *sc;     /* the configuration; and, unless streaming, the commands */
   size_t cap;       /* allocated length of sc->cmds */
+  size_t count;     /* commands parsed so far: the next one's index in the program */
+  /* Where the next command goes: appended to sc->cmds, or a command of its own (a stream). */
+  scenario_cmd *(*slot)(scenario__parser *P);
   bool past_config; /* a command other than config/require has been seen */
   bool in_async;    /* parsing the command an async line wraps */
   uint64_t data;    /* bytes of BYTES and HEXBYTES decoded so far: at most SCENARIO_DATA_MAX */
   scenario__scope live[SCENARIO__NS_COUNT];
-} scenario__parser;
+};
 
 /* Report "file:line: message" and return -1. */
 int scenario__fail(scenario__parser *P, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
-/* The async command that a live label names, or NULL. */
-const scenario_cmd *scenario__label_async(const scenario__parser *P, const char *label);
-/* Apply the file-wide rules (live names, locks, labels) to the command just parsed, the last
- * one of P->sc, and record its effect on the live names. */
-int scenario__check(scenario__parser *P);
+/* One line of a file, its newline cut off: 0 for a line without a command (blank, or only a
+ * comment), 1 when its command was parsed into the slot that P->slot gave (and checked), -1
+ * after scenario__fail (the slot, if one was taken, may hold part of a command). */
+int scenario__parse_line(scenario__parser *P, const char *p, const char *end);
+/* Free what a command owns (not the command itself). */
+void scenario__cmd_clear(scenario_cmd *cmd);
+
+/* A live label, or NULL. */
+const scenario__live *scenario__label(const scenario__parser *P, const char *label);
+/* Apply the file-wide rules (live names, locks, labels) to the command just parsed, the
+ * program's command number `index`, and record its effect on the live names. */
+int scenario__check(scenario__parser *P, const scenario_cmd *c, size_t index);
 
 #endif /* SCENARIO_INTERNAL_H */

@@ -39,12 +39,76 @@ void *__wrap_realloc(void *p, size_t n) {
 
 /* ---- helpers -------------------------------------------------------------------------------- */
 
+static char *write_temp(const char *data, size_t len) {
+  char *path = strdup("/tmp/test_scenario_XXXXXX");
+  int fd = mkstemp(path);
+  assert_true(fd >= 0);
+  assert_int_equal(write(fd, data, len), (ssize_t)len);
+  close(fd);
+  return path;
+}
+
+/* A message without the file name it starts with. */
+static const char *after_name(const char *err) {
+  const char *colon = strchr(err, ':');
+  return colon ? colon : err;
+}
+
+static void stream_same_info(const scenario_stream *s, const scenario *want) {
+  const scenario *info = scenario_stream_info(s);
+  assert_int_equal(info->ncmds, want->ncmds);
+  assert_null(info->cmds);
+  assert_int_equal(info->max_addr, want->max_addr);
+  assert_int_equal(info->overlap, want->overlap);
+  assert_int_equal(info->require_kvm, want->require_kvm);
+}
+
+/* Read the file at `path` through a stream: the same commands and configuration as `want`,
+ * or (want NULL) the commands before the line that does not parse, then the same message as
+ * `err`, file name aside, from then on. */
+static void stream_agrees(const char *path, const scenario *want, const char *err) {
+  char serr[512];
+  scenario_stream *s = NULL;
+  assert_int_equal(scenario_stream_open(path, &s, serr, sizeof serr), 0);
+  scenario_cmd *cmd;
+  int rc;
+  size_t i = 0;
+  for (; (rc = scenario_stream_next(s, &cmd)) > 0; i++) {
+    if (want && (i >= want->ncmds || !scenario_cmd_equal(cmd, &want->cmds[i]) ||
+                 cmd->line != want->cmds[i].line))
+      fail_msg("%s: the stream's command %zu differs from the parsed program's", path, i);
+    scenario_cmd_free(cmd);
+  }
+  assert_null(cmd);
+  if (want) {
+    assert_int_equal(rc, 0);
+    stream_same_info(s, want);
+  } else {
+    assert_int_equal(rc, -1);
+    assert_int_equal(scenario_stream_next(s, &cmd), -1);
+    assert_string_equal(after_name(scenario_stream_error(s)), after_name(err));
+  }
+  scenario_stream_close(s);
+}
+
+/* The same for a text (the stream's allocations are not counted in alloc_bytes). */
+static void stream_agrees_text(const char *text, const scenario *want, const char *err) {
+  uint64_t bytes = alloc_bytes;
+  char *path = write_temp(text, strlen(text));
+  stream_agrees(path, want, err);
+  unlink(path);
+  free(path);
+  alloc_bytes = bytes;
+}
+
+/* Parsed whole, and read through a stream alike. */
 static scenario *parse_ok(const char *text) {
   char err[512];
   scenario *sc = NULL;
   int rc = scenario_parse_string(text, "t.mbs", &sc, err, sizeof err);
   if (rc != 0) fail_msg("unexpected parse error: %s\n--- text:\n%s", err, text);
   assert_non_null(sc);
+  stream_agrees_text(text, sc, NULL);
   return sc;
 }
 
@@ -58,6 +122,7 @@ static void parse_err_at(const char *text, unsigned line, const char *what) {
   snprintf(prefix, sizeof prefix, "t.mbs:%u: ", line);
   if (strncmp(err, prefix, strlen(prefix)) != 0 || !strstr(err, what))
     fail_msg("message '%s' should start '%s' and contain '%s'", err, prefix, what);
+  stream_agrees_text(text, NULL, err);
 }
 
 /* The same for the last line of the text. */
@@ -1000,15 +1065,6 @@ static void test_unknown_and_malformed(void **state) {
 
 /* ---- files ---------------------------------------------------------------------------------- */
 
-static char *write_temp(const char *data, size_t len) {
-  char *path = strdup("/tmp/test_scenario_XXXXXX");
-  int fd = mkstemp(path);
-  assert_true(fd >= 0);
-  assert_int_equal(write(fd, data, len), (ssize_t)len);
-  close(fd);
-  return path;
-}
-
 static void test_parse_file(void **state) {
   (void)state;
   char err[512];
@@ -1043,6 +1099,43 @@ static void test_parse_file(void **state) {
   assert_int_not_equal(scenario_parse_file("/nonexistent/x.mbs", &sc, err, sizeof err), 0);
   assert_null(sc);
   assert_string_equal(err, "/nonexistent/x.mbs: cannot open: No such file or directory");
+  scenario_stream *s = (scenario_stream *)1;
+  assert_int_not_equal(scenario_stream_open("/nonexistent/x.mbs", &s, err, sizeof err), 0);
+  assert_null(s);
+  assert_string_equal(err, "/nonexistent/x.mbs: cannot open: No such file or directory");
+}
+
+/* A stream holds one line and the live names, not the file: the commands it handed out are
+ * the caller's, and an async's await is matched by the async's index in the file. */
+static void test_stream(void **state) {
+  (void)state;
+  static const char text[] = "config max_addr=1G\n# a comment\n\nmapper add m eager\n"
+                             "async a read m 0 2\nasync b mapper remove m\nawait b\n"
+                             "read m 0 1\nawait a => 0102";
+  char *path = write_temp(text, sizeof text - 1);
+  char err[512];
+  scenario_stream *s = NULL;
+  assert_int_equal(scenario_stream_open(path, &s, err, sizeof err), 0);
+  assert_string_equal(scenario_stream_info(s)->name, path);
+  scenario_cmd *c[7];
+  for (int i = 0; i < 7; i++) assert_int_equal(scenario_stream_next(s, &c[i]), 1);
+  assert_int_equal(scenario_stream_info(s)->max_addr, UINT64_C(1) << 30);
+  assert_int_equal(scenario_stream_info(s)->ncmds, 7);
+  assert_int_equal(c[1]->line, 4);
+  assert_int_equal(c[2]->kind, SCENARIO_ASYNC);
+  assert_int_equal(c[4]->label.async_index, 3); /* await b: the async of line 6 */
+  assert_int_equal(c[6]->label.async_index, 2);
+  assert_int_equal(c[6]->line, 9);
+  assert_int_equal(c[6]->expect.bytes.len, 2);
+  scenario_cmd *end = (scenario_cmd *)1;
+  assert_int_equal(scenario_stream_next(s, &end), 0);
+  assert_null(end);
+  scenario_stream_close(s);
+  for (int i = 0; i < 7; i++) scenario_cmd_free(c[i]); /* after the stream: they are ours */
+  scenario_cmd_free(NULL);
+  scenario_stream_close(NULL);
+  unlink(path);
+  free(path);
 }
 
 /* Every scenario in tests/scenarios/ parses, and round-trips through the printer. */
@@ -1061,6 +1154,7 @@ static void test_scenario_files(void **state) {
     snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
     scenario *sc = NULL;
     if (scenario_parse_file(path, &sc, err, sizeof err) != 0) fail_msg("%s", err);
+    stream_agrees(path, sc, NULL);
     char *printed = print_program(sc);
     scenario *again = parse_ok(printed);
     assert_same_program(sc, again);
@@ -1293,6 +1387,30 @@ static int parse_with_failures(const char *text, const char *path) {
   }
 }
 
+/* The same for a stream: open, or any line, fails cleanly with "out of memory". */
+static int stream_with_failures(const char *path) {
+  for (long i = 0;; i++) {
+    char err[256] = "";
+    scenario_stream *s = NULL;
+    scenario_cmd *cmd;
+    alloc_countdown = i;
+    int rc = scenario_stream_open(path, &s, err, sizeof err);
+    while (rc == 0 && (rc = scenario_stream_next(s, &cmd)) > 0) {
+      scenario_cmd_free(cmd);
+      rc = 0;
+    }
+    bool exhausted = alloc_countdown >= 0;
+    alloc_countdown = -1;
+    const char *why = s ? scenario_stream_error(s) : err;
+    if (rc != 0 && !strstr(why, "out of memory")) fail_msg("allocation %ld: %s", i, why);
+    scenario_stream_close(s);
+    if (rc == 0) {
+      assert_true(exhausted);
+      return (int)i;
+    }
+  }
+}
+
 static void test_allocation_failures(void **state) {
   (void)state;
   /* Enough commands and live names to grow every array and table. */
@@ -1309,6 +1427,7 @@ static void test_allocation_failures(void **state) {
   assert_true(n > 20);
   char *path = write_temp(text, len);
   assert_true(parse_with_failures(NULL, path) > n); /* and the file's buffer */
+  assert_true(stream_with_failures(path) > 80);
   unlink(path);
   free(path);
   free(text);
@@ -1336,6 +1455,7 @@ int main(void) {
       cmocka_unit_test(test_live_names),
       cmocka_unit_test(test_unknown_and_malformed),
       cmocka_unit_test(test_parse_file),
+      cmocka_unit_test(test_stream),
       cmocka_unit_test(test_scenario_files),
       cmocka_unit_test(test_format_bytes),
       cmocka_unit_test_teardown(test_print_canonical, teardown_last),

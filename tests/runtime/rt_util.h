@@ -43,6 +43,6 @@ static inline void rt_adder_handle(mb_actor *self, mb_msg *msg) {
   m->sum = m->a + m->b;
   mb_reply(msg, MB_OK);
 }
-static const mb_actor_type rt_adder_type = {"adder", rt_adder_handle, NULL, 0};
+static const mb_actor_type rt_adder_type = {"adder", rt_adder_handle, NULL, 0, NULL};
 
 #endif

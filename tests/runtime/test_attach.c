@@ -12,7 +12,7 @@ static void slow_adder_handle(mb_actor *self, mb_msg *msg) {
   usleep(20000);
   rt_adder_handle(self, msg);
 }
-static const mb_actor_type slow_adder_type = {"slow-adder", slow_adder_handle, NULL, 0};
+static const mb_actor_type slow_adder_type = {"slow-adder", slow_adder_handle, NULL, 0, NULL};
 
 typedef struct call_rec {
   int replies;
@@ -104,6 +104,25 @@ static void test_ref_keeps_loop_running(void **unused) {
   tu_home_fini(&h);
 }
 
+static void count_post(mb_loop *l, void *arg) {
+  (void)l;
+  (*(int *)arg)++;
+}
+
+/* A closure the loop's own thread posts to it is work in flight too. */
+static void test_self_post_keeps_loop_running(void **unused) {
+  (void)unused;
+  tu_home h;
+  tu_home_init(&h, "home");
+  int ran = 0;
+  assert_int_equal(mb_loop_post(h.loop, count_post, &ran), 0);
+  assert_true(uv_loop_alive(&h.uv));
+  uv_run(&h.uv, UV_RUN_DEFAULT);
+  assert_int_equal(ran, 1);
+  assert_false(uv_loop_alive(&h.uv));
+  tu_home_fini(&h);
+}
+
 static void test_actor_keeps_loop_running(void **unused) {
   (void)unused;
   tu_home h;
@@ -167,6 +186,7 @@ int main(void) {
       cmocka_unit_test(test_idle_loop_lets_uv_run_return),
       cmocka_unit_test(test_call_in_flight_keeps_loop_running),
       cmocka_unit_test(test_ref_keeps_loop_running),
+      cmocka_unit_test(test_self_post_keeps_loop_running),
       cmocka_unit_test(test_actor_keeps_loop_running),
       cmocka_unit_test(test_stop_from_reply_callback),
       cmocka_unit_test(test_stop_from_libuv_callback),

@@ -20,7 +20,7 @@ static void fifo_handle(mb_actor *self, mb_msg *msg) {
   assert_int_equal(m->seq, st->next[m->sender]++);
   atomic_fetch_add(&st->total, 1);
 }
-static const mb_actor_type fifo_type = {"fifo", fifo_handle, NULL, 0};
+static const mb_actor_type fifo_type = {"fifo", fifo_handle, NULL, 0, NULL};
 
 typedef struct sender_arg {
   mb_addr to;
@@ -83,8 +83,8 @@ static void b_handle(mb_actor *self, mb_msg *msg) {
   t_seq_of(msg)->sender = 1;
   mb_send(self, *c, msg);
 }
-static const mb_actor_type c_type = {"c", c_handle, NULL, 0};
-static const mb_actor_type b_type = {"b", b_handle, NULL, 0};
+static const mb_actor_type c_type = {"c", c_handle, NULL, 0, NULL};
+static const mb_actor_type b_type = {"b", b_handle, NULL, 0, NULL};
 
 typedef struct causal_a {
   mb_addr b, c;

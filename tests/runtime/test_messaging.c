@@ -20,7 +20,7 @@ static void order_handle(mb_actor *self, mb_msg *msg) {
   st->next[m->sender]++;
   if (++st->total == SENDERS * PER_SENDER) st->done = true;
 }
-static const mb_actor_type order_type = {"order", order_handle, NULL, 0};
+static const mb_actor_type order_type = {"order", order_handle, NULL, 0, NULL};
 
 static void send_seq(mb_actor *from, mb_addr to, uint32_t sender, uint64_t seq) {
   t_seq_msg *m = t_seq_new();
@@ -114,8 +114,8 @@ static void keep_free_handle(mb_actor *self, mb_msg *msg) {
   mb_msg_keep(msg);
   mb_msg_free(msg);
 }
-static const mb_actor_type silent_type = {"silent", silent_handle, NULL, 0};
-static const mb_actor_type keep_free_type = {"keepfree", keep_free_handle, NULL, 0};
+static const mb_actor_type silent_type = {"silent", silent_handle, NULL, 0, NULL};
+static const mb_actor_type keep_free_type = {"keepfree", keep_free_handle, NULL, 0, NULL};
 
 static void test_unanswered_request_gets_error(void **unused) {
   (void)unused;
@@ -151,7 +151,7 @@ static void defer_handle(mb_actor *self, mb_msg *msg) {
   mb_reply(st->kept, MB_OK);
   st->kept = NULL;
 }
-static const mb_actor_type defer_type = {"defer", defer_handle, NULL, 0};
+static const mb_actor_type defer_type = {"defer", defer_handle, NULL, 0, NULL};
 
 static void test_deferred_reply(void **unused) {
   (void)unused;
@@ -186,8 +186,8 @@ static void flag_handle(mb_actor *self, mb_msg *msg) {
   (void)msg;
   *(bool *)mb_actor_state(self) = true;
 }
-static const mb_actor_type spin_type = {"spin", spin_handle, NULL, 0};
-static const mb_actor_type flag_type = {"flag", flag_handle, NULL, 0};
+static const mb_actor_type spin_type = {"spin", spin_handle, NULL, 0, NULL};
+static const mb_actor_type flag_type = {"flag", flag_handle, NULL, 0, NULL};
 
 static void test_batch_limit_fairness(void **unused) {
   (void)unused;

@@ -48,7 +48,7 @@ static void ser_handle(mb_actor *self, mb_msg *msg) {
   st->depth = 2;
   step(self, st);
 }
-static const mb_actor_type ser_type = {"ser", ser_handle, NULL, MB_ACTOR_SERIALIZED};
+static const mb_actor_type ser_type = {"ser", ser_handle, NULL, MB_ACTOR_SERIALIZED, NULL};
 
 typedef struct replies {
   int n;
@@ -112,7 +112,7 @@ static void hold_handle(mb_actor *self, mb_msg *msg) {
   if (st->seen++ == 0) mb_actor_hold(self);
   st->done = st->seen == 3;
 }
-static const mb_actor_type hold_type = {"hold", hold_handle, NULL, MB_ACTOR_SERIALIZED};
+static const mb_actor_type hold_type = {"hold", hold_handle, NULL, MB_ACTOR_SERIALIZED, NULL};
 
 static void test_hold_release(void **unused) {
   (void)unused;

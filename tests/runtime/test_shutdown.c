@@ -23,7 +23,7 @@ static void keeper_destroy(mb_actor *self) {
   mb_msg_free(k->kept);
 }
 static const mb_actor_type keeper_type = {"keeper", keeper_handle, keeper_destroy,
-                                          MB_ACTOR_SERIALIZED};
+                                          MB_ACTOR_SERIALIZED, NULL};
 
 typedef struct results {
   int n, enoreply, estopped;

@@ -53,8 +53,8 @@ static void tx_handle(mb_actor *self, mb_msg *go) {
   else atomic_store(&s->done, true);
 }
 
-static const mb_actor_type rx_type = {"rx", rx_handle, NULL, 0};
-static const mb_actor_type tx_type = {"tx", tx_handle, NULL, 0};
+static const mb_actor_type rx_type = {"rx", rx_handle, NULL, 0, NULL};
+static const mb_actor_type tx_type = {"tx", tx_handle, NULL, 0, NULL};
 
 static void test_stress_four_loops(void **unused) {
   (void)unused;
