@@ -151,7 +151,8 @@ static bool snapshot(insp *in) {
     v[0] = (piece){PIECE_MANAGERS, 0, mm->loop};
     v[1] = (piece){PIECE_MAPPER, mm->primary.h, mm->part_loop};
     in->n = 2;
-    for (mb_mapper *m = mm->mappers; m; m = m->next) v[in->n++] = (piece){PIECE_MAPPER, m->h, m->loop};
+    for (mb_mapper *m = mm->mappers; m; m = m->next)
+      v[in->n++] = (piece){PIECE_MAPPER, m->h, m->loop};
     for (mb_partition *p = mm->partitions; p; p = p->next)
       v[in->n++] = (piece){PIECE_PARTITION, p->h, p->loop};
   }
@@ -242,7 +243,9 @@ static void piece_step(mb_loop *loop, void *arg) {
 void mb_mm_inspect(mb_mm *mm, mb_done_fn done, void *ctx) {
   mb_loop *here = mb_loop_current();
   insp *in = here ? insp_open(mm) : NULL;
-  int rc = !here ? MB_EINVAL : !in ? MB_ENOMEM : mb__answer_make(&in->answer, here, insp_answered, in);
+  int rc = !here ? MB_EINVAL
+           : !in ? MB_ENOMEM
+                 : mb__answer_make(&in->answer, here, insp_answered, in);
   if (rc) {
     if (in) insp_free(in);
     done(ctx, rc == MB_EINVAL ? MB_EINVAL : MB_ENOMEM, 0);

@@ -114,7 +114,7 @@ int mb__api_call(mb__rec *rec, mb_addr to, mb_msg *msg, mb__value_fn value_fn, u
   return rc;
 }
 
-/* ---- answers and steps that must run ---------------------------------------------------------- */
+/* ---- answers and steps that must run --------------------------------------------------------- */
 
 static void answer_dispose(mb_msg *msg) {
   api_answer_msg *m = api_answer_of(msg);

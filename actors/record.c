@@ -44,7 +44,8 @@ struct mb__rec {
 
 /* Names that could not be kept make the rest of the recording unreliable: it says so, once. */
 static void rec_nomem(mb__rec *r) {
-  if (!r->nomem) fputs("# membacking: out of memory while recording: what follows may not replay\n", r->f);
+  if (!r->nomem)
+    fputs("# membacking: out of memory while recording: what follows may not replay\n", r->f);
   r->nomem = true;
 }
 
