@@ -86,7 +86,3 @@ mb_msg *mb__inbox_front(mb__inbox *q) {
   mb_msg *tail = q->tail;
   return tail == &q->sentinel ? next_of(tail) : tail;
 }
-
-bool mb__inbox_asleep(mb__inbox *q) {
-  return tagged(atomic_load_explicit(&q->head, memory_order_relaxed));
-}

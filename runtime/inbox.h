@@ -22,8 +22,6 @@ mb_msg *mb__inbox_pop(mb__inbox *q);
 /* Consumer only: the message pop returns next (pop may return NULL for it while its producer
  * is between its two steps), or NULL when empty. */
 mb_msg *mb__inbox_front(mb__inbox *q);
-/* Any thread, a hint: has the consumer marked itself asleep on an empty inbox? */
-bool mb__inbox_asleep(mb__inbox *q);
 /* Consumer only: is anything pushed (or being pushed) that pop has not returned? */
 bool mb__inbox_peek(mb__inbox *q);
 /* Consumer only, after pop returned NULL: mark the consumer asleep. Returns false when a

@@ -80,7 +80,6 @@ struct mb_loop {
   bool lend;           /* MB_LOOP_LEND: set before the loop runs, read-only after */
   _Alignas(64) _Atomic uint32_t token; /* who runs the turn (loop.c, "Lending") */
   bool lent;           /* the turn running now is a borrower's */
-  mb_loop *peer;       /* the last loop this loop's turn sent to (for lingering) */
   _Atomic uint32_t linger_ns; /* mb_loop_set_linger */
   uint32_t linger_skip; /* turns left without lingering after fruitless ones */
   uint32_t linger_miss; /* fruitless lingers in a row */

@@ -415,11 +415,11 @@ static void loop_thread(void *arg) {
 mb_loop *mb_loop_start(const char *name, int *err) { return mb_loop_start_flags(name, 0, err); }
 
 mb_loop *mb_loop_start_flags(const char *name, unsigned flags, int *err) {
-  mb_loop *l = (flags & ~(unsigned)MB_LOOP_LEND) ? NULL : mb__calloc(1, sizeof *l);
-  if (!l && (flags & ~(unsigned)MB_LOOP_LEND)) {
+  if (flags & ~(unsigned)MB_LOOP_LEND) {
     if (err) *err = MB_EINVAL;
     return NULL;
   }
+  mb_loop *l = mb__calloc(1, sizeof *l);
   if (l) l->lend = (flags & MB_LOOP_LEND) != 0;
   if (l) l->stop_msg = mb_msg_new(NULL, 0, sizeof(mb_msg));
   int rc = !l || !l->stop_msg ? MB_ENOMEM : uv_loop_init(&l->own_uv);

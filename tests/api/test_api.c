@@ -108,19 +108,8 @@ static void test_blocking_end_to_end(void **unused) {
 
 /* ---- asynchronous forms from a loop the test runs ------------------------------------------ */
 
-typedef struct done_rec {
-  int calls, status;
-  uint64_t value;
-} done_rec;
 
-static void on_done(void *ctx, int status, uint64_t value) {
-  done_rec *d = ctx;
-  d->calls++;
-  d->status = status;
-  d->value = value;
-}
-
-static void wait_done(uv_loop_t *uv, done_rec *d) {
+static void wait_done(uv_loop_t *uv, tu_done *d) {
   while (d->calls == 0) uv_run(uv, UV_RUN_ONCE);
   assert_int_equal(d->calls, 1);
 }
@@ -135,39 +124,39 @@ static void test_async_attached(void **unused) {
   mb_mm_config cfg = {.max_addr = 1ull << 30, .loop = h.loop};
   assert_int_equal(mb_mm_create(&cfg, &mm), 0); /* inline: on the loop's own thread */
   mb_object *o = tu_memfd_byte("t", 2 * MiB, 0x5a);
-  done_rec d = {0};
+  tu_done d = {0};
   mb_region_params p = {"dax", 1 * MiB * 64, 64 * MiB, 0, true};
-  mb_region_add(mm, &p, on_done, &d);
+  mb_region_add(mm, &p, tu_on_done, &d);
   assert_int_equal(d.calls, 0); /* never completes inside the call */
   wait_done(&h.uv, &d);
   assert_int_equal(d.status, 0);
   mb_region_id id = (mb_region_id)d.value;
-  d = (done_rec){0};
-  mb_region_map(mm, id, true, on_done, &d);
+  d = (tu_done){0};
+  mb_region_map(mm, id, true, tu_on_done, &d);
   wait_done(&h.uv, &d);
-  d = (done_rec){0};
-  mb_mapper_add(mm, NULL, true, on_done, &d);
+  d = (tu_done){0};
+  mb_mapper_add(mm, NULL, true, tu_on_done, &d);
   wait_done(&h.uv, &d);
   assert_int_equal(d.status, 0);
   mb_mapper *m = (mb_mapper *)(uintptr_t)d.value;
-  d = (done_rec){0};
+  d = (tu_done){0};
   mb_mapping_params mp = {id, 2 * MiB, 2 * MiB, o, 0, true};
-  mb_mapping_add(mm, &mp, on_done, &d);
+  mb_mapping_add(mm, &mp, tu_on_done, &d);
   wait_done(&h.uv, &d);
   assert_int_equal(d.status, 0);
   assert_int_equal(mb_mapper_base(m)[64 * MiB + 2 * MiB], 0x5a);
-  d = (done_rec){0};
-  mb_mapping_add(mm, &mp, on_done, &d);
+  d = (tu_done){0};
+  mb_mapping_add(mm, &mp, tu_on_done, &d);
   wait_done(&h.uv, &d);
   assert_int_equal(d.status, MB_E_OVERLAP);
-  d = (done_rec){0};
-  mb_mapping_remove(mm, id, 2 * MiB, 1 * MiB, on_done, &d);
+  d = (tu_done){0};
+  mb_mapping_remove(mm, id, 2 * MiB, 1 * MiB, tu_on_done, &d);
   wait_done(&h.uv, &d);
   uint8_t b;
   assert_int_equal(mb_mapper_read(m, 64 * MiB + 2 * MiB, &b, 1), MB_E_UNMAPPED);
   assert_int_equal(mb_mapper_read(m, 64 * MiB + 3 * MiB, &b, 1), 0);
-  d = (done_rec){0};
-  mb_mapper_remove(m, on_done, &d);
+  d = (tu_done){0};
+  mb_mapper_remove(m, tu_on_done, &d);
   wait_done(&h.uv, &d);
   assert_int_equal(d.status, 0);
   mb_mm_destroy(mm);

@@ -207,23 +207,12 @@ static void sweep(const char *what, armed_op op, void *ctx) {
   print_message("%s: %llu allocations failed in turn\n", what, (unsigned long long)n - 1);
 }
 
-typedef struct done_rec {
-  int calls, status;
-  uint64_t value;
-} done_rec;
-
-static void on_done(void *ctx, int status, uint64_t value) {
-  done_rec *d = ctx;
-  d->calls++;
-  d->status = status;
-  d->value = value;
-}
 
 static void tick(uv_timer_t *t) { (void)t; }
 
 /* Runs the test's loop until d is answered. A timer of the test's own keeps the loop running
  * meanwhile, as a VMM's handles keep its loop running. */
-static void wait_done(tu_home *h, done_rec *d) {
+static void wait_done(tu_home *h, tu_done *d) {
   uv_timer_t t;
   uv_timer_init(&h->uv, &t);
   uv_timer_start(&t, tick, 1, 1);
@@ -300,18 +289,18 @@ static void test_mm_create_primary_works(void **unused) {
 /* The asynchronous forms on the test's loop, each waited for: region add, mapping add, map. */
 static int ram_map_async(tu_home *h, mb_mm *mm, mb_object *obj) {
   mb_region_params p = {"ram", 0, 16 * MiB, 0, false};
-  done_rec d = {0};
-  mb_region_add(mm, &p, on_done, &d);
+  tu_done d = {0};
+  mb_region_add(mm, &p, tu_on_done, &d);
   wait_done(h, &d);
   if (d.status) return d.status;
   mb_mapping_params mp = {(mb_region_id)d.value, 0, 16 * MiB, obj, 0, true};
   mb_region_id id = (mb_region_id)d.value;
-  d = (done_rec){0};
-  mb_mapping_add(mm, &mp, on_done, &d);
+  d = (tu_done){0};
+  mb_mapping_add(mm, &mp, tu_on_done, &d);
   wait_done(h, &d);
   if (d.status) return d.status;
-  d = (done_rec){0};
-  mb_region_map(mm, id, true, on_done, &d);
+  d = (tu_done){0};
+  mb_region_map(mm, id, true, tu_on_done, &d);
   wait_done(h, &d);
   return d.status;
 }
@@ -437,13 +426,13 @@ typedef struct ranges_ctx {
 static bool ranges_once(void *arg, uint64_t n) {
   ranges_ctx *c = arg;
   mb_range_list *l = NULL;
-  done_rec d = {0};
+  tu_done d = {0};
   arm(n);
   int rc = c->form == 0 ? mb_mapper_ranges_sync(c->m, &l)
            : c->form == 1 ? mb_partition_ranges_sync(c->p, &l)
                           : 0;
-  if (c->form == 2) mb_mapper_ranges(c->m, on_done, &d);
-  if (c->form == 3) mb_partition_ranges(c->p, on_done, &d);
+  if (c->form == 2) mb_mapper_ranges(c->m, tu_on_done, &d);
+  if (c->form == 3) mb_partition_ranges(c->p, tu_on_done, &d);
   if (c->form >= 2) {
     wait_done(c->home, &d);
     rc = d.status;
@@ -495,18 +484,18 @@ typedef struct cons_ctx {
 
 /* A consumer added (asynchronously, from the test's loop): its handle, or 0 with the error. */
 static uint64_t cons_add(cons_ctx *c, int *status) {
-  done_rec d = {0};
-  if (c->partition) mb_partition_add(c->mm, &mb_partition_soft, c->target, on_done, &d);
-  else mb_mapper_add(c->mm, c->target, true, on_done, &d);
+  tu_done d = {0};
+  if (c->partition) mb_partition_add(c->mm, &mb_partition_soft, c->target, tu_on_done, &d);
+  else mb_mapper_add(c->mm, c->target, true, tu_on_done, &d);
   wait_done(c->home, &d);
   *status = d.status;
   return d.value;
 }
 
 static int cons_remove(cons_ctx *c, uint64_t h) {
-  done_rec d = {0};
-  if (c->partition) mb_partition_remove((mb_partition *)(uintptr_t)h, on_done, &d);
-  else mb_mapper_remove((mb_mapper *)(uintptr_t)h, on_done, &d);
+  tu_done d = {0};
+  if (c->partition) mb_partition_remove((mb_partition *)(uintptr_t)h, tu_on_done, &d);
+  else mb_mapper_remove((mb_mapper *)(uintptr_t)h, tu_on_done, &d);
   wait_done(c->home, &d);
   return d.status;
 }
@@ -515,12 +504,12 @@ static int cons_remove(cons_ctx *c, uint64_t h) {
  * the test's loop runs: it may be the partition's own). */
 static int cons_byte(tu_home *home, uint64_t h, bool partition) {
   uint8_t b = 0;
-  done_rec d = {0};
+  tu_done d = {0};
   int rc;
   if (!partition) {
     rc = mb_mapper_read((mb_mapper *)(uintptr_t)h, 0, &b, 1);
   } else if (home) {
-    mb_partition_access((mb_partition *)(uintptr_t)h, 0, &b, 1, false, on_done, &d);
+    mb_partition_access((mb_partition *)(uintptr_t)h, 0, &b, 1, false, tu_on_done, &d);
     wait_done(home, &d);
     rc = d.status;
   } else {
@@ -712,8 +701,8 @@ static bool inspect_once(void *arg, uint64_t n) {
   int rc;
   arm(n);
   if (c->async) {
-    done_rec d = {0};
-    mb_mm_inspect(c->mm, on_done, &d);
+    tu_done d = {0};
+    mb_mm_inspect(c->mm, tu_on_done, &d);
     wait_done(c->home, &d);
     rc = d.status;
     json = (char *)(uintptr_t)d.value;

@@ -27,19 +27,8 @@
 
 /* ---- helpers ----------------------------------------------------------------------------- */
 
-typedef struct done_rec {
-  int calls, status;
-  uint64_t value;
-} done_rec;
 
-static void on_done(void *ctx, int status, uint64_t value) {
-  done_rec *d = ctx;
-  d->calls++;
-  d->status = status;
-  d->value = value;
-}
-
-static void wait_done(tu_home *h, done_rec *d) {
+static void wait_done(tu_home *h, tu_done *d) {
   while (d->calls == 0) uv_run(&h->uv, UV_RUN_ONCE);
   assert_int_equal(d->calls, 1);
 }
@@ -137,11 +126,11 @@ static void destroy_inflight(int what) {
       else
         assert_int_equal(mb_mapper_add_sync(mm, target, true, &old), 0);
     }
-    done_rec d = {0};
-    if (oldp) mb_partition_remove(oldp, on_done, &d);
-    else if (old) mb_mapper_remove(old, on_done, &d);
-    else if (what & ADD_PARTITION) mb_partition_add(mm, &mb_partition_soft, target, on_done, &d);
-    else mb_mapper_add(mm, target, true, on_done, &d);
+    tu_done d = {0};
+    if (oldp) mb_partition_remove(oldp, tu_on_done, &d);
+    else if (old) mb_mapper_remove(old, tu_on_done, &d);
+    else if (what & ADD_PARTITION) mb_partition_add(mm, &mb_partition_soft, target, tu_on_done, &d);
+    else mb_mapper_add(mm, target, true, tu_on_done, &d);
     mb_mm_destroy(mm);
     wait_done(&h, &d);
     if (d.status != 0 && d.status != MB_EGONE)
@@ -200,11 +189,11 @@ static void test_destroy_inflight_regions(void **unused) {
   close(fd);
   assert_int_equal(mb_mm_record(v.mm, path), 0);
   enum { N = 100 };
-  done_rec d[N] = {{0}};
+  tu_done d[N] = {{0}};
   for (int i = 0; i < N; i++) {
     mb_region_params p = {"r", (32 + (uint64_t)i) * MiB, MiB, 0, false};
-    if (i % 2) mb_region_map(v.mm, v.ram, i & 2, on_done, &d[i]);
-    else mb_region_add(v.mm, &p, on_done, &d[i]);
+    if (i % 2) mb_region_map(v.mm, v.ram, i & 2, tu_on_done, &d[i]);
+    else mb_region_add(v.mm, &p, tu_on_done, &d[i]);
   }
   vm_free(&v);
   for (int i = 0; i < N; i++) wait_done(&h, &d[i]);
@@ -337,19 +326,19 @@ static void test_double_remove_async(void **unused) {
   mb_partition *p = NULL;
   assert_int_equal(mb_mapper_add_sync(v.mm, NULL, false, &m), 0);
   assert_int_equal(mb_partition_add_sync(v.mm, &mb_partition_soft, NULL, &p), 0);
-  done_rec d[4] = {{0}};
-  mb_mapper_remove(m, on_done, &d[0]);
-  mb_mapper_remove(m, on_done, &d[1]); /* while the first is in flight */
-  mb_partition_remove(p, on_done, &d[2]);
-  mb_partition_remove(p, on_done, &d[3]);
+  tu_done d[4] = {{0}};
+  mb_mapper_remove(m, tu_on_done, &d[0]);
+  mb_mapper_remove(m, tu_on_done, &d[1]); /* while the first is in flight */
+  mb_partition_remove(p, tu_on_done, &d[2]);
+  mb_partition_remove(p, tu_on_done, &d[3]);
   for (int i = 0; i < 4; i++) assert_int_equal(d[i].calls, 0);
   for (int i = 0; i < 4; i++) wait_done(&h, &d[i]);
   assert_int_equal(d[0].status, 0);
   assert_int_equal(d[1].status, MB_E_INVALID);
   assert_int_equal(d[2].status, 0);
   assert_int_equal(d[3].status, MB_E_INVALID);
-  d[0] = (done_rec){0};
-  mb_mapper_remove(m, on_done, &d[0]);
+  d[0] = (tu_done){0};
+  mb_mapper_remove(m, tu_on_done, &d[0]);
   assert_int_equal(d[0].calls, 0);
   wait_done(&h, &d[0]);
   assert_int_equal(d[0].status, MB_E_INVALID);
@@ -459,8 +448,8 @@ static void remove_while_reading(bool eager, bool async) {
     for (int i = 0; atomic_load(&r.ok) == before && i < 3000; i++)
       usleep(1000);
     if (async) {
-      done_rec d = {0};
-      mb_mapper_remove(m, on_done, &d);
+      tu_done d = {0};
+      mb_mapper_remove(m, tu_on_done, &d);
       wait_done(&h, &d);
       assert_int_equal(d.status, 0);
     } else {
@@ -510,13 +499,13 @@ static void test_async_without_loop(void **unused) {
   mb_mapper *m = NULL;
   assert_int_equal(mb_mapper_add_sync(v.mm, NULL, true, &m), 0);
   assert_null(mb_loop_current());
-  done_rec d[5] = {{0}};
+  tu_done d[5] = {{0}};
   mb_region_params p = {"x", 64 * MiB, MiB, 0, false};
-  mb_region_add(v.mm, &p, on_done, &d[0]);
-  mb_region_map(v.mm, v.ram, false, on_done, &d[1]);
-  mb_mapper_add(v.mm, NULL, true, on_done, &d[2]);
-  mb_mapper_remove(m, on_done, &d[3]);
-  mb_mapper_ranges(m, on_done, &d[4]);
+  mb_region_add(v.mm, &p, tu_on_done, &d[0]);
+  mb_region_map(v.mm, v.ram, false, tu_on_done, &d[1]);
+  mb_mapper_add(v.mm, NULL, true, tu_on_done, &d[2]);
+  mb_mapper_remove(m, tu_on_done, &d[3]);
+  mb_mapper_ranges(m, tu_on_done, &d[4]);
   for (int i = 0; i < 5; i++) {
     assert_int_equal(d[i].calls, 1);
     assert_int_equal(d[i].status, MB_EINVAL);

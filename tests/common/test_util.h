@@ -47,6 +47,19 @@ static inline void tu_home_fini(tu_home *h) {
   assert_int_equal(uv_loop_close(&h->uv), 0);
 }
 
+/* The answer of an asynchronous API call (mb_done_fn's arguments): how many, the last one. */
+typedef struct tu_done {
+  int calls, status;
+  uint64_t value;
+} tu_done;
+
+static inline void tu_on_done(void *ctx, int status, uint64_t value) {
+  tu_done *d = ctx;
+  d->calls++;
+  d->status = status;
+  d->value = value;
+}
+
 static inline mb_loop *tu_start(const char *name) {
   int err = 0;
   mb_loop *l = mb_loop_start(name, &err);

@@ -207,6 +207,9 @@ static void serial_next(mb_actor *self, serial *s) {
 
 static void test_lent_turns_and_closures(void **unused) {
   (void)unused;
+  int err = 0; /* an unknown flag is refused, nothing started */
+  assert_null(mb_loop_start_flags("bad", 1u << 7, &err));
+  assert_int_equal(err, MB_EINVAL);
   static lend_loop ll[LOOPS];
   memset(ll, 0, sizeof ll);
   lend_loops_start(ll, true);
