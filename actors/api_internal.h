@@ -117,6 +117,8 @@ struct mb_mm {
   bool dead;              /* mb_mm_destroy has begun */
   _Atomic uint32_t refs;  /* the manager's own, in-flight operations', dying consumers' */
   int overlap;
+  _Atomic bool txn;       /* a transaction is open: set when its begin is issued, cleared
+                           * when its commit is (consumer operations and locks: MB_E_INVALID) */
   mb__rec *rec;           /* NULL unless recording */
   void *insp_signal;      /* the dump-on-signal handle, on `loop` */
   int signum;

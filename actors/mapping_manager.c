@@ -50,8 +50,10 @@
 static void mm_dispose(mb_msg *msg) {
   mm_map_msg *map = mm_map_of(msg);
   mm_list_msg *list = mm_list_of(msg);
+  mm_replace_msg *repl = mm_replace_of(msg);
   if (map) mb_map_entries_free(map->entries, map->entries ? map->count : 0);
   if (list) mb_map_entries_free(list->entries, list->entries ? list->count : 0);
+  if (repl) mb_map_entries_free(repl->entries, repl->entries ? repl->count : 0);
 }
 
 MB_PROTOCOL_DEFINE_DISPOSE(mm, MM_MESSAGES, mm_dispose);
@@ -580,6 +582,98 @@ static void handle_unmap(mm_state *st, mm_unmap_msg *m) {
   op_settle(st);
 }
 
+/* ---- MM_REPLACE ------------------------------------------------------------------------------ */
+
+static void on_vam_replace(mb_actor *self, mb_msg *reply, void *ctx) {
+  mm_state *st = mb_actor_state(self);
+  st->op.lent--;
+  if (is_gone(reply->status))
+    mark_gone(st, ctx);
+  else if (reply->status != 0)
+    op_fail(st, reply->status);
+  op_settle(st);
+}
+
+/* VAM_REPLACE of [gpa, gpa + size) by the operation's entries to every mapper not gone. */
+static void call_replace_all(mm_state *st, uint64_t gpa, uint64_t size) {
+  for (mm_mapper *t = st->mappers, *past = t + st->nmappers; t < past; t++) {
+    vam_replace_msg *m = t->gone ? NULL : vam_replace_new();
+    if (m == NULL) {
+      if (!t->gone)
+        op_fail(st, MB_ENOMEM);
+      continue;
+    }
+    m->gpa = gpa;
+    m->size = size;
+    m->entries = st->op.entries;
+    m->count = st->op.count;
+    st->op.pending++;
+    st->op.lent++;
+    mb_call(st->self, t->addr, &m->hdr, on_vam_replace, t);
+  }
+}
+
+/* The entries are valid, ascending, apart, and inside [a, b). */
+static int check_replace(mb_map_entry *e, uint32_t count, uint64_t a, uint64_t b) {
+  for (uint32_t i = 0; i < count; i++)
+    if (check_entry(&e[i]) != 0)
+      return MB_E_INVALID;
+  if (count > 1)
+    qsort(e, count, sizeof *e, cmp_entry);
+  for (uint32_t i = 0; i < count; i++)
+    if (e[i].gpa < (i > 0 ? e[i - 1].gpa + e[i - 1].size : a) || e[i].gpa + e[i].size > b)
+      return MB_E_INVALID;
+  return 0;
+}
+
+static void replace_rolled_back(mm_state *st) {
+  op_finish(st, st->op.status);
+}
+
+/* Every mapper answered. On a failure the tree goes back, and every mapper gets the old
+ * mappings of the range the same way (a lazy one only where it established anything). */
+static void replace_done(mm_state *st) {
+  mm_op *op = &st->op;
+  const mm_replace_msg *m = mm_replace_of(op->req);
+  if (op->status == 0) {
+    cut_commit(st);
+    op_finish(st, 0);
+    return;
+  }
+  remove_batch(st, op->count);
+  free(op->entries);
+  op->entries = NULL;
+  op->count = 0;
+  op->refs_moved = false;
+  cut_restore(st);
+  op_begin(st, replace_rolled_back);
+  if (clip_entries(st, m->gpa, m->gpa + m->size) == 0)
+    call_replace_all(st, m->gpa, m->size);
+  op_settle(st); /* rollback failures do not replace the cause: op->status is set */
+}
+
+static void handle_replace(mm_state *st, mm_replace_msg *m) {
+  mm_op *op = &st->op;
+  op->entries = m->entries;
+  op->count = m->entries != NULL ? m->count : 0;
+  m->entries = NULL; /* ours now, on success and on failure */
+  int rc = (m->count > 0 && op->entries == NULL) || m->size == 0 ||
+                   !mb_page_aligned(m->gpa | m->size) || m->size > UINT64_MAX - m->gpa
+               ? MB_E_INVALID
+               : check_replace(op->entries, op->count, m->gpa, m->gpa + m->size);
+  if (rc == 0)
+    rc = cut_range(st, m->gpa, m->gpa + m->size);
+  if (rc == 0 && (rc = insert_batch(st)) != 0)
+    cut_restore(st);
+  if (rc != 0) {
+    op_finish(st, rc);
+    return;
+  }
+  op_begin(st, replace_done);
+  call_replace_all(st, m->gpa, m->size);
+  op_settle(st);
+}
+
 /* ---- mappers --------------------------------------------------------------------------------- */
 
 static void add_mapper_done(mm_state *st) {
@@ -701,10 +795,8 @@ static bool may_run(const mm_state *st, const mb_msg *msg) {
 
 /* Every message mm_handle does not dispatch at once. */
 __attribute__((noinline)) static void mm_handle_other(mm_state *st, mb_msg *msg) {
-  if (!mb_msg_is_request(msg)) { /* nobody to answer; an MM_MAP's array is ours all the same */
-    mm_map_msg *m = mm_map_of(msg);
-    if (m != NULL)
-      mb_map_entries_free(m->entries, m->count);
+  if (!mb_msg_is_request(msg)) { /* nobody to answer; an entry array is ours all the same */
+    mm_dispose(msg);
     mb_msg_free(msg);
     return;
   }
@@ -749,6 +841,7 @@ static void dispatch(mm_state *st, mb_msg *msg) {
   switch ((enum mm_kind)msg->kind) {
   case MM_MAP: handle_map(st, mm_map_of(msg)); break;
   case MM_UNMAP: handle_unmap(st, mm_unmap_of(msg)); break;
+  case MM_REPLACE: handle_replace(st, mm_replace_of(msg)); break;
   case MM_ADD_MAPPER: handle_add_mapper(st, mm_add_mapper_of(msg)); break;
   case MM_REMOVE_MAPPER: handle_remove_mapper(st, mm_remove_mapper_of(msg)); break;
   default: op_finish(st, MB_E_INVALID); break;

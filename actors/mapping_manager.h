@@ -21,6 +21,12 @@
  *               range), the mappings are put back as they were and the eager mappers that had
  *               torn the range down map it again before the error is answered: the failed
  *               unmap changes nothing.
+ *   MM_REPLACE  {gpa, size, entries, count}  from the region manager: the visible mappings of
+ *               [gpa, gpa + size) become exactly `entries` (inside it, not overlapping; taken
+ *               over as MM_MAP's are), atomically for readers: every mapper gets VAM_REPLACE
+ *               (one MAP_FIXED over the old pages, no hole). Completes when every mapper
+ *               answered; when one failed, every mapper gets the old mappings back the same
+ *               way and the error is answered: a failed replace changes nothing.
  *   MM_ADD_MAPPER {mapper, eager}  register a VA mapper actor; for an eager one, every visible
  *               mapping is pushed to it before this completes.
  *   MM_REMOVE_MAPPER {mapper}      forget a mapper (it tears its own VA down when destroyed).
@@ -51,6 +57,8 @@ void mb_map_entries_free(mb_map_entry *entries, uint32_t count);
 
 #define MM_MAP_FIELDS(F) F(mb_map_entry *, entries) F(uint32_t, count)
 #define MM_UNMAP_FIELDS(F) F(uint64_t, gpa) F(uint64_t, size)
+#define MM_REPLACE_FIELDS(F) \
+  F(uint64_t, gpa) F(uint64_t, size) F(mb_map_entry *, entries) F(uint32_t, count)
 #define MM_ADD_MAPPER_FIELDS(F) F(mb_addr, mapper) F(bool, eager)
 #define MM_REMOVE_MAPPER_FIELDS(F) F(mb_addr, mapper)
 #define MM_RESOLVE_FIELDS(F) F(mb_addr, mapper) F(uint64_t, gpa) F(mb_map_entry, entry) F(bool, found)
@@ -58,6 +66,7 @@ void mb_map_entries_free(mb_map_entry *entries, uint32_t count);
 #define MM_MESSAGES(M)                                            \
   M(mm, MM_MAP, map, MM_MAP_FIELDS)                               \
   M(mm, MM_UNMAP, unmap, MM_UNMAP_FIELDS)                         \
+  M(mm, MM_REPLACE, replace, MM_REPLACE_FIELDS)                   \
   M(mm, MM_ADD_MAPPER, add_mapper, MM_ADD_MAPPER_FIELDS)          \
   M(mm, MM_REMOVE_MAPPER, remove_mapper, MM_REMOVE_MAPPER_FIELDS) \
   M(mm, MM_RESOLVE, resolve, MM_RESOLVE_FIELDS)                   \

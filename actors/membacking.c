@@ -526,6 +526,30 @@ int mb_mapping_remove_sync(mb_mm *mm, mb_region_id region, uint64_t offset, uint
                       NULL);
 }
 
+/* ---- transactions ---------------------------------------------------------------------------
+ * The region manager decides (a begin inside one or a commit outside one is MB_E_INVALID);
+ * the flag only lets consumer operations and locks refuse themselves while one is open, from
+ * the moment its begin is issued to the moment its commit is. */
+
+static mb_msg *txn_msg(mb_mm *mm, bool begin) {
+  atomic_store(&mm->txn, begin);
+  if (begin) {
+    rm_txn_begin_msg *m = rm_txn_begin_new();
+    return m ? &m->hdr : NULL;
+  }
+  rm_txn_commit_msg *m = rm_txn_commit_new();
+  return m ? &m->hdr : NULL;
+}
+
+void mb_txn_begin(mb_mm *mm, mb_done_fn done, void *ctx) {
+  mb__api_submit(mm, mm->rm_addr, txn_msg(mm, true), NULL, NULL, done, ctx);
+}
+int mb_txn_begin_sync(mb_mm *mm) { return rm_call(mm, txn_msg(mm, true), NULL, NULL); }
+void mb_txn_commit(mb_mm *mm, mb_done_fn done, void *ctx) {
+  mb__api_submit(mm, mm->rm_addr, txn_msg(mm, false), NULL, NULL, done, ctx);
+}
+int mb_txn_commit_sync(mb_mm *mm) { return rm_call(mm, txn_msg(mm, false), NULL, NULL); }
+
 /* ---- errors -------------------------------------------------------------------------------- */
 
 const char *membacking_strerror(int err) {

@@ -180,9 +180,36 @@ int mb_mapping_add_sync(mb_mm *mm, const mb_mapping_params *p);
 void mb_mapping_remove(mb_mm *mm, mb_region_id region, uint64_t offset, uint64_t size,
                        mb_done_fn done, void *ctx);
 int mb_mapping_remove_sync(mb_mm *mm, mb_region_id region, uint64_t offset, uint64_t size);
-/* Replace whatever is mapped in the range, with no hole visible to any VA mapper meanwhile. */
+/* Replace whatever is mapped in [offset, offset+size) of the region (splitting mappings that
+ * straddle an edge; the range may be partly or wholly unmapped before) by the object's bytes,
+ * atomically: no reader through any VA mapper or partition sees a hole or anything but the old
+ * or the new bytes at any page meanwhile (one MAP_FIXED over the old pages in each mapper;
+ * partitions, which map the partitions' mapper's VA, need no slot change: KVM follows host VA
+ * changes). Errors as for mb_mapping_add, except that mappings in the range are no overlap.
+ * Waits for locks on pages whose backing changes, as a remove does. */
 void mb_mapping_replace(mb_mm *mm, const mb_mapping_params *p, mb_done_fn done, void *ctx);
 int mb_mapping_replace_sync(mb_mm *mm, const mb_mapping_params *p);
+
+/* ---- transactions ---------------------------------------------------------------------------
+ * Between mb_txn_begin and mb_txn_commit, region and mapping operations are checked and applied
+ * to the manager's own state at once, each with its own result (mb_region_state sees it), and
+ * no VA mapper or partition changes: accesses still see the state from before the begin. The
+ * commit brings every consumer from that state to the new one in one operation, changing only
+ * what differs page by page (what a page shows: object, offset, access; not which region shows
+ * it), so a region unmapped and mapped again costs nothing and a partition piece (a KVM slot)
+ * that ends as it began is not touched. If the commit fails (a host mmap, a KVM ioctl, the
+ * slot budget), every consumer and the manager's state return to the state from before the
+ * begin, and the commit answers the error. QEMU's memory_region_transaction_begin/commit, with
+ * the rollback QEMU lacks. A commit waits for locks its teardowns touch, as any operation does.
+ * MB_E_INVALID: a begin inside a transaction, a commit outside one, and inside one: mapper and
+ * partition add and remove, and mb_mapper_lock (accesses and unlocks are allowed). A VMM issues
+ * a transaction and its operations from one thread, as QEMU does under its BQL. A commit costs
+ * the manager O(visible pieces + mappings), as QEMU's re-rendering does; consumers pay for the
+ * differences only. */
+void mb_txn_begin(mb_mm *mm, mb_done_fn done, void *ctx);
+int mb_txn_begin_sync(mb_mm *mm);
+void mb_txn_commit(mb_mm *mm, mb_done_fn done, void *ctx);
+int mb_txn_commit_sync(mb_mm *mm);
 
 /* ---- VA mappers ---------------------------------------------------------------------------- */
 

@@ -85,8 +85,9 @@ static void step_answered(void *arg, bool delivered) {
  * operation whose steps run on another loop gets its answer now: its end cannot fail. */
 static step_op *step_new(mb_mm *mm, mb_loop *target, mb_done_fn done, void *ctx, int *rc) {
   mb_loop *here = mb_loop_current();
-  step_op *op = here ? mb__calloc(1, sizeof *op) : NULL;
-  *rc = !here ? MB_EINVAL : !op ? MB_ENOMEM : 0;
+  bool txn = atomic_load(&mm->txn);
+  step_op *op = here && !txn ? mb__calloc(1, sizeof *op) : NULL;
+  *rc = !here ? MB_EINVAL : txn ? MB_E_INVALID : !op ? MB_ENOMEM : 0;
   if (!op) return NULL;
   op->mm = mm;
   op->caller = here;
@@ -181,6 +182,11 @@ static void kill_posted(void *ctx, int rc) {
 }
 
 /* ---- the thread rule of blocking calls ------------------------------------------------------ */
+
+/* Consumer operations also refuse to run inside a transaction (membacking.h). */
+static int consumer_check(mb_mm *mm) {
+  return atomic_load(&mm->txn) ? MB_E_INVALID : mb__mm_check_thread(mm);
+}
 
 int mb__mm_check_thread(mb_mm *mm) {
   mb_loop *here = mb_loop_current();
@@ -400,7 +406,7 @@ static void mapper_unbuild_fn(mb_loop *loop, void *arg) {
 }
 
 static int mapper_add_sync(mb_mm *mm, mb_loop *loop, bool eager, mb_mapper **out) {
-  int rc = mb__mm_check_thread(mm);
+  int rc = consumer_check(mm);
   if (rc || mb_loop_is_current(loop)) return rc ? rc : MB_EDEADLK;
   mapper_make v = {mm, eager, NULL, 0};
   rc = mb_loop_exec(loop, mapper_make_fn, &v);
@@ -464,7 +470,7 @@ int mb_mapper_remove_sync(mb_mapper *handle) {
   mb_mapper *m = mb__h_enter(h, MB__H_MAPPER, &rs);
   mb_mm *mm = m ? m->mm : NULL;
   bool claimed = m && m != &mm->primary && mb__h_claim(h);
-  int rc = claimed ? mb__mm_check_thread(mm) : MB_E_INVALID;
+  int rc = claimed ? consumer_check(mm) : MB_E_INVALID;
   if (!rc) rc = mb_vam_retire(m->vam);
   if (claimed && rc) mb__h_unclaim(h);
   mb_loop *loop = rc ? NULL : m->loop;
@@ -779,7 +785,7 @@ static void partition_unbuild_fn(mb_loop *loop, void *arg) {
 
 static int partition_attach_sync(mb_mm *mm, const mb_partition_params *params, mb_loop *loop,
                                  mb_partition **out) {
-  int rc = mb__mm_check_thread(mm);
+  int rc = consumer_check(mm);
   if (rc || mb_loop_is_current(loop)) return rc ? rc : MB_EDEADLK;
   part_make v = {mm, params, NULL, 0};
   rc = mb_loop_exec(loop, part_make_fn, &v);
@@ -841,7 +847,7 @@ int mb_partition_remove_sync(mb_partition *handle) {
   mb_partition *p = mb__h_enter(h, MB__H_PARTITION, &rs);
   mb_mm *mm = p ? p->mm : NULL;
   bool claimed = p && mb__h_claim(h);
-  int rc = claimed ? mb__mm_check_thread(mm) : MB_E_INVALID;
+  int rc = claimed ? consumer_check(mm) : MB_E_INVALID;
   if (claimed && rc) mb__h_unclaim(h);
   mb_loop *loop = rc ? NULL : p->loop;
   mb_addr actor = rc ? (mb_addr){0} : p->addr;

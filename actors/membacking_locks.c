@@ -43,7 +43,9 @@ int mb_mapper_lock(mb_mapper *handle, uint64_t gpa, uint64_t size, bool writable
   mb_mapper *m = mb__h_enter((mb__handle)handle, MB__H_MAPPER, &rs);
   /* The partitions see guest memory through the primary mapper: a lock there would keep a
    * range the guest can reach alive while its teardown waits, breaking "partitions first". */
-  int rc = !m || m == &m->mm->primary ? MB_E_INVALID : lock_take(m, gpa, size, writable, out);
+  int rc = !m || m == &m->mm->primary || atomic_load(&m->mm->txn)
+               ? MB_E_INVALID
+               : lock_take(m, gpa, size, writable, out);
   mb__rs_leave(rs);
   return rc;
 }

@@ -43,96 +43,9 @@
 
 #include "json_out.h"
 #include "range_tree.h"
-#include "region_visibility.h"
+#include "region_internal.h"
 
 MB_PROTOCOL_DEFINE(rm, RM_MESSAGES);
-
-typedef struct rm_mapping {
-  mb_rtree_node node; /* in its region's tree: the absolute guest range */
-  mb_object *obj;     /* our own reference */
-  uint64_t obj_off;   /* object offset of node.start */
-  bool writable;
-} rm_mapping;
-
-typedef struct rm_region {
-  mb__vis_region vis;   /* guest range, priority, mapped, visible bytes */
-  mb_rtree_node by_id;  /* [id, id + 1) */
-  uint32_t id;
-  bool writable;        /* the map access, while mapped */
-  bool device;
-  mb_name name;
-  mb_rtree mappings;
-} rm_region;
-
-/* One nested call of an operation, and (for undo) its inverse: kind ^ 1. */
-enum { CALL_PM_MAP, CALL_PM_UNMAP, CALL_MM_MAP, CALL_MM_UNMAP };
-
-typedef struct rm_call {
-  struct rm_op *op;
-  uint8_t kind;
-  bool writable;      /* PM_MAP: the piece's access; PM_UNMAP: the access its undo restores;
-                       * MM_*: the access of the mappings in the range */
-  bool done;          /* answered 0 on the way forward */
-  bool one;           /* MM_MAP of `maps` alone: a new mapping, in no tree yet (mapping add) */
-  mb_addr to;
-  uint64_t gpa, size;
-  rm_mapping *maps;   /* MM_*: the first of a region's mappings that fill [gpa, gpa + size)
-                       * (the region's tree stays as it is until commit) */
-} rm_call;
-
-enum { RM_MAX_STEPS = 4 };
-
-typedef struct rm_op {
-  mb_msg *req;
-  uint32_t kind;          /* the request's kind */
-  rm_region *region;
-  rm_call *calls;
-  size_t ncalls, cap;
-  size_t step_at[RM_MAX_STEPS + 1]; /* step i is calls [step_at[i], step_at[i + 1]); [0] = 0 */
-  size_t nsteps;
-  size_t step;            /* forward: the next step to send; undoing: the last one undone */
-  size_t pending;         /* replies due, plus one while a step is being sent */
-  bool undoing;
-  int err;                /* the first failure */
-  /* what commit applies */
-  mb__vis_diff diff;
-  bool writable;          /* region map: the new access */
-  rm_mapping *mapping;    /* mapping add: the new mapping */
-  uint64_t start, end;    /* mapping remove: the absolute range */
-  rm_mapping *spare;      /* mapping remove: the right part of a mapping split in two */
-  mb_addr partition;      /* partition add */
-  bool published;         /* the gpa map shows this operation as busy */
-} rm_op;
-
-typedef struct rm_state {
-  mb_rm_config cfg;
-  mb__vis_set vis;
-  mb_rtree ids;
-  uint32_t next_id;
-  mb_addr *parts;
-  size_t nparts, cap_parts;
-  rm_op *op;              /* the operation in flight: NULL or &op_buf */
-  rm_op op_buf;           /* reused by every operation (serialized: one at a time); its
-                           * calls array is grow-only and kept between operations. Idle, it
-                           * holds nothing: no request, mapping or spare, an empty diff */
-} rm_state;
-
-static rm_state *state_of(rm_op *op) {
-  return (rm_state *)(void *)((char *)op - offsetof(rm_state, op_buf));
-}
-
-static rm_region *region_of_vis(mb__vis_region *v) {
-  return v ? mb_rtree_entry(v, rm_region, vis) : NULL;
-}
-
-static rm_mapping *mapping_of(mb_rtree_node *n) {
-  return n ? mb_rtree_entry(n, rm_mapping, node) : NULL;
-}
-
-static uint64_t r_start(const rm_region *r) { return r->vis.node.start; }
-static uint64_t r_end(const rm_region *r) { return r->vis.node.end; }
-static uint64_t min64(uint64_t a, uint64_t b) { return a < b ? a : b; }
-static uint64_t max64(uint64_t a, uint64_t b) { return a > b ? a : b; }
 
 static bool addr_eq(mb_addr a, mb_addr b) {
   return a.loop == b.loop && a.slot == b.slot && a.gen == b.gen;
@@ -147,22 +60,26 @@ static rm_mapping *first_mapping(const rm_region *r, uint64_t start, uint64_t en
   return mapping_of(mb_rtree_first_overlap(&r->mappings, start, end));
 }
 
-static void mapping_free(rm_mapping *m) {
+void rm__mapping_free(rm_mapping *m) {
   if (m == NULL)
     return;
   mb_object_unref(m->obj);
   free(m);
 }
 
-static void region_free(rm_state *st, rm_region *r) {
+void rm__region_destroy(rm_region *r) {
   while (r->mappings.root != NULL) {
     rm_mapping *m = mapping_of(r->mappings.root);
     mb_rtree_remove(&r->mappings, &m->node);
-    mapping_free(m);
+    rm__mapping_free(m);
   }
+  free(r);
+}
+
+void rm__region_free(rm_state *st, rm_region *r) {
   mb__vis_remove(&st->vis, &r->vis);
   mb_rtree_remove(&st->ids, &r->by_id);
-  free(r);
+  rm__region_destroy(r);
 }
 
 static void entries_free(mb_map_entry *e, uint32_t count) {
@@ -224,7 +141,10 @@ static rm_op *op_new(rm_state *st, mb_msg *req, rm_region *r) {
 /* Releases what the operation holds (not the reusable calls array): it is idle again. */
 static void op_free(rm_op *op) {
   mb__vis_abort(&op->diff);
-  mapping_free(op->mapping);
+  rm__view_free(&op->own_old);
+  rm__view_free(&op->own_new);
+  op->fwd = op->inv = NULL;
+  rm__mapping_free(op->mapping);
   op->mapping = NULL;
   free(op->spare);
   op->spare = NULL;
@@ -240,7 +160,7 @@ static int op_grow_calls(rm_op *op) {
 }
 
 /* Appends c to the plan: 0, or MB_ENOMEM. */
-static inline int op_add_call(rm_op *op, rm_call c) {
+int rm__op_add_call(rm_op *op, rm_call c) {
   if (op->ncalls == op->cap && op_grow_calls(op) != 0)
     return MB_ENOMEM;
   c.op = op;
@@ -249,18 +169,18 @@ static inline int op_add_call(rm_op *op, rm_call c) {
 }
 
 /* Closes the step being planned (empty steps are dropped). */
-static void op_end_step(rm_op *op) {
+void rm__op_end_step(rm_op *op) {
   if (op->ncalls == op->step_at[op->nsteps])
     return;
   assert(op->nsteps < RM_MAX_STEPS);
   op->step_at[++op->nsteps] = op->ncalls;
 }
 
-static int plan_pm(rm_state *st, rm_op *op, int kind, uint64_t gpa, uint64_t size,
-                   bool writable) {
+int rm__plan_pm(rm_state *st, rm_op *op, int kind, uint64_t gpa, uint64_t size,
+                bool writable) {
   for (size_t i = 0; i < st->nparts; i++) {
-    int rc = op_add_call(op, (rm_call){.kind = (uint8_t)kind, .writable = writable,
-                                       .to = st->parts[i], .gpa = gpa, .size = size});
+    int rc = rm__op_add_call(op, (rm_call){.kind = (uint8_t)kind, .writable = writable,
+                                           .to = st->parts[i], .gpa = gpa, .size = size});
     if (rc)
       return rc;
   }
@@ -273,7 +193,7 @@ static int plan_mm(rm_state *st, rm_op *op, int kind, uint64_t start, uint64_t e
   rm_mapping *maps = src ? first_mapping(src, start, end) : NULL;
   if (maps == NULL)
     return 0;
-  return op_add_call(op, (rm_call){.kind = (uint8_t)kind, .writable = writable,
+  return rm__op_add_call(op, (rm_call){.kind = (uint8_t)kind, .writable = writable,
                                    .to = st->cfg.mapping_manager, .gpa = start,
                                    .size = end - start, .maps = maps});
 }
@@ -304,10 +224,10 @@ static int plan_visibility(rm_state *st, rm_op *op) {
   int rc = 0;
   for (size_t i = 0; i < d->nremoved && !rc; i++) {
     mb_rtree_node *n = &d->removed[i]->node;
-    rc = plan_pm(st, op, CALL_PM_UNMAP, n->start, n->end - n->start,
+    rc = rm__plan_pm(st, op, CALL_PM_UNMAP, n->start, n->end - n->start,
                  region_of_vis(d->removed[i]->region)->writable);
   }
-  op_end_step(op);
+  rm__op_end_step(op);
   for (int map = 0; map < 2; map++) {
     for (size_t i = 0, j; i < d->nsegs && !rc; i = j) {
       j = seg_run(d, i, map);
@@ -316,14 +236,14 @@ static int plan_visibility(rm_state *st, rm_op *op) {
         rc = plan_mm(st, op, map ? CALL_MM_MAP : CALL_MM_UNMAP, d->segs[i].start,
                      d->segs[j - 1].end, r, map ? new_access(op, r) : r->writable);
     }
-    op_end_step(op);
+    rm__op_end_step(op);
   }
   for (size_t i = 0; i < d->nadded && !rc; i++) {
     mb_rtree_node *n = &d->added[i]->node;
-    rc = plan_pm(st, op, CALL_PM_MAP, n->start, n->end - n->start,
+    rc = rm__plan_pm(st, op, CALL_PM_MAP, n->start, n->end - n->start,
                  new_access(op, region_of_vis(d->added[i]->region)));
   }
-  op_end_step(op);
+  rm__op_end_step(op);
   return rc;
 }
 
@@ -339,15 +259,15 @@ static int plan_access(rm_state *st, rm_op *op) {
          p = mb__vis_next_piece_of(p, &r->vis, s, e)) {
       uint64_t ps = p->node.start, pe = p->node.end;
       if (phase == 0)
-        rc = plan_pm(st, op, CALL_PM_UNMAP, ps, pe - ps, r->writable);
+        rc = rm__plan_pm(st, op, CALL_PM_UNMAP, ps, pe - ps, r->writable);
       else if (phase == 1)
         rc = plan_mm(st, op, CALL_MM_UNMAP, ps, pe, r, r->writable);
       else if (phase == 2)
         rc = plan_mm(st, op, CALL_MM_MAP, ps, pe, r, op->writable);
       else
-        rc = plan_pm(st, op, CALL_PM_MAP, ps, pe - ps, op->writable);
+        rc = rm__plan_pm(st, op, CALL_PM_MAP, ps, pe - ps, op->writable);
     }
-    op_end_step(op);
+    rm__op_end_step(op);
   }
   return rc;
 }
@@ -362,9 +282,12 @@ static void on_call_reply(mb_actor *self, mb_msg *reply, void *ctx) {
   int status = reply->status;
   if (status != 0) {
     mm_map_msg *mm = mm_map_of(reply);
-    if (mm != NULL && mm->entries != NULL && (status == MB_EGONE || status == MB_ESTOPPED)) {
-      entries_free(mm->entries, mm->count); /* never delivered: still ours */
-      mm->entries = NULL;
+    mm_replace_msg *mr = mm_replace_of(reply);
+    if (status == MB_EGONE || status == MB_ESTOPPED) { /* never delivered: still ours */
+      if (mm != NULL && mm->entries != NULL)
+        entries_free(mm->entries, mm->count), mm->entries = NULL;
+      if (mr != NULL && mr->entries != NULL)
+        entries_free(mr->entries, mr->count), mr->entries = NULL;
     }
     if (reply->proto == &pm_protocol && status == MB_EGONE && op->kind != RM_PARTITION_ADD)
       status = 0;
@@ -377,6 +300,30 @@ static void on_call_reply(mb_actor *self, mb_msg *reply, void *ctx) {
   }
   if (--op->pending == 0)
     op_next(self, state_of(op));
+}
+
+/* The MM_MAP or MM_REPLACE message of a call of that kind, with its entries (NULL: *rc). */
+static mb_msg *entries_msg(const rm_call *c, int kind, int *rc) {
+  mb_map_entry *e;
+  uint32_t n;
+  mb_msg *msg = NULL;
+  if (kind == CALL_MM_MAP) {
+    *rc = build_entries(c, &e, &n);
+    mm_map_msg *m = *rc == 0 ? mm_map_new() : NULL;
+    if (m)
+      m->entries = e, m->count = n, msg = &m->hdr;
+  } else {
+    const rm_view *v = kind == CALL_MM_REPLACE ? c->op->fwd : c->op->inv;
+    *rc = rm__view_clip(v, c->gpa, c->gpa + c->size, &e, &n);
+    mm_replace_msg *m = *rc == 0 ? mm_replace_new() : NULL;
+    if (m)
+      m->gpa = c->gpa, m->size = c->size, m->entries = e, m->count = n, msg = &m->hdr;
+  }
+  if (msg == NULL && *rc == 0) {
+    entries_free(e, n);
+    *rc = MB_ENOMEM;
+  }
+  return msg;
 }
 
 /* Sends one call (or its inverse). */
@@ -398,14 +345,7 @@ static void call_send(mb_actor *self, rm_call *c, bool inverse) {
     if (m)
       m->gpa = c->gpa, m->size = c->size, msg = &m->hdr;
   } else {
-    mb_map_entry *e;
-    uint32_t n;
-    rc = build_entries(c, &e, &n);
-    mm_map_msg *m = rc == 0 ? mm_map_new() : NULL;
-    if (m)
-      m->entries = e, m->count = n, msg = &m->hdr;
-    else if (rc == 0)
-      entries_free(e, n), rc = MB_ENOMEM;
+    msg = entries_msg(c, kind, &rc);
   }
   if (msg == NULL) {
     if (!inverse && op->err == 0)
@@ -429,6 +369,8 @@ static bool is_access_change(const rm_op *op) {
 
 /* The guest range the operation may change, and how many ranges it adds (none: empty). */
 static mb_range op_span(const rm_op *op, size_t *adds) {
+  if (op->kind == RM_TXN_COMMIT)
+    return rm__txn_span(op, adds);
   const mb__vis_diff *d = &op->diff;
   *adds = d->nadded;
   mb_range span = {0, 0};
@@ -462,6 +404,13 @@ static int gpa_begin(rm_state *st, rm_op *op) {
   return 0;
 }
 
+static void gpa_piece(void *g, const rm_piece *p, bool add) {
+  if (add)
+    mb_gpa_map_add(g, p->start, p->end, p->writable);
+  else
+    mb_gpa_map_drop(g, p->start);
+}
+
 /* Publishes the operation's end: its changes of the visible map if it succeeded (before the
  * commit releases the diff), and the end of busy. */
 static void gpa_end(rm_state *st, rm_op *op, bool ok) {
@@ -469,6 +418,8 @@ static void gpa_end(rm_state *st, rm_op *op, bool ok) {
   if (!op->published)
     return;
   mb_gpa_map_edit(g);
+  if (ok && op->kind == RM_TXN_COMMIT)
+    rm__txn_each_piece(op, gpa_piece, g);
   const mb__vis_diff *d = &op->diff;
   for (size_t i = 0; ok && i < d->nremoved; i++)
     mb_gpa_map_drop(g, d->removed[i]->node.start);
@@ -490,6 +441,8 @@ static void op_finish(rm_state *st, rm_op *op, int err) {
   gpa_end(st, op, err == 0);
   if (err == 0)
     op_commit(st, op);
+  if (op->kind == RM_TXN_COMMIT)
+    rm__txn_end(st, err == 0); /* kept, or everything back as it was at its begin */
   mb_msg *req = op->req;
   op_free(op); /* before the reply: the operation object is free for the next request */
   st->op = NULL;
@@ -526,9 +479,7 @@ static void op_start(mb_actor *self, rm_state *st, rm_op *op, int rc) {
   if (rc == 0)
     rc = gpa_begin(st, op);
   if (rc != 0) {
-    mb_msg *req = op->req;
-    op_free(op);
-    mb_reply(req, rc);
+    op_finish(st, op, rc);
     return;
   }
   st->op = op;
@@ -559,7 +510,7 @@ static void mappings_cut(rm_region *r, uint64_t a, uint64_t b, rm_mapping **spar
       m->obj_off += b - s;
       mb_rtree_insert(&r->mappings, &m->node, b, e);
     } else {
-      mapping_free(m);
+      rm__mapping_free(m);
     }
     n = next;
   }
@@ -577,7 +528,7 @@ static void op_commit(rm_state *st, rm_op *op) {
     break;
   case RM_REGION_REMOVE:
     mb__vis_commit(&st->vis, &op->diff);
-    region_free(st, r);
+    rm__region_free(st, r);
     op->region = NULL;
     break;
   case RM_MAPPING_ADD:
@@ -587,6 +538,11 @@ static void op_commit(rm_state *st, rm_op *op) {
     break;
   case RM_MAPPING_REMOVE:
     mappings_cut(r, op->start, op->end, &op->spare);
+    break;
+  case RM_MAPPING_REPLACE:
+    mappings_cut(r, op->start, op->end, &op->spare);
+    mb_rtree_insert(&r->mappings, &op->mapping->node, op->start, op->end);
+    op->mapping = NULL;
     break;
   case RM_PARTITION_ADD:
     st->parts[st->nparts++] = op->partition; /* room reserved when planned */
@@ -621,6 +577,10 @@ static int region_add(rm_state *st, rm_region_add_msg *m) {
   mb_rtree_init(&r->mappings);
   mb__vis_insert(&st->vis, &r->vis, range.start, range.end, m->prio);
   mb_rtree_insert(&st->ids, &r->by_id, r->id, (uint64_t)r->id + 1);
+  if (st->txn.open && rm__txn_region_added(st, r) != 0) {
+    rm__region_free(st, r);
+    return MB_ENOMEM;
+  }
   m->id = r->id;
   return 0;
 }
@@ -648,14 +608,22 @@ static int mapping_range(const rm_region *r, uint64_t offset, uint64_t size, mb_
   return 0;
 }
 
-static int plan_mapping_add(rm_state *st, rm_op *op) {
-  rm_mapping_add_msg *m = rm_mapping_add_of(op->req);
-  rm_region *r = op->region;
+/* The fields of a mapping add or replace request (they have the same layout). */
+static const rm_mapping_add_msg *mapping_fields(mb_msg *req) {
+  if (req->kind == RM_MAPPING_REPLACE)
+    return (const rm_mapping_add_msg *)(const void *)rm_mapping_replace_of(req);
+  return rm_mapping_add_of(req);
+}
+
+/* The new mapping of an add or a replace of r, checked (mappings in its range are an overlap
+ * only for an add) and not linked anywhere yet. */
+static int mapping_new(rm_region *r, mb_msg *req, rm_mapping **out) {
+  const rm_mapping_add_msg *m = mapping_fields(req);
   mb_range abs;
   if (m->obj == NULL || mapping_range(r, m->offset, m->size, &abs) != 0 ||
       mb_object_check_range(m->obj, m->obj_off, m->size) != 0)
     return MB_E_INVALID;
-  if (first_mapping(r, abs.start, abs.end))
+  if (req->kind == RM_MAPPING_ADD && first_mapping(r, abs.start, abs.end))
     return MB_E_OVERLAP;
   if (m->writable && !mb_object_writable(m->obj))
     return MB_E_READONLY; /* an object only readable (a sealed memfd, an O_RDONLY file) */
@@ -667,19 +635,29 @@ static int plan_mapping_add(rm_state *st, rm_op *op) {
   nm->writable = m->writable;
   nm->node.start = abs.start;
   nm->node.end = abs.end;
-  op->mapping = nm;
+  *out = nm;
+  return 0;
+}
+
+static int plan_mapping_add(rm_state *st, rm_op *op) {
+  rm_region *r = op->region;
+  int rc = mapping_new(r, op->req, &op->mapping);
+  if (rc)
+    return rc;
+  rm_mapping *nm = op->mapping;
+  mb_range abs = {nm->node.start, nm->node.end};
   /* Visible parts go to the mapping manager; partitions already map the whole pieces. */
   mb__vis_piece *p;
   for (p = mb__vis_first_piece_of(&st->vis, &r->vis, abs.start, abs.end); p;
        p = mb__vis_next_piece_of(p, &r->vis, abs.start, abs.end)) {
     uint64_t s = max64(p->node.start, abs.start), e = min64(p->node.end, abs.end);
-    int rc = op_add_call(op, (rm_call){.kind = CALL_MM_MAP, .writable = r->writable,
+    int rc = rm__op_add_call(op, (rm_call){.kind = CALL_MM_MAP, .writable = r->writable,
                                        .to = st->cfg.mapping_manager, .gpa = s,
                                        .size = e - s, .maps = nm, .one = true});
     if (rc)
       return rc;
   }
-  op_end_step(op);
+  rm__op_end_step(op);
   return 0;
 }
 
@@ -709,15 +687,53 @@ static int plan_mapping_remove(rm_state *st, rm_op *op) {
         last->size += e - s;
         continue;
       }
-      int rc = op_add_call(op, (rm_call){.kind = CALL_MM_UNMAP, .writable = r->writable,
+      int rc = rm__op_add_call(op, (rm_call){.kind = CALL_MM_UNMAP, .writable = r->writable,
                                          .to = st->cfg.mapping_manager, .gpa = s,
                                          .size = e - s, .maps = mapping_of(n)});
       if (rc)
         return rc;
     }
   }
-  op_end_step(op);
+  rm__op_end_step(op);
   return 0;
+}
+
+/* A replace's entries over [s, e) of r (visible there): the old ones (r's mappings) into
+ * own_old, the new one (nm) into own_new. */
+static int replace_entries(rm_op *op, rm_region *r, rm_mapping *nm, uint64_t s, uint64_t e) {
+  mb_rtree_node *n;
+  mb_rtree_for_each_overlap(n, &r->mappings, s, e) {
+    int rc = rm__view_push(&op->own_old, clip_entry(mapping_of(n), s, e, r->writable));
+    if (rc)
+      return rc;
+  }
+  return rm__view_push(&op->own_new, clip_entry(nm, s, e, r->writable));
+}
+
+/* One step of MM_REPLACE calls, one per visible piece of the range: partitions map the
+ * partitions' mapper, which the mapping manager replaces too, so they need no call. */
+static int plan_mapping_replace(rm_state *st, rm_op *op) {
+  rm_region *r = op->region;
+  int rc = mapping_new(r, op->req, &op->mapping);
+  if (rc)
+    return rc;
+  op->start = op->mapping->node.start;
+  op->end = op->mapping->node.end;
+  op->fwd = &op->own_new;
+  op->inv = &op->own_old;
+  if ((op->spare = mb__malloc(sizeof *op->spare)) == NULL)
+    return MB_ENOMEM;
+  mb__vis_piece *p;
+  for (p = mb__vis_first_piece_of(&st->vis, &r->vis, op->start, op->end); p && !rc;
+       p = mb__vis_next_piece_of(p, &r->vis, op->start, op->end)) {
+    uint64_t s = max64(p->node.start, op->start), e = min64(p->node.end, op->end);
+    rc = replace_entries(op, r, op->mapping, s, e);
+    if (rc == 0)
+      rc = rm__op_add_call(op, (rm_call){.kind = CALL_MM_REPLACE, .to = st->cfg.mapping_manager,
+                                         .gpa = s, .size = e - s});
+  }
+  rm__op_end_step(op);
+  return rc;
 }
 
 static int plan_partition_add(rm_state *st, rm_op *op) {
@@ -735,14 +751,14 @@ static int plan_partition_add(rm_state *st, rm_op *op) {
   mb__vis_piece *p;
   for (p = mb__vis_first_piece(&st->vis, 0, UINT64_MAX); p;
        p = mb__vis_next_piece(p, 0, UINT64_MAX)) {
-    int rc = op_add_call(op, (rm_call){.kind = CALL_PM_MAP,
+    int rc = rm__op_add_call(op, (rm_call){.kind = CALL_PM_MAP,
                                        .writable = region_of_vis(p->region)->writable,
                                        .to = pa, .gpa = p->node.start,
                                        .size = p->node.end - p->node.start});
     if (rc)
       return rc;
   }
-  op_end_step(op);
+  rm__op_end_step(op);
   return 0;
 }
 
@@ -765,22 +781,63 @@ static uint32_t request_region_id(mb_msg *msg) {
   case RM_REGION_REMOVE: return rm_region_remove_of(msg)->id;
   case RM_MAPPING_ADD: return rm_mapping_add_of(msg)->id;
   case RM_MAPPING_REMOVE: return rm_mapping_remove_of(msg)->id;
+  case RM_MAPPING_REPLACE: return rm_mapping_replace_of(msg)->id;
   default: return 0;
+  }
+}
+
+/* A mapping add, remove or replace inside a transaction. */
+static int txn_mapping(rm_state *st, rm_region *r, mb_msg *msg) {
+  rm_mapping *nm = NULL;
+  mb_range abs;
+  int rc;
+  if (msg->kind == RM_MAPPING_REMOVE) {
+    rm_mapping_remove_msg *m = rm_mapping_remove_of(msg);
+    if ((rc = mapping_range(r, m->offset, m->size, &abs)) != 0)
+      return rc;
+    if (!first_mapping(r, abs.start, abs.end))
+      return 0;
+  } else {
+    if ((rc = mapping_new(r, msg, &nm)) != 0)
+      return rc;
+    abs = (mb_range){nm->node.start, nm->node.end};
+  }
+  rc = rm__txn_mappings(st, r, abs.start, abs.end, nm);
+  if (rc)
+    rm__mapping_free(nm);
+  return rc;
+}
+
+/* A region or mapping request inside a transaction: applied to the state at once. */
+static int txn_apply(rm_state *st, rm_region *r, mb_msg *msg) {
+  switch (msg->kind) {
+  case RM_REGION_MAP:
+    return rm__txn_region_mapped(st, r, true, rm_region_map_of(msg)->writable);
+  case RM_REGION_UNMAP:
+    return rm__txn_region_mapped(st, r, false, r->writable);
+  case RM_REGION_REMOVE:
+    return rm__txn_region_remove(st, r);
+  default:
+    return txn_mapping(st, r, msg);
   }
 }
 
 /* Requests that may need nested calls: plan, then run. */
 static void handle_op(mb_actor *self, rm_state *st, mb_msg *msg) {
   rm_region *r = NULL;
-  if (msg->kind != RM_PARTITION_ADD) {
+  if (msg->kind != RM_PARTITION_ADD && msg->kind != RM_TXN_COMMIT) {
     r = region_find(st, request_region_id(msg));
     if (r == NULL) {
       mb_reply(msg, MB_E_NOTFOUND);
       return;
     }
   }
+  if (st->txn.open && msg->kind != RM_TXN_COMMIT) {
+    mb_reply(msg, msg->kind == RM_PARTITION_ADD ? MB_E_INVALID : txn_apply(st, r, msg));
+    return;
+  }
   if (msg->kind == RM_REGION_REMOVE && !r->vis.mapped) {
-    region_free(st, r);
+    rm__region_free(st, r);
     mb_reply(msg, 0);
     return;
   }
@@ -790,7 +847,9 @@ static void handle_op(mb_actor *self, rm_state *st, mb_msg *msg) {
   switch (msg->kind) {
   case RM_MAPPING_ADD: rc = plan_mapping_add(st, op); break;
   case RM_MAPPING_REMOVE: rc = plan_mapping_remove(st, op); break;
+  case RM_MAPPING_REPLACE: rc = plan_mapping_replace(st, op); break;
   case RM_PARTITION_ADD: rc = plan_partition_add(st, op); break;
+  case RM_TXN_COMMIT: rc = rm__txn_plan_commit(st, op); break;
   default: rc = plan_region(st, op); break;
   }
   op_start(self, st, op, rc);
@@ -807,6 +866,9 @@ static void rm_handle(mb_actor *self, mb_msg *msg) {
   case RM_REGION_ADD:
     mb_reply(msg, region_add(st, rm_region_add_of(msg)));
     return;
+  case RM_TXN_BEGIN:
+    mb_reply(msg, st->txn.open ? MB_E_INVALID : rm__txn_begin(st));
+    return;
   case RM_REGION_STATE: {
     rm_region_state_msg *m = rm_region_state_of(msg);
     rm_region *r = region_find(st, m->id);
@@ -816,11 +878,17 @@ static void rm_handle(mb_actor *self, mb_msg *msg) {
     return;
   }
   case RM_PARTITION_REMOVE:
-    mb_reply(msg, partition_remove(st, rm_partition_remove_of(msg)->partition));
+    mb_reply(msg, st->txn.open ? MB_E_INVALID
+                               : partition_remove(st, rm_partition_remove_of(msg)->partition));
+    return;
+  case RM_TXN_COMMIT:
+    if (!st->txn.open) {
+      mb_reply(msg, MB_E_INVALID);
+      return;
+    }
+    handle_op(self, st, msg);
     return;
   case RM_MAPPING_REPLACE:
-    mb_reply(msg, MB_E_UNSUPPORTED);
-    return;
   case RM_REGION_MAP:
   case RM_REGION_UNMAP:
   case RM_REGION_REMOVE:
@@ -843,9 +911,11 @@ static void rm_destroy(mb_actor *self) {
     st->op = NULL;
     mb_reply(req, MB_EGONE);
   }
+  if (st->txn.open)
+    rm__txn_end(st, true); /* frees what it kept to go back */
   free(st->op_buf.calls);
   while (st->ids.root != NULL)
-    region_free(st, mb_rtree_entry(st->ids.root, rm_region, by_id));
+    rm__region_free(st, mb_rtree_entry(st->ids.root, rm_region, by_id));
   mb__vis_fini(&st->vis);
   free(st->parts);
   free(st);

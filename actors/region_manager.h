@@ -23,7 +23,14 @@
  *   RM_MAPPING_ADD    {id, offset, size, obj, obj_off, writable}  takes its own reference on
  *                     obj; MB_E_INVALID (outside the region or the object), MB_E_OVERLAP
  *   RM_MAPPING_REMOVE {id, offset, size}  removes every mapped byte in the range, splitting
- *   RM_MAPPING_REPLACE {id, offset, size, obj, obj_off, writable}  (MB_E_UNSUPPORTED for now)
+ *   RM_MAPPING_REPLACE {id, offset, size, obj, obj_off, writable}  whatever is mapped in the
+ *                     range (split at its edges) is replaced atomically (MM_REPLACE); errors
+ *                     as for add, minus overlap
+ *   RM_TXN_BEGIN {}   opens a transaction: later region and mapping requests change the state
+ *                     at once and send nothing; partition add/remove: MB_E_INVALID
+ *   RM_TXN_COMMIT {}  brings every consumer from the state at RM_TXN_BEGIN to the current one,
+ *                     changing only what differs; on failure everything returns to the state
+ *                     at RM_TXN_BEGIN
  *   RM_PARTITION_ADD  {partition}     maps everything visible into it before completing
  *   RM_PARTITION_REMOVE {partition}   forgets it (its actor's destruction unmaps all)
  *   RM_REGION_STATE   {id; out: state}  MB_REGION_UNMAPPED/HIDDEN/ACTIVE/PARTIAL
@@ -50,6 +57,7 @@ typedef char mb_name[64];
 #define RM_MAPPING_REMOVE_FIELDS(F) F(uint32_t, id) F(uint64_t, offset) F(uint64_t, size)
 #define RM_PARTITION_FIELDS(F) F(mb_addr, partition)
 #define RM_REGION_STATE_FIELDS(F) F(uint32_t, id) F(int32_t, state)
+#define RM_TXN_FIELDS(F)
 #define RM_MESSAGES(M)                                                 \
   M(rm, RM_REGION_ADD, region_add, RM_REGION_ADD_FIELDS)               \
   M(rm, RM_REGION_MAP, region_map, RM_REGION_MAP_FIELDS)               \
@@ -60,7 +68,9 @@ typedef char mb_name[64];
   M(rm, RM_MAPPING_REPLACE, mapping_replace, RM_MAPPING_ADD_FIELDS)    \
   M(rm, RM_PARTITION_ADD, partition_add, RM_PARTITION_FIELDS)          \
   M(rm, RM_PARTITION_REMOVE, partition_remove, RM_PARTITION_FIELDS)    \
-  M(rm, RM_REGION_STATE, region_state, RM_REGION_STATE_FIELDS)
+  M(rm, RM_REGION_STATE, region_state, RM_REGION_STATE_FIELDS)        \
+  M(rm, RM_TXN_BEGIN, txn_begin, RM_TXN_FIELDS)                        \
+  M(rm, RM_TXN_COMMIT, txn_commit, RM_TXN_FIELDS)
 MB_PROTOCOL_DECLARE(rm, RM_MESSAGES)
 
 typedef struct mb_rm_config {

@@ -115,11 +115,8 @@ int mb__vis_admit(const mb__vis_set *s, uint64_t start, uint64_t end, uint8_t pr
   return 0;
 }
 
-void mb__vis_insert(mb__vis_set *s, mb__vis_region *r, uint64_t start, uint64_t end,
-                    uint8_t prio) {
-  r->seq = s->next_seq++;
+static void link_region(mb__vis_set *s, mb__vis_region *r, uint64_t start, uint64_t end) {
   r->visible = 0;
-  r->prio = prio;
   r->mapped = false;
   r->overlaps = 0;
   mb_rtree_node *n;
@@ -128,6 +125,17 @@ void mb__vis_insert(mb__vis_set *s, mb__vis_region *r, uint64_t start, uint64_t 
     r->overlaps++;
   }
   mb_rtree_insert(&s->regions, &r->node, start, end);
+}
+
+void mb__vis_insert(mb__vis_set *s, mb__vis_region *r, uint64_t start, uint64_t end,
+                    uint8_t prio) {
+  r->seq = s->next_seq++;
+  r->prio = prio;
+  link_region(s, r, start, end);
+}
+
+void mb__vis_reinsert(mb__vis_set *s, mb__vis_region *r) {
+  link_region(s, r, r->node.start, r->node.end);
 }
 
 void mb__vis_remove(mb__vis_set *s, mb__vis_region *r) {

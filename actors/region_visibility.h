@@ -93,6 +93,9 @@ int mb__vis_admit(const mb__vis_set *s, uint64_t start, uint64_t end, uint8_t pr
 /* Links r, unmapped, as the latest added; start < end. */
 void mb__vis_insert(mb__vis_set *s, mb__vis_region *r, uint64_t start, uint64_t end,
                     uint8_t prio);
+/* Links r again, unmapped, as it was before mb__vis_remove (its range, priority and add
+ * order kept): a transaction's rollback of a region's removal. */
+void mb__vis_reinsert(mb__vis_set *s, mb__vis_region *r);
 /* Unlinks r, which must be unmapped. */
 void mb__vis_remove(mb__vis_set *s, mb__vis_region *r);
 

@@ -264,6 +264,20 @@ static int check_unmap(const vam_unmap_msg *m) {
   return 0;
 }
 
+/* A VAM_REPLACE's range is in the VA, and its entries ascending inside it. */
+static int check_replace(const mb_vam *v, const vam_replace_msg *m) {
+  if (!in_va(v, m->gpa, m->size) || (m->count > 0 && m->entries == NULL))
+    return MB_E_INVALID;
+  uint64_t at = m->gpa, end = m->gpa + m->size;
+  for (uint32_t i = 0; i < m->count; i++) {
+    const mb_map_entry *e = &m->entries[i];
+    if (e->gpa < at || e->size == 0 || e->size > end - e->gpa)
+      return MB_E_INVALID;
+    at = e->gpa + e->size;
+  }
+  return 0;
+}
+
 /* Sets the guest span a job acts on (it may be empty), and whether it drains it. Only a job
  * that is queued, or compared with queued ones, needs it. */
 static void job_span(const mb_vam *v, vam_job *job) {
@@ -281,6 +295,13 @@ static void job_span(const mb_vam *v, vam_job *job) {
     if (check_unmap(u) == 0 && u->gpa < v->va.size) {
       job->a = u->gpa;
       job->b = u->size < v->va.size - u->gpa ? u->gpa + u->size : v->va.size;
+    }
+  } else if (msg->kind == VAM_REPLACE) {
+    const vam_replace_msg *r = vam_replace_of(msg);
+    job->drains = true;
+    if (check_replace(v, r) == 0) {
+      job->a = r->gpa;
+      job->b = r->gpa + r->size;
     }
   } else {
     const vam_map_msg *m = vam_map_of(msg);
@@ -518,6 +539,52 @@ static int handle_map(mb_vam *v, const vam_map_msg *m, vam_job *job) {
   return job->failed;
 }
 
+/* A lazy mapper's part of a replace: what it established of the entry's range takes the
+ * entry's backing (one MAP_FIXED per established piece whose backing differs). */
+static int refresh(mb_vam *v, const mb_map_entry *e, vam_job *job) {
+  if (e->obj == NULL || !in_va(v, e->gpa, e->size) ||
+      mb_object_check_range(e->obj, e->obj_off, e->size) != 0)
+    return MB_E_INVALID;
+  uint64_t cur = e->gpa, end = e->gpa + e->size;
+  mb_rtree_node *it;
+  while (cur < end && (it = mb_rtree_first_overlap(&v->ranges, cur, end)) != NULL) {
+    uint64_t s = it->start > cur ? it->start : cur, t = it->end < end ? it->end : end;
+    uint64_t off = e->obj_off + (s - e->gpa);
+    int rc = same_backing(range_of(it), s, e->obj, off, e->writable)
+                 ? 0
+                 : map_replace(v, s, t, e->obj, off, e->writable, job);
+    if (rc != 0)
+      return rc;
+    cur = t;
+  }
+  return 0;
+}
+
+/* VAM_REPLACE (va_mapper.h): the gaps between the entries are torn down, the entries
+ * established over what is there (eager) or over what is established (lazy). Idempotent, so
+ * a parked request simply runs again. */
+static int handle_replace(mb_vam *v, const vam_replace_msg *m, vam_job *job) {
+  int rc = check_replace(v, m);
+  if (rc != 0)
+    return rc;
+  vam_lock(v);
+  bool held = locked(v, m->gpa, m->gpa + m->size);
+  if (held)
+    rc = park(v, job);
+  vam_unlock(v);
+  uint64_t cur = m->gpa;
+  for (uint32_t i = 0; !held && rc == 0 && i <= m->count; i++) {
+    const mb_map_entry *e = i < m->count ? &m->entries[i] : NULL;
+    uint64_t next = e ? e->gpa : m->gpa + m->size;
+    if (next > cur)
+      rc = teardown(v, cur, next, job);
+    if (rc == 0 && e != NULL)
+      rc = v->eager ? establish(v, e, job) : refresh(v, e, job);
+    cur = e ? e->gpa + e->size : next;
+  }
+  return rc;
+}
+
 static int handle_unmap(mb_vam *v, const vam_unmap_msg *m, vam_job *job) {
   int rc = check_unmap(m);
   if (rc != 0 || m->gpa >= v->va.size)
@@ -589,6 +656,8 @@ static int job_run(mb_vam *v, vam_job *job) {
   }
   if (msg->kind == VAM_MAP)
     return handle_map(v, vam_map_of(msg), job);
+  if (msg->kind == VAM_REPLACE)
+    return handle_replace(v, vam_replace_of(msg), job);
   return handle_unmap(v, vam_unmap_of(msg), job);
 }
 
@@ -644,7 +713,7 @@ static void on_watch(mb_vam *v, mb_msg *msg);
 /* Is this request a job (VAM_MAP, VAM_UNMAP, a forwarded MM_RESOLVE)? */
 static bool is_job(const mb_msg *msg) {
   if (msg->proto == &vam_protocol)
-    return msg->kind == VAM_MAP || msg->kind == VAM_UNMAP;
+    return msg->kind == VAM_MAP || msg->kind == VAM_UNMAP || msg->kind == VAM_REPLACE;
   return msg->proto == &mm_protocol && msg->kind == MM_RESOLVE;
 }
 

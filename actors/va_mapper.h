@@ -12,6 +12,13 @@
  *   VAM_UNMAP  {gpa, size}       tear down whatever is established in the range (a MAP_FIXED
  *              PROT_NONE replacement, never munmap), then answer. A refused replacement
  *              changes nothing: the range stays established, and the error is answered.
+ *   VAM_REPLACE {gpa, size, entries, count}  [gpa, gpa + size) shows exactly these entries
+ *              (ascending, inside it) from now on: an eager mapper establishes them over what
+ *              is there (one MAP_FIXED each where the backing differs: no hole for a reader)
+ *              and tears down the rest of the range; a lazy one does the same to what it has
+ *              established and leaves the rest to faults. Nothing is undone on failure (the
+ *              mapping manager sends the inverse). A held lock anywhere in the range parks
+ *              the whole request before anything changes. The array stays the sender's.
  *   VAM_RANGES {out: ranges, count}  the established ranges in ascending order with their
  *              access (a malloc'd array of mb_part_range the requester frees).
  *   and MM_RESOLVE forwarded by the mapping manager (see mapping_manager.h): establish
@@ -41,12 +48,15 @@
 
 #define VAM_MAP_FIELDS(F) F(mb_map_entry *, entries) F(uint32_t, count)
 #define VAM_UNMAP_FIELDS(F) F(uint64_t, gpa) F(uint64_t, size)
+#define VAM_REPLACE_FIELDS(F) \
+  F(uint64_t, gpa) F(uint64_t, size) F(mb_map_entry *, entries) F(uint32_t, count)
 #define VAM_RANGES_FIELDS(F) F(mb_part_range *, ranges) F(uint32_t, count)
 #define VAM_KICK_FIELDS(F) F(uint64_t, gpa) F(uint64_t, size)
 #define VAM_WATCH_FIELDS(F)
 #define VAM_MESSAGES(M)                          \
   M(vam, VAM_MAP, map, VAM_MAP_FIELDS)           \
   M(vam, VAM_UNMAP, unmap, VAM_UNMAP_FIELDS)     \
+  M(vam, VAM_REPLACE, replace, VAM_REPLACE_FIELDS) \
   M(vam, VAM_RANGES, ranges, VAM_RANGES_FIELDS)  \
   M(vam, VAM_KICK, kick, VAM_KICK_FIELDS)        \
   M(vam, VAM_WATCH, watch, VAM_WATCH_FIELDS)

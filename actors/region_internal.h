@@ -1,0 +1,170 @@
+/* region_internal.h: the region manager's state, shared by its files: region_manager.c (the
+ * actor, its requests and operations) and region_txn.c (transactions and the consumer views
+ * that replaces and commits send). Not installed; on the region manager's thread only. */
+#ifndef MB_REGION_INTERNAL_H
+#define MB_REGION_INTERNAL_H
+
+#include <stddef.h>
+
+#include "mapping_manager.h"
+#include "range_tree.h"
+#include "region_manager.h"
+#include "region_visibility.h"
+
+/* What the consumers show, as the manager's state gives it: the visible pieces (what each
+ * partition maps: range and region access, ascending) and the visible mappings (what the VA
+ * mappers establish: ascending, apart, touching ones of one object run merged; each entry
+ * holds an object reference). */
+typedef struct rm_piece {
+  uint64_t start, end;
+  bool writable;
+} rm_piece;
+
+typedef struct rm_view {
+  rm_piece *pieces;
+  size_t npieces, cap_pieces;
+  mb_map_entry *entries;
+  size_t nentries, cap_entries;
+} rm_view;
+
+typedef struct rm_undo rm_undo;
+
+/* A transaction (region_txn.c): open from RM_TXN_BEGIN to the end of its RM_TXN_COMMIT. */
+typedef struct rm_txn {
+  bool open;
+  rm_view old;  /* what the consumers show: the state at RM_TXN_BEGIN */
+  rm_undo *log; /* how to get back there, newest first */
+} rm_txn;
+
+typedef struct rm_mapping {
+  mb_rtree_node node; /* in its region's tree: the absolute guest range */
+  mb_object *obj;     /* our own reference */
+  uint64_t obj_off;   /* object offset of node.start */
+  bool writable;
+} rm_mapping;
+
+typedef struct rm_region {
+  mb__vis_region vis;   /* guest range, priority, mapped, visible bytes */
+  mb_rtree_node by_id;  /* [id, id + 1) */
+  uint32_t id;
+  bool writable;        /* the map access, while mapped */
+  bool device;
+  mb_name name;
+  mb_rtree mappings;
+} rm_region;
+
+/* One nested call of an operation, and (for undo) its inverse: kind ^ 1. MM_REPLACE sends
+ * the range's entries of op->fwd, its inverse (MM_RESTORE) those of op->inv. */
+enum { CALL_PM_MAP, CALL_PM_UNMAP, CALL_MM_MAP, CALL_MM_UNMAP, CALL_MM_REPLACE, CALL_MM_RESTORE };
+
+typedef struct rm_call {
+  struct rm_op *op;
+  uint8_t kind;
+  bool writable;      /* PM_MAP: the piece's access; PM_UNMAP: the access its undo restores;
+                       * MM_*: the access of the mappings in the range */
+  bool done;          /* answered 0 on the way forward */
+  bool one;           /* MM_MAP of `maps` alone: a new mapping, in no tree yet (mapping add) */
+  mb_addr to;
+  uint64_t gpa, size;
+  rm_mapping *maps;   /* MM_*: the first of a region's mappings that fill [gpa, gpa + size)
+                       * (the region's tree stays as it is until commit) */
+} rm_call;
+
+enum { RM_MAX_STEPS = 4 };
+
+typedef struct rm_op {
+  mb_msg *req;
+  uint32_t kind;          /* the request's kind */
+  rm_region *region;
+  rm_call *calls;
+  size_t ncalls, cap;
+  size_t step_at[RM_MAX_STEPS + 1]; /* step i is calls [step_at[i], step_at[i + 1]); [0] = 0 */
+  size_t nsteps;
+  size_t step;            /* forward: the next step to send; undoing: the last one undone */
+  size_t pending;         /* replies due, plus one while a step is being sent */
+  bool undoing;
+  int err;                /* the first failure */
+  /* what commit applies */
+  mb__vis_diff diff;
+  bool writable;          /* region map: the new access */
+  rm_mapping *mapping;    /* mapping add: the new mapping */
+  uint64_t start, end;    /* mapping remove: the absolute range */
+  rm_mapping *spare;      /* mapping remove: the right part of a mapping split in two */
+  mb_addr partition;      /* partition add */
+  bool published;         /* the gpa map shows this operation as busy */
+  /* mapping replace and transaction commit: what MM_REPLACE calls send (fwd) and undo (inv) */
+  const rm_view *fwd, *inv;
+  rm_view own_old, own_new;
+} rm_op;
+
+typedef struct rm_state {
+  mb_rm_config cfg;
+  mb__vis_set vis;
+  mb_rtree ids;
+  uint32_t next_id;
+  mb_addr *parts;
+  size_t nparts, cap_parts;
+  rm_txn txn;
+  rm_op *op;              /* the operation in flight: NULL or &op_buf */
+  rm_op op_buf;           /* reused by every operation (serialized: one at a time); its
+                           * calls array is grow-only and kept between operations. Idle, it
+                           * holds nothing: no request, mapping or spare, an empty diff */
+} rm_state;
+
+static inline rm_state *state_of(rm_op *op) {
+  return (rm_state *)(void *)((char *)op - offsetof(rm_state, op_buf));
+}
+
+static inline rm_region *region_of_vis(mb__vis_region *v) {
+  return v ? mb_rtree_entry(v, rm_region, vis) : NULL;
+}
+
+static inline rm_mapping *mapping_of(mb_rtree_node *n) {
+  return n ? mb_rtree_entry(n, rm_mapping, node) : NULL;
+}
+
+static inline uint64_t r_start(const rm_region *r) { return r->vis.node.start; }
+static inline uint64_t r_end(const rm_region *r) { return r->vis.node.end; }
+static inline uint64_t min64(uint64_t a, uint64_t b) { return a < b ? a : b; }
+static inline uint64_t max64(uint64_t a, uint64_t b) { return a > b ? a : b; }
+
+
+/* region_manager.c */
+void rm__region_free(rm_state *st, rm_region *r);    /* unlinks it too */
+void rm__region_destroy(rm_region *r);               /* an unlinked one */
+void rm__mapping_free(rm_mapping *m);
+int rm__op_add_call(rm_op *op, rm_call c);
+void rm__op_end_step(rm_op *op);
+/* A call of `kind` over [gpa, gpa + size) to every partition. */
+int rm__plan_pm(rm_state *st, rm_op *op, int kind, uint64_t gpa, uint64_t size, bool writable);
+
+/* region_txn.c: views */
+void rm__view_free(rm_view *v);
+/* Appends e (taking its reference), merged into the last entry when it continues it. 0, or
+ * MB_ENOMEM (the reference dropped). */
+int rm__view_push(rm_view *v, mb_map_entry e);
+/* The view of the manager's whole state. 0 or MB_ENOMEM (v empty). */
+int rm__view_capture(rm_state *st, rm_view *v);
+/* The entries of v inside [a, b), cut to it, with references of their own. */
+int rm__view_clip(const rm_view *v, uint64_t a, uint64_t b, mb_map_entry **out, uint32_t *n);
+
+/* region_txn.c: transactions. The rm__txn_* changes apply to the state at once and log
+ * their inverse: 0, or MB_ENOMEM with nothing changed. */
+int rm__txn_begin(rm_state *st);
+int rm__txn_region_added(rm_state *st, rm_region *r);
+int rm__txn_region_mapped(rm_state *st, rm_region *r, bool mapped, bool writable);
+int rm__txn_region_remove(rm_state *st, rm_region *r);
+/* Every mapping byte of r in [a, b) goes; nm (may be NULL) comes in. */
+int rm__txn_mappings(rm_state *st, rm_region *r, uint64_t a, uint64_t b, rm_mapping *nm);
+/* Plans the commit into op (kind RM_TXN_COMMIT): the consumer calls from the state at begin
+ * to the current one. 0 or MB_ENOMEM. */
+int rm__txn_plan_commit(rm_state *st, rm_op *op);
+/* The guest range the commit changes (empty: none) and how many pieces it adds; and, for
+ * the published map, each piece it drops (add false) and adds (add true). */
+mb_range rm__txn_span(const rm_op *op, size_t *adds);
+void rm__txn_each_piece(const rm_op *op, void (*fn)(void *ctx, const rm_piece *p, bool add),
+                        void *ctx);
+/* Ends the transaction: kept (ok) or the state put back as it was at begin. */
+void rm__txn_end(rm_state *st, bool ok);
+
+#endif
