@@ -544,11 +544,21 @@ static mb_msg *txn_msg(mb_mm *mm, bool begin) {
 void mb_txn_begin(mb_mm *mm, mb_done_fn done, void *ctx) {
   mb__api_submit(mm, mm->rm_addr, txn_msg(mm, true), NULL, NULL, done, ctx);
 }
-int mb_txn_begin_sync(mb_mm *mm) { return rm_call(mm, txn_msg(mm, true), NULL, NULL); }
+/* A begin that failed (for memory) opened nothing: the flag goes back. */
+static int txn_sync(mb_mm *mm, bool begin) {
+  int rc = mb__mm_check_thread(mm);
+  if (rc) return rc;
+  bool was = atomic_load(&mm->txn);
+  rc = mb__api_call(mm->rec, mm->rm_addr, txn_msg(mm, begin), NULL, NULL);
+  if (begin && rc && !was) atomic_store(&mm->txn, false);
+  return rc;
+}
+
+int mb_txn_begin_sync(mb_mm *mm) { return txn_sync(mm, true); }
 void mb_txn_commit(mb_mm *mm, mb_done_fn done, void *ctx) {
   mb__api_submit(mm, mm->rm_addr, txn_msg(mm, false), NULL, NULL, done, ctx);
 }
-int mb_txn_commit_sync(mb_mm *mm) { return rm_call(mm, txn_msg(mm, false), NULL, NULL); }
+int mb_txn_commit_sync(mb_mm *mm) { return txn_sync(mm, false); }
 
 /* ---- errors -------------------------------------------------------------------------------- */
 

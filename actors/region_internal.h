@@ -140,6 +140,7 @@ int rm__plan_pm(rm_state *st, rm_op *op, int kind, uint64_t gpa, uint64_t size, 
 
 /* region_txn.c: views */
 void rm__view_free(rm_view *v);
+void rm__view_clear(rm_view *v); /* empty, its arrays kept for the next use */
 /* Appends e (taking its reference), merged into the last entry when it continues it. 0, or
  * MB_ENOMEM (the reference dropped). */
 int rm__view_push(rm_view *v, mb_map_entry e);

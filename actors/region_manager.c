@@ -141,8 +141,8 @@ static rm_op *op_new(rm_state *st, mb_msg *req, rm_region *r) {
 /* Releases what the operation holds (not the reusable calls array): it is idle again. */
 static void op_free(rm_op *op) {
   mb__vis_abort(&op->diff);
-  rm__view_free(&op->own_old);
-  rm__view_free(&op->own_new);
+  rm__view_clear(&op->own_old); /* kept, like the calls array, for the next operation */
+  rm__view_clear(&op->own_new);
   op->fwd = op->inv = NULL;
   rm__mapping_free(op->mapping);
   op->mapping = NULL;
@@ -404,11 +404,19 @@ static int gpa_begin(rm_state *st, rm_op *op) {
   return 0;
 }
 
-static void gpa_piece(void *g, const rm_piece *p, bool add) {
+typedef struct gpa_pass {
+  mb_gpa_map *g;
+  bool add; /* drops first, then adds */
+} gpa_pass;
+
+static void gpa_piece(void *ctx, const rm_piece *p, bool add) {
+  gpa_pass *pass = ctx;
+  if (add != pass->add)
+    return;
   if (add)
-    mb_gpa_map_add(g, p->start, p->end, p->writable);
+    mb_gpa_map_add(pass->g, p->start, p->end, p->writable);
   else
-    mb_gpa_map_drop(g, p->start);
+    mb_gpa_map_drop(pass->g, p->start);
 }
 
 /* Publishes the operation's end: its changes of the visible map if it succeeded (before the
@@ -418,8 +426,8 @@ static void gpa_end(rm_state *st, rm_op *op, bool ok) {
   if (!op->published)
     return;
   mb_gpa_map_edit(g);
-  if (ok && op->kind == RM_TXN_COMMIT)
-    rm__txn_each_piece(op, gpa_piece, g);
+  for (int add = 0; ok && op->kind == RM_TXN_COMMIT && add < 2; add++)
+    rm__txn_each_piece(op, gpa_piece, &(gpa_pass){g, add});
   const mb__vis_diff *d = &op->diff;
   for (size_t i = 0; ok && i < d->nremoved; i++)
     mb_gpa_map_drop(g, d->removed[i]->node.start);
@@ -721,7 +729,9 @@ static int plan_mapping_replace(rm_state *st, rm_op *op) {
   op->end = op->mapping->node.end;
   op->fwd = &op->own_new;
   op->inv = &op->own_old;
-  if ((op->spare = mb__malloc(sizeof *op->spare)) == NULL)
+  rm_mapping *around = first_mapping(r, op->start, op->end); /* a spare if it straddles both */
+  if (around && around->node.start < op->start && around->node.end > op->end &&
+      (op->spare = mb__malloc(sizeof *op->spare)) == NULL)
     return MB_ENOMEM;
   mb__vis_piece *p;
   for (p = mb__vis_first_piece_of(&st->vis, &r->vis, op->start, op->end); p && !rc;
@@ -914,6 +924,9 @@ static void rm_destroy(mb_actor *self) {
   if (st->txn.open)
     rm__txn_end(st, true); /* frees what it kept to go back */
   free(st->op_buf.calls);
+  rm__view_free(&st->op_buf.own_old);
+  rm__view_free(&st->op_buf.own_new);
+  rm__view_free(&st->txn.old);
   while (st->ids.root != NULL)
     rm__region_free(st, mb_rtree_entry(st->ids.root, rm_region, by_id));
   mb__vis_fini(&st->vis);

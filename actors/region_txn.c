@@ -23,9 +23,14 @@
 
 /* ---- views ----------------------------------------------------------------------------------- */
 
-void rm__view_free(rm_view *v) {
+void rm__view_clear(rm_view *v) {
   for (size_t i = 0; i < v->nentries; i++)
     mb_object_unref(v->entries[i].obj);
+  v->nentries = v->npieces = 0;
+}
+
+void rm__view_free(rm_view *v) {
+  rm__view_clear(v);
   free(v->entries);
   free(v->pieces);
   *v = (rm_view){0};
@@ -76,14 +81,14 @@ static int capture_piece(rm_view *v, const rm_region *r, uint64_t s, uint64_t e)
 }
 
 int rm__view_capture(rm_state *st, rm_view *v) {
-  *v = (rm_view){0};
+  rm__view_clear(v);
   int rc = 0;
   mb__vis_piece *p;
   for (p = mb__vis_first_piece(&st->vis, 0, UINT64_MAX); p && !rc;
        p = mb__vis_next_piece(p, 0, UINT64_MAX))
     rc = capture_piece(v, region_of_vis(p->region), p->node.start, p->node.end);
   if (rc)
-    rm__view_free(v);
+    rm__view_clear(v);
   return rc;
 }
 

@@ -9,6 +9,7 @@
 #define MB_BENCH_AREAS(X) \
   X(bench_runtime)        \
   X(bench_map)            \
+  X(bench_txn)            \
   X(bench_fault)          \
   X(bench_access)         \
   X(bench_idle)           \

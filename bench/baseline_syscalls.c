@@ -4,6 +4,8 @@
  *                         needs, made directly.
  *   syscalls.map_unmap_kvm floor of map.kvm: the same two mmaps plus the memory slot's
  *                         KVM_SET_USER_MEMORY_REGION add and delete (skipped without /dev/kvm).
+ *   syscalls.map_replace  floor of mapping.replace: one MAP_FIXED mmap of a 2 MiB memfd over
+ *                         another's, the two alternating.
  *   syscalls.fault_remote floor of fault.lazy: a fault served by another, sleeping thread.
  *   memcpy                floor of access.read: copying 64 KiB (throughput).
  *
@@ -116,6 +118,66 @@ static void map_unmap_teardown(void *state) {
   close(mu->fd);
   free(mu);
 }
+
+/* ---- syscalls.map_replace ---------------------------------------------------------------- */
+
+/* syscalls.map_unmap's slot, with one of two memfds always mapped there: each operation maps
+ * the other one over it (MAP_FIXED replaces the old pages in one call, no hole between). */
+typedef struct map_replace {
+  char *reservation;
+  char *slot;
+  int fd[2];
+  uint32_t next; /* operations so far: the slot holds fd[next % 2] */
+} map_replace;
+
+static void map_replace_free(map_replace *mr) {
+  if (mr->reservation != NULL && mr->reservation != MAP_FAILED)
+    munmap(mr->reservation, MAP_RESERVATION);
+  for (int i = 0; i < 2; i++)
+    if (mr->fd[i] >= 0)
+      close(mr->fd[i]);
+  free(mr);
+}
+
+static int map_replace_setup(mb_bench *b, void **state) {
+  map_replace *mr = calloc(1, sizeof *mr);
+  if (mr == NULL)
+    return -ENOMEM;
+  const char *what = NULL;
+  int err = 0;
+  if ((mr->fd[0] = make_memfd("mb-bench-map-a", MAP_SLOT, false)) < 0) {
+    mr->fd[1] = -1, what = "memfd", err = -mr->fd[0];
+  } else if ((mr->fd[1] = make_memfd("mb-bench-map-b", MAP_SLOT, false)) < 0) {
+    what = "memfd", err = -mr->fd[1];
+  } else if ((mr->reservation = reserve(NULL, MAP_RESERVATION)) == MAP_FAILED) {
+    what = "reserve", err = errno;
+  } else {
+    uintptr_t at = ((uintptr_t)mr->reservation + 2 * MAP_SLOT - 1) & ~(uintptr_t)(MAP_SLOT - 1);
+    mr->slot = (char *)at; /* as map_unmap's: neighbours on both sides */
+    if (mmap(mr->slot, MAP_SLOT, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, mr->fd[0], 0) ==
+        MAP_FAILED)
+      what = "mmap memfd", err = errno;
+  }
+  if (what != NULL) {
+    map_replace_free(mr);
+    return mb_bench_fail(b, "%s: %s", what, strerror(err));
+  }
+  *state = mr;
+  return 0;
+}
+
+static int map_replace_run(mb_bench *b, void *state, uint32_t n) {
+  map_replace *mr = state;
+  for (uint32_t i = 0; i < n; i++) {
+    int fd = mr->fd[++mr->next % 2];
+    if (mmap(mr->slot, MAP_SLOT, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, fd, 0) ==
+        MAP_FAILED)
+      return mb_bench_fail(b, "mmap memfd: %s", strerror(errno));
+  }
+  return 0;
+}
+
+static void map_replace_teardown(void *state) { map_replace_free(state); }
 
 /* ---- syscalls.map_unmap_kvm -------------------------------------------------------------- */
 
@@ -454,6 +516,15 @@ static const mb_bench_def syscall_benches[] = {
         .teardown = map_unmap_kvm_teardown,
         .doc = "syscalls.map_unmap plus KVM_SET_USER_MEMORY_REGION add and delete of the "
                "2 MiB as a memory slot",
+    },
+    {
+        .name = "syscalls.map_replace",
+        .unit = MB_BENCH_NS,
+        .setup = map_replace_setup,
+        .run = map_replace_run,
+        .teardown = map_replace_teardown,
+        .doc = "mmap(MAP_FIXED|MAP_SHARED) of a 2 MiB memfd over another's mapping, the two "
+               "alternating",
     },
     {
         .name = "syscalls.fault_remote",

@@ -9,28 +9,31 @@
  *   map.kvm             the same with a KVM partition (skipped without /dev/kvm)
  *   mapping.dax         mapping add + mapping remove of 2 MiB inside a mapped 1 GiB device
  *                       region, with the eager VA mapper
+ *   mapping.replace     mapping replace of that 2 MiB by another file's, the two files
+ *                       alternating (version 2)
  *   scale.regions.N     map.soft's operation with N other mapped regions present
  *   scale.mappings.N    mapping.dax's operation with N other mappings in the region
  *
  * The floors are syscalls.map_unmap (the two mmaps the VA mapper makes), syscalls.map_unmap_kvm
- * (the same plus the memslot add and delete), and scale.*.10 for the scaling rows.
+ * (the same plus the memslot add and delete), syscalls.map_replace (one MAP_FIXED mmap of the
+ * new file over the old) and scale.*.10 for the scaling rows.
  *
  * One loop, on the harness thread. Every actor of a manager (region manager, mapping manager,
  * the eager VA mapper mb_mm_primary_mapper() that partitions use, the partition mapper) lives
  * on one loop that is attached to a uv_loop_t the harness thread runs, and the benchmark is a
  * requester on that same loop: it issues each step with the asynchronous API from the
  * previous step's completion callback, and run() runs uv_run until the n-th operation has
- * completed (see "the measured operation" below). That is "all actors on one loop"
+ * completed (home.h, mb_bench_chain). That is "all actors on one loop"
  * literally: one thread does all the work, with no cross-thread wake-up in the measured
  * operation, as in a VMM whose memory actors share its main loop. (A started loop plus the
  * _sync API would add two cross-thread wake-ups per step, the cost rpc.cross_thread already
  * measures, ~1 us each at best and ~25 us when the loop thread sleeps, and would leave the
  * harness thread idle while the loop thread works.)
  *
- * The loop is shared by every benchmark of this file set up at the same time: the measured
- * side and its baseline (scale.regions.1000 runs with scale.regions.10 as its baseline, each
- * with a manager of its own) both attach to the same thread, and a thread runs at most one
- * runtime loop.
+ * The loop (home.h) is shared by every benchmark set up at the same time: the measured side
+ * and its baseline (scale.regions.1000 runs with scale.regions.10 as its baseline, each with
+ * a manager of its own) both attach to the same thread, and a thread runs at most one runtime
+ * loop.
  *
  * map.spread keeps the requester on that home loop (as a VMM's main loop) and starts three
  * loops of its own for the manager's actors: mb_mm_config.loop (region and mapping managers),
@@ -40,17 +43,17 @@
  * partition mapper, and each answer back.
  *
  * The one VA mapper's only VA work is the floor's: map = one MAP_FIXED memfd mmap, unmap =
- * one MAP_FIXED PROT_NONE mmap, both 2 MiB, unpopulated.
+ * one MAP_FIXED PROT_NONE mmap, both 2 MiB, unpopulated; replace = one MAP_FIXED mmap of the
+ * other memfd over the first, unpopulated too (but for the one page the set-up's check
+ * writes, whose page-table entry only the first measured replace drops).
  */
 #include <inttypes.h>
 #include <errno.h>
 #include <stdlib.h>
-#include <string.h>
-#include <unistd.h>
-#include <uv.h>
 
 #include "areas.h"
 #include "harness.h"
+#include "home.h"
 #include "membacking.h"
 
 #define KIB ((uint64_t)1 << 10)
@@ -67,7 +70,7 @@
  *                              regions of 64 KiB each from 1 GiB on, one every 128 KiB (a
  *                              PROT_NONE gap between them: one VMA each), each holding one
  *                              mapping.
- *   mapping.dax / scale.mappings.*:  a 1 GiB device region at 4 GiB; the measured mapping at
+ *   mapping.* / scale.mappings.*:  a 1 GiB device region at 4 GiB; the measured mapping at
  *                              its offset 0 (2 MiB); the N other mappings of 4 KiB from
  *                              offset 4 MiB on, one every 64 KiB. */
 enum { MB_SLOT = 2 * MIB };
@@ -81,81 +84,11 @@ enum { MB_SLOT = 2 * MIB };
 #define OTHER_MAPPING_SIZE (4 * KIB)
 #define OTHER_MAPPING_STRIDE (64 * KIB)
 
-/* ---- the shared attached loop -------------------------------------------------------------- */
-
-/* `vmm` stands for the VMM's own handles on its loop (its devices, its timers): a referenced
- * handle that is never signalled, as a VMM's loop always has some. It costs nothing while
- * nothing signals it. */
-static struct {
-  uv_loop_t uv;
-  uv_async_t vmm;
-  mb_loop *loop;
-  unsigned users;
-} home;
-
-static void home_vmm_signalled(uv_async_t *h) { (void)h; }
-
-static int home_get(mb_bench *b) {
-  if (home.users++ > 0)
-    return 0;
-  int err = uv_loop_init(&home.uv);
-  if (err != 0) {
-    home.users = 0;
-    return mb_bench_fail(b, "loop: %s", uv_strerror(err));
-  }
-  bool vmm = (err = uv_async_init(&home.uv, &home.vmm, home_vmm_signalled)) == 0;
-  if (vmm)
-    home.loop = mb_loop_attach(&home.uv, "bench-map", &err);
-  if (err == 0)
-    return 0;
-  home.users = 0;
-  home.loop = NULL;
-  if (vmm)
-    uv_close((uv_handle_t *)&home.vmm, NULL);
-  uv_run(&home.uv, UV_RUN_DEFAULT); /* close callbacks, the attach's included */
-  uv_loop_close(&home.uv);
-  return mb_bench_fail(b, "loop: %s", mb_strerror(err));
-}
-
-static void home_put(void) {
-  if (--home.users > 0)
-    return;
-  mb_loop_stop(home.loop);
-  uv_close((uv_handle_t *)&home.vmm, NULL);
-  uv_run(&home.uv, UV_RUN_DEFAULT); /* closes the loop's handles */
-  mb_loop_free(home.loop);
-  uv_loop_close(&home.uv);
-  home.loop = NULL;
-}
-
-/* ---- waiting for completions --------------------------------------------------------------- */
-
-typedef struct done_rec {
-  int pending;    /* completions still due */
-  int status;     /* the first failure */
-  uint64_t value; /* of the last completion */
-} done_rec;
-
-static void on_done(void *ctx, int status, uint64_t value) {
-  done_rec *d = ctx;
-  if (status != 0 && d->status == 0)
-    d->status = status;
-  d->value = value;
-  d->pending--;
-}
-
-/* Run the loop until every completion of d came in. Each completion runs on this loop; the
- * actors it waits for are on it too (ONE_LOOP) or on loops that wake it when they answer
- * (SPREAD). */
-static int pump(done_rec *d) {
-  while (d->pending > 0)
-    uv_run(&home.uv, UV_RUN_ONCE);
-  return d->status;
-}
-
 /* ---- one manager set up for a benchmark ---------------------------------------------------- */
 
-typedef enum kind { K_REGION, K_MAPPING } kind;
+/* What is measured: a region's map and unmap, a mapping's add and remove, or the replace of
+ * a mapping (which is there from the set-up on) by the other of two files. */
+typedef enum kind { K_REGION, K_MAPPING, K_REPLACE } kind;
 
 /* Where the manager's actors run: all on the home loop, or spread over three started loops
  * (map.spread). The requester is on the home loop either way. */
@@ -168,12 +101,13 @@ typedef struct map_bench {
   mb_loop *spread[SPREAD_LOOPS]; /* SPREAD: managers, primary VA mapper, partition mapper */
   mb_mm *mm;
   mb_object *obj;    /* the measured 2 MiB memfd */
+  mb_object *obj_b;  /* K_REPLACE: the other 2 MiB memfd */
   mb_object *other;  /* backs every other region or mapping */
   mb_region_id id;   /* the measured region, or the device region */
-  mb_mapping_params slot; /* K_MAPPING: the measured mapping */
+  mb_mapping_params slot; /* K_MAPPING, K_REPLACE: the measured mapping */
   mb_partition *part;
   uint32_t others;
-  uint64_t next;     /* classify: the next of the others to ask about */
+  uint64_t next;     /* classify: the next of the others to ask about; K_REPLACE: replaces */
 } map_bench;
 
 static void spread_stop(map_bench *st) {
@@ -191,37 +125,14 @@ static void map_bench_free(map_bench *st) {
     mb_mm_destroy(st->mm); /* ONE_LOOP: inline, its loop is this thread's */
   spread_stop(st);
   mb_object_unref(st->obj);
+  mb_object_unref(st->obj_b);
   mb_object_unref(st->other);
-  if (st->have_home) {
-    uv_run(&home.uv, UV_RUN_NOWAIT); /* let the loop finish with the destroyed actors */
-    home_put();
-  }
+  if (st->have_home)
+    mb_bench_home_put();
   free(st);
 }
 
 static void map_teardown(void *state) { map_bench_free(state); }
-
-static int region_add(map_bench *st, uint64_t gpa, uint64_t size, bool device,
-                      mb_region_id *id) {
-  mb_region_params p = {.name = NULL, .gpa = gpa, .size = size, .priority = 0, .device = device};
-  done_rec d = {1, 0, 0};
-  mb_region_add(st->mm, &p, on_done, &d);
-  int rc = pump(&d);
-  *id = (mb_region_id)d.value;
-  return rc;
-}
-
-static int mapping_add(map_bench *st, const mb_mapping_params *p) {
-  done_rec d = {1, 0, 0};
-  mb_mapping_add(st->mm, p, on_done, &d);
-  return pump(&d);
-}
-
-static int region_map(map_bench *st, mb_region_id id) {
-  done_rec d = {1, 0, 0};
-  mb_region_map(st->mm, id, true, on_done, &d);
-  return pump(&d);
-}
 
 /* The N other mapped regions (K_REGION) or mappings (K_MAPPING). Each step of the setup is
  * issued for all of them before the loop runs: operations complete in the order issued. */
@@ -232,33 +143,34 @@ static int add_others(mb_bench *b, map_bench *st, uint32_t n) {
   int rc = mb_object_create(MB_OBJECT_MEMFD, size, "bench-other", &st->other);
   if (rc != 0)
     return mb_bench_fail(b, "object: %s", membacking_strerror(rc));
-  if (st->kind == K_MAPPING) {
-    done_rec d = {(int)n, 0, 0};
+  if (st->kind != K_REGION) {
+    mb_bench_done d = {(int)n, 0, 0};
     for (uint32_t i = 0; i < n; i++) {
       mb_mapping_params p = {.region = st->id, .offset = OTHER_MAPPINGS_AT + i * OTHER_MAPPING_STRIDE,
                              .size = size, .obj = st->other, .obj_offset = 0, .writable = true};
-      mb_mapping_add(st->mm, &p, on_done, &d);
+      mb_mapping_add(st->mm, &p, mb_bench_on_done, &d);
     }
-    rc = pump(&d);
+    rc = mb_bench_pump(&d);
     return rc ? mb_bench_fail(b, "other mappings: %s", membacking_strerror(rc)) : 0;
   }
   mb_region_id *ids = calloc(n, sizeof *ids);
   if (ids == NULL)
     return -ENOMEM;
   for (uint32_t i = 0; i < n && rc == 0; i++) {
-    rc = region_add(st, OTHER_REGIONS_AT + i * OTHER_REGION_STRIDE, size, false, &ids[i]);
+    mb_region_params p = {.gpa = OTHER_REGIONS_AT + i * OTHER_REGION_STRIDE, .size = size};
+    rc = mb_bench_region_add(st->mm, &p, &ids[i]);
   }
-  done_rec d = {0, 0, 0};
+  mb_bench_done d = {0, 0, 0};
   for (uint32_t i = 0; i < n && rc == 0; i++) {
     mb_mapping_params p = {.region = ids[i], .offset = 0, .size = size, .obj = st->other,
                            .obj_offset = 0, .writable = true};
     d.pending++;
-    mb_mapping_add(st->mm, &p, on_done, &d);
+    mb_mapping_add(st->mm, &p, mb_bench_on_done, &d);
     d.pending++;
-    mb_region_map(st->mm, ids[i], true, on_done, &d);
+    mb_region_map(st->mm, ids[i], true, mb_bench_on_done, &d);
   }
   if (rc == 0)
-    rc = pump(&d);
+    rc = mb_bench_pump(&d);
   free(ids);
   return rc ? mb_bench_fail(b, "other regions: %s", membacking_strerror(rc)) : 0;
 }
@@ -276,29 +188,17 @@ static int spread_start(mb_bench *b, map_bench *st) {
   return 0;
 }
 
-static int partition_add(mb_bench *b, map_bench *st, const mb_partition_ops *ops) {
-  done_rec d = {1, 0, 0};
-  mb_partition_add(st->mm, ops, st->spread[SPREAD_PART], on_done, &d);
-  int rc = pump(&d);
-  st->part = (mb_partition *)(uintptr_t)d.value;
-  if (rc == MB_E_UNSUPPORTED && access("/dev/kvm", R_OK | W_OK) != 0)
-    return mb_bench_skip(b, "%s partition unsupported here: /dev/kvm: %s", ops->name,
-                         strerror(errno));
-  if (rc == MB_E_UNSUPPORTED)
-    return mb_bench_skip(b, "%s partition unsupported here", ops->name);
-  return rc ? mb_bench_fail(b, "%s partition: %s", ops->name, membacking_strerror(rc)) : 0;
-}
-
 /* The manager, in its shape, with a partition of `ops` (NULL: none). The requester (this
  * thread) is on the shared home loop in both shapes. */
 static int manager_create(mb_bench *b, map_bench *st, shape sh, const mb_partition_ops *ops) {
-  int rc = home_get(b);
+  int rc = mb_bench_home_get(b);
   if (rc != 0)
     return rc;
   st->have_home = true;
   if (sh == SPREAD && (rc = spread_start(b, st)) != 0)
     return rc;
-  mb_mm_config cfg = {.max_addr = MAX_ADDR, .overlap = MB_OVERLAP_NESTED, .loop = home.loop};
+  mb_mm_config cfg = {.max_addr = MAX_ADDR, .overlap = MB_OVERLAP_NESTED,
+                      .loop = mb_bench_home_loop()};
   if (sh == SPREAD) {
     cfg.loop = st->spread[SPREAD_MGR];
     cfg.part_loop = st->spread[SPREAD_VA];
@@ -307,28 +207,69 @@ static int manager_create(mb_bench *b, map_bench *st, shape sh, const mb_partiti
     st->mm = NULL;
     return mb_bench_fail(b, "mb_mm_create: %s", membacking_strerror(rc));
   }
-  return ops ? partition_add(b, st, ops) : 0;
+  return ops ? mb_bench_partition_add(b, st->mm, ops, st->spread[SPREAD_PART], &st->part) : 0;
 }
 
-/* The measured region (K_REGION: with its mapping, not mapped; K_MAPPING: the device region,
- * mapped, without the measured mapping). */
+static int replace_by(map_bench *st, mb_object *obj) {
+  mb_mapping_params p = st->slot;
+  p.obj = obj;
+  mb_bench_done d = {1, 0, 0};
+  mb_mapping_replace(st->mm, &p, mb_bench_on_done, &d);
+  return mb_bench_pump(&d);
+}
+
+/* K_REPLACE, once at set-up: a byte written through the VA mapper into obj's first page is
+ * gone once obj_b replaced obj there (an untouched memfd reads 0) and back once obj replaced
+ * obj_b. A row never measures a replace that does not replace. */
+static int replace_check(mb_bench *b, map_bench *st) {
+  mb_mapper *m = mb_mm_primary_mapper(st->mm);
+  uint8_t mark = 0xa1, seen[2] = {0xff, 0xff};
+  int rc = mb_mapper_write(m, DEVICE_AT, &mark, 1);
+  if (rc == 0 && (rc = replace_by(st, st->obj_b)) == 0)
+    rc = mb_mapper_read(m, DEVICE_AT, &seen[0], 1);
+  if (rc == 0 && (rc = replace_by(st, st->obj)) == 0)
+    rc = mb_mapper_read(m, DEVICE_AT, &seen[1], 1);
+  if (rc != 0)
+    return mb_bench_fail(b, "check: %s", membacking_strerror(rc));
+  if (seen[0] != 0 || seen[1] != mark)
+    return mb_bench_fail(b, "check: read %#x after the replace by the other file (expected 0), "
+                         "%#x after the replace back (expected %#x)", seen[0], seen[1], mark);
+  return 0;
+}
+
+/* K_MAPPING, K_REPLACE: the device region, mapped, and the measured mapping's parameters;
+ * K_REPLACE also adds that mapping (of obj; each replace puts the other object there). */
+static int device_add(mb_bench *b, map_bench *st) {
+  mb_region_params p = {.gpa = DEVICE_AT, .size = DEVICE_SIZE, .device = true};
+  int rc = mb_bench_region_add(st->mm, &p, &st->id);
+  if (rc == 0)
+    rc = mb_bench_region_map(st->mm, st->id, true);
+  if (rc != 0)
+    return mb_bench_fail(b, "device region: %s", membacking_strerror(rc));
+  st->slot = (mb_mapping_params){.region = st->id, .offset = 0, .size = MB_SLOT, .obj = st->obj,
+                                 .obj_offset = 0, .writable = true};
+  if (st->kind != K_REPLACE)
+    return 0;
+  if ((rc = mb_object_create(MB_OBJECT_MEMFD, MB_SLOT, "bench-map-b", &st->obj_b)) != 0)
+    return mb_bench_fail(b, "object: %s", membacking_strerror(rc));
+  if ((rc = mb_bench_mapping_add(st->mm, &st->slot)) != 0)
+    return mb_bench_fail(b, "mapping add: %s", membacking_strerror(rc));
+  return replace_check(b, st);
+}
+
+/* The measured region (K_REGION: with its mapping, not mapped) or the device region. */
 static int measured_add(mb_bench *b, map_bench *st) {
   int rc = mb_object_create(MB_OBJECT_MEMFD, MB_SLOT, "bench-map", &st->obj);
   if (rc != 0)
     return mb_bench_fail(b, "object: %s", membacking_strerror(rc));
-  if (st->kind == K_MAPPING) {
-    if ((rc = region_add(st, DEVICE_AT, DEVICE_SIZE, true, &st->id)) != 0 ||
-        (rc = region_map(st, st->id)) != 0)
-      return mb_bench_fail(b, "device region: %s", membacking_strerror(rc));
-    st->slot = (mb_mapping_params){.region = st->id, .offset = 0, .size = MB_SLOT,
-                                   .obj = st->obj, .obj_offset = 0, .writable = true};
-    return 0;
-  }
-  if ((rc = region_add(st, MEASURED_REGION_AT, MB_SLOT, false, &st->id)) != 0)
+  if (st->kind != K_REGION)
+    return device_add(b, st);
+  mb_region_params rp = {.gpa = MEASURED_REGION_AT, .size = MB_SLOT};
+  if ((rc = mb_bench_region_add(st->mm, &rp, &st->id)) != 0)
     return mb_bench_fail(b, "region add: %s", membacking_strerror(rc));
   mb_mapping_params p = {.region = st->id, .offset = 0, .size = MB_SLOT, .obj = st->obj,
                          .obj_offset = 0, .writable = true};
-  if ((rc = mapping_add(st, &p)) != 0)
+  if ((rc = mb_bench_mapping_add(st->mm, &p)) != 0)
     return mb_bench_fail(b, "mapping add: %s", membacking_strerror(rc));
   return 0;
 }
@@ -360,82 +301,59 @@ static int map_setup_common(mb_bench *b, void **state, kind k, const mb_partitio
   return map_setup_shape(b, state, k, ONE_LOOP, ops, others);
 }
 
-/* ---- the measured operation ------------------------------------------------------------------
+/* ---- the measured operations ---------------------------------------------------------------
  *
- * One operation: region map + region unmap (K_REGION), or mapping add + mapping remove
- * (K_MAPPING); each step is issued when the previous one completed, from its completion
- * callback, so the caller is on the loop like every actor: run() starts the first operation
- * and runs uv_run until the n-th has completed. Each operation is timed from just before its
- * first call to its second completion (MB_BENCH_SELF_TIMED).
- *
- * Why chain in the callbacks instead of issuing each step from run() and running uv_run until
- * it completes: every uv_run iteration polls (epoll_wait), and a system call costs ~1 us in
- * this machine's nested guest (an empty uv_run iteration measured 1.3 us here), which would
- * be two such polls per operation that no VMM issuing its memory operations from its own
- * loop pays; here the loop only goes back to libuv once per turn budget (runtime/loop.c,
- * TURN_BUDGET deliveries), which shows in p99, not p50. */
+ * K_REGION: region map + region unmap; K_MAPPING: mapping add + mapping remove; K_REPLACE: one
+ * mapping replace, by obj_b and obj in turn. Chained on the home loop (home.h). */
 
-typedef struct chain {
-  mb_bench *b;
-  map_bench *st;
-  uint32_t left;
-  uint64_t t0;
-  bool done;
-} chain;
-
-static void op_first(chain *c);
-
-static void chain_fail(chain *c, const char *what, int status) {
-  mb_bench_fail(c->b, "%s: %s", what, membacking_strerror(status));
-  c->done = true;
-}
-
-static void op_second_done(void *ctx, int status, uint64_t value) {
-  (void)value;
-  chain *c = ctx;
-  uint64_t t1 = mb_bench_now_ns();
-  if (status != 0) {
-    chain_fail(c, c->st->kind == K_REGION ? "region unmap" : "mapping remove", status);
-    return;
-  }
-  mb_bench_sample(c->b, (double)(t1 - c->t0));
-  c->left--;
-  op_first(c);
-}
-
-static void op_first_done(void *ctx, int status, uint64_t value) {
-  (void)value;
-  chain *c = ctx;
-  map_bench *st = c->st;
-  if (status != 0) {
-    chain_fail(c, st->kind == K_REGION ? "region map" : "mapping add", status);
-    return;
-  }
-  if (st->kind == K_REGION)
-    mb_region_unmap(st->mm, st->id, op_second_done, c);
+static void region_step(void *state, uint32_t step, mb_done_fn done, void *ctx) {
+  map_bench *st = state;
+  if (step == 0)
+    mb_region_map(st->mm, st->id, true, done, ctx);
   else
-    mb_mapping_remove(st->mm, st->id, st->slot.offset, st->slot.size, op_second_done, c);
+    mb_region_unmap(st->mm, st->id, done, ctx);
 }
 
-static void op_first(chain *c) {
-  map_bench *st = c->st;
-  if (c->left == 0) {
-    c->done = true;
-    return;
-  }
-  c->t0 = mb_bench_now_ns();
-  if (st->kind == K_REGION)
-    mb_region_map(st->mm, st->id, true, op_first_done, c);
-  else
-    mb_mapping_add(st->mm, &st->slot, op_first_done, c);
+static const char *region_step_name(const void *state, uint32_t step) {
+  (void)state;
+  return step == 0 ? "region map" : "region unmap";
 }
+
+static void mapping_step(void *state, uint32_t step, mb_done_fn done, void *ctx) {
+  map_bench *st = state;
+  if (step == 0)
+    mb_mapping_add(st->mm, &st->slot, done, ctx);
+  else
+    mb_mapping_remove(st->mm, st->id, st->slot.offset, st->slot.size, done, ctx);
+}
+
+static const char *mapping_step_name(const void *state, uint32_t step) {
+  (void)state;
+  return step == 0 ? "mapping add" : "mapping remove";
+}
+
+static void replace_step(void *state, uint32_t step, mb_done_fn done, void *ctx) {
+  (void)step;
+  map_bench *st = state;
+  mb_mapping_params p = st->slot;
+  p.obj = st->next++ % 2 == 0 ? st->obj_b : st->obj;
+  mb_mapping_replace(st->mm, &p, done, ctx);
+}
+
+static const char *replace_step_name(const void *state, uint32_t step) {
+  (void)state, (void)step;
+  return "mapping replace";
+}
+
+static const mb_bench_op map_ops[] = {
+    [K_REGION] = {.steps = 2, .issue = region_step, .name = region_step_name},
+    [K_MAPPING] = {.steps = 2, .issue = mapping_step, .name = mapping_step_name},
+    [K_REPLACE] = {.steps = 1, .issue = replace_step, .name = replace_step_name},
+};
 
 static int map_run(mb_bench *b, void *state, uint32_t n) {
-  chain c = {b, state, n, 0, false};
-  op_first(&c);
-  while (!c.done)
-    uv_run(&home.uv, UV_RUN_ONCE);
-  return 0; /* a failure was reported with mb_bench_fail() */
+  map_bench *st = state;
+  return mb_bench_chain(b, &map_ops[st->kind], st, n);
 }
 
 /* ---- setups ---------------------------------------------------------------------------------- */
@@ -451,6 +369,9 @@ static int map_kvm_setup(mb_bench *b, void **s) {
 }
 static int mapping_dax_setup(mb_bench *b, void **s) {
   return map_setup_common(b, s, K_MAPPING, NULL, 0);
+}
+static int mapping_replace_setup(mb_bench *b, void **s) {
+  return map_setup_common(b, s, K_REPLACE, NULL, 0);
 }
 
 #define SCALE_SETUPS(N)                                                                        \
@@ -525,6 +446,11 @@ static const mb_bench_def map_benches[] = {
     MAP_BENCH("mapping.dax", "syscalls.map_unmap", mapping_dax_setup,
               "mapping add + remove of 2 MiB in a mapped 1 GiB device region, eager VA "
               "mapper, one loop"),
+    {.name = "mapping.replace", .unit = MB_BENCH_NS, .baseline = "syscalls.map_replace",
+     .setup = mapping_replace_setup, .run = map_run, .teardown = map_teardown,
+     .flags = MB_BENCH_SELF_TIMED | MB_BENCH_CPU,
+     .doc = "mapping replace of 2 MiB in a mapped 1 GiB device region by another memfd's "
+            "(two alternating), eager VA mapper, one loop"},
     SCALE_REGIONS(10),
     SCALE_REGIONS(100),
     SCALE_REGIONS(1000),

@@ -182,6 +182,45 @@ static inline int fx_record(fx *f, int who, const char *what) {
   return 0;
 }
 
+/* "what RANGE:ACCESS=OBJ@OFF ..." for an entry array. */
+static inline void fx_entries_text(fx *f, char *buf, size_t len, const char *what,
+                                   const mb_map_entry *e, uint32_t count) {
+  char r[64];
+  size_t n = (size_t)snprintf(buf, len, "%s", what);
+  for (uint32_t i = 0; i < count && n < len; i++) {
+    fx_range(r, sizeof r, e[i].gpa, e[i].size);
+    n += (size_t)snprintf(buf + n, len - n, " %s:%s=%s@0x%" PRIx64, r,
+                          e[i].writable ? "rw" : "ro", fx_obj_name(f, e[i].obj), e[i].obj_off);
+  }
+}
+
+/* MM_REPLACE: the range shows exactly the entries from now on (entries inside it, apart). */
+static inline void fake_mm_replace(fx *f, fx_fake *k, mm_replace_msg *m, char *buf, size_t len,
+                                   int *rc) {
+  char r[64];
+  fx_range(r, sizeof r, m->gpa, m->size);
+  char what[80];
+  snprintf(what, sizeof what, "replace %s", r);
+  fx_entries_text(f, buf, len, what, m->entries, m->count);
+  *rc = fx_record(f, FAKE_MM, buf);
+  for (uint32_t i = 0; i < m->count; i++) {
+    mb_map_entry *e = &m->entries[i];
+    if (e->gpa < m->gpa || e->gpa + e->size > m->gpa + m->size ||
+        (i > 0 && m->entries[i - 1].gpa + m->entries[i - 1].size > e->gpa))
+      fx_violation(f, "MM_REPLACE: entries outside the range or overlapping");
+  }
+  if (*rc == 0) {
+    fx_list_cut(&k->state, m->gpa, m->size);
+    for (uint32_t i = 0; i < m->count; i++) {
+      mb_map_entry *e = &m->entries[i];
+      fx_list_insert(&k->state, (fx_ent){e->gpa, e->size, e->obj, e->obj_off, e->writable});
+    }
+  }
+  mb_map_entries_free(m->entries, m->count);
+  m->entries = NULL;
+  m->count = 0;
+}
+
 static inline void fake_mm_handle(mb_actor *self, mb_msg *msg) {
   fx_fake *k = mb_actor_state(self);
   fx *f = k->f;
@@ -190,14 +229,9 @@ static inline void fake_mm_handle(mb_actor *self, mb_msg *msg) {
   pthread_mutex_lock(&f->lock);
   mm_map_msg *map = mm_map_of(msg);
   mm_unmap_msg *unmap = mm_unmap_of(msg);
+  mm_replace_msg *repl = mm_replace_of(msg);
   if (map != NULL) {
-    size_t n = (size_t)snprintf(buf, sizeof buf, "map");
-    for (uint32_t i = 0; i < map->count && n < sizeof buf; i++) {
-      mb_map_entry *e = &map->entries[i];
-      fx_range(r, sizeof r, e->gpa, e->size);
-      n += (size_t)snprintf(buf + n, sizeof buf - n, " %s:%s=%s@0x%" PRIx64, r,
-                            e->writable ? "rw" : "ro", fx_obj_name(f, e->obj), e->obj_off);
-    }
+    fx_entries_text(f, buf, sizeof buf, "map", map->entries, map->count);
     rc = fx_record(f, FAKE_MM, buf);
     for (uint32_t i = 0; i < map->count; i++) {
       mb_map_entry *e = &map->entries[i];
@@ -217,6 +251,8 @@ static inline void fake_mm_handle(mb_actor *self, mb_msg *msg) {
     mb_map_entries_free(map->entries, map->count); /* ours, on success and on failure */
     map->entries = NULL;
     map->count = 0;
+  } else if (repl != NULL) {
+    fake_mm_replace(f, k, repl, buf, sizeof buf, &rc);
   } else if (unmap != NULL) {
     fx_range(r, sizeof r, unmap->gpa, unmap->size);
     snprintf(buf, sizeof buf, "unmap %s", r);
@@ -454,6 +490,11 @@ static inline int fx_partition_add_addr(fx *f, mb_addr a) {
   rm_partition_add_msg *m = rm_partition_add_new();
   m->partition = a;
   return fx_status(f, &m->hdr);
+}
+
+static inline int fx_txn(fx *f, bool begin) {
+  mb_msg *m = begin ? &rm_txn_begin_new()->hdr : &rm_txn_commit_new()->hdr;
+  return fx_status(f, m);
 }
 
 static inline int fx_partition_add(fx *f, int i) { return fx_partition_add_addr(f, f->pm_addr[i]); }

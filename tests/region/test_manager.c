@@ -455,8 +455,12 @@ static void test_errors(void **unused) {
   assert_int_equal(fx_mapping_remove(f, r, 4 * K, 1), MB_E_INVALID);
   assert_int_equal(fx_mapping_remove(f, r, 60 * K, 8 * K), MB_E_INVALID);
   assert_int_equal(fx_mapping_remove(f, r, UINT64_MAX - 4095, 8 * K), MB_E_INVALID);
-  /* mapping replace: a later capability */
-  assert_int_equal(fx_mapping_replace(f, r, 0, 4 * K, o, 0, RW), MB_E_UNSUPPORTED);
+  /* mapping replace: as add, minus overlap */
+  assert_int_equal(fx_mapping_replace(f, r, 0, 4 * K, NULL, 0, RW), MB_E_INVALID);
+  assert_int_equal(fx_mapping_replace(f, r, 1, 4 * K, o, 0, RW), MB_E_INVALID);
+  assert_int_equal(fx_mapping_replace(f, r, 60 * K, 8 * K, o, 0, RW), MB_E_INVALID);
+  assert_int_equal(fx_mapping_replace(f, 999, 0, 4 * K, o, 0, RW), MB_E_NOTFOUND);
+  assert_int_equal(fx_mapping_replace(f, r, 0, 4 * K, o, 4 * K, RW), 0);
   /* partitions */
   assert_int_equal(fx_partition_add_addr(f, (mb_addr){0}), MB_E_INVALID);
   assert_int_equal(fx_partition_remove(f, 0), MB_E_NOTFOUND);

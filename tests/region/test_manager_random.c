@@ -2,8 +2,11 @@
  * of every request (fixed seeds), under both overlap policies, with injected failures of
  * random nested calls. After each request the fake mapping manager's visible mappings, every
  * partition's pieces and every region's state must equal what a per-page computation of the
- * winners says; a request that failed must have changed nothing. One variant runs each fake
- * partition mapper on a loop thread of its own. */
+ * winners says; a request that failed must have changed nothing. Requests run inside random
+ * transactions too: there the regions' states follow the requests at once, the consumers
+ * keep the state from the begin until the commit, and a commit that fails puts everything
+ * back as it was at the begin. One variant runs each fake partition mapper on a loop thread
+ * of its own. */
 #include "rm_fakes.h"
 #include "rm_model.h"
 
@@ -38,21 +41,27 @@ typedef struct model {
   int ndead;
   bool part_added[FX_MAXP];
   mb_object *obj[NOBJ];
+  bool in_txn; /* the state at its begin: what the consumers show until the commit */
+  mreg saved[NSLOT];
+  uint32_t saved_dead[64];
+  int saved_ndead;
 } model;
 
 static uint64_t rnd(model *m) { return tu_xorshift(&m->rng); }
 
 static uint64_t below(model *m, uint64_t n) { return rnd(m) % n; }
 
-static mreg *winner(model *m, uint64_t pg) {
+static mreg *winner_of(mreg *regs, uint64_t pg) {
   mreg *w = NULL;
   for (int i = 0; i < NSLOT; i++) {
-    mreg *r = &m->r[i];
+    mreg *r = &regs[i];
     if (!r->live || !r->mapped || pg < r->start || pg >= r->end) continue;
     if (!w || r->prio > w->prio || (r->prio == w->prio && r->order < w->order)) w = r;
   }
   return w;
 }
+
+static mreg *winner(model *m, uint64_t pg) { return winner_of(m->r, pg); }
 
 static int expected_state(model *m, mreg *r) {
   if (!r->mapped) return MB_REGION_UNMAPPED;
@@ -64,8 +73,8 @@ static int expected_state(model *m, mreg *r) {
 static void check(model *m, const char *what) {
   fx *f = m->f;
   fx_no_violations(f);
-  mreg *win[NPAGES];
-  for (uint64_t p = 0; p < NPAGES; p++) win[p] = winner(m, p);
+  mreg *win[NPAGES]; /* what the consumers show */
+  for (uint64_t p = 0; p < NPAGES; p++) win[p] = winner_of(m->in_txn ? m->saved : m->r, p);
   /* visible mappings, page by page, normalized */
   fx_list want = {calloc(NPAGES, sizeof(fx_ent)), 0, NPAGES};
   for (uint64_t p = 0; p < NPAGES; p++) {
@@ -140,6 +149,28 @@ static void pick_range(model *m, uint64_t pages, uint64_t *off, uint64_t *size) 
   if (below(m, 16) == 0) *size += 1 + below(m, 4); /* past the end */
 }
 
+/* Begin or commit a transaction (a commit may fail: an injected failure). */
+static void txn_step(model *m, int i, int *want, int *got, char *what, size_t len) {
+  fx *f = m->f;
+  bool begin = !m->in_txn || below(m, 8) == 0; /* a begin inside one is refused */
+  *want = begin && m->in_txn ? MB_E_INVALID : 0;
+  *got = fx_txn(f, begin);
+  snprintf(what, len, "step %d: txn %s", i, begin ? "begin" : "commit");
+  if (begin && !m->in_txn && *got == 0) {
+    memcpy(m->saved, m->r, sizeof m->r);
+    memcpy(m->saved_dead, m->dead_ids, sizeof m->dead_ids);
+    m->saved_ndead = m->ndead;
+    m->in_txn = true;
+  } else if (!begin) {
+    m->in_txn = false;
+    if (*got != 0) { /* rolled back */
+      memcpy(m->r, m->saved, sizeof m->r);
+      memcpy(m->dead_ids, m->saved_dead, sizeof m->dead_ids);
+      m->ndead = m->saved_ndead;
+    }
+  }
+}
+
 static void step(model *m, int i) {
   fx *f = m->f;
   mreg *r;
@@ -149,7 +180,7 @@ static void step(model *m, int i) {
   bool inject = below(m, 3) == 0;
   if (inject) fx_fail_in(f, (long)below(m, below(m, 2) ? 3 : 12), -ENOMEM);
   int failed0 = f->failed;
-  switch (below(m, 9)) {
+  switch (below(m, 11)) {
   case 0:
   case 1: { /* region add */
     mreg *slot = NULL;
@@ -210,15 +241,18 @@ static void step(model *m, int i) {
     int o = (int)below(m, NOBJ);
     uint64_t oo = below(m, OBJ_PAGES);
     bool w = below(m, 3) != 0;
+    bool replace = below(m, 3) == 0;
     if (!r) want = MB_E_NOTFOUND;
     else if (off + size > pages || oo + size > OBJ_PAGES) want = MB_E_INVALID;
     else {
       want = 0;
-      for (uint64_t p = off; p < off + size; p++)
+      for (uint64_t p = off; p < off + size && !replace; p++)
         if (r->map[p].obj >= 0) want = MB_E_OVERLAP;
     }
-    got = fx_mapping_add(f, id, off * PG, size * PG, m->obj[o], oo * PG, w);
-    snprintf(what, sizeof what, "step %d: mapping add %u %" PRIu64 "+%" PRIu64, i, id, off, size);
+    got = replace ? fx_mapping_replace(f, id, off * PG, size * PG, m->obj[o], oo * PG, w)
+                  : fx_mapping_add(f, id, off * PG, size * PG, m->obj[o], oo * PG, w);
+    snprintf(what, sizeof what, "step %d: mapping %s %u %" PRIu64 "+%" PRIu64, i,
+             replace ? "replace" : "add", id, off, size);
     if (got == 0 && r)
       for (uint64_t p = 0; p < size; p++) r->map[off + p] = (mpage){o, oo + p, w};
     break;
@@ -234,9 +268,16 @@ static void step(model *m, int i) {
       for (uint64_t p = off; p < off + size; p++) r->map[p].obj = -1;
     break;
   }
+  case 9:
+  case 10:
+    txn_step(m, i, &want, &got, what, sizeof what);
+    break;
   case 7: { /* partitions */
     int p = (int)below(m, (uint64_t)f->npm);
-    if (m->part_added[p] && below(m, 2)) {
+    if (m->in_txn) { /* no consumer changes inside a transaction */
+      want = MB_E_INVALID;
+      got = m->part_added[p] ? fx_partition_remove(f, p) : fx_partition_add(f, p);
+    } else if (m->part_added[p] && below(m, 2)) {
       want = 0;
       got = fx_partition_remove(f, p);
       if (got == 0) {
