@@ -532,13 +532,17 @@ int mb_mapping_remove_sync(mb_mm *mm, mb_region_id region, uint64_t offset, uint
  * the moment its begin is issued to the moment its commit is. */
 
 static mb_msg *txn_msg(mb_mm *mm, bool begin) {
-  atomic_store(&mm->txn, begin);
+  mb_msg *msg = NULL;
   if (begin) {
     rm_txn_begin_msg *m = rm_txn_begin_new();
-    return m ? &m->hdr : NULL;
+    msg = m ? &m->hdr : NULL;
+  } else {
+    rm_txn_commit_msg *m = rm_txn_commit_new();
+    msg = m ? &m->hdr : NULL;
   }
-  rm_txn_commit_msg *m = rm_txn_commit_new();
-  return m ? &m->hdr : NULL;
+  if (msg != NULL) /* a request never sent changes nothing, the flag included */
+    atomic_store(&mm->txn, begin);
+  return msg;
 }
 
 void mb_txn_begin(mb_mm *mm, mb_done_fn done, void *ctx) {

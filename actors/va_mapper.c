@@ -248,6 +248,17 @@ static bool locked(const mb_vam *v, uint64_t a, uint64_t b) {
   return mb_rtree_first_overlap(&v->locks, a, b) != NULL;
 }
 
+/* Does a held lock need what a change of [a, b) takes? A new backing (or none) takes every
+ * lock's; an access that drops to read-only takes a writable lock's; a rise takes nothing. */
+static bool lock_needs(const mb_vam *v, uint64_t a, uint64_t b, bool moves, bool drops) {
+  mb_rtree_node *n;
+  mb_rtree_for_each_overlap(n, &v->locks, a, b) {
+    if (moves || (drops && mb_rtree_entry(n, mb_lock, node)->writable))
+      return true;
+  }
+  return false;
+}
+
 static bool is_resolve(const mb_msg *msg) {
   return msg->proto == &mm_protocol;
 }
@@ -416,11 +427,13 @@ static int map_gap(mb_vam *v, uint64_t start, uint64_t end, mb_object *obj, uint
 /* Replaces what is established at [start, end) by object bytes, in one MAP_FIXED (no hole
  * for a concurrent reader), then records them. After a failed map the range is torn down
  * and unrecorded (a lazy mapper faults it in again), unless the kernel refuses that too: the
- * old pages are then still mapped, and stay recorded. It checks for locks and maps under
- * `lock`, so no lock can be taken on the old pages in between. With a lock in the way:
- * parked (job). */
+ * old pages are then still mapped, and stay recorded. When only the access changes (`same`:
+ * the same object bytes are established there) it is one mprotect instead, which keeps the
+ * pages (private memory's contents too) and locks that need no more than the new access. It
+ * checks for locks and maps under `lock`, so no lock can be taken on the old pages in
+ * between. With a lock in the way: parked (job). */
 static int map_replace(mb_vam *v, uint64_t start, uint64_t end, mb_object *obj,
-                       uint64_t obj_off, bool writable, vam_job *job) {
+                       uint64_t obj_off, bool writable, bool same, vam_job *job) {
   /* A spare only when one established range straddles both edges (then it is the only one
    * overlapping); only this thread changes the tree, so the check holds until unrecord. */
   mb_rtree_node *it = mb_rtree_first_overlap(&v->ranges, start, end);
@@ -433,15 +446,16 @@ static int map_replace(mb_vam *v, uint64_t start, uint64_t end, mb_object *obj,
   }
   int rc;
   vam_lock(v);
-  if (locked(v, start, end)) {
+  if (lock_needs(v, start, end, !same, !writable)) {
     rc = park(v, job);
     vam_unlock(v);
     range_put(v, r);
     range_put(v, spare);
     return rc;
   }
-  rc = map_object(v, start, end, obj, obj_off, writable);
-  if (rc == 0 || mb_va_unmap(&v->va, start, end - start) == 0)
+  rc = same ? mb_va_protect(&v->va, start, end - start, writable)
+            : map_object(v, start, end, obj, obj_off, writable);
+  if (rc == 0 || (!same && mb_va_unmap(&v->va, start, end - start) == 0))
     unrecord(v, it, start, end, &spare);
   if (rc == 0) {
     *r = (vam_range){.obj = mb_object_ref(obj), .obj_off = obj_off, .writable = writable};
@@ -479,9 +493,19 @@ static int teardown(mb_vam *v, uint64_t a, uint64_t b, vam_job *job) {
   return host_refused(map_error(rc));
 }
 
-static bool same_backing(const vam_range *r, uint64_t at, const mb_object *obj, uint64_t obj_off,
-                         bool writable) {
-  return r->obj == obj && r->obj_off + (at - r->node.start) == obj_off && r->writable == writable;
+/* Are these object bytes established at `at` in r (whatever the access)? */
+static bool same_place(const vam_range *r, uint64_t at, const mb_object *obj, uint64_t obj_off) {
+  return r->obj == obj && r->obj_off + (at - r->node.start) == obj_off;
+}
+
+/* Makes [s, t), inside the established range `it`, show obj[off, ...) with that access. */
+static int change_piece(mb_vam *v, mb_rtree_node *it, uint64_t s, uint64_t t, mb_object *obj,
+                        uint64_t off, bool writable, vam_job *job) {
+  const vam_range *r = range_of(it);
+  bool same = same_place(r, s, obj, off);
+  if (same && r->writable == writable)
+    return 0;
+  return map_replace(v, s, t, obj, off, writable, same, job);
 }
 
 /* Establishes obj[obj_off, +size) at gpa. Pieces already established with the same backing
@@ -501,8 +525,7 @@ static int establish(mb_vam *v, const mb_map_entry *e, vam_job *job) {
       rc = map_gap(v, cur, stop, e->obj, off, e->writable);
     } else {
       stop = it->end < end ? it->end : end;
-      if (!same_backing(range_of(it), cur, e->obj, off, e->writable))
-        rc = map_replace(v, cur, stop, e->obj, off, e->writable, job);
+      rc = change_piece(v, it, cur, stop, e->obj, off, e->writable, job);
     }
     if (rc != 0)
       return rc;
@@ -549,15 +572,36 @@ static int refresh(mb_vam *v, const mb_map_entry *e, vam_job *job) {
   mb_rtree_node *it;
   while (cur < end && (it = mb_rtree_first_overlap(&v->ranges, cur, end)) != NULL) {
     uint64_t s = it->start > cur ? it->start : cur, t = it->end < end ? it->end : end;
-    uint64_t off = e->obj_off + (s - e->gpa);
-    int rc = same_backing(range_of(it), s, e->obj, off, e->writable)
-                 ? 0
-                 : map_replace(v, s, t, e->obj, off, e->writable, job);
+    int rc = change_piece(v, it, s, t, e->obj, e->obj_off + (s - e->gpa), e->writable, job);
     if (rc != 0)
       return rc;
     cur = t;
   }
   return 0;
+}
+
+/* Would the replace take what a held lock needs on some page (`lock` held)? Each
+ * established piece of the range against the entry over it (or none). */
+static bool replace_needs_locks(const mb_vam *v, const vam_replace_msg *m) {
+  uint64_t a = m->gpa, b = m->gpa + m->size;
+  uint32_t i = 0;
+  mb_rtree_node *it;
+  mb_rtree_for_each_overlap(it, &v->ranges, a, b) {
+    const vam_range *r = range_of(it);
+    uint64_t cur = it->start > a ? it->start : a, end = it->end < b ? it->end : b;
+    while (cur < end) {
+      while (i < m->count && m->entries[i].gpa + m->entries[i].size <= cur)
+        i++;
+      const mb_map_entry *e = i < m->count && m->entries[i].gpa <= cur ? &m->entries[i] : NULL;
+      uint64_t stop = !e ? (i < m->count && m->entries[i].gpa < end ? m->entries[i].gpa : end)
+                         : (e->gpa + e->size < end ? e->gpa + e->size : end);
+      bool moves = !e || !same_place(r, cur, e->obj, e->obj_off + (cur - e->gpa));
+      if (lock_needs(v, cur, stop, moves, e && r->writable && !e->writable))
+        return true;
+      cur = stop;
+    }
+  }
+  return false;
 }
 
 /* VAM_REPLACE (va_mapper.h): the gaps between the entries are torn down, the entries
@@ -568,7 +612,7 @@ static int handle_replace(mb_vam *v, const vam_replace_msg *m, vam_job *job) {
   if (rc != 0)
     return rc;
   vam_lock(v);
-  bool held = locked(v, m->gpa, m->gpa + m->size);
+  bool held = replace_needs_locks(v, m);
   if (held)
     rc = park(v, job);
   vam_unlock(v);

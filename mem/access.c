@@ -102,8 +102,8 @@ static inline void mb__probe(uintptr_t p, size_t n, bool write) {
 #if defined(__x86_64__)
     if (write)
       __asm__ volatile("lock orb $0, %0" : "+m"(*(unsigned char *)a)::"memory");
-    else
-      __asm__ volatile("" ::"r"(*(volatile unsigned char *)a) : "memory");
+    else /* the load itself in assembly: a C load would be instrumented under TSan */
+      __asm__ volatile("movb %0, %%al" ::"m"(*(const unsigned char *)a) : "al", "memory");
 #else
     if (write)
       __atomic_fetch_or((unsigned char *)a, 0, __ATOMIC_RELAXED);

@@ -28,19 +28,24 @@
  *
  * The guest runs one command at a time from its mailbox, with real loads and stores, and rings
  * the doorbell (an OUT to DEMO_DOORBELL_PORT) when it is done; the VMM then puts the next
- * command in the mailbox. After STOP the VMM does not run the guest again. */
-enum { DEMO_CMD_NONE, DEMO_CMD_READ, DEMO_CMD_WRITE, DEMO_CMD_WORK, DEMO_CMD_STOP };
+ * command in the mailbox. After STOP the VMM does not run the guest again. SCAN loads 8 bytes
+ * every `stride` bytes of [gpa, gpa + size) and counts the loads that found `value`, `alt`
+ * or anything else. */
+enum { DEMO_CMD_NONE, DEMO_CMD_READ, DEMO_CMD_WRITE, DEMO_CMD_WORK, DEMO_CMD_SCAN, DEMO_CMD_STOP };
 
 typedef struct demo_mailbox {
-  uint64_t cmd, gpa, value; /* written by the VMM while the guest waits at the doorbell */
-  uint64_t result;          /* what a READ loaded: written by the guest */
+  uint64_t cmd, gpa, value;  /* written by the VMM while the guest waits at the doorbell */
+  uint64_t result;           /* what a READ loaded: written by the guest */
+  uint64_t size, stride, alt; /* SCAN: written by the VMM */
+  uint64_t n_value, n_alt;   /* SCAN: what the guest counted, */
+  uint64_t n_other, other;   /* and the last value that was neither */
 } demo_mailbox;
 
 extern const uint8_t demo_guest_code[];
 extern const size_t demo_guest_code_size;
 enum {
   DEMO_GUEST_EXEC = 0x00,      /* runs the command in the mailbox */
-  DEMO_GUEST_DONE = 0x38,      /* the doorbell; then back to EXEC */
+  DEMO_GUEST_DONE = 0x8b,      /* the doorbell; then back to EXEC */
   DEMO_GUEST_MAILBOX = 0x3000, /* the mailbox's distance from the code (RIP-relative) */
   DEMO_DOORBELL_PORT = 0xe0,
 };
@@ -79,6 +84,15 @@ typedef struct demo_probe {
 
 typedef struct demo_kvm demo_kvm;
 
+/* What the guest scans in the background while `scanning` is set (the VMM fills the range
+ * before it sets it), and what the scans found. An exit on the way is a failure of the scan: a
+ * range that never has a hole must never make the guest exit. */
+typedef struct demo_scan {
+  uint64_t gpa, size, stride, value, alt;
+  _Atomic bool scanning;
+  _Atomic uint64_t scans, n_value, n_alt, n_other, other, failed, exits;
+} demo_scan;
+
 typedef struct demo_vcpu {
   /* set before the thread starts, then read-only */
   mb_partition *part;
@@ -94,10 +108,12 @@ typedef struct demo_vcpu {
   _Atomic(demo_probe *) pending;
   _Atomic uint64_t guest_steps, guest_errors; /* background work done / failed (must be 0) */
   _Atomic uint64_t exits_mmio, exits_fault, exits_ram;
+  demo_scan scan;
   /* the vCPU thread's own */
   demo_probe *current;     /* the probe in the mailbox, NULL for background work */
   int outcome;             /* of the command in the mailbox: 0, MB_E_MMIO, MB_E_FAULT */
   unsigned retries;        /* RAM answers in a row for the command in the mailbox */
+  bool scan_next;          /* background work alternates WORK and SCAN while scanning */
 } demo_vcpu;
 
 int demo_vcpu_start(demo_vcpu *v);
@@ -105,6 +121,11 @@ void demo_vcpu_stop(demo_vcpu *v, uv_loop_t *vmm_uv);
 /* Hand the probe to the guest; it is answered when `answered` (or `exited`) is set, and the
  * vCPU thread posts a wake-up to the VMM loop then. */
 void demo_vcpu_probe(demo_vcpu *v, demo_probe *p);
+/* The guest's background work scans [gpa, gpa + size) by stride, counting loads of value, of
+ * alt and of anything else, until demo_vcpu_scan_stop (counts start from 0). */
+void demo_vcpu_scan_start(demo_vcpu *v, uint64_t gpa, uint64_t size, uint64_t stride,
+                          uint64_t value, uint64_t alt);
+void demo_vcpu_scan_stop(demo_vcpu *v);
 
 /* vCPU thread: the guest rang the doorbell. Completes the command in the mailbox and puts the
  * next one there; false when that one is STOP. */
@@ -165,6 +186,10 @@ int demo_region_unmap(vmm *v, mb_region_id id);
 int demo_mapping_add(vmm *v, mb_region_id id, uint64_t off, uint64_t size, mb_object *obj,
                      uint64_t obj_off, bool writable);
 int demo_mapping_remove(vmm *v, mb_region_id id, uint64_t off, uint64_t size);
+int demo_mapping_replace(vmm *v, mb_region_id id, uint64_t off, uint64_t size, mb_object *obj,
+                         uint64_t obj_off, bool writable);
+int demo_txn_begin(vmm *v);
+int demo_txn_commit(vmm *v);
 /* The operation succeeded, else it is a failure of the story. */
 void demo_must(vmm *v, int rc, const char *what);
 /* An asynchronous call in flight: pass demo_on_done and the demo_pending as its completion,
@@ -182,6 +207,7 @@ int demo_finish(vmm *v, demo_pending *p, int kind, uint64_t t0);
 
 void demo_story_boot(vmm *v);
 void demo_story_pam(vmm *v);
+void demo_story_pam_txn(vmm *v);
 void demo_story_dax(vmm *v);
 void demo_story_churn(vmm *v, int rounds);
 void demo_story_summary(vmm *v);
@@ -191,7 +217,8 @@ void demo_story_check_counter(vmm *v);
 /* ---- latency per kind of operation (demo_stats.c) ------------------------------------------ */
 
 enum { DEMO_OP_REGION_MAP, DEMO_OP_REGION_UNMAP, DEMO_OP_ACCESS_CHANGE, DEMO_OP_MAPPING_ADD,
-       DEMO_OP_MAPPING_REMOVE, DEMO_OP_REGION_ADD, DEMO_OP_KINDS };
+       DEMO_OP_MAPPING_REMOVE, DEMO_OP_MAPPING_REPLACE, DEMO_OP_TXN_COMMIT, DEMO_OP_REGION_ADD,
+       DEMO_OP_KINDS };
 
 void demo_stats_add(int kind, uint64_t ns);
 void demo_stats_print(void);

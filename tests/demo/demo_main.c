@@ -18,7 +18,7 @@
  *
  * Usage: membacking-demo [--soft | --kvm] [ROUNDS]
  *   --soft   the soft vCPU even where KVM works; --kvm   FAIL where KVM cannot run the guest;
- *   ROUNDS   DAX chunks churned while the guest runs (default 200). */
+ *   ROUNDS   DAX chunks replaced while the guest runs and reads them (default 200). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -81,6 +81,28 @@ int demo_mapping_remove(vmm *v, mb_region_id id, uint64_t off, uint64_t size) {
   uint64_t t0 = demo_now_ns();
   mb_mapping_remove(v->mm, id, off, size, demo_on_done, &p);
   return demo_finish(v, &p, DEMO_OP_MAPPING_REMOVE, t0);
+}
+
+int demo_mapping_replace(vmm *v, mb_region_id id, uint64_t off, uint64_t size, mb_object *obj,
+                         uint64_t obj_off, bool writable) {
+  demo_pending p = {0};
+  mb_mapping_params mp = {id, off, size, obj, obj_off, writable};
+  uint64_t t0 = demo_now_ns();
+  mb_mapping_replace(v->mm, &mp, demo_on_done, &p);
+  return demo_finish(v, &p, DEMO_OP_MAPPING_REPLACE, t0);
+}
+
+int demo_txn_begin(vmm *v) {
+  demo_pending p = {0};
+  mb_txn_begin(v->mm, demo_on_done, &p);
+  return demo_finish(v, &p, -1, 0);
+}
+
+int demo_txn_commit(vmm *v) {
+  demo_pending p = {0};
+  uint64_t t0 = demo_now_ns();
+  mb_txn_commit(v->mm, demo_on_done, &p);
+  return demo_finish(v, &p, DEMO_OP_TXN_COMMIT, t0);
 }
 
 void demo_must(vmm *v, int rc, const char *what) {
@@ -241,6 +263,7 @@ static void stop_vmm(vmm *v) {
 static void tell_story(vmm *v, int rounds) {
   demo_story_boot(v);
   demo_story_pam(v);
+  demo_story_pam_txn(v);
   demo_story_dax(v);
   demo_story_churn(v, rounds > 0 ? rounds : 1);
   demo_stats_print();

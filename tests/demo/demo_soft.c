@@ -37,7 +37,26 @@ static int guest_access(demo_vcpu *v, uint64_t gpa, uint8_t buf[8], bool write) 
   }
 }
 
-/* The program's READ, WRITE and WORK (which is `inc qword [gpa]`: a load, then a store). */
+/* The program's SCAN: its counts are written once every load is done, as the program does. */
+static void exec_scan(demo_vcpu *v, demo_mailbox *m) {
+  uint64_t n[3] = {0, 0, 0}, other = 0;
+  for (uint64_t off = 0; off < m->size; off += m->stride) {
+    uint8_t b[8];
+    uint64_t x;
+    if (guest_access(v, m->gpa + off, b, false) != 0)
+      return;
+    memcpy(&x, b, sizeof x);
+    int k = x == m->value ? 0 : x == m->alt ? 1 : 2;
+    n[k]++;
+    if (k == 2)
+      other = x;
+  }
+  m->n_value = n[0], m->n_alt = n[1], m->n_other = n[2];
+  if (n[2])
+    m->other = other;
+}
+
+/* The program's READ, WRITE, WORK (which is `inc qword [gpa]`: a load, then a store) and SCAN. */
 static void exec_command(demo_vcpu *v, demo_mailbox *m) {
   uint8_t b[8];
   uint64_t n;
@@ -57,6 +76,9 @@ static void exec_command(demo_vcpu *v, demo_mailbox *m) {
     n++;
     memcpy(b, &n, sizeof n);
     guest_access(v, m->gpa, b, true);
+    break;
+  case DEMO_CMD_SCAN:
+    exec_scan(v, m);
     break;
   default:
     break;

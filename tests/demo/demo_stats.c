@@ -7,7 +7,8 @@
 #include "demo.h"
 
 static const char *const kind_names[DEMO_OP_KINDS] = {
-    "region map", "region unmap", "access change", "mapping add", "mapping remove", "region add",
+    "region map",      "region unmap", "access change", "mapping add", "mapping remove",
+    "mapping replace", "txn commit",   "region add",
 };
 
 typedef struct samples {

@@ -1,9 +1,10 @@
 /* demo_story.c: the story the demo VMM tells while its guest runs. The VMM changes the guest's
- * memory map (PAM windows between shadow RAM and ROM, read-only and writable again, DAX file
- * chunks added, replaced, split, removed, the window unmapped and mapped again, 200 chunks
- * churned) and after each change asks the running guest to load or store 8 bytes somewhere,
- * and checks what came back: data from memory, an MMIO exit that the device model served, or a
- * fault. The checks are the same whichever vCPU runs the guest (KVM or soft). */
+ * memory map (PAM windows between shadow RAM and ROM, read-only and writable again, all three
+ * at once in a transaction; DAX file chunks added, replaced, split, removed, the window
+ * unmapped and mapped again, 200 chunks replaced while the guest keeps reading them) and after
+ * each change asks the running guest to load or store 8 bytes somewhere, and checks what came
+ * back: data from memory, an MMIO exit that the device model served, or a fault. The checks
+ * are the same whichever vCPU runs the guest (KVM or soft). */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -91,6 +92,22 @@ static void expect_device(vmm *v, const char *story, _Atomic uint64_t *counter,
   printf("  %-12s %-34s %-40s %s\n", "device model", what, story, ok ? "ok" : "WRONG");
 }
 
+static const char *const state_names[] = {"unmapped", "hidden", "active", "partial"};
+
+/* The manager's own state of a region (what a transaction changes at once). */
+static void expect_state(vmm *v, const char *story, const char *name, mb_region_id id,
+                         int want) {
+  demo_pending p = {0};
+  mb_region_state(v->mm, id, demo_on_done, &p);
+  int rc = demo_finish(v, &p, -1, 0);
+  bool ok = rc == 0 && p.value == (uint64_t)want;
+  char what[32];
+  snprintf(what, sizeof what, "%s %s", name,
+           rc ? membacking_strerror(rc) : state_names[p.value & 3]);
+  check(v, ok);
+  printf("  %-12s %-34s %-40s %s\n", "region state", what, story, ok ? "ok" : "WRONG");
+}
+
 /* The guest's background work moves on (or its vCPU has stopped). */
 static void wait_guest_progress(vmm *v) {
   demo_vcpu *c = &v->vcpu;
@@ -134,14 +151,37 @@ void demo_story_pam(vmm *v) {
   expect_view(v, "the guest's store, seen by the VMM", 0xf0000, 0x77);
 }
 
+/* The chipset programs all three PAM registers at once: one transaction, so the guest sees
+ * the old map until the commit and the new one after it, never a mix. */
+void demo_story_pam_txn(vmm *v) {
+  printf("PAM: all three windows switched at once, in one transaction\n");
+  demo_must(v, demo_txn_begin(v), "txn begin");
+  demo_must(v, demo_region_unmap(v, v->pam_e), "unmap pam_e");
+  demo_must(v, demo_region_unmap(v, v->pam_f), "unmap pam_f");
+  demo_must(v, demo_region_map(v, v->pam_c, false, DEMO_OP_ACCESS_CHANGE), "pam_c ro");
+  expect_state(v, "the manager's state changed at once", "pam_f", v->pam_f, MB_REGION_UNMAPPED);
+  expect_read(v, "not committed: the guest sees the shadow", 0xf0000, 0, 0x77);
+  demo_must(v, demo_txn_commit(v), "txn commit");
+  expect_read(v, "committed: the ROM shows through", 0xf0000, 0, 0xea);
+  expect_read(v, "and in the low half", 0xe0000, 0, 0xea);
+  expect_write(v, "option ROM shadow read-only: exits", 0xc0000, 0x00, MB_E_MMIO);
+  demo_must(v, demo_txn_begin(v), "txn begin");
+  demo_must(v, demo_region_map(v, v->pam_e, true, DEMO_OP_REGION_MAP), "map pam_e");
+  demo_must(v, demo_region_map(v, v->pam_f, true, DEMO_OP_REGION_MAP), "map pam_f");
+  demo_must(v, demo_region_map(v, v->pam_c, true, DEMO_OP_ACCESS_CHANGE), "pam_c rw");
+  demo_must(v, demo_txn_commit(v), "txn commit");
+  expect_read(v, "all back: the shadow kept its bytes", 0xf0000, 0, 0x77);
+  expect_write(v, "option ROM shadow writable again", 0xc0000, 0x42, 0);
+  expect_view(v, "the guest's store, seen by the VMM", 0xc0000, 0x42);
+}
+
 void demo_story_dax(vmm *v) {
   const uint64_t dax = DEMO_DAX_GPA, half = DEMO_CHUNK / 2;
   printf("DAX: file chunks come and go in the device window\n");
   demo_must(v, demo_mapping_add(v, v->dax, 0, DEMO_CHUNK, v->dax_a, 0, true), "dax add A");
   expect_read(v, "chunk 0 = file A", dax, 0, 0xa1);
-  demo_must(v, demo_mapping_remove(v, v->dax, 0, DEMO_CHUNK), "dax remove");
-  demo_must(v, demo_mapping_add(v, v->dax, 0, DEMO_CHUNK, v->dax_b, 0, true), "dax add B");
-  expect_read(v, "chunk 0 = file B", dax, 0, 0xb2);
+  demo_must(v, demo_mapping_replace(v, v->dax, 0, DEMO_CHUNK, v->dax_b, 0, true), "dax B");
+  expect_read(v, "chunk 0 replaced in place by file B", dax, 0, 0xb2);
   demo_must(v, demo_mapping_remove(v, v->dax, half, half), "dax remove half");
   expect_read(v, "first half still mapped", dax, 0, 0xb2);
   expect_read(v, "second half removed: a hole", dax + half, MB_E_FAULT, 0);
@@ -153,28 +193,65 @@ void demo_story_dax(vmm *v) {
   demo_must(v, demo_mapping_remove(v, v->dax, 0, DEMO_CHUNK), "dax remove all");
 }
 
-/* Many chunks churned while the guest runs; every load must see exactly the current file. */
+/* Many chunks replaced while the guest runs and keeps scanning them: a replace is atomic, so
+ * every load the guest makes there finds file A or file B and none of them exits (no hole, no
+ * fault, no MMIO); after each replace the guest loads the chunk's new file. */
+enum { CHURN_CHUNKS = 4, CHURN_STRIDE = 64 * 1024 };
+
+static void churn_round(vmm *v, int i, bool *is_b, int *wrong) {
+  int k = i % CHURN_CHUNKS;
+  uint64_t off = (uint64_t)k * DEMO_CHUNK, seen = 0;
+  is_b[k] = !is_b[k];
+  mb_object *file = is_b[k] ? v->dax_b : v->dax_a;
+  demo_must(v, demo_mapping_replace(v, v->dax, off, DEMO_CHUNK, file, 0, true), "churn");
+  if (guest_access(v, DEMO_DAX_GPA + off + 4096, false, &seen) ||
+      seen != bytes(is_b[k] ? 0xb2 : 0xa1))
+    (*wrong)++;
+}
+
+/* After the scan stopped: what the guest's scans found during the churn. */
+static void check_scans(vmm *v) {
+  demo_scan *s = &v->vcpu.scan;
+  uint64_t scans = atomic_load(&s->scans), a = atomic_load(&s->n_value),
+           b = atomic_load(&s->n_alt), other = atomic_load(&s->n_other),
+           exits = atomic_load(&s->exits), failed = atomic_load(&s->failed);
+  bool ok = scans > 0 && other == 0 && exits == 0 && failed == 0;
+  check(v, ok);
+  printf("  the guest scanned the chunks %llu times meanwhile: %llu loads of file A, %llu of "
+         "file B, %llu of neither, %llu exits, %llu scans failed %s\n",
+         (unsigned long long)scans, (unsigned long long)a, (unsigned long long)b,
+         (unsigned long long)other, (unsigned long long)exits, (unsigned long long)failed,
+         ok ? "ok" : "WRONG");
+  if (other)
+    printf("  the last load of neither found %016llx\n",
+           (unsigned long long)atomic_load(&s->other));
+}
+
 void demo_story_churn(vmm *v, int rounds) {
-  printf("DAX churn: %d remaps while the guest keeps running\n", rounds);
+  printf("DAX churn: %d chunk replacements while the guest keeps reading the chunks\n", rounds);
+  bool is_b[CHURN_CHUNKS] = {false};
   int wrong = 0;
-  for (int i = 0; i < rounds; i++) {
-    uint64_t off = (uint64_t)(i % 64) * DEMO_CHUNK, seen = 0;
-    mb_object *file = (i & 1) ? v->dax_b : v->dax_a;
-    demo_must(v, demo_mapping_add(v, v->dax, off, DEMO_CHUNK, file, 0, true), "churn add");
-    if (guest_access(v, DEMO_DAX_GPA + off + 4096, false, &seen) ||
-        seen != bytes((i & 1) ? 0xb2 : 0xa1))
-      wrong++;
-    demo_must(v, demo_mapping_remove(v, v->dax, off, DEMO_CHUNK), "churn remove");
-  }
+  for (int k = 0; k < CHURN_CHUNKS; k++)
+    demo_must(v, demo_mapping_add(v, v->dax, (uint64_t)k * DEMO_CHUNK, DEMO_CHUNK, v->dax_a, 0,
+                                  true), "churn add");
+  demo_vcpu_scan_start(&v->vcpu, DEMO_DAX_GPA, CHURN_CHUNKS * DEMO_CHUNK, CHURN_STRIDE,
+                       bytes(0xa1), bytes(0xb2));
+  for (int i = 0; i < rounds; i++)
+    churn_round(v, i, is_b, &wrong);
+  demo_vcpu_scan_stop(&v->vcpu);
+  uint64_t seen = 0; /* the guest runs commands in order: once this is answered, no scan runs */
+  if (guest_access(v, DEMO_DAX_GPA, false, &seen) || seen != bytes(is_b[0] ? 0xb2 : 0xa1))
+    wrong++;
   check(v, wrong == 0);
-  printf("  %d of %d guest loads saw the right file %s\n", rounds - wrong, rounds,
-         wrong ? "WRONG" : "ok");
+  printf("  %d of %d guest loads after a replace saw the chunk's new file %s\n",
+         rounds + 1 - wrong, rounds + 1, wrong ? "WRONG" : "ok");
+  check_scans(v);
+  demo_must(v, demo_mapping_remove(v, v->dax, 0, CHURN_CHUNKS * DEMO_CHUNK), "churn remove");
 }
 
 /* ---- the summary --------------------------------------------------------------------------- */
 
 static void print_states(vmm *v) {
-  static const char *const names[] = {"unmapped", "hidden", "active", "partial"};
   struct { const char *name; mb_region_id id; } r[] = {
       {"ram_low", v->low}, {"pam_c", v->pam_c}, {"pam_e", v->pam_e}, {"pam_f", v->pam_f},
       {"rom_e", v->rom_e}, {"rom_f", v->rom_f}, {"ram_high", v->high}, {"dax", v->dax}};
@@ -182,7 +259,7 @@ static void print_states(vmm *v) {
   for (size_t i = 0; i < sizeof r / sizeof r[0]; i++) {
     demo_pending p = {0};
     mb_region_state(v->mm, r[i].id, demo_on_done, &p);
-    if (demo_finish(v, &p, -1, 0) == 0) printf(" %s=%s", r[i].name, names[p.value & 3]);
+    if (demo_finish(v, &p, -1, 0) == 0) printf(" %s=%s", r[i].name, state_names[p.value & 3]);
   }
 }
 

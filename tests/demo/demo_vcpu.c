@@ -1,8 +1,10 @@
 /* demo_vcpu.c: the VMM's vCPU thread, the part that does not depend on what runs the guest
  * (KVM in demo_kvm.c, the soft vCPU in demo_soft.c):
  *   - the mailbox protocol: at each doorbell, the command the guest finished is reported (a
- *     probe's answer goes back to the VMM's loop) and the next one is put in the mailbox: a
- *     probe the VMM handed over, STOP, or else background work on the guest's counter;
+ *     probe's answer goes back to the VMM's loop, a scan's counts to demo_scan) and the next
+ *     one is put in the mailbox: a probe the VMM handed over, STOP, or else background work:
+ *     the guest's counter, or while the VMM has a scan running, the counter and the scan in
+ *     turn;
  *   - the exit question's answer, turned into an action: device MMIO goes to the device model,
  *     a fault fails the command, RAM means the exit raced with a change of the map (retry).
  * The thread never waits for a loop except through the soft partition's accesses. */
@@ -26,11 +28,26 @@ static void answer(demo_vcpu *v, demo_probe *p, int status) {
   mb_loop_post(v->vmm_loop, wake_vmm, NULL); /* the VMM loop notices `answered` */
 }
 
+static void finish_scan(demo_scan *s, const demo_mailbox *m, int outcome) {
+  if (outcome) {
+    atomic_fetch_add(&s->failed, 1);
+    return;
+  }
+  atomic_fetch_add(&s->scans, 1);
+  atomic_fetch_add(&s->n_value, m->n_value);
+  atomic_fetch_add(&s->n_alt, m->n_alt);
+  atomic_fetch_add(&s->n_other, m->n_other);
+  if (m->n_other)
+    atomic_store(&s->other, m->other);
+}
+
 /* The command in the mailbox is done: report it. */
 static void finish_command(demo_vcpu *v) {
   const demo_mailbox *m = v->mbox;
   if (m->cmd == DEMO_CMD_WORK)
     atomic_fetch_add(v->outcome ? &v->guest_errors : &v->guest_steps, 1);
+  if (m->cmd == DEMO_CMD_SCAN)
+    finish_scan(&v->scan, m, v->outcome);
   demo_probe *p = v->current;
   if (!p)
     return;
@@ -50,11 +67,18 @@ static void next_command(demo_vcpu *v) {
   demo_probe *p = atomic_exchange(&v->pending, NULL);
   if (p) {
     v->current = p;
-    *m = (demo_mailbox){p->write ? DEMO_CMD_WRITE : DEMO_CMD_READ, p->gpa, p->value, 0};
+    *m = (demo_mailbox){.cmd = p->write ? DEMO_CMD_WRITE : DEMO_CMD_READ, .gpa = p->gpa,
+                        .value = p->value};
     return;
   }
   sched_yield(); /* two cores: leave room for the VMM and its memory operations */
-  *m = (demo_mailbox){DEMO_CMD_WORK, DEMO_GUEST_COUNTER, 0, 0};
+  const demo_scan *s = &v->scan;
+  v->scan_next = !v->scan_next && atomic_load(&s->scanning);
+  if (v->scan_next)
+    *m = (demo_mailbox){.cmd = DEMO_CMD_SCAN, .gpa = s->gpa, .value = s->value,
+                        .size = s->size, .stride = s->stride, .alt = s->alt};
+  else
+    *m = (demo_mailbox){.cmd = DEMO_CMD_WORK, .gpa = DEMO_GUEST_COUNTER};
 }
 
 bool demo_vcpu_doorbell(demo_vcpu *v) {
@@ -66,6 +90,8 @@ bool demo_vcpu_doorbell(demo_vcpu *v) {
 /* data NULL: nothing is pending (a memory-fault exit: the instruction did not run), so MMIO
  * cannot be served now; running it again gives an MMIO exit that can. */
 int demo_vcpu_exit(demo_vcpu *v, const mb_kvm_exit *ex, uint8_t *data) {
+  if (v->mbox->cmd == DEMO_CMD_SCAN)
+    atomic_fetch_add(&v->scan.exits, 1);
   if (ex->kind == MB_GPA_MMIO && data) {
     atomic_fetch_add(&v->exits_mmio, 1);
     demo_devices_access(v->dev, ex->gpa, data, (uint32_t)ex->len, ex->write);
@@ -103,6 +129,13 @@ void demo_vcpu_fail(demo_vcpu *v, const char *fmt, ...) {
   atomic_store(&v->failed, true);
 }
 
+static void scan_reset(demo_scan *s) {
+  _Atomic uint64_t *counts[] = {&s->scans, &s->n_value, &s->n_alt, &s->n_other,
+                                &s->other, &s->failed, &s->exits};
+  for (size_t i = 0; i < sizeof counts / sizeof counts[0]; i++)
+    atomic_store(counts[i], 0);
+}
+
 /* ---- the thread, as the VMM sees it -------------------------------------------------------- */
 
 static void *vcpu_main(void *arg) {
@@ -129,9 +162,12 @@ int demo_vcpu_start(demo_vcpu *v) {
   atomic_init(&v->exits_mmio, 0);
   atomic_init(&v->exits_fault, 0);
   atomic_init(&v->exits_ram, 0);
+  atomic_init(&v->scan.scanning, false);
+  scan_reset(&v->scan);
   v->current = NULL;
   v->outcome = 0;
   v->retries = 0;
+  v->scan_next = false;
   v->mbox = v->kvm ? demo_kvm_mailbox(v->kvm) : &v->soft_mbox;
   *v->mbox = (demo_mailbox){.cmd = DEMO_CMD_NONE};
   return pthread_create(&v->thread, NULL, vcpu_main, v) ? -1 : 0;
@@ -150,3 +186,13 @@ void demo_vcpu_probe(demo_vcpu *v, demo_probe *p) {
   atomic_store(&v->answered, false);
   atomic_store(&v->pending, p);
 }
+
+void demo_vcpu_scan_start(demo_vcpu *v, uint64_t gpa, uint64_t size, uint64_t stride,
+                          uint64_t value, uint64_t alt) {
+  demo_scan *s = &v->scan;
+  s->gpa = gpa, s->size = size, s->stride = stride, s->value = value, s->alt = alt;
+  scan_reset(s);
+  atomic_store(&s->scanning, true); /* publishes the range to the vCPU thread */
+}
+
+void demo_vcpu_scan_stop(demo_vcpu *v) { atomic_store(&v->scan.scanning, false); }

@@ -21,6 +21,7 @@
 #include "kvm_slots.h"
 #include "membacking.h"
 #include "test_util.h"
+#include "tu_fake_vm.h"
 
 #define MiB (1ull << 20)
 #define KiB (1ull << 10)
@@ -218,95 +219,19 @@ static void test_classify(void **unused) {
   world_fini(&w);
 }
 
-/* ---- kvm_attach against a fake VM ---------------------------------------------------- */
-
-enum { FAKE_SLOTS = 64 };
-
-/* A VM's memory slots as KVM keeps them, with KVM's rules: an id below the limit, no overlap
- * with another slot, no resize of a live slot, delete only what exists. */
-typedef struct fake_vm {
-  pthread_mutex_t lock;
-  struct kvm_userspace_memory_region slot[FAKE_SLOTS]; /* memory_size 0: free */
-  int calls, fail_at, fail_err; /* fail the fail_at-th call (1-based) with fail_err */
-  int violations;
-  /* a hook run inside each call: the test's look at the exit question mid-operation */
-  void (*on_set)(struct fake_vm *vm, const struct kvm_userspace_memory_region *r);
-  void *ctx;
-} fake_vm;
-
-static bool overlaps(const struct kvm_userspace_memory_region *a, uint64_t gpa, uint64_t size) {
-  return a->memory_size && a->guest_phys_addr < gpa + size && gpa < a->guest_phys_addr + a->memory_size;
-}
-
-static int fake_set_locked(fake_vm *vm, const struct kvm_userspace_memory_region *r) {
-  if (r->slot >= FAKE_SLOTS)
-    return -EINVAL;
-  struct kvm_userspace_memory_region *s = &vm->slot[r->slot];
-  if (r->memory_size == 0) {
-    if (s->memory_size == 0)
-      vm->violations++; /* deleting nothing: a bug of ours */
-    s->memory_size = 0;
-    return 0;
-  }
-  if (s->memory_size != 0)
-    return -EINVAL; /* KVM cannot resize or re-add a live slot */
-  for (int i = 0; i < FAKE_SLOTS; i++)
-    if (overlaps(&vm->slot[i], r->guest_phys_addr, r->memory_size))
-      return -EEXIST;
-  *s = *r;
-  return 0;
-}
-
-static int fake_set_region(void *ctx, const struct kvm_userspace_memory_region *r) {
-  fake_vm *vm = ctx;
-  if (vm->on_set)
-    vm->on_set(vm, r);
-  pthread_mutex_lock(&vm->lock);
-  int rc = ++vm->calls == vm->fail_at ? vm->fail_err : fake_set_locked(vm, r);
-  pthread_mutex_unlock(&vm->lock);
-  return rc;
-}
-
-/* The slots in use, and whether all of them lie in [first, first + count). */
-static int fake_used(fake_vm *vm, uint32_t first, uint32_t count, bool *inside) {
-  int n = 0;
-  *inside = true;
-  pthread_mutex_lock(&vm->lock);
-  for (uint32_t i = 0; i < FAKE_SLOTS; i++) {
-    if (!vm->slot[i].memory_size)
-      continue;
-    n++;
-    *inside &= i >= first && i < first + count;
-  }
-  pthread_mutex_unlock(&vm->lock);
-  return n;
-}
-
-static mb_partition_params attach_params(fake_vm *vm, mb_kvm_attach_config *c, uint32_t first,
-                                         uint32_t count) {
-  *c = (mb_kvm_attach_config){.vm_fd = -1, .slot_first = first, .slot_count = count,
-                              .set_region = fake_set_region, .ctx = vm};
-  return (mb_partition_params){&mb_partition_kvm_attach, c, NULL};
-}
-
-static void fake_init(fake_vm *vm) {
-  memset(vm, 0, sizeof *vm);
-  pthread_mutex_init(&vm->lock, NULL);
-  /* the VMM's own slot 0 (firmware), far above the guest's RAM */
-  vm->slot[0] = (struct kvm_userspace_memory_region){0, 0, 1ull << 40, 4096, 0x1000};
-}
+/* ---- kvm_attach against a fake VM (tu_fake_vm.h) ------------------------------------------ */
 
 static void test_attach_slots(void **unused) {
   (void)unused;
-  fake_vm vm;
-  fake_init(&vm);
+  tu_fake_vm vm;
+  tu_fake_init(&vm);
   mb_kvm_attach_config c;
-  mb_partition_params params = attach_params(&vm, &c, 8, 4);
+  mb_partition_params params = tu_fake_params(&vm, &c, 8, 4);
   world w;
   world_init(&w, &params);
   bool inside;
-  assert_int_equal(fake_used(&vm, 8, 4, &inside), 2 + 1); /* ram, rom, and the VMM's slot 0 */
-  assert_int_equal(fake_used(&vm, 0, 12, &inside), 3);
+  assert_int_equal(tu_fake_used(&vm, 8, 4, &inside), 2 + 1); /* ram, rom, and the VMM's slot 0 */
+  assert_int_equal(tu_fake_used(&vm, 0, 12, &inside), 3);
   /* three more regions fit the range of four only up to its end: the fifth is -ENOSPC and
    * changes nothing */
   mb_region_id r[3];
@@ -334,27 +259,27 @@ static void test_attach_slots(void **unused) {
   assert_int_equal(mb_partition_ranges_sync(w.part, &ranges), 0);
   assert_int_equal(ranges->count, 3); /* ram (with its hole), rom, r[2] */
   free(ranges);
-  assert_int_equal(fake_used(&vm, 8, 4, &inside), 4);
+  assert_int_equal(tu_fake_used(&vm, 8, 4, &inside), 4);
   /* removing the partition deletes exactly its slots: the VMM's stays */
   assert_int_equal(mb_partition_remove_sync(w.part), 0);
-  assert_int_equal(fake_used(&vm, 0, 1, &inside), 1);
+  assert_int_equal(tu_fake_used(&vm, 0, 1, &inside), 1);
   assert_true(inside);
   assert_int_equal(vm.violations, 0);
   world_fini(&w);
-  pthread_mutex_destroy(&vm.lock);
+  tu_fake_fini(&vm);
 }
 
 static void test_attach_config(void **unused) {
   (void)unused;
-  fake_vm vm;
-  fake_init(&vm);
+  tu_fake_vm vm;
+  tu_fake_init(&vm);
   world w;
   world_init(&w, NULL);
   mb_kvm_attach_config c;
-  mb_partition_params params = attach_params(&vm, &c, MB_KVM_SLOT_LIMIT - 1, 2);
+  mb_partition_params params = tu_fake_params(&vm, &c, MB_KVM_SLOT_LIMIT - 1, 2);
   mb_partition *p = NULL;
   assert_int_equal(mb_partition_attach_sync(w.mm, &params, &p), MB_E_INVALID);
-  params = attach_params(&vm, &c, 0, 0);
+  params = tu_fake_params(&vm, &c, 0, 0);
   c.set_region = NULL; /* and vm_fd -1: not a KVM VM */
   assert_int_equal(mb_partition_attach_sync(w.mm, &params, &p), MB_E_INVALID);
   c.vm_fd = 0; /* stdin: not a KVM VM either */
@@ -363,12 +288,12 @@ static void test_attach_config(void **unused) {
   assert_int_equal(mb_partition_attach_sync(w.mm, &params, &p), MB_E_INVALID);
   assert_int_equal(mb_partition_attach_sync(w.mm, NULL, &p), MB_E_INVALID);
   /* too few slots for what is visible: the add fails and leaves nothing behind */
-  params = attach_params(&vm, &c, 4, 1);
+  params = tu_fake_params(&vm, &c, 4, 1);
   assert_int_equal(mb_partition_attach_sync(w.mm, &params, &p), -ENOSPC);
   bool inside;
-  assert_int_equal(fake_used(&vm, 0, 1, &inside), 1);
+  assert_int_equal(tu_fake_used(&vm, 0, 1, &inside), 1);
   world_fini(&w);
-  pthread_mutex_destroy(&vm.lock);
+  tu_fake_fini(&vm);
 }
 
 /* While an operation deletes and re-adds slots (and, between the two, changes the VA mapper),
@@ -378,7 +303,7 @@ typedef struct midway {
   int asked, ram;
 } midway;
 
-static void ask_midway(fake_vm *vm, const struct kvm_userspace_memory_region *r) {
+static void ask_midway(tu_fake_vm *vm, const struct kvm_userspace_memory_region *r) {
   midway *m = vm->ctx;
   (void)r;
   if (!m || !m->part)
@@ -391,11 +316,11 @@ static void ask_midway(fake_vm *vm, const struct kvm_userspace_memory_region *r)
 
 static void test_attach_stays_ram(void **unused) {
   (void)unused;
-  fake_vm vm;
-  fake_init(&vm);
+  tu_fake_vm vm;
+  tu_fake_init(&vm);
   midway m = {0};
   mb_kvm_attach_config c;
-  mb_partition_params params = attach_params(&vm, &c, 1, 16);
+  mb_partition_params params = tu_fake_params(&vm, &c, 1, 16);
   world w;
   world_init(&w, &params);
   vm.ctx = &m;
@@ -420,7 +345,7 @@ static void test_attach_stays_ram(void **unused) {
   m.part = NULL;
   assert_int_equal(vm.violations, 0);
   world_fini(&w);
-  pthread_mutex_destroy(&vm.lock);
+  tu_fake_fini(&vm);
 }
 
 /* ---- kvm_attach on a real VM (skipped without /dev/kvm) ----------------------------------- */
