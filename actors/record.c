@@ -4,11 +4,17 @@
  * recording replays with membacking-replay.
  *
  * Names: a region keeps its user's name when that is a valid scenario NAME not used by another
- * live region, else it becomes region<ID>; objects, mappers and partitions get o<N>, m<N>, p<N>.
+ * live region, else it becomes region<ID> (with a suffix while that is taken); a region add
+ * that failed names no live region either (a failed definition defines nothing, but defining a
+ * live name is an error of the script); objects, mappers and partitions get o<N>, m<N>, p<N>.
  * Backing objects are recorded as `object memfd` of their size (their contents are not).
- * An operation the format cannot express (unaligned arguments, which a scenario rejects, or a
- * result outside the scenario's error codes) is written as a comment, and so is a want of
- * memory of the recording's own (a name it could not keep: the lines after it may not replay). */
+ * Arguments are written as the user passed them (an unaligned one replays as error:invalid);
+ * what the host refused (MB_ENOMEM, a negative errno) is error:resource. A result outside the
+ * format's codes (the runtime's own) is written as a comment, and so is a want of memory of the
+ * recording's own (a name it could not keep: the lines after it may not replay).
+ *
+ * Transactions: a commit that fails returns the manager to the state of its begin, and the
+ * region names with it (the names live at the begin are kept until the commit). */
 #include <inttypes.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -40,6 +46,9 @@ struct mb__rec {
   size_t nkeys, cap;
   unsigned objects, mappers, partitions;
   bool nomem; /* said so in the recording */
+  bool in_txn;             /* a transaction is open, and its begin's names are kept */
+  rec_region *txn_regions; /* the regions at the transaction's begin */
+  size_t txn_nregions;
 };
 
 /* Names that could not be kept make the rest of the recording unreliable: it says so, once. */
@@ -74,6 +83,18 @@ static const char *region_name(mb__rec *r, uint32_t id, char *buf, size_t len) {
   return buf;
 }
 
+/* The user's name when it is a valid NAME no live region has, else `fallback`, suffixed .1,
+ * .2, ... while a live region has that. */
+static void region_pick_name(const mb__rec *r, const char *want, const char *fallback,
+                             char out[64]) {
+  if (valid_name(want) && !name_live(r, want)) {
+    snprintf(out, 64, "%s", want);
+    return;
+  }
+  snprintf(out, 64, "%s", fallback);
+  for (unsigned n = 1; name_live(r, out); n++) snprintf(out, 64, "%s.%u", fallback, n);
+}
+
 static bool region_register(mb__rec *r, uint32_t id, const char *want) {
   if (id >= r->nregions) {
     size_t n = id + 1 > 2 * r->nregions ? id + 1 : 2 * r->nregions;
@@ -87,8 +108,9 @@ static bool region_register(mb__rec *r, uint32_t id, const char *want) {
     r->nregions = n;
   }
   rec_region *g = &r->regions[id];
-  if (valid_name(want) && !name_live(r, want)) snprintf(g->name, sizeof g->name, "%s", want);
-  else snprintf(g->name, sizeof g->name, "region%" PRIu32, id);
+  char fallback[32];
+  snprintf(fallback, sizeof fallback, "region%" PRIu32, id);
+  region_pick_name(r, want, fallback, g->name);
   g->live = true;
   return true;
 }
@@ -118,16 +140,20 @@ static rec_key *key_add(mb__rec *r, const void *key, char prefix, unsigned n) {
 
 /* ---- lines ---------------------------------------------------------------------------------- */
 
-/* Ends a command line with its result; false (nothing written) when the format cannot say it. */
-static void put_result(mb__rec *r, int status) {
+/* The format's code of a status: the library's own, or `resource` for what the host refused
+ * (the runtime's MB_ENOMEM, a negative errno); NULL for the runtime's other codes. */
+static const char *result_token(int status) {
   const char *tok = mb_error_token(status);
+  bool errno_code = status < 0 && status > MB_EGONE;
+  return tok ? tok : status == MB_ENOMEM || errno_code ? "resource" : NULL;
+}
+
+/* Ends a command line with its result; a comment when the format cannot say it. */
+static void put_result(mb__rec *r, int status) {
+  const char *tok = result_token(status);
   if (status == 0) fputs(" => ok\n", r->f);
   else if (tok) fprintf(r->f, " => error:%s\n", tok);
   else fprintf(r->f, " # not replayable: %s\n", membacking_strerror(status));
-}
-
-static bool aligned(uint64_t a, uint64_t b, uint64_t c) {
-  return mb_page_aligned(a) && mb_page_aligned(b) && mb_page_aligned(c);
 }
 
 static const char *object_name(mb__rec *r, mb_object *obj) {
@@ -141,10 +167,9 @@ static const char *object_name(mb__rec *r, mb_object *obj) {
 
 static void rec_region_add(mb__rec *r, rm_region_add_msg *m, int status) {
   char buf[64];
-  if (!aligned(m->gpa, m->size, 0)) fputs("# ", r->f);
   const char *name = buf;
   if (status == 0 && region_register(r, m->id, m->name)) name = r->regions[m->id].name;
-  else snprintf(buf, sizeof buf, "%s", valid_name(m->name) && !name_live(r, m->name) ? m->name : "region_failed");
+  else region_pick_name(r, m->name, "region_failed", buf);
   fprintf(r->f, "region add %s 0x%" PRIx64 " 0x%" PRIx64 " prio=%u type=%s", name, m->gpa, m->size,
           m->prio, m->device ? "device" : "ram");
   put_result(r, status);
@@ -152,12 +177,36 @@ static void rec_region_add(mb__rec *r, rm_region_add_msg *m, int status) {
 
 static void rec_mapping(mb__rec *r, const char *verb, rm_mapping_add_msg *m, int status) {
   char buf[32];
-  if (!aligned(m->offset, m->size, m->obj_off)) fputs("# ", r->f);
   const char *obj = m->obj ? object_name(r, m->obj) : "none";
   fprintf(r->f, "mapping %s %s 0x%" PRIx64 " 0x%" PRIx64 " %s 0x%" PRIx64 " %s", verb,
           region_name(r, m->id, buf, sizeof buf), m->offset, m->size, obj, m->obj_off,
           m->writable ? "rw" : "ro");
   put_result(r, status);
+}
+
+/* ---- transactions ----------------------------------------------------------------------------- */
+
+/* Out of memory, the names are not kept: a commit that fails then leaves them as they are. */
+static void txn_begin(mb__rec *r) {
+  free(r->txn_regions);
+  r->txn_regions = r->nregions ? mb__malloc(r->nregions * sizeof *r->regions) : NULL;
+  r->txn_nregions = r->txn_regions ? r->nregions : 0;
+  if (r->txn_regions) memcpy(r->txn_regions, r->regions, r->nregions * sizeof *r->regions);
+  else if (r->nregions) rec_nomem(r);
+  r->in_txn = r->txn_regions || !r->nregions;
+}
+
+/* A commit (or a commit refused outside a transaction: nothing to do). */
+static void txn_end(mb__rec *r, bool failed) {
+  if (r->in_txn && failed) {
+    for (size_t id = 0; id < r->nregions; id++)
+      if (id < r->txn_nregions) r->regions[id] = r->txn_regions[id];
+      else r->regions[id].live = false; /* added inside: gone again */
+  }
+  free(r->txn_regions);
+  r->txn_regions = NULL;
+  r->txn_nregions = 0;
+  r->in_txn = false;
 }
 
 static void rec_simple(mb__rec *r, const char *what, uint32_t id, const char *tail, int status) {
@@ -187,12 +236,21 @@ static void rec_locked(mb__rec *r, mb_msg *msg, int status) {
     break;
   case RM_MAPPING_REMOVE: {
     rm_mapping_remove_msg *m = rm_mapping_remove_of(msg);
-    if (!aligned(m->offset, m->size, 0)) fputs("# ", r->f);
     fprintf(r->f, "mapping remove %s 0x%" PRIx64 " 0x%" PRIx64,
             region_name(r, m->id, buf, sizeof buf), m->offset, m->size);
     put_result(r, status);
     break;
   }
+  case RM_TXN_BEGIN:
+    fputs("txn begin", r->f);
+    put_result(r, status);
+    if (status == 0) txn_begin(r);
+    break;
+  case RM_TXN_COMMIT:
+    fputs("txn commit", r->f);
+    put_result(r, status);
+    txn_end(r, status != 0);
+    break;
   default: break; /* queries and partitions are recorded elsewhere or not at all */
   }
 }
@@ -326,6 +384,7 @@ void mb__rec_close(mb__rec *r, mb_mm *mm) {
   for (size_t i = 0; i < r->nkeys; i++)
     if (r->keys[i].obj_ref) mb_object_unref(r->keys[i].obj_ref);
   pthread_mutex_destroy(&r->lock);
+  free(r->txn_regions);
   free(r->keys);
   free(r->regions);
   free(r);

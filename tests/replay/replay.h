@@ -112,6 +112,17 @@ typedef struct replay_fault {
   char *kept_maps;         /* mappings left after an injected munmap failure (the kernel's) */
 } replay_fault;
 
+/* The transaction the script has open (spec "Transactions", replay_txn.c): open from the
+ * moment its begin is issued (closed again if the begin fails) until its commit completes.
+ * The region names it defined and removed are kept (referenced) for a commit that fails:
+ * the manager then returns to the state of the begin, and so do the names. */
+typedef struct replay_txn {
+  bool open;
+  unsigned line;        /* of its txn begin */
+  replay_table added;   /* region entries named inside it */
+  replay_table removed; /* region entries whose names it removed */
+} replay_txn;
+
 typedef struct replay_world {
   const scenario *sc;
   replay_layout layout;
@@ -136,6 +147,7 @@ typedef struct replay_world {
    * the loop: the world is still quiescent, and an access needs no new settle. */
   bool quiet;
   replay_fault *fault;     /* --fault-check: its observations (owned by replay_run); else NULL */
+  replay_txn txn;
 } replay_world;
 
 /* Set up loops and the manager for `sc`. 0, or an error (msg filled). */
@@ -159,6 +171,9 @@ void replay_loop_free(replay_world *w, mb_loop *loop);
 replay_entry *replay_name_lookup(replay_world *w, replay_ns ns, const char *name);
 replay_entry *replay_name_add(replay_world *w, replay_ns ns, const char *name);
 void replay_name_remove(replay_world *w, replay_ns ns, replay_entry *e);
+/* Put an entry that replay_name_remove took out back into its table (a failed commit). NULL
+ * when out of memory (the entry stays out). */
+replay_entry *replay_name_restore(replay_world *w, replay_ns ns, replay_entry *e);
 replay_entry *replay_entry_ref(replay_entry *e);
 void replay_entry_unref(replay_world *w, replay_entry *e);
 
@@ -202,6 +217,10 @@ struct replay_op {
 /* Issue the operation `cmd` (an operation, or an expect command that queries state). Never
  * NULL unless out of memory; the returned op may already be done. */
 replay_op *replay_op_start(replay_world *w, const scenario_cmd *cmd);
+/* An op for `cmd` that the runner answers itself with `status`, issuing nothing (a rule of the
+ * format the runner enforces: an unknown label, async inside a transaction). NULL when out of
+ * memory. */
+replay_op *replay_op_answer(replay_world *w, const scenario_cmd *cmd, int status);
 /* Completion, as the API's mb_done_fn (ctx = op), or called directly for an answer the runner
  * gives itself (notfound, unsupported). */
 void replay_op_done(void *ctx, int status, uint64_t value);
@@ -209,6 +228,16 @@ static inline bool replay_op_is_done(replay_op *op) {
   return atomic_load_explicit(&op->done, memory_order_acquire);
 }
 void replay_op_free(replay_op *op);
+
+/* ---- transactions (replay_txn.c) ------------------------------------------------------------- */
+
+/* txn begin and txn commit, as start functions of replay_ops.c. */
+void replay_txn_begin(replay_world *w, replay_op *op);
+void replay_txn_commit(replay_world *w, replay_op *op);
+/* A region name defined (added true) or removed while a transaction is open. */
+void replay_txn_note(replay_world *w, replay_entry *e, bool added);
+/* Forget what the transaction kept (the world's teardown). */
+void replay_txn_fini(replay_world *w);
 
 /* ---- the access worker ----------------------------------------------------------------------- */
 
@@ -228,6 +257,9 @@ void replay_worker_quiet(void);
 
 /* ---- checking results ------------------------------------------------------------------------- */
 
+/* The scenario code of a status ("overlap", ..., "resource" for the runtime's MB_ENOMEM and a
+ * negative errno: what the host refused), or NULL for one the format has no code for. */
+const char *replay_error_token(int status);
 /* Compare a completed op with an expectation; on a mismatch set *got to what happened
  * ("got ...", malloc'd) and return false. */
 bool replay_check_result(const replay_op *op, const scenario_expect *e, char **got);

@@ -37,6 +37,14 @@ char *replay_command_text(const scenario_cmd *cmd) { return capture(print_comman
 
 /* ---- results ----------------------------------------------------------------------------------- */
 
+const char *replay_error_token(int status) {
+  const char *token = mb_error_token(status);
+  if (token) return token;
+  /* What the host refused: the runtime's out of memory, or a negative errno (membacking.h) */
+  bool errno_code = status < 0 && status > MB_EGONE;
+  return status == MB_ENOMEM || errno_code ? "resource" : NULL;
+}
+
 static bool is_read(scenario_cmd_kind kind) {
   return kind == SCENARIO_READ || kind == SCENARIO_GUEST_READ;
 }
@@ -51,7 +59,7 @@ static char *bytes_text(const uint8_t *data, size_t len) {
 /* What an operation's completion amounts to, in scenario terms. */
 static char *happened(const replay_op *op) {
   if (op->refusal) return replay_strdupf("%s", op->refusal);
-  const char *token = mb_error_token(op->status);
+  const char *token = replay_error_token(op->status);
   if (op->status != 0 && token) return replay_strdupf("got error:%s", token);
   if (op->status != 0)
     return replay_strdupf("failed: %s (%d)", membacking_strerror(op->status), op->status);
@@ -65,7 +73,7 @@ static char *happened(const replay_op *op) {
 /* A refused op (the runner's memory limit) meets no expectation: it is not the library's
  * answer, whatever its status. */
 bool replay_check_result(const replay_op *op, const scenario_expect *e, char **got) {
-  const char *token = mb_error_token(op->status);
+  const char *token = replay_error_token(op->status);
   bool ok = false;
   switch (e->kind) {
   case SCENARIO_EXPECT_NONE:

@@ -49,9 +49,21 @@ static bool exec_operation(replay_world *w, const scenario_cmd *cmd, char **why)
   return finish(w, op, cmd, state ? NULL : &cmd->expect, why);
 }
 
-/* An operation the runner refused to start (its memory limit) fails the async line itself. */
+/* A command that names no live label: answered notfound, checked like an operation. */
+static bool exec_no_label(replay_world *w, const scenario_cmd *cmd, char **why) {
+  replay_op *op = replay_op_answer(w, cmd, MB_E_NOTFOUND);
+  if (op) return finish(w, op, cmd, &cmd->expect, why);
+  *why = failure(cmd, replay_strdupf("failed: out of memory"));
+  return false;
+}
+
+/* An operation the runner refused to start (its memory limit) fails the async line itself.
+ * Inside a transaction an async is refused (error:invalid, at its await): the transaction
+ * rules keep a commit from overtaking what was started before it. */
 static bool exec_async(replay_world *w, const scenario_cmd *cmd, size_t index, char **why) {
-  replay_op *op = replay_op_start(w, cmd->async.inner);
+  const scenario_cmd *inner = cmd->async.inner;
+  replay_op *op = w->txn.open ? replay_op_answer(w, inner, MB_E_INVALID)
+                              : replay_op_start(w, inner);
   if (!op) *why = failure(cmd, replay_strdupf("failed: out of memory"));
   if (op && op->refusal) {
     *why = failure(cmd, replay_strdupf("%s", op->refusal));
@@ -72,6 +84,7 @@ static replay_op *labelled(replay_world *w, size_t index, const scenario_cmd *cm
 }
 
 static bool exec_await(replay_world *w, const scenario_cmd *cmd, char **why) {
+  if (cmd->label.async_index == SCENARIO_NO_LABEL) return exec_no_label(w, cmd, why);
   replay_op *op = labelled(w, cmd->label.async_index, cmd, why);
   if (!op) return false;
   op->label = 0;
@@ -79,6 +92,7 @@ static bool exec_await(replay_world *w, const scenario_cmd *cmd, char **why) {
 }
 
 static bool exec_pending(replay_world *w, const scenario_cmd *cmd, char **why) {
+  if (cmd->label.async_index == SCENARIO_NO_LABEL) return exec_no_label(w, cmd, why);
   replay_op *op = labelled(w, cmd->label.async_index, cmd, why);
   if (!op) return false;
   replay_settle(w);
@@ -184,6 +198,12 @@ static replay_outcome run_commands(replay_world *w, const replay_file *file, sce
     if (st == STEP_FAIL) *line = cmd->line;
     release(w, cmd);
     if (st != STEP_NEXT) return st == STEP_FAIL ? REPLAY_FAIL : REPLAY_PASS;
+  }
+  if (rc == 0 && w->txn.open) { /* spec "Transactions": a file may not end inside one */
+    *line = file->last_line;
+    *message = replay_strdupf("the end of the file / inside the transaction begun at line %u",
+                              w->txn.line);
+    return REPLAY_FAIL;
   }
   if (rc == 0) return REPLAY_PASS;
   *line = file->last_line; /* it parsed before anything ran: it changed since */

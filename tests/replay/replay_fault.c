@@ -508,6 +508,7 @@ bool replay_fault_after(replay_world *w, const scenario_cmd *cmd, bool diverged,
   bool soon = f->inject_line && f->since_inject++ <= CHECK_AFTER;
   bool afford = f->checked_bytes < CHECK_BYTES;
   if (f->stuck || !f->inject_line || !(((soon || diverged) && afford) || last)) return true;
+  if (w->txn.open) return true; /* consumers show the state of the begin until the commit */
   replay_settle(w);
   if (!quiet(w)) return true; /* consumers may differ while an operation is under way */
   char *d = check_consumers(w);

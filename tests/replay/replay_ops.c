@@ -58,13 +58,17 @@ static bool charge(replay_world *w, replay_op *op, uint64_t bytes, const char *w
   return true;
 }
 
-/* Take the name off its table once a remove succeeded. */
-#define APPLY_REMOVE(fn, ns)                                                                   \
-  static void fn(replay_op *op) {                                                              \
-    if (op->status == 0) replay_name_remove(op->w, ns, op->entry);                             \
-  }
-APPLY_REMOVE(apply_region_remove, REPLAY_NS_REGION)
-APPLY_REMOVE(apply_partition_remove, REPLAY_NS_PARTITION)
+/* Take the name off its table once a remove succeeded (a region's, inside a transaction, is
+ * kept for a commit that fails). */
+static void apply_region_remove(replay_op *op) {
+  if (op->status != 0) return;
+  replay_txn_note(op->w, op->entry, false);
+  replay_name_remove(op->w, REPLAY_NS_REGION, op->entry);
+}
+
+static void apply_partition_remove(replay_op *op) {
+  if (op->status == 0) replay_name_remove(op->w, REPLAY_NS_PARTITION, op->entry);
+}
 
 /* A mapper remove that answers a negative errno (not one of the runtime's or the format's
  * codes) removed the mapper all the same: only the kernel kept its VA range (membacking.h). */
@@ -83,8 +87,19 @@ static bool object_charge(replay_world *w, replay_op *op) {
   return charge(w, op, o->size, "filling the object");
 }
 
+/* A size the format calls invalid (zero, unaligned, beyond what a file offset holds) is answered
+ * here, before anything is charged: mb_object_create answers it with -EINVAL, an errno, which
+ * the format reads as a refusal of the host (resource). */
+static bool object_size_valid(uint64_t size) {
+  return size != 0 && size % SCENARIO_PAGE_SIZE == 0 && size <= (uint64_t)INT64_MAX;
+}
+
 static void start_object(replay_world *w, replay_op *op) {
   const scenario_object *o = &op->cmd->object;
+  if (!object_size_valid(o->size)) {
+    replay_op_done(op, MB_E_INVALID, 0);
+    return;
+  }
   if (!object_charge(w, op)) return;
   mb_object *obj = NULL;
   mb_object_kind kind = o->type == SCENARIO_OBJECT_FILE ? MB_OBJECT_FILE : MB_OBJECT_MEMFD;
@@ -109,6 +124,7 @@ static void apply_region_add(replay_op *op) {
   replay_entry *e = replay_name_add(op->w, REPLAY_NS_REGION, op->cmd->region.name);
   if (e) e->region = (mb_region_id)op->value;
   else op->status = MB_ENOMEM;
+  if (e) replay_txn_note(op->w, e, true);
 }
 
 static void start_region_add(replay_world *w, replay_op *op) {
@@ -395,9 +411,11 @@ static const start_fn starters[SCENARIO_CMD_KIND_COUNT] = {
     [SCENARIO_EXPECT_REGION] = start_expect_region,
     [SCENARIO_EXPECT_PARTITION] = start_expect_partition,
     [SCENARIO_EXPECT_MAPPER] = start_expect_mapper,
+    [SCENARIO_TXN_BEGIN] = replay_txn_begin,
+    [SCENARIO_TXN_COMMIT] = replay_txn_commit,
 };
 
-replay_op *replay_op_start(replay_world *w, const scenario_cmd *cmd) {
+static replay_op *op_new(replay_world *w, const scenario_cmd *cmd) {
   replay_op *op = calloc(1, sizeof *op);
   if (!op) return NULL;
   op->w = w;
@@ -405,9 +423,21 @@ replay_op *replay_op_start(replay_world *w, const scenario_cmd *cmd) {
   atomic_init(&op->done, false);
   op->next = w->ops;
   w->ops = op;
+  return op;
+}
+
+replay_op *replay_op_start(replay_world *w, const scenario_cmd *cmd) {
+  replay_op *op = op_new(w, cmd);
+  if (!op) return NULL;
   if (cmd->kind != SCENARIO_READ && cmd->kind != SCENARIO_WRITE) w->quiet = false;
   start_fn start = (unsigned)cmd->kind < SCENARIO_CMD_KIND_COUNT ? starters[cmd->kind] : NULL;
   if (start) start(w, op);
   else replay_op_done(op, MB_EINVAL, 0); /* not an operation: a bug of the executor */
+  return op;
+}
+
+replay_op *replay_op_answer(replay_world *w, const scenario_cmd *cmd, int status) {
+  replay_op *op = op_new(w, cmd);
+  if (op) replay_op_done(op, status, 0);
   return op;
 }

@@ -58,15 +58,20 @@ replay_entry *replay_name_lookup(replay_world *w, replay_ns ns, const char *name
   return NULL;
 }
 
+/* Room for one more entry; false when out of memory. */
+static bool table_room(replay_table *t) {
+  if (t->n < t->cap) return true;
+  size_t cap = t->cap ? 2 * t->cap : 16;
+  replay_entry **p = realloc(t->items, cap * sizeof *p);
+  if (!p) return false;
+  t->items = p;
+  t->cap = cap;
+  return true;
+}
+
 replay_entry *replay_name_add(replay_world *w, replay_ns ns, const char *name) {
   replay_table *t = &w->tables[ns];
-  if (t->n == t->cap) {
-    size_t cap = t->cap ? 2 * t->cap : 16;
-    replay_entry **p = realloc(t->items, cap * sizeof *p);
-    if (!p) return NULL;
-    t->items = p;
-    t->cap = cap;
-  }
+  if (!table_room(t)) return NULL;
   replay_entry *e = calloc(1, sizeof *e);
   if (!e) return NULL;
   /* Only under --fault-check (the parser refuses it otherwise): the old one's remove failed.
@@ -91,6 +96,15 @@ void replay_name_remove(replay_world *w, replay_ns ns, replay_entry *e) {
   }
   e->live = false;
   replay_entry_unref(w, e);
+}
+
+replay_entry *replay_name_restore(replay_world *w, replay_ns ns, replay_entry *e) {
+  replay_table *t = &w->tables[ns];
+  if (e->live) return e;
+  if (!table_room(t)) return NULL;
+  e->live = true;
+  t->items[t->n++] = replay_entry_ref(e);
+  return e;
 }
 
 replay_entry *replay_entry_ref(replay_entry *e) {
@@ -196,6 +210,7 @@ int replay_world_fini(replay_world *w) {
   mb_mm_destroy(w->mm);
   w->mm = NULL;
   if (w->client) replay_settle(w);
+  replay_txn_fini(w);
   tables_clear(w);
   replay_stall_timer_close(w);
   if (w->client) {

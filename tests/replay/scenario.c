@@ -76,16 +76,6 @@ static int arg_number(parser *P, cursor *c, const char *what, uint64_t *v) {
   return arg(P, c, what, &t) ? -1 : to_number(P, t, what, v);
 }
 
-/* A NUMBER that must be a multiple of 4 KiB: addresses and sizes of regions, mappings, locks
- * and objects. */
-static int arg_pages(parser *P, cursor *c, const char *what, uint64_t *v) {
-  tok t;
-  if (arg(P, c, what, &t) || to_number(P, t, what, v)) return -1;
-  if (*v % SCENARIO_PAGE_SIZE != 0)
-    return fail(P, "%s: %s '%.*s' is not a multiple of 4 KiB", P->what, what, TOK(t));
-  return 0;
-}
-
 /* Index of t in a NULL-terminated word list, or -1. */
 static int word_index(tok t, const char *const *words) {
   for (int i = 0; words[i]; i++)
@@ -226,16 +216,18 @@ static int decode_bytes(parser *P, cursor *c, const char *what, const uint64_t *
 /* ---- results -------------------------------------------------------------------------------- */
 
 static int parse_error_code(parser *P, tok code, scenario_error *err) {
+  const char *codes[SCENARIO_ERR_COUNT];
+  char list[160];
   for (int e = SCENARIO_ERR_NONE + 1; e < SCENARIO_ERR_COUNT; e++) {
-    if (scenario__tok_is(code, scenario_error_name((scenario_error)e))) {
+    codes[e - 1] = scenario_error_name((scenario_error)e);
+    if (scenario__tok_is(code, codes[e - 1])) {
       *err = (scenario_error)e;
       return 0;
     }
   }
-  return fail(P,
-              "%s: unknown error code '%.*s' (expected overlap, invalid, notfound, unmapped, "
-              "readonly, mmio, fault or unsupported)",
-              P->what, TOK(code));
+  codes[SCENARIO_ERR_COUNT - 1] = NULL;
+  return fail(P, "%s: unknown error code '%.*s' (expected %s)", P->what, TOK(code),
+              choices(codes, list, sizeof list));
 }
 
 /* The RESULT after `=>`. `read_len` is the LEN of the read that BYTES must match (the command
@@ -364,7 +356,7 @@ static int parse_object(parser *P, cursor *c, scenario_cmd *cmd, scenario_cmd_ki
   set_kind(P, cmd, first);
   if (arg_word(P, c, scenario__object_words, &i)) return -1;
   o->type = i;
-  if (arg_name(P, c, "NAME", o->name) || arg_pages(P, c, "SIZE", &o->size)) return -1;
+  if (arg_name(P, c, "NAME", o->name) || arg_number(P, c, "SIZE", &o->size)) return -1;
   while (next_option(c, &t)) {
     if (!option_is(t, "fill", &v))
       return fail(P, "object: unexpected '%.*s' (expected fill=0xHH or fill=pages:0xHH)", TOK(t));
@@ -378,8 +370,8 @@ static int parse_region_add(parser *P, cursor *c, scenario_cmd *cmd) {
   bool seen_prio = false, seen_type = false;
   char list[64];
   tok t, v;
-  if (arg_name(P, c, "NAME", r->name) || arg_pages(P, c, "GPA", &r->gpa) ||
-      arg_pages(P, c, "SIZE", &r->size))
+  if (arg_name(P, c, "NAME", r->name) || arg_number(P, c, "GPA", &r->gpa) ||
+      arg_number(P, c, "SIZE", &r->size))
     return -1;
   while (next_option(c, &t)) {
     if (option_is(t, "prio", &v)) {
@@ -412,11 +404,11 @@ static int parse_region(parser *P, cursor *c, scenario_cmd *cmd, scenario_cmd_ki
 static int parse_mapping(parser *P, cursor *c, scenario_cmd *cmd, scenario_cmd_kind first) {
   scenario_mapping *m = &cmd->mapping;
   if (pick_kind(P, c, cmd, first)) return -1;
-  if (arg_name(P, c, "REGION", m->region) || arg_pages(P, c, "OFFSET", &m->offset) ||
-      arg_pages(P, c, "SIZE", &m->size))
+  if (arg_name(P, c, "REGION", m->region) || arg_number(P, c, "OFFSET", &m->offset) ||
+      arg_number(P, c, "SIZE", &m->size))
     return -1;
   if (cmd->kind != SCENARIO_MAPPING_REMOVE) {
-    if (arg_name(P, c, "OBJECT", m->object) || arg_pages(P, c, "OBJ_OFFSET", &m->obj_offset))
+    if (arg_name(P, c, "OBJECT", m->object) || arg_number(P, c, "OBJ_OFFSET", &m->obj_offset))
       return -1;
     m->ro = opt_ro(c);
   }
@@ -472,8 +464,8 @@ static int parse_lock(parser *P, cursor *c, scenario_cmd *cmd, scenario_cmd_kind
   scenario_lock *l = &cmd->lock;
   tok t;
   set_kind(P, cmd, first);
-  if (arg_name(P, c, "MAPPER", l->mapper) || arg_pages(P, c, "GPA", &l->gpa) ||
-      arg_pages(P, c, "SIZE", &l->size))
+  if (arg_name(P, c, "MAPPER", l->mapper) || arg_number(P, c, "GPA", &l->gpa) ||
+      arg_number(P, c, "SIZE", &l->size))
     return -1;
   l->ro = opt_ro(c);
   if (arg(P, c, "'as NAME'", &t)) return -1;
@@ -504,22 +496,27 @@ static int parse_async(parser *P, cursor *c, scenario_cmd *cmd, scenario_cmd_kin
   return rc;
 }
 
-/* The label of await or expect pending: it must name an async command not yet awaited. */
+/* The label of await or expect pending: the async command not yet awaited that it names, or
+ * (*label NULL, async_index SCENARIO_NO_LABEL) none: the command fails with error:notfound. */
 static int arg_label(parser *P, cursor *c, scenario_cmd *cmd, const scenario__live **label) {
   if (arg_name(P, c, "LABEL", cmd->label.label)) return -1;
   *label = scenario__label(P, cmd->label.label);
-  if (!*label) return fail(P, "%s: unknown label '%s'", P->what, cmd->label.label);
-  cmd->label.async_index = (*label)->index;
+  cmd->label.async_index = *label ? (*label)->index : SCENARIO_NO_LABEL;
   return 0;
 }
 
+/* `=> BYTES` only when the label names a live read. */
 static int parse_await(parser *P, cursor *c, scenario_cmd *cmd, scenario_cmd_kind first) {
   const scenario__live *label;
   set_kind(P, cmd, first);
   if (arg_label(P, c, cmd, &label)) return -1;
-  bool is_read = label->kind == SCENARIO_READ || label->kind == SCENARIO_GUEST_READ;
-  uint64_t len = label->len;
+  bool is_read = label && (label->kind == SCENARIO_READ || label->kind == SCENARIO_GUEST_READ);
+  uint64_t len = label ? label->len : 0;
   return finish(P, c, cmd, is_read ? &len : NULL);
+}
+
+static int parse_txn(parser *P, cursor *c, scenario_cmd *cmd, scenario_cmd_kind first) {
+  return pick_kind(P, c, cmd, first) ? -1 : finish(P, c, cmd, NULL);
 }
 
 /* RANGES item: GPA+SIZE:rw or GPA+SIZE:ro. */
@@ -617,6 +614,7 @@ static parse_fn *const parsers[SCENARIO_CMD_KIND_COUNT] = {
     [SCENARIO_ASYNC] = parse_async,
     [SCENARIO_AWAIT] = parse_await,
     [SCENARIO_EXPECT_PENDING] = parse_expect,
+    [SCENARIO_TXN_BEGIN] = parse_txn,
 };
 
 /* The first kind whose name starts with the word t, or SCENARIO_CMD_KIND_COUNT. */
@@ -639,8 +637,10 @@ static int parse_command(parser *P, cursor *c, scenario_cmd *cmd) {
   P->what = P->word;
   if (P->in_async && !scenario_cmd_is_operation(first))
     return fail(P, "async: '%s' is not an operation that can be started", P->word);
-  if ((first == SCENARIO_CONFIG || first == SCENARIO_REQUIRE) && P->past_config)
+  bool config = first == SCENARIO_CONFIG || first == SCENARIO_REQUIRE;
+  if (config && P->past_config)
     return fail(P, "'%s' must come before every other command", P->word);
+  if (!config && !P->past_config && scenario__parse_end(P)) return -1;
   return parsers[first](P, c, cmd, first);
 }
 
@@ -677,17 +677,28 @@ int scenario__parse_line(parser *P, const char *p, const char *end) {
   cmd->line = P->line;
   if (parse_command(P, &c, cmd) || scenario__check(P, cmd, P->count)) return -1;
   P->count++;
-  switch (cmd->kind) {
-  case SCENARIO_CONFIG:
+  if (cmd->kind == SCENARIO_CONFIG) {
+    P->setting_line[cmd->config.key] = P->line;
     if (cmd->config.key == SCENARIO_CONFIG_MAX_ADDR)
       P->sc->max_addr = cmd->config.max_addr;
     else
       P->sc->overlap = cmd->config.overlap;
-    break;
-  case SCENARIO_REQUIRE: P->sc->require_kvm = true; break;
-  default: P->past_config = true; break;
   }
+  if (cmd->kind == SCENARIO_REQUIRE) P->sc->require_kvm = true;
   return 1;
+}
+
+/* The configuration is checked once, when the first other command (or the end) shows that
+ * the last config line was read. */
+int scenario__parse_end(parser *P) {
+  if (P->past_config) return 0;
+  P->past_config = true;
+  return scenario__config_check(P);
+}
+
+void scenario__parser_free(parser *P) {
+  for (int i = 0; i < SCENARIO__NS_COUNT; i++) scenario__scope_free(&P->live[i]);
+  scenario__scope_free(&P->txn_regions);
 }
 
 static int parse_text(const char *text, size_t len, const char *name, scenario **out, char *err,
@@ -714,9 +725,9 @@ static int parse_text(const char *text, size_t len, const char *name, scenario *
     if (scenario__parse_line(&P, p, eol) < 0) goto done;
     p = nl ? nl + 1 : end;
   }
-  rc = 0;
+  rc = scenario__parse_end(&P);
 done:
-  for (int i = 0; i < SCENARIO__NS_COUNT; i++) scenario__scope_free(&P.live[i]);
+  scenario__parser_free(&P);
   if (rc == 0)
     *out = P.sc;
   else

@@ -10,21 +10,24 @@
  * What the parser checks, and what it leaves to the engine
  *   The parser rejects everything the format calls an error of the script (the replay program
  *   exits 2 on those): unknown commands and keywords, malformed numbers and values that do not
- *   fit in 64 bits, config/require after other commands, addresses and sizes of regions,
- *   mappings, locks and objects that are not multiples of 4 KiB, bad names, reuse of a live name,
- *   unlock of an unknown lock, await of an unknown label, removing a mapper that holds locks,
- *   BYTES whose length differs from the read's, `=> BYTES` after anything but a read, a result
- *   on a command that performs no operation. What the format makes a result of the run is left
- *   to the engine, which reports it as an error code: a command naming a region, object, mapper
- *   or partition that does not exist (`error:notfound`), a zero size, a range that wraps or ends
- *   beyond max_addr (`error:invalid`), ...
+ *   fit in 64 bits, config/require after other commands, a configuration that does not hold
+ *   together (checked after the last config line: scenario_check.c), bad names, defining a name
+ *   that is live, BYTES whose length differs from the read's, `=> BYTES` after anything but a
+ *   read, a result on a command that performs no operation. What the format makes a result of
+ *   the run is left to the engine, which reports it as an error code: a command naming a region,
+ *   object, mapper, partition, lock or async label that does not exist (`error:notfound`), an
+ *   address or size that is not a multiple of 4 KiB, a zero size, a range that wraps or ends
+ *   beyond max_addr (`error:invalid`), removing a mapper that holds locks (`error:invalid`), the
+ *   transaction rules (`error:invalid`), ...
  *
- * Liveness of names (the rule behind "reusing a live name")
+ * Liveness of names (the rule behind "defining a live name")
  *   A name is live from the command that may have created it until the command that is known to
  *   have deleted it. A synchronous add expected to fail (`=> error:CODE`) creates nothing; a
  *   remove expected to fail deletes nothing. Under `async`, an add reserves its name at once
  *   (released again if the await expects an error) and a remove or unlock takes effect at its
- *   `await` (when the await does not expect an error). Objects live to the end of the file.
+ *   `await` (when the await does not expect an error). Objects live to the end of the file. A
+ *   transaction whose commit is expected to fail gives the region names back the liveness they
+ *   had at its `txn begin` (a failed commit returns the manager to that state).
  *
  * Threads
  *   Every function is reentrant. A parsed scenario is never modified, so any thread may read it.
@@ -85,7 +88,9 @@ enum {
   X(EXPECT_PENDING, "expect pending", label)                                                       \
   X(EXPECT_REGION, "expect region", expect_region)                                                 \
   X(EXPECT_PARTITION, "expect partition", expect_ranges)                                           \
-  X(EXPECT_MAPPER, "expect mapper", expect_ranges)
+  X(EXPECT_MAPPER, "expect mapper", expect_ranges)                                                 \
+  X(TXN_BEGIN, "txn begin", txn)                                                                   \
+  X(TXN_COMMIT, "txn commit", txn)
 
 typedef enum scenario_cmd_kind {
 #define SCENARIO__KIND(kind, text, member) SCENARIO_##kind,
@@ -111,6 +116,7 @@ bool scenario_cmd_is_operation(scenario_cmd_kind kind);
   X(READONLY, "readonly")                                                                          \
   X(MMIO, "mmio")                                                                                  \
   X(FAULT, "fault")                                                                                \
+  X(RESOURCE, "resource")                                                                          \
   X(UNSUPPORTED, "unsupported")
 
 typedef enum scenario_error {
@@ -180,7 +186,7 @@ typedef struct scenario_require {
 typedef struct scenario_object {
   enum { SCENARIO_OBJECT_MEMFD, SCENARIO_OBJECT_FILE } type;
   char name[SCENARIO_NAME_SIZE];
-  uint64_t size; /* a multiple of SCENARIO_PAGE_SIZE */
+  uint64_t size; /* not a multiple of SCENARIO_PAGE_SIZE: the object fails (error:invalid) */
   /* FILL: BYTE: every byte is fill_value; PAGES: every byte of page k is (fill_value + k) % 256. */
   enum { SCENARIO_FILL_BYTE, SCENARIO_FILL_PAGES } fill;
   uint8_t fill_value;
@@ -196,8 +202,8 @@ typedef enum scenario_region_type {
  * region unmap NAME, region remove NAME                 use name. */
 typedef struct scenario_region {
   char name[SCENARIO_NAME_SIZE];
-  uint64_t gpa;              /* multiple of SCENARIO_PAGE_SIZE */
-  uint64_t size;             /* multiple of SCENARIO_PAGE_SIZE */
+  uint64_t gpa;              /* any value: an unaligned one is the operation's error */
+  uint64_t size;
   uint8_t prio;              /* default 0 */
   scenario_region_type type; /* default RAM */
   bool ro;                   /* default rw */
@@ -205,7 +211,7 @@ typedef struct scenario_region {
 
 /* mapping add|replace REGION OFFSET SIZE OBJECT OBJ_OFFSET [rw|ro]  uses every field;
  * mapping remove REGION OFFSET SIZE                                  uses region, offset, size.
- * offset, size and obj_offset are multiples of SCENARIO_PAGE_SIZE. */
+ * offset, size and obj_offset as written (alignment is checked by the operation). */
 typedef struct scenario_mapping {
   char region[SCENARIO_NAME_SIZE];
   uint64_t offset; /* relative to the region's start */
@@ -238,7 +244,7 @@ typedef struct scenario_io {
   scenario_bytes data;
 } scenario_io;
 
-/* lock MAPPER GPA SIZE [rw|ro] as NAME  uses every field (gpa, size multiples of 4 KiB);
+/* lock MAPPER GPA SIZE [rw|ro] as NAME  uses every field (gpa, size as written);
  * unlock NAME                           uses name. */
 typedef struct scenario_lock {
   char mapper[SCENARIO_NAME_SIZE];
@@ -256,7 +262,9 @@ typedef struct scenario_async {
 } scenario_async;
 
 /* await LABEL [=> RESULT], expect pending LABEL: async_index is the index in scenario.cmds of
- * the `async LABEL` command the label refers to (always an earlier, not yet awaited one). */
+ * the `async LABEL` command the label refers to (an earlier, not yet awaited one), or
+ * SCENARIO_NO_LABEL when no such label is live (the command fails with error:notfound). */
+#define SCENARIO_NO_LABEL SIZE_MAX
 typedef struct scenario_label {
   char label[SCENARIO_NAME_SIZE];
   size_t async_index;
@@ -281,6 +289,11 @@ typedef struct scenario_expect_ranges {
   scenario_ranges ranges;
 } scenario_expect_ranges;
 
+/* txn begin, txn commit: no arguments (the member exists because C has no empty struct). */
+typedef struct scenario_txn {
+  char none;
+} scenario_txn;
+
 /* ---- commands and programs ------------------------------------------------------------------ */
 
 typedef struct scenario_cmd {
@@ -301,6 +314,7 @@ typedef struct scenario_cmd {
     scenario_label label;
     scenario_expect_region expect_region;
     scenario_expect_ranges expect_ranges;
+    scenario_txn txn;
   };
 } scenario_cmd;
 

@@ -2,9 +2,13 @@
  *
  * Each name space (regions, objects, mappers, partitions, locks, async labels) has a set of live
  * names. A name is live from the command that may have created it until the command known to
- * have deleted it (see "Liveness of names" in scenario.h). From that follow the checks: an add
- * may not reuse a live name, unlock needs a live lock, await and expect pending need a live
- * label, and a mapper with a live lock on it may not be removed. */
+ * have deleted it (see "Liveness of names" in scenario.h). From that follows the one check: a
+ * definition may not reuse a live name (an error of the script). A name that is not live is
+ * the run's business (error:notfound), and so are the rules that depend on the state (a mapper
+ * that holds locks, the transaction rules): they are results, not errors of the script.
+ *
+ * The configuration lines are checked together once the last of them was read. */
+#include <inttypes.h>
 #include <string.h>
 
 #include "scenario_internal.h"
@@ -75,28 +79,14 @@ static void remove_live(scenario__parser *P, scenario__ns ns, const char *name, 
   if (l && (line == 0 || l->line == line)) scenario__scope_remove(&P->live[ns], l);
 }
 
-/* The rules an operation must meet when it starts, synchronously or under async. */
+/* The rule an operation must meet when it starts, synchronously or under async: a definition
+ * does not reuse a live name. */
 static int check_start(scenario__parser *P, const scenario_cmd *c) {
   effect e = effect_of(c);
-  if (e.kind == ADDS) {
-    const scenario__live *l = scenario__scope_find(&P->live[e.ns], e.name);
-    if (l)
-      return fail(P, "%s: %s name '%s' is still in use (since line %u)", scenario_cmd_name(c->kind),
-                  ns_names[e.ns], e.name, l->line);
-  }
-  if (c->kind == SCENARIO_UNLOCK && !scenario__scope_find(&P->live[SCENARIO__NS_LOCK], e.name))
-    return fail(P, "unlock: unknown lock '%s'", e.name);
-  if (c->kind == SCENARIO_MAPPER_REMOVE) {
-    /* Rare enough (mapper removal, with locks held) that a walk over the locks is fine. */
-    const scenario__scope *locks = &P->live[SCENARIO__NS_LOCK];
-    for (size_t i = 0; i < locks->cap; i++) {
-      const scenario__live *l = &locks->slots[i];
-      if (l->used && strcmp(l->ref, e.name) == 0)
-        return fail(P,
-                    "mapper remove: mapper '%s' still holds lock '%s' (line %u); unlock it first",
-                    e.name, l->name, l->line);
-    }
-  }
+  const scenario__live *l = e.kind == ADDS ? scenario__scope_find(&P->live[e.ns], e.name) : NULL;
+  if (l)
+    return fail(P, "%s: %s name '%s' is still in use (since line %u)", scenario_cmd_name(c->kind),
+                ns_names[e.ns], e.name, l->line);
   return 0;
 }
 
@@ -104,15 +94,52 @@ static bool expects_success(const scenario_cmd *c) {
   return c->expect.kind != SCENARIO_EXPECT_ERROR;
 }
 
+/* ---- transactions ----------------------------------------------------------------------------
+ * Inside a transaction only region and mapping commands change the manager (consumer commands,
+ * locks and async are refused), so the region names are what a failed commit takes back. */
+
+static int txn_begin(scenario__parser *P) {
+  if (P->in_txn) return 0; /* refused at run time: the one open stays */
+  if (scenario__scope_copy(&P->txn_regions, &P->live[SCENARIO__NS_REGION]))
+    return fail(P, "out of memory");
+  P->in_txn = true;
+  return 0;
+}
+
+/* The end of the open transaction; `failed`: its region names go back to those of its begin. */
+static void txn_end(scenario__parser *P, bool failed) {
+  if (!P->in_txn) return;
+  scenario__scope *regions = &P->live[SCENARIO__NS_REGION];
+  if (failed) {
+    scenario__scope_free(regions);
+    *regions = P->txn_regions;
+  } else {
+    scenario__scope_free(&P->txn_regions);
+  }
+  P->txn_regions = (scenario__scope){NULL, 0, 0};
+  P->in_txn = false;
+}
+
+/* A synchronous txn command. Under async a begin opens the transaction as it starts (its
+ * await ends it again if it expects an error); a commit under async never commits (async
+ * inside a transaction is refused, and outside one there is nothing to commit). */
+static int check_txn(scenario__parser *P, const scenario_cmd *c) {
+  if (c->kind == SCENARIO_TXN_BEGIN) return expects_success(c) ? txn_begin(P) : 0;
+  txn_end(P, !expects_success(c));
+  return 0;
+}
+
 /* The await of a live label: the name its operation added stays live only if it succeeded,
  * the name it removed goes only then. */
 static int check_await(scenario__parser *P, const scenario_cmd *c) {
-  const scenario__live *label = scenario__label(P, c->label.label); /* parse_await checked it */
+  const scenario__live *label = scenario__label(P, c->label.label);
+  if (!label) return 0; /* error:notfound at run time */
   scenario_cmd inner = {.kind = label->kind};
   char name[SCENARIO_NAME_SIZE];
   unsigned line = label->line;
   snprintf(name, sizeof name, "%s", label->ref);
   remove_live(P, SCENARIO__NS_LABEL, c->label.label, 0);
+  if (inner.kind == SCENARIO_TXN_BEGIN && !expects_success(c)) txn_end(P, true);
   effect e = effect_of(&inner);
   if (e.kind == ADDS && !expects_success(c)) remove_live(P, e.ns, name, line);
   if (e.kind == REMOVES && expects_success(c)) remove_live(P, e.ns, name, 0);
@@ -134,6 +161,7 @@ int scenario__check(scenario__parser *P, const scenario_cmd *c, size_t index) {
                   c->async.label, label->line);
     inner = c->async.inner;
     if (check_start(P, inner)) return -1;
+    if (inner->kind == SCENARIO_TXN_BEGIN && txn_begin(P)) return -1;
     e = effect_of(inner);
     if (e.kind == ADDS &&
         !add_live(P, e.ns, e.name, inner->kind == SCENARIO_LOCK ? inner->lock.mapper : NULL))
@@ -141,6 +169,9 @@ int scenario__check(scenario__parser *P, const scenario_cmd *c, size_t index) {
     return add_label(P, c, index);
 
   case SCENARIO_AWAIT: return check_await(P, c);
+
+  case SCENARIO_TXN_BEGIN:
+  case SCENARIO_TXN_COMMIT: return check_txn(P, c);
 
   default:
     if (check_start(P, c)) return -1;
@@ -152,4 +183,25 @@ int scenario__check(scenario__parser *P, const scenario_cmd *c, size_t index) {
     if (e.kind == REMOVES) remove_live(P, e.ns, e.name, 0);
     return 0;
   }
+}
+
+/* ---- the configuration -----------------------------------------------------------------------
+ * One function per rule, each naming the line of the setting it refuses; rules that relate
+ * settings to each other (VTLs, an alias at or above max_addr) join this list. */
+
+static int max_addr_rule(scenario__parser *P) {
+  uint64_t max = P->sc->max_addr;
+  if (max != 0 && max % SCENARIO_PAGE_SIZE == 0) return 0;
+  P->line = P->setting_line[SCENARIO_CONFIG_MAX_ADDR];
+  return fail(P, "config: max_addr 0x%" PRIx64 " is %s", max,
+              max ? "not a multiple of 4 KiB" : "zero");
+}
+
+int scenario__config_check(scenario__parser *P) {
+  static int (*const rules[])(scenario__parser *) = {max_addr_rule};
+  unsigned line = P->line;
+  for (size_t i = 0; i < sizeof rules / sizeof rules[0]; i++)
+    if (rules[i](P)) return -1;
+  P->line = line;
+  return 0;
 }

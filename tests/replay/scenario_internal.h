@@ -84,6 +84,8 @@ typedef struct scenario__scope {
 } scenario__scope;
 
 scenario__live *scenario__scope_find(const scenario__scope *s, const char *name);
+/* Make dst (empty) a copy of src; -1 when out of memory (dst stays empty). */
+int scenario__scope_copy(scenario__scope *dst, const scenario__scope *src);
 /* Add a name that is not in the set; NULL when out of memory. */
 scenario__live *scenario__scope_add(scenario__scope *s, const char *name);
 void scenario__scope_remove(scenario__scope *s, scenario__live *e);
@@ -116,10 +118,16 @@ struct scenario__parser {
   size_t count;     /* commands parsed so far: the next one's index in the program */
   /* Where the next command goes: appended to sc->cmds, or a command of its own (a stream). */
   scenario_cmd *(*slot)(scenario__parser *P);
-  bool past_config; /* a command other than config/require has been seen */
+  bool past_config; /* a command other than config/require has been seen (the configuration
+                     * was checked then) */
+  unsigned setting_line[2]; /* the line of each config key (scenario_config.key), 0: default */
   bool in_async;    /* parsing the command an async line wraps */
   uint64_t data;    /* bytes of BYTES and HEXBYTES decoded so far: at most SCENARIO_DATA_MAX */
   scenario__scope live[SCENARIO__NS_COUNT];
+  /* A transaction the script expects to be open: the region names live at its begin, which
+   * a commit expected to fail gives back. */
+  bool in_txn;
+  scenario__scope txn_regions;
 };
 
 /* Report "file:line: message" and return -1. */
@@ -131,11 +139,18 @@ int scenario__fail(scenario__parser *P, const char *fmt, ...) __attribute__((for
 int scenario__parse_line(scenario__parser *P, const char *p, const char *end);
 /* Free what a command owns (not the command itself). */
 void scenario__cmd_clear(scenario_cmd *cmd);
+/* The end of the input: the rules still due (a file of config lines only is checked here).
+ * 0, or -1 after scenario__fail. */
+int scenario__parse_end(scenario__parser *P);
+/* Free the parser's own state (live names), not the scenario. */
+void scenario__parser_free(scenario__parser *P);
 
 /* A live label, or NULL. */
 const scenario__live *scenario__label(const scenario__parser *P, const char *label);
-/* Apply the file-wide rules (live names, locks, labels) to the command just parsed, the
+/* Apply the file-wide rules (live names, labels, transactions) to the command just parsed, the
  * program's command number `index`, and record its effect on the live names. */
 int scenario__check(scenario__parser *P, const scenario_cmd *c, size_t index);
+/* The configuration lines, checked together after the last of them (spec "Configuration"). */
+int scenario__config_check(scenario__parser *P);
 
 #endif /* SCENARIO_INTERNAL_H */

@@ -265,6 +265,8 @@ static void put_cmd(sink *s, const scenario_cmd *c) {
     putf(s, " %s ", c->expect_ranges.name);
     put_ranges(s, &c->expect_ranges.ranges);
     break;
+  case SCENARIO_TXN_BEGIN:
+  case SCENARIO_TXN_COMMIT:
   case SCENARIO_CMD_KIND_COUNT: break;
   }
   if (c->expect.kind != SCENARIO_EXPECT_NONE) {

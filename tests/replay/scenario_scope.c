@@ -74,6 +74,16 @@ void scenario__scope_remove(scenario__scope *s, scenario__live *e) {
   }
 }
 
+int scenario__scope_copy(scenario__scope *dst, const scenario__scope *src) {
+  *dst = (scenario__scope){NULL, 0, 0};
+  if (src->cap == 0) return 0;
+  if (!(dst->slots = malloc(src->cap * sizeof *dst->slots))) return -1;
+  memcpy(dst->slots, src->slots, src->cap * sizeof *dst->slots);
+  dst->cap = src->cap;
+  dst->n = src->n;
+  return 0;
+}
+
 void scenario__scope_free(scenario__scope *s) {
   free(s->slots);
   memset(s, 0, sizeof *s);

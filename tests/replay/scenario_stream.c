@@ -64,7 +64,7 @@ int scenario_stream_next(scenario_stream *s, scenario_cmd **out) {
   while (!s->failed) {
     const char *end = next_line(s);
     if (!end) {
-      s->failed = ferror(s->f) != 0;
+      s->failed = ferror(s->f) != 0 || scenario__parse_end(&s->P) != 0;
       return s->failed ? -1 : 0;
     }
     s->P.line++;
@@ -85,7 +85,7 @@ const scenario *scenario_stream_info(const scenario_stream *s) { return &s->sc; 
 
 void scenario_stream_close(scenario_stream *s) {
   if (!s) return;
-  for (int i = 0; i < SCENARIO__NS_COUNT; i++) scenario__scope_free(&s->P.live[i]);
+  scenario__parser_free(&s->P);
   if (s->f) fclose(s->f);
   free(s->line);
   free(s->sc.name);

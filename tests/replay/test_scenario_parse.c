@@ -266,40 +266,41 @@ static void test_spec_example(void **state) {
 
 /* ---- lexical rules -------------------------------------------------------------------------- */
 
-static uint64_t max_addr_of(const char *number) {
+/* Numbers as a region's GPA, which takes any value (alignment is the operation's business). */
+static uint64_t number_of(const char *number) {
   char text[128];
-  snprintf(text, sizeof text, "config max_addr=%s\n", number);
+  snprintf(text, sizeof text, "region add r %s 4K\n", number);
   scenario *sc = parse_ok(text);
-  uint64_t v = sc->max_addr;
+  uint64_t v = sc->cmds[0].region.gpa;
   scenario_free(sc);
   return v;
 }
 
 static void bad_number(const char *number, const char *what) {
   char text[128];
-  snprintf(text, sizeof text, "config max_addr=%s\n", number);
+  snprintf(text, sizeof text, "region add r %s 4K\n", number);
   parse_err(text, what);
 }
 
 static void test_numbers(void **state) {
   (void)state;
-  assert_int_equal(max_addr_of("0"), 0);
-  assert_int_equal(max_addr_of("4096"), 4096);
-  assert_int_equal(max_addr_of("007"), 7);
-  assert_int_equal(max_addr_of("0x1000"), 0x1000);
-  assert_int_equal(max_addr_of("0xDeadBeef"), 0xdeadbeef);
-  assert_int_equal(max_addr_of("4K"), 4096);
-  assert_int_equal(max_addr_of("2M"), 2 << 20);
-  assert_int_equal(max_addr_of("1G"), 1 << 30);
-  assert_int_equal(max_addr_of("3T"), UINT64_C(3) << 40);
-  assert_int_equal(max_addr_of("0x10K"), 16 << 10);
-  assert_int_equal(max_addr_of("18446744073709551615"), UINT64_MAX);
-  assert_int_equal(max_addr_of("0xffffffffffffffff"), UINT64_MAX);
-  assert_int_equal(max_addr_of("0x0000000000000000000001"), 1);
-  assert_int_equal(max_addr_of("16777215T"), UINT64_C(16777215) << 40);
+  assert_int_equal(number_of("0"), 0);
+  assert_int_equal(number_of("4096"), 4096);
+  assert_int_equal(number_of("007"), 7);
+  assert_int_equal(number_of("0x1000"), 0x1000);
+  assert_int_equal(number_of("0xDeadBeef"), 0xdeadbeef);
+  assert_int_equal(number_of("4K"), 4096);
+  assert_int_equal(number_of("2M"), 2 << 20);
+  assert_int_equal(number_of("1G"), 1 << 30);
+  assert_int_equal(number_of("3T"), UINT64_C(3) << 40);
+  assert_int_equal(number_of("0x10K"), 16 << 10);
+  assert_int_equal(number_of("18446744073709551615"), UINT64_MAX);
+  assert_int_equal(number_of("0xffffffffffffffff"), UINT64_MAX);
+  assert_int_equal(number_of("0x0000000000000000000001"), 1);
+  assert_int_equal(number_of("16777215T"), UINT64_C(16777215) << 40);
 
   bad_number("18446744073709551616",
-             "config: max_addr '18446744073709551616' does not fit in 64 bits");
+             "region add: GPA '18446744073709551616' does not fit in 64 bits");
   bad_number("0x10000000000000000", "does not fit in 64 bits");
   bad_number("16777216T", "does not fit in 64 bits");
   bad_number("17179869184G", "does not fit in 64 bits");
@@ -308,13 +309,13 @@ static void test_numbers(void **state) {
                                           "0X10", "1KB", "0xg", "1 K", "12a", "1KK", "0x1g0"};
   for (size_t i = 0; i < sizeof malformed / sizeof malformed[0]; i++) {
     char text[64];
-    snprintf(text, sizeof text, "config max_addr=%s\n", malformed[i]);
+    snprintf(text, sizeof text, "region add r %s 4K\n", malformed[i]);
     scenario *sc = NULL;
     char err[256];
     assert_int_not_equal(scenario_parse_string(text, "t.mbs", &sc, err, sizeof err), 0);
-    assert_non_null(strstr(err, "t.mbs:1: config: "));
+    assert_non_null(strstr(err, "t.mbs:1: region add: "));
   }
-  bad_number("0x1g0", "config: max_addr '0x1g0' is not a number");
+  bad_number("0x1g0", "region add: GPA '0x1g0' is not a number");
   /* A malformed token is reported as such even when it would also overflow. */
   bad_number("99999999999999999999999x", "is not a number");
 }
@@ -438,6 +439,25 @@ static void test_config_and_require(void **state) {
   parse_err("require kvm => ok\n", "require takes no '=> RESULT'");
 }
 
+/* The config lines are checked together once the last of them was read (at the first other
+ * command, or at the end of the file), and a violation names the line of the setting. */
+static void test_config_together(void **state) {
+  (void)state;
+  scenario *sc = parse_ok("config max_addr=0x1001\nconfig max_addr=4G\nobject memfd o 4K\n");
+  assert_int_equal(sc->max_addr, UINT64_C(4) << 30); /* the last one counts */
+  scenario_free(sc);
+  parse_err_at("config max_addr=0x40000800\nconfig overlap=any\nrequire kvm\nobject memfd o 4K\n",
+               1, "config: max_addr 0x40000800 is not a multiple of 4 KiB");
+  parse_err_at("config overlap=any\nconfig max_addr=0\n# only config lines\n", 2,
+               "config: max_addr 0x0 is zero");
+  parse_err_at("config max_addr=4G\nconfig max_addr=6K\nconfig overlap=any\n", 2,
+               "is not a multiple of 4 KiB");
+  /* The check comes as the first other command begins: before its arguments are read (a
+   * command that is not one at all is refused first). */
+  parse_err_at("config max_addr=1\nregion add r\n", 1, "config: max_addr 0x1");
+  parse_err_at("config max_addr=1\nregoin add r 0 4K\n", 2, "unknown command 'regoin'");
+}
+
 static void test_objects(void **state) {
   (void)state;
   const scenario_cmd *c = last_cmd("object memfd a 8K\n");
@@ -461,8 +481,11 @@ static void test_objects(void **state) {
   assert_int_equal(c->object.size, 0);
   assert_int_equal(c->expect.error, SCENARIO_ERR_INVALID);
 
-  parse_err("object memfd a 4097\n", "object: SIZE '4097' is not a multiple of 4 KiB");
-  parse_err("object memfd a 2K\n", "object: SIZE '2K' is not a multiple of 4 KiB");
+  /* Nor is an unaligned size (spec "Lexical rules": alignment is a rule of the operation). */
+  c = last_cmd("object memfd a 4097\n");
+  assert_int_equal(c->object.size, 4097);
+  c = last_cmd("object file a 2K fill=0x11 => error:invalid\n");
+  assert_int_equal(c->object.size, 2048);
   parse_err("object shm a 4K\n", "object: expected memfd or file, got 'shm'");
   parse_err("object memfd a\n", "object: missing SIZE");
   parse_err("object memfd a => ok\n", "object: missing SIZE");
@@ -507,8 +530,9 @@ static void test_regions(void **state) {
   c = last_cmd("region remove r => ok\n");
   assert_int_equal(c->kind, SCENARIO_REGION_REMOVE);
 
-  parse_err("region add r 0x800 4K\n", "region add: GPA '0x800' is not a multiple of 4 KiB");
-  parse_err("region add r 0 6K\n", "region add: SIZE '6K' is not a multiple of 4 KiB");
+  c = last_cmd("region add r 0x800 6K => error:invalid\n"); /* alignment: a result */
+  assert_int_equal(c->region.gpa, 0x800);
+  assert_int_equal(c->region.size, 6 << 10);
   parse_err("region add r 0 4K prio=256\n", "region add: prio '256' is not in 0..255");
   parse_err("region add r 0 4K prio=1K\n", "region add: prio '1K' is not in 0..255");
   parse_err("region add r 0 4K prio=x\n", "region add: prio 'x' is not a number");
@@ -540,20 +564,23 @@ static void test_mappings(void **state) {
   c = last_cmd("mapping replace r 0 4K o 4K rw\n");
   assert_int_equal(c->kind, SCENARIO_MAPPING_REPLACE);
   assert_false(c->mapping.ro);
-  c = last_cmd("mapping replace r 0 4K o 4K ro => error:unsupported\n");
+  c = last_cmd("mapping replace r 0 4K o 4K ro => error:resource\n");
   assert_true(c->mapping.ro);
-  assert_int_equal(c->expect.error, SCENARIO_ERR_UNSUPPORTED);
+  assert_int_equal(c->expect.error, SCENARIO_ERR_RESOURCE);
   c = last_cmd("mapping remove r 4K 4K\n");
   assert_int_equal(c->kind, SCENARIO_MAPPING_REMOVE);
   assert_int_equal(c->mapping.offset, 4096);
   assert_string_equal(c->mapping.object, "");
 
-  parse_err("mapping add r 1 4K o 0\n", "mapping add: OFFSET '1' is not a multiple of 4 KiB");
-  parse_err("mapping add r 0 100 o 0\n", "mapping add: SIZE '100' is not a multiple of 4 KiB");
-  parse_err("mapping add r 0 4K o 0x10\n",
-            "mapping add: OBJ_OFFSET '0x10' is not a multiple of 4 KiB");
-  parse_err("mapping replace r 0 4K o 1\n", "mapping replace: OBJ_OFFSET '1'");
-  parse_err("mapping remove r 0 1\n", "mapping remove: SIZE '1' is not a multiple of 4 KiB");
+  /* Unaligned OFFSET, SIZE and OBJ_OFFSET parse: the operation answers error:invalid. */
+  c = last_cmd("mapping add r 1 100 o 0x10 => error:invalid\n");
+  assert_int_equal(c->mapping.offset, 1);
+  assert_int_equal(c->mapping.size, 100);
+  assert_int_equal(c->mapping.obj_offset, 0x10);
+  c = last_cmd("mapping replace r 0 4K o 1\n");
+  assert_int_equal(c->mapping.obj_offset, 1);
+  c = last_cmd("mapping remove r 0 1\n");
+  assert_int_equal(c->mapping.size, 1);
   parse_err("mapping remove r 0 4K o 0\n", "mapping remove: unexpected 'o'");
   parse_err("mapping add r 0 4K o\n", "mapping add: missing OBJ_OFFSET");
   parse_err("mapping add r 0 4K o 0 rx\n", "mapping add: unexpected 'rx'");
@@ -760,32 +787,39 @@ static void test_locks(void **state) {
   assert_false(c->lock.ro);
   assert_int_equal(c->expect.error, SCENARIO_ERR_UNMAPPED);
 
-  parse_err("lock m 0x10 4K as L\n", "lock: GPA '0x10' is not a multiple of 4 KiB");
-  parse_err("lock m 0 1 as L\n", "lock: SIZE '1' is not a multiple of 4 KiB");
+  c = last_cmd("lock m 0x10 1 as L => error:invalid\n"); /* alignment: a result */
+  assert_int_equal(c->lock.gpa, 0x10);
+  assert_int_equal(c->lock.size, 1);
+
   parse_err("lock m 0 4K L\n", "lock: expected rw, ro or 'as NAME', got 'L'");
   parse_err("lock m 0 4K\n", "lock: missing 'as NAME'");
   parse_err("lock m 0 4K as\n", "lock: missing NAME");
   parse_err("lock m 0 4K ro as L extra\n", "lock: unexpected 'extra'");
   parse_err("unlock\n", "unlock: missing NAME");
-  parse_err("unlock L\n", "unlock: unknown lock 'L'");
-  parse_err("lock m 0 4K as L\nunlock L\nunlock L\n", "unlock: unknown lock 'L'");
-  /* A lock expected to fail is not held. */
-  parse_err("lock m 0 4K as L => error:unmapped\nunlock L\n", "unlock: unknown lock 'L'");
-  scenario *sc =
-      parse_ok("lock m 0 4K as L => error:unmapped\nmapper remove m\nlock m 0 4K as L\n");
-  scenario_free(sc);
+  parse_err("unlock L L\n", "unlock: unexpected 'L'");
 
-  /* A mapper that holds locks may not be removed; once they are released it may. */
-  parse_err(
-      "mapper add m eager\nlock m 0 4K as L1\nlock m 4K 4K as L2\nunlock L1\nmapper remove m\n",
-      "mapper remove: mapper 'm' still holds lock 'L2' (line 3); unlock it first");
-  parse_err("mapper add m eager\nlock m 0 4K as L\nmapper remove m => error:notfound\n",
-            "still holds lock 'L'");
-  parse_err("mapper add m eager\nlock m 0 4K as L\nasync a mapper remove m\n",
-            "t.mbs:3: mapper remove: mapper 'm' still holds lock 'L'");
-  sc = parse_ok("mapper add m eager\nmapper add n eager\nlock n 0 4K as L\nlock m 0 4K as M\n"
-                "unlock M\nmapper remove m\nunlock L\nmapper remove n\n");
+  /* A lock that is not live is error:notfound at run time: never taken, released, or
+   * expected to fail (a failed definition defines nothing, so the name may be taken again). */
+  c = last_cmd("unlock L => error:notfound\n");
+  assert_int_equal(c->expect.error, SCENARIO_ERR_NOTFOUND);
+  scenario *sc = parse_ok("lock m 0 4K as L\nunlock L\nunlock L => error:notfound\n"
+                          "lock m 0 4K as L => error:unmapped\nunlock L => error:notfound\n"
+                          "lock m 0 4K as L\n");
   scenario_free(sc);
+  parse_err("lock m 0 4K as L\nlock n 0 4K as L => error:unmapped\n",
+            "lock: lock name 'L' is still in use (since line 1)");
+  /* An unlock expected to fail leaves the lock live. */
+  parse_err("lock m 0 4K as L\nunlock L => error:notfound\nlock m 0 4K as L\n",
+            "lock name 'L' is still in use");
+
+  /* Removing a mapper that holds locks is error:invalid at run time; it leaves the mapper and
+   * its locks live. */
+  sc = parse_ok("mapper add m eager\nlock m 0 4K as L\nmapper remove m => error:invalid\n"
+                "async a mapper remove m\nawait a => error:invalid\nunlock L\nmapper remove m\n");
+  scenario_free(sc);
+  parse_err("mapper add m eager\nlock m 0 4K as L\nmapper remove m => error:invalid\n"
+            "lock m 0 4K as L\n",
+            "t.mbs:4: lock: lock name 'L' is still in use (since line 2)");
 }
 
 static void test_async(void **state) {
@@ -835,8 +869,9 @@ static void test_async(void **state) {
                 "async b1 mapper remove m\nasync b2 partition add p soft\n"
                 "async b3 partition remove p\nasync b4 read m 0 1\nasync b5 write m 0 00\n"
                 "async b6 guest p read 0 1\nasync b7 guest p write 0 00\n"
-                "async b8 lock m 0 4K as L\nasync b9 unlock L\n");
-  assert_int_equal(sc->ncmds, 18);
+                "async b8 lock m 0 4K as L\nasync b9 unlock L\n"
+                "async c1 txn begin\nasync c2 txn commit\n");
+  assert_int_equal(sc->ncmds, 20);
   for (size_t i = 0; i < sc->ncmds; i++) {
     assert_int_equal(sc->cmds[i].kind, SCENARIO_ASYNC);
     assert_true(scenario_cmd_is_operation(sc->cmds[i].async.inner->kind));
@@ -856,11 +891,18 @@ static void test_async(void **state) {
   parse_err("async a frobnicate\n", "unknown command 'frobnicate'");
   parse_err("async a region unmap r\nasync a region map r\n",
             "async: label 'a' is still in use (since line 1, not awaited yet)");
-  parse_err("await a\n", "await: unknown label 'a'");
-  parse_err("async a region unmap r\nawait a\nawait a\n", "await: unknown label 'a'");
-  parse_err("expect pending a\n", "expect pending: unknown label 'a'");
-  parse_err("async a region unmap r\nawait a\nexpect pending a\n",
-            "expect pending: unknown label 'a'");
+  /* A label that is not live is error:notfound at run time (spec "Lexical rules"): its
+   * command has no async (SCENARIO_NO_LABEL), and takes no BYTES. */
+  sc = parse_ok("await a\nasync a region unmap r\nawait a\nawait a => error:notfound\n"
+                "expect pending a\nasync a read m 0 1\nawait b => error:notfound\n");
+  assert_int_equal(sc->cmds[0].label.async_index, SCENARIO_NO_LABEL);
+  assert_int_equal(sc->cmds[2].label.async_index, 1);
+  assert_int_equal(sc->cmds[3].label.async_index, SCENARIO_NO_LABEL);
+  assert_int_equal(sc->cmds[3].expect.error, SCENARIO_ERR_NOTFOUND);
+  assert_int_equal(sc->cmds[4].kind, SCENARIO_EXPECT_PENDING);
+  assert_int_equal(sc->cmds[4].label.async_index, SCENARIO_NO_LABEL);
+  scenario_free(sc);
+  parse_err("await nosuch => 00\n", "await: '=> BYTES' is only allowed after a read");
   parse_err("async a region unmap r\nexpect pending a => ok\n",
             "expect pending takes no '=> RESULT'");
   parse_err("async a region unmap r\nawait a => 00\n",
@@ -1013,18 +1055,67 @@ static void test_live_names(void **state) {
   parse_err("async a region add r 0 4K\nasync b region remove r\nawait b\nregion add r 0 4K\n"
             "await a => error:overlap\nregion add r 0 4K\n",
             "t.mbs:6: region add: region name 'r' is still in use (since line 4)");
-  /* An async lock holds its mapper until the unlock's await. */
-  parse_err("async a lock m 0 4K as L\nmapper remove m\n",
-            "mapper 'm' still holds lock 'L' (line 1)");
-  sc = parse_ok("async a lock m 0 4K as L\nawait a => error:unmapped\nmapper remove m\n");
+  /* An async lock reserves its name at once; an async unlock releases it at its await. */
+  parse_err("async a lock m 0 4K as L\nlock m 0 4K as L\n",
+            "lock: lock name 'L' is still in use (since line 1)");
+  sc = parse_ok("async a lock m 0 4K as L\nawait a => error:unmapped\nlock m 0 4K as L\n");
   scenario_free(sc);
-  parse_err("lock m 0 4K as L\nasync a unlock L\nmapper remove m\n",
-            "mapper 'm' still holds lock 'L'");
-  sc = parse_ok("lock m 0 4K as L\nasync a unlock L\nawait a\nmapper remove m\n");
+  parse_err("lock m 0 4K as L\nasync a unlock L\nlock m 0 4K as L\n",
+            "lock name 'L' is still in use");
+  sc = parse_ok("lock m 0 4K as L\nasync a unlock L\nawait a\nlock m 0 4K as L\n"
+                "async b unlock M\nawait b => error:notfound\n");
   scenario_free(sc);
-  parse_err("async a unlock L\n", "t.mbs:1: unlock: unknown lock 'L'");
   /* Labels are reusable once awaited. */
   sc = parse_ok("async a region unmap r\nawait a\nasync a region map r\nawait a\n");
+  scenario_free(sc);
+}
+
+/* Transactions: their commands, and what a commit that fails does to the region names. */
+static void test_txn(void **state) {
+  (void)state;
+  const scenario_cmd *c = last_cmd("txn begin\n");
+  assert_int_equal(c->kind, SCENARIO_TXN_BEGIN);
+  assert_true(scenario_cmd_is_operation(c->kind));
+  c = last_cmd("txn commit => error:invalid\n");
+  assert_int_equal(c->kind, SCENARIO_TXN_COMMIT);
+  assert_int_equal(c->expect.error, SCENARIO_ERR_INVALID);
+  assert_string_equal(scenario_cmd_name(SCENARIO_TXN_COMMIT), "txn commit");
+  parse_err("txn\n", "txn: missing begin or commit");
+  parse_err("txn abort\n", "txn: expected begin or commit, got 'abort'");
+  parse_err("txn begin now\n", "txn begin: unexpected 'now'");
+  parse_err("txn commit => 00\n", "txn commit: '=> BYTES' is only allowed after a read");
+
+  /* A commit that succeeds keeps what the transaction did to the names. */
+  scenario *sc = parse_ok("region add r 0 4K\ntxn begin\nregion remove r\nregion add s 0 4K\n"
+                          "txn commit\nregion add r 0 4K\n");
+  scenario_free(sc);
+  parse_err("txn begin\nregion add s 0 4K\ntxn commit => ok\nregion add s 0 4K\n",
+            "t.mbs:4: region add: region name 's' is still in use (since line 2)");
+  /* One that fails returns them to the begin: s was never defined, r was never removed. */
+  sc = parse_ok("region add r 0 4K\ntxn begin\nregion remove r\nregion add s 0 4K\n"
+                "txn commit => error:resource\nregion add s 0 4K\n");
+  scenario_free(sc);
+  parse_err("region add r 0 4K\ntxn begin\nregion remove r\ntxn commit => error:resource\n"
+            "region add r 0 4K\n",
+            "t.mbs:5: region add: region name 'r' is still in use (since line 1)");
+  /* A begin expected to fail opens nothing; a second begin keeps the first one's names. */
+  sc = parse_ok("txn begin => error:invalid\nregion add s 0 4K\ntxn commit => error:invalid\n"
+                "region remove s\nregion add s 0 4K\n");
+  scenario_free(sc);
+  sc = parse_ok("txn begin\nregion add s 0 4K\ntxn begin => error:invalid\nregion add t 0 4K\n"
+                "txn commit => error:resource\nregion add s 0 4K\nregion add t 0 4K\n");
+  scenario_free(sc);
+  /* Under async a begin opens the transaction as it starts; an await that expects an error
+   * ends it again. An async commit commits nothing. */
+  sc = parse_ok("async b txn begin\nregion add s 0 4K\nawait b => error:invalid\n"
+                "region add s 0 4K\n");
+  scenario_free(sc);
+  parse_err("txn begin\nregion add s 0 4K\nasync c txn commit\nawait c => error:invalid\n"
+            "txn commit => error:resource\nregion add s 0 4K\nregion add s 0 4K\n",
+            "t.mbs:7: region add: region name 's' is still in use (since line 6)");
+  /* Consumers, locks and labels are no business of the transaction's names. */
+  sc = parse_ok("txn begin\nmapper add m eager => error:invalid\nlock m 0 4K as L => error:invalid\n"
+                "txn commit => error:resource\nmapper add m eager\nlock m 0 4K as L\n");
   scenario_free(sc);
 }
 
@@ -1242,7 +1333,7 @@ static void test_format_bytes(void **state) {
 static void test_print_canonical(void **state) {
   (void)state;
   assert_printed(last_cmd("config   max_addr=0x1000000000\n"), "config max_addr=64G");
-  assert_printed(last_cmd("config max_addr=12345\n"), "config max_addr=12345");
+  assert_printed(last_cmd("config max_addr=0x3000\n"), "config max_addr=12K");
   assert_printed(last_cmd("config overlap=any\n"), "config overlap=any");
   assert_printed(last_cmd("require kvm\n"), "require kvm");
   assert_printed(last_cmd("object memfd ram 16777216 fill=0x11\n"),
@@ -1256,8 +1347,13 @@ static void test_print_canonical(void **state) {
   assert_printed(last_cmd("region map r rw\n"), "region map r");
   assert_printed(last_cmd("region map r ro\n"), "region map r ro");
   assert_printed(last_cmd("mapping add rom 0 64K rom 0 ro\n"), "mapping add rom 0 64K rom 0 ro");
-  assert_printed(last_cmd("mapping replace r 4K 12K o 8K rw => error:unsupported\n"),
-                 "mapping replace r 0x1000 12K o 0x2000 => error:unsupported");
+  assert_printed(last_cmd("mapping replace r 4K 12K o 8K rw => error:resource\n"),
+                 "mapping replace r 0x1000 12K o 0x2000 => error:resource");
+  assert_printed(last_cmd("mapping add r 0x801 0x801 o 1\n"), "mapping add r 0x801 2049 o 0x1");
+  assert_printed(last_cmd("txn begin => ok\n"), "txn begin => ok");
+  assert_printed(last_cmd("txn commit\n"), "txn commit");
+  assert_printed(last_cmd("async t txn begin\n"), "async t txn begin");
+  assert_printed(last_cmd("await nosuch => error:notfound\n"), "await nosuch => error:notfound");
   assert_printed(last_cmd("mapping remove r 0x3000 4K\n"), "mapping remove r 0x3000 4K");
   assert_printed(last_cmd("read m0 0xf0000 4 => 11111111\n"), "read m0 0xf0000 4 => 11111111");
   assert_printed(last_cmd("read m0 0 4096 => 00*4096\n"), "read m0 0 4K => 00*4K");
@@ -1318,7 +1414,10 @@ static void test_round_trip(void **state) {
                     "async a3 mapping replace r1 0 4K a 0 ro\nawait a3 => error:unsupported\n"
                     "expect region r1 active\nexpect region r0 hidden\n"
                     "expect partition p0 0+4K:rw 4K+4K:ro 0x100000+1M:rw\n"
-                    "expect mapper m1 none\nmapper remove m0\npartition remove p0 => ok\n");
+                    "expect mapper m1 none\nmapper remove m0\npartition remove p0 => ok\n"
+                    "txn begin\nregion add r2 2G 6K => error:invalid\ntxn begin => error:invalid\n"
+                    "txn commit => error:resource\nasync t txn begin\nawait t\ntxn commit\n"
+                    "unlock L1 => error:notfound\nawait a1 => error:notfound\n");
 }
 
 /* scenario_equal tells apart programs that differ in any one field (the round-trip checks,
@@ -1352,6 +1451,9 @@ static void test_compare(void **state) {
       {"expect mapper m 0+4K:rw\n", "expect mapper m 0+4K:rw 8K+4K:rw\n"},
       {"require kvm\n", "region map r\n"},
       {"region map r\n", "region map r\nregion map r\n"},
+      {"txn begin\n", "txn commit\n"},
+      {"txn commit\n", "txn commit => error:invalid\n"},
+      {"await a\n", "await b\n"},
   };
   for (size_t i = 0; i < sizeof pairs / sizeof pairs[0]; i++) {
     scenario *a = parse_ok(pairs[i][0]), *b = parse_ok(pairs[i][1]), *c = parse_ok(pairs[i][0]);
@@ -1420,7 +1522,8 @@ static void test_allocation_failures(void **state) {
   fputs(spec_example, f);
   for (int i = 0; i < 80; i++) fprintf(f, "mapper add x%d eager\nlock x%d 0 4K as L%d\n", i, i, i);
   fputs("async a read m0 0 3\nawait a => 00*2 01\nwrite m0 0 ff*5 01\n"
-        "expect mapper m0 0+4K:rw 8K+4K:ro\n",
+        "expect mapper m0 0+4K:rw 8K+4K:ro\n"
+        "txn begin\nregion add tr 64M 4K\ntxn commit => error:resource\n",
         f);
   fclose(f);
   int n = parse_with_failures(text, NULL);
@@ -1441,6 +1544,7 @@ int main(void) {
       cmocka_unit_test(test_bad_characters),
       cmocka_unit_test_teardown(test_names, teardown_last),
       cmocka_unit_test(test_config_and_require),
+      cmocka_unit_test(test_config_together),
       cmocka_unit_test_teardown(test_objects, teardown_last),
       cmocka_unit_test_teardown(test_regions, teardown_last),
       cmocka_unit_test_teardown(test_mappings, teardown_last),
@@ -1453,6 +1557,7 @@ int main(void) {
       cmocka_unit_test(test_async),
       cmocka_unit_test_teardown(test_expect, teardown_last),
       cmocka_unit_test(test_live_names),
+      cmocka_unit_test_teardown(test_txn, teardown_last),
       cmocka_unit_test(test_unknown_and_malformed),
       cmocka_unit_test(test_parse_file),
       cmocka_unit_test(test_stream),
