@@ -119,6 +119,8 @@ struct mb_mm {
   int overlap;
   _Atomic bool txn;       /* a transaction is open: set when its begin is issued, cleared
                            * when its commit is (consumer operations and locks: MB_E_INVALID) */
+  _Atomic(mb_msg *) txn_commit; /* the commit's request and its asynchronous answer, made */
+  _Atomic(void *) txn_op;        /* when its begin is: a commit is never refused for memory */
   mb__rec *rec;           /* NULL unless recording */
   void *insp_signal;      /* the dump-on-signal handle, on `loop` */
   int signum;

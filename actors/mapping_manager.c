@@ -793,10 +793,19 @@ static bool may_run(const mm_state *st, const mb_msg *msg) {
   return msg->kind == MM_RESOLVE && st->busy && st->op.req->kind != MM_MAP;
 }
 
+/* Frees a request's entry array (MM_MAP, MM_REPLACE), as taking it over would. */
+static void drop_entries(mb_msg *msg) {
+  mm_dispose(msg);
+  mm_map_msg *map = mm_map_of(msg);
+  mm_replace_msg *repl = mm_replace_of(msg);
+  if (map) map->entries = NULL, map->count = 0;
+  if (repl) repl->entries = NULL, repl->count = 0;
+}
+
 /* Every message mm_handle does not dispatch at once. */
 __attribute__((noinline)) static void mm_handle_other(mm_state *st, mb_msg *msg) {
   if (!mb_msg_is_request(msg)) { /* nobody to answer; an entry array is ours all the same */
-    mm_dispose(msg);
+    drop_entries(msg);
     mb_msg_free(msg);
     return;
   }
@@ -809,10 +818,12 @@ __attribute__((noinline)) static void mm_handle_other(mm_state *st, mb_msg *msg)
     return;
   }
   int rc = wait_push(st, msg);
-  if (rc == 0)
+  if (rc == 0) {
     mb_msg_keep(msg);
-  else
-    mb_reply(msg, rc);
+    return;
+  }
+  drop_entries(msg); /* refused, but its entry array was handed over all the same */
+  mb_reply(msg, rc);
 }
 
 static void mm_handle(mb_actor *self, mb_msg *msg) {

@@ -89,10 +89,13 @@ static void api_op_reply(mb_actor *self, mb_msg *reply, void *ctx) {
   done(done_ctx, reply->status, v);
 }
 
-void mb__api_submit(mb_mm *mm, mb_addr to, mb_msg *msg, mb__value_fn value, mb_object *obj,
-                    mb_done_fn done, void *ctx) {
+static void api_submit_op(api_op *op, mb_mm *mm, mb_addr to, mb_msg *msg, mb__value_fn value,
+                          mb_object *obj, mb_done_fn done, void *ctx) {
   mb_loop *here = mb_loop_current();
-  api_op *op = here ? api_op_get() : NULL;
+  if (!here && op) {
+    api_op_put(op);
+    op = NULL;
+  }
   if (!op || !msg) { /* no loop (a programming error) or no memory: the only inline answers */
     mb_msg_free(msg);
     if (op) api_op_put(op);
@@ -103,6 +106,11 @@ void mb__api_submit(mb_mm *mm, mb_addr to, mb_msg *msg, mb__value_fn value, mb_o
   if (mm) mb__mm_ref(mm);
   *op = (api_op){mm, done, ctx, value, obj ? mb_object_ref(obj) : NULL, NULL};
   mb_call(mb_loop_actor(here), to, msg, api_op_reply, op);
+}
+
+void mb__api_submit(mb_mm *mm, mb_addr to, mb_msg *msg, mb__value_fn value, mb_object *obj,
+                    mb_done_fn done, void *ctx) {
+  api_submit_op(mb_loop_current() ? api_op_get() : NULL, mm, to, msg, value, obj, done, ctx);
 }
 
 int mb__api_call(mb__rec *rec, mb_addr to, mb_msg *msg, mb__value_fn value_fn, uint64_t *value) {
@@ -298,6 +306,8 @@ void mb__mm_ref(mb_mm *mm) { atomic_fetch_add(&mm->refs, 1); }
 
 void mb__mm_unref(mb_mm *mm) {
   if (atomic_fetch_sub(&mm->refs, 1) != 1) return;
+  mb_msg_free(atomic_exchange(&mm->txn_commit, NULL));
+  free(atomic_exchange(&mm->txn_op, NULL));
   mb_gpa_map_destroy(mm->gpa_map);
   pthread_mutex_destroy(&mm->lock);
   free(mm);
@@ -531,37 +541,65 @@ int mb_mapping_remove_sync(mb_mm *mm, mb_region_id region, uint64_t offset, uint
  * the flag only lets consumer operations and locks refuse themselves while one is open, from
  * the moment its begin is issued to the moment its commit is. */
 
-static mb_msg *txn_msg(mb_mm *mm, bool begin) {
-  mb_msg *msg = NULL;
-  if (begin) {
-    rm_txn_begin_msg *m = rm_txn_begin_new();
-    msg = m ? &m->hdr : NULL;
+/* A begin's request, with its commit's made too (kept in mm until the commit): NULL when
+ * there is no memory for all of them (nothing is sent then). */
+static mb_msg *begin_msg(mb_mm *mm) {
+  rm_txn_begin_msg *b = rm_txn_begin_new();
+  rm_txn_commit_msg *c = b ? rm_txn_commit_new() : NULL;
+  api_op *op = c ? mb__malloc(sizeof *op) : NULL;
+  if (!op) {
+    mb_msg_free(b ? &b->hdr : NULL);
+    mb_msg_free(c ? &c->hdr : NULL);
+    return NULL;
+  }
+  mb_msg *spare = NULL;
+  if (!atomic_compare_exchange_strong(&mm->txn_commit, &spare, &c->hdr)) {
+    mb_msg_free(&c->hdr); /* a begin inside a transaction: the first one's stay */
+    free(op);
   } else {
+    free(atomic_exchange(&mm->txn_op, op));
+  }
+  atomic_store(&mm->txn, true);
+  return &b->hdr;
+}
+
+/* The commit's request: the one made at the begin, or (no begin) a new one, which the region
+ * manager refuses. */
+static mb_msg *commit_msg(mb_mm *mm, api_op **op) {
+  mb_msg *msg = atomic_exchange(&mm->txn_commit, NULL);
+  api_op *kept = atomic_exchange(&mm->txn_op, NULL);
+  if (op) *op = kept ? kept : mb_loop_current() ? api_op_get() : NULL;
+  else free(kept);
+  if (!msg) {
     rm_txn_commit_msg *m = rm_txn_commit_new();
     msg = m ? &m->hdr : NULL;
   }
-  if (msg != NULL) /* a request never sent changes nothing, the flag included */
-    atomic_store(&mm->txn, begin);
+  atomic_store(&mm->txn, false);
   return msg;
 }
 
 void mb_txn_begin(mb_mm *mm, mb_done_fn done, void *ctx) {
-  mb__api_submit(mm, mm->rm_addr, txn_msg(mm, true), NULL, NULL, done, ctx);
+  mb__api_submit(mm, mm->rm_addr, begin_msg(mm), NULL, NULL, done, ctx);
 }
+
+void mb_txn_commit(mb_mm *mm, mb_done_fn done, void *ctx) {
+  api_op *op;
+  mb_msg *msg = commit_msg(mm, &op);
+  api_submit_op(op, mm, mm->rm_addr, msg, NULL, NULL, done, ctx);
+}
+
 /* A begin that failed (for memory) opened nothing: the flag goes back. */
 static int txn_sync(mb_mm *mm, bool begin) {
   int rc = mb__mm_check_thread(mm);
   if (rc) return rc;
   bool was = atomic_load(&mm->txn);
-  rc = mb__api_call(mm->rec, mm->rm_addr, txn_msg(mm, begin), NULL, NULL);
+  rc = mb__api_call(mm->rec, mm->rm_addr, begin ? begin_msg(mm) : commit_msg(mm, NULL), NULL,
+                    NULL);
   if (begin && rc && !was) atomic_store(&mm->txn, false);
   return rc;
 }
 
 int mb_txn_begin_sync(mb_mm *mm) { return txn_sync(mm, true); }
-void mb_txn_commit(mb_mm *mm, mb_done_fn done, void *ctx) {
-  mb__api_submit(mm, mm->rm_addr, txn_msg(mm, false), NULL, NULL, done, ctx);
-}
 int mb_txn_commit_sync(mb_mm *mm) { return txn_sync(mm, false); }
 
 /* ---- errors -------------------------------------------------------------------------------- */

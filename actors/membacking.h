@@ -202,9 +202,9 @@ int mb_mapping_replace_sync(mb_mm *mm, const mb_mapping_params *p);
  * begin, and the commit answers the error. QEMU's memory_region_transaction_begin/commit, with
  * the rollback QEMU lacks. A commit waits for locks its teardowns touch, as any operation does.
  * MB_E_INVALID: a begin inside a transaction, a commit outside one, and inside one: mapper and
- * partition add and remove, and mb_mapper_lock (accesses and unlocks are allowed). A commit
- * answered MB_ENOMEM was either refused before it was sent (the transaction is still open:
- * commit again) or rolled back (closed: a second commit answers MB_E_INVALID). A VMM issues
+ * partition add and remove, and mb_mapper_lock (accesses and unlocks are allowed). A begin
+ * makes its commit's request too, so a commit is never refused for memory: whatever it
+ * answers, the transaction is over (committed, or rolled back). A VMM issues
  * a transaction and its operations from one thread, as QEMU does under its BQL. A commit costs
  * the manager O(visible pieces + mappings), as QEMU's re-rendering does; consumers pay for the
  * differences only. */
