@@ -58,8 +58,8 @@ static bool exec_no_label(replay_world *w, const scenario_cmd *cmd, char **why) 
 }
 
 /* An operation the runner refused to start (its memory limit) fails the async line itself.
- * Inside a transaction an async is refused (error:invalid, at its await): the transaction
- * rules keep a commit from overtaking what was started before it. */
+ * Inside a transaction an async is refused (error:invalid, at its await): a rule of the
+ * script's sequencing, the runner's to apply (replay_txn.c). */
 static bool exec_async(replay_world *w, const scenario_cmd *cmd, size_t index, char **why) {
   const scenario_cmd *inner = cmd->async.inner;
   replay_op *op = w->txn.open ? replay_op_answer(w, inner, MB_E_INVALID)

@@ -640,7 +640,7 @@ static int parse_command(parser *P, cursor *c, scenario_cmd *cmd) {
   bool config = first == SCENARIO_CONFIG || first == SCENARIO_REQUIRE;
   if (config && P->past_config)
     return fail(P, "'%s' must come before every other command", P->word);
-  if (!config && !P->past_config && scenario__parse_end(P)) return -1;
+  if (!config && scenario__config_done(P)) return -1;
   return parsers[first](P, c, cmd, first);
 }
 
@@ -690,7 +690,7 @@ int scenario__parse_line(parser *P, const char *p, const char *end) {
 
 /* The configuration is checked once, when the first other command (or the end) shows that
  * the last config line was read. */
-int scenario__parse_end(parser *P) {
+int scenario__config_done(parser *P) {
   if (P->past_config) return 0;
   P->past_config = true;
   return scenario__config_check(P);
@@ -725,7 +725,7 @@ static int parse_text(const char *text, size_t len, const char *name, scenario *
     if (scenario__parse_line(&P, p, eol) < 0) goto done;
     p = nl ? nl + 1 : end;
   }
-  rc = scenario__parse_end(&P);
+  rc = scenario__config_done(&P);
 done:
   scenario__parser_free(&P);
   if (rc == 0)

@@ -61,7 +61,8 @@ static scenario__live *add_live(scenario__parser *P, scenario__ns ns, const char
 }
 
 /* An async's label: what its await needs to know of the operation it started. */
-static int add_label(scenario__parser *P, const scenario_cmd *async, size_t index) {
+static int add_label(scenario__parser *P, const scenario_cmd *async, size_t index,
+                     bool opened_txn) {
   const scenario_cmd *inner = async->async.inner;
   effect e = effect_of(inner);
   scenario__live *l = add_live(P, SCENARIO__NS_LABEL, async->async.label, e.name);
@@ -70,6 +71,7 @@ static int add_label(scenario__parser *P, const scenario_cmd *async, size_t inde
   l->kind = inner->kind;
   bool read = inner->kind == SCENARIO_READ || inner->kind == SCENARIO_GUEST_READ;
   l->len = read ? inner->io.len : 0;
+  l->opened_txn = opened_txn;
   return 0;
 }
 
@@ -120,8 +122,8 @@ static void txn_end(scenario__parser *P, bool failed) {
   P->in_txn = false;
 }
 
-/* A synchronous txn command. Under async a begin opens the transaction as it starts (its
- * await ends it again if it expects an error); a commit under async never commits (async
+/* A synchronous txn command. Under async a begin outside a transaction opens one as it starts
+ * (its await ends it again if it expects an error); a commit under async never commits (async
  * inside a transaction is refused, and outside one there is nothing to commit). */
 static int check_txn(scenario__parser *P, const scenario_cmd *c) {
   if (c->kind == SCENARIO_TXN_BEGIN) return expects_success(c) ? txn_begin(P) : 0;
@@ -137,9 +139,10 @@ static int check_await(scenario__parser *P, const scenario_cmd *c) {
   scenario_cmd inner = {.kind = label->kind};
   char name[SCENARIO_NAME_SIZE];
   unsigned line = label->line;
+  bool opened_txn = label->opened_txn;
   snprintf(name, sizeof name, "%s", label->ref);
   remove_live(P, SCENARIO__NS_LABEL, c->label.label, 0);
-  if (inner.kind == SCENARIO_TXN_BEGIN && !expects_success(c)) txn_end(P, true);
+  if (opened_txn && !expects_success(c)) txn_end(P, true);
   effect e = effect_of(&inner);
   if (e.kind == ADDS && !expects_success(c)) remove_live(P, e.ns, name, line);
   if (e.kind == REMOVES && expects_success(c)) remove_live(P, e.ns, name, 0);
@@ -161,12 +164,11 @@ int scenario__check(scenario__parser *P, const scenario_cmd *c, size_t index) {
                   c->async.label, label->line);
     inner = c->async.inner;
     if (check_start(P, inner)) return -1;
-    if (inner->kind == SCENARIO_TXN_BEGIN && txn_begin(P)) return -1;
+    bool opens = inner->kind == SCENARIO_TXN_BEGIN && !P->in_txn;
+    if (opens && txn_begin(P)) return -1;
     e = effect_of(inner);
-    if (e.kind == ADDS &&
-        !add_live(P, e.ns, e.name, inner->kind == SCENARIO_LOCK ? inner->lock.mapper : NULL))
-      return -1;
-    return add_label(P, c, index);
+    if (e.kind == ADDS && !add_live(P, e.ns, e.name, NULL)) return -1;
+    return add_label(P, c, index, opens);
 
   case SCENARIO_AWAIT: return check_await(P, c);
 
@@ -177,9 +179,7 @@ int scenario__check(scenario__parser *P, const scenario_cmd *c, size_t index) {
     if (check_start(P, c)) return -1;
     e = effect_of(c);
     if (!expects_success(c)) return 0;
-    if (e.kind == ADDS)
-      return add_live(P, e.ns, e.name, c->kind == SCENARIO_LOCK ? c->lock.mapper : NULL) ? 0
-                                                                                           : -1;
+    if (e.kind == ADDS) return add_live(P, e.ns, e.name, NULL) ? 0 : -1;
     if (e.kind == REMOVES) remove_live(P, e.ns, e.name, 0);
     return 0;
   }

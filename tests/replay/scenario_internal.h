@@ -60,11 +60,11 @@ extern const char *const scenario__state_words[];       /* scenario_region_state
 
 /* ---- live names (scenario_scope.c) ---------------------------------------------------------- */
 
-/* One live name. For a lock, ref is its mapper. For an async label: index is the async
- * command's index in the program (its ordinal in the file), kind and len are the kind of the
- * operation it started and, for a read, its LEN, and ref is the name that operation adds or
- * removes, if any: what its await needs, kept here so that a stream need not keep the async
- * command itself. */
+/* One live name. For an async label: index is the async command's index in the program (its
+ * ordinal in the file), kind and len are the kind of the operation it started and, for a
+ * read, its LEN, ref is the name that operation adds or removes, if any, and opened_txn says
+ * that it is a txn begin that opened the transaction the parser follows: what its await
+ * needs, kept here so that a stream need not keep the async command itself. */
 typedef struct scenario__live {
   char name[SCENARIO_NAME_SIZE];
   char ref[SCENARIO_NAME_SIZE];
@@ -74,6 +74,7 @@ typedef struct scenario__live {
   uint64_t len;
   uint32_t hash;
   bool used;
+  bool opened_txn;
 } scenario__live;
 
 /* A set of live names: open addressing, linear probing, no tombstones. */
@@ -139,9 +140,9 @@ int scenario__fail(scenario__parser *P, const char *fmt, ...) __attribute__((for
 int scenario__parse_line(scenario__parser *P, const char *p, const char *end);
 /* Free what a command owns (not the command itself). */
 void scenario__cmd_clear(scenario_cmd *cmd);
-/* The end of the input: the rules still due (a file of config lines only is checked here).
- * 0, or -1 after scenario__fail. */
-int scenario__parse_end(scenario__parser *P);
+/* The configuration is complete (the first other command begins, or the input ends): it is
+ * checked, once. 0, or -1 after scenario__fail. */
+int scenario__config_done(scenario__parser *P);
 /* Free the parser's own state (live names), not the scenario. */
 void scenario__parser_free(scenario__parser *P);
 

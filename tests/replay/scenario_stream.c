@@ -64,7 +64,7 @@ int scenario_stream_next(scenario_stream *s, scenario_cmd **out) {
   while (!s->failed) {
     const char *end = next_line(s);
     if (!end) {
-      s->failed = ferror(s->f) != 0 || scenario__parse_end(&s->P) != 0;
+      s->failed = ferror(s->f) != 0 || scenario__config_done(&s->P) != 0;
       return s->failed ? -1 : 0;
     }
     s->P.line++;

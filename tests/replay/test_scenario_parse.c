@@ -137,6 +137,7 @@ static void parse_err(const char *text, const char *what) {
 static scenario *last_sc;
 static const scenario_cmd *last_cmd(const char *text) {
   scenario_free(last_sc);
+  last_sc = NULL; /* a parse that fails the test must not leave it to be freed again */
   last_sc = parse_ok(text);
   assert_true(last_sc->ncmds > 0);
   return &last_sc->cmds[last_sc->ncmds - 1];
@@ -1110,6 +1111,10 @@ static void test_txn(void **state) {
   sc = parse_ok("async b txn begin\nregion add s 0 4K\nawait b => error:invalid\n"
                 "region add s 0 4K\n");
   scenario_free(sc);
+  /* An async begin inside a transaction (refused) does not end it when awaited. */
+  parse_err("txn begin\nregion add s 0 4K\nasync b txn begin\nawait b => error:invalid\n"
+            "txn commit\nregion add s 0 4K\n",
+            "t.mbs:6: region add: region name 's' is still in use (since line 2)");
   parse_err("txn begin\nregion add s 0 4K\nasync c txn commit\nawait c => error:invalid\n"
             "txn commit => error:resource\nregion add s 0 4K\nregion add s 0 4K\n",
             "t.mbs:7: region add: region name 's' is still in use (since line 6)");
