@@ -142,11 +142,7 @@ static rec_key *key_add(mb__rec *r, const void *key, char prefix, unsigned n) {
 
 /* The format's code of a status: the library's own, or `resource` for what the host refused
  * (the runtime's MB_ENOMEM, a negative errno); NULL for the runtime's other codes. */
-static const char *result_token(int status) {
-  const char *tok = mb_error_token(status);
-  bool errno_code = status < 0 && status > MB_EGONE;
-  return tok ? tok : status == MB_ENOMEM || errno_code ? "resource" : NULL;
-}
+static const char *result_token(int status) { return mb_result_token(status); }
 
 /* Ends a command line with its result; a comment when the format cannot say it. */
 static void put_result(mb__rec *r, int status) {

@@ -95,9 +95,9 @@ static int create_fd(mb_object_kind kind, uint64_t size, const char *name) {
 int mb_object_create(mb_object_kind kind, uint64_t size, const char *name, mb_object **out) {
   *out = NULL;
   if (size == 0 || !mb_page_aligned(size) || size > (uint64_t)INT64_MAX)
-    return -EINVAL;
+    return MB_E_INVALID;
   if (kind != MB_OBJECT_MEMFD && kind != MB_OBJECT_FILE && kind != MB_OBJECT_ANON)
-    return -EINVAL;
+    return MB_E_INVALID;
   int fd = create_fd(kind, size, name);
   if (fd < 0)
     return fd;

@@ -44,8 +44,8 @@ typedef enum mb_object_kind {
 typedef struct mb_object mb_object;
 
 /* Creates an object of size bytes (non-zero, 4 KiB aligned, <= INT64_MAX) with one
- * reference, all zero. name labels the memfd (may be NULL). kind MB_OBJECT_FD: -EINVAL
- * (use mb_object_import_fd). */
+ * reference, all zero. name labels the memfd (may be NULL). A bad size or kind (MB_OBJECT_FD:
+ * use mb_object_import_fd) is MB_E_INVALID; what the host refuses, a negative errno. */
 int mb_object_create(mb_object_kind kind, uint64_t size, const char *name, mb_object **out);
 /* Imports fd as an MB_OBJECT_FD object of size bytes with one reference. The object keeps
  * a duplicate of fd (F_DUPFD_CLOEXEC) and closes only that: the caller keeps fd and may

@@ -4,6 +4,8 @@
 #ifndef MB_ERRORS_H
 #define MB_ERRORS_H
 
+#include "mb_runtime.h" /* MB_ENOMEM, MB_EGONE */
+
 enum {
   MB_E_OVERLAP = -2001,     /* a region breaks the overlap policy; a mapping overlaps another */
   MB_E_INVALID = -2002,     /* malformed: unaligned, zero size, wraps, beyond max_addr, outside */
@@ -28,6 +30,15 @@ static inline const char *mb_error_token(int err) {
   case MB_E_UNSUPPORTED: return "unsupported";
   default: return 0;
   }
+}
+
+/* The scenario code of any status a call answers: mb_error_token's, or "resource" for what
+ * the host refused (a negative errno, or the runtime's out of memory); NULL for the runtime's
+ * other codes. */
+static inline const char *mb_result_token(int status) {
+  const char *tok = mb_error_token(status);
+  if (tok) return tok;
+  return status == MB_ENOMEM || (status < 0 && status > MB_EGONE) ? "resource" : 0;
 }
 
 #endif

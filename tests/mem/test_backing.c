@@ -67,13 +67,13 @@ static void test_create_kinds(void **state) {
 static void test_create_invalid(void **state) {
   (void)state;
   mb_object *obj = (mb_object *)1;
-  assert_int_equal(mb_object_create(MB_OBJECT_MEMFD, 0, NULL, &obj), -EINVAL);
+  assert_int_equal(mb_object_create(MB_OBJECT_MEMFD, 0, NULL, &obj), MB_E_INVALID);
   assert_null(obj);
-  assert_int_equal(mb_object_create(MB_OBJECT_MEMFD, PAGE + 1, NULL, &obj), -EINVAL);
-  assert_int_equal(mb_object_create(MB_OBJECT_FILE, 100, NULL, &obj), -EINVAL);
-  assert_int_equal(mb_object_create(MB_OBJECT_ANON, 1ull << 63, NULL, &obj), -EINVAL);
-  assert_int_equal(mb_object_create((mb_object_kind)42, PAGE, NULL, &obj), -EINVAL);
-  assert_int_equal(mb_object_create(MB_OBJECT_FD, PAGE, NULL, &obj), -EINVAL); /* import only */
+  assert_int_equal(mb_object_create(MB_OBJECT_MEMFD, PAGE + 1, NULL, &obj), MB_E_INVALID);
+  assert_int_equal(mb_object_create(MB_OBJECT_FILE, 100, NULL, &obj), MB_E_INVALID);
+  assert_int_equal(mb_object_create(MB_OBJECT_ANON, 1ull << 63, NULL, &obj), MB_E_INVALID);
+  assert_int_equal(mb_object_create((mb_object_kind)42, PAGE, NULL, &obj), MB_E_INVALID);
+  assert_int_equal(mb_object_create(MB_OBJECT_FD, PAGE, NULL, &obj), MB_E_INVALID); /* import only */
   assert_null(obj);
 }
 

@@ -37,13 +37,7 @@ char *replay_command_text(const scenario_cmd *cmd) { return capture(print_comman
 
 /* ---- results ----------------------------------------------------------------------------------- */
 
-const char *replay_error_token(int status) {
-  const char *token = mb_error_token(status);
-  if (token) return token;
-  /* What the host refused: the runtime's out of memory, or a negative errno (membacking.h) */
-  bool errno_code = status < 0 && status > MB_EGONE;
-  return status == MB_ENOMEM || errno_code ? "resource" : NULL;
-}
+const char *replay_error_token(int status) { return mb_result_token(status); }
 
 static bool is_read(scenario_cmd_kind kind) {
   return kind == SCENARIO_READ || kind == SCENARIO_GUEST_READ;

@@ -88,8 +88,8 @@ static bool object_charge(replay_world *w, replay_op *op) {
 }
 
 /* A size the format calls invalid (zero, unaligned, beyond what a file offset holds) is answered
- * here, before anything is charged: mb_object_create answers it with -EINVAL, an errno, which
- * the format reads as a refusal of the host (resource). */
+ * here, before anything is charged against the run's memory limit (mb_object_create would
+ * answer MB_E_INVALID too). */
 static bool object_size_valid(uint64_t size) {
   return size != 0 && size % SCENARIO_PAGE_SIZE == 0 && size <= (uint64_t)INT64_MAX;
 }
