@@ -152,7 +152,12 @@ typedef struct mb_region_params {
 
 void mb_region_add(mb_mm *mm, const mb_region_params *p, mb_done_fn done, void *ctx);
 int mb_region_add_sync(mb_mm *mm, const mb_region_params *p, mb_region_id *id);
-/* Map (make visible) with the given access; on a mapped region, change its access. */
+/* Map (make visible) with the given access; on a mapped region, change its access, in place:
+ * each partition changes the region's pieces in one request (KVM: a slot's delete and add, as
+ * KVM_MEM_READONLY needs), then each VA mapper with one mprotect, so nothing is unmapped and
+ * private memory keeps its contents. Only a drop to read-only under a writable lock waits for
+ * that lock (the partitions are read-only meanwhile); a rise, or a drop under read-only locks,
+ * waits for nothing. */
 void mb_region_map(mb_mm *mm, mb_region_id id, bool writable, mb_done_fn done, void *ctx);
 int mb_region_map_sync(mb_mm *mm, mb_region_id id, bool writable);
 void mb_region_unmap(mb_mm *mm, mb_region_id id, mb_done_fn done, void *ctx);

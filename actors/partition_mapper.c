@@ -62,6 +62,17 @@ int mb__partition_mapper_ranges(mb_actor *pm, mb_part_range **out, uint32_t *cou
   return merged_ranges(mb_actor_state(pm), out, count);
 }
 
+/* PM_ACCESS_SET: the piece goes and comes back with the new access, or with the old one. */
+static int pm_do_access_set(pm_state *s, const pm_access_set_msg *m) {
+  int rc = s->ops->unmap(s->inst, m->gpa, m->size);
+  if (rc != 0)
+    return rc;
+  rc = s->ops->map(s->inst, m->gpa, m->size, s->va_base + m->gpa, m->writable);
+  if (rc != 0)
+    (void)s->ops->map(s->inst, m->gpa, m->size, s->va_base + m->gpa, !m->writable);
+  return rc;
+}
+
 static int pm_dispatch(pm_state *s, mb_msg *msg) {
   switch ((enum pm_kind)msg->kind) {
   case PM_MAP:
@@ -70,6 +81,8 @@ static int pm_dispatch(pm_state *s, mb_msg *msg) {
     pm_unmap_msg *m = pm_unmap_of(msg);
     return s->ops->unmap(s->inst, m->gpa, m->size);
   }
+  case PM_ACCESS_SET:
+    return pm_do_access_set(s, pm_access_set_of(msg));
   case PM_RANGES:
     return pm_do_ranges(s, pm_ranges_of(msg));
   case PM_ACCESS: {

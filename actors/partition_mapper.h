@@ -5,6 +5,9 @@
  * Messages (requests; the reply is the same message):
  *   PM_MAP    {gpa, size, writable}  map a visible piece (holes included)
  *   PM_UNMAP  {gpa, size}            unmap exactly a piece mapped before
+ *   PM_ACCESS_SET {gpa, size, writable}  change the access of exactly a piece mapped before, in
+ *             one request (the backend's unmap and map: a KVM slot's delete and add); on
+ *             failure the piece is mapped back with the other access
  *   PM_RANGES {out: ranges, count}   the mapped ranges (malloc'd mb_part_range array)
  *   PM_ACCESS {gpa, buf, len, write} a guest access through the partition's own view:
  *             0, MB_E_MMIO or MB_E_FAULT (buf stays the requester's)
@@ -17,11 +20,13 @@
 
 #define PM_MAP_FIELDS(F) F(uint64_t, gpa) F(uint64_t, size) F(bool, writable)
 #define PM_UNMAP_FIELDS(F) F(uint64_t, gpa) F(uint64_t, size)
+#define PM_ACCESS_SET_FIELDS(F) F(uint64_t, gpa) F(uint64_t, size) F(bool, writable)
 #define PM_RANGES_FIELDS(F) F(mb_part_range *, ranges) F(uint32_t, count)
 #define PM_ACCESS_FIELDS(F) F(uint64_t, gpa) F(void *, buf) F(uint64_t, len) F(bool, write)
 #define PM_MESSAGES(M)                         \
   M(pm, PM_MAP, map, PM_MAP_FIELDS)            \
   M(pm, PM_UNMAP, unmap, PM_UNMAP_FIELDS)      \
+  M(pm, PM_ACCESS_SET, access_set, PM_ACCESS_SET_FIELDS) \
   M(pm, PM_RANGES, ranges, PM_RANGES_FIELDS)   \
   M(pm, PM_ACCESS, access, PM_ACCESS_FIELDS)
 MB_PROTOCOL_DECLARE(pm, PM_MESSAGES)

@@ -55,7 +55,8 @@ typedef struct rm_region {
 
 /* One nested call of an operation, and (for undo) its inverse: kind ^ 1. MM_REPLACE sends
  * the range's entries of op->fwd, its inverse (MM_RESTORE) those of op->inv. */
-enum { CALL_PM_MAP, CALL_PM_UNMAP, CALL_MM_MAP, CALL_MM_UNMAP, CALL_MM_REPLACE, CALL_MM_RESTORE };
+enum { CALL_PM_MAP, CALL_PM_UNMAP, CALL_MM_MAP, CALL_MM_UNMAP, CALL_MM_REPLACE, CALL_MM_RESTORE,
+       CALL_PM_ACCESS, CALL_PM_ACCESS_BACK }; /* PM_ACCESS_SET to c->writable, and back */
 
 typedef struct rm_call {
   struct rm_op *op;

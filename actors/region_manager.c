@@ -17,7 +17,8 @@
  *   2. MM_UNMAP the segments whose winner changes (the old winner's mappings there),
  *   3. MM_MAP the new winners' mappings clipped to those segments,
  *   4. PM_MAP the added pieces into every partition;
- * an access change does the same over the region's own pieces (all its bytes change access).
+ * an access change is made in place over the region's own pieces: PM_ACCESS_SET to every
+ * partition, then MM_REPLACE of the same mappings at the new access (an mprotect in mappers).
  * Mapping add and remove are one step of MM_MAP / MM_UNMAP calls for the visible parts
  * (partitions map whole pieces, holes included); partition add is one step of PM_MAP calls,
  * one per piece in ascending order, all to the new partition. Nothing in the manager's own
@@ -247,28 +248,49 @@ static int plan_visibility(rm_state *st, rm_op *op) {
   return rc;
 }
 
-/* An access change of a mapped region: its own pieces torn down and set up again. */
+/* The mappings r shows in [s, e), at its old access (own_old) and at the new (own_new). */
+static int access_entries(rm_op *op, rm_region *r, uint64_t s, uint64_t e) {
+  mb_rtree_node *n;
+  int rc = 0;
+  mb_rtree_for_each_overlap(n, &r->mappings, s, e) {
+    rc = rm__view_push(&op->own_old, clip_entry(mapping_of(n), s, e, r->writable));
+    if (rc == 0)
+      rc = rm__view_push(&op->own_new, clip_entry(mapping_of(n), s, e, op->writable));
+    if (rc != 0)
+      return rc;
+  }
+  return 0;
+}
+
+/* An access change of a mapped region, in place (nothing is unmapped): each of its pieces
+ * changes access in every partition (one request each: a KVM slot's delete and add), then in
+ * the mappers (MM_REPLACE by the same mappings at the new access: an mprotect in each mapper,
+ * which waits only for the locks that need the access it takes away). */
 static int plan_access(rm_state *st, rm_op *op) {
   rm_region *r = op->region;
   const mb__vis_set *v = &st->vis;
   uint64_t s = r_start(r), e = r_end(r);
   int rc = 0;
   mb__vis_piece *p;
-  for (int phase = 0; phase < 4 && !rc; phase++) {
-    for (p = mb__vis_first_piece_of(v, &r->vis, s, e); p && !rc;
-         p = mb__vis_next_piece_of(p, &r->vis, s, e)) {
-      uint64_t ps = p->node.start, pe = p->node.end;
-      if (phase == 0)
-        rc = rm__plan_pm(st, op, CALL_PM_UNMAP, ps, pe - ps, r->writable);
-      else if (phase == 1)
-        rc = plan_mm(st, op, CALL_MM_UNMAP, ps, pe, r, r->writable);
-      else if (phase == 2)
-        rc = plan_mm(st, op, CALL_MM_MAP, ps, pe, r, op->writable);
-      else
-        rc = rm__plan_pm(st, op, CALL_PM_MAP, ps, pe - ps, op->writable);
-    }
-    rm__op_end_step(op);
+  op->fwd = &op->own_new;
+  op->inv = &op->own_old;
+  for (p = mb__vis_first_piece_of(v, &r->vis, s, e); p && !rc;
+       p = mb__vis_next_piece_of(p, &r->vis, s, e))
+    rc = rm__plan_pm(st, op, CALL_PM_ACCESS, p->node.start, p->node.end - p->node.start,
+                     op->writable);
+  rm__op_end_step(op);
+  for (p = mb__vis_first_piece_of(v, &r->vis, s, e); p && !rc;
+       p = mb__vis_next_piece_of(p, &r->vis, s, e)) {
+    uint64_t ps = p->node.start, pe = p->node.end;
+    if (first_mapping(r, ps, pe) == NULL)
+      continue;
+    rc = access_entries(op, r, ps, pe);
+    if (rc == 0)
+      rc = rm__op_add_call(op, (rm_call){.kind = CALL_MM_REPLACE,
+                                         .to = st->cfg.mapping_manager, .gpa = ps,
+                                         .size = pe - ps});
   }
+  rm__op_end_step(op);
   return rc;
 }
 
@@ -344,6 +366,11 @@ static void call_send(mb_actor *self, rm_call *c, bool inverse) {
     mm_unmap_msg *m = mm_unmap_new();
     if (m)
       m->gpa = c->gpa, m->size = c->size, msg = &m->hdr;
+  } else if (kind == CALL_PM_ACCESS || kind == CALL_PM_ACCESS_BACK) {
+    pm_access_set_msg *m = pm_access_set_new();
+    if (m)
+      m->gpa = c->gpa, m->size = c->size, msg = &m->hdr,
+      m->writable = kind == CALL_PM_ACCESS ? c->writable : !c->writable;
   } else {
     msg = entries_msg(c, kind, &rc);
   }

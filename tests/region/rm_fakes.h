@@ -274,7 +274,18 @@ static inline void fake_pm_handle(mb_actor *self, mb_msg *msg) {
   pthread_mutex_lock(&f->lock);
   pm_map_msg *map = pm_map_of(msg);
   pm_unmap_msg *unmap = pm_unmap_of(msg);
-  if (map != NULL) {
+  pm_access_set_msg *acc = pm_access_set_of(msg);
+  if (acc != NULL) {
+    fx_range(r, sizeof r, acc->gpa, acc->size);
+    snprintf(buf, sizeof buf, "access %s:%s", r, acc->writable ? "rw" : "ro");
+    rc = fx_record(f, k->who, buf);
+    size_t i = 0;
+    while (i < k->state.n && !(k->state.v[i].gpa == acc->gpa && k->state.v[i].size == acc->size)) i++;
+    if (i == k->state.n)
+      fx_violation(f, "PM_ACCESS_SET of something that is not a mapped piece");
+    else if (rc == 0)
+      k->state.v[i].writable = acc->writable;
+  } else if (map != NULL) {
     fx_range(r, sizeof r, map->gpa, map->size);
     snprintf(buf, sizeof buf, "map %s:%s", r, map->writable ? "rw" : "ro");
     rc = fx_record(f, k->who, buf);
