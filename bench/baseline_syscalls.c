@@ -6,6 +6,8 @@
  *                         KVM_SET_USER_MEMORY_REGION add and delete (skipped without /dev/kvm).
  *   syscalls.map_replace  floor of mapping.replace: one MAP_FIXED mmap of a 2 MiB memfd over
  *                         another's, the two alternating.
+ *   syscalls.mprotect     floor of access.change: mprotect of a populated 64 MiB shared memfd
+ *                         mapping to PROT_READ and back to PROT_READ|PROT_WRITE.
  *   syscalls.fault_remote floor of fault.lazy: a fault served by another, sleeping thread.
  *   memcpy                floor of access.read: copying 64 KiB (throughput).
  *
@@ -178,6 +180,68 @@ static int map_replace_run(mb_bench *b, void *state, uint32_t n) {
 }
 
 static void map_replace_teardown(void *state) { map_replace_free(state); }
+
+/* ---- syscalls.mprotect ------------------------------------------------------------------- */
+
+/* A 64 MiB memfd mapped read-write, 2 MiB aligned, with reserved neighbours on both sides (as a
+ * VA mapper's region, its own VMA), every page written once through the mapping so that its
+ * page-table entries are present, as those of access.change's populated region. */
+#define PROTECT_SIZE (64 * MIB)
+#define PROTECT_RESERVATION (PROTECT_SIZE + 3 * MAP_SLOT)
+
+typedef struct protect {
+  char *reservation;
+  char *slot;
+  int fd;
+} protect;
+
+static void protect_free(protect *p) {
+  if (p->reservation != NULL && p->reservation != MAP_FAILED)
+    munmap(p->reservation, PROTECT_RESERVATION);
+  if (p->fd >= 0)
+    close(p->fd);
+  free(p);
+}
+
+static int protect_setup(mb_bench *b, void **state) {
+  protect *p = calloc(1, sizeof *p);
+  if (p == NULL)
+    return -ENOMEM;
+  const char *what = NULL;
+  int err = 0;
+  if ((p->fd = make_memfd("mb-bench-protect", PROTECT_SIZE, false)) < 0) {
+    what = "memfd", err = -p->fd;
+  } else if ((p->reservation = reserve(NULL, PROTECT_RESERVATION)) == MAP_FAILED) {
+    what = "reserve", err = errno;
+  } else {
+    uintptr_t at = ((uintptr_t)p->reservation + 2 * MAP_SLOT - 1) & ~(uintptr_t)(MAP_SLOT - 1);
+    p->slot = (char *)at; /* in [reservation + 2 MiB, + 4 MiB): neighbours on both sides */
+    if (mmap(p->slot, PROTECT_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, p->fd, 0) ==
+        MAP_FAILED)
+      what = "mmap memfd", err = errno;
+  }
+  if (what != NULL) {
+    protect_free(p);
+    return mb_bench_fail(b, "%s: %s", what, strerror(err));
+  }
+  for (size_t off = 0; off < PROTECT_SIZE; off += 4096)
+    p->slot[off] = (char)0xa5;
+  *state = p;
+  return 0;
+}
+
+static int protect_run(mb_bench *b, void *state, uint32_t n) {
+  protect *p = state;
+  for (uint32_t i = 0; i < n; i++) {
+    if (mprotect(p->slot, PROTECT_SIZE, PROT_READ) != 0)
+      return mb_bench_fail(b, "mprotect PROT_READ: %s", strerror(errno));
+    if (mprotect(p->slot, PROTECT_SIZE, PROT_READ | PROT_WRITE) != 0)
+      return mb_bench_fail(b, "mprotect PROT_READ|PROT_WRITE: %s", strerror(errno));
+  }
+  return 0;
+}
+
+static void protect_teardown(void *state) { protect_free(state); }
 
 /* ---- syscalls.map_unmap_kvm -------------------------------------------------------------- */
 
@@ -525,6 +589,15 @@ static const mb_bench_def syscall_benches[] = {
         .teardown = map_replace_teardown,
         .doc = "mmap(MAP_FIXED|MAP_SHARED) of a 2 MiB memfd over another's mapping, the two "
                "alternating",
+    },
+    {
+        .name = "syscalls.mprotect",
+        .unit = MB_BENCH_NS,
+        .setup = protect_setup,
+        .run = protect_run,
+        .teardown = protect_teardown,
+        .doc = "mprotect of a populated 64 MiB shared memfd mapping to PROT_READ, then back to "
+               "PROT_READ|PROT_WRITE",
     },
     {
         .name = "syscalls.fault_remote",

@@ -13,10 +13,14 @@
  *                       alternating (version 2)
  *   scale.regions.N     map.soft's operation with N other mapped regions present
  *   scale.mappings.N    mapping.dax's operation with N other mappings in the region
+ *   access.change       region map ro + region map rw (an access change, in place) of a mapped
+ *                       64 MiB RAM region whose pages are all populated, with the eager VA
+ *                       mapper and a soft partition (version 2)
  *
  * The floors are syscalls.map_unmap (the two mmaps the VA mapper makes), syscalls.map_unmap_kvm
  * (the same plus the memslot add and delete), syscalls.map_replace (one MAP_FIXED mmap of the
- * new file over the old) and scale.*.10 for the scaling rows.
+ * new file over the old), syscalls.mprotect (the populated 64 MiB to read-only and back) and
+ * scale.*.10 for the scaling rows.
  *
  * One loop, on the harness thread. Every actor of a manager (region manager, mapping manager,
  * the eager VA mapper mb_mm_primary_mapper() that partitions use, the partition mapper) lives
@@ -83,12 +87,16 @@ enum { MB_SLOT = 2 * MIB };
 #define OTHER_MAPPINGS_AT (4 * MIB)
 #define OTHER_MAPPING_SIZE (4 * KIB)
 #define OTHER_MAPPING_STRIDE (64 * KIB)
+/* access.change: the measured region at MEASURED_REGION_AT is 64 MiB instead (below 1 GiB). */
+#define ACCESS_SIZE (64 * MIB)
+#define PAGE_SIZE_4K (4 * KIB)
 
 /* ---- one manager set up for a benchmark ---------------------------------------------------- */
 
-/* What is measured: a region's map and unmap, a mapping's add and remove, or the replace of
- * a mapping (which is there from the set-up on) by the other of two files. */
-typedef enum kind { K_REGION, K_MAPPING, K_REPLACE } kind;
+/* What is measured: a region's map and unmap, a mapping's add and remove, the replace of
+ * a mapping (which is there from the set-up on) by the other of two files, or a mapped
+ * region's access change to read-only and back. */
+typedef enum kind { K_REGION, K_MAPPING, K_REPLACE, K_ACCESS } kind;
 
 /* Where the manager's actors run: all on the home loop, or spread over three started loops
  * (map.spread). The requester is on the home loop either way. */
@@ -100,7 +108,7 @@ typedef struct map_bench {
   bool have_home;
   mb_loop *spread[SPREAD_LOOPS]; /* SPREAD: managers, primary VA mapper, partition mapper */
   mb_mm *mm;
-  mb_object *obj;    /* the measured 2 MiB memfd */
+  mb_object *obj;    /* the measured 2 MiB memfd (K_ACCESS: 64 MiB) */
   mb_object *obj_b;  /* K_REPLACE: the other 2 MiB memfd */
   mb_object *other;  /* backs every other region or mapping */
   mb_region_id id;   /* the measured region, or the device region */
@@ -257,21 +265,59 @@ static int device_add(mb_bench *b, map_bench *st) {
   return replace_check(b, st);
 }
 
-/* The measured region (K_REGION: with its mapping, not mapped) or the device region. */
+/* K_ACCESS, once at set-up (the region mapped rw, every page written): after `map ro` a write
+ * through the VA mapper faults (MB_E_READONLY: the mapper's VA really is read-only) and the
+ * bytes are still there (changed in place, not unmapped); after `map rw` it works again. A
+ * row never measures an access change that changes nothing. */
+static int access_check(mb_bench *b, map_bench *st) {
+  mb_mapper *m = mb_mm_primary_mapper(st->mm);
+  uint8_t mark = 0xa5, seen = 0;
+  int ro_write = 0, rc = mb_bench_region_map(st->mm, st->id, false);
+  if (rc == 0) {
+    ro_write = mb_mapper_write(m, MEASURED_REGION_AT, &mark, 1);
+    rc = mb_mapper_read(m, MEASURED_REGION_AT, &seen, 1);
+  }
+  if (rc == 0 && (rc = mb_bench_region_map(st->mm, st->id, true)) == 0)
+    rc = mb_mapper_write(m, MEASURED_REGION_AT, &mark, 1);
+  if (rc != 0)
+    return mb_bench_fail(b, "check: %s", membacking_strerror(rc));
+  if (ro_write != MB_E_READONLY || seen != mark)
+    return mb_bench_fail(b, "check: after map ro a write answered %s (expected %s) and a read "
+                         "%#x (expected %#x)", membacking_strerror(ro_write),
+                         membacking_strerror(MB_E_READONLY), seen, mark);
+  return 0;
+}
+
+/* K_ACCESS: the region mapped rw, every page written once through the VA mapper (populated,
+ * as a running guest's RAM: the mprotects walk present page-table entries), checked. */
+static int access_prepare(mb_bench *b, map_bench *st) {
+  mb_mapper *m = mb_mm_primary_mapper(st->mm);
+  uint8_t mark = 0xa5;
+  int rc = mb_bench_region_map(st->mm, st->id, true);
+  for (uint64_t off = 0; rc == 0 && off < ACCESS_SIZE; off += PAGE_SIZE_4K)
+    rc = mb_mapper_write(m, MEASURED_REGION_AT + off, &mark, 1);
+  if (rc != 0)
+    return mb_bench_fail(b, "populate: %s", membacking_strerror(rc));
+  return access_check(b, st);
+}
+
+/* The measured region (K_REGION: with its mapping, not mapped; K_ACCESS: mapped, populated)
+ * or the device region. */
 static int measured_add(mb_bench *b, map_bench *st) {
-  int rc = mb_object_create(MB_OBJECT_MEMFD, MB_SLOT, "bench-map", &st->obj);
+  uint64_t size = st->kind == K_ACCESS ? ACCESS_SIZE : MB_SLOT;
+  int rc = mb_object_create(MB_OBJECT_MEMFD, size, "bench-map", &st->obj);
   if (rc != 0)
     return mb_bench_fail(b, "object: %s", membacking_strerror(rc));
-  if (st->kind != K_REGION)
+  if (st->kind != K_REGION && st->kind != K_ACCESS)
     return device_add(b, st);
-  mb_region_params rp = {.gpa = MEASURED_REGION_AT, .size = MB_SLOT};
+  mb_region_params rp = {.gpa = MEASURED_REGION_AT, .size = size};
   if ((rc = mb_bench_region_add(st->mm, &rp, &st->id)) != 0)
     return mb_bench_fail(b, "region add: %s", membacking_strerror(rc));
-  mb_mapping_params p = {.region = st->id, .offset = 0, .size = MB_SLOT, .obj = st->obj,
+  mb_mapping_params p = {.region = st->id, .offset = 0, .size = size, .obj = st->obj,
                          .obj_offset = 0, .writable = true};
   if ((rc = mb_bench_mapping_add(st->mm, &p)) != 0)
     return mb_bench_fail(b, "mapping add: %s", membacking_strerror(rc));
-  return 0;
+  return st->kind == K_ACCESS ? access_prepare(b, st) : 0;
 }
 
 /* A manager in shape `sh` with the measured region, a partition of `ops` (NULL: none) and
@@ -304,7 +350,8 @@ static int map_setup_common(mb_bench *b, void **state, kind k, const mb_partitio
 /* ---- the measured operations ---------------------------------------------------------------
  *
  * K_REGION: region map + region unmap; K_MAPPING: mapping add + mapping remove; K_REPLACE: one
- * mapping replace, by obj_b and obj in turn. Chained on the home loop (home.h). */
+ * mapping replace, by obj_b and obj in turn; K_ACCESS: region map ro + region map rw of the
+ * mapped region. Chained on the home loop (home.h). */
 
 static void region_step(void *state, uint32_t step, mb_done_fn done, void *ctx) {
   map_bench *st = state;
@@ -317,6 +364,16 @@ static void region_step(void *state, uint32_t step, mb_done_fn done, void *ctx) 
 static const char *region_step_name(const void *state, uint32_t step) {
   (void)state;
   return step == 0 ? "region map" : "region unmap";
+}
+
+static void access_step(void *state, uint32_t step, mb_done_fn done, void *ctx) {
+  map_bench *st = state;
+  mb_region_map(st->mm, st->id, step != 0, done, ctx);
+}
+
+static const char *access_step_name(const void *state, uint32_t step) {
+  (void)state;
+  return step == 0 ? "region map ro" : "region map rw";
 }
 
 static void mapping_step(void *state, uint32_t step, mb_done_fn done, void *ctx) {
@@ -349,6 +406,7 @@ static const mb_bench_op map_ops[] = {
     [K_REGION] = {.steps = 2, .issue = region_step, .name = region_step_name},
     [K_MAPPING] = {.steps = 2, .issue = mapping_step, .name = mapping_step_name},
     [K_REPLACE] = {.steps = 1, .issue = replace_step, .name = replace_step_name},
+    [K_ACCESS] = {.steps = 2, .issue = access_step, .name = access_step_name},
 };
 
 static int map_run(mb_bench *b, void *state, uint32_t n) {
@@ -372,6 +430,9 @@ static int mapping_dax_setup(mb_bench *b, void **s) {
 }
 static int mapping_replace_setup(mb_bench *b, void **s) {
   return map_setup_common(b, s, K_REPLACE, NULL, 0);
+}
+static int access_change_setup(mb_bench *b, void **s) {
+  return map_setup_common(b, s, K_ACCESS, &mb_partition_soft, 0);
 }
 
 #define SCALE_SETUPS(N)                                                                        \
@@ -451,6 +512,11 @@ static const mb_bench_def map_benches[] = {
      .flags = MB_BENCH_SELF_TIMED | MB_BENCH_CPU,
      .doc = "mapping replace of 2 MiB in a mapped 1 GiB device region by another memfd's "
             "(two alternating), eager VA mapper, one loop"},
+    {.name = "access.change", .unit = MB_BENCH_NS, .baseline = "syscalls.mprotect",
+     .setup = access_change_setup, .run = map_run, .teardown = map_teardown,
+     .flags = MB_BENCH_SELF_TIMED | MB_BENCH_CPU,
+     .doc = "region map ro + region map rw of a mapped 64 MiB RAM region, every page "
+            "populated, eager VA mapper, soft partition, one loop"},
     SCALE_REGIONS(10),
     SCALE_REGIONS(100),
     SCALE_REGIONS(1000),
