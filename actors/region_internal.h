@@ -130,6 +130,15 @@ static inline uint64_t min64(uint64_t a, uint64_t b) { return a < b ? a : b; }
 static inline uint64_t max64(uint64_t a, uint64_t b) { return a > b ? a : b; }
 
 
+/* A mapping's entry cut to [start, end), with a reference of its own: writable only where the
+ * mapping and the access both are. */
+static inline mb_map_entry rm__clip_entry(const rm_mapping *m, uint64_t start, uint64_t end,
+                                          bool writable) {
+  uint64_t s = max64(m->node.start, start), e = min64(m->node.end, end);
+  return (mb_map_entry){s, e - s, mb_object_ref(m->obj), m->obj_off + (s - m->node.start),
+                        m->writable && writable};
+}
+
 /* region_manager.c */
 void rm__region_free(rm_state *st, rm_region *r);    /* unlinks it too */
 void rm__region_destroy(rm_region *r);               /* an unlinked one */
@@ -145,6 +154,8 @@ void rm__view_clear(rm_view *v); /* empty, its arrays kept for the next use */
 /* Appends e (taking its reference), merged into the last entry when it continues it. 0, or
  * MB_ENOMEM (the reference dropped). */
 int rm__view_push(rm_view *v, mb_map_entry e);
+/* Appends r's mappings in [s, e), cut to it, at the access `writable` allows. 0 or MB_ENOMEM. */
+int rm__view_push_mappings(rm_view *v, const rm_region *r, uint64_t s, uint64_t e, bool writable);
 /* The view of the manager's whole state. 0 or MB_ENOMEM (v empty). */
 int rm__view_capture(rm_state *st, rm_view *v);
 /* The entries of v inside [a, b), cut to it, with references of their own. */

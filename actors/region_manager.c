@@ -89,12 +89,6 @@ static void entries_free(mb_map_entry *e, uint32_t count) {
   free(e);
 }
 
-static mb_map_entry clip_entry(const rm_mapping *m, uint64_t start, uint64_t end,
-                               bool writable) {
-  uint64_t s = max64(m->node.start, start), e = min64(m->node.end, end);
-  return (mb_map_entry){s, e - s, mb_object_ref(m->obj), m->obj_off + (s - m->node.start),
-                        m->writable && writable};
-}
 
 /* The entries for an MM_MAP call: its mappings from `maps` on (or `maps` alone) clipped to
  * the call's range, each with its own reference, writable only where the mapping and the
@@ -112,12 +106,12 @@ static int build_entries(const rm_call *c, mb_map_entry **out, uint32_t *count) 
   mb_map_entry *e = mb__malloc(n * sizeof *e);
   if (e == NULL)
     return MB_ENOMEM;
-  e[0] = clip_entry(c->maps, start, end, c->writable);
+  e[0] = rm__clip_entry(c->maps, start, end, c->writable);
   size_t i = 1;
   if (!c->one)
     for (it = mb_rtree_next_overlap(&c->maps->node, start, end); it;
          it = mb_rtree_next_overlap(it, start, end))
-      e[i++] = clip_entry(mapping_of(it), start, end, c->writable);
+      e[i++] = rm__clip_entry(mapping_of(it), start, end, c->writable);
   *out = e;
   *count = (uint32_t)n;
   return 0;
@@ -250,16 +244,8 @@ static int plan_visibility(rm_state *st, rm_op *op) {
 
 /* The mappings r shows in [s, e), at its old access (own_old) and at the new (own_new). */
 static int access_entries(rm_op *op, rm_region *r, uint64_t s, uint64_t e) {
-  mb_rtree_node *n;
-  int rc = 0;
-  mb_rtree_for_each_overlap(n, &r->mappings, s, e) {
-    rc = rm__view_push(&op->own_old, clip_entry(mapping_of(n), s, e, r->writable));
-    if (rc == 0)
-      rc = rm__view_push(&op->own_new, clip_entry(mapping_of(n), s, e, op->writable));
-    if (rc != 0)
-      return rc;
-  }
-  return 0;
+  int rc = rm__view_push_mappings(&op->own_old, r, s, e, r->writable);
+  return rc ? rc : rm__view_push_mappings(&op->own_new, r, s, e, op->writable);
 }
 
 /* An access change of a mapped region, in place (nothing is unmapped): each of its pieces
@@ -736,13 +722,8 @@ static int plan_mapping_remove(rm_state *st, rm_op *op) {
 /* A replace's entries over [s, e) of r (visible there): the old ones (r's mappings) into
  * own_old, the new one (nm) into own_new. */
 static int replace_entries(rm_op *op, rm_region *r, rm_mapping *nm, uint64_t s, uint64_t e) {
-  mb_rtree_node *n;
-  mb_rtree_for_each_overlap(n, &r->mappings, s, e) {
-    int rc = rm__view_push(&op->own_old, clip_entry(mapping_of(n), s, e, r->writable));
-    if (rc)
-      return rc;
-  }
-  return rm__view_push(&op->own_new, clip_entry(nm, s, e, r->writable));
+  int rc = rm__view_push_mappings(&op->own_old, r, s, e, r->writable);
+  return rc ? rc : rm__view_push(&op->own_new, rm__clip_entry(nm, s, e, r->writable));
 }
 
 /* One step of MM_REPLACE calls, one per visible piece of the range: partitions map the

@@ -66,18 +66,18 @@ static int push_piece(rm_view *v, rm_piece p) {
   return 0;
 }
 
+int rm__view_push_mappings(rm_view *v, const rm_region *r, uint64_t s, uint64_t e, bool writable) {
+  int rc = 0;
+  mb_rtree_node *n;
+  for (n = mb_rtree_first_overlap(&r->mappings, s, e); n && !rc; n = mb_rtree_next_overlap(n, s, e))
+    rc = rm__view_push(v, rm__clip_entry(mapping_of(n), s, e, writable));
+  return rc;
+}
+
 /* A piece of r and r's mappings in it. */
 static int capture_piece(rm_view *v, const rm_region *r, uint64_t s, uint64_t e) {
   int rc = push_piece(v, (rm_piece){s, e, r->writable});
-  mb_rtree_node *n;
-  for (n = mb_rtree_first_overlap(&r->mappings, s, e); n && !rc;
-       n = mb_rtree_next_overlap(n, s, e)) {
-    const rm_mapping *m = mapping_of(n);
-    uint64_t a = max64(n->start, s), b = min64(n->end, e);
-    rc = rm__view_push(v, (mb_map_entry){a, b - a, mb_object_ref(m->obj),
-                                         m->obj_off + (a - n->start), m->writable && r->writable});
-  }
-  return rc;
+  return rc ? rc : rm__view_push_mappings(v, r, s, e, r->writable);
 }
 
 int rm__view_capture(rm_state *st, rm_view *v) {

@@ -269,6 +269,57 @@ static void test_attach_slots(void **unused) {
   tu_fake_fini(&vm);
 }
 
+/* The slot of the piece at gpa (NULL: none). */
+static const struct kvm_userspace_memory_region *slot_at(const struct kvm_userspace_memory_region *t,
+                                                         uint64_t gpa) {
+  for (int i = 0; i < TU_FAKE_SLOTS; i++)
+    if (t[i].memory_size && t[i].guest_phys_addr == gpa)
+      return &t[i];
+  return NULL;
+}
+
+/* An access change in place is exactly the slot's delete and its add with or without
+ * KVM_MEM_READONLY (same slot range, same host memory); a failed add puts the slot back as it
+ * was and the region keeps its access. A mapping replace and a transaction that ends as it
+ * began make no slot call at all. */
+static void test_attach_access_and_replace(void **unused) {
+  (void)unused;
+  tu_fake_vm vm;
+  tu_fake_init(&vm);
+  mb_kvm_attach_config c;
+  mb_partition_params params = tu_fake_params(&vm, &c, 8, 4);
+  world w;
+  world_init(&w, &params);
+  struct kvm_userspace_memory_region before[TU_FAKE_SLOTS], after[TU_FAKE_SLOTS];
+  tu_fake_slots(&vm, before);
+  int calls = vm.calls;
+  assert_int_equal(mb_region_map_sync(w.mm, w.ram, false), 0);
+  assert_int_equal(vm.calls, calls + 2);
+  tu_fake_slots(&vm, after);
+  const struct kvm_userspace_memory_region *o = slot_at(before, 0), *n = slot_at(after, 0);
+  assert_non_null(n);
+  assert_int_equal(n->flags, o->flags | KVM_MEM_READONLY);
+  assert_int_equal(n->memory_size, o->memory_size);
+  assert_int_equal(n->userspace_addr, o->userspace_addr);
+  vm.fail_at = vm.calls + 2, vm.fail_err = -ENOMEM; /* the add back to read-write fails */
+  assert_int_equal(mb_region_map_sync(w.mm, w.ram, true), -ENOMEM);
+  tu_fake_slots(&vm, before);
+  assert_memory_equal(before, after, sizeof before);
+  assert_int_equal(mb_mapper_write(mb_mm_primary_mapper(w.mm), 0, "x", 1), MB_E_READONLY);
+  assert_int_equal(mb_region_map_sync(w.mm, w.ram, true), 0);
+  calls = vm.calls;
+  mb_mapping_params rp = {w.ram, 0, MiB, w.obj, 5 * MiB, true};
+  assert_int_equal(mb_mapping_replace_sync(w.mm, &rp), 0);
+  assert_int_equal(mb_txn_begin_sync(w.mm), 0);
+  assert_int_equal(mb_region_unmap_sync(w.mm, w.rom), 0);
+  assert_int_equal(mb_region_map_sync(w.mm, w.rom, false), 0);
+  assert_int_equal(mb_txn_commit_sync(w.mm), 0);
+  assert_int_equal(vm.calls, calls);
+  assert_int_equal(vm.violations, 0);
+  world_fini(&w);
+  tu_fake_fini(&vm);
+}
+
 static void test_attach_config(void **unused) {
   (void)unused;
   tu_fake_vm vm;
@@ -394,6 +445,7 @@ int main(void) {
       cmocka_unit_test(test_exit_rule),
       cmocka_unit_test(test_classify),
       cmocka_unit_test(test_attach_slots),
+      cmocka_unit_test(test_attach_access_and_replace),
       cmocka_unit_test(test_attach_config),
       cmocka_unit_test(test_attach_stays_ram),
       cmocka_unit_test(test_attach_real_vm),
