@@ -94,7 +94,9 @@ typedef struct mm_op {
   uint32_t lent;         /* VAM_MAP replies still due (they read `entries`) */
   bool refs_moved;       /* MM_MAP: the entries' references went to the inserted nodes */
   mm_mapper replay;      /* MM_ADD_MAPPER: the new mapper (not registered yet) */
-  mm_cut cut;            /* MM_UNMAP */
+  mm_cut cut;            /* MM_UNMAP, MM_REPLACE */
+  mm_node *swapped;      /* MM_REPLACE in place: the node that took the entry */
+  mb_map_entry swap_old; /* and what it held (with its reference) */
 } mm_op;
 
 struct mm_state {
@@ -256,6 +258,7 @@ static void op_finish(mm_state *st, int status) {
   op->count = 0;
   op->refs_moved = false;
   op->cut = (mm_cut){0};
+  op->swapped = NULL;
   st->busy = false;
   mb_reply(req, status);
   if (st->nwaiting > 0)
@@ -626,6 +629,34 @@ static int check_replace(mb_map_entry *e, uint32_t count, uint64_t a, uint64_t b
   return 0;
 }
 
+/* A replace of exactly one node's range by one entry: the node takes the entry in place
+ * (the tree keeps its shape; a DAX chunk's replace). False: cut and insert instead. */
+static bool swap_in(mm_state *st, uint64_t a, uint64_t b) {
+  mm_op *op = &st->op;
+  mb_rtree_node *it = mb_rtree_first_overlap(&st->maps, a, b);
+  if (op->count != 1 || op->entries[0].gpa != a || op->entries[0].size != b - a ||
+      it == NULL || it->start != a || it->end != b)
+    return false;
+  op->swapped = node_of(it);
+  op->swap_old = op->swapped->e;
+  op->swapped->e = op->entries[0];
+  op->refs_moved = true;
+  return true;
+}
+
+/* The tree as it was before the replace (its entries' references go with the batch). */
+static void replace_undo_tree(mm_state *st) {
+  mm_op *op = &st->op;
+  if (op->swapped != NULL) {
+    mb_object_unref(op->swapped->e.obj);
+    op->swapped->e = op->swap_old;
+    op->swapped = NULL;
+  } else {
+    remove_batch(st, op->count);
+    cut_restore(st);
+  }
+}
+
 static void replace_rolled_back(mm_state *st) {
   op_finish(st, st->op.status);
 }
@@ -636,16 +667,17 @@ static void replace_done(mm_state *st) {
   mm_op *op = &st->op;
   const mm_replace_msg *m = mm_replace_of(op->req);
   if (op->status == 0) {
+    if (op->swapped != NULL)
+      mb_object_unref(op->swap_old.obj);
     cut_commit(st);
     op_finish(st, 0);
     return;
   }
-  remove_batch(st, op->count);
+  replace_undo_tree(st);
   free(op->entries);
   op->entries = NULL;
   op->count = 0;
   op->refs_moved = false;
-  cut_restore(st);
   op_begin(st, replace_rolled_back);
   if (clip_entries(st, m->gpa, m->gpa + m->size) == 0)
     call_replace_all(st, m->gpa, m->size);
@@ -661,10 +693,11 @@ static void handle_replace(mm_state *st, mm_replace_msg *m) {
                    !mb_page_aligned(m->gpa | m->size) || m->size > UINT64_MAX - m->gpa
                ? MB_E_INVALID
                : check_replace(op->entries, op->count, m->gpa, m->gpa + m->size);
-  if (rc == 0)
+  if (rc == 0 && !swap_in(st, m->gpa, m->gpa + m->size)) {
     rc = cut_range(st, m->gpa, m->gpa + m->size);
-  if (rc == 0 && (rc = insert_batch(st)) != 0)
-    cut_restore(st);
+    if (rc == 0 && (rc = insert_batch(st)) != 0)
+      cut_restore(st);
+  }
   if (rc != 0) {
     op_finish(st, rc);
     return;
@@ -876,6 +909,8 @@ static void mm_destroy(mb_actor *self) {
     next = n->cut;
     node_free(n);
   }
+  if (op->swapped != NULL) /* an MM_REPLACE in place in flight: the node keeps the new */
+    mb_object_unref(op->swap_old.obj);
   if (st->busy) {
     /* Mappers on other loops may still be reading a lent array: leave it to them rather than
      * free it under their feet (only when a loop stops in the middle of an operation). The

@@ -537,6 +537,18 @@ static void mappings_cut(rm_region *r, uint64_t a, uint64_t b, rm_mapping **spar
   }
 }
 
+/* A replace of exactly one mapping's range (a DAX chunk's) changes that mapping in place:
+ * the tree keeps its shape. True if it did; nm then holds the old backing. */
+static bool mapping_swap(rm_region *r, rm_mapping *nm) {
+  rm_mapping *m = first_mapping(r, nm->node.start, nm->node.end);
+  if (m == NULL || m->node.start != nm->node.start || m->node.end != nm->node.end)
+    return false;
+  rm_mapping old = *m;
+  m->obj = nm->obj, m->obj_off = nm->obj_off, m->writable = nm->writable;
+  nm->obj = old.obj, nm->obj_off = old.obj_off, nm->writable = old.writable;
+  return true;
+}
+
 static void op_commit(rm_state *st, rm_op *op) {
   rm_region *r = op->region;
   switch (op->kind) {
@@ -561,6 +573,8 @@ static void op_commit(rm_state *st, rm_op *op) {
     mappings_cut(r, op->start, op->end, &op->spare);
     break;
   case RM_MAPPING_REPLACE:
+    if (mapping_swap(r, op->mapping))
+      break; /* op->mapping holds the old one now: op_free drops it */
     mappings_cut(r, op->start, op->end, &op->spare);
     mb_rtree_insert(&r->mappings, &op->mapping->node, op->start, op->end);
     op->mapping = NULL;

@@ -432,11 +432,37 @@ static int map_gap(mb_vam *v, uint64_t start, uint64_t end, mb_object *obj, uint
  * pages (private memory's contents too) and locks that need no more than the new access. It
  * checks for locks and maps under `lock`, so no lock can be taken on the old pages in
  * between. With a lock in the way: parked (job). */
+/* map_replace of exactly one established range: the range is changed in place (the tree
+ * keeps its shape; a DAX chunk's replace). */
+static int replace_exact(mb_vam *v, vam_range *r, mb_object *obj, uint64_t obj_off,
+                         bool writable, bool same, vam_job *job) {
+  uint64_t start = r->node.start, end = r->node.end;
+  vam_range *none = NULL;
+  int rc;
+  vam_lock(v);
+  if (lock_needs(v, start, end, !same, !writable)) {
+    rc = park(v, job);
+  } else {
+    rc = same ? mb_va_protect(&v->va, start, end - start, writable)
+              : map_object(v, start, end, obj, obj_off, writable);
+    if (rc == 0) {
+      mb_object_unref(r->obj);
+      r->obj = mb_object_ref(obj), r->obj_off = obj_off, r->writable = writable;
+    } else if (!same && mb_va_unmap(&v->va, start, end - start) == 0) {
+      unrecord(v, &r->node, start, end, &none);
+    }
+  }
+  vam_unlock(v);
+  return host_refused(map_error(rc));
+}
+
 static int map_replace(mb_vam *v, uint64_t start, uint64_t end, mb_object *obj,
                        uint64_t obj_off, bool writable, bool same, vam_job *job) {
   /* A spare only when one established range straddles both edges (then it is the only one
    * overlapping); only this thread changes the tree, so the check holds until unrecord. */
   mb_rtree_node *it = mb_rtree_first_overlap(&v->ranges, start, end);
+  if (it->start == start && it->end == end)
+    return replace_exact(v, range_of(it), obj, obj_off, writable, same, job);
   bool straddles = it->start < start && it->end > end;
   vam_range *r = range_get(v), *spare = straddles ? range_get(v) : NULL;
   if (r == NULL || (straddles && spare == NULL)) {
