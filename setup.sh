@@ -12,7 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 PACKAGES=(gcc g++ libc6-dev meson ninja-build pkg-config python3 libuv1-dev libcmocka-dev libjemalloc-dev
-          clang libclang-rt-14-dev)
+          clang libclang-rt-14-dev libnuma-dev)
 
 install_packages() {
   local missing=()

@@ -13,6 +13,7 @@
 
 #include <uv.h>
 
+#include "dirty_log.h"
 #include "mapping_manager.h"
 #include "membacking.h"
 #include "partition_mapper.h"
@@ -122,6 +123,7 @@ struct mb_mm {
   _Atomic(mb_msg *) txn_commit; /* the commit's request and its asynchronous answer, made */
   _Atomic(void *) txn_op;        /* when its begin is: a commit is never refused for memory */
   mb__rec *rec;           /* NULL unless recording */
+  mb_dirty_log dirty;     /* dirty-page tracking (dirty_log.h) */
   void *insp_signal;      /* the dump-on-signal handle, on `loop` */
   int signum;
 };

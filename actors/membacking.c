@@ -195,7 +195,8 @@ typedef struct mm_build {
 static void mm_build_managers(mb_loop *loop, void *arg) {
   mm_build *b = arg;
   b->mm->mm = mb_mapping_manager_create(loop);
-  mb_rm_config rc = {b->mm->max_addr, b->cfg->overlap, mb_actor_addr(b->mm->mm), b->mm->gpa_map};
+  mb_rm_config rc = {b->mm->max_addr, b->cfg->overlap, mb_actor_addr(b->mm->mm), b->mm->gpa_map,
+                     &b->mm->dirty};
   b->mm->rm = b->mm->mm ? mb_region_manager_create(loop, &rc) : NULL;
   b->rc = b->mm->rm ? 0 : MB_ENOMEM;
   if (b->rc) return;
@@ -212,6 +213,7 @@ static void mm_build_part_vam(mb_loop *loop, void *arg) {
   b->rc = mb_vam_create(loop, mm->mm_addr, mm->max_addr, true, &mm->part_vam);
   if (b->rc) return;
   mm->part_base = mb_vam_base(mm->part_vam);
+  mb_vam_set_dirty(mm->part_vam, &mm->dirty);
   mb_actor_time_requests(mb_actor_at(loop, mb_vam_addr(mm->part_vam)), true);
 }
 
@@ -272,6 +274,7 @@ int mb_mm_create(const mb_mm_config *cfg, mb_mm **out) {
   mm->overlap = cfg->overlap;
   atomic_init(&mm->refs, 1);
   pthread_mutex_init(&mm->lock, NULL);
+  mb__dirty_log_init(&mm->dirty);
   mm_build b = {mm, cfg, 0};
   mm->primary = (mb_mapper){.mm = mm, .loop = mm->part_loop, .idx = mb__h_alloc()};
   rc = mm->primary.idx == MB__H_NONE || mb_gpa_map_create(&mm->gpa_map) ? MB_ENOMEM : 0;
@@ -309,6 +312,7 @@ void mb__mm_unref(mb_mm *mm) {
   mb_msg_free(atomic_exchange(&mm->txn_commit, NULL));
   free(atomic_exchange(&mm->txn_op, NULL));
   mb_gpa_map_destroy(mm->gpa_map);
+  mb__dirty_log_fini(&mm->dirty);
   pthread_mutex_destroy(&mm->lock);
   free(mm);
 }

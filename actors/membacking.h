@@ -403,6 +403,50 @@ int mb_partition_classify_exit(mb_partition *p, int rc, int err, const struct kv
  * classify again), MB_E_INVALID (not such an exit). */
 int mb_partition_serve_exit(mb_partition *p, const mb_kvm_exit *ex, struct kvm_run *run);
 
+/* ---- dirty-page tracking ---------------------------------------------------------------------
+ *
+ * What live migration and incremental snapshots need: which guest pages were written. One set
+ * of dirty pages per manager, by guest physical address (4 KiB pages), fed by every source:
+ *   - guest writes through partitions: soft at once; kvm/kvm_attach through the kernel's log
+ *     (KVM_MEM_LOG_DIRTY_PAGES with the manual clear protocol), collected at each sync, and
+ *     read before any slot is deleted (an unmap, an access change, the partition's removal);
+ *     a device access through mb_partition_access is marked directly;
+ *   - writes through VA mappers (mb_mapper_write);
+ *   - writable locks: every page of one is dirty while it is held (each sync answers it and
+ *     leaves it dirty) and once more at its unlock.
+ * Writes made through a mapper's base pointer or a lock's pointer without a lock are NOT
+ * tracked (the lock covers them: write under a writable lock).
+ * A page written and then unmapped stays dirty until synced. A write racing a start or a stop
+ * may or may not be counted. KVM may report more than was written, never less: it maps a page
+ * writable at the guest's first access after a start or a sync, a read included, and logs
+ * it then (measured on Linux 6.12); soft partitions report exactly the written pages. With kvm partitions, what the guest writes between a slot's last
+ * log read and its deletion is lost unless the VMM keeps its vCPUs out of KVM_RUN around
+ * the change (as QEMU does).
+ *
+ * Requests go through the region manager, in order with region requests; they are allowed
+ * inside a transaction. A partition that cannot track (a backend without dirty calls) makes
+ * mb_dirty_start fail with MB_E_UNSUPPORTED. Threads as for region requests. */
+/* Tracking on: MB_E_INVALID if it is on already. */
+void mb_dirty_start(mb_mm *mm, mb_done_fn done, void *ctx);
+int mb_dirty_start_sync(mb_mm *mm);
+/* Tracking off; the dirty pages are forgotten. MB_E_INVALID if it is off. */
+void mb_dirty_stop(mb_mm *mm, mb_done_fn done, void *ctx);
+int mb_dirty_stop_sync(mb_mm *mm);
+/* The spec's `dirty sync`: answers the dirty pages of [gpa, gpa + size) (4 KiB aligned,
+ * non-empty, below max_addr, else MB_E_INVALID) and clears them (those under a writable lock
+ * stay dirty). Into the caller's bitmap: bit i (bit i % 64 of word i / 64) is page
+ * gpa + i * 4 KiB; (size / 4 KiB + 63) / 64 words are written. value / *pages: how many pages
+ * are dirty. MB_E_INVALID when tracking is off. */
+void mb_dirty_sync(mb_mm *mm, uint64_t gpa, uint64_t size, uint64_t *bitmap, mb_done_fn done,
+                   void *ctx);
+int mb_dirty_sync_bitmap(mb_mm *mm, uint64_t gpa, uint64_t size, uint64_t *bitmap,
+                         uint64_t *pages);
+/* The same as ranges (ascending, adjacent pages merged; `writable` is true in each): value of
+ * the async form is an mb_range_list * the callback owns (free() it). Out of memory for the
+ * list: MB_ENOMEM, and the pages stay dirty. */
+void mb_dirty_sync_ranges(mb_mm *mm, uint64_t gpa, uint64_t size, mb_done_fn done, void *ctx);
+int mb_dirty_sync_ranges_sync(mb_mm *mm, uint64_t gpa, uint64_t size, mb_range_list **out);
+
 /* ---- introspection ------------------------------------------------------------------------- */
 
 /* The manager's whole state as one JSON object (malloc'd; free() it): "regions" (state,
@@ -448,4 +492,9 @@ const char *membacking_strerror(int err);
 #ifdef __cplusplus
 }
 #endif
+
+/* Guest RAM built the way a VMM describes it, in one call (backing requests, hugetlb, THP,
+ * NUMA, prefetch, the x86 legacy split) and its PAM windows' visibility: mb_ram.h. */
+#include "mb_ram.h"
+
 #endif

@@ -232,6 +232,7 @@ static int mapper_build(mb_mm *mm, mb_loop *loop, bool eager, mb_mapper **out) {
     return rc;
   }
   mb_actor_time_requests(mb_actor_at(loop, mb_vam_addr(vam)), true);
+  mb_vam_set_dirty(vam, &mm->dirty);
   *m = (mb_mapper){.mm = mm, .vam = vam, .loop = loop, .idx = idx};
   *out = m;
   return 0;

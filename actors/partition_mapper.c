@@ -73,6 +73,21 @@ static int pm_do_access_set(pm_state *s, const pm_access_set_msg *m) {
   return rc;
 }
 
+/* PM_DIRTY_*: a backend without the dirty calls cannot track (its guest writes would be
+ * missed), so starting is refused; stopping and collecting then have nothing to do. */
+static int pm_do_dirty(pm_state *s, mb_msg *msg) {
+  if (s->ops->dirty_start == NULL)
+    return msg->kind == PM_DIRTY_START ? MB_E_UNSUPPORTED : 0;
+  if (msg->kind == PM_DIRTY_START)
+    return s->ops->dirty_start(s->inst, pm_dirty_start_of(msg)->set);
+  if (msg->kind == PM_DIRTY_COLLECT) {
+    pm_dirty_collect_msg *m = pm_dirty_collect_of(msg);
+    return s->ops->dirty_collect(s->inst, m->gpa, m->size);
+  }
+  s->ops->dirty_stop(s->inst);
+  return 0;
+}
+
 static int pm_dispatch(pm_state *s, mb_msg *msg) {
   switch ((enum pm_kind)msg->kind) {
   case PM_MAP:
@@ -91,6 +106,10 @@ static int pm_dispatch(pm_state *s, mb_msg *msg) {
       return MB_E_INVALID;
     return s->ops->access(s->inst, m->gpa, m->buf, (size_t)m->len, m->write);
   }
+  case PM_DIRTY_START:
+  case PM_DIRTY_COLLECT:
+  case PM_DIRTY_STOP:
+    return pm_do_dirty(s, msg);
   default:
     return MB_EINVAL;
   }

@@ -11,6 +11,10 @@
  *   PM_RANGES {out: ranges, count}   the mapped ranges (malloc'd mb_part_range array)
  *   PM_ACCESS {gpa, buf, len, write} a guest access through the partition's own view:
  *             0, MB_E_MMIO or MB_E_FAULT (buf stays the requester's)
+ *   PM_DIRTY_START {set}             dirty tracking on, into the manager's set; a backend
+ *             that cannot track: MB_E_UNSUPPORTED
+ *   PM_DIRTY_COLLECT {gpa, size}     what the backend logged in the range, into the set
+ *   PM_DIRTY_STOP {}                 tracking off (its inverse: start again, into set)
  */
 #ifndef MB_PARTITION_MAPPER_H
 #define MB_PARTITION_MAPPER_H
@@ -23,12 +27,16 @@
 #define PM_ACCESS_SET_FIELDS(F) F(uint64_t, gpa) F(uint64_t, size) F(bool, writable)
 #define PM_RANGES_FIELDS(F) F(mb_part_range *, ranges) F(uint32_t, count)
 #define PM_ACCESS_FIELDS(F) F(uint64_t, gpa) F(void *, buf) F(uint64_t, len) F(bool, write)
+#define PM_DIRTY_FIELDS(F) F(struct mb_dirty_set *, set) F(uint64_t, gpa) F(uint64_t, size)
 #define PM_MESSAGES(M)                         \
   M(pm, PM_MAP, map, PM_MAP_FIELDS)            \
   M(pm, PM_UNMAP, unmap, PM_UNMAP_FIELDS)      \
   M(pm, PM_ACCESS_SET, access_set, PM_ACCESS_SET_FIELDS) \
   M(pm, PM_RANGES, ranges, PM_RANGES_FIELDS)   \
-  M(pm, PM_ACCESS, access, PM_ACCESS_FIELDS)
+  M(pm, PM_ACCESS, access, PM_ACCESS_FIELDS)   \
+  M(pm, PM_DIRTY_START, dirty_start, PM_DIRTY_FIELDS) \
+  M(pm, PM_DIRTY_COLLECT, dirty_collect, PM_DIRTY_FIELDS) \
+  M(pm, PM_DIRTY_STOP, dirty_stop, PM_DIRTY_FIELDS)
 MB_PROTOCOL_DECLARE(pm, PM_MESSAGES)
 
 /* Create on `loop` (its thread): a backend instance for guest addresses below max_addr, with

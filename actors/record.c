@@ -14,7 +14,13 @@
  * recording's own (a name it could not keep: the lines after it may not replay).
  *
  * Transactions: a commit that fails returns the manager to the state of its begin, and the
- * region names with it (the names live at the begin are kept until the commit). */
+ * region names with it (the names live at the begin are kept until the commit).
+ *
+ * Dirty-page tracking: `dirty start`, `dirty stop` with their results; a `dirty sync` that
+ * succeeded without `=>` (guest and mapper writes are not recorded, so a replay cannot promise
+ * the same pages) and with the pages it answered in a comment, read from the caller's bitmap or
+ * list (both still the caller's when the reply is recorded: before its callback runs, or before
+ * the blocking call returns); one that failed with its error. */
 #include <inttypes.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -211,6 +217,55 @@ static void rec_simple(mb__rec *r, const char *what, uint32_t id, const char *ta
   put_result(r, status);
 }
 
+/* ---- dirty-page tracking -------------------------------------------------------------------- */
+
+enum { PAGE_SHIFT = 12, PAGES_SHOWN = 32 }; /* a sync's comment shows its first runs only */
+
+/* One run of dirty pages of a sync's comment; *n counts the runs. */
+static void put_pages_run(mb__rec *r, unsigned *n, uint64_t gpa, uint64_t size) {
+  if (*n < PAGES_SHOWN) fprintf(r->f, " 0x%" PRIx64 "+0x%" PRIx64, gpa, size);
+  else if (*n == PAGES_SHOWN) fputs(" ...", r->f);
+  ++*n;
+}
+
+/* The runs of set bits of a sync's bitmap: bit i is page gpa + i * 4 KiB. */
+static void put_bitmap_runs(mb__rec *r, const rm_dirty_sync_msg *m, unsigned *n) {
+  uint64_t pages = m->size >> PAGE_SHIFT, start = 0;
+  bool in_run = false;
+  for (uint64_t i = 0; i <= pages; i++) {
+    bool set = i < pages && (m->bits[i / 64] >> (i % 64) & 1);
+    if (set && !in_run) start = i;
+    if (!set && in_run)
+      put_pages_run(r, n, m->gpa + (start << PAGE_SHIFT), (i - start) << PAGE_SHIFT);
+    in_run = set;
+    if (!set && i + 64 <= pages && i % 64 == 0 && m->bits[i / 64] == 0) i += 63; /* empty word */
+  }
+}
+
+static void rec_dirty_sync(mb__rec *r, const rm_dirty_sync_msg *m, int status) {
+  fprintf(r->f, "dirty sync 0x%" PRIx64 " 0x%" PRIx64, m->gpa, m->size);
+  if (status != 0) {
+    put_result(r, status);
+    return;
+  }
+  const mb_range_list *l = m->list;
+  unsigned n = 0;
+  fprintf(r->f, " # answered %" PRIu64 " pages:", m->pages);
+  if (m->bits) put_bitmap_runs(r, m, &n);
+  for (size_t i = 0; !m->bits && l && i < l->count; i++)
+    put_pages_run(r, &n, l->ranges[i].gpa, l->ranges[i].size);
+  fputs(n ? "\n" : " none\n", r->f);
+}
+
+static void rec_dirty(mb__rec *r, mb_msg *msg, int status) {
+  if (msg->kind == RM_DIRTY_SYNC) {
+    rec_dirty_sync(r, rm_dirty_sync_of(msg), status);
+    return;
+  }
+  fputs(msg->kind == RM_DIRTY_START ? "dirty start" : "dirty stop", r->f);
+  put_result(r, status);
+}
+
 static void rec_locked(mb__rec *r, mb_msg *msg, int status) {
   char buf[32];
   switch (msg->kind) {
@@ -247,6 +302,9 @@ static void rec_locked(mb__rec *r, mb_msg *msg, int status) {
     put_result(r, status);
     txn_end(r, status != 0);
     break;
+  case RM_DIRTY_START:
+  case RM_DIRTY_SYNC:
+  case RM_DIRTY_STOP: rec_dirty(r, msg, status); break;
   default: break; /* queries and partitions are recorded elsewhere or not at all */
   }
 }

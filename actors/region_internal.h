@@ -56,7 +56,9 @@ typedef struct rm_region {
 /* One nested call of an operation, and (for undo) its inverse: kind ^ 1. MM_REPLACE sends
  * the range's entries of op->fwd, its inverse (MM_RESTORE) those of op->inv. */
 enum { CALL_PM_MAP, CALL_PM_UNMAP, CALL_MM_MAP, CALL_MM_UNMAP, CALL_MM_REPLACE, CALL_MM_RESTORE,
-       CALL_PM_ACCESS, CALL_PM_ACCESS_BACK }; /* PM_ACCESS_SET to c->writable, and back */
+       CALL_PM_ACCESS, CALL_PM_ACCESS_BACK, /* PM_ACCESS_SET to c->writable, and back */
+       CALL_PM_DIRTY_START, CALL_PM_DIRTY_STOP, CALL_PM_DIRTY_COLLECT,
+       CALL_NOTHING }; /* the inverse of a collect: nothing is sent */
 
 typedef struct rm_call {
   struct rm_op *op;
@@ -110,6 +112,7 @@ typedef struct rm_state {
   rm_op op_buf;           /* reused by every operation (serialized: one at a time); its
                            * calls array is grow-only and kept between operations. Idle, it
                            * holds nothing: no request, mapping or spare, an empty diff */
+  bool dirty_on;          /* dirty tracking (region_dirty.c) */
 } rm_state;
 
 static inline rm_state *state_of(rm_op *op) {
@@ -179,5 +182,19 @@ void rm__txn_each_piece(const rm_op *op, void (*fn)(void *ctx, const rm_piece *p
                         void *ctx);
 /* Ends the transaction: kept (ok) or the state put back as it was at begin. */
 void rm__txn_end(rm_state *st, bool ok);
+
+/* ---- dirty tracking (region_dirty.c) ---------------------------------------------------- */
+
+static inline bool rm__is_dirty(uint32_t kind) {
+  return kind == RM_DIRTY_START || kind == RM_DIRTY_SYNC || kind == RM_DIRTY_STOP;
+}
+/* Plans an RM_DIRTY_* request: one step of calls to every partition. */
+int rm__dirty_plan(rm_state *st, rm_op *op);
+/* Once every call succeeded: the request's effect (a sync's answer): 0 or MB_ENOMEM. */
+int rm__dirty_end(rm_state *st, rm_op *op);
+/* A partition add while tracking is on starts tracking in it first. */
+int rm__dirty_plan_partition(rm_state *st, rm_op *op, mb_addr pa);
+/* The message of a dirty call (NULL: out of memory). */
+mb_msg *rm__dirty_msg(rm_state *st, const rm_call *c, int kind);
 
 #endif

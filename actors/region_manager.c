@@ -357,6 +357,10 @@ static void call_send(mb_actor *self, rm_call *c, bool inverse) {
     if (m)
       m->gpa = c->gpa, m->size = c->size, msg = &m->hdr,
       m->writable = kind == CALL_PM_ACCESS ? c->writable : !c->writable;
+  } else if (kind == CALL_NOTHING) {
+    return;
+  } else if (kind >= CALL_PM_DIRTY_START) {
+    msg = rm__dirty_msg(state_of(op), c, kind);
   } else {
     msg = entries_msg(c, kind, &rc);
   }
@@ -459,6 +463,8 @@ static void gpa_end(rm_state *st, rm_op *op, bool ok) {
 }
 
 static void op_finish(rm_state *st, rm_op *op, int err) {
+  if (err == 0 && rm__is_dirty(op->kind))
+    err = rm__dirty_end(st, op);
   gpa_end(st, op, err == 0);
   if (err == 0)
     op_commit(st, op);
@@ -656,7 +662,8 @@ static int mapping_new(rm_region *r, mb_msg *req, rm_mapping **out) {
   const rm_mapping_add_msg *m = mapping_fields(req);
   mb_range abs;
   if (m->obj == NULL || mapping_range(r, m->offset, m->size, &abs) != 0 ||
-      mb_object_check_range(m->obj, m->obj_off, m->size) != 0)
+      mb_object_check_range(m->obj, m->obj_off, m->size) != 0 ||
+      ((abs.start | abs.end) & (mb_object_page_size(m->obj) - 1)) != 0) /* hugetlb: whole pages */
     return MB_E_INVALID;
   if (req->kind == RM_MAPPING_ADD && first_mapping(r, abs.start, abs.end))
     return MB_E_OVERLAP;
@@ -780,10 +787,13 @@ static int plan_partition_add(rm_state *st, rm_op *op) {
     return MB_ENOMEM;
   st->parts = parts;
   op->partition = pa;
+  int rc = rm__dirty_plan_partition(st, op, pa);
+  if (rc)
+    return rc;
   mb__vis_piece *p;
   for (p = mb__vis_first_piece(&st->vis, 0, UINT64_MAX); p;
        p = mb__vis_next_piece(p, 0, UINT64_MAX)) {
-    int rc = rm__op_add_call(op, (rm_call){.kind = CALL_PM_MAP,
+    rc = rm__op_add_call(op, (rm_call){.kind = CALL_PM_MAP,
                                        .writable = region_of_vis(p->region)->writable,
                                        .to = pa, .gpa = p->node.start,
                                        .size = p->node.end - p->node.start});
@@ -857,14 +867,15 @@ static int txn_apply(rm_state *st, rm_region *r, mb_msg *msg) {
 /* Requests that may need nested calls: plan, then run. */
 static void handle_op(mb_actor *self, rm_state *st, mb_msg *msg) {
   rm_region *r = NULL;
-  if (msg->kind != RM_PARTITION_ADD && msg->kind != RM_TXN_COMMIT) {
+  bool dirty = rm__is_dirty(msg->kind);
+  if (msg->kind != RM_PARTITION_ADD && msg->kind != RM_TXN_COMMIT && !dirty) {
     r = region_find(st, request_region_id(msg));
     if (r == NULL) {
       mb_reply(msg, MB_E_NOTFOUND);
       return;
     }
   }
-  if (st->txn.open && msg->kind != RM_TXN_COMMIT) {
+  if (st->txn.open && msg->kind != RM_TXN_COMMIT && !dirty) {
     mb_reply(msg, msg->kind == RM_PARTITION_ADD ? MB_E_INVALID : txn_apply(st, r, msg));
     return;
   }
@@ -882,6 +893,9 @@ static void handle_op(mb_actor *self, rm_state *st, mb_msg *msg) {
   case RM_MAPPING_REPLACE: rc = plan_mapping_replace(st, op); break;
   case RM_PARTITION_ADD: rc = plan_partition_add(st, op); break;
   case RM_TXN_COMMIT: rc = rm__txn_plan_commit(st, op); break;
+  case RM_DIRTY_START:
+  case RM_DIRTY_SYNC:
+  case RM_DIRTY_STOP: rc = rm__dirty_plan(st, op); break;
   default: rc = plan_region(st, op); break;
   }
   op_start(self, st, op, rc);
@@ -921,6 +935,9 @@ static void rm_handle(mb_actor *self, mb_msg *msg) {
     handle_op(self, st, msg);
     return;
   case RM_MAPPING_REPLACE:
+  case RM_DIRTY_START:
+  case RM_DIRTY_SYNC:
+  case RM_DIRTY_STOP:
   case RM_REGION_MAP:
   case RM_REGION_UNMAP:
   case RM_REGION_REMOVE:

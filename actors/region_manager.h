@@ -34,6 +34,14 @@
  *   RM_PARTITION_ADD  {partition}     maps everything visible into it before completing
  *   RM_PARTITION_REMOVE {partition}   forgets it (its actor's destruction unmaps all)
  *   RM_REGION_STATE   {id; out: state}  MB_REGION_UNMAPPED/HIDDEN/ACTIVE/PARTIAL
+ *   RM_DIRTY_START {}  dirty tracking on (PM_DIRTY_START to every partition, and to each one
+ *                     added while it is on); MB_E_INVALID if it is on already
+ *   RM_DIRTY_SYNC  {gpa, size, bits; out: list, pages}  the dirty pages of the range (page
+ *                     aligned, below max_addr), collected from the partitions, answered and
+ *                     cleared: into the caller's bitmap `bits`, or (bits NULL) as a malloc'd
+ *                     mb_range_list; pages: how many; MB_E_INVALID when tracking is off
+ *   RM_DIRTY_STOP  {}  tracking off, the set forgotten; MB_E_INVALID if it is off
+ *   Dirty requests are served inside a transaction too (they change no consumer's map).
  */
 #ifndef MB_REGION_MANAGER_H
 #define MB_REGION_MANAGER_H
@@ -58,6 +66,8 @@ typedef char mb_name[64];
 #define RM_PARTITION_FIELDS(F) F(mb_addr, partition)
 #define RM_REGION_STATE_FIELDS(F) F(uint32_t, id) F(int32_t, state)
 #define RM_TXN_FIELDS(F)
+#define RM_DIRTY_FIELDS(F) \
+  F(uint64_t, gpa) F(uint64_t, size) F(uint64_t *, bits) F(void *, list) F(uint64_t, pages)
 #define RM_MESSAGES(M)                                                 \
   M(rm, RM_REGION_ADD, region_add, RM_REGION_ADD_FIELDS)               \
   M(rm, RM_REGION_MAP, region_map, RM_REGION_MAP_FIELDS)               \
@@ -70,7 +80,10 @@ typedef char mb_name[64];
   M(rm, RM_PARTITION_REMOVE, partition_remove, RM_PARTITION_FIELDS)    \
   M(rm, RM_REGION_STATE, region_state, RM_REGION_STATE_FIELDS)        \
   M(rm, RM_TXN_BEGIN, txn_begin, RM_TXN_FIELDS)                        \
-  M(rm, RM_TXN_COMMIT, txn_commit, RM_TXN_FIELDS)
+  M(rm, RM_TXN_COMMIT, txn_commit, RM_TXN_FIELDS)                      \
+  M(rm, RM_DIRTY_START, dirty_start, RM_DIRTY_FIELDS)                  \
+  M(rm, RM_DIRTY_SYNC, dirty_sync, RM_DIRTY_FIELDS)                    \
+  M(rm, RM_DIRTY_STOP, dirty_stop, RM_DIRTY_FIELDS)
 MB_PROTOCOL_DECLARE(rm, RM_MESSAGES)
 
 typedef struct mb_rm_config {
@@ -78,6 +91,7 @@ typedef struct mb_rm_config {
   int overlap;              /* MB_OVERLAP_NESTED or MB_OVERLAP_ANY */
   mb_addr mapping_manager;
   mb_gpa_map *gpa_map;      /* published at each operation's start and end; may be NULL */
+  struct mb_dirty_log *dirty; /* the manager's dirty tracking (dirty_log.h); NULL: none */
 } mb_rm_config;
 
 /* On the region manager's thread only (a direct call, not a message): a region's state, or

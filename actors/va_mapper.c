@@ -36,6 +36,7 @@
 
 #include <uv.h>
 
+#include "dirty_log.h"
 #include "grow.h"
 #include "json_out.h"
 
@@ -93,6 +94,7 @@ struct mb_lock {
   bool reported;         /* by the watchdog */
   uint64_t t_ns;         /* CLOCK_MONOTONIC when taken */
   struct timespec since; /* CLOCK_REALTIME when taken */
+  mb_dirty_hold hold;    /* writable: registered with the manager's dirty log */
 };
 
 struct mb_vam {
@@ -118,7 +120,10 @@ struct mb_vam {
   _Atomic uint64_t faults, resolved, unmapped, parked;
   vam_range *range_cache[8]; /* unlinked ranges kept for reuse (the actor's thread only) */
   unsigned nrange_cache;
+  mb_dirty_log *dirty;  /* writes and writable locks are marked there (NULL: not tracked) */
 };
+
+static void lock_free(mb_lock *l);
 
 /* A job_run result: the request is parked (in jobs), not answered. */
 enum { VAM_PARKED = 1 };
@@ -1052,7 +1057,7 @@ int mb_vam_destroy(mb_vam *v) {
   while (!mb_rtree_empty(&v->locks)) { /* a caller's mistake: see va_mapper.h */
     mb_rtree_node *n = v->locks.root;
     mb_rtree_remove(&v->locks, n);
-    free(mb_rtree_entry(n, mb_lock, node));
+    lock_free(mb_rtree_entry(n, mb_lock, node));
   }
   mb_msg_free(v->kick);
   mb_msg_free(v->watch);
@@ -1154,23 +1159,30 @@ static int on_fault(mb_vam *v, uint64_t at, bool write, vam_retry *r) {
   return rc;
 }
 
-static int vam_access(mb_vam *v, uint64_t gpa, uint8_t *buf, const uint8_t *src, size_t len) {
+/* *done: the bytes copied before it returned (all of them on success). */
+static int vam_access(mb_vam *v, uint64_t gpa, uint8_t *buf, const uint8_t *src, size_t len,
+                      size_t *out_done) {
   uint64_t max = v->va.size;
   if (gpa > max || len > max - gpa)
     return MB_E_INVALID;
   bool write = src != NULL;
   vam_retry r = {UINT64_MAX, 0, 0};
   size_t done = 0;
+  *out_done = 0;
   while (done < len) {
     mb_fault f;
     uint8_t *g = v->va.base + gpa + done;
     int rc = write ? mb_access_write(g, src + done, len - done, &f)
                    : mb_access_read(buf + done, g, len - done, &f);
-    if (rc == 0)
+    if (rc == 0) {
+      *out_done = len;
       return 0;
+    }
+    *out_done = done;
     if (rc != -EFAULT)
       return map_error(rc);
     done += f.done;
+    *out_done = done;
     rc = on_fault(v, gpa + done, write, &r);
     if (rc != 0)
       return rc;
@@ -1181,14 +1193,21 @@ static int vam_access(mb_vam *v, uint64_t gpa, uint8_t *buf, const uint8_t *src,
 int mb_vam_read(mb_vam *v, uint64_t gpa, void *buf, size_t len) {
   if (buf == NULL && len > 0)
     return MB_E_INVALID;
-  return vam_access(v, gpa, buf, NULL, len);
+  size_t done;
+  return vam_access(v, gpa, buf, NULL, len, &done);
 }
 
 int mb_vam_write(mb_vam *v, uint64_t gpa, const void *buf, size_t len) {
   if (buf == NULL && len > 0)
     return MB_E_INVALID;
-  return vam_access(v, gpa, NULL, buf, len);
+  size_t done = 0;
+  int rc = vam_access(v, gpa, NULL, buf, len, &done);
+  if (v->dirty != NULL && done > 0)
+    mb__dirty_mark(v->dirty, gpa, done); /* after the bytes are in memory */
+  return rc;
 }
+
+void mb_vam_set_dirty(mb_vam *v, mb_dirty_log *log) { v->dirty = log; }
 
 /* ---- locks (any thread) ---------------------------------------------------------------------- */
 
@@ -1232,6 +1251,18 @@ static mb_msg *lock_record(mb_vam *v, mb_lock *l, uint64_t a, uint64_t b) {
   return w;
 }
 
+/* A writable lock's pages are dirty at its release. */
+static void lock_release_dirty(mb_lock *l) {
+  if (l->writable && l->vam->dirty != NULL)
+    mb__dirty_release(l->vam->dirty, &l->hold);
+}
+
+/* Frees an unlinked lock. */
+static void lock_free(mb_lock *l) {
+  lock_release_dirty(l);
+  free(l);
+}
+
 int mb_vam_lock(mb_vam *v, uint64_t gpa, uint64_t size, bool writable, mb_lock **out) {
   if (out == NULL)
     return MB_E_INVALID;
@@ -1258,6 +1289,8 @@ int mb_vam_lock(mb_vam *v, uint64_t gpa, uint64_t size, bool writable, mb_lock *
     if (rc == 0) {
       if (watch != NULL)
         mb_send_from(v->addr, watch); /* dropped (freed) only if the mapper is gone */
+      if (writable && v->dirty != NULL)
+        mb__dirty_hold(v->dirty, &l->hold, gpa, size);
       *out = l;
       return 0;
     }
@@ -1292,6 +1325,8 @@ void mb_vam_unlock(mb_lock *l) {
     v->kick = NULL;
   }
   vam_unlock(v);
+  lock_release_dirty(l); /* before a waiting request goes on: a sync queued behind it must
+                          * not see the lock still held */
   if (kick != NULL) {
     vam_kick_msg *k = vam_kick_of(kick);
     k->gpa = l->node.start;

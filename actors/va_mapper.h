@@ -84,6 +84,10 @@ bool mb_vam_eager(const mb_vam *vam);
  * vm.max_map_count, named once on stderr: see membacking.h) or MB_ENOMEM. */
 int mb_vam_read(mb_vam *vam, uint64_t gpa, void *buf, size_t len);
 int mb_vam_write(mb_vam *vam, uint64_t gpa, const void *buf, size_t len);
+/* Dirty tracking: writes and writable locks are marked in `log` (dirty_log.h) from now on. Set
+ * once, before the mapper is used (its creator's thread). */
+struct mb_dirty_log;
+void mb_vam_set_dirty(mb_vam *vam, struct mb_dirty_log *log);
 
 /* Counters (approximate when read from another thread): faults taken by accesses, resolves
  * that established a mapping (for accesses and locks), accesses that failed as unmapped, and

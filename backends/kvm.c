@@ -149,6 +149,20 @@ static size_t kvm_ranges(void *inst, mb_part_range *out, size_t max) {
   return mb_pieces_ranges(&((kvm_part *)inst)->attach.pieces, out, max);
 }
 
+/* Dirty tracking is kvm_attach's on the VM's slots: the probe vCPU's writes are the guest's,
+ * logged by the kernel (its own slot 0 is never logged). */
+static int kvm_dirty_start(void *inst, struct mb_dirty_set *set) {
+  return mb__kvm_dirty_start(&((kvm_part *)inst)->attach, set);
+}
+
+static int kvm_dirty_collect(void *inst, uint64_t gpa, uint64_t size) {
+  return mb__kvm_dirty_collect(&((kvm_part *)inst)->attach, gpa, size);
+}
+
+static void kvm_dirty_stop(void *inst) {
+  mb__kvm_dirty_stop(&((kvm_part *)inst)->attach);
+}
+
 /* ---- access --------------------------------------------------------------------------- */
 
 /* An MMIO exit leaves the instruction half done: finish it without running further guest code,
@@ -247,6 +261,9 @@ const mb_partition_ops mb_partition_kvm = {
     .unmap = kvm_unmap,
     .access = kvm_access,
     .ranges = kvm_ranges,
+    .dirty_start = kvm_dirty_start,
+    .dirty_collect = kvm_dirty_collect,
+    .dirty_stop = kvm_dirty_stop,
 };
 
 #else /* no KVM on this platform */

@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <stdlib.h>
 
+#include "dirty_set.h"
 #include "mb_access.h"
 #include "mb_range.h"
 
@@ -27,6 +28,7 @@ int mb_pieces_link(mb_rtree *pieces, mb_piece *pc, uint64_t max_addr, uint64_t g
   pc->host = host;
   pc->writable = writable;
   pc->slot = slot;
+  pc->logging = false;
   return mb_rtree_insert_disjoint(pieces, &pc->node, gpa, gpa + size);
 }
 
@@ -43,16 +45,16 @@ size_t mb_pieces_ranges(const mb_rtree *pieces, mb_part_range *out, size_t max) 
   return mb_rtree_count(pieces);
 }
 
-int mb_pieces_add(mb_rtree *pieces, uint64_t gpa, uint64_t size, void *host, bool writable,
-                  uint32_t slot) {
+mb_piece *mb_pieces_add(mb_rtree *pieces, uint64_t gpa, uint64_t size, void *host,
+                        bool writable, uint32_t slot) {
   mb_piece *pc = calloc(1, sizeof *pc);
   if (!pc)
-    return -ENOMEM;
+    return NULL;
   pc->host = host;
   pc->writable = writable;
   pc->slot = slot;
   mb_rtree_insert(pieces, &pc->node, gpa, gpa + size);
-  return 0;
+  return pc;
 }
 
 void mb_pieces_drop(mb_rtree *pieces, mb_piece *pc) {
@@ -69,15 +71,20 @@ void mb_pieces_clear(mb_rtree *pieces, void (*each)(mb_piece *pc, void *ctx), vo
   }
 }
 
-/* Copies len bytes between buf and the piece's host memory at gpa (inside the piece). */
-static int copy_piece(const mb_piece *pc, uint64_t gpa, void *buf, size_t len, bool write) {
+/* Copies len bytes between buf and the piece's host memory at gpa (inside the piece); a write
+ * marks the pages it wrote in dirty (when not NULL). */
+static int copy_piece(const mb_piece *pc, uint64_t gpa, void *buf, size_t len, bool write,
+                      mb_dirty_set *dirty) {
   uint8_t *host = pc->host + (gpa - pc->node.start);
-  int rc = write ? mb_access_write(host, buf, len, NULL) : mb_access_read(buf, host, len, NULL);
+  mb_fault f = {0};
+  int rc = write ? mb_access_write(host, buf, len, &f) : mb_access_read(buf, host, len, &f);
+  if (write && dirty)
+    mb_dirty_set_mark_range(dirty, gpa, rc == 0 ? len : f.done);
   return rc == -EFAULT ? MB_E_FAULT : rc;
 }
 
 int mb_pieces_access(const mb_rtree *pieces, uint64_t max_addr, uint64_t gpa, void *buf,
-                     size_t len, bool write) {
+                     size_t len, bool write, mb_dirty_set *dirty) {
   if (len > max_addr || gpa > max_addr - len)
     return MB_E_INVALID;
   uint8_t *b = buf;
@@ -87,7 +94,7 @@ int mb_pieces_access(const mb_rtree *pieces, uint64_t max_addr, uint64_t gpa, vo
       return MB_E_MMIO;
     uint64_t avail = pc->node.end - gpa;
     size_t n = avail < len ? (size_t)avail : len;
-    int rc = copy_piece(pc, gpa, b, n, write);
+    int rc = copy_piece(pc, gpa, b, n, write, dirty);
     if (rc != 0)
       return rc;
     gpa += n;

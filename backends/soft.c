@@ -6,10 +6,15 @@
  * so bytes before it may already have been copied):
  *   no piece there, or a write to a read-only piece   MB_E_MMIO  (the guest would exit)
  *   the host VA faults (a hole, a read-only page)     MB_E_FAULT
- * Invariant: pieces never overlap (map() refuses an overlapping range with -EEXIST). */
+ * Invariant: pieces never overlap (map() refuses an overlapping range with -EEXIST).
+ *
+ * Dirty tracking: while it is on, a write access marks the pages it wrote in the set as it
+ * makes them (after the bytes are written, up to the failing byte); nothing is logged
+ * anywhere else, so a collect has nothing to move and an unmap nothing to save. */
 #include <errno.h>
 #include <stdlib.h>
 
+#include "dirty_set.h"
 #include "mb_range.h"
 #include "mb_partition.h"
 #include "pieces.h"
@@ -23,6 +28,7 @@ typedef struct soft_part {
   mb_piece *spare[SOFT_SPARES]; /* unlinked pieces kept for reuse: a map after an unmap
                                  * allocates nothing */
   unsigned nspare;
+  mb_dirty_set *dirty; /* while tracking: the set writes are marked in */
 } soft_part;
 
 static int soft_create(uint64_t max_addr, const void *config, void **inst) {
@@ -77,11 +83,30 @@ static int soft_unmap(void *inst, uint64_t gpa, uint64_t size) {
 
 static int soft_access(void *inst, uint64_t gpa, void *buf, size_t len, bool write) {
   soft_part *p = inst;
-  return mb_pieces_access(&p->pieces, p->max_addr, gpa, buf, len, write);
+  return mb_pieces_access(&p->pieces, p->max_addr, gpa, buf, len, write, p->dirty);
 }
 
 static size_t soft_ranges(void *inst, mb_part_range *out, size_t max) {
   return mb_pieces_ranges(&((soft_part *)inst)->pieces, out, max);
+}
+
+static int soft_dirty_start(void *inst, mb_dirty_set *set) {
+  soft_part *p = inst;
+  if (p->dirty || !set)
+    return MB_E_INVALID;
+  p->dirty = set;
+  return 0;
+}
+
+static int soft_dirty_collect(void *inst, uint64_t gpa, uint64_t size) {
+  soft_part *p = inst;
+  bool ok = p->dirty && mb_page_aligned(gpa | size) && size <= p->max_addr &&
+            gpa <= p->max_addr - size;
+  return ok ? 0 : MB_E_INVALID; /* every write is in the set already */
+}
+
+static void soft_dirty_stop(void *inst) {
+  ((soft_part *)inst)->dirty = NULL;
 }
 
 const mb_partition_ops mb_partition_soft = {
@@ -92,4 +117,7 @@ const mb_partition_ops mb_partition_soft = {
     .unmap = soft_unmap,
     .access = soft_access,
     .ranges = soft_ranges,
+    .dirty_start = soft_dirty_start,
+    .dirty_collect = soft_dirty_collect,
+    .dirty_stop = soft_dirty_stop,
 };

@@ -18,7 +18,8 @@ carry `cpu_ns` (a non-negative number when measured, null when skipped) and
 row that carries them is held to the same rule. A row the spec names must name the spec's
 baseline (rpc.cross_thread: eventfd.pingpong; map.spread: map.soft; ...), and the floors of
 version 2 rows printed as rows of their own (txn.pam.separate, ...) must name none.
---require NAME: NAME must be present and measured. Exit status 0 when everything holds.
+--require NAME: NAME must be present and measured, and so must its baseline when it names one
+(no `baseline_skipped`). Exit status 0 when everything holds.
 """
 
 import argparse
@@ -200,7 +201,8 @@ def check_line(obj, problem):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--require", action="append", default=[], metavar="NAME",
-                        help="a benchmark that must be present and measured (repeatable)")
+                        help="a benchmark that must be present and measured, its baseline "
+                             "too (repeatable)")
     args = parser.parse_args()
 
     problems = 0
@@ -228,7 +230,7 @@ def main():
             continue
         if name in seen:
             problem(f"duplicate benchmark (first on line {seen[name][0]})")
-        seen[name] = (lineno, "skipped" not in obj)
+        seen[name] = (lineno, "skipped" not in obj, obj.get("baseline_skipped"))
         if "skipped" in obj:
             skipped += 1
         else:
@@ -244,6 +246,10 @@ def main():
         elif not seen[name][1]:
             problems += 1
             print(f"check_json: required benchmark {name} was skipped", file=sys.stderr)
+        elif seen[name][2] is not None:
+            problems += 1
+            print(f"check_json: required benchmark {name}'s baseline was skipped: "
+                  f"{seen[name][2]}", file=sys.stderr)
 
     status = "OK" if problems == 0 else f"{problems} problem(s)"
     print(f"check_json: {measured + skipped} benchmark(s), {measured} measured, "

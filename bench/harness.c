@@ -110,6 +110,8 @@ struct mb_bench {
   uint32_t round;
   double busy_ns;  /* wall time inside run() during measured rounds */
   double cpu_ns;   /* process CPU time (getrusage) during measured rounds */
+  uint64_t prep_cpu_ns;  /* CPU of untimed preparation (mb_bench_prep_*) so far */
+  uint64_t prep_from_ns; /* process CPU when the current preparation began */
   uint64_t ops;    /* operations performed during measured rounds */
   double est_ns;   /* wall time per sample, from the warm-up */
   size_t target;   /* samples wanted */
@@ -172,6 +174,12 @@ void mb_bench_sample(mb_bench *b, double ns) {
   b->n++;
 }
 
+void mb_bench_prep_begin(mb_bench *b) { b->prep_from_ns = mb_bench_cpu_ns(); }
+
+void mb_bench_prep_end(mb_bench *b) {
+  b->prep_cpu_ns += mb_bench_cpu_ns() - b->prep_from_ns;
+}
+
 /* A failure without a message gets one from its code. */
 static int side_failed(mb_bench *b, const char *what, int rc) {
   if (b->msg[0] == '\0') {
@@ -215,7 +223,7 @@ static void side_free(mb_bench *b) {
 /* Take k samples. */
 static int side_take(mb_bench *b, size_t k) {
   const mb_bench_def *d = b->def;
-  uint64_t start = mb_bench_now_ns(), cpu_start = mb_bench_cpu_ns();
+  uint64_t start = mb_bench_now_ns(), cpu_start = mb_bench_cpu_ns(), prep = b->prep_cpu_ns;
   uint64_t ops = (d->flags & MB_BENCH_SELF_TIMED) ? k : k * (d->batch ? d->batch : 1);
   int rc = 0;
   if (d->flags & MB_BENCH_SELF_TIMED) {
@@ -239,7 +247,8 @@ static int side_take(mb_bench *b, size_t k) {
   if (b->oom)
     return mb_bench_fail(b, "out of memory for samples");
   b->busy_ns += (double)(mb_bench_now_ns() - start);
-  b->cpu_ns += (double)(mb_bench_cpu_ns() - cpu_start);
+  double cpu = (double)(mb_bench_cpu_ns() - cpu_start) - (double)(b->prep_cpu_ns - prep);
+  b->cpu_ns += cpu > 0 ? cpu : 0; /* getrusage counts in microseconds */
   b->ops += ops;
   return 0;
 }

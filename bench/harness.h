@@ -25,7 +25,8 @@
  *   > 1: for operations too short to time alone, e.g. msg.same_loop). With
  *   MB_BENCH_SELF_TIMED the harness calls run(b, state, n) once per round and run times its
  *   own operations, reporting each with mb_bench_sample(): use it when an operation needs
- *   untimed preparation (re-protecting a page) or is timed on another thread.
+ *   untimed preparation (re-protecting a page) or is timed on another thread; bracket
+ *   preparation that costs CPU worth leaving out of cpu_ns with mb_bench_prep_begin/end.
  *
  *   Selection: --filter S (repeatable, any match) selects rows; baselines run regardless.
  *
@@ -34,8 +35,9 @@
  *   as estimated in the warm-up, but never below 100 samples unless `samples` asks for fewer.
  *
  *   CPU: every side's measured rounds are also bracketed with getrusage(RUSAGE_SELF) (user +
- *   system, all threads of the process); cpu_ns = that CPU time / the operations performed
- *   (batch per harness-timed call, n per self-timed run()). Rows flagged MB_BENCH_CPU print it
+ *   system, all threads of the process); cpu_ns = that CPU time, less that of bracketed
+ *   preparation (mb_bench_prep_begin/end), / the operations performed (batch per
+ *   harness-timed call, n per self-timed run()). Rows flagged MB_BENCH_CPU print it
  *   as cpu_ns, with their baseline's as baseline_cpu_ns (spec version 2).
  *
  *   Units: MB_BENCH_NS reports p50/p99 of the per-operation times. MB_BENCH_BPS reports
@@ -111,6 +113,12 @@ enum { MB_BENCH_SKIPPED = 1, MB_BENCH_FAILED = -1 };
 /* MB_BENCH_SELF_TIMED: record one operation's time (or a batch's time / its size), in ns.
  * Call from run() or from a thread run() waits for; never from two threads at once. */
 void mb_bench_sample(mb_bench *b, double ns);
+/* MB_BENCH_SELF_TIMED: untimed preparation of an operation (the guest's writes before a dirty
+ * sync): the process CPU between begin and end is left out of cpu_ns, as its time is left out
+ * of the samples. Call from run()'s thread, not nested. (Its wall time still counts against
+ * the side's run-time budget.) */
+void mb_bench_prep_begin(mb_bench *b);
+void mb_bench_prep_end(mb_bench *b);
 /* CLOCK_MONOTONIC in ns: the clock the harness uses. */
 uint64_t mb_bench_now_ns(void);
 /* CPU time of the whole process (all threads, user + system) in ns, from getrusage. */

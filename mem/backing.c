@@ -1,5 +1,7 @@
-/* backing.c: backing objects (see mb_backing.h): creation of each kind, import of a caller's
- * fd, refcount, fills, mapping. */
+/* backing.c: backing objects (see mb_backing.h): creation of each kind (with the RAM
+ * builder's options: hugetlb pages, THP, a NUMA node, prefetch), import of a caller's fd,
+ * refcount, fills, mapping. Creation with options and placement (hugetlb, NUMA, prefetch)
+ * are object_place.c's, which wraps its fds with mb__object_wrap. */
 #include "mb_backing.h"
 
 #include <assert.h>
@@ -19,6 +21,7 @@
 
 #include "fault_inject.h"
 #include "mb_range.h"
+#include "object_place.h" /* mb__object_wrap, mb__object_raw_fd: declared there */
 #include "va_reserve.h"
 
 struct mb_object {
@@ -27,6 +30,8 @@ struct mb_object {
   bool writable; /* false only for a read-only import */
   int fd;        /* always valid; MB_OBJECT_ANON's is never given out */
   uint64_t size;
+  uint64_t page_size; /* MB_PAGE_SIZE, or a hugetlb memfd's huge page size */
+  bool thp;           /* MADV_HUGEPAGE on every mapping of it */
 };
 
 /* Wraps fd (now owned) in a new object; closes fd if that fails. */
@@ -42,8 +47,21 @@ static int object_new(mb_object_kind kind, int fd, uint64_t size, bool writable,
   obj->writable = writable;
   obj->fd = fd;
   obj->size = size;
+  obj->page_size = MB_PAGE_SIZE;
+  obj->thp = false;
   *out = obj;
   return 0;
+}
+
+/* An object for fd (now owned) with the options' properties; closes fd if that fails. */
+int mb__object_wrap(mb_object_kind kind, int fd, uint64_t size, bool writable,
+                    uint64_t page_size, bool thp, mb_object **out) {
+  int rc = object_new(kind, fd, size, writable, out);
+  if (rc == 0) {
+    (*out)->page_size = page_size;
+    (*out)->thp = thp;
+  }
+  return rc;
 }
 
 /* ---- creation -------------------------------------------------------------------------- */
@@ -242,9 +260,28 @@ bool mb_object_writable(const mb_object *obj) {
   return obj->writable;
 }
 
-/* mb_object_check_range, inline for mb_object_map_into. */
+uint64_t mb_object_page_size(const mb_object *obj) {
+  return obj->page_size;
+}
+
+bool mb_object_thp(const mb_object *obj) {
+  return obj->thp;
+}
+
+int mb__object_raw_fd(const mb_object *obj) {
+  return obj->fd;
+}
+
+void mb__object_set_thp(mb_object *obj, bool thp) {
+  obj->thp = thp;
+}
+
+/* mb_object_check_range, inline for mb_object_map_into. A hugetlb object maps in whole huge
+ * pages only. */
 static inline int check_range(const mb_object *obj, uint64_t off, uint64_t len) {
   if (len == 0 || !mb_page_aligned(off | len) || off > obj->size || len > obj->size - off)
+    return -EINVAL;
+  if (((off | len) & (obj->page_size - 1)) != 0)
     return -EINVAL;
   return 0;
 }
@@ -329,5 +366,5 @@ int mb_object_map_into(const mb_object *obj, mb_va *va, uint64_t va_off, uint64_
     return rc;
   if (writable && !obj->writable)
     return MB_E_READONLY;
-  return mb_va_map_fd(va, va_off, len, obj->fd, obj_off, writable);
+  return mb_va_map_fd_hint(va, va_off, len, obj->fd, obj_off, writable, obj->thp);
 }

@@ -64,6 +64,49 @@ int mb_object_create(mb_object_kind kind, uint64_t size, const char *name, mb_ob
  * sysfs file: decided by mapping a page for a moment), or the size is bad. Resource limits
  * are -errno (-EMFILE, -ENOMEM). On any error nothing is kept and *out is NULL. */
 int mb_object_import_fd(int fd, uint64_t size, mb_object **out);
+/* ---- options: huge pages, THP, a host NUMA node, prefetch (the RAM builder's, mb_ram.h) --- */
+
+#define MB_HUGEPAGE_2M (2ull << 20)
+#define MB_HUGEPAGE_1G (1ull << 30)
+
+typedef struct mb_object_options {
+  mb_object_kind kind;        /* MEMFD, FILE or ANON: a new object; FD: import `fd` */
+  uint64_t size;              /* as for mb_object_create; for FD as for mb_object_import_fd */
+  const char *name;           /* labels a memfd; may be NULL */
+  int fd;                     /* FD only: the descriptor to import (the caller keeps it) */
+  uint64_t hugetlb_page_size; /* 0, or MB_HUGEPAGE_2M / MB_HUGEPAGE_1G (MEMFD only, size a
+                               * multiple of it): a hugetlb memfd whose pages are all
+                               * allocated here (fallocate), so a short pool is -ENOSPC now,
+                               * not a SIGBUS at first touch */
+  bool thp;                   /* MADV_HUGEPAGE on every mapping of the object (each VA
+                               * mapper's, after each mmap); ignored for hugetlb */
+  bool bind_node;             /* place the pages on host NUMA node numa_node (mbind
+                               * MPOL_BIND; libnuma): MB_E_UNSUPPORTED in a build without
+                               * libnuma, MB_E_INVALID for a node the host lacks */
+  uint32_t numa_node;
+  bool prefetch;              /* allocate every page now (mb_object_prefetch) */
+} mb_object_options;
+
+/* Creates (or imports) an object with options. Errors as for mb_object_create and
+ * mb_object_import_fd, plus MB_E_INVALID for options that do not go together (hugetlb for a
+ * kind other than MEMFD, an unsupported huge page size, a size not a multiple of it), the
+ * NUMA errors above, and the host's refusals as negative errno (-ENOSPC: the huge page pool
+ * is short; -EINVAL from memfd_create: no hugetlb support for that size). Nothing is kept on
+ * failure. */
+int mb_object_create_opts(const mb_object_options *o, mb_object **out);
+/* 0 if pages can be bound to host node `node`; MB_E_UNSUPPORTED without libnuma (or a host
+ * without NUMA support), MB_E_INVALID for a node the host does not have. */
+int mb_host_numa_check(uint32_t node);
+/* The size of the pages the object maps in: MB_PAGE_SIZE, or a hugetlb object's huge page
+ * size. Mappings of it (object offset, length, guest address) must be multiples of it. */
+uint64_t mb_object_page_size(const mb_object *obj);
+/* Whether its mappings get MADV_HUGEPAGE. */
+bool mb_object_thp(const mb_object *obj);
+/* Allocates every page of the object now: MADV_POPULATE_WRITE (READ for a read-only object)
+ * through a temporary mapping, or a touch of every page on kernels without it. A no-op for
+ * hugetlb objects (allocated at creation). 0 or a negative errno. */
+int mb_object_prefetch(mb_object *obj);
+
 /* Adds a reference; returns obj. */
 mb_object *mb_object_ref(mb_object *obj);
 /* Drops a reference; the last one closes the fd and frees the object. NULL is a no-op. */
@@ -79,7 +122,8 @@ int mb_object_fd(const mb_object *obj);
  * accepting a writable mapping, so it is refused before anything changes. */
 bool mb_object_writable(const mb_object *obj);
 
-/* 0 if [off, off + len) is non-empty, aligned and inside the object, else -EINVAL. */
+/* 0 if [off, off + len) is non-empty, aligned (to mb_object_page_size) and inside the object,
+ * else -EINVAL. */
 int mb_object_check_range(const mb_object *obj, uint64_t off, uint64_t len);
 
 /* Contents (test scenarios). Sets every byte to `byte` / the k-th 4 KiB page to bytes of
@@ -97,7 +141,7 @@ static inline uint8_t mb_fill_pages_byte(uint8_t base, uint64_t off) {
 struct mb_va; /* a VA reservation (the library's own; not part of the API) */
 
 /* Maps object bytes [obj_off, obj_off + len) shared at va offset va_off, read-only or
- * read-write. -EINVAL for a range outside the object or the reservation and MB_E_READONLY
+ * read-write (with MADV_HUGEPAGE when mb_object_thp). -EINVAL for a range outside the object or the reservation and MB_E_READONLY
  * for writable on a read-only object, both changing nothing; a failed mmap leaves the
  * range PROT_NONE (mb_va_map_fd). */
 int mb_object_map_into(const mb_object *obj, struct mb_va *va, uint64_t va_off, uint64_t len,

@@ -99,6 +99,14 @@ static int finish_map(mb_va *va, uint64_t off, uint64_t len, void *p) {
 
 int mb_va_map_fd(mb_va *va, uint64_t off, uint64_t len, int fd, uint64_t fd_off,
                  bool writable) {
+  return mb_va_map_fd_hint(va, off, len, fd, fd_off, writable, false);
+}
+
+/* MADV_HUGEPAGE is a hint: a kernel without THP refuses it (EINVAL) and the mapping is just
+ * as good, so its result is not the map's. A new mmap is a new VMA without the flag, so
+ * every map of the range (a replace too) gives it again. */
+int mb_va_map_fd_hint(mb_va *va, uint64_t off, uint64_t len, int fd, uint64_t fd_off,
+                      bool writable, bool thp) {
   int rc = check(va, off, len);
   if (rc != 0)
     return rc;
@@ -106,7 +114,10 @@ int mb_va_map_fd(mb_va *va, uint64_t off, uint64_t len, int fd, uint64_t fd_off,
     return -EINVAL;
   void *p = mb__sys_mmap(va->base + off, len, prot_of(writable), MAP_SHARED | MAP_FIXED, fd,
                          (off_t)fd_off);
-  return finish_map(va, off, len, p);
+  rc = finish_map(va, off, len, p);
+  if (rc == 0 && thp)
+    (void)madvise(p, len, MADV_HUGEPAGE);
+  return rc;
 }
 
 int mb_va_map_anon(mb_va *va, uint64_t off, uint64_t len, bool writable) {

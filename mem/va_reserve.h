@@ -62,6 +62,10 @@ int mb_va_check(const mb_va *va, uint64_t off, uint64_t len);
  * fd_off must be 4 KiB aligned. On failure the range is left PROT_NONE (reserved). */
 int mb_va_map_fd(mb_va *va, uint64_t off, uint64_t len, int fd, uint64_t fd_off,
                  bool writable);
+/* The same; with thp, then madvise(MADV_HUGEPAGE) on the new mapping (a hint: its failure is
+ * ignored). */
+int mb_va_map_fd_hint(mb_va *va, uint64_t off, uint64_t len, int fd, uint64_t fd_off,
+                      bool writable, bool thp);
 /* Maps fresh zeroed private anonymous memory at off. On failure the range is PROT_NONE. */
 int mb_va_map_anon(mb_va *va, uint64_t off, uint64_t len, bool writable);
 /* Changes access to an already mapped range (read-only or read-write). Only for mapped

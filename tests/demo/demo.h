@@ -168,7 +168,10 @@ typedef struct vmm {
   mb_mm *mm;
   mb_partition *part;
   mb_mapper *view;  /* the VMM's own view of guest memory (the primary mapper) */
-  mb_object *ram, *rom, *dax_a, *dax_b;
+  mb_ram *guest;    /* guest RAM, built by the RAM builder (mb_ram.h), legacy layout */
+  mb_object *rom, *dax_a, *dax_b;
+  /* RAM regions of the legacy split (pam_c, pam_e: the first 16 KiB window of the segment),
+   * the ROM under the BIOS windows (rom_e: the first of its four 16 KiB pieces) */
   mb_region_id low, pam_c, pam_e, pam_f, rom_e, rom_f, high, dax;
   demo_kvm *kvm;    /* NULL: the soft vCPU */
   demo_devices dev;
@@ -190,6 +193,8 @@ int demo_mapping_replace(vmm *v, mb_region_id id, uint64_t off, uint64_t size, m
                          uint64_t obj_off, bool writable);
 int demo_txn_begin(vmm *v);
 int demo_txn_commit(vmm *v);
+/* The chipset's PAM registers: legacy windows switched in one call (one transaction). */
+int demo_ram_windows(vmm *v, const mb_ram_window *w, size_t n, int kind);
 /* The operation succeeded, else it is a failure of the story. */
 void demo_must(vmm *v, int rc, const char *what);
 /* An asynchronous call in flight: pass demo_on_done and the demo_pending as its completion,

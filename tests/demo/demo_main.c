@@ -5,11 +5,14 @@
  * It builds a PC-like guest memory map, starts the vCPU thread, tells the story (demo_story.c)
  * while the guest runs, and ends with PASS (exit 0) or FAIL (exit 1).
  *
- * The guest memory map (the shape of the original's PC builder):
+ * The guest memory map: 64 MiB of RAM built by the RAM builder (mb_ram.h) with the x86
+ * legacy layout, as the original's PC builder does; its windows switched by RAM visibility
+ * control, as the chipset's PAM registers do:
  *   [0, 640K)          RAM                         ram_low, priority 255
- *   [640K, 768K)       nothing: the VGA hole (the device model's VGA memory)
- *   [768K, 896K)       option ROM shadow RAM       pam_c
- *   [896K, 960K)       BIOS shadow RAM (low)       pam_e   over the BIOS ROM image rom_e
+ *   [640K, 768K)       the VGA window, not RAM: the VGA hole (the device model's VGA memory)
+ *   [768K, 896K)       option ROM shadow RAM       eight 16 KiB windows from pam_c
+ *   [896K, 960K)       BIOS shadow RAM (low)       four 16 KiB windows from pam_e, each over
+ *                                                  its piece of the BIOS ROM image (rom_e..)
  *   [960K, 1M)         BIOS shadow RAM (high)      pam_f   over the BIOS ROM image rom_f
  *   [1M, 64M)          RAM                         ram_high
  *   [4G, 5G)           a DAX-style device window   dax: 2 MiB file chunks come and go
@@ -105,6 +108,16 @@ int demo_txn_commit(vmm *v) {
   return demo_finish(v, &p, DEMO_OP_TXN_COMMIT, t0);
 }
 
+int demo_ram_windows(vmm *v, const mb_ram_window *w, size_t n, int kind) {
+  demo_pending p = {0};
+  mb_ram_error e;
+  uint64_t t0 = demo_now_ns();
+  mb_ram_set_visibility(v->guest, w, n, &e, demo_on_done, &p);
+  int rc = demo_finish(v, &p, kind, t0);
+  if (rc) printf("  RAM visibility: %s\n", e.message);
+  return rc;
+}
+
 void demo_must(vmm *v, int rc, const char *what) {
   if (!rc) return;
   printf("  FAILED: %s: %s\n", what, membacking_strerror(rc));
@@ -120,34 +133,58 @@ static mb_object *object(vmm *v, mb_object_kind kind, uint64_t size, uint8_t fil
   return o;
 }
 
-/* A RAM region backed by the RAM object at the same offset as its guest address. */
-static mb_region_id ram_region(vmm *v, const char *name, uint64_t gpa, uint64_t size) {
-  mb_region_id id = demo_region_add(v, name, gpa, size, 255, false);
-  demo_must(v, demo_mapping_add(v, id, 0, size, v->ram, gpa, true), name);
-  demo_must(v, demo_region_map(v, id, true, DEMO_OP_REGION_MAP), name);
-  return id;
-}
-
+/* A piece of the BIOS ROM image under a PAM window of the same range (under nesting, a
+ * device region below a window has the window's range). */
 static mb_region_id rom_region(vmm *v, const char *name, uint64_t gpa, uint64_t size) {
-  mb_region_id id = demo_region_add(v, name, gpa, size, 0, true);
+  mb_region_id id = demo_region_add(v, name, gpa, size, MB_DEVICE_PRIORITY, true);
   demo_must(v, demo_mapping_add(v, id, 0, size, v->rom, gpa - 0xe0000, false), name);
   demo_must(v, demo_region_map(v, id, false, DEMO_OP_REGION_MAP), name);
   return id;
 }
 
+/* The id of the builder's region that starts at gpa. */
+static mb_region_id ram_id(vmm *v, uint64_t gpa) {
+  mb_ram_range g;
+  mb_region_id id = 0;
+  for (size_t i = 0; mb_ram_region(v->guest, i, &g, &id); i++)
+    if (g.gpa == gpa) return id;
+  demo_must(v, MB_E_NOTFOUND, "a RAM region of the legacy split");
+  return 0;
+}
+
+/* 64 MiB of RAM in one memfd, the legacy split below 1 MiB; the VGA window is not RAM. */
+static void build_ram(vmm *v) {
+  mb_ram_range r[] = {{0, 64 * MiB}};
+  mb_ram_request q = {.ranges = r, .count = 1};
+  mb_ram_config cfg = {&q, 1, true};
+  mb_ram_error e;
+  demo_pending p = {0};
+  mb_ram_build(v->mm, &cfg, &e, demo_on_done, &p);
+  if (demo_finish(v, &p, -1, 0)) printf("  RAM build: %s\n", e.message);
+  demo_must(v, p.status, "guest RAM");
+  if (p.status) return;
+  v->guest = (mb_ram *)(uintptr_t)p.value;
+  v->low = ram_id(v, 0);
+  v->pam_c = ram_id(v, 0xc0000);
+  v->pam_e = ram_id(v, 0xe0000);
+  v->pam_f = ram_id(v, 0xf0000);
+  v->high = ram_id(v, 1 * MiB);
+  mb_ram_window vga = {DEMO_VGA_BASE, DEMO_VGA_SIZE, MB_RAM_NONE};
+  demo_must(v, demo_ram_windows(v, &vga, 1, -1), "the VGA window");
+}
+
 static void build_guest(vmm *v) {
-  v->ram = object(v, MB_OBJECT_MEMFD, 64 * MiB, 0);
   v->rom = object(v, MB_OBJECT_MEMFD, 128 * KiB, 0xea);   /* the BIOS image */
   v->dax_a = object(v, MB_OBJECT_FILE, DEMO_CHUNK, 0xa1); /* two files of a virtiofs share */
   v->dax_b = object(v, MB_OBJECT_FILE, DEMO_CHUNK, 0xb2);
   if (v->failures) return;
-  v->low = ram_region(v, "ram_low", 0, 640 * KiB);
-  v->rom_e = rom_region(v, "rom_e", 0xe0000, 64 * KiB);
+  build_ram(v);
+  if (v->failures) return;
+  v->rom_e = rom_region(v, "rom_e", 0xe0000, 16 * KiB);
+  rom_region(v, "rom_e4", 0xe4000, 16 * KiB);
+  rom_region(v, "rom_e8", 0xe8000, 16 * KiB);
+  rom_region(v, "rom_ec", 0xec000, 16 * KiB);
   v->rom_f = rom_region(v, "rom_f", 0xf0000, 64 * KiB);
-  v->pam_c = ram_region(v, "pam_c", 0xc0000, 128 * KiB);
-  v->pam_e = ram_region(v, "pam_e", 0xe0000, 64 * KiB);
-  v->pam_f = ram_region(v, "pam_f", 0xf0000, 64 * KiB);
-  v->high = ram_region(v, "ram_high", 1 * MiB, 63 * MiB);
   v->dax = demo_region_add(v, "dax", DEMO_DAX_GPA, 1 * GiB, 0, true);
   demo_must(v, demo_region_map(v, v->dax, true, DEMO_OP_REGION_MAP), "dax");
   v->view = mb_mm_primary_mapper(v->mm);
@@ -240,9 +277,14 @@ static void stop_vcpu(vmm *v) {
 /* Membacking deletes its slots while the VM is still open; the VM goes last. */
 static void stop_vmm(vmm *v) {
   stop_vcpu(v);
+  if (v->guest) {
+    demo_pending p = {0};
+    mb_ram_destroy(v->guest, demo_on_done, &p);
+    demo_must(v, demo_finish(v, &p, -1, 0), "guest RAM destroy");
+  }
   if (v->mm) mb_mm_destroy(v->mm);
-  mb_object *objs[] = {v->ram, v->rom, v->dax_a, v->dax_b};
-  for (size_t i = 0; i < 4; i++)
+  mb_object *objs[] = {v->rom, v->dax_a, v->dax_b};
+  for (size_t i = 0; i < 3; i++)
     if (objs[i]) mb_object_unref(objs[i]);
   if (v->uv_ready) {
     if (v->loop) {

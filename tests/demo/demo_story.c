@@ -1,9 +1,10 @@
 /* demo_story.c: the story the demo VMM tells while its guest runs. The VMM changes the guest's
- * memory map (PAM windows between shadow RAM and ROM, read-only and writable again, all three
+ * memory map (PAM windows between shadow RAM and ROM, read-only and writable again, all 13
  * at once in a transaction; DAX file chunks added, replaced, split, removed, the window
  * unmapped and mapped again, 200 chunks replaced while the guest keeps reading them) and after
  * each change asks the running guest to load or store 8 bytes somewhere, and checks what came
- * back: data from memory, an MMIO exit that the device model served, or a fault. The checks
+ * back: data from memory, an MMIO exit that the device model served, or a fault. The PAM
+ * windows are switched through the RAM builder's visibility control (mb_ram.h). The checks
  * are the same whichever vCPU runs the guest (KVM or soft). */
 #include <errno.h>
 #include <stdio.h>
@@ -133,43 +134,55 @@ void demo_story_boot(vmm *v) {
   expect_read(v, "DAX window, no file chunk yet", DEMO_DAX_GPA, MB_E_FAULT, 0);
 }
 
+/* The BIOS window [960K, 1M) as the chipset's PAM register sets it. */
+static int bios_window(vmm *v, mb_ram_visibility vis, int kind) {
+  mb_ram_window w = {0xf0000, 0x10000, vis};
+  return demo_ram_windows(v, &w, 1, kind);
+}
+
 void demo_story_pam(vmm *v) {
   demo_devices *d = &v->dev;
   printf("PAM: the chipset switches the BIOS window between shadow RAM and ROM\n");
-  demo_must(v, demo_region_unmap(v, v->pam_f), "unmap pam_f");
+  demo_must(v, bios_window(v, MB_RAM_NONE, DEMO_OP_REGION_UNMAP), "BIOS window not RAM");
   expect_read(v, "shadow off: the ROM shows through", 0xf0000, 0, 0xea);
   uint64_t rom_writes = atomic_load(&d->rom_writes);
   expect_write(v, "writes to ROM exit to the VMM", 0xf0000, 0x00, MB_E_MMIO);
   expect_device(v, "the write to ROM, dropped", &d->rom_writes, rom_writes, 1);
   expect_read(v, "the ROM is unchanged", 0xf0000, 0, 0xea);
-  demo_must(v, demo_region_map(v, v->pam_f, false, DEMO_OP_REGION_MAP), "map pam_f ro");
+  demo_must(v, bios_window(v, MB_RAM_RO, DEMO_OP_REGION_MAP), "BIOS window RAM ro");
   expect_read(v, "shadow back, read-only", 0xf0000, 0, 0x5a);
   expect_write(v, "read-only shadow: write exits", 0xf0000, 0x00, MB_E_MMIO);
   expect_read(v, "the shadow is unchanged", 0xf0000, 0, 0x5a);
-  demo_must(v, demo_region_map(v, v->pam_f, true, DEMO_OP_ACCESS_CHANGE), "pam_f rw");
+  demo_must(v, bios_window(v, MB_RAM_RW, DEMO_OP_ACCESS_CHANGE), "BIOS window RAM rw");
   expect_write(v, "shadow writable again", 0xf0000, 0x77, 0);
   expect_view(v, "the guest's store, seen by the VMM", 0xf0000, 0x77);
 }
 
-/* The chipset programs all three PAM registers at once: one transaction, so the guest sees
- * the old map until the commit and the new one after it, never a mix. */
+/* All thirteen PAM windows from 768K to 1M: the option ROM windows to `c`, the BIOS ones to
+ * `ef`. */
+static size_t pam_windows(mb_ram_window *w, mb_ram_visibility c, mb_ram_visibility ef) {
+  size_t n = 0;
+  for (uint64_t g = 0xc0000; g < 0xe0000; g += 0x4000) w[n++] = (mb_ram_window){g, 0x4000, c};
+  for (uint64_t g = 0xe0000; g < 0xf0000; g += 0x4000) w[n++] = (mb_ram_window){g, 0x4000, ef};
+  w[n++] = (mb_ram_window){0xf0000, 0x10000, ef};
+  return n;
+}
+
+/* The chipset programs every PAM register at once: one call of the RAM visibility control,
+ * one transaction, so the guest sees the old map until the commit and the new one after
+ * it, never a mix. */
 void demo_story_pam_txn(vmm *v) {
-  printf("PAM: all three windows switched at once, in one transaction\n");
-  demo_must(v, demo_txn_begin(v), "txn begin");
-  demo_must(v, demo_region_unmap(v, v->pam_e), "unmap pam_e");
-  demo_must(v, demo_region_unmap(v, v->pam_f), "unmap pam_f");
-  demo_must(v, demo_region_map(v, v->pam_c, false, DEMO_OP_ACCESS_CHANGE), "pam_c ro");
-  expect_state(v, "the manager's state changed at once", "pam_f", v->pam_f, MB_REGION_UNMAPPED);
-  expect_read(v, "not committed: the guest sees the shadow", 0xf0000, 0, 0x77);
-  demo_must(v, demo_txn_commit(v), "txn commit");
+  mb_ram_window w[16];
+  printf("PAM: all thirteen windows switched at once, in one transaction\n");
+  expect_read(v, "before: the guest sees the shadow", 0xf0000, 0, 0x77);
+  size_t n = pam_windows(w, MB_RAM_RO, MB_RAM_NONE);
+  demo_must(v, demo_ram_windows(v, w, n, DEMO_OP_TXN_COMMIT), "PAM windows switched");
+  expect_state(v, "the BIOS window's region", "pam_f", v->pam_f, MB_REGION_UNMAPPED);
   expect_read(v, "committed: the ROM shows through", 0xf0000, 0, 0xea);
   expect_read(v, "and in the low half", 0xe0000, 0, 0xea);
   expect_write(v, "option ROM shadow read-only: exits", 0xc0000, 0x00, MB_E_MMIO);
-  demo_must(v, demo_txn_begin(v), "txn begin");
-  demo_must(v, demo_region_map(v, v->pam_e, true, DEMO_OP_REGION_MAP), "map pam_e");
-  demo_must(v, demo_region_map(v, v->pam_f, true, DEMO_OP_REGION_MAP), "map pam_f");
-  demo_must(v, demo_region_map(v, v->pam_c, true, DEMO_OP_ACCESS_CHANGE), "pam_c rw");
-  demo_must(v, demo_txn_commit(v), "txn commit");
+  n = pam_windows(w, MB_RAM_RW, MB_RAM_RW);
+  demo_must(v, demo_ram_windows(v, w, n, DEMO_OP_TXN_COMMIT), "PAM windows back");
   expect_read(v, "all back: the shadow kept its bytes", 0xf0000, 0, 0x77);
   expect_write(v, "option ROM shadow writable again", 0xc0000, 0x42, 0);
   expect_view(v, "the guest's store, seen by the VMM", 0xc0000, 0x42);

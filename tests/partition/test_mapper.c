@@ -169,9 +169,9 @@ static int counted_access(void *inst, uint64_t gpa, void *buf, size_t len, bool 
 static size_t counted_ranges(void *inst, mb_part_range *out, size_t max) {
   return mb_partition_soft.ranges(inst, out, max);
 }
-static const mb_partition_ops counted_ops = {"counted", 0, counted_create, counted_destroy,
-                                             counted_map, counted_unmap, counted_access,
-                                             counted_ranges};
+static const mb_partition_ops counted_ops = {
+    .name = "counted", .create = counted_create, .destroy = counted_destroy, .map = counted_map,
+    .unmap = counted_unmap, .access = counted_access, .ranges = counted_ranges};
 
 static int unsupported_create(uint64_t max_addr, const void *config, void **inst) {
   (void)max_addr, (void)config;

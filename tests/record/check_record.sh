@@ -12,7 +12,8 @@ fail=0 n=0
 # The manager commands a recording holds: each kind a scenario runs (and expects to succeed:
 # names that do not exist are answered by the runner) must be recorded.
 kinds=('region add' 'region map' 'region unmap' 'region remove' 'mapping add' 'mapping remove'
-       'mapping replace' 'txn begin' 'txn commit' 'mapper add' 'partition add')
+       'mapping replace' 'txn begin' 'txn commit' 'mapper add' 'partition add'
+       'dirty start' 'dirty sync' 'dirty stop')
 
 # whole SCENARIO RECORDING: false (after saying why) when the recording misses something.
 whole() {
@@ -23,7 +24,8 @@ whole() {
     ok=1
   fi
   for kind in "${kinds[@]}"; do
-    if grep -E "^(async [^ ]+ )?$kind " "$1" | grep -qv '=> error:' && ! grep -qE "^$kind " "$2"; then
+    if grep -E "^(async [^ ]+ )?$kind( |$)" "$1" | grep -qv '=> error:' &&
+       ! grep -qE "^$kind( |$)" "$2"; then
       echo "FAIL recording of $1 has no '$kind' line"; ok=1
     fi
   done

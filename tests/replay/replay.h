@@ -209,7 +209,8 @@ struct replay_op {
   char *refusal;           /* why the runner itself did not issue it (malloc'd), if it did not */
   replay_entry *entry;     /* the name it acts on (referenced), if any */
   mb_loop *new_loop;       /* spread: the loop started for the mapper or partition it adds */
-  mb_range_list *ranges;   /* expect partition / mapper: the actual ranges */
+  mb_range_list *ranges;   /* expect partition / mapper: the actual ranges; a dirty sync's
+                            * answer */
   replay_apply_fn apply;   /* updates the world at completion (main thread) */
   replay_op *next;         /* in w->ops */
 };
@@ -238,6 +239,14 @@ void replay_txn_commit(replay_world *w, replay_op *op);
 void replay_txn_note(replay_world *w, replay_entry *e, bool added);
 /* Forget what the transaction kept (the world's teardown). */
 void replay_txn_fini(replay_world *w);
+
+/* ---- dirty-page tracking (replay_dirty.c) ---------------------------------------------------- */
+
+/* dirty start, dirty stop and dirty sync, as start functions of replay_ops.c; a sync's answer
+ * is left in op->ranges. */
+void replay_dirty_start(replay_world *w, replay_op *op);
+void replay_dirty_stop(replay_world *w, replay_op *op);
+void replay_dirty_sync(replay_world *w, replay_op *op);
 
 /* ---- the access worker ----------------------------------------------------------------------- */
 
@@ -271,6 +280,8 @@ bool replay_ranges_normalise(const mb_range_list *l, scenario_ranges *r);
 bool replay_ranges_equal(const scenario_ranges *a, const scenario_ranges *b);
 /* RANGES text ("none", "0+16M:rw 16M+16K:ro"), malloc'd. */
 char *replay_ranges_text(const scenario_ranges *r);
+/* PAGES text ("none", "0x1000+8K"), malloc'd. */
+char *replay_pages_text(const scenario_ranges *r);
 
 /* ---- the executor ------------------------------------------------------------------------------ */
 

@@ -50,6 +50,8 @@ static char *bytes_text(const uint8_t *data, size_t len) {
   return s;
 }
 
+static char *pages_got(const replay_op *op);
+
 /* What an operation's completion amounts to, in scenario terms. */
 static char *happened(const replay_op *op) {
   if (op->refusal) return replay_strdupf("%s", op->refusal);
@@ -57,11 +59,22 @@ static char *happened(const replay_op *op) {
   if (op->status != 0 && token) return replay_strdupf("got error:%s", token);
   if (op->status != 0)
     return replay_strdupf("failed: %s (%d)", membacking_strerror(op->status), op->status);
+  if (op->cmd->kind == SCENARIO_DIRTY_SYNC) return pages_got(op);
   if (!is_read(op->cmd->kind)) return replay_strdupf("got ok");
   char *bytes = bytes_text(op->buf, op->len);
   char *s = replay_strdupf("got %s", bytes ? bytes : "?");
   free(bytes);
   return s;
+}
+
+/* A dirty sync's answer against PAGES: both normalised (the library's ranges are all
+ * writable, PAGES items never ro). Out of memory: no match (happened() says it again). */
+static bool pages_equal(const replay_op *op, const scenario_ranges *want) {
+  scenario_ranges actual;
+  if (!replay_ranges_normalise(op->ranges, &actual)) return false;
+  bool ok = replay_ranges_equal(&actual, want);
+  free(actual.items);
+  return ok;
 }
 
 /* A refused op (the runner's memory limit) meets no expectation: it is not the library's
@@ -79,6 +92,7 @@ bool replay_check_result(const replay_op *op, const scenario_expect *e, char **g
     ok = op->status == 0 && op->len == e->bytes.len &&
          (op->len == 0 || memcmp(op->buf, e->bytes.data, op->len) == 0);
     break;
+  case SCENARIO_EXPECT_PAGES: ok = op->status == 0 && pages_equal(op, &e->pages); break;
   }
   if (op->refusal) ok = false;
   if (!ok) *got = happened(op);
@@ -158,6 +172,25 @@ char *replay_ranges_text(const scenario_ranges *r) {
                 ? replay_strdupf("%s", line + strlen(head))
                 : NULL;
   free(line);
+  return s;
+}
+
+/* PAGES text through the scenario printer: an expectation of pages. */
+static void print_pages(FILE *f, const void *pages) {
+  scenario_expect e = {.kind = SCENARIO_EXPECT_PAGES, .pages = *(const scenario_ranges *)pages};
+  scenario_print_expect(f, &e);
+}
+
+char *replay_pages_text(const scenario_ranges *r) { return capture(print_pages, r); }
+
+/* "got PAGES" for a dirty sync that succeeded. */
+static char *pages_got(const replay_op *op) {
+  scenario_ranges actual;
+  if (!replay_ranges_normalise(op->ranges, &actual)) return replay_strdupf("failed: out of memory");
+  char *text = replay_pages_text(&actual);
+  char *s = text ? replay_strdupf("got %s", text) : NULL;
+  free(text);
+  free(actual.items);
   return s;
 }
 

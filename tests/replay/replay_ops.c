@@ -413,6 +413,9 @@ static const start_fn starters[SCENARIO_CMD_KIND_COUNT] = {
     [SCENARIO_EXPECT_MAPPER] = start_expect_mapper,
     [SCENARIO_TXN_BEGIN] = replay_txn_begin,
     [SCENARIO_TXN_COMMIT] = replay_txn_commit,
+    [SCENARIO_DIRTY_START] = replay_dirty_start,
+    [SCENARIO_DIRTY_SYNC] = replay_dirty_sync,
+    [SCENARIO_DIRTY_STOP] = replay_dirty_stop,
 };
 
 static replay_op *op_new(replay_world *w, const scenario_cmd *cmd) {

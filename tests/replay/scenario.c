@@ -264,9 +264,9 @@ static bool takes_result(scenario_cmd_kind kind) {
   return scenario_cmd_is_operation(kind) || kind == SCENARIO_AWAIT;
 }
 
-/* The end of a command: an optional `=> RESULT`, then nothing. `read_len` as for
- * parse_result. */
-static int finish(parser *P, cursor *c, scenario_cmd *cmd, const uint64_t *read_len) {
+/* Up to the RESULT of a command: 0 at the end of the line, 1 after a `=>` that a RESULT must
+ * follow, -1 after fail. */
+static int result_due(parser *P, cursor *c, const scenario_cmd *cmd) {
   tok t;
   if (!scenario__next(c, &t)) return 0;
   if (!scenario__tok_is_arrow(t)) return fail(P, "%s: unexpected '%.*s'", P->what, TOK(t));
@@ -276,7 +276,31 @@ static int finish(parser *P, cursor *c, scenario_cmd *cmd, const uint64_t *read_
     return fail(P, "async: the result of %s is checked by its await (await LABEL => RESULT)",
                 P->what);
   if (!takes_result(cmd->kind)) return fail(P, "%s takes no '=> RESULT'", P->what);
-  return parse_result(P, c, cmd, read_len);
+  return 1;
+}
+
+/* The end of a command: an optional `=> RESULT`, then nothing. `read_len` as for
+ * parse_result. */
+static int finish(parser *P, cursor *c, scenario_cmd *cmd, const uint64_t *read_len) {
+  int due = result_due(P, c, cmd);
+  return due <= 0 ? due : parse_result(P, c, cmd, read_len);
+}
+
+static int parse_ranges(parser *P, cursor *c, bool pages, scenario_ranges *out);
+
+/* The end of a dirty sync (or of its await): `=> PAGES` is allowed besides ok and error:CODE. */
+static int finish_pages(parser *P, cursor *c, scenario_cmd *cmd) {
+  tok t;
+  int due = result_due(P, c, cmd);
+  if (due <= 0) return due;
+  if (!scenario__peek(c, &t)) return fail(P, "%s: missing RESULT after '=>'", P->what);
+  if (scenario__tok_is(t, "ok") || scenario__tok_starts(t, "error"))
+    return parse_result(P, c, cmd, NULL);
+  if (parse_ranges(P, c, true, &cmd->expect.pages)) return -1;
+  cmd->expect.kind = SCENARIO_EXPECT_PAGES;
+  if (scenario__next(c, &t))
+    return fail(P, "%s: unexpected '%.*s' after the result", P->what, TOK(t));
+  return 0;
 }
 
 /* ---- commands ------------------------------------------------------------------------------- */
@@ -512,6 +536,7 @@ static int parse_await(parser *P, cursor *c, scenario_cmd *cmd, scenario_cmd_kin
   if (arg_label(P, c, cmd, &label)) return -1;
   bool is_read = label && (label->kind == SCENARIO_READ || label->kind == SCENARIO_GUEST_READ);
   uint64_t len = label ? label->len : 0;
+  if (label && label->kind == SCENARIO_DIRTY_SYNC) return finish_pages(P, c, cmd);
   return finish(P, c, cmd, is_read ? &len : NULL);
 }
 
@@ -519,17 +544,43 @@ static int parse_txn(parser *P, cursor *c, scenario_cmd *cmd, scenario_cmd_kind 
   return pick_kind(P, c, cmd, first) ? -1 : finish(P, c, cmd, NULL);
 }
 
-/* RANGES item: GPA+SIZE:rw or GPA+SIZE:ro. */
-static int parse_range(parser *P, tok t, scenario_range *r) {
+/* dirty start, dirty sync GPA SIZE [=> PAGES], dirty stop */
+static int parse_dirty(parser *P, cursor *c, scenario_cmd *cmd, scenario_cmd_kind first) {
+  if (pick_kind(P, c, cmd, first)) return -1;
+  if (cmd->kind != SCENARIO_DIRTY_SYNC) return finish(P, c, cmd, NULL);
+  if (arg_number(P, c, "GPA", &cmd->dirty.gpa) || arg_number(P, c, "SIZE", &cmd->dirty.size))
+    return -1;
+  return finish_pages(P, c, cmd);
+}
+
+/* A PAGES item: GPA+SIZE (no access). */
+static int page_range_split(parser *P, tok t, tok *gpa, tok *size) {
+  const char *plus = memchr(t.p, '+', t.n);
+  if (!plus || memchr(t.p, ':', t.n))
+    return fail(P, "%s: malformed page range '%.*s' (expected GPA+SIZE)", P->what, TOK(t));
+  *gpa = (tok){t.p, (size_t)(plus - t.p)};
+  *size = (tok){plus + 1, (size_t)(t.p + t.n - plus - 1)};
+  return 0;
+}
+
+/* RANGES item: GPA+SIZE:rw or GPA+SIZE:ro; PAGES item (pages): GPA+SIZE. */
+static int parse_range(parser *P, tok t, bool pages, scenario_range *r) {
   const char *plus = memchr(t.p, '+', t.n);
   const char *colon = plus ? memchr(plus, ':', (size_t)(t.p + t.n - plus)) : NULL;
-  if (!colon)
+  tok gpa, size;
+  int i = 0;
+  if (pages) {
+    if (page_range_split(P, t, &gpa, &size)) return -1;
+  } else if (!colon) {
     return fail(P, "%s: malformed range '%.*s' (expected GPA+SIZE:rw or GPA+SIZE:ro)", P->what,
                 TOK(t));
-  tok gpa = {t.p, (size_t)(plus - t.p)}, size = {plus + 1, (size_t)(colon - plus - 1)};
-  tok access = {colon + 1, (size_t)(t.p + t.n - colon - 1)};
-  int i = word_index(access, scenario__access_words);
-  if (i < 0) return fail(P, "%s: range '%.*s' must end in :rw or :ro", P->what, TOK(t));
+  } else {
+    gpa = (tok){t.p, (size_t)(plus - t.p)};
+    size = (tok){plus + 1, (size_t)(colon - plus - 1)};
+    tok access = {colon + 1, (size_t)(t.p + t.n - colon - 1)};
+    if ((i = word_index(access, scenario__access_words)) < 0)
+      return fail(P, "%s: range '%.*s' must end in :rw or :ro", P->what, TOK(t));
+  }
   if (to_number(P, gpa, "range GPA", &r->gpa) || to_number(P, size, "range SIZE", &r->size))
     return -1;
   if (r->size == 0) return fail(P, "%s: range '%.*s' is empty", P->what, TOK(t));
@@ -539,29 +590,32 @@ static int parse_range(parser *P, tok t, scenario_range *r) {
   return 0;
 }
 
-/* RANGES: `none`, or items in ascending order. Adjacent items with the same access are merged,
- * as the actual state is before it is compared. */
-static int parse_ranges(parser *P, cursor *c, scenario_ranges *out) {
+/* RANGES (or, with pages, PAGES): `none`, or items in ascending order. Adjacent items with the
+ * same access are merged, as the actual state is before it is compared. */
+static int parse_ranges(parser *P, cursor *c, bool pages, scenario_ranges *out) {
+  const char *what = pages ? "PAGES" : "RANGES";
   cursor scan = *c;
   tok t;
   size_t n = 0;
   while (next_option(&scan, &t)) n++;
-  if (n == 0) return fail(P, "%s: missing RANGES (none, or GPA+SIZE:rw|ro ...)", P->what);
+  if (n == 0)
+    return fail(P, "%s: missing %s (none, or GPA+SIZE%s ...)", P->what, what,
+                pages ? "" : ":rw|ro");
   if (scenario__peek(c, &t) && scenario__tok_is(t, "none")) {
     scenario__next(c, &t);
-    if (n > 1) return fail(P, "%s: 'none' must stand alone in RANGES", P->what);
+    if (n > 1) return fail(P, "%s: 'none' must stand alone in %s", P->what, what);
     return 0;
   }
   if (!(out->items = calloc(n, sizeof *out->items))) return fail(P, "out of memory");
   while (next_option(c, &t)) {
     scenario_range r = {0};
-    if (parse_range(P, t, &r)) return -1;
+    if (parse_range(P, t, pages, &r)) return -1;
     scenario_range *last = out->n ? &out->items[out->n - 1] : NULL;
     if (last && r.gpa < last->gpa + last->size)
       return fail(P,
-                  "%s: range '%.*s' starts below the end of the one before (RANGES are "
+                  "%s: range '%.*s' starts below the end of the one before (%s are "
                   "ascending and do not overlap)",
-                  P->what, TOK(t));
+                  P->what, TOK(t), what);
     if (last && r.gpa == last->gpa + last->size && r.ro == last->ro)
       last->size += r.size;
     else
@@ -586,7 +640,7 @@ static int parse_expect(parser *P, cursor *c, scenario_cmd *cmd, scenario_cmd_ki
     break;
   default:
     if (arg_name(P, c, "NAME", cmd->expect_ranges.name) ||
-        parse_ranges(P, c, &cmd->expect_ranges.ranges))
+        parse_ranges(P, c, false, &cmd->expect_ranges.ranges))
       return -1;
     break;
   }
@@ -615,6 +669,7 @@ static parse_fn *const parsers[SCENARIO_CMD_KIND_COUNT] = {
     [SCENARIO_AWAIT] = parse_await,
     [SCENARIO_EXPECT_PENDING] = parse_expect,
     [SCENARIO_TXN_BEGIN] = parse_txn,
+    [SCENARIO_DIRTY_START] = parse_dirty,
 };
 
 /* The first kind whose name starts with the word t, or SCENARIO_CMD_KIND_COUNT. */
@@ -777,6 +832,7 @@ int scenario_parse_file(const char *path, scenario **out, char *err, size_t errl
 
 void scenario__cmd_clear(scenario_cmd *cmd) {
   free(cmd->expect.bytes.data);
+  free(cmd->expect.pages.items);
   switch (cmd->kind) {
   case SCENARIO_WRITE:
   case SCENARIO_GUEST_WRITE: free(cmd->io.data.data); break;

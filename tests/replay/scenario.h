@@ -4,8 +4,9 @@
  * Program
  *   A scenario is the array of its commands in file order. Each command has its source line, a
  *   kind, a payload (the union member named next to the kind in SCENARIO_COMMANDS) and an
- *   expectation: none, `=> ok`, `=> error:CODE` or `=> BYTES`. Names are stored inline, numbers
- *   as uint64_t, BYTES and HEXBYTES decoded into byte buffers, RANGES into arrays.
+ *   expectation: none, `=> ok`, `=> error:CODE`, `=> BYTES` (reads) or `=> PAGES` (dirty syncs).
+ *   Names are stored inline, numbers as uint64_t, BYTES and HEXBYTES decoded into byte buffers,
+ *   RANGES and PAGES into arrays.
  *
  * What the parser checks, and what it leaves to the engine
  *   The parser rejects everything the format calls an error of the script (the replay program
@@ -90,7 +91,10 @@ enum {
   X(EXPECT_PARTITION, "expect partition", expect_ranges)                                           \
   X(EXPECT_MAPPER, "expect mapper", expect_ranges)                                                 \
   X(TXN_BEGIN, "txn begin", txn)                                                                   \
-  X(TXN_COMMIT, "txn commit", txn)
+  X(TXN_COMMIT, "txn commit", txn)                                                                 \
+  X(DIRTY_START, "dirty start", dirty)                                                             \
+  X(DIRTY_SYNC, "dirty sync", dirty)                                                               \
+  X(DIRTY_STOP, "dirty stop", dirty)
 
 typedef enum scenario_cmd_kind {
 #define SCENARIO__KIND(kind, text, member) SCENARIO_##kind,
@@ -147,7 +151,8 @@ typedef struct scenario_range {
 } scenario_range;
 
 /* RANGES: n == 0 for `none`. Items are ascending, do not overlap, and are normalised like the
- * actual state they are compared with: adjacent items with the same access are merged. */
+ * actual state they are compared with: adjacent items with the same access are merged. PAGES
+ * (a dirty sync's answer) are the same with no access: every item's ro is false. */
 typedef struct scenario_ranges {
   scenario_range *items;
   size_t n;
@@ -158,12 +163,14 @@ typedef enum scenario_expect_kind {
   SCENARIO_EXPECT_OK,    /* `=> ok` */
   SCENARIO_EXPECT_ERROR, /* `=> error:CODE`: .error */
   SCENARIO_EXPECT_BYTES, /* `=> BYTES` (reads, and awaits of reads): success with .bytes */
+  SCENARIO_EXPECT_PAGES, /* `=> PAGES` (dirty syncs, and their awaits): success with .pages */
 } scenario_expect_kind;
 
 typedef struct scenario_expect {
   scenario_expect_kind kind;
   scenario_error error; /* SCENARIO_EXPECT_ERROR only */
   scenario_bytes bytes; /* SCENARIO_EXPECT_BYTES only; len equals the read's len */
+  scenario_ranges pages; /* SCENARIO_EXPECT_PAGES only: the dirty pages answered (`none`: n 0) */
 } scenario_expect;
 
 /* ---- payloads ------------------------------------------------------------------------------- */
@@ -294,6 +301,13 @@ typedef struct scenario_txn {
   char none;
 } scenario_txn;
 
+/* dirty sync GPA SIZE (as written: alignment is checked by the operation); dirty start and
+ * dirty stop have no arguments (gpa and size 0). */
+typedef struct scenario_dirty {
+  uint64_t gpa;
+  uint64_t size;
+} scenario_dirty;
+
 /* ---- commands and programs ------------------------------------------------------------------ */
 
 typedef struct scenario_cmd {
@@ -315,6 +329,7 @@ typedef struct scenario_cmd {
     scenario_expect_region expect_region;
     scenario_expect_ranges expect_ranges;
     scenario_txn txn;
+    scenario_dirty dirty;
   };
 } scenario_cmd;
 
@@ -386,7 +401,8 @@ bool scenario_equal(const scenario *a, const scenario *b, size_t *differs);
 void scenario_print_command(FILE *f, const scenario_cmd *cmd);
 /* Write every command, one per line: a scenario file equivalent to the one parsed. */
 void scenario_print(FILE *f, const scenario *sc);
-/* Write an expectation as it follows `=> `: "ok", "error:CODE" or BYTES; nothing for NONE. */
+/* Write an expectation as it follows `=> `: "ok", "error:CODE", BYTES or PAGES; nothing for
+ * NONE. */
 void scenario_print_expect(FILE *f, const scenario_expect *e);
 
 /* Format bytes in the BYTES syntax, compactly: every run of 8 or more equal bytes as HH*N, the

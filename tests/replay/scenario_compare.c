@@ -11,9 +11,19 @@ static bool same_bytes(const scenario_bytes *a, const scenario_bytes *b) {
   return a->len == b->len && (a->len == 0 || memcmp(a->data, b->data, a->len) == 0);
 }
 
+static bool same_ranges(const scenario_ranges *x, const scenario_ranges *y) {
+  if (x->n != y->n) return false;
+  for (size_t i = 0; i < x->n; i++) {
+    const scenario_range *r = &x->items[i], *s = &y->items[i];
+    if (r->gpa != s->gpa || r->size != s->size || r->ro != s->ro) return false;
+  }
+  return true;
+}
+
 static bool same_expect(const scenario_expect *a, const scenario_expect *b) {
   if (a->kind != b->kind) return false;
   if (a->kind == SCENARIO_EXPECT_ERROR) return a->error == b->error;
+  if (a->kind == SCENARIO_EXPECT_PAGES) return same_ranges(&a->pages, &b->pages);
   return a->kind != SCENARIO_EXPECT_BYTES || same_bytes(&a->bytes, &b->bytes);
 }
 
@@ -74,19 +84,17 @@ static bool expect_region_equal(const scenario_expect_region *a, const scenario_
 }
 
 static bool expect_ranges_equal(const scenario_expect_ranges *a, const scenario_expect_ranges *b) {
-  const scenario_ranges *x = &a->ranges, *y = &b->ranges;
-  if (!same_name(a->name, b->name) || x->n != y->n) return false;
-  for (size_t i = 0; i < x->n; i++) {
-    const scenario_range *r = &x->items[i], *s = &y->items[i];
-    if (r->gpa != s->gpa || r->size != s->size || r->ro != s->ro) return false;
-  }
-  return true;
+  return same_name(a->name, b->name) && same_ranges(&a->ranges, &b->ranges);
 }
 
 static bool txn_equal(const scenario_txn *a, const scenario_txn *b) {
   (void)a;
   (void)b;
   return true; /* no arguments */
+}
+
+static bool dirty_equal(const scenario_dirty *a, const scenario_dirty *b) {
+  return a->gpa == b->gpa && a->size == b->size;
 }
 
 /* ---- commands and programs ------------------------------------------------------------------ */

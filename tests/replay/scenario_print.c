@@ -141,14 +141,15 @@ static void put_bytes(sink *s, const uint8_t *d, size_t len) {
   }
 }
 
-static void put_ranges(sink *s, const scenario_ranges *r) {
+/* RANGES, or (access false) PAGES: the same items without their access. */
+static void put_ranges(sink *s, const scenario_ranges *r, bool access) {
   if (r->n == 0) putf(s, "none");
   for (size_t i = 0; i < r->n; i++) {
     if (i > 0) putf(s, " ");
     put_addr(s, r->items[i].gpa);
     putf(s, "+");
     put_size(s, r->items[i].size);
-    putf(s, ":%s", scenario__access_words[r->items[i].ro]);
+    if (access) putf(s, ":%s", scenario__access_words[r->items[i].ro]);
   }
 }
 
@@ -157,6 +158,7 @@ static void put_expect(sink *s, const scenario_expect *e) {
   case SCENARIO_EXPECT_OK: putf(s, "ok"); break;
   case SCENARIO_EXPECT_ERROR: putf(s, "error:%s", scenario_error_name(e->error)); break;
   case SCENARIO_EXPECT_BYTES: put_bytes(s, e->bytes.data, e->bytes.len); break;
+  case SCENARIO_EXPECT_PAGES: put_ranges(s, &e->pages, false); break;
   case SCENARIO_EXPECT_NONE: break;
   }
 }
@@ -263,8 +265,16 @@ static void put_cmd(sink *s, const scenario_cmd *c) {
   case SCENARIO_EXPECT_PARTITION:
   case SCENARIO_EXPECT_MAPPER:
     putf(s, " %s ", c->expect_ranges.name);
-    put_ranges(s, &c->expect_ranges.ranges);
+    put_ranges(s, &c->expect_ranges.ranges, true);
     break;
+  case SCENARIO_DIRTY_SYNC:
+    putf(s, " ");
+    put_addr(s, c->dirty.gpa);
+    putf(s, " ");
+    put_size(s, c->dirty.size);
+    break;
+  case SCENARIO_DIRTY_START:
+  case SCENARIO_DIRTY_STOP:
   case SCENARIO_TXN_BEGIN:
   case SCENARIO_TXN_COMMIT:
   case SCENARIO_CMD_KIND_COUNT: break;

@@ -1124,6 +1124,84 @@ static void test_txn(void **state) {
   scenario_free(sc);
 }
 
+/* ---- dirty-page tracking --------------------------------------------------------------------- */
+
+static void test_dirty(void **state) {
+  (void)state;
+  const scenario_cmd *c = last_cmd("dirty start\n");
+  assert_int_equal(c->kind, SCENARIO_DIRTY_START);
+  assert_true(scenario_cmd_is_operation(c->kind));
+  assert_int_equal(c->expect.kind, SCENARIO_EXPECT_NONE);
+  c = last_cmd("dirty stop => error:invalid\n");
+  assert_int_equal(c->kind, SCENARIO_DIRTY_STOP);
+  assert_int_equal(c->expect.error, SCENARIO_ERR_INVALID);
+  c = last_cmd("dirty sync 0x1000 64K\n");
+  assert_int_equal(c->kind, SCENARIO_DIRTY_SYNC);
+  assert_int_equal(c->dirty.gpa, 0x1000);
+  assert_int_equal(c->dirty.size, 65536);
+  assert_int_equal(c->expect.kind, SCENARIO_EXPECT_NONE);
+  c = last_cmd("dirty sync 0 4K => ok\n");
+  assert_int_equal(c->expect.kind, SCENARIO_EXPECT_OK);
+  c = last_cmd("dirty sync 0 4K => none\n");
+  assert_int_equal(c->expect.kind, SCENARIO_EXPECT_PAGES);
+  assert_int_equal(c->expect.pages.n, 0);
+  assert_null(c->expect.pages.items);
+  /* Adjacent items merge (PAGES are normalised as RANGES are); every item is rw. */
+  c = last_cmd("dirty sync 0 1M => 0+4K 4K+4K 0x10000+8K 0x12000+4K 0x20000+4K\n");
+  const scenario_ranges *p = &c->expect.pages;
+  assert_int_equal(p->n, 3);
+  assert_int_equal(p->items[0].gpa, 0);
+  assert_int_equal(p->items[0].size, 8192);
+  assert_int_equal(p->items[1].gpa, 0x10000);
+  assert_int_equal(p->items[1].size, 12288);
+  assert_int_equal(p->items[2].gpa, 0x20000);
+  for (size_t i = 0; i < p->n; i++) assert_false(p->items[i].ro);
+  /* An unaligned, empty or too large range parses: the operation answers invalid. */
+  c = last_cmd("dirty sync 0x801 0 => error:invalid\n");
+  assert_int_equal(c->dirty.gpa, 0x801);
+  assert_int_equal(c->dirty.size, 0);
+  /* Inside a transaction, and under async with its await: PAGES there too. */
+  scenario *sc = parse_ok("txn begin\ndirty start\ndirty sync 0 4K => none\ndirty stop\n"
+                          "txn commit\n");
+  scenario_free(sc);
+  c = last_cmd("async a dirty sync 0 8K\nawait a => 0+8K\n");
+  assert_int_equal(c->kind, SCENARIO_AWAIT);
+  assert_int_equal(c->expect.kind, SCENARIO_EXPECT_PAGES);
+  assert_int_equal(c->expect.pages.items[0].size, 8192);
+  c = last_cmd("async a dirty start\nawait a => error:invalid\n");
+  assert_int_equal(c->expect.error, SCENARIO_ERR_INVALID);
+
+  parse_err("dirty\n", "dirty: missing start, sync or stop");
+  parse_err("dirty clear\n", "dirty: expected start, sync or stop, got 'clear'");
+  parse_err("dirty start 0 4K\n", "dirty start: unexpected '0'");
+  parse_err("dirty stop => none\n", "dirty stop: malformed result 'none' (expected ok or");
+  parse_err("dirty start => 0+4K\n", "dirty start: malformed result '0+4K'");
+  parse_err("dirty sync\n", "dirty sync: missing GPA");
+  parse_err("dirty sync 0\n", "dirty sync: missing SIZE");
+  parse_err("dirty sync 0 => none\n", "dirty sync: missing SIZE");
+  parse_err("dirty sync x 4K\n", "dirty sync: GPA 'x' is not a number");
+  parse_err("dirty sync 0 4K 8K\n", "dirty sync: unexpected '8K'");
+  parse_err("dirty sync 0 4K =>\n", "dirty sync: missing RESULT after '=>'");
+  parse_err("dirty sync 0 4K => 0+4K:rw\n",
+            "dirty sync: malformed page range '0+4K:rw' (expected GPA+SIZE)");
+  parse_err("dirty sync 0 4K => 0x1000\n", "dirty sync: malformed page range '0x1000'");
+  parse_err("dirty sync 0 4K => none 0+4K\n", "dirty sync: 'none' must stand alone in PAGES");
+  parse_err("dirty sync 0 4K => 0+4K none\n", "dirty sync: malformed page range 'none'");
+  parse_err("dirty sync 0 4K => 0+0\n", "dirty sync: range '0+0' is empty");
+  parse_err("dirty sync 0 4K => 8K+4K 0+4K\n",
+            "dirty sync: range '0+4K' starts below the end of the one before (PAGES are");
+  parse_err("dirty sync 0 4K => 0+4K => ok\n", "dirty sync: unexpected '=>' after the result");
+  parse_err("dirty sync 0 4K => 00*4\n", "dirty sync: malformed page range '00*4'");
+  parse_err("dirty sync 0 4K => error:dirty\n", "dirty sync: unknown error code 'dirty'");
+  parse_err("async a dirty sync 0 4K => none\n",
+            "async: the result of dirty sync is checked by its await");
+  parse_err("read m 0 4 => 0+4K\n", "read: malformed BYTES token '0+4K'");
+  parse_err("async a read m 0 2\nawait a => 0+4K\n", "await: malformed BYTES token '0+4K'");
+  parse_err("async a dirty stop\nawait a => none\n", "await: malformed result 'none'");
+  parse_err("await a => none\n", "await: malformed result 'none'");
+  parse_err("expect mapper m 0+4K\n", "expect mapper: malformed range '0+4K'");
+}
+
 /* ---- unknown commands, missing and extra arguments ------------------------------------------ */
 
 static void test_unknown_and_malformed(void **state) {
@@ -1383,6 +1461,16 @@ static void test_print_canonical(void **state) {
   assert_printed(last_cmd("partition add p kvm\n"), "partition add p kvm");
   assert_printed(last_cmd("partition remove p => error:notfound\n"),
                  "partition remove p => error:notfound");
+  assert_printed(last_cmd("dirty start => ok\n"), "dirty start => ok");
+  assert_printed(last_cmd("dirty stop\n"), "dirty stop");
+  assert_printed(last_cmd("dirty sync 0 0x100000\n"), "dirty sync 0 1M");
+  assert_printed(last_cmd("dirty sync 4096 12K => 4096+4K 8K+4K\n"),
+                 "dirty sync 0x1000 12K => 0x1000+8K");
+  assert_printed(last_cmd("dirty sync 0x801 0 => error:invalid\n"),
+                 "dirty sync 0x801 0 => error:invalid");
+  assert_printed(last_cmd("dirty sync 0 64G => none\n"), "dirty sync 0 64G => none");
+  assert_printed(last_cmd("async d dirty sync 0 8K\nawait d => 0+4K 0x100000+1M\n"),
+                 "await d => 0+4K 0x100000+1M");
 
   scenario_expect e = {.kind = SCENARIO_EXPECT_ERROR, .error = SCENARIO_ERR_FAULT};
   char *out = NULL;
@@ -1422,7 +1510,13 @@ static void test_round_trip(void **state) {
                     "expect mapper m1 none\nmapper remove m0\npartition remove p0 => ok\n"
                     "txn begin\nregion add r2 2G 6K => error:invalid\ntxn begin => error:invalid\n"
                     "txn commit => error:resource\nasync t txn begin\nawait t\ntxn commit\n"
-                    "unlock L1 => error:notfound\nawait a1 => error:notfound\n");
+                    "unlock L1 => error:notfound\nawait a1 => error:notfound\n"
+                    "dirty sync 0 4K => error:invalid\ndirty start\ndirty start => error:invalid\n"
+                    "dirty sync 0x1000 1M\ndirty sync 0 64G => none\ndirty sync 1 1 => ok\n"
+                    "dirty sync 0 2M => 0+4K 8K+8K 0x100000+1M\nasync d dirty sync 0 4K\n"
+                    "await d => 0+4K\nasync e dirty stop\nawait e\n"
+                    "async f dirty sync 0 4K\nawait f => none\n"
+                    "txn begin\ndirty start\ndirty sync 0 8K => 0+8K\ndirty stop\ntxn commit\n");
 }
 
 /* scenario_equal tells apart programs that differ in any one field (the round-trip checks,
@@ -1459,6 +1553,18 @@ static void test_compare(void **state) {
       {"txn begin\n", "txn commit\n"},
       {"txn commit\n", "txn commit => error:invalid\n"},
       {"await a\n", "await b\n"},
+      {"dirty start\n", "dirty stop\n"},
+      {"dirty start\n", "dirty start => error:invalid\n"},
+      {"dirty sync 0 4K\n", "dirty sync 4K 4K\n"},
+      {"dirty sync 0 4K\n", "dirty sync 0 8K\n"},
+      {"dirty sync 0 4K\n", "dirty sync 0 4K => ok\n"},
+      {"dirty sync 0 4K => ok\n", "dirty sync 0 4K => none\n"},
+      {"dirty sync 0 8K => none\n", "dirty sync 0 8K => 0+4K\n"},
+      {"dirty sync 0 8K => 0+4K\n", "dirty sync 0 8K => 4K+4K\n"},
+      {"dirty sync 0 8K => 0+4K\n", "dirty sync 0 8K => 0+8K\n"},
+      {"dirty sync 0 1M => 0+4K\n", "dirty sync 0 1M => 0+4K 8K+4K\n"},
+      {"dirty sync 0 4K => error:invalid\n", "dirty sync 0 4K => error:notfound\n"},
+      {"async a dirty sync 0 4K\nawait a => none\n", "async a dirty sync 0 4K\nawait a\n"},
   };
   for (size_t i = 0; i < sizeof pairs / sizeof pairs[0]; i++) {
     scenario *a = parse_ok(pairs[i][0]), *b = parse_ok(pairs[i][1]), *c = parse_ok(pairs[i][0]);
@@ -1528,7 +1634,9 @@ static void test_allocation_failures(void **state) {
   for (int i = 0; i < 80; i++) fprintf(f, "mapper add x%d eager\nlock x%d 0 4K as L%d\n", i, i, i);
   fputs("async a read m0 0 3\nawait a => 00*2 01\nwrite m0 0 ff*5 01\n"
         "expect mapper m0 0+4K:rw 8K+4K:ro\n"
-        "txn begin\nregion add tr 64M 4K\ntxn commit => error:resource\n",
+        "txn begin\nregion add tr 64M 4K\ntxn commit => error:resource\n"
+        "dirty start\ndirty sync 0 1M => 0+4K 8K+4K 16K+4K\nasync d dirty sync 0 4K\n"
+        "await d => 0+4K\n",
         f);
   fclose(f);
   int n = parse_with_failures(text, NULL);
@@ -1563,6 +1671,7 @@ int main(void) {
       cmocka_unit_test_teardown(test_expect, teardown_last),
       cmocka_unit_test(test_live_names),
       cmocka_unit_test_teardown(test_txn, teardown_last),
+      cmocka_unit_test_teardown(test_dirty, teardown_last),
       cmocka_unit_test(test_unknown_and_malformed),
       cmocka_unit_test(test_parse_file),
       cmocka_unit_test(test_stream),
