@@ -176,6 +176,8 @@ void mb__api_submit(mb_mm *mm, mb_addr to, mb_msg *msg, mb__value_fn value, mb_o
                     mb_done_fn done, void *ctx);
 /* Blocking form: the status; *value filled when value_fn and value are given. */
 int mb__api_call(mb__rec *rec, mb_addr to, mb_msg *msg, mb__value_fn value_fn, uint64_t *value);
+/* A blocking request to the manager's region manager, after the thread check (msg is freed). */
+int mb__rm_call(mb_mm *mm, mb_msg *msg, mb__value_fn value_fn, uint64_t *value);
 
 /* Kill a consumer that was unlinked from its manager, on its loop: its handle becomes invalid
  * at once, its actor goes, its memory once no reader is in it; then killed(killed_ctx, rc)

@@ -6,8 +6,8 @@
  * it after a stop, so it is never freed before mb_mm_destroy. While tracking is on it is
  * published here: writes through VA mappers mark it (after the bytes are in memory), and so do
  * writable locks, which are registered here while they are held, tracking on or off:
- *   - a sync marks every held page of its range before it takes the range, and again after,
- *     so those pages are answered and stay dirty;
+ *   - a sync marks every held page of its range before it takes the range, so every sync
+ *     answers them while they are held;
  *   - an unlock marks the lock's pages once more (they are dirty "at its unlock").
  * Partitions mark the set themselves (their backends, from PM_DIRTY_START on).
  *

@@ -175,7 +175,7 @@ int mb__exec_must(mb_loop *loop, mb_exec_fn fn, void *arg) {
 }
 
 /* A blocking request to the region manager: refused on a loop thread the request needs. */
-static int rm_call(mb_mm *mm, mb_msg *msg, mb__value_fn value_fn, uint64_t *value) {
+int mb__rm_call(mb_mm *mm, mb_msg *msg, mb__value_fn value_fn, uint64_t *value) {
   int rc = mb__mm_check_thread(mm);
   if (rc) {
     mb_msg_free(msg);
@@ -414,7 +414,7 @@ void mb_region_add(mb_mm *mm, const mb_region_params *p, mb_done_fn done, void *
 
 int mb_region_add_sync(mb_mm *mm, const mb_region_params *p, mb_region_id *id) {
   uint64_t v = 0;
-  int rc = rm_call(mm, region_add_msg(p), region_id_of, &v);
+  int rc = mb__rm_call(mm, region_add_msg(p), region_id_of, &v);
   if (!rc && id) *id = (mb_region_id)v;
   return rc;
 }
@@ -432,7 +432,7 @@ void mb_region_map(mb_mm *mm, mb_region_id id, bool writable, mb_done_fn done, v
 }
 
 int mb_region_map_sync(mb_mm *mm, mb_region_id id, bool writable) {
-  return rm_call(mm, region_map_msg(id, writable), NULL, NULL);
+  return mb__rm_call(mm, region_map_msg(id, writable), NULL, NULL);
 }
 
 /* unmap, remove and state carry just the id. */
@@ -453,7 +453,7 @@ void mb_region_unmap(mb_mm *mm, mb_region_id id, mb_done_fn done, void *ctx) {
 }
 
 int mb_region_unmap_sync(mb_mm *mm, mb_region_id id) {
-  return rm_call(mm, region_unmap_msg(id), NULL, NULL);
+  return mb__rm_call(mm, region_unmap_msg(id), NULL, NULL);
 }
 
 void mb_region_remove(mb_mm *mm, mb_region_id id, mb_done_fn done, void *ctx) {
@@ -462,7 +462,7 @@ void mb_region_remove(mb_mm *mm, mb_region_id id, mb_done_fn done, void *ctx) {
 }
 
 int mb_region_remove_sync(mb_mm *mm, mb_region_id id) {
-  return rm_call(mm, region_remove_msg(id), NULL, NULL);
+  return mb__rm_call(mm, region_remove_msg(id), NULL, NULL);
 }
 
 void mb_region_state(mb_mm *mm, mb_region_id id, mb_done_fn done, void *ctx) {
@@ -472,7 +472,7 @@ void mb_region_state(mb_mm *mm, mb_region_id id, mb_done_fn done, void *ctx) {
 
 int mb_region_state_sync(mb_mm *mm, mb_region_id id, int *state) {
   uint64_t v = 0;
-  int rc = rm_call(mm, region_state_msg(id),
+  int rc = mb__rm_call(mm, region_state_msg(id),
                         region_state_of, &v);
   if (!rc && state) *state = (int)v;
   return rc;
@@ -498,7 +498,7 @@ static mb_msg *mapping_msg(const mb_mapping_params *p, bool replace) {
 static int mapping_sync(mb_mm *mm, const mb_mapping_params *p, bool replace) {
   if (!p->obj) return MB_E_NOTFOUND;
   mb_object_ref(p->obj);
-  int rc = rm_call(mm, mapping_msg(p, replace), NULL, NULL);
+  int rc = mb__rm_call(mm, mapping_msg(p, replace), NULL, NULL);
   mb_object_unref(p->obj);
   return rc;
 }
@@ -536,7 +536,7 @@ void mb_mapping_remove(mb_mm *mm, mb_region_id region, uint64_t offset, uint64_t
 }
 
 int mb_mapping_remove_sync(mb_mm *mm, mb_region_id region, uint64_t offset, uint64_t size) {
-  return rm_call(mm, mapping_remove_msg(region, offset, size), NULL,
+  return mb__rm_call(mm, mapping_remove_msg(region, offset, size), NULL,
                       NULL);
 }
 

@@ -20,21 +20,12 @@ static mb_msg *dirty_msg(uint32_t kind, uint64_t gpa, uint64_t size, uint64_t *b
 static uint64_t pages_of(mb_msg *m) { return rm_dirty_sync_of(m)->pages; }
 static uint64_t list_of(mb_msg *m) { return (uint64_t)(uintptr_t)rm_dirty_sync_of(m)->list; }
 
-static int dirty_call(mb_mm *mm, mb_msg *msg, mb__value_fn fn, uint64_t *value) {
-  int rc = mb__mm_check_thread(mm);
-  if (rc) {
-    mb_msg_free(msg);
-    return rc;
-  }
-  return mb__api_call(mm->rec, mm->rm_addr, msg, fn, value);
-}
-
 void mb_dirty_start(mb_mm *mm, mb_done_fn done, void *ctx) {
   mb__api_submit(mm, mm->rm_addr, dirty_msg(RM_DIRTY_START, 0, 0, NULL), NULL, NULL, done, ctx);
 }
 
 int mb_dirty_start_sync(mb_mm *mm) {
-  return dirty_call(mm, dirty_msg(RM_DIRTY_START, 0, 0, NULL), NULL, NULL);
+  return mb__rm_call(mm, dirty_msg(RM_DIRTY_START, 0, 0, NULL), NULL, NULL);
 }
 
 void mb_dirty_stop(mb_mm *mm, mb_done_fn done, void *ctx) {
@@ -42,7 +33,7 @@ void mb_dirty_stop(mb_mm *mm, mb_done_fn done, void *ctx) {
 }
 
 int mb_dirty_stop_sync(mb_mm *mm) {
-  return dirty_call(mm, dirty_msg(RM_DIRTY_STOP, 0, 0, NULL), NULL, NULL);
+  return mb__rm_call(mm, dirty_msg(RM_DIRTY_STOP, 0, 0, NULL), NULL, NULL);
 }
 
 /* A bitmap form without a bitmap would be the ranges form: refused before it is sent. */
@@ -57,7 +48,7 @@ int mb_dirty_sync_bitmap(mb_mm *mm, uint64_t gpa, uint64_t size, uint64_t *bitma
   uint64_t v = 0;
   if (bitmap == NULL)
     return MB_E_INVALID;
-  int rc = dirty_call(mm, dirty_msg(RM_DIRTY_SYNC, gpa, size, bitmap), pages_of, &v);
+  int rc = mb__rm_call(mm, dirty_msg(RM_DIRTY_SYNC, gpa, size, bitmap), pages_of, &v);
   if (rc == 0 && pages)
     *pages = v;
   return rc;
@@ -72,7 +63,7 @@ int mb_dirty_sync_ranges_sync(mb_mm *mm, uint64_t gpa, uint64_t size, mb_range_l
   uint64_t v = 0;
   if (out == NULL)
     return MB_E_INVALID;
-  int rc = dirty_call(mm, dirty_msg(RM_DIRTY_SYNC, gpa, size, NULL), list_of, &v);
+  int rc = mb__rm_call(mm, dirty_msg(RM_DIRTY_SYNC, gpa, size, NULL), list_of, &v);
   if (rc == 0)
     *out = (mb_range_list *)(uintptr_t)v;
   return rc;

@@ -121,12 +121,11 @@ int rm__dirty_end(rm_state *st, rm_op *op) {
     mb_dirty_set_clear(l->set);
   } else {
     rm_dirty_sync_msg *m = rm_dirty_sync_of(op->req);
-    mb__dirty_mark_held(l, l->set, m->gpa, m->size); /* held writable locks: answered, */
-    if (m->bits != NULL)
+    mb__dirty_mark_held(l, l->set, m->gpa, m->size); /* held writable locks are answered by */
+    if (m->bits != NULL)                               /* every sync: dirty until released */
       m->pages = (uint64_t)mb_dirty_set_take_bitmap(l->set, m->gpa, m->size, m->bits);
     else
       rc = take_list(l->set, m);
-    mb__dirty_mark_held(l, l->set, m->gpa, m->size); /* and still dirty */
   }
   return rc;
 }

@@ -165,6 +165,27 @@ static void test_rules(void **unused) {
 }
 
 
+/* A partition that cannot track makes the start fail, and the partitions that had started are
+ * stopped again: once it is gone, a start succeeds (the soft one would refuse a second start). */
+static void test_start_refused(void **unused) {
+  (void)unused;
+  world w;
+  world_init(&w);
+  mb_partition_ops blind = mb_partition_soft;
+  blind.name = "blind";
+  blind.dirty_start = NULL, blind.dirty_collect = NULL, blind.dirty_stop = NULL;
+  mb_partition *p2;
+  assert_int_equal(mb_partition_add_sync(w.mm, &blind, w.pl, &p2), 0);
+  assert_int_equal(mb_dirty_start_sync(w.mm), MB_E_UNSUPPORTED);
+  mb_range_list *l = NULL;
+  assert_int_equal(mb_dirty_sync_ranges_sync(w.mm, 0, PG, &l), MB_E_INVALID); /* still off */
+  assert_int_equal(mb_partition_remove_sync(p2), 0);
+  assert_int_equal(mb_dirty_start_sync(w.mm), 0);
+  guest_write(&w, 0, 1);
+  assert_string_equal(synced(&w, 0, 16 * MiB), "0K+4K");
+  world_fini(&w);
+}
+
 /* ---- random: a page model against writes from every source and syncs of random ranges ---- */
 
 enum { RPAGES = 1024, RLOCKS = 4 }; /* the first 4 MiB of the RAM */
@@ -295,6 +316,7 @@ int main(void) {
       cmocka_unit_test(test_sources_and_sync),
       cmocka_unit_test(test_locks),
       cmocka_unit_test(test_rules),
+      cmocka_unit_test(test_start_refused),
       cmocka_unit_test(test_random_model),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
