@@ -80,6 +80,7 @@ struct mb_mapper {
   mb_mm *mm;
   mb_vam *vam;
   mb_loop *loop;
+  uint8_t vtl;              /* the view it shows (and VTL 0's at the alias, for VTL 2) */
   mb_mapper *prev, *next;
   mb__handle h;             /* its public handle (0 for the primary before creation ends) */
   uint32_t idx;             /* its slot */
@@ -91,6 +92,7 @@ struct mb_mapper {
 struct mb_partition {
   mb_mm *mm;
   const mb_partition_ops *ops;
+  uint8_t vtl;
   mb_actor *actor;
   mb_loop *loop;
   mb_partition *prev, *next;
@@ -107,8 +109,13 @@ struct mb_mm {
   mb_addr rm_addr, mm_addr; /* valid for ever: requests after destroy get MB_EGONE */
   uint64_t max_addr;
   mb_loop *part_loop;
-  mb_vam *part_vam;       /* the partitions' eager VA mapper */
+  mb_vam *part_vam;       /* the partitions' eager VA mapper (VTL 0's view) */
   uint8_t *part_base;     /* its base */
+  mb_vam *view_vam[MB_VTL_MAX + 1]; /* per VTL the manager has: its view's partitions'
+                           * mapper ([0] is part_vam) */
+  uint8_t *view_base[MB_VTL_MAX + 1];
+  uint8_t vtls;           /* the VTLs (bit mask) */
+  uint64_t alias;         /* VTL 0's view for VTL 2 at alias + g (0: none) */
   mb_mapper primary;      /* the internal side of part_vam (never on the mappers list) */
   mb_gpa_map *gpa_map;    /* the visible map, published for exit handlers (classify) */
   pthread_mutex_t lock;   /* guards the lists, steps, dead and rec against destroy */
@@ -127,6 +134,14 @@ struct mb_mm {
   void *insp_signal;      /* the dump-on-signal handle, on `loop` */
   int signum;
 };
+
+/* The span of a consumer at VTL vtl: max_addr, or alias + max_addr for VTL 2 with an alias;
+ * 0 for a VTL the manager does not have. */
+uint64_t mb__vtl_span(const mb_mm *mm, uint8_t vtl);
+/* Does a VTL-vtl consumer show VTL 0's view at the alias? */
+static inline bool mb__vtl_alias(const mb_mm *mm, uint8_t vtl) {
+  return vtl == 2 && mm->alias != 0;
+}
 
 /* The manager's struct outlives mb_mm_destroy while someone holds a reference. */
 void mb__mm_ref(mb_mm *mm);

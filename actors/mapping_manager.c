@@ -33,6 +33,14 @@
  *
  * Mappers: the registered ones are in `mappers`; one found gone during an operation is
  * marked, and forgotten when the operation ends (its calls point into the array).
+ *
+ * Windows: the tree is in view space; each call to a mapper is translated into its space
+ * (mapping_manager.h). An array that a window moves or clips is a copy lent to that mapper
+ * (mm_mapper.sent) until it answers; otherwise op.entries itself is lent, as before.
+ *
+ * Protections: one mb_prot_map per protectable VTL, changed by MM_PROTECT only when every
+ * protecting mapper took the change (so it never holds what a mapper refused), and read when
+ * a protecting mapper is added (it gets them before any mapping).
  */
 #include "mapping_manager.h"
 
@@ -42,6 +50,8 @@
 #include "fault_inject.h" /* mb__malloc, mb__calloc: MB_FI_ALLOC */
 #include "grow.h"
 #include "mb_errors.h"
+#include "mb_vtl.h"
+#include "prot_map.h"
 #include "range_tree.h"
 #include "va_mapper.h"
 
@@ -72,12 +82,24 @@ typedef struct mm_cut {
   bool right_new;                 /* right is the spare of a node that straddled both edges */
 } mm_cut;
 
+/* A window of a mapper: view-space [start, end) shows at mapper-space off on. */
+typedef struct mm_window {
+  uint64_t start, end, off;
+} mm_window;
+
 /* A registered mapper, with its part in the operation in flight. */
 typedef struct mm_mapper {
   mb_addr addr;
   bool eager;
-  bool ok;   /* it established the operation's batch (MM_MAP) or tore it down (MM_UNMAP) */
-  bool gone; /* it could not answer: forgotten when the operation ends */
+  bool ok;      /* it established the operation's batch (MM_MAP), tore it down (MM_UNMAP)
+                 * or took its protections (MM_PROTECT) */
+  bool gone;    /* it could not answer: forgotten when the operation ends */
+  bool protect; /* it enforces VTL vtl's protections */
+  uint8_t vtl, nwin;
+  mm_window win[2];   /* (view vtl -> 0) and, with an alias, (view 0 -> alias) */
+  mb_map_entry *sent; /* a translated array lent to it until it answers (ours, without
+                       * references: the operation's entries or nodes hold them) */
+  uint32_t nsent;
 } mm_mapper;
 
 typedef struct mm_state mm_state;
@@ -97,11 +119,16 @@ typedef struct mm_op {
   mm_cut cut;            /* MM_UNMAP, MM_REPLACE */
   mm_node *swapped;      /* MM_REPLACE in place: the node that took the entry */
   mb_map_entry swap_old; /* and what it held (with its reference) */
+  mb_prot_item *items;   /* MM_PROTECT's (a copy), or a protecting mapper's replay: lent */
+  mb_prot_item *old;     /* MM_PROTECT: the protections of its range before (the undo) */
+  uint32_t nitems, nold;
 } mm_op;
 
 struct mm_state {
   mb_actor *self;
-  mb_rtree maps;
+  mb_mm_geom geom;
+  mb_prot_map prot[MB_VTL_MAX]; /* per protectable VTL (0, 1), in its guest space */
+  mb_rtree maps;                /* in view space */
   mm_mapper *mappers;
   uint32_t nmappers;
   size_t cap_mappers;
@@ -188,11 +215,107 @@ static int reserve_mapper(mm_state *st) {
   return 0;
 }
 
-static int add_mapper(mm_state *st, mb_addr addr, bool eager) {
+static int add_mapper(mm_state *st, const mm_mapper *t) {
   int rc = reserve_mapper(st);
-  if (rc == 0)
-    st->mappers[st->nmappers++] = (mm_mapper){addr, eager, false, false};
+  if (rc == 0) {
+    st->mappers[st->nmappers] = *t;
+    st->mappers[st->nmappers++].sent = NULL;
+  }
   return rc;
+}
+
+/* ---- windows: view space -> mapper space ------------------------------------------------------
+ *
+ * A request never straddles a view slice (checked), and a mapper's windows are over distinct
+ * views, so a request's range meets at most one window of a mapper. */
+
+static bool in_one_slice(const mm_state *st, uint64_t gpa, uint64_t size) {
+  return gpa / st->geom.stride == (gpa + size - 1) / st->geom.stride;
+}
+
+static void set_windows(const mm_state *st, mm_mapper *t, bool alias) {
+  uint64_t base = t->vtl * st->geom.stride, max = st->geom.max_addr;
+  t->win[0] = (mm_window){base, base + max, 0};
+  t->nwin = 1;
+  if (alias)
+    t->win[t->nwin++] = (mm_window){0, max, st->geom.alias};
+}
+
+/* t's window over view-space [a, b), or NULL. */
+static const mm_window *window_over(const mm_mapper *t, uint64_t a, uint64_t b) {
+  for (uint8_t i = 0; i < t->nwin; i++)
+    if (a < t->win[i].end && t->win[i].start < b)
+      return &t->win[i];
+  return NULL;
+}
+
+/* t's window that shows mapper-space address x, or NULL. */
+static const mm_window *window_at(const mm_mapper *t, uint64_t x) {
+  for (uint8_t i = 0; i < t->nwin; i++)
+    if (x >= t->win[i].off && x - t->win[i].off < t->win[i].end - t->win[i].start)
+      return &t->win[i];
+  return NULL;
+}
+
+/* [*a, *b) clipped to w and moved to mapper space (w overlaps it). */
+static void xlate_range(const mm_window *w, uint64_t *a, uint64_t *b) {
+  uint64_t s = *a > w->start ? *a : w->start, t = *b < w->end ? *b : w->end;
+  *a = s - w->start + w->off;
+  *b = t - w->start + w->off;
+}
+
+/* e's part in w, in mapper space (sharing e's reference): false if it has none. */
+static bool xlate_entry(const mm_window *w, const mb_map_entry *e, mb_map_entry *out) {
+  uint64_t s = e->gpa > w->start ? e->gpa : w->start;
+  uint64_t t = e->gpa + e->size < w->end ? e->gpa + e->size : w->end;
+  if (s >= t)
+    return false;
+  *out = (mb_map_entry){s - w->start + w->off, t - s, e->obj, e->obj_off + (s - e->gpa),
+                        e->writable};
+  return true;
+}
+
+/* Does every entry lie in a window of t that does not move it? (The common case: a VTL-0
+ * mapper, whose mapper space is view 0.) */
+static bool xlate_is_identity(const mm_mapper *t, const mb_map_entry *e, uint32_t n) {
+  for (uint32_t i = 0; i < n; i++) {
+    const mm_window *w = window_over(t, e[i].gpa, e[i].gpa + e[i].size);
+    if (w == NULL || w->off != w->start || e[i].gpa < w->start || e[i].gpa + e[i].size > w->end)
+      return false;
+  }
+  return true;
+}
+
+/* The operation's entries as t sees them: op.entries itself, or a translated copy (t->sent),
+ * or nothing (*n = 0). 0 or MB_ENOMEM. */
+static int xlate_entries(mm_state *st, mm_mapper *t, mb_map_entry **out, uint32_t *n) {
+  const mm_op *op = &st->op;
+  *out = NULL;
+  *n = 0;
+  if (op->count == 0 || xlate_is_identity(t, op->entries, op->count)) {
+    *out = op->entries;
+    *n = op->count;
+    return 0;
+  }
+  mb_map_entry *a = mb__malloc(op->count * sizeof *a);
+  if (a == NULL)
+    return MB_ENOMEM;
+  uint32_t k = 0;
+  for (uint32_t i = 0; i < op->count; i++) {
+    const mm_window *w = window_over(t, op->entries[i].gpa,
+                                     op->entries[i].gpa + op->entries[i].size);
+    if (w != NULL && xlate_entry(w, &op->entries[i], &a[k]))
+      k++;
+  }
+  if (k == 0) {
+    free(a);
+    return 0;
+  }
+  t->sent = a;
+  t->nsent = k;
+  *out = a;
+  *n = k;
+  return 0;
 }
 
 /* Every visible mapping, in order, with references; *out is NULL when there are none. */
@@ -259,6 +382,10 @@ static void op_finish(mm_state *st, int status) {
   op->refs_moved = false;
   op->cut = (mm_cut){0};
   op->swapped = NULL;
+  free(op->items);
+  free(op->old);
+  op->items = op->old = NULL;
+  op->nitems = op->nold = 0;
   st->busy = false;
   mb_reply(req, status);
   if (st->nwaiting > 0)
@@ -276,10 +403,17 @@ static void mark_gone(mm_state *st, mm_mapper *m) {
 
 /* ---- calls to the mappers -------------------------------------------------------------------- */
 
+/* What a translated array lent to t was for is answered: it goes. */
+static void unlend(mm_state *st, mm_mapper *t) {
+  st->op.lent--;
+  free(t->sent);
+  t->sent = NULL;
+}
+
 static void on_vam_map(mb_actor *self, mb_msg *reply, void *ctx) {
   mm_state *st = mb_actor_state(self);
   mm_mapper *m = ctx;
-  st->op.lent--;
+  unlend(st, m);
   if (reply->status == 0)
     m->ok = true;
   else if (is_gone(reply->status))
@@ -289,18 +423,31 @@ static void on_vam_map(mb_actor *self, mb_msg *reply, void *ctx) {
   op_settle(st);
 }
 
-/* VAM_MAP of the operation's entries to mapper t. */
-static void call_map(mm_state *st, mm_mapper *t) {
+/* VAM_MAP of entries (mapper space, lent: op.entries or t->sent) to mapper t. */
+static void call_map_raw(mm_state *st, mm_mapper *t, mb_map_entry *e, uint32_t n) {
   vam_map_msg *m = vam_map_new();
   if (m == NULL) {
+    free(t->sent);
+    t->sent = NULL;
     op_fail(st, MB_ENOMEM);
     return;
   }
-  m->entries = st->op.entries;
-  m->count = st->op.count;
+  m->entries = e;
+  m->count = n;
   st->op.pending++;
   st->op.lent++;
   mb_call(st->self, t->addr, &m->hdr, on_vam_map, t);
+}
+
+/* VAM_MAP of the operation's entries (view space) to mapper t, translated; nothing when none
+ * of them is in its windows. */
+static void call_map(mm_state *st, mm_mapper *t) {
+  mb_map_entry *e;
+  uint32_t n;
+  if (xlate_entries(st, t, &e, &n) != 0)
+    op_fail(st, MB_ENOMEM);
+  else if (n > 0)
+    call_map_raw(st, t, e, n);
 }
 
 static void on_vam_unmap(mb_actor *self, mb_msg *reply, void *ctx) {
@@ -315,14 +462,21 @@ static void on_vam_unmap(mb_actor *self, mb_msg *reply, void *ctx) {
   op_settle(st);
 }
 
+/* VAM_UNMAP of view-space [gpa, gpa + size) to mapper t, translated; nothing when it is in
+ * none of its windows. */
 static void call_unmap(mm_state *st, mm_mapper *t, uint64_t gpa, uint64_t size) {
+  uint64_t a = gpa, b = gpa + size;
+  const mm_window *w = window_over(t, a, b);
+  if (w == NULL)
+    return;
+  xlate_range(w, &a, &b);
   vam_unmap_msg *m = vam_unmap_new();
   if (m == NULL) {
     op_fail(st, MB_ENOMEM);
     return;
   }
-  m->gpa = gpa;
-  m->size = size;
+  m->gpa = a;
+  m->size = b - a;
   st->op.pending++;
   mb_call(st->self, t->addr, &m->hdr, on_vam_unmap, t);
 }
@@ -334,9 +488,14 @@ static int cmp_entry(const void *a, const void *b) {
   return x < y ? -1 : x > y;
 }
 
-static int check_entry(const mb_map_entry *e) {
-  if (e->obj == NULL || e->size == 0 || !mb_page_aligned(e->gpa | e->size) ||
-      e->size > UINT64_MAX - e->gpa)
+/* A view-space range: non-empty, aligned, not wrapping, in one view slice. */
+static bool valid_range(const mm_state *st, uint64_t gpa, uint64_t size) {
+  return size != 0 && mb_page_aligned(gpa | size) && size <= UINT64_MAX - gpa &&
+         in_one_slice(st, gpa, size);
+}
+
+static int check_entry(const mm_state *st, const mb_map_entry *e) {
+  if (e->obj == NULL || !valid_range(st, e->gpa, e->size))
     return MB_E_INVALID;
   return mb_object_check_range(e->obj, e->obj_off, e->size) == 0 ? 0 : MB_E_INVALID;
 }
@@ -344,7 +503,7 @@ static int check_entry(const mb_map_entry *e) {
 /* Sorts the batch and checks it against itself and the visible mappings. */
 static int check_batch(mm_state *st, mb_map_entry *e, uint32_t count) {
   for (uint32_t i = 0; i < count; i++)
-    if (check_entry(&e[i]) != 0)
+    if (check_entry(st, &e[i]) != 0)
       return MB_E_INVALID;
   if (count > 1)
     qsort(e, count, sizeof *e, cmp_entry);
@@ -405,7 +564,8 @@ static void map_done(mm_state *st) {
       continue;
     for (uint32_t i = 0; i < op->count;) {
       uint64_t start = op->entries[i].gpa, end = start + op->entries[i].size;
-      for (i++; i < op->count && op->entries[i].gpa == end; i++)
+      /* runs end at slice edges: a call never straddles a window */
+      for (i++; i < op->count && op->entries[i].gpa == end && end % st->geom.stride != 0; i++)
         end += op->entries[i].size;
       call_unmap(st, t, start, end - start);
     }
@@ -568,7 +728,7 @@ static void unmap_done(mm_state *st) {
 }
 
 static void handle_unmap(mm_state *st, mm_unmap_msg *m) {
-  if (m->size == 0 || !mb_page_aligned(m->gpa | m->size) || m->size > UINT64_MAX - m->gpa) {
+  if (!valid_range(st, m->gpa, m->size)) {
     op_finish(st, MB_E_INVALID);
     return;
   }
@@ -589,7 +749,7 @@ static void handle_unmap(mm_state *st, mm_unmap_msg *m) {
 
 static void on_vam_replace(mb_actor *self, mb_msg *reply, void *ctx) {
   mm_state *st = mb_actor_state(self);
-  st->op.lent--;
+  unlend(st, ctx);
   if (is_gone(reply->status))
     mark_gone(st, ctx);
   else if (reply->status != 0)
@@ -597,29 +757,44 @@ static void on_vam_replace(mb_actor *self, mb_msg *reply, void *ctx) {
   op_settle(st);
 }
 
-/* VAM_REPLACE of [gpa, gpa + size) by the operation's entries to every mapper not gone. */
-static void call_replace_all(mm_state *st, uint64_t gpa, uint64_t size) {
-  for (mm_mapper *t = st->mappers, *past = t + st->nmappers; t < past; t++) {
-    vam_replace_msg *m = t->gone ? NULL : vam_replace_new();
-    if (m == NULL) {
-      if (!t->gone)
-        op_fail(st, MB_ENOMEM);
-      continue;
-    }
-    m->gpa = gpa;
-    m->size = size;
-    m->entries = st->op.entries;
-    m->count = st->op.count;
-    st->op.pending++;
-    st->op.lent++;
-    mb_call(st->self, t->addr, &m->hdr, on_vam_replace, t);
+/* VAM_REPLACE of view-space [gpa, gpa + size) by the operation's entries to mapper t,
+ * translated; nothing when the range is in none of its windows. */
+static void call_replace(mm_state *st, mm_mapper *t, uint64_t gpa, uint64_t size) {
+  uint64_t a = gpa, b = gpa + size;
+  const mm_window *w = window_over(t, a, b);
+  mb_map_entry *e;
+  uint32_t n;
+  if (w == NULL)
+    return;
+  xlate_range(w, &a, &b);
+  vam_replace_msg *m = vam_replace_new();
+  if (m == NULL || xlate_entries(st, t, &e, &n) != 0) {
+    if (m != NULL)
+      mb_msg_free(&m->hdr);
+    op_fail(st, MB_ENOMEM);
+    return;
   }
+  m->gpa = a;
+  m->size = b - a;
+  m->entries = e;
+  m->count = n;
+  st->op.pending++;
+  st->op.lent++;
+  mb_call(st->self, t->addr, &m->hdr, on_vam_replace, t);
+}
+
+/* The same to every mapper not gone. */
+static void call_replace_all(mm_state *st, uint64_t gpa, uint64_t size) {
+  for (mm_mapper *t = st->mappers, *past = t + st->nmappers; t < past; t++)
+    if (!t->gone)
+      call_replace(st, t, gpa, size);
 }
 
 /* The entries are valid, ascending, apart, and inside [a, b). */
-static int check_replace(mb_map_entry *e, uint32_t count, uint64_t a, uint64_t b) {
+static int check_replace(const mm_state *st, mb_map_entry *e, uint32_t count, uint64_t a,
+                         uint64_t b) {
   for (uint32_t i = 0; i < count; i++)
-    if (check_entry(&e[i]) != 0)
+    if (check_entry(st, &e[i]) != 0)
       return MB_E_INVALID;
   if (count > 1)
     qsort(e, count, sizeof *e, cmp_entry);
@@ -689,10 +864,9 @@ static void handle_replace(mm_state *st, mm_replace_msg *m) {
   op->entries = m->entries;
   op->count = m->entries != NULL ? m->count : 0;
   m->entries = NULL; /* ours now, on success and on failure */
-  int rc = (m->count > 0 && op->entries == NULL) || m->size == 0 ||
-                   !mb_page_aligned(m->gpa | m->size) || m->size > UINT64_MAX - m->gpa
+  int rc = (m->count > 0 && op->entries == NULL) || !valid_range(st, m->gpa, m->size)
                ? MB_E_INVALID
-               : check_replace(op->entries, op->count, m->gpa, m->gpa + m->size);
+               : check_replace(st, op->entries, op->count, m->gpa, m->gpa + m->size);
   if (rc == 0 && !swap_in(st, m->gpa, m->gpa + m->size)) {
     rc = cut_range(st, m->gpa, m->gpa + m->size);
     if (rc == 0 && (rc = insert_batch(st)) != 0)
@@ -707,6 +881,104 @@ static void handle_replace(mm_state *st, mm_replace_msg *m) {
   op_settle(st);
 }
 
+/* ---- protections ----------------------------------------------------------------------------- */
+
+/* A configured VTL below a configured one. */
+static bool protectable(const mm_state *st, uint8_t vtl) {
+  return vtl < MB_VTL_MAX && ((st->geom.vtls >> vtl) & 1) && (st->geom.vtls >> (vtl + 1)) != 0;
+}
+
+static void on_vam_protect(mb_actor *self, mb_msg *reply, void *ctx) {
+  mm_state *st = mb_actor_state(self);
+  mm_mapper *m = ctx;
+  st->op.lent--;
+  if (reply->status == 0)
+    m->ok = true;
+  else if (is_gone(reply->status))
+    mark_gone(st, m);
+  else
+    op_fail(st, reply->status);
+  op_settle(st);
+}
+
+/* VAM_PROTECT of items (lent: op.items or op.old) to mapper t. */
+static void call_protect(mm_state *st, mm_mapper *t, mb_prot_item *items, uint32_t n) {
+  vam_protect_msg *m = vam_protect_new();
+  if (m == NULL) {
+    op_fail(st, MB_ENOMEM);
+    return;
+  }
+  m->items = items;
+  m->count = n;
+  st->op.pending++;
+  st->op.lent++;
+  mb_call(st->self, t->addr, &m->hdr, on_vam_protect, t);
+}
+
+/* Items of VTL vtl's guest space: non-empty, aligned, ascending and touching, each a
+ * protection, inside [0, max_addr). */
+static int check_items(const mm_state *st, const mb_prot_item *it, uint32_t n) {
+  if (n == 0 || it == NULL)
+    return MB_E_INVALID;
+  uint64_t at = it[0].gpa, max = st->geom.max_addr;
+  for (uint32_t i = 0; i < n; i++) {
+    if (it[i].gpa != at || it[i].size == 0 || !mb_page_aligned(it[i].gpa | it[i].size) ||
+        it[i].access > MB_PROT_RW || at > max || it[i].size > max - at)
+      return MB_E_INVALID;
+    at += it[i].size;
+  }
+  return 0;
+}
+
+static void protect_rolled_back(mm_state *st) {
+  op_finish(st, st->op.status);
+}
+
+/* Every protecting mapper answered. The manager's copy changes only now, so it never holds
+ * what a mapper refused; when the change or a mapper failed, the mappers that took it get
+ * the old protections back. */
+static void protect_done(mm_state *st) {
+  mm_op *op = &st->op;
+  const mm_protect_msg *m = mm_protect_of(op->req);
+  if (op->status == 0)
+    op_fail(st, mb_prot_set_items(&st->prot[m->vtl], op->items, op->nitems));
+  if (op->status == 0) {
+    op_finish(st, 0);
+    return;
+  }
+  op_begin(st, protect_rolled_back);
+  for (mm_mapper *t = st->mappers, *past = t + st->nmappers; t < past; t++)
+    if (t->ok && !t->gone)
+      call_protect(st, t, op->old, op->nold);
+  op_settle(st); /* rollback failures do not replace the cause: op->status is set */
+}
+
+static void handle_protect(mm_state *st, mm_protect_msg *m) {
+  mm_op *op = &st->op;
+  int rc = protectable(st, m->vtl) ? check_items(st, m->items, m->count) : MB_E_INVALID;
+  size_t nold = 0;
+  if (rc == 0) {
+    uint64_t a = m->items[0].gpa, b = m->items[m->count - 1].gpa + m->items[m->count - 1].size;
+    rc = mb_prot_items(&st->prot[m->vtl], a, b - a, &op->old, &nold);
+  }
+  if (rc == 0 && (op->items = mb__malloc(m->count * sizeof *op->items)) == NULL)
+    rc = MB_ENOMEM;
+  if (rc != 0) {
+    op_finish(st, rc);
+    return;
+  }
+  memcpy(op->items, m->items, m->count * sizeof *op->items); /* lent to mappers on any loop */
+  op->nitems = m->count;
+  op->nold = (uint32_t)nold;
+  op_begin(st, protect_done);
+  for (mm_mapper *t = st->mappers, *past = t + st->nmappers; t < past; t++) {
+    t->ok = false;
+    if (t->protect && t->vtl == m->vtl && !t->gone)
+      call_protect(st, t, op->items, op->nitems);
+  }
+  op_settle(st);
+}
+
 /* ---- mappers --------------------------------------------------------------------------------- */
 
 static void add_mapper_done(mm_state *st) {
@@ -715,32 +987,88 @@ static void add_mapper_done(mm_state *st) {
   if (rc == 0 && !op->replay.ok)
     rc = MB_EGONE; /* a replay that reached nobody registers nobody */
   if (rc == 0)
-    rc = add_mapper(st, op->replay.addr, true);
+    rc = add_mapper(st, &op->replay);
   op_finish(st, rc);
 }
 
-static void handle_add_mapper(mm_state *st, mm_add_mapper_msg *m) {
+/* The visible mappings in t's windows, in mapper space, with references, into op.entries. */
+static int snapshot_windows(mm_state *st, const mm_mapper *t) {
   mm_op *op = &st->op;
-  int rc = 0;
-  if (m->mapper.loop == NULL)
-    rc = MB_E_INVALID;
-  else if (find_mapper(st, m->mapper) != NULL)
-    rc = MB_E_INVALID;
-  if (rc == 0 && (!m->eager || mb_rtree_empty(&st->maps))) {
-    op_finish(st, add_mapper(st, m->mapper, m->eager));
+  uint32_t n = 0;
+  mb_rtree_node *it;
+  for (uint8_t i = 0; i < t->nwin; i++)
+    mb_rtree_for_each_overlap(it, &st->maps, t->win[i].start, t->win[i].end)
+      n++;
+  if (n == 0 || (op->entries = mb__malloc(n * sizeof *op->entries)) == NULL)
+    return n == 0 ? 0 : MB_ENOMEM;
+  for (uint8_t i = 0; i < t->nwin; i++)
+    mb_rtree_for_each_overlap(it, &st->maps, t->win[i].start, t->win[i].end) {
+      mb_map_entry *e = &op->entries[op->count];
+      if (xlate_entry(&t->win[i], &node_of(it)->e, e)) {
+        mb_object_ref(e->obj);
+        op->count++;
+      }
+    }
+  return 0;
+}
+
+/* After the protections (if any): an eager mapper gets what is visible in its windows. */
+static void add_mapper_replay(mm_state *st) {
+  mm_op *op = &st->op;
+  if (op->status != 0 || (op->nitems > 0 && !op->replay.ok)) {
+    add_mapper_done(st);
     return;
   }
+  int rc = op->replay.eager ? snapshot_windows(st, &op->replay) : 0;
+  if (rc != 0 || op->count == 0) {
+    op_fail(st, rc);
+    op->replay.ok = true;
+    add_mapper_done(st);
+    return;
+  }
+  op->replay.ok = false;
+  op_begin(st, add_mapper_done);
+  call_map_raw(st, &op->replay, op->entries, op->count);
+  op_settle(st);
+}
+
+/* The new mapper, checked against the geometry: its VTL is configured, an alias only for a
+ * VTL-2 mapper of a manager with one, protections only at a protectable VTL. */
+static int new_mapper(mm_state *st, const mm_add_mapper_msg *m, mm_mapper *t) {
+  if (m->mapper.loop == NULL || find_mapper(st, m->mapper) != NULL ||
+      m->vtl > MB_VTL_MAX || !((st->geom.vtls >> m->vtl) & 1) ||
+      (m->alias && (m->vtl != 2 || st->geom.alias == 0)) ||
+      (m->protect && !protectable(st, m->vtl)))
+    return MB_E_INVALID;
+  *t = (mm_mapper){.addr = m->mapper, .eager = m->eager, .protect = m->protect, .vtl = m->vtl};
+  set_windows(st, t, m->alias);
+  return 0;
+}
+
+/* A protecting mapper first gets its VTL's protections (before any mapping: a lazy one is
+ * not registered before they are in, so no resolve reaches it earlier), then an eager one
+ * what is visible. */
+static void handle_add_mapper(mm_state *st, mm_add_mapper_msg *m) {
+  mm_op *op = &st->op;
+  mm_mapper t;
+  int rc = new_mapper(st, m, &t);
   if (rc == 0)
     rc = reserve_mapper(st);
-  if (rc == 0)
-    rc = snapshot(st, &op->entries, &op->count);
+  size_t n = 0;
+  if (rc == 0 && t.protect && mb_prot_count(&st->prot[t.vtl]) > 0)
+    rc = mb_prot_items(&st->prot[t.vtl], 0, st->geom.max_addr, &op->items, &n);
   if (rc != 0) {
     op_finish(st, rc);
     return;
   }
-  op->replay = (mm_mapper){m->mapper, true, false, false};
-  op_begin(st, add_mapper_done);
-  call_map(st, &op->replay);
+  op->replay = t;
+  op->nitems = (uint32_t)n;
+  if (n == 0) {
+    add_mapper_replay(st);
+    return;
+  }
+  op_begin(st, add_mapper_replay);
+  call_protect(st, &op->replay, op->items, op->nitems);
   op_settle(st);
 }
 
@@ -761,12 +1089,14 @@ static void handle_resolve(mm_state *st, mm_resolve_msg *m) {
     mb_reply(&m->hdr, MB_E_NOTFOUND);
     return;
   }
-  mb_rtree_node *it = mb_rtree_find(&st->maps, m->gpa);
-  if (it == NULL) {
+  /* m->gpa is mapper space: the window that shows it says which view-space byte it is. */
+  const mm_window *w = window_at(mapper, m->gpa);
+  mb_rtree_node *it = w ? mb_rtree_find(&st->maps, w->start + (m->gpa - w->off)) : NULL;
+  if (it == NULL || !xlate_entry(w, &node_of(it)->e, &m->entry)) {
+    memset(&m->entry, 0, sizeof m->entry);
     mb_reply(&m->hdr, MB_E_UNMAPPED);
     return;
   }
-  m->entry = node_of(it)->e;
   mb_object_ref(m->entry.obj);
   m->found = true;
   /* Sent after every MAP/UNMAP this manager sent the mapper before, so ordered with them. */
@@ -888,7 +1218,18 @@ static void dispatch(mm_state *st, mb_msg *msg) {
   case MM_REPLACE: handle_replace(st, mm_replace_of(msg)); break;
   case MM_ADD_MAPPER: handle_add_mapper(st, mm_add_mapper_of(msg)); break;
   case MM_REMOVE_MAPPER: handle_remove_mapper(st, mm_remove_mapper_of(msg)); break;
+  case MM_PROTECT: handle_protect(st, mm_protect_of(msg)); break;
   default: op_finish(st, MB_E_INVALID); break;
+  }
+}
+
+/* The translated arrays still lent when the loop stops are left to their mappers, with
+ * references of their own (as op.entries is). */
+static void leave_sent(mm_state *st) {
+  for (uint32_t i = 0; i <= st->nmappers; i++) {
+    mm_mapper *t = i < st->nmappers ? &st->mappers[i] : &st->op.replay;
+    for (uint32_t k = 0; t->sent != NULL && k < t->nsent; k++)
+      mb_object_ref(t->sent[k].obj);
   }
 }
 
@@ -922,6 +1263,11 @@ static void mm_destroy(mb_actor *self) {
     else if (op->refs_moved) /* the array left to them needs references of its own again */
       for (uint32_t i = 0; i < op->count; i++)
         mb_object_ref(op->entries[i].obj);
+    if (op->lent == 0) {
+      free(op->items);
+      free(op->old);
+    }
+    leave_sent(st);
     mb_msg_free(op->req);
   }
   while (st->nnode_cache > 0)
@@ -934,6 +1280,8 @@ static void mm_destroy(mb_actor *self) {
   free(st->waiting);
   free_subtree(st->maps.root);
   free(st->mappers);
+  for (int i = 0; i < MB_VTL_MAX; i++)
+    mb_prot_fini(&st->prot[i]);
   free(st);
 }
 
@@ -941,10 +1289,19 @@ static void mm_destroy(mb_actor *self) {
 static bool mm_lendable(const mb_msg *m) { return (void)m, true; }
 static const mb_actor_type mm_type = {"mapping_manager", mm_handle, mm_destroy, 0, mm_lendable};
 
-mb_actor *mb_mapping_manager_create(mb_loop *loop) {
+mb_actor *mb_mapping_manager_create(mb_loop *loop, const mb_mm_geom *g) {
+  if (g == NULL || g->max_addr == 0 || !mb_page_aligned(g->max_addr) ||
+      (g->stride != 0 && (g->stride < g->max_addr || (g->stride & (g->stride - 1)) != 0)) ||
+      !mb_page_aligned(g->alias))
+    return NULL;
   mm_state *st = mb__calloc(1, sizeof *st);
   if (st == NULL)
     return NULL;
+  st->geom = *g;
+  st->geom.stride = g->stride ? g->stride : mb_mm_stride(g->max_addr);
+  st->geom.vtls |= 1;
+  for (int i = 0; i < MB_VTL_MAX; i++)
+    mb_prot_init(&st->prot[i]);
   mb_rtree_init(&st->maps);
   st->self = mb_actor_create(loop, &mm_type, st, "mapping_manager");
   if (st->self == NULL) {

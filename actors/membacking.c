@@ -194,9 +194,12 @@ typedef struct mm_build {
 
 static void mm_build_managers(mb_loop *loop, void *arg) {
   mm_build *b = arg;
-  b->mm->mm = mb_mapping_manager_create(loop);
-  mb_rm_config rc = {b->mm->max_addr, b->cfg->overlap, mb_actor_addr(b->mm->mm), b->mm->gpa_map,
-                     &b->mm->dirty};
+  mb_mm *mm = b->mm;
+  mb_mm_geom geom = {mm->max_addr, mb_mm_stride(mm->max_addr), mm->alias, mm->vtls};
+  mm->mm = mb_mapping_manager_create(loop, &geom);
+  mb_rm_config rc = {.geom = geom, .max_addr = mm->max_addr, .overlap = b->cfg->overlap,
+                     .mapping_manager = mm->mm ? mb_actor_addr(mm->mm) : (mb_addr){0},
+                     .gpa_map = mm->gpa_map, .dirty = &mm->dirty, .primary = mm->view_base};
   b->mm->rm = b->mm->mm ? mb_region_manager_create(loop, &rc) : NULL;
   b->rc = b->mm->rm ? 0 : MB_ENOMEM;
   if (b->rc) return;
@@ -206,15 +209,22 @@ static void mm_build_managers(mb_loop *loop, void *arg) {
   mb_actor_time_requests(b->mm->mm, true);
 }
 
-/* Only the part of a manager that has no loop of its own to wait for: its VA mapper. */
-static void mm_build_part_vam(mb_loop *loop, void *arg) {
+/* Only the part of a manager that has no loop of its own to wait for: its VA mappers, one
+ * per view, which partitions map from (VTL 0's is part_vam). Their bases are written here,
+ * before any request reaches the region manager, which reads them (view_base). */
+static void mm_build_part_vams(mb_loop *loop, void *arg) {
   mm_build *b = arg;
   mb_mm *mm = b->mm;
-  b->rc = mb_vam_create(loop, mm->mm_addr, mm->max_addr, true, &mm->part_vam);
-  if (b->rc) return;
-  mm->part_base = mb_vam_base(mm->part_vam);
-  mb_vam_set_dirty(mm->part_vam, &mm->dirty);
-  mb_actor_time_requests(mb_actor_at(loop, mb_vam_addr(mm->part_vam)), true);
+  for (unsigned v = 0; v <= MB_VTL_MAX && !b->rc; v++) {
+    if (!((mm->vtls >> v) & 1)) continue;
+    b->rc = mb_vam_create(loop, mm->mm_addr, mm->max_addr, true, &mm->view_vam[v]);
+    if (b->rc) return;
+    mm->view_base[v] = mb_vam_base(mm->view_vam[v]);
+    mb_vam_set_dirty(mm->view_vam[v], &mm->dirty);
+    mb_actor_time_requests(mb_actor_at(loop, mb_vam_addr(mm->view_vam[v])), true);
+  }
+  mm->part_vam = mm->view_vam[0];
+  mm->part_base = mm->view_base[0];
 }
 
 static void destroy_managers(mb_loop *loop, void *arg);
@@ -240,11 +250,12 @@ static void primary_registered(mb_actor *self, mb_msg *reply, void *ctx) {
  * fails with it. On that loop's own thread nobody can wait: the region manager, where every
  * operation that makes memory visible starts, is held until the registration is answered
  * (mapper adds may pass it: with nothing visible they have nothing to miss). */
-static int register_primary(mb_mm *mm) {
+static int register_view(mb_mm *mm, unsigned v) {
   mm_add_mapper_msg *m = mm_add_mapper_new();
   if (!m) return MB_ENOMEM;
-  m->mapper = mb_vam_addr(mm->part_vam);
+  m->mapper = mb_vam_addr(mm->view_vam[v]);
   m->eager = true;
+  m->vtl = (uint8_t)v; /* partitions enforce protections themselves: no protect, no alias */
   if (!mb_loop_is_current(mm->loop)) {
     int rc = mb_call_sync(mm->mm_addr, &m->hdr);
     mb_msg_free(&m->hdr);
@@ -256,11 +267,23 @@ static int register_primary(mb_mm *mm) {
   return 0;
 }
 
+static int register_primary(mb_mm *mm) {
+  int rc = 0;
+  for (unsigned v = 0; v <= MB_VTL_MAX && !rc; v++)
+    if ((mm->vtls >> v) & 1) rc = register_view(mm, v);
+  return rc;
+}
+
 static int check_config(const mb_mm_config *cfg) {
   if (!cfg || !cfg->loop) return MB_E_INVALID;
   if (cfg->overlap != MB_OVERLAP_NESTED && cfg->overlap != MB_OVERLAP_ANY) return MB_E_INVALID;
   uint64_t max = cfg->max_addr ? cfg->max_addr : 64ull << 30;
   if (!mb_page_aligned(max) || max > (1ull << 46)) return MB_E_INVALID;
+  uint8_t vtls = cfg->vtls ? cfg->vtls : 1;
+  if (!(vtls & 1) || vtls >> (MB_VTL_MAX + 1)) return MB_E_INVALID;
+  uint64_t a = cfg->vtl0_alias;
+  if (a && (!(vtls & 4) || !mb_page_aligned(a) || a < max || a > (1ull << 46) - max))
+    return MB_E_INVALID; /* a VTL-2 mapper reserves alias + max_addr bytes of VA */
   return 0;
 }
 
@@ -272,6 +295,8 @@ int mb_mm_create(const mb_mm_config *cfg, mb_mm **out) {
   mm->part_loop = cfg->part_loop ? cfg->part_loop : cfg->loop;
   mm->max_addr = cfg->max_addr ? cfg->max_addr : 64ull << 30;
   mm->overlap = cfg->overlap;
+  mm->vtls = cfg->vtls ? cfg->vtls : 1;
+  mm->alias = cfg->vtl0_alias;
   atomic_init(&mm->refs, 1);
   pthread_mutex_init(&mm->lock, NULL);
   mb__dirty_log_init(&mm->dirty);
@@ -279,7 +304,7 @@ int mb_mm_create(const mb_mm_config *cfg, mb_mm **out) {
   mm->primary = (mb_mapper){.mm = mm, .loop = mm->part_loop, .idx = mb__h_alloc()};
   rc = mm->primary.idx == MB__H_NONE || mb_gpa_map_create(&mm->gpa_map) ? MB_ENOMEM : 0;
   if (!rc) rc = mb_loop_exec(mm->loop, mm_build_managers, &b);
-  if (!rc && !(rc = b.rc)) rc = mb_loop_exec(mm->part_loop, mm_build_part_vam, &b);
+  if (!rc && !(rc = b.rc)) rc = mb_loop_exec(mm->part_loop, mm_build_part_vams, &b);
   if (!rc && !(rc = b.rc)) rc = register_primary(mm);
   if (rc) {
     mb_mm_destroy(mm);
@@ -327,9 +352,14 @@ static void kill_partition_on_loop(mb_loop *loop, void *arg) {
   mb__partition_kill(arg);
 }
 
-static void destroy_part_vam(mb_loop *loop, void *arg) {
+static void destroy_part_vams(mb_loop *loop, void *arg) {
   (void)loop;
-  mb_vam_destroy(arg);
+  mb_mm *mm = arg;
+  for (unsigned v = 0; v <= MB_VTL_MAX; v++) {
+    mb_vam_destroy(mm->view_vam[v]);
+    mm->view_vam[v] = NULL;
+  }
+  mm->part_vam = NULL;
 }
 
 /* On the manager's loop (where rm and mm are read and written once the manager is made). */
@@ -357,13 +387,16 @@ static void *pop_consumer(mb_mm *mm, bool mapper) {
   return c;
 }
 
+/* The partitions' mappers: VTL 0's is the primary mapper's (killed as a mapper once its
+ * handle is out), the other views' are destroyed here. */
 static void destroy_primary(mb_mm *mm) {
   if (mm->primary.h) {
     mb__exec_must(mm->part_loop, kill_on_loop, &mm->primary);
-    return;
+    mm->view_vam[0] = NULL; /* gone with the primary mapper */
+  } else if (mm->primary.idx != MB__H_NONE) {
+    mb__h_free(mm->primary.idx);
   }
-  if (mm->primary.idx != MB__H_NONE) mb__h_free(mm->primary.idx);
-  if (mm->part_vam) mb__exec_must(mm->part_loop, destroy_part_vam, mm->part_vam);
+  mb__exec_must(mm->part_loop, destroy_part_vams, mm);
 }
 
 /* Consumer operations in flight see `dead` and end with MB_EGONE; the struct lives on until
@@ -405,6 +438,7 @@ static mb_msg *region_add_msg(const mb_region_params *p) {
   m->size = p->size;
   m->prio = p->priority;
   m->device = p->device;
+  m->vtl = p->vtl;
   return &m->hdr;
 }
 
@@ -618,6 +652,7 @@ const char *membacking_strerror(int err) {
   case MB_E_MMIO: return "guest access outside the partition's memory (MMIO)";
   case MB_E_FAULT: return "guest access to memory with no backing";
   case MB_E_UNSUPPORTED: return "not supported in this build";
+  case MB_E_PROTECTED: return "forbidden by a VTL protection";
   default: return mb_strerror(err);
   }
 }

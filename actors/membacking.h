@@ -41,6 +41,12 @@
  * blocks on the mapping manager, so do not access through a lazy mapper from the manager's
  * own loop thread.
  *
+ * Virtual trust levels (mb_vtl.h): a manager may have VTL 0, 1 and 2. Each VTL n has its own
+ * view: the regions of VTL <= n, resolved by priority among those only. Mappers and partitions
+ * are made at a VTL and show its view (a VTL-2 one also VTL 0's at vtl0_alias + g); a higher
+ * VTL protects a lower one's pages (mb_protect: none, ro, rw), which that VTL's mappers,
+ * locks and partitions enforce. Without VTLs configured, everything is VTL 0 as before.
+ *
  * Errors: 0 or a negative code: MB_E_* (mb_errors.h: the scenario format's set), MB_E* of the
  * runtime (mb_runtime.h), or a negative errno. membacking_strerror() names them all.
  *
@@ -84,6 +90,7 @@
 #include "mb_kvm_exit.h"
 #include "mb_partition.h"
 #include "mb_runtime.h"
+#include "mb_vtl.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -105,7 +112,13 @@ typedef struct mb_mm_config {
   uint64_t max_addr;   /* highest guest physical address + 1; 0 means 64 GiB */
   int overlap;         /* MB_OVERLAP_NESTED (default) or MB_OVERLAP_ANY */
   mb_loop *loop;       /* runs the region manager and the mapping manager (required) */
-  mb_loop *part_loop;  /* runs the partitions' own eager VA mapper; NULL: `loop` */
+  mb_loop *part_loop;  /* runs the partitions' own eager VA mappers; NULL: `loop` */
+  /* Virtual trust levels (mb_vtl.h): a bit mask of the VM's VTLs (bit n: VTL n); it must
+   * include VTL 0; 0 means VTL 0 alone. vtl0_alias (with VTL 2 only; 0: none): VTL 2 also
+   * sees VTL 0's view at vtl0_alias + g; a 4 KiB multiple at or above max_addr, with
+   * vtl0_alias + max_addr at most 2^52. MB_E_INVALID otherwise. */
+  uint8_t vtls;
+  uint64_t vtl0_alias;
 } mb_mm_config;
 
 /* Create a manager. Any thread; blocks while its actors are created on their loops. Called on
@@ -148,6 +161,8 @@ typedef struct mb_region_params {
   uint64_t gpa, size;  /* 4 KiB multiples, within max_addr */
   uint8_t priority;    /* 0-255, higher wins */
   bool device;         /* type=device (else ram) */
+  uint8_t vtl;         /* the VTL whose memory it is: seen by that VTL and higher ones (a VTL
+                        * the manager does not have: MB_E_INVALID) */
 } mb_region_params;
 
 void mb_region_add(mb_mm *mm, const mb_region_params *p, mb_done_fn done, void *ctx);
@@ -226,6 +241,15 @@ int mb_txn_commit_sync(mb_mm *mm);
  * blocking form also refuses a `loop` that is the calling thread's (MB_EDEADLK). */
 void mb_mapper_add(mb_mm *mm, mb_loop *loop, bool eager, mb_done_fn done, void *ctx);
 int mb_mapper_add_sync(mb_mm *mm, mb_loop *loop, bool eager, mb_mapper **out);
+/* The same at a VTL (mb_mapper_add is VTL 0): the mapper shows that VTL's view, with that
+ * VTL's protections in its VA (protected pages are mprotect'ed: raw pointers fault too, and
+ * accesses answer MB_E_PROTECTED); a VTL-2 mapper also shows VTL 0's view, unprotected, at
+ * vtl0_alias + g when the manager has an alias. A VTL the manager does not have:
+ * MB_E_INVALID. */
+void mb_mapper_add_vtl(mb_mm *mm, mb_loop *loop, bool eager, uint8_t vtl, mb_done_fn done,
+                       void *ctx);
+int mb_mapper_add_vtl_sync(mb_mm *mm, mb_loop *loop, bool eager, uint8_t vtl,
+                           mb_mapper **out);
 /* Remove a mapper: its VA range is released; the handle becomes invalid. MB_E_INVALID while
  * it holds locks (see "locks"), for the primary mapper, and for a handle that names no mapper
  * (already removed, or a removal of it is in flight). MB_EGONE: its manager was destroyed
@@ -234,11 +258,15 @@ int mb_mapper_add_sync(mb_mm *mm, mb_loop *loop, bool eager, mb_mapper **out);
  * range, which stays reserved. */
 void mb_mapper_remove(mb_mapper *m, mb_done_fn done, void *ctx);
 int mb_mapper_remove_sync(mb_mapper *m);
-/* Guest address g is at base + g, for max_addr bytes. NULL (false) for an invalid handle. */
+/* Guest address g is at base + g, for max_addr bytes (vtl0_alias + max_addr for a VTL-2
+ * mapper of a manager with an alias: mb_mapper_size). NULL (false, 0) for an invalid handle. */
 uint8_t *mb_mapper_base(const mb_mapper *m);
+uint64_t mb_mapper_size(const mb_mapper *m);
+uint8_t mb_mapper_vtl(const mb_mapper *m);
 bool mb_mapper_eager(const mb_mapper *m);
-/* Any thread: 0, MB_E_UNMAPPED, MB_E_READONLY, MB_E_INVALID (beyond max_addr, or a handle
- * that names no mapper), MB_E_FAULT; for a lazy mapper
+/* Any thread: 0, MB_E_UNMAPPED, MB_E_READONLY, MB_E_PROTECTED (a VTL protection forbids it:
+ * checked after the other two), MB_E_INVALID (beyond mb_mapper_size, or a handle that names
+ * no mapper), MB_E_FAULT; for a lazy mapper
  * whose fault-in the host refused, that refusal (a negative errno such as -ENOMEM, or
  * MB_ENOMEM): the access may succeed later. */
 int mb_mapper_read(mb_mapper *m, uint64_t gpa, void *buf, size_t len);
@@ -256,9 +284,10 @@ int mb_mapper_ranges_sync(mb_mapper *m, mb_range_list **out);
  *
  * A lock pins [gpa, gpa + size) of one mapper for raw pointer use (a ring buffer, a DMA
  * target, a kernel IO buffer). mb_mapper_lock establishes the range first (a lazy mapper
- * faults it in), checks that every page is mapped (MB_E_UNMAPPED) and, for a writable lock,
- * writable (MB_E_READONLY), and records the lock atomically with that check. gpa and size
- * are 4 KiB multiples within max_addr (MB_E_INVALID). Any thread, no loop needed; like an
+ * faults it in), checks that every page is mapped (MB_E_UNMAPPED), for a writable lock
+ * writable (MB_E_READONLY), and allowed by the mapper's VTL protection (MB_E_PROTECTED; the
+ * first failing page decides), and records the lock atomically with that check. gpa and size
+ * are 4 KiB multiples within mb_mapper_size (MB_E_INVALID). Any thread, no loop needed; like an
  * access, a lazy mapper's lock may block on the manager (never take one on the manager's
  * loop thread). mb_lock_ptr() (= base + gpa) stays valid until mb_mapper_unlock.
  *
@@ -333,6 +362,8 @@ typedef struct mb_partition_params {
   const mb_partition_ops *ops;
   const void *config;  /* ops->config_size bytes, or NULL */
   mb_loop *loop;       /* runs its partition mapper; NULL: the manager's loop */
+  uint8_t vtl;         /* the VTL whose view it shows (a KVM VM per VTL); a VTL-2 partition
+                        * also maps VTL 0's view at vtl0_alias + g when there is an alias */
 } mb_partition_params;
 void mb_partition_attach(mb_mm *mm, const mb_partition_params *p, mb_done_fn done, void *ctx);
 int mb_partition_attach_sync(mb_mm *mm, const mb_partition_params *p, mb_partition **out);
@@ -340,8 +371,9 @@ int mb_partition_attach_sync(mb_mm *mm, const mb_partition_params *p, mb_partiti
  * in flight); MB_EGONE when its manager was destroyed meanwhile. */
 void mb_partition_remove(mb_partition *p, mb_done_fn done, void *ctx);
 int mb_partition_remove_sync(mb_partition *p);
-/* A guest access through the partition's view: 0, MB_E_MMIO, MB_E_FAULT, MB_E_INVALID. The
- * buffer must stay valid until completion. */
+/* A guest access through the partition's view: 0, MB_E_MMIO, MB_E_PROTECTED, MB_E_FAULT (the
+ * first failing byte decides, in that order), MB_E_INVALID. The buffer must stay valid until
+ * completion. */
 void mb_partition_access(mb_partition *p, uint64_t gpa, void *buf, size_t len, bool write,
                          mb_done_fn done, void *ctx);
 int mb_partition_access_sync(mb_partition *p, uint64_t gpa, void *buf, size_t len, bool write);
@@ -359,7 +391,14 @@ int mb_partition_ranges_sync(mb_partition *p, mb_range_list **out);
  *                 region (ROM): the VMM's device model emulates it;
  *   MB_GPA_FAULT  a fault of the backing: a hole in a visible region (no mapping there), a
  *                 write to a read-only mapping inside a writable region, a file truncated
- *                 under its mapping. The guest touched RAM that is not there.
+ *                 under its mapping. The guest touched RAM that is not there;
+ *   MB_GPA_PROTECTED (a partition at a protected VTL: mb_vtl.h) RAM whose VTL protection
+ *                 forbids the access (none, or a write to ro): a secure intercept for the
+ *                 higher VTL that set it, never MMIO to emulate.
+ * Checked at the first failing byte in that order: MMIO, PROTECTED, FAULT. A partition at a
+ * VTL sees that VTL's view with its protections below max_addr and, at VTL 2 with an alias,
+ * VTL 0's view without them at vtl0_alias + g (gpa + len <= vtl0_alias + max_addr); between
+ * max_addr and the alias nothing is ever mapped (MMIO).
  * The answer agrees with the operations that complete: once an unmap has completed, its
  * range is never RAM; a page that stays RAM across an operation is RAM throughout, even
  * while the operation deletes its memory slot and adds it again (a piece that grows or
@@ -371,7 +410,7 @@ int mb_partition_ranges_sync(mb_partition *p, mb_range_list **out);
  * write a locked OR of zero, which changes no byte). len > 0; gpa + len <= max_addr, else
  * MB_E_INVALID. On a partition being removed it answers as before the removal or
  * MB_E_INVALID (once removed, always the latter). */
-typedef int mb_gpa_kind; /* MB_GPA_RAM, MB_GPA_MMIO, MB_GPA_FAULT (mb_access.h) */
+typedef int mb_gpa_kind; /* MB_GPA_RAM, _MMIO, _FAULT, _PROTECTED (mb_access.h) */
 int mb_partition_classify(mb_partition *p, uint64_t gpa, uint64_t len, bool write);
 
 /* The same question asked of a KVM_RUN outcome on a vCPU of the partition's VM, as each kernel
@@ -389,8 +428,10 @@ int mb_partition_classify(mb_partition *p, uint64_t gpa, uint64_t len, bool writ
  *     FAULT  the guest touched RAM that is not there: finish the pending MMIO without
  *            running guest code (KVM_RUN with immediate_exit = 1) before skipping the
  *            instruction or stopping;
+ *     PROTECTED  likewise finish the pending MMIO without running guest code, then deliver
+ *            the secure intercept to the higher VTL (never emulate it as MMIO);
  *   after -1/EFAULT, nothing is pending: RAM (or MMIO: the range went away) runs the vCPU
- *   again; FAULT is a fault of the backing.
+ *   again; FAULT is a fault of the backing, PROTECTED a secure intercept.
  * A bare EFAULT does not update run->exit_reason: a VMM whose kernel also reports
  * KVM_EXIT_MEMORY_FAULT clears exit_reason after handling one, so that a stale value is not
  * read as a new fault. */
@@ -446,6 +487,37 @@ int mb_dirty_sync_bitmap(mb_mm *mm, uint64_t gpa, uint64_t size, uint64_t *bitma
  * list: MB_ENOMEM, and the pages stay dirty. */
 void mb_dirty_sync_ranges(mb_mm *mm, uint64_t gpa, uint64_t size, mb_done_fn done, void *ctx);
 int mb_dirty_sync_ranges_sync(mb_mm *mm, uint64_t gpa, uint64_t size, mb_range_list **out);
+
+/* ---- VTL protections (mb_vtl.h) -------------------------------------------------------------
+ *
+ * What a higher VTL asks of the hypervisor for a lower VTL's pages (Hyper-V's
+ * HvCallModifyVtlProtectionMask, without execute rights): access MB_PROT_NONE, MB_PROT_RO or
+ * MB_PROT_RW (the default of every page) for [gpa, gpa + size) of VTL vtl's view. Only a VTL
+ * with a higher one in the manager can be protected (VTL 0, and VTL 1 below VTL 2); another
+ * VTL, an unaligned or empty range, or one past max_addr: MB_E_INVALID. Protections belong to
+ * guest pages, not to regions or mappings: they outlive unmaps. They are enforced in the VTL's
+ * own mappers (mprotect: accesses answer MB_E_PROTECTED, raw pointers fault, a lock fails with
+ * MB_E_PROTECTED), in its partitions (soft: by its map; kvm: memory slots, so a `none` range
+ * has no slot and a `ro` one a read-only slot; an access answers MB_E_PROTECTED and
+ * mb_partition_classify MB_GPA_PROTECTED), never through the VTL-2 alias. The change completes
+ * when every consumer enforces it; one that takes a right a held lock needs waits for that lock,
+ * partitions first, as an access change does. A failure (a KVM slot budget: -ENOSPC) changes
+ * nothing. Requests go through the region manager, in order with region requests, and are
+ * allowed inside a transaction (applied at its commit). Cost: O(log n + k) in the manager for
+ * the k protected ranges the change touches; on KVM each protected range inside a visible
+ * piece costs up to two more memory slots. */
+void mb_protect(mb_mm *mm, uint8_t vtl, uint64_t gpa, uint64_t size, int access,
+                mb_done_fn done, void *ctx);
+int mb_protect_sync(mb_mm *mm, uint8_t vtl, uint64_t gpa, uint64_t size, int access);
+/* The ranges of VTL vtl whose protection is not rw, ascending, touching ones of one access
+ * merged (malloc'd; free() it; the async form's value is the mb_prot_list * the callback
+ * owns). MB_E_INVALID for a VTL that cannot be protected. */
+typedef struct mb_prot_list {
+  size_t count;
+  mb_prot_item items[];
+} mb_prot_list;
+void mb_protections(mb_mm *mm, uint8_t vtl, mb_done_fn done, void *ctx);
+int mb_protections_sync(mb_mm *mm, uint8_t vtl, mb_prot_list **out);
 
 /* ---- introspection ------------------------------------------------------------------------- */
 

@@ -51,6 +51,7 @@ typedef struct step_op {
   struct step_op *prev, *next;                    /* on mm->steps while linked */
   bool linked;
   bool eager;
+  uint8_t vtl;
   const mb_partition_ops *ops;
   const void *config;                             /* NULL, or config_copy */
   _Alignas(max_align_t) unsigned char config_copy[CONFIG_MAX];
@@ -203,11 +204,16 @@ int mb__mm_check_thread(mb_mm *mm) {
 
 /* ---- mappers: building, committing, killing ---------------------------------------------- */
 
-static mb_msg *add_mapper_msg(mb_vam *vam) {
+/* A mapper at a VTL: that view, VTL 0's at the alias for VTL 2, and the VTL's protections
+ * when a higher VTL can set them. */
+static mb_msg *add_mapper_msg(const mb_mapper *mp) {
   mm_add_mapper_msg *m = mm_add_mapper_new();
   if (!m) return NULL;
-  m->mapper = mb_vam_addr(vam);
-  m->eager = mb_vam_eager(vam);
+  m->mapper = mb_vam_addr(mp->vam);
+  m->eager = mb_vam_eager(mp->vam);
+  m->vtl = mp->vtl;
+  m->protect = mp->vtl < MB_VTL_MAX && (mp->mm->vtls >> (mp->vtl + 1)) != 0;
+  m->alias = mb__vtl_alias(mp->mm, mp->vtl);
   return &m->hdr;
 }
 
@@ -219,13 +225,15 @@ static mb_msg *remove_mapper_msg(mb_addr vam) {
 }
 
 /* On `loop`: a mapper's parts (its VA mapper, its struct, its slot), not yet anyone's. */
-static int mapper_build(mb_mm *mm, mb_loop *loop, bool eager, mb_mapper **out) {
+static int mapper_build(mb_mm *mm, mb_loop *loop, bool eager, uint8_t vtl, mb_mapper **out) {
   if (mm_dead(mm)) return MB_EGONE;
+  if (mb__vtl_span(mm, vtl) == 0) return MB_E_INVALID;
   mb_mapper *m = mb__calloc(1, sizeof *m);
   uint32_t idx = m ? mb__h_alloc() : MB__H_NONE;
   mb_vam *vam = NULL;
   int rc = idx == MB__H_NONE ? MB_ENOMEM
-                             : mb_vam_create(loop, mm->mm_addr, mm->max_addr, eager, &vam);
+                             : mb_vam_create(loop, mm->mm_addr, mb__vtl_span(mm, vtl), eager,
+                                             &vam);
   if (rc) {
     if (idx != MB__H_NONE) mb__h_free(idx);
     free(m);
@@ -233,7 +241,7 @@ static int mapper_build(mb_mm *mm, mb_loop *loop, bool eager, mb_mapper **out) {
   }
   mb_actor_time_requests(mb_actor_at(loop, mb_vam_addr(vam)), true);
   mb_vam_set_dirty(vam, &mm->dirty);
-  *m = (mb_mapper){.mm = mm, .vam = vam, .loop = loop, .idx = idx};
+  *m = (mb_mapper){.mm = mm, .vam = vam, .loop = loop, .idx = idx, .vtl = vtl};
   *out = m;
   return 0;
 }
@@ -310,8 +318,8 @@ static void mapper_registered(mb_actor *self, mb_msg *reply, void *ctx) {
 static void mapper_add_step(mb_loop *loop, void *arg) {
   step_op *op = arg;
   int rc = mb_loop_stopping(loop) ? MB_ESTOPPED
-                                  : mapper_build(op->mm, loop, op->eager, &op->mapper);
-  mb_msg *msg = rc ? NULL : add_mapper_msg(op->mapper->vam);
+                                  : mapper_build(op->mm, loop, op->eager, op->vtl, &op->mapper);
+  mb_msg *msg = rc ? NULL : add_mapper_msg(op->mapper);
   if (!msg) {
     if (!rc) mapper_unbuild(op->mapper);
     step_done(op, rc ? rc : MB_ENOMEM, 0);
@@ -320,7 +328,8 @@ static void mapper_add_step(mb_loop *loop, void *arg) {
   mb_call(mb_loop_actor(loop), op->mm->mm_addr, msg, mapper_registered, op);
 }
 
-void mb_mapper_add(mb_mm *mm, mb_loop *loop, bool eager, mb_done_fn done, void *ctx) {
+void mb_mapper_add_vtl(mb_mm *mm, mb_loop *loop, bool eager, uint8_t vtl, mb_done_fn done,
+                       void *ctx) {
   int rc;
   step_op *op = step_new(mm, loop, done, ctx, &rc);
   if (!op) {
@@ -328,7 +337,12 @@ void mb_mapper_add(mb_mm *mm, mb_loop *loop, bool eager, mb_done_fn done, void *
     return;
   }
   op->eager = eager;
+  op->vtl = vtl;
   step_start(op, mapper_add_step);
+}
+
+void mb_mapper_add(mb_mm *mm, mb_loop *loop, bool eager, mb_done_fn done, void *ctx) {
+  mb_mapper_add_vtl(mm, loop, eager, 0, done, ctx);
 }
 
 static void mapper_remove_killed(void *ctx, int rc) { step_done(ctx, rc, 0); }
@@ -392,13 +406,14 @@ void mb_mapper_remove(mb_mapper *handle, mb_done_fn done, void *ctx) {
 typedef struct mapper_make {
   mb_mm *mm;
   bool eager;
+  uint8_t vtl;
   mb_mapper *m;
   int rc;
 } mapper_make;
 
 static void mapper_make_fn(mb_loop *loop, void *arg) {
   mapper_make *v = arg;
-  v->rc = mapper_build(v->mm, loop, v->eager, &v->m);
+  v->rc = mapper_build(v->mm, loop, v->eager, v->vtl, &v->m);
 }
 
 static void mapper_unbuild_fn(mb_loop *loop, void *arg) {
@@ -406,24 +421,30 @@ static void mapper_unbuild_fn(mb_loop *loop, void *arg) {
   mapper_unbuild(arg);
 }
 
-static int mapper_add_sync(mb_mm *mm, mb_loop *loop, bool eager, mb_mapper **out) {
+static int mapper_add_sync(mb_mm *mm, mb_loop *loop, bool eager, uint8_t vtl,
+                           mb_mapper **out) {
   int rc = consumer_check(mm);
   if (rc || mb_loop_is_current(loop)) return rc ? rc : MB_EDEADLK;
-  mapper_make v = {mm, eager, NULL, 0};
+  mapper_make v = {mm, eager, vtl, NULL, 0};
   rc = mb_loop_exec(loop, mapper_make_fn, &v);
   if (rc || (rc = v.rc)) return rc;
-  rc = mb__api_call(NULL, mm->mm_addr, add_mapper_msg(v.m->vam), NULL, NULL);
+  rc = mb__api_call(NULL, mm->mm_addr, add_mapper_msg(v.m), NULL, NULL);
   rc = mapper_commit(v.m, eager, rc);
   if (rc) mb__exec_must(loop, mapper_unbuild_fn, v.m);
   else *out = (mb_mapper *)v.m->h;
   return rc;
 }
 
-int mb_mapper_add_sync(mb_mm *mm, mb_loop *loop, bool eager, mb_mapper **out) {
+int mb_mapper_add_vtl_sync(mb_mm *mm, mb_loop *loop, bool eager, uint8_t vtl,
+                           mb_mapper **out) {
   mb__mm_ref(mm);
-  int rc = mapper_add_sync(mm, loop ? loop : mm->loop, eager, out);
+  int rc = mapper_add_sync(mm, loop ? loop : mm->loop, eager, vtl, out);
   mb__mm_unref(mm);
   return rc;
+}
+
+int mb_mapper_add_sync(mb_mm *mm, mb_loop *loop, bool eager, mb_mapper **out) {
+  return mb_mapper_add_vtl_sync(mm, loop, eager, 0, out);
 }
 
 typedef struct remove_end {
@@ -602,23 +623,29 @@ int mb_mapper_ranges_sync(mb_mapper *m, mb_range_list **out) {
 
 /* ---- partitions: building, committing, killing ---------------------------------------------- */
 
-static mb_msg *partition_msg(bool add, mb_addr actor) {
+static mb_msg *partition_msg(bool add, const mb_partition *p) {
   rm_partition_add_msg *m = add ? rm_partition_add_new()
                                 : (rm_partition_add_msg *)(void *)rm_partition_remove_new();
   if (!m) return NULL;
-  m->partition = actor;
+  m->partition = p->addr;
+  if (add) {
+    m->vtl = p->vtl;
+    m->alias = mb__vtl_alias(p->mm, p->vtl);
+  }
   return &m->hdr;
 }
 
 /* On `loop`: a partition's parts (its partition mapper, its struct, its slot). */
-static int partition_build(mb_mm *mm, mb_loop *loop, const mb_partition_ops *ops,
-                           const void *config, mb_partition **out) {
+static int partition_build(mb_mm *mm, mb_loop *loop, const mb_partition_params *pp,
+                           mb_partition **out) {
   if (mm_dead(mm)) return MB_EGONE;
+  if (mb__vtl_span(mm, pp->vtl) == 0) return MB_E_INVALID;
   mb_partition *p = mb__calloc(1, sizeof *p);
   uint32_t idx = p ? mb__h_alloc() : MB__H_NONE;
   mb_actor *actor = NULL;
   int rc = idx == MB__H_NONE ? MB_ENOMEM
-                             : mb_partition_mapper_create(loop, ops, config, mm->max_addr,
+                             : mb_partition_mapper_create(loop, pp->ops, pp->config,
+                                                          mb__vtl_span(mm, pp->vtl),
                                                           mm->part_base, &actor);
   if (rc) {
     if (idx != MB__H_NONE) mb__h_free(idx);
@@ -626,8 +653,8 @@ static int partition_build(mb_mm *mm, mb_loop *loop, const mb_partition_ops *ops
     return rc;
   }
   mb_actor_time_requests(actor, true);
-  *p = (mb_partition){.mm = mm, .ops = ops, .actor = actor, .loop = loop, .idx = idx,
-                      .addr = mb_actor_addr(actor)};
+  *p = (mb_partition){.mm = mm, .ops = pp->ops, .actor = actor, .loop = loop, .idx = idx,
+                      .addr = mb_actor_addr(actor), .vtl = pp->vtl};
   *out = p;
   return 0;
 }
@@ -691,8 +718,11 @@ static void partition_registered(mb_actor *self, mb_msg *reply, void *ctx) {
 static void partition_add_step(mb_loop *loop, void *arg) {
   step_op *op = arg;
   int rc = mb_loop_stopping(loop) ? MB_ESTOPPED
-                                  : partition_build(op->mm, loop, op->ops, op->config, &op->part);
-  mb_msg *msg = rc ? NULL : partition_msg(true, op->part->addr);
+                                  : partition_build(op->mm, loop,
+                                                    &(mb_partition_params){.ops = op->ops,
+                                                      .config = op->config, .vtl = op->vtl},
+                                                    &op->part);
+  mb_msg *msg = rc ? NULL : partition_msg(true, op->part);
   if (!msg) {
     if (!rc) partition_unbuild(op->part);
     step_done(op, rc ? rc : MB_ENOMEM, 0);
@@ -721,13 +751,14 @@ void mb_partition_attach(mb_mm *mm, const mb_partition_params *p, mb_done_fn don
     return;
   }
   op->ops = p->ops;
+  op->vtl = p->vtl;
   if (p->config) op->config = memcpy(op->config_copy, p->config, p->ops->config_size);
   step_start(op, partition_add_step);
 }
 
 void mb_partition_add(mb_mm *mm, const mb_partition_ops *ops, mb_loop *loop, mb_done_fn done,
                       void *ctx) {
-  mb_partition_attach(mm, &(mb_partition_params){ops, NULL, loop}, done, ctx);
+  mb_partition_attach(mm, &(mb_partition_params){.ops = ops, .loop = loop}, done, ctx);
 }
 
 static void partition_remove_killed(void *ctx, int rc) { step_done(ctx, rc, 0); }
@@ -750,7 +781,7 @@ static void partition_removed(mb_actor *self, mb_msg *reply, void *ctx) {
 static void partition_remove_step(mb_loop *loop, void *arg) {
   step_op *op = arg;
   mb_partition *p = mb_loop_stopping(loop) ? NULL : mb__h_obj(op->h, MB__H_PARTITION);
-  mb_msg *msg = p ? partition_msg(false, p->addr) : NULL;
+  mb_msg *msg = p ? partition_msg(false, p) : NULL;
   if (!msg) {
     step_done(op, p ? MB_ENOMEM : mb_loop_stopping(loop) ? MB_ESTOPPED : MB_EGONE, 0);
     return;
@@ -776,7 +807,7 @@ typedef struct part_make {
 
 static void part_make_fn(mb_loop *loop, void *arg) {
   part_make *v = arg;
-  v->rc = partition_build(v->mm, loop, v->params->ops, v->params->config, &v->p);
+  v->rc = partition_build(v->mm, loop, v->params, &v->p);
 }
 
 static void partition_unbuild_fn(mb_loop *loop, void *arg) {
@@ -791,7 +822,7 @@ static int partition_attach_sync(mb_mm *mm, const mb_partition_params *params, m
   part_make v = {mm, params, NULL, 0};
   rc = mb_loop_exec(loop, part_make_fn, &v);
   if (rc || (rc = v.rc)) return rc;
-  rc = mb__api_call(NULL, mm->rm_addr, partition_msg(true, v.p->addr), NULL, NULL);
+  rc = mb__api_call(NULL, mm->rm_addr, partition_msg(true, v.p), NULL, NULL);
   rc = partition_commit(v.p, rc);
   if (rc) mb__exec_must(loop, partition_unbuild_fn, v.p);
   else *out = (mb_partition *)v.p->h;
@@ -809,7 +840,7 @@ int mb_partition_attach_sync(mb_mm *mm, const mb_partition_params *params, mb_pa
 
 int mb_partition_add_sync(mb_mm *mm, const mb_partition_ops *ops, mb_loop *loop,
                           mb_partition **out) {
-  return mb_partition_attach_sync(mm, &(mb_partition_params){ops, NULL, loop}, out);
+  return mb_partition_attach_sync(mm, &(mb_partition_params){.ops = ops, .loop = loop}, out);
 }
 
 /* On the partition's loop, after the region manager answered. */
@@ -827,7 +858,7 @@ static void partition_remove_end(mb_loop *loop, void *arg) {
 }
 
 static int partition_remove_sync(mb_mm *mm, mb__handle h, mb_loop *loop, mb_addr actor) {
-  remove_end e = {h, mb__api_call(NULL, mm->rm_addr, partition_msg(false, actor), NULL, NULL),
+  remove_end e = {h, mb__api_call(NULL, mm->rm_addr, partition_msg(false, &(mb_partition){.addr = actor}), NULL, NULL),
                   NULL};
   kill_wait w;
   sem_init(&w.done, 0, 0);
@@ -896,13 +927,37 @@ int mb_partition_ranges_sync(mb_partition *p, mb_range_list **out) {
 
 /* ---- the exit question ------------------------------------------------------------------- */
 
+/* Classifies [x, x + len) of one view (x + len <= max_addr) in the published map, which is in
+ * view space; host: the view's partitions' mapper, whose VA the partition maps. */
+static int classify_view(const mb_mm *mm, unsigned view, uint64_t x, uint64_t len, bool write,
+                         bool protections) {
+  uint64_t base = view * mb_mm_stride(mm->max_addr);
+  const uint8_t *host = (const uint8_t *)((uintptr_t)mm->view_base[view] - (uintptr_t)base);
+  return mb_gpa_map_classify_vtl(mm->gpa_map, base + x, len, write, host, protections);
+}
+
+/* A partition at VTL n sees view n below max_addr (with VTL n's protections) and, at VTL 2
+ * with an alias, VTL 0's view above the alias (without them); nothing in between. The
+ * first failing byte decides. */
+static int classify_at(const mb_mm *mm, uint8_t vtl, uint64_t gpa, uint64_t len, bool write) {
+  uint64_t max = mm->max_addr;
+  if (gpa < max) {
+    uint64_t n = len < max - gpa ? len : max - gpa;
+    int kind = classify_view(mm, vtl, gpa, n, write, true);
+    return kind != MB_GPA_RAM || n == len ? kind : MB_GPA_MMIO;
+  }
+  if (!mb__vtl_alias(mm, vtl) || gpa < mm->alias)
+    return MB_GPA_MMIO;
+  return classify_view(mm, 0, gpa - mm->alias, len, write, false);
+}
+
 int mb_partition_classify(mb_partition *handle, uint64_t gpa, uint64_t len, bool write) {
   mb__rs *rs;
   mb_partition *p = mb__h_enter((mb__handle)handle, MB__H_PARTITION, &rs);
-  uint64_t max = p ? p->mm->max_addr : 0;
+  uint64_t span = p ? mb__vtl_span(p->mm, p->vtl) : 0;
   int rc = MB_E_INVALID;
-  if (p && len > 0 && len <= max && gpa <= max - len)
-    rc = mb_gpa_map_classify(p->mm->gpa_map, gpa, len, write, p->mm->part_base);
+  if (p && len > 0 && len <= span && gpa <= span - len)
+    rc = classify_at(p->mm, p->vtl, gpa, len, write);
   mb__rs_leave(rs);
   return rc;
 }

@@ -1,12 +1,14 @@
 /* partition_mapper.c: the partition mapper actor (see partition_mapper.h). It owns one backend
- * instance and turns each request into one backend call on its loop thread: a piece of guest
- * range [gpa, gpa + size) is backed by the host VA at va_base + gpa. Its destruction
- * destroys the instance, which unmaps everything. */
+ * instance and its view (backends/part_view.h: the pieces, the VTL's protections, the
+ * sub-ranges they make in the backend) and turns each request into calls of the view or the
+ * backend on its loop thread. Its destruction destroys the instance, which unmaps
+ * everything. */
 #include "partition_mapper.h"
 
 #include <stdlib.h>
 
-#include "fault_inject.h" /* MB_FI_ALLOC: tests fail these allocations */
+#include "fault_inject.h"
+#include "part_view.h" /* MB_FI_ALLOC: tests fail these allocations */
 
 /* A PM_RANGES reply carries a malloc'd array: freed if its requester is gone. */
 static void pm_dispose(mb_msg *msg) {
@@ -19,18 +21,22 @@ MB_PROTOCOL_DEFINE_DISPOSE(pm, PM_MESSAGES, pm_dispose);
 typedef struct pm_state {
   const mb_partition_ops *ops;
   void *inst;
-  uint8_t *va_base;
+  uint8_t *va_base; /* PM_MAP's fallback host (NULL: none) */
+  mb_pview view;
 } pm_state;
 
 static int pm_do_map(pm_state *s, pm_map_msg *m) {
-  if (m->gpa > UINTPTR_MAX - (uintptr_t)s->va_base)
-    return MB_E_INVALID;
-  return s->ops->map(s->inst, m->gpa, m->size, s->va_base + m->gpa, m->writable);
+  uint8_t *host = m->host;
+  if (!host) {
+    if (!s->va_base || m->gpa > UINTPTR_MAX - (uintptr_t)s->va_base)
+      return MB_E_INVALID;
+    host = s->va_base + m->gpa;
+  }
+  return mb_pview_map(&s->view, m->gpa, m->size, host, m->writable);
 }
 
-/* Ranges from the backend, adjacent ones with the same access merged, in a malloc'd array
- * the requester frees (NULL when there are none). */
-/* The mapped ranges, adjacent ones with the same access merged (malloc'd; NULL when none). */
+/* The backend's ranges (the effective map), adjacent ones with the same access merged, in a
+ * malloc'd array the requester frees (NULL when there are none). */
 static int merged_ranges(pm_state *s, mb_part_range **out, uint32_t *count) {
   *out = NULL;
   *count = 0;
@@ -62,17 +68,6 @@ int mb__partition_mapper_ranges(mb_actor *pm, mb_part_range **out, uint32_t *cou
   return merged_ranges(mb_actor_state(pm), out, count);
 }
 
-/* PM_ACCESS_SET: the piece goes and comes back with the new access, or with the old one. */
-static int pm_do_access_set(pm_state *s, const pm_access_set_msg *m) {
-  int rc = s->ops->unmap(s->inst, m->gpa, m->size);
-  if (rc != 0)
-    return rc;
-  rc = s->ops->map(s->inst, m->gpa, m->size, s->va_base + m->gpa, m->writable);
-  if (rc != 0)
-    (void)s->ops->map(s->inst, m->gpa, m->size, s->va_base + m->gpa, !m->writable);
-  return rc;
-}
-
 /* PM_DIRTY_*: a backend without the dirty calls cannot track (its guest writes would be
  * missed), so starting is refused; stopping and collecting then have nothing to do. */
 static int pm_do_dirty(pm_state *s, mb_msg *msg) {
@@ -94,17 +89,23 @@ static int pm_dispatch(pm_state *s, mb_msg *msg) {
     return pm_do_map(s, pm_map_of(msg));
   case PM_UNMAP: {
     pm_unmap_msg *m = pm_unmap_of(msg);
-    return s->ops->unmap(s->inst, m->gpa, m->size);
+    return mb_pview_unmap(&s->view, m->gpa, m->size);
   }
-  case PM_ACCESS_SET:
-    return pm_do_access_set(s, pm_access_set_of(msg));
+  case PM_ACCESS_SET: {
+    pm_access_set_msg *m = pm_access_set_of(msg);
+    return mb_pview_access_set(&s->view, m->gpa, m->size, m->writable);
+  }
+  case PM_PROTECT: {
+    pm_protect_msg *m = pm_protect_of(msg);
+    return mb_pview_protect(&s->view, m->items, m->count);
+  }
   case PM_RANGES:
     return pm_do_ranges(s, pm_ranges_of(msg));
   case PM_ACCESS: {
     pm_access_msg *m = pm_access_of(msg);
     if (m->len > SIZE_MAX)
       return MB_E_INVALID;
-    return s->ops->access(s->inst, m->gpa, m->buf, (size_t)m->len, m->write);
+    return mb_pview_access(&s->view, m->gpa, m->buf, (size_t)m->len, m->write);
   }
   case PM_DIRTY_START:
   case PM_DIRTY_COLLECT:
@@ -124,6 +125,7 @@ static void pm_handle(mb_actor *self, mb_msg *msg) {
 static void pm_destroy(mb_actor *self) {
   pm_state *s = mb_actor_state(self);
   s->ops->destroy(s->inst);
+  mb_pview_fini(&s->view);
   free(s);
 }
 
@@ -134,7 +136,7 @@ static const mb_actor_type pm_type = {"partition_mapper", pm_handle, pm_destroy,
 
 int mb_partition_mapper_create(mb_loop *loop, const mb_partition_ops *ops, const void *config,
                                uint64_t max_addr, uint8_t *va_base, mb_actor **out) {
-  if (!loop || !ops || !va_base || !out || !mb_loop_is_current(loop))
+  if (!loop || !ops || !out || !mb_loop_is_current(loop))
     return MB_EINVAL;
   if (mb_loop_stopping(loop))
     return MB_ESTOPPED;
@@ -148,6 +150,7 @@ int mb_partition_mapper_create(mb_loop *loop, const mb_partition_ops *ops, const
     free(s);
     return rc;
   }
+  mb_pview_init(&s->view, ops, s->inst, max_addr);
   mb_actor *a = mb_actor_create(loop, &pm_type, s, ops->name);
   if (!a) { /* checked above: only allocation can fail here */
     ops->destroy(s->inst);

@@ -11,7 +11,8 @@ ram_step mb__ram_vis_step(uint32_t reg, mb_ram_visibility vis) {
 }
 
 static mb_region_params region_params(const ram_region *r) {
-  return (mb_region_params){"ram", r->range.gpa, r->range.size, MB_RAM_PRIORITY, false};
+  return (mb_region_params){.name = "ram", .gpa = r->range.gpa, .size = r->range.size,
+                            .priority = MB_RAM_PRIORITY};
 }
 
 static mb_mapping_params mapping_params(const ram_region *r) {

@@ -20,7 +20,13 @@
  * succeeded without `=>` (guest and mapper writes are not recorded, so a replay cannot promise
  * the same pages) and with the pages it answered in a comment, read from the caller's bitmap or
  * list (both still the caller's when the reply is recorded: before its callback runs, or before
- * the blocking call returns); one that failed with its error. */
+ * the blocking call returns); one that failed with its error.
+ *
+ * Virtual trust levels: `config vtls=` and `config vtl0_alias=` when they are not the default,
+ * `vtl=N` on region, mapper and partition adds at a VTL other than 0, each `protect` with its
+ * result, and at the end an `expect protection` line for every VTL that can be protected. A
+ * VTL or an access the format cannot say (a VTL above 2, an access that is no MB_PROT_*) makes
+ * the line a comment. */
 #include <inttypes.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -28,7 +34,7 @@
 #include <string.h>
 
 #include "api_internal.h"
-#include "fault_inject.h" /* MB_FI_ALLOC: tests fail these allocations */
+#include "fault_inject.h"     /* MB_FI_ALLOC: tests fail these allocations */
 #include "record.h"
 
 typedef struct rec_key {
@@ -55,6 +61,7 @@ struct mb__rec {
   bool in_txn;             /* a transaction is open, and its begin's names are kept */
   rec_region *txn_regions; /* the regions at the transaction's begin */
   size_t txn_nregions;
+  uint8_t vtls;            /* the manager's VTLs (bit mask) */
 };
 
 /* Names that could not be kept make the rest of the recording unreliable: it says so, once. */
@@ -167,14 +174,45 @@ static const char *object_name(mb__rec *r, mb_object *obj) {
   return k->name;
 }
 
+/* A VTL the format cannot say (above 2: the API answered invalid) makes its line a comment. */
+static void put_vtl_head(mb__rec *r, uint8_t vtl) {
+  if (vtl > MB_VTL_MAX) fprintf(r->f, "# not replayable (VTL %u): ", (unsigned)vtl);
+}
+
+/* " vtl=N" of an add, unless it is VTL 0 (the default). */
+static void put_vtl(mb__rec *r, uint8_t vtl) {
+  if (vtl != 0) fprintf(r->f, " vtl=%u", (unsigned)vtl);
+}
+
 static void rec_region_add(mb__rec *r, rm_region_add_msg *m, int status) {
   char buf[64];
   const char *name = buf;
   if (status == 0 && region_register(r, m->id, m->name)) name = r->regions[m->id].name;
   else region_pick_name(r, m->name, "region_failed", buf);
+  put_vtl_head(r, m->vtl);
   fprintf(r->f, "region add %s 0x%" PRIx64 " 0x%" PRIx64 " prio=%u type=%s", name, m->gpa, m->size,
           m->prio, m->device ? "device" : "ram");
+  put_vtl(r, m->vtl);
   put_result(r, status);
+}
+
+/* ---- protections ----------------------------------------------------------------------------- */
+
+static const char *const prot_names[] = {[MB_PROT_NONE] = "none", [MB_PROT_RO] = "ro",
+                                         [MB_PROT_RW] = "rw"};
+
+static void rec_protect(mb__rec *r, const rm_protect_msg *m, int status) {
+  bool sayable = m->access <= MB_PROT_RW;
+  put_vtl_head(r, m->vtl);
+  if (!sayable) fprintf(r->f, "# not replayable (access %u): ", (unsigned)m->access);
+  fprintf(r->f, "protect %u 0x%" PRIx64 " 0x%" PRIx64 " %s", (unsigned)m->vtl, m->gpa, m->size,
+          sayable ? prot_names[m->access] : "?");
+  put_result(r, status);
+}
+
+/* Can VTL vtl be protected: configured, with a higher VTL configured? */
+static bool protectable(uint8_t vtls, unsigned vtl) {
+  return (vtls >> vtl & 1) && (vtls >> (vtl + 1)) != 0;
 }
 
 static void rec_mapping(mb__rec *r, const char *verb, rm_mapping_add_msg *m, int status) {
@@ -305,6 +343,7 @@ static void rec_locked(mb__rec *r, mb_msg *msg, int status) {
   case RM_DIRTY_START:
   case RM_DIRTY_SYNC:
   case RM_DIRTY_STOP: rec_dirty(r, msg, status); break;
+  case RM_PROTECT: rec_protect(r, rm_protect_of(msg), status); break;
   default: break; /* queries and partitions are recorded elsewhere or not at all */
   }
 }
@@ -317,15 +356,17 @@ void mb__rec_request(mb__rec *r, mb_msg *msg, int status) {
   pthread_mutex_unlock(&r->lock);
 }
 
-/* mapper/partition add or remove: kind is "mapper" or "partition". */
+/* mapper/partition add or remove: kind is "mapper" or "partition"; vtl: an add's VTL. */
 static void rec_consumer(mb__rec *r, const char *kind, bool add, const void *key,
-                         const char *how, int status) {
+                         const char *how, uint8_t vtl, int status) {
   bool mapper = kind[0] == 'm';
   pthread_mutex_lock(&r->lock);
   if (add) {
     rec_key *k = status ? NULL : key_add(r, key, mapper ? 'm' : 'p',
                                          mapper ? ++r->mappers : ++r->partitions);
+    put_vtl_head(r, vtl);
     fprintf(r->f, "%s add %s %s", kind, k ? k->name : mapper ? "m_failed" : "p_failed", how);
+    put_vtl(r, vtl);
     put_result(r, status);
   } else {
     rec_key *k = key_find(r, key);
@@ -339,18 +380,32 @@ static void rec_consumer(mb__rec *r, const char *kind, bool add, const void *key
   pthread_mutex_unlock(&r->lock);
 }
 
+/* The VTL of an add that succeeded is the consumer's own; one that failed is not known here
+ * (a VTL the manager does not have fails before anything is recorded). */
 void mb__rec_mapper(mb__rec *r, bool add, const mb_mapper *m, bool eager, int status) {
-  if (r) rec_consumer(r, "mapper", add, m, eager ? "eager" : "lazy", status);
+  if (r) rec_consumer(r, "mapper", add, m, eager ? "eager" : "lazy", m ? m->vtl : 0, status);
 }
 
 /* A VMM's own VM (kvm_attach) replays as a kvm partition: the scenario's VM stands in. */
 void mb__rec_partition(mb__rec *r, bool add, const mb_partition *p, const char *backend,
                        int status) {
   if (backend && strncmp(backend, "kvm", 3) == 0) backend = "kvm";
-  if (r) rec_consumer(r, "partition", add, p, backend, status);
+  if (r) rec_consumer(r, "partition", add, p, backend, p ? p->vtl : 0, status);
 }
 
 /* ---- opening and closing -------------------------------------------------------------------- */
+
+/* config vtls= (ascending) and vtl0_alias=, when not the default. */
+static void put_vtl_config(mb__rec *r, uint8_t vtls, uint64_t alias) {
+  r->vtls = vtls;
+  if (vtls != 1) {
+    fputs("config vtls=0", r->f);
+    for (unsigned v = 1; v <= MB_VTL_MAX; v++)
+      if (vtls >> v & 1) fprintf(r->f, ",%u", v);
+    fputc('\n', r->f);
+  }
+  if (alias) fprintf(r->f, "config vtl0_alias=0x%" PRIx64 "\n", alias);
+}
 
 mb__rec *mb__rec_open(const char *path, const mb_mm *mm, int overlap, int *err) {
   mb__rec *r = mb__calloc(1, sizeof *r);
@@ -366,6 +421,7 @@ mb__rec *mb__rec_open(const char *path, const mb_mm *mm, int overlap, int *err) 
   pthread_mutex_init(&r->lock, NULL);
   fprintf(r->f, "# recorded by membacking\nconfig max_addr=0x%" PRIx64 "\nconfig overlap=%s\n",
           mb_mm_max_addr(mm), overlap == MB_OVERLAP_ANY ? "any" : "nested");
+  put_vtl_config(r, mm->vtls ? mm->vtls : 1, mm->alias);
   fflush(r->f);
   return r;
 }
@@ -387,6 +443,25 @@ typedef struct close_ctx {
   const char *name;
 } close_ctx;
 
+/* One `expect protection` line: VTL vtl's protections as the manager holds them. */
+static void expect_protection(close_ctx *c, uint8_t vtl) {
+  mb_prot_list *l = NULL;
+  int rc = mb__region_manager_protections(c->mm->rm, vtl, &l);
+  if (rc) {
+    fprintf(c->r->f, "# expect protection %u: not recorded: %s\n", (unsigned)vtl,
+            membacking_strerror(rc));
+    return;
+  }
+  fprintf(c->r->f, "expect protection %u", (unsigned)vtl);
+  if (!l->count) fputs(" none", c->r->f);
+  for (size_t i = 0; i < l->count; i++)
+    fprintf(c->r->f, " 0x%" PRIx64 "+0x%" PRIx64 ":%s", l->items[i].gpa, l->items[i].size,
+            l->items[i].access == MB_PROT_NONE ? "none" : "ro");
+  fputc('\n', c->r->f);
+  free(l);
+}
+
+/* On the region manager's loop: its regions' states and its protections. */
 static void expect_regions(mb_loop *loop, void *arg) {
   (void)loop;
   close_ctx *c = arg;
@@ -398,6 +473,8 @@ static void expect_regions(mb_loop *loop, void *arg) {
     if (st >= 0 && st < 4)
       fprintf(c->r->f, "expect region %s %s\n", c->r->regions[id].name, state_names[st]);
   }
+  for (uint8_t vtl = 0; c->mm->rm && vtl < MB_VTL_MAX; vtl++)
+    if (protectable(c->r->vtls, vtl)) expect_protection(c, vtl);
   pthread_mutex_unlock(&c->r->lock);
 }
 

@@ -11,10 +11,41 @@
 
 enum { PAGE_SHIFT = 12 };
 
+/* A call to every partition over guest [gpa, gpa + size), and over the alias's copy of it
+ * for a partition that shows VTL 0 there. */
 static int plan_all(rm_state *st, rm_op *op, int kind, uint64_t gpa, uint64_t size) {
-  int rc = rm__plan_pm(st, op, kind, gpa, size, false);
+  int rc = 0;
+  for (size_t i = 0; i < st->nparts && !rc; i++) {
+    const rm_part *p = &st->parts[i];
+    rc = rm__op_add_call(op, (rm_call){.kind = (uint8_t)kind, .to = p->addr, .gpa = gpa,
+                                       .size = size});
+    if (rc == 0 && p->alias && size > 0)
+      rc = rm__op_add_call(op, (rm_call){.kind = (uint8_t)kind, .to = p->addr,
+                                         .gpa = st->cfg.geom.alias + gpa, .size = size});
+  }
   rm__op_end_step(op);
   return rc;
+}
+
+/* The set's size: guest addresses, and VTL 0's again at the alias (writes there are marked
+ * there, and folded onto their guest pages at each sync). */
+static uint64_t set_size(const rm_state *st) {
+  return st->cfg.geom.alias ? st->cfg.geom.alias + st->cfg.max_addr : st->cfg.max_addr;
+}
+
+/* Moves the marks of the alias's copy of [gpa, gpa + size) onto the guest pages, in chunks
+ * of a stack bitmap (no memory needed: a mark is never lost). */
+static void fold_alias(const rm_state *st, mb_dirty_set *s, uint64_t gpa, uint64_t size) {
+  enum { WORDS = 64, CHUNK = (uint64_t)WORDS * 64 << PAGE_SHIFT };
+  uint64_t bits[WORDS];
+  for (uint64_t at = gpa; st->cfg.geom.alias && at < gpa + size; at += CHUNK) {
+    uint64_t n = gpa + size - at < CHUNK ? gpa + size - at : CHUNK;
+    if (mb_dirty_set_take_bitmap(s, st->cfg.geom.alias + at, n, bits) <= 0)
+      continue;
+    for (uint64_t i = 0; i < n >> PAGE_SHIFT; i++)
+      if (bits[i / 64] >> (i % 64) & 1)
+        (void)mb_dirty_set_mark_range(s, at + (i << PAGE_SHIFT), 1u << PAGE_SHIFT);
+  }
 }
 
 /* A sync's range: page aligned, non-empty, inside the set. */
@@ -34,7 +65,7 @@ int rm__dirty_plan(rm_state *st, rm_op *op) {
     if (st->dirty_on)
       return MB_E_INVALID;
     if (l->set == NULL) {
-      int rc = mb_dirty_set_create(st->cfg.max_addr, &l->set);
+      int rc = mb_dirty_set_create(set_size(st), &l->set);
       if (rc != 0)
         return rc == MB_E_INVALID ? MB_E_INVALID : MB_ENOMEM;
     }
@@ -52,10 +83,10 @@ int rm__dirty_plan(rm_state *st, rm_op *op) {
   }
 }
 
-int rm__dirty_plan_partition(rm_state *st, rm_op *op, mb_addr pa) {
+int rm__dirty_plan_partition(rm_state *st, rm_op *op, const rm_part *p) {
   if (!st->dirty_on)
     return 0;
-  int rc = rm__op_add_call(op, (rm_call){.kind = CALL_PM_DIRTY_START, .to = pa});
+  int rc = rm__op_add_call(op, (rm_call){.kind = CALL_PM_DIRTY_START, .to = p->addr});
   rm__op_end_step(op);
   return rc;
 }
@@ -122,6 +153,9 @@ int rm__dirty_end(rm_state *st, rm_op *op) {
   } else {
     rm_dirty_sync_msg *m = rm_dirty_sync_of(op->req);
     mb__dirty_mark_held(l, l->set, m->gpa, m->size); /* held writable locks are answered by */
+    if (st->cfg.geom.alias)
+      mb__dirty_mark_held(l, l->set, st->cfg.geom.alias + m->gpa, m->size);
+    fold_alias(st, l->set, m->gpa, m->size);
     if (m->bits != NULL)                               /* every sync: dirty until released */
       m->pages = (uint64_t)mb_dirty_set_take_bitmap(l->set, m->gpa, m->size, m->bits);
     else

@@ -69,17 +69,26 @@ void rm__mapping_free(rm_mapping *m) {
 }
 
 void rm__region_destroy(rm_region *r) {
-  while (r->mappings.root != NULL) {
-    rm_mapping *m = mapping_of(r->mappings.root);
-    mb_rtree_remove(&r->mappings, &m->node);
-    rm__mapping_free(m);
+  while (r != NULL) {
+    rm_region *next = r->next;
+    while (r->mappings.root != NULL) {
+      rm_mapping *m = mapping_of(r->mappings.root);
+      mb_rtree_remove(&r->mappings, &m->node);
+      rm__mapping_free(m);
+    }
+    free(r);
+    r = next;
   }
-  free(r);
+}
+
+void rm__region_unlink(rm_state *st, rm_region *r) {
+  for (rm_region *s = r; s != NULL; s = s->next)
+    mb__vis_remove(vis_of(st, s), &s->vis);
+  mb_rtree_remove(&st->ids, &r->by_id);
 }
 
 void rm__region_free(rm_state *st, rm_region *r) {
-  mb__vis_remove(&st->vis, &r->vis);
-  mb_rtree_remove(&st->ids, &r->by_id);
+  rm__region_unlink(st, r);
   rm__region_destroy(r);
 }
 
@@ -126,6 +135,9 @@ static rm_op *op_new(rm_state *st, mb_msg *req, rm_region *r) {
   op->req = req;
   op->kind = req->kind;
   op->region = r;
+  op->nsh = 0;
+  for (rm_region *s = r; s != NULL; s = s->next)
+    op->sh[op->nsh++].region = s;
   op->ncalls = op->nsteps = op->step = op->pending = 0;
   op->undoing = false;
   op->published = false;
@@ -135,14 +147,18 @@ static rm_op *op_new(rm_state *st, mb_msg *req, rm_region *r) {
 
 /* Releases what the operation holds (not the reusable calls array): it is idle again. */
 static void op_free(rm_op *op) {
-  mb__vis_abort(&op->diff);
+  for (size_t i = 0; i < op->nsh; i++) {
+    rm_sh *sh = &op->sh[i];
+    mb__vis_abort(&sh->diff);
+    rm__mapping_free(sh->mapping);
+    free(sh->spare);
+    *sh = (rm_sh){0};
+  }
+  op->nsh = 0;
+  rm__prot_op_free(op);
   rm__view_clear(&op->own_old); /* kept, like the calls array, for the next operation */
   rm__view_clear(&op->own_new);
   op->fwd = op->inv = NULL;
-  rm__mapping_free(op->mapping);
-  op->mapping = NULL;
-  free(op->spare);
-  op->spare = NULL;
   op->req = NULL;
 }
 
@@ -171,11 +187,33 @@ void rm__op_end_step(rm_op *op) {
   op->step_at[++op->nsteps] = op->ncalls;
 }
 
+/* Where a partition shows view-space address vs (inside view `view`): its own address, or
+ * UINT64_MAX when it does not show that view. */
+static uint64_t part_addr(const rm_state *st, const rm_part *p, unsigned view, uint64_t vs) {
+  uint64_t g = vs - rm_vs(st, view, 0);
+  if (p->vtl == view)
+    return g;
+  return p->alias && view == 0 ? st->cfg.geom.alias + g : UINT64_MAX;
+}
+
+/* A call over view-space [vs, vs + size) to partition p, in its own addresses (none when it
+ * does not show that view). */
+int rm__plan_pm_one(rm_state *st, rm_op *op, const rm_part *p, int kind, uint64_t vs,
+                    uint64_t size, bool writable) {
+  unsigned view = rm_view_at(st, vs);
+  uint64_t at = part_addr(st, p, view, vs);
+  if (at == UINT64_MAX)
+    return 0;
+  uint8_t *base = st->cfg.primary ? st->cfg.primary[view] : NULL;
+  return rm__op_add_call(op, (rm_call){.kind = (uint8_t)kind, .writable = writable,
+                                       .to = p->addr, .gpa = at, .size = size,
+                                       .host = base ? base + (vs - rm_vs(st, view, 0)) : NULL});
+}
+
 int rm__plan_pm(rm_state *st, rm_op *op, int kind, uint64_t gpa, uint64_t size,
                 bool writable) {
   for (size_t i = 0; i < st->nparts; i++) {
-    int rc = rm__op_add_call(op, (rm_call){.kind = (uint8_t)kind, .writable = writable,
-                                           .to = st->parts[i], .gpa = gpa, .size = size});
+    int rc = rm__plan_pm_one(st, op, &st->parts[i], kind, gpa, size, writable);
     if (rc)
       return rc;
   }
@@ -195,7 +233,8 @@ static int plan_mm(rm_state *st, rm_op *op, int kind, uint64_t start, uint64_t e
 
 /* The access a region shows with once the operation is done. */
 static bool new_access(const rm_op *op, const rm_region *r) {
-  return r == op->region && op->kind == RM_REGION_MAP ? op->writable : r->writable;
+  return op->region && r->id == op->region->id && op->kind == RM_REGION_MAP ? op->writable
+                                                                           : r->writable;
 }
 
 static mb__vis_region *seg_winner(const mb__vis_seg *seg, bool new_one) {
@@ -212,33 +251,44 @@ static size_t seg_run(const mb__vis_diff *d, size_t i, bool new_one) {
   return j;
 }
 
-/* The four steps of a visibility change (op->diff). Each MM call covers a run of touching
- * segments with one old (unmap) or one new (map) winner. */
-static int plan_visibility(rm_state *st, rm_op *op) {
-  const mb__vis_diff *d = &op->diff;
+/* PM calls for a diff's removed (add false) or added pieces. */
+static int plan_pieces(rm_state *st, rm_op *op, const mb__vis_diff *d, bool add) {
   int rc = 0;
-  for (size_t i = 0; i < d->nremoved && !rc; i++) {
-    mb_rtree_node *n = &d->removed[i]->node;
-    rc = rm__plan_pm(st, op, CALL_PM_UNMAP, n->start, n->end - n->start,
-                 region_of_vis(d->removed[i]->region)->writable);
+  size_t n = add ? d->nadded : d->nremoved;
+  for (size_t i = 0; i < n && !rc; i++) {
+    mb__vis_piece *p = add ? d->added[i] : d->removed[i];
+    rm_region *r = region_of_vis(p->region);
+    rc = rm__plan_pm(st, op, add ? CALL_PM_MAP : CALL_PM_UNMAP, p->node.start,
+                     p->node.end - p->node.start, add ? new_access(op, r) : r->writable);
   }
-  rm__op_end_step(op);
-  for (int map = 0; map < 2; map++) {
-    for (size_t i = 0, j; i < d->nsegs && !rc; i = j) {
-      j = seg_run(d, i, map);
-      rm_region *r = region_of_vis(seg_winner(&d->segs[i], map));
-      if (r != NULL)
-        rc = plan_mm(st, op, map ? CALL_MM_MAP : CALL_MM_UNMAP, d->segs[i].start,
-                     d->segs[j - 1].end, r, map ? new_access(op, r) : r->writable);
+  return rc;
+}
+
+/* MM calls for a diff's segments: each covers a run of touching segments with one old
+ * (unmap) or one new (map) winner. */
+static int plan_segs(rm_state *st, rm_op *op, const mb__vis_diff *d, bool map) {
+  int rc = 0;
+  for (size_t i = 0, j; i < d->nsegs && !rc; i = j) {
+    j = seg_run(d, i, map);
+    rm_region *r = region_of_vis(seg_winner(&d->segs[i], map));
+    if (r != NULL)
+      rc = plan_mm(st, op, map ? CALL_MM_MAP : CALL_MM_UNMAP, d->segs[i].start,
+                   d->segs[j - 1].end, r, map ? new_access(op, r) : r->writable);
+  }
+  return rc;
+}
+
+/* The four steps of a visibility change (every shadow's diff in each step). */
+static int plan_visibility(rm_state *st, rm_op *op) {
+  int rc = 0;
+  for (int step = 0; step < 4; step++) {
+    for (size_t k = 0; k < op->nsh && !rc; k++) {
+      const mb__vis_diff *d = &op->sh[k].diff;
+      rc = step == 0 || step == 3 ? plan_pieces(st, op, d, step == 3)
+                                  : plan_segs(st, op, d, step == 2);
     }
     rm__op_end_step(op);
   }
-  for (size_t i = 0; i < d->nadded && !rc; i++) {
-    mb_rtree_node *n = &d->added[i]->node;
-    rc = rm__plan_pm(st, op, CALL_PM_MAP, n->start, n->end - n->start,
-                 new_access(op, region_of_vis(d->added[i]->region)));
-  }
-  rm__op_end_step(op);
   return rc;
 }
 
@@ -248,35 +298,42 @@ static int access_entries(rm_op *op, rm_region *r, uint64_t s, uint64_t e) {
   return rc ? rc : rm__view_push_mappings(&op->own_new, r, s, e, op->writable);
 }
 
+/* One step of an access change for shadow r: its pieces in every partition, or (mm) its
+ * mappings in the mappers. */
+static int plan_access_of(rm_state *st, rm_op *op, rm_region *r, bool mm) {
+  const mb__vis_set *v = vis_of(st, r);
+  uint64_t s = r_start(r), e = r_end(r);
+  int rc = 0;
+  mb__vis_piece *p;
+  for (p = mb__vis_first_piece_of(v, &r->vis, s, e); p && !rc;
+       p = mb__vis_next_piece_of(p, &r->vis, s, e)) {
+    uint64_t ps = p->node.start, pe = p->node.end;
+    if (!mm) {
+      rc = rm__plan_pm(st, op, CALL_PM_ACCESS, ps, pe - ps, op->writable);
+    } else if (first_mapping(r, ps, pe) != NULL) {
+      rc = access_entries(op, r, ps, pe);
+      if (rc == 0)
+        rc = rm__op_add_call(op, (rm_call){.kind = CALL_MM_REPLACE,
+                                           .to = st->cfg.mapping_manager, .gpa = ps,
+                                           .size = pe - ps});
+    }
+  }
+  return rc;
+}
+
 /* An access change of a mapped region, in place (nothing is unmapped): each of its pieces
  * changes access in every partition (one request each: a KVM slot's delete and add), then in
  * the mappers (MM_REPLACE by the same mappings at the new access: an mprotect in each mapper,
  * which waits only for the locks that need the access it takes away). */
 static int plan_access(rm_state *st, rm_op *op) {
-  rm_region *r = op->region;
-  const mb__vis_set *v = &st->vis;
-  uint64_t s = r_start(r), e = r_end(r);
   int rc = 0;
-  mb__vis_piece *p;
   op->fwd = &op->own_new;
   op->inv = &op->own_old;
-  for (p = mb__vis_first_piece_of(v, &r->vis, s, e); p && !rc;
-       p = mb__vis_next_piece_of(p, &r->vis, s, e))
-    rc = rm__plan_pm(st, op, CALL_PM_ACCESS, p->node.start, p->node.end - p->node.start,
-                     op->writable);
-  rm__op_end_step(op);
-  for (p = mb__vis_first_piece_of(v, &r->vis, s, e); p && !rc;
-       p = mb__vis_next_piece_of(p, &r->vis, s, e)) {
-    uint64_t ps = p->node.start, pe = p->node.end;
-    if (first_mapping(r, ps, pe) == NULL)
-      continue;
-    rc = access_entries(op, r, ps, pe);
-    if (rc == 0)
-      rc = rm__op_add_call(op, (rm_call){.kind = CALL_MM_REPLACE,
-                                         .to = st->cfg.mapping_manager, .gpa = ps,
-                                         .size = pe - ps});
+  for (int mm = 0; mm < 2; mm++) {
+    for (size_t k = 0; k < op->nsh && !rc; k++)
+      rc = plan_access_of(st, op, op->sh[k].region, mm);
+    rm__op_end_step(op);
   }
-  rm__op_end_step(op);
   return rc;
 }
 
@@ -343,7 +400,8 @@ static void call_send(mb_actor *self, rm_call *c, bool inverse) {
   if (kind == CALL_PM_MAP) {
     pm_map_msg *m = pm_map_new();
     if (m)
-      m->gpa = c->gpa, m->size = c->size, m->writable = c->writable, msg = &m->hdr;
+      m->gpa = c->gpa, m->size = c->size, m->writable = c->writable, m->host = c->host,
+      msg = &m->hdr;
   } else if (kind == CALL_PM_UNMAP) {
     pm_unmap_msg *m = pm_unmap_new();
     if (m)
@@ -359,6 +417,8 @@ static void call_send(mb_actor *self, rm_call *c, bool inverse) {
       m->writable = kind == CALL_PM_ACCESS ? c->writable : !c->writable;
   } else if (kind == CALL_NOTHING) {
     return;
+  } else if (kind >= CALL_PM_PROTECT && kind <= CALL_MM_PROTECT_BACK) {
+    msg = rm__prot_msg(state_of(op), c, kind);
   } else if (kind >= CALL_PM_DIRTY_START) {
     msg = rm__dirty_msg(state_of(op), c, kind);
   } else {
@@ -380,31 +440,51 @@ static void op_commit(rm_state *st, rm_op *op);
 /* An access change of a mapped region: no piece comes or goes, all of its pieces change. */
 static bool is_access_change(const rm_op *op) {
   const rm_region *r = op->region;
-  return op->kind == RM_REGION_MAP && op->diff.nremoved == 0 && op->diff.nadded == 0 &&
-         r->vis.mapped && r->writable != op->writable;
+  return op->kind == RM_REGION_MAP && op->sh[0].diff.nremoved == 0 &&
+         op->sh[0].diff.nadded == 0 && r->vis.mapped && r->writable != op->writable;
 }
 
-/* The guest range the operation may change, and how many ranges it adds (none: empty). */
+static void widen(mb_range *span, uint64_t a, uint64_t b) {
+  if (span->start >= span->end)
+    *span = (mb_range){a, b};
+  span->start = min64(span->start, a);
+  span->end = max64(span->end, b);
+}
+
+/* The range shadow k's part may change. */
+static void sh_span(const rm_op *op, size_t k, mb_range *span) {
+  const rm_sh *sh = &op->sh[k];
+  const mb__vis_diff *d = &sh->diff;
+  const rm_region *r = sh->region;
+  if (d->nremoved > 0)
+    widen(span, d->removed[0]->node.start, d->removed[d->nremoved - 1]->node.end);
+  if (d->nadded > 0)
+    widen(span, d->added[0]->node.start, d->added[d->nadded - 1]->node.end);
+  if (d->nremoved > 0 || d->nadded > 0)
+    return;
+  uint64_t base = r_start(r) - r_start(op->region);
+  if (op->kind == RM_MAPPING_ADD && sh->mapping)
+    widen(span, sh->mapping->node.start, sh->mapping->node.end);
+  else if (op->kind == RM_MAPPING_REMOVE)
+    widen(span, base + op->start, base + op->end);
+  else if (is_access_change(op))
+    widen(span, r_start(r), r_end(r));
+}
+
+/* The view-space range the operation may change, and how many ranges it adds (none: empty). */
 static mb_range op_span(const rm_op *op, size_t *adds) {
-  if (op->kind == RM_TXN_COMMIT)
-    return rm__txn_span(op, adds);
-  const mb__vis_diff *d = &op->diff;
-  *adds = d->nadded;
+  if (op->kind == RM_TXN_COMMIT) {
+    mb_range span = rm__txn_span(op, adds);
+    rm__prot_widen(state_of((rm_op *)op), op, &span, adds); /* its protections' covers */
+    return span;
+  }
+  if (op->kind == RM_PROTECT)
+    return rm__prot_span(state_of((rm_op *)op), op, adds);
   mb_range span = {0, 0};
-  if (d->nremoved > 0 || d->nadded > 0) {
-    span.start = UINT64_MAX;
-    if (d->nremoved > 0)
-      span = (mb_range){d->removed[0]->node.start, d->removed[d->nremoved - 1]->node.end};
-    if (d->nadded > 0) {
-      span.start = min64(span.start, d->added[0]->node.start);
-      span.end = max64(span.end, d->added[d->nadded - 1]->node.end);
-    }
-  } else if (op->kind == RM_MAPPING_ADD && op->mapping) {
-    span = (mb_range){op->mapping->node.start, op->mapping->node.end};
-  } else if (op->kind == RM_MAPPING_REMOVE) {
-    span = (mb_range){op->start, op->end};
-  } else if (op->region && is_access_change(op)) {
-    span = (mb_range){r_start(op->region), r_end(op->region)};
+  *adds = 0;
+  for (size_t k = 0; k < op->nsh; k++) {
+    *adds += op->sh[k].diff.nadded;
+    sh_span(op, k, &span);
   }
   return span;
 }
@@ -436,6 +516,24 @@ static void gpa_piece(void *ctx, const rm_piece *p, bool add) {
     mb_gpa_map_drop(pass->g, p->start);
 }
 
+/* One shadow's changes of the visible map. */
+static void gpa_end_sh(rm_state *st, rm_op *op, rm_sh *sh) {
+  mb_gpa_map *g = st->cfg.gpa_map;
+  const mb__vis_diff *d = &sh->diff;
+  for (size_t i = 0; i < d->nremoved; i++)
+    mb_gpa_map_drop(g, d->removed[i]->node.start);
+  for (size_t i = 0; i < d->nadded; i++)
+    mb_gpa_map_add(g, d->added[i]->node.start, d->added[i]->node.end,
+                   new_access(op, region_of_vis(d->added[i]->region)));
+  if (!is_access_change(op))
+    return;
+  rm_region *r = sh->region;
+  mb__vis_piece *p;
+  for (p = mb__vis_first_piece_of(vis_of(st, r), &r->vis, r_start(r), r_end(r)); p;
+       p = mb__vis_next_piece_of(p, &r->vis, r_start(r), r_end(r)))
+    mb_gpa_map_access(g, p->node.start, op->writable);
+}
+
 /* Publishes the operation's end: its changes of the visible map if it succeeded (before the
  * commit releases the diff), and the end of busy. */
 static void gpa_end(rm_state *st, rm_op *op, bool ok) {
@@ -445,19 +543,10 @@ static void gpa_end(rm_state *st, rm_op *op, bool ok) {
   mb_gpa_map_edit(g);
   for (int add = 0; ok && op->kind == RM_TXN_COMMIT && add < 2; add++)
     rm__txn_each_piece(op, gpa_piece, &(gpa_pass){g, add});
-  const mb__vis_diff *d = &op->diff;
-  for (size_t i = 0; ok && i < d->nremoved; i++)
-    mb_gpa_map_drop(g, d->removed[i]->node.start);
-  for (size_t i = 0; ok && i < d->nadded; i++)
-    mb_gpa_map_add(g, d->added[i]->node.start, d->added[i]->node.end,
-                   new_access(op, region_of_vis(d->added[i]->region)));
-  if (ok && op->region && is_access_change(op)) {
-    rm_region *r = op->region;
-    mb__vis_piece *p;
-    for (p = mb__vis_first_piece_of(&st->vis, &r->vis, r_start(r), r_end(r)); p;
-         p = mb__vis_next_piece_of(p, &r->vis, r_start(r), r_end(r)))
-      mb_gpa_map_access(g, p->node.start, op->writable);
-  }
+  for (size_t k = 0; ok && k < op->nsh; k++)
+    gpa_end_sh(st, op, &op->sh[k]);
+  if (ok)
+    rm__prot_publish(st, op);
   mb_gpa_map_end(g);
   op->published = false;
 }
@@ -465,6 +554,8 @@ static void gpa_end(rm_state *st, rm_op *op, bool ok) {
 static void op_finish(rm_state *st, rm_op *op, int err) {
   if (err == 0 && rm__is_dirty(op->kind))
     err = rm__dirty_end(st, op);
+  if (err != 0 && op->kind == RM_PROTECT)
+    rm__prot_undo(st, op);
   gpa_end(st, op, err == 0);
   if (err == 0)
     op_commit(st, op);
@@ -555,45 +646,86 @@ static bool mapping_swap(rm_region *r, rm_mapping *nm) {
   return true;
 }
 
-static void op_commit(rm_state *st, rm_op *op) {
-  rm_region *r = op->region;
+/* Shadow sh's part of a mapping remove or replace ([a, b): its view-space range). */
+static void commit_mappings(rm_op *op, rm_sh *sh, uint64_t a, uint64_t b) {
+  rm_region *r = sh->region;
+  if (op->kind == RM_MAPPING_REPLACE && mapping_swap(r, sh->mapping))
+    return; /* sh->mapping holds the old one now: op_free drops it */
+  mappings_cut(r, a, b, &sh->spare);
+  if (op->kind == RM_MAPPING_REPLACE) {
+    mb_rtree_insert(&r->mappings, &sh->mapping->node, a, b);
+    sh->mapping = NULL;
+  }
+}
+
+static void op_commit_sh(rm_state *st, rm_op *op, rm_sh *sh) {
+  rm_region *r = sh->region;
+  uint64_t base = r_start(r) - r_start(op->region);
   switch (op->kind) {
   case RM_REGION_MAP:
     r->writable = op->writable;
-    mb__vis_commit(&st->vis, &op->diff);
-    break;
+    /* fall through */
   case RM_REGION_UNMAP:
-    mb__vis_commit(&st->vis, &op->diff);
-    break;
   case RM_REGION_REMOVE:
-    mb__vis_commit(&st->vis, &op->diff);
-    rm__region_free(st, r);
-    op->region = NULL;
+    mb__vis_commit(vis_of(st, r), &sh->diff);
     break;
   case RM_MAPPING_ADD:
-    mb_rtree_insert(&r->mappings, &op->mapping->node, op->mapping->node.start,
-                    op->mapping->node.end);
-    op->mapping = NULL;
+    mb_rtree_insert(&r->mappings, &sh->mapping->node, sh->mapping->node.start,
+                    sh->mapping->node.end);
+    sh->mapping = NULL;
     break;
   case RM_MAPPING_REMOVE:
-    mappings_cut(r, op->start, op->end, &op->spare);
-    break;
   case RM_MAPPING_REPLACE:
-    if (mapping_swap(r, op->mapping))
-      break; /* op->mapping holds the old one now: op_free drops it */
-    mappings_cut(r, op->start, op->end, &op->spare);
-    mb_rtree_insert(&r->mappings, &op->mapping->node, op->start, op->end);
-    op->mapping = NULL;
-    break;
-  case RM_PARTITION_ADD:
-    st->parts[st->nparts++] = op->partition; /* room reserved when planned */
+    commit_mappings(op, sh, base + op->start, base + op->end);
     break;
   default:
     break;
   }
 }
 
+static void op_commit(rm_state *st, rm_op *op) {
+  for (size_t k = 0; k < op->nsh; k++)
+    op_commit_sh(st, op, &op->sh[k]);
+  if (op->kind == RM_REGION_REMOVE) {
+    rm__region_free(st, op->region);
+    op->region = NULL;
+    for (; op->nsh > 0; op->nsh--)
+      op->sh[op->nsh - 1] = (rm_sh){0}; /* committed, and freed with the region */
+  } else if (op->kind == RM_PARTITION_ADD) {
+    st->parts[st->nparts++] = op->partition; /* room reserved when planned */
+  }
+}
+
 /* ---- requests ------------------------------------------------------------------------------- */
+
+/* The highest view the manager has: it holds every region. */
+static unsigned top_view(const rm_state *st) {
+  unsigned v = MB_VTL_MAX;
+  while (v > 0 && !rm_has_view(st, v))
+    v--;
+  return v;
+}
+
+/* A region's shadows, unlinked: one per view from its VTL's up (NULL: out of memory). */
+static rm_region *shadows_new(rm_state *st, const rm_region_add_msg *m) {
+  rm_region *head = NULL, **at = &head;
+  for (unsigned v = m->vtl; v <= MB_VTL_MAX; v++) {
+    if (!rm_has_view(st, v))
+      continue;
+    rm_region *r = mb__calloc(1, sizeof *r);
+    if (r == NULL) {
+      rm__region_destroy(head);
+      return NULL;
+    }
+    *r = (rm_region){.id = st->next_id, .device = m->device, .vtl = m->vtl, .view = (uint8_t)v};
+    memcpy(r->name, m->name, sizeof r->name);
+    r->name[sizeof r->name - 1] = '\0';
+    mb_rtree_init(&r->mappings);
+    *at = r;
+    at = &r->next;
+  }
+  return head;
+}
 
 static int region_add(rm_state *st, rm_region_add_msg *m) {
   mb_range range;
@@ -601,22 +733,23 @@ static int region_add(rm_state *st, rm_region_add_msg *m) {
    * passes it cut to the field's size, unterminated, so that it is refused, never cut. */
   if (memchr(m->name, '\0', sizeof m->name) == NULL)
     return MB_E_INVALID;
-  if (mb_range_make(m->gpa, m->size, &range) != 0 || range.end > st->cfg.max_addr)
+  if (mb_range_make(m->gpa, m->size, &range) != 0 || range.end > st->cfg.max_addr ||
+      m->vtl > MB_VTL_MAX || !rm_has_view(st, m->vtl))
     return MB_E_INVALID;
-  int rc = mb__vis_admit(&st->vis, range.start, range.end, m->prio);
+  unsigned top = top_view(st); /* the overlap policy holds for all regions together */
+  int rc = mb__vis_admit(&st->vis[top], rm_vs(st, top, range.start), rm_vs(st, top, range.end),
+                         m->prio);
   if (rc)
     return rc;
   if (st->next_id == 0)
     return MB_E_INVALID; /* every id was used once: ids are never reused */
-  rm_region *r = mb__calloc(1, sizeof *r);
+  rm_region *r = shadows_new(st, m);
   if (r == NULL)
     return MB_ENOMEM;
-  r->id = st->next_id++;
-  r->device = m->device;
-  memcpy(r->name, m->name, sizeof r->name);
-  r->name[sizeof r->name - 1] = '\0';
-  mb_rtree_init(&r->mappings);
-  mb__vis_insert(&st->vis, &r->vis, range.start, range.end, m->prio);
+  st->next_id++;
+  for (rm_region *s = r; s != NULL; s = s->next)
+    mb__vis_insert(vis_of(st, s), &s->vis, rm_vs(st, s->view, range.start),
+                   rm_vs(st, s->view, range.end), m->prio);
   mb_rtree_insert(&st->ids, &r->by_id, r->id, (uint64_t)r->id + 1);
   if (st->txn.open && rm__txn_region_added(st, r) != 0) {
     rm__region_free(st, r);
@@ -634,8 +767,13 @@ static int plan_region(rm_state *st, rm_op *op) {
     if (r->vis.mapped)
       return r->writable == op->writable ? 0 : plan_access(st, op);
   }
-  int rc = mb__vis_plan(&st->vis, &r->vis, op->kind == RM_REGION_MAP, &op->diff);
-  return rc ? MB_ENOMEM : plan_visibility(st, op);
+  for (size_t k = 0; k < op->nsh; k++) {
+    rm_sh *sh = &op->sh[k];
+    if (mb__vis_plan(vis_of(st, sh->region), &sh->region->vis, op->kind == RM_REGION_MAP,
+                     &sh->diff) != 0)
+      return MB_ENOMEM;
+  }
+  return plan_visibility(st, op);
 }
 
 /* The absolute guest range of [offset, offset + size) in r: MB_E_INVALID unless it is
@@ -681,25 +819,79 @@ static int mapping_new(rm_region *r, mb_msg *req, rm_mapping **out) {
   return 0;
 }
 
-static int plan_mapping_add(rm_state *st, rm_op *op) {
-  rm_region *r = op->region;
-  int rc = mapping_new(r, op->req, &op->mapping);
-  if (rc)
-    return rc;
-  rm_mapping *nm = op->mapping;
-  mb_range abs = {nm->node.start, nm->node.end};
-  /* Visible parts go to the mapping manager; partitions already map the whole pieces. */
+/* Shadow r's MM_MAP calls for new mapping nm: its visible parts (partitions already map
+ * the whole pieces). */
+static int plan_mapping_add_of(rm_state *st, rm_op *op, rm_region *r, rm_mapping *nm) {
   mb__vis_piece *p;
-  for (p = mb__vis_first_piece_of(&st->vis, &r->vis, abs.start, abs.end); p;
-       p = mb__vis_next_piece_of(p, &r->vis, abs.start, abs.end)) {
-    uint64_t s = max64(p->node.start, abs.start), e = min64(p->node.end, abs.end);
+  uint64_t a = nm->node.start, b = nm->node.end;
+  for (p = mb__vis_first_piece_of(vis_of(st, r), &r->vis, a, b); p;
+       p = mb__vis_next_piece_of(p, &r->vis, a, b)) {
+    uint64_t s = max64(p->node.start, a), e = min64(p->node.end, b);
     int rc = rm__op_add_call(op, (rm_call){.kind = CALL_MM_MAP, .writable = r->writable,
-                                       .to = st->cfg.mapping_manager, .gpa = s,
-                                       .size = e - s, .maps = nm, .one = true});
+                                           .to = st->cfg.mapping_manager, .gpa = s,
+                                           .size = e - s, .maps = nm, .one = true});
     if (rc)
       return rc;
   }
+  return 0;
+}
+
+/* Each shadow's new mapping of an add or a replace: 0, or the request's error. */
+static int mappings_new(rm_op *op) {
+  for (size_t k = 0; k < op->nsh; k++) {
+    int rc = mapping_new(op->sh[k].region, op->req, &op->sh[k].mapping);
+    if (rc)
+      return rc;
+  }
+  op->start = op->sh[0].mapping->node.start;
+  op->end = op->sh[0].mapping->node.end;
+  return 0;
+}
+
+static int plan_mapping_add(rm_state *st, rm_op *op) {
+  int rc = mappings_new(op);
+  for (size_t k = 0; k < op->nsh && !rc; k++)
+    rc = plan_mapping_add_of(st, op, op->sh[k].region, op->sh[k].mapping);
   rm__op_end_step(op);
+  return rc;
+}
+
+/* Shadow r's MM_UNMAP calls for its visible mapped bytes in [a, b): its mappings clipped to
+ * its pieces there. */
+static int plan_mapping_remove_of(rm_state *st, rm_op *op, rm_region *r, uint64_t a,
+                                  uint64_t b) {
+  mb__vis_piece *p;
+  for (p = mb__vis_first_piece_of(vis_of(st, r), &r->vis, a, b); p;
+       p = mb__vis_next_piece_of(p, &r->vis, a, b)) {
+    uint64_t ps = max64(p->node.start, a), pe = min64(p->node.end, b);
+    mb_rtree_node *n;
+    mb_rtree_for_each_overlap(n, &r->mappings, ps, pe) {
+      uint64_t s = max64(n->start, ps), e = min64(n->end, pe);
+      rm_call *last = op->ncalls ? &op->calls[op->ncalls - 1] : NULL;
+      if (last != NULL && last->gpa + last->size == s) {
+        last->size += e - s;
+        continue;
+      }
+      int rc = rm__op_add_call(op, (rm_call){.kind = CALL_MM_UNMAP, .writable = r->writable,
+                                             .to = st->cfg.mapping_manager, .gpa = s,
+                                             .size = e - s, .maps = mapping_of(n)});
+      if (rc)
+        return rc;
+    }
+  }
+  return 0;
+}
+
+/* A spare node per shadow whose mapping straddles both edges of [a, b) (head view space). */
+static int spares_new(rm_op *op, uint64_t a, uint64_t b) {
+  for (size_t k = 0; k < op->nsh; k++) {
+    rm_region *r = op->sh[k].region;
+    uint64_t base = r_start(r) - r_start(op->region);
+    rm_mapping *around = first_mapping(r, base + a, base + b);
+    if (around && around->node.start < base + a && around->node.end > base + b &&
+        (op->sh[k].spare = mb__malloc(sizeof *op->sh[k].spare)) == NULL)
+      return MB_ENOMEM;
+  }
   return 0;
 }
 
@@ -713,31 +905,14 @@ static int plan_mapping_remove(rm_state *st, rm_op *op) {
   op->end = abs.end;
   if (!first_mapping(r, abs.start, abs.end))
     return 0; /* nothing mapped there: a no-op */
-  op->spare = mb__malloc(sizeof *op->spare);
-  if (op->spare == NULL)
-    return MB_ENOMEM;
-  /* The visible removed bytes: r's mappings clipped to r's pieces inside the range. */
-  mb__vis_piece *p;
-  for (p = mb__vis_first_piece_of(&st->vis, &r->vis, abs.start, abs.end); p;
-       p = mb__vis_next_piece_of(p, &r->vis, abs.start, abs.end)) {
-    uint64_t ps = max64(p->node.start, abs.start), pe = min64(p->node.end, abs.end);
-    mb_rtree_node *n;
-    mb_rtree_for_each_overlap(n, &r->mappings, ps, pe) {
-      uint64_t s = max64(n->start, ps), e = min64(n->end, pe);
-      rm_call *last = op->ncalls ? &op->calls[op->ncalls - 1] : NULL;
-      if (last != NULL && last->gpa + last->size == s) {
-        last->size += e - s;
-        continue;
-      }
-      int rc = rm__op_add_call(op, (rm_call){.kind = CALL_MM_UNMAP, .writable = r->writable,
-                                         .to = st->cfg.mapping_manager, .gpa = s,
-                                         .size = e - s, .maps = mapping_of(n)});
-      if (rc)
-        return rc;
-    }
+  int rc = spares_new(op, abs.start, abs.end);
+  for (size_t k = 0; k < op->nsh && !rc; k++) {
+    rm_region *s = op->sh[k].region;
+    uint64_t base = r_start(s) - r_start(r);
+    rc = plan_mapping_remove_of(st, op, s, base + abs.start, base + abs.end);
   }
   rm__op_end_step(op);
-  return 0;
+  return rc;
 }
 
 /* A replace's entries over [s, e) of r (visible there): the old ones (r's mappings) into
@@ -747,66 +922,82 @@ static int replace_entries(rm_op *op, rm_region *r, rm_mapping *nm, uint64_t s, 
   return rc ? rc : rm__view_push(&op->own_new, rm__clip_entry(nm, s, e, r->writable));
 }
 
-/* One step of MM_REPLACE calls, one per visible piece of the range: partitions map the
- * partitions' mapper, which the mapping manager replaces too, so they need no call. */
-static int plan_mapping_replace(rm_state *st, rm_op *op) {
-  rm_region *r = op->region;
-  int rc = mapping_new(r, op->req, &op->mapping);
-  if (rc)
-    return rc;
-  op->start = op->mapping->node.start;
-  op->end = op->mapping->node.end;
-  op->fwd = &op->own_new;
-  op->inv = &op->own_old;
-  rm_mapping *around = first_mapping(r, op->start, op->end); /* a spare if it straddles both */
-  if (around && around->node.start < op->start && around->node.end > op->end &&
-      (op->spare = mb__malloc(sizeof *op->spare)) == NULL)
-    return MB_ENOMEM;
+/* Shadow sh's MM_REPLACE calls, one per visible piece of its range. */
+static int plan_mapping_replace_of(rm_state *st, rm_op *op, rm_sh *sh) {
+  rm_region *r = sh->region;
+  uint64_t a = sh->mapping->node.start, b = sh->mapping->node.end;
+  int rc = 0;
   mb__vis_piece *p;
-  for (p = mb__vis_first_piece_of(&st->vis, &r->vis, op->start, op->end); p && !rc;
-       p = mb__vis_next_piece_of(p, &r->vis, op->start, op->end)) {
-    uint64_t s = max64(p->node.start, op->start), e = min64(p->node.end, op->end);
-    rc = replace_entries(op, r, op->mapping, s, e);
+  for (p = mb__vis_first_piece_of(vis_of(st, r), &r->vis, a, b); p && !rc;
+       p = mb__vis_next_piece_of(p, &r->vis, a, b)) {
+    uint64_t s = max64(p->node.start, a), e = min64(p->node.end, b);
+    rc = replace_entries(op, r, sh->mapping, s, e);
     if (rc == 0)
       rc = rm__op_add_call(op, (rm_call){.kind = CALL_MM_REPLACE, .to = st->cfg.mapping_manager,
                                          .gpa = s, .size = e - s});
   }
+  return rc;
+}
+
+/* One step of MM_REPLACE calls, one per visible piece of the range in each view: partitions
+ * map the partitions' mappers, which the mapping manager replaces too, so they need no
+ * call. */
+static int plan_mapping_replace(rm_state *st, rm_op *op) {
+  int rc = mappings_new(op);
+  op->fwd = &op->own_new;
+  op->inv = &op->own_old;
+  if (rc == 0)
+    rc = spares_new(op, op->start, op->end);
+  for (size_t k = 0; k < op->nsh && !rc; k++)
+    rc = plan_mapping_replace_of(st, op, &op->sh[k]);
   rm__op_end_step(op);
   return rc;
 }
 
-static int plan_partition_add(rm_state *st, rm_op *op) {
-  mb_addr pa = rm_partition_add_of(op->req)->partition;
-  if (pa.loop == NULL)
-    return MB_E_INVALID;
-  for (size_t i = 0; i < st->nparts; i++)
-    if (addr_eq(st->parts[i], pa))
-      return MB_E_INVALID; /* already added */
-  mb_addr *parts = mb__grow(st->parts, &st->cap_parts, st->nparts, sizeof *parts, 4);
-  if (parts == NULL)
-    return MB_ENOMEM;
-  st->parts = parts;
-  op->partition = pa;
-  int rc = rm__dirty_plan_partition(st, op, pa);
-  if (rc)
-    return rc;
+static bool part_eq(const rm_part *p, mb_addr a) {
+  return addr_eq(p->addr, a);
+}
+
+/* PM_MAP calls of every piece of view `view` to the new partition. */
+static int plan_partition_view(rm_state *st, rm_op *op, unsigned view) {
+  const mb__vis_set *v = &st->vis[view];
   mb__vis_piece *p;
-  for (p = mb__vis_first_piece(&st->vis, 0, UINT64_MAX); p;
-       p = mb__vis_next_piece(p, 0, UINT64_MAX)) {
-    rc = rm__op_add_call(op, (rm_call){.kind = CALL_PM_MAP,
-                                       .writable = region_of_vis(p->region)->writable,
-                                       .to = pa, .gpa = p->node.start,
-                                       .size = p->node.end - p->node.start});
+  for (p = mb__vis_first_piece(v, 0, UINT64_MAX); p; p = mb__vis_next_piece(p, 0, UINT64_MAX)) {
+    int rc = rm__plan_pm_one(st, op, &op->partition, CALL_PM_MAP, p->node.start,
+                             p->node.end - p->node.start, region_of_vis(p->region)->writable);
     if (rc)
       return rc;
   }
-  rm__op_end_step(op);
   return 0;
+}
+
+static int plan_partition_add(rm_state *st, rm_op *op) {
+  rm_partition_add_msg *m = rm_partition_add_of(op->req);
+  if (m->partition.loop == NULL || m->vtl > MB_VTL_MAX || !rm_has_view(st, m->vtl) ||
+      (m->alias && (m->vtl != 2 || st->cfg.geom.alias == 0)))
+    return MB_E_INVALID;
+  for (size_t i = 0; i < st->nparts; i++)
+    if (part_eq(&st->parts[i], m->partition))
+      return MB_E_INVALID; /* already added */
+  rm_part *parts = mb__grow(st->parts, &st->cap_parts, st->nparts, sizeof *parts, 4);
+  if (parts == NULL)
+    return MB_ENOMEM;
+  st->parts = parts;
+  op->partition = (rm_part){m->partition, m->vtl, m->alias};
+  int rc = rm__dirty_plan_partition(st, op, &op->partition);
+  if (rc == 0)
+    rc = rm__prot_plan_partition(st, op, &op->partition);
+  if (rc == 0 && m->alias)
+    rc = plan_partition_view(st, op, 0);
+  if (rc == 0)
+    rc = plan_partition_view(st, op, m->vtl);
+  rm__op_end_step(op);
+  return rc;
 }
 
 static int partition_remove(rm_state *st, mb_addr pa) {
   for (size_t i = 0; i < st->nparts; i++) {
-    if (addr_eq(st->parts[i], pa)) {
+    if (part_eq(&st->parts[i], pa)) {
       memmove(&st->parts[i], &st->parts[i + 1], (st->nparts - i - 1) * sizeof *st->parts);
       st->nparts--;
       return 0;
@@ -828,7 +1019,7 @@ static uint32_t request_region_id(mb_msg *msg) {
   }
 }
 
-/* A mapping add, remove or replace inside a transaction. */
+/* A mapping add, remove or replace inside a transaction, for shadow r. */
 static int txn_mapping(rm_state *st, rm_region *r, mb_msg *msg) {
   rm_mapping *nm = NULL;
   mb_range abs;
@@ -850,25 +1041,40 @@ static int txn_mapping(rm_state *st, rm_region *r, mb_msg *msg) {
   return rc;
 }
 
-/* A region or mapping request inside a transaction: applied to the state at once. */
-static int txn_apply(rm_state *st, rm_region *r, mb_msg *msg) {
+/* A region or mapping request inside a transaction, for one shadow. */
+static int txn_apply_one(rm_state *st, rm_region *r, mb_msg *msg) {
   switch (msg->kind) {
   case RM_REGION_MAP:
     return rm__txn_region_mapped(st, r, true, rm_region_map_of(msg)->writable);
   case RM_REGION_UNMAP:
     return rm__txn_region_mapped(st, r, false, r->writable);
-  case RM_REGION_REMOVE:
-    return rm__txn_region_remove(st, r);
   default:
     return txn_mapping(st, r, msg);
   }
+}
+
+/* A region or mapping request inside a transaction: applied to the state at once, to every
+ * shadow of the region or (a failure) to none. */
+static int txn_apply(rm_state *st, rm_region *r, mb_msg *msg) {
+  if (msg->kind == RM_REGION_REMOVE)
+    return rm__txn_region_remove(st, r);
+  if (msg->kind == RM_PROTECT)
+    return rm__prot_txn(st, rm_protect_of(msg));
+  rm_undo *mark = rm__txn_mark(st);
+  int rc = 0;
+  for (rm_region *s = r; s != NULL && rc == 0; s = s->next)
+    rc = txn_apply_one(st, s, msg);
+  if (rc)
+    rm__txn_undo_to(st, mark);
+  return rc;
 }
 
 /* Requests that may need nested calls: plan, then run. */
 static void handle_op(mb_actor *self, rm_state *st, mb_msg *msg) {
   rm_region *r = NULL;
   bool dirty = rm__is_dirty(msg->kind);
-  if (msg->kind != RM_PARTITION_ADD && msg->kind != RM_TXN_COMMIT && !dirty) {
+  if (msg->kind != RM_PARTITION_ADD && msg->kind != RM_TXN_COMMIT && !dirty &&
+      msg->kind != RM_PROTECT) {
     r = region_find(st, request_region_id(msg));
     if (r == NULL) {
       mb_reply(msg, MB_E_NOTFOUND);
@@ -893,6 +1099,7 @@ static void handle_op(mb_actor *self, rm_state *st, mb_msg *msg) {
   case RM_MAPPING_REPLACE: rc = plan_mapping_replace(st, op); break;
   case RM_PARTITION_ADD: rc = plan_partition_add(st, op); break;
   case RM_TXN_COMMIT: rc = rm__txn_plan_commit(st, op); break;
+  case RM_PROTECT: rc = rm__prot_plan(st, op); break;
   case RM_DIRTY_START:
   case RM_DIRTY_SYNC:
   case RM_DIRTY_STOP: rc = rm__dirty_plan(st, op); break;
@@ -934,6 +1141,10 @@ static void rm_handle(mb_actor *self, mb_msg *msg) {
     }
     handle_op(self, st, msg);
     return;
+  case RM_PROTECTIONS:
+    mb_reply(msg, rm__prot_list(st, rm_protections_of(msg)->vtl, &rm_protections_of(msg)->list));
+    return;
+  case RM_PROTECT:
   case RM_MAPPING_REPLACE:
   case RM_DIRTY_START:
   case RM_DIRTY_SYNC:
@@ -968,7 +1179,9 @@ static void rm_destroy(mb_actor *self) {
   rm__view_free(&st->txn.old);
   while (st->ids.root != NULL)
     rm__region_free(st, mb_rtree_entry(st->ids.root, rm_region, by_id));
-  mb__vis_fini(&st->vis);
+  for (unsigned v = 0; v < RM_VIEWS; v++)
+    mb__vis_fini(&st->vis[v]);
+  rm__prot_fini(st);
   free(st->parts);
   free(st);
 }
@@ -982,8 +1195,10 @@ static const mb_actor_type rm_type = {"region_manager", rm_handle, rm_destroy,
 
 static const char *const state_names[] = {"unmapped", "hidden", "active", "partial"};
 
+/* r's mappings in view-space [start, end); gpa (absolute) or offset in the region; base: the
+ * view's address 0. */
 static void inspect_mappings(FILE *f, const rm_region *r, uint64_t start, uint64_t end,
-                             bool absolute) {
+                             bool absolute, uint64_t base) {
   bool first = true;
   fputc('[', f);
   for (mb_rtree_node *n = mb_rtree_first_overlap(&r->mappings, start, end); n;
@@ -993,37 +1208,52 @@ static void inspect_mappings(FILE *f, const rm_region *r, uint64_t start, uint64
     mb__json_sep(f, &first);
     fprintf(f, "{\"%s\":%" PRIu64 ",\"size\":%" PRIu64 ",\"object\":\"%p\",\"object_offset\":%" PRIu64
                ",\"access\":\"%s\"}",
-            absolute ? "gpa" : "offset", absolute ? a : a - r_start(r), b - a, (void *)m->obj,
+            absolute ? "gpa" : "offset", absolute ? a - base : a - r_start(r), b - a, (void *)m->obj,
             m->obj_off + (a - n->start), m->writable && (!absolute || r->writable) ? "rw" : "ro");
   }
   fputc(']', f);
 }
 
-static void inspect_region(FILE *f, const rm_region *r) {
+static void inspect_region(FILE *f, const rm_state *st, const rm_region *r) {
+  uint64_t base = rm_vs(st, r->view, 0);
   fprintf(f, "{\"id\":%" PRIu32 ",\"name\":", r->id);
   mb__json_str(f, r->name);
   fprintf(f, ",\"gpa\":%" PRIu64 ",\"size\":%" PRIu64 ",\"priority\":%u,\"type\":\"%s\","
-             "\"state\":\"%s\",\"access\":\"%s\",\"mappings\":",
-          r_start(r), r_end(r) - r_start(r), r->vis.prio, r->device ? "device" : "ram",
+             "\"state\":\"%s\",\"access\":\"%s\",",
+          r_start(r) - base, r_end(r) - r_start(r), r->vis.prio, r->device ? "device" : "ram",
           state_names[mb__vis_state(&r->vis) & 3], !r->vis.mapped ? "-" : r->writable ? "rw" : "ro");
-  inspect_mappings(f, r, r_start(r), r_end(r), false);
+  if (st->cfg.geom.vtls > 1)
+    fprintf(f, "\"vtl\":%u,", r->vtl);
+  fputs("\"mappings\":", f);
+  inspect_mappings(f, r, r_start(r), r_end(r), false, base);
   fputc('}', f);
 }
 
-/* The visible map: each piece with its region and the mappings it shows. */
+/* The visible map of one view: each piece with its region and the mappings it shows, by
+ * guest address. */
+static void inspect_view(FILE *f, rm_state *st, unsigned view, bool *first) {
+  uint64_t base = rm_vs(st, view, 0);
+  for (mb__vis_piece *p = mb__vis_first_piece(&st->vis[view], 0, UINT64_MAX); p;
+       p = mb__vis_next_piece(p, 0, UINT64_MAX)) {
+    rm_region *r = region_of_vis(p->region);
+    mb__json_sep(f, first);
+    fprintf(f, "{\"gpa\":%" PRIu64 ",\"size\":%" PRIu64 ",\"region\":%" PRIu32 ",\"access\":\"%s\","
+               "\"mappings\":",
+            p->node.start - base, p->node.end - p->node.start, r->id, r->writable ? "rw" : "ro");
+    inspect_mappings(f, r, p->node.start, p->node.end, true, base);
+    if (st->cfg.geom.vtls > 1)
+      fprintf(f, ",\"vtl\":%u", view);
+    fputc('}', f);
+  }
+}
+
+/* The visible map of every view, VTL 0's first. */
 static void inspect_visible(FILE *f, rm_state *st) {
   bool first = true;
   fputc('[', f);
-  for (mb__vis_piece *p = mb__vis_first_piece(&st->vis, 0, UINT64_MAX); p;
-       p = mb__vis_next_piece(p, 0, UINT64_MAX)) {
-    rm_region *r = region_of_vis(p->region);
-    mb__json_sep(f, &first);
-    fprintf(f, "{\"gpa\":%" PRIu64 ",\"size\":%" PRIu64 ",\"region\":%" PRIu32 ",\"access\":\"%s\","
-               "\"mappings\":",
-            p->node.start, p->node.end - p->node.start, r->id, r->writable ? "rw" : "ro");
-    inspect_mappings(f, r, p->node.start, p->node.end, true);
-    fputc('}', f);
-  }
+  for (unsigned v = 0; v < RM_VIEWS; v++)
+    if (rm_has_view(st, v))
+      inspect_view(f, st, v, &first);
   fputc(']', f);
 }
 
@@ -1033,7 +1263,7 @@ void mb__region_manager_inspect(mb_actor *rm, FILE *f) {
   fputs("\"regions\":[", f);
   for (mb_rtree_node *n = mb_rtree_first(&st->ids); n; n = mb_rtree_next(n)) {
     mb__json_sep(f, &first);
-    inspect_region(f, mb_rtree_entry(n, rm_region, by_id));
+    inspect_region(f, st, mb_rtree_entry(n, rm_region, by_id));
   }
   fputs("],\"visible\":", f);
   inspect_visible(f, st);
@@ -1053,6 +1283,10 @@ int mb__region_manager_state(mb_actor *rm, uint32_t id) {
   return r ? mb__vis_state(&r->vis) : MB_E_NOTFOUND;
 }
 
+int mb__region_manager_protections(mb_actor *rm, uint8_t vtl, mb_prot_list **out) {
+  return rm__prot_list(mb_actor_state(rm), vtl, (void **)out);
+}
+
 mb_actor *mb_region_manager_create(mb_loop *loop, const mb_rm_config *cfg) {
   if (loop == NULL || cfg == NULL ||
       (cfg->overlap != MB_OVERLAP_NESTED && cfg->overlap != MB_OVERLAP_ANY))
@@ -1061,8 +1295,12 @@ mb_actor *mb_region_manager_create(mb_loop *loop, const mb_rm_config *cfg) {
   if (st == NULL)
     return NULL;
   st->cfg = *cfg;
+  if (st->cfg.geom.stride == 0) /* a manager of VTL 0 alone */
+    st->cfg.geom = (mb_mm_geom){cfg->max_addr, mb_mm_stride(cfg->max_addr), 0, 1};
   st->next_id = 1;
-  mb__vis_init(&st->vis, cfg->overlap);
+  for (unsigned v = 0; v < RM_VIEWS; v++)
+    mb__vis_init(&st->vis[v], cfg->overlap);
+  rm__prot_init(st);
   mb_rtree_init(&st->ids);
   mb_actor *a = mb_actor_create(loop, &rm_type, st, "region_manager");
   if (a == NULL)

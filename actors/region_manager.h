@@ -16,7 +16,7 @@
  * state (one that fails halfway rolls back).
  *
  * Messages (requests; the reply is the same message):
- *   RM_REGION_ADD     {name, gpa, size, prio, device; out: id}  MB_E_INVALID, MB_E_OVERLAP
+ *   RM_REGION_ADD     {name, gpa, size, prio, device, vtl; out: id}  MB_E_INVALID, MB_E_OVERLAP
  *   RM_REGION_MAP     {id, writable}  map, or change the access of a mapped region
  *   RM_REGION_UNMAP   {id}
  *   RM_REGION_REMOVE  {id}            unmaps first
@@ -31,7 +31,8 @@
  *   RM_TXN_COMMIT {}  brings every consumer from the state at RM_TXN_BEGIN to the current one,
  *                     changing only what differs; on failure everything returns to the state
  *                     at RM_TXN_BEGIN
- *   RM_PARTITION_ADD  {partition}     maps everything visible into it before completing
+ *   RM_PARTITION_ADD  {partition, vtl, alias}  maps everything its view shows (and VTL 0's at
+ *                     the alias if `alias`) into it before completing
  *   RM_PARTITION_REMOVE {partition}   forgets it (its actor's destruction unmaps all)
  *   RM_REGION_STATE   {id; out: state}  MB_REGION_UNMAPPED/HIDDEN/ACTIVE/PARTIAL
  *   RM_DIRTY_START {}  dirty tracking on (PM_DIRTY_START to every partition, and to each one
@@ -41,6 +42,15 @@
  *                     cleared: into the caller's bitmap `bits`, or (bits NULL) as a malloc'd
  *                     mb_range_list; pages: how many; MB_E_INVALID when tracking is off
  *   RM_DIRTY_STOP  {}  tracking off, the set forgotten; MB_E_INVALID if it is off
+ *   RM_PROTECT {vtl, gpa, size, access}  VTL vtl's protection of the guest range becomes
+ *                     access (MB_PROT_*): PM_PROTECT to the VTL's partitions, then
+ *                     MM_PROTECT (the VTL's protecting mappers); inside a transaction, applied
+ *                     to the state at once and sent at the commit. MB_E_INVALID for a VTL
+ *                     without a higher one, a bad range or access
+ *   RM_PROTECTIONS {vtl; out: list}  the VTL's protected ranges (a malloc'd mb_prot_list)
+ * Views (VTLs, mb_vtl.h): a region of VTL v is seen by every view n >= v. The manager works
+ * in view space (n * stride + guest address: region_internal.h); the mapping manager gets
+ * view-space calls, each partition its own addresses (view n at 0, VTL 0's at the alias).
  *   Dirty requests are served inside a transaction too (they change no consumer's map).
  */
 #ifndef MB_REGION_MANAGER_H
@@ -50,24 +60,28 @@
 
 #include "mb_backing.h"
 #include "gpa_map.h"
+#include "mapping_manager.h" /* mb_mm_geom */
 #include "mb_protocol.h"
 #include "membacking.h" /* MB_OVERLAP_*, MB_REGION_* */
 
 typedef char mb_name[64];
 
 #define RM_REGION_ADD_FIELDS(F) \
-  F(mb_name, name) F(uint64_t, gpa) F(uint64_t, size) F(uint8_t, prio) F(bool, device) F(uint32_t, id)
+  F(mb_name, name) F(uint64_t, gpa) F(uint64_t, size) F(uint8_t, prio) F(bool, device) F(uint8_t, vtl) \
+  F(uint32_t, id)
 #define RM_REGION_MAP_FIELDS(F) F(uint32_t, id) F(bool, writable)
 #define RM_REGION_ID_FIELDS(F) F(uint32_t, id)
 #define RM_MAPPING_ADD_FIELDS(F)                                                             \
   F(uint32_t, id) F(uint64_t, offset) F(uint64_t, size) F(mb_object *, obj) F(uint64_t, obj_off) \
   F(bool, writable)
 #define RM_MAPPING_REMOVE_FIELDS(F) F(uint32_t, id) F(uint64_t, offset) F(uint64_t, size)
-#define RM_PARTITION_FIELDS(F) F(mb_addr, partition)
+#define RM_PARTITION_FIELDS(F) F(mb_addr, partition) F(uint8_t, vtl) F(bool, alias)
 #define RM_REGION_STATE_FIELDS(F) F(uint32_t, id) F(int32_t, state)
 #define RM_TXN_FIELDS(F)
 #define RM_DIRTY_FIELDS(F) \
   F(uint64_t, gpa) F(uint64_t, size) F(uint64_t *, bits) F(void *, list) F(uint64_t, pages)
+#define RM_PROTECT_FIELDS(F) \
+  F(uint8_t, vtl) F(uint64_t, gpa) F(uint64_t, size) F(uint8_t, access) F(void *, list)
 #define RM_MESSAGES(M)                                                 \
   M(rm, RM_REGION_ADD, region_add, RM_REGION_ADD_FIELDS)               \
   M(rm, RM_REGION_MAP, region_map, RM_REGION_MAP_FIELDS)               \
@@ -83,10 +97,15 @@ typedef char mb_name[64];
   M(rm, RM_TXN_COMMIT, txn_commit, RM_TXN_FIELDS)                      \
   M(rm, RM_DIRTY_START, dirty_start, RM_DIRTY_FIELDS)                  \
   M(rm, RM_DIRTY_SYNC, dirty_sync, RM_DIRTY_FIELDS)                    \
-  M(rm, RM_DIRTY_STOP, dirty_stop, RM_DIRTY_FIELDS)
+  M(rm, RM_DIRTY_STOP, dirty_stop, RM_DIRTY_FIELDS)                    \
+  M(rm, RM_PROTECT, protect, RM_PROTECT_FIELDS)                        \
+  M(rm, RM_PROTECTIONS, protections, RM_PROTECT_FIELDS)
 MB_PROTOCOL_DECLARE(rm, RM_MESSAGES)
 
 typedef struct mb_rm_config {
+  mb_mm_geom geom;          /* max_addr, the views (VTLs), their stride, the alias */
+  uint8_t *const *primary;  /* per view: the base of its primary mapper (partitions map host
+                             * VA from it); written before the first request arrives */
   uint64_t max_addr;
   int overlap;              /* MB_OVERLAP_NESTED or MB_OVERLAP_ANY */
   mb_addr mapping_manager;
@@ -97,6 +116,8 @@ typedef struct mb_rm_config {
 /* On the region manager's thread only (a direct call, not a message): a region's state, or
  * MB_E_NOTFOUND. */
 int mb__region_manager_state(mb_actor *rm, uint32_t id);
+/* Same thread rule: VTL vtl's protected ranges (malloc'd), or MB_E_INVALID / MB_ENOMEM. */
+int mb__region_manager_protections(mb_actor *rm, uint8_t vtl, mb_prot_list **out);
 /* Same thread rule: writes `"regions":[...],"visible":[...],"pending":...` (JSON members). */
 void mb__region_manager_inspect(mb_actor *rm, FILE *f);
 

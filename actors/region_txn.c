@@ -84,9 +84,10 @@ int rm__view_capture(rm_state *st, rm_view *v) {
   rm__view_clear(v);
   int rc = 0;
   mb__vis_piece *p;
-  for (p = mb__vis_first_piece(&st->vis, 0, UINT64_MAX); p && !rc;
-       p = mb__vis_next_piece(p, 0, UINT64_MAX))
-    rc = capture_piece(v, region_of_vis(p->region), p->node.start, p->node.end);
+  for (unsigned view = 0; view < RM_VIEWS; view++) /* view space: ascending */
+    for (p = mb__vis_first_piece(&st->vis[view], 0, UINT64_MAX); p && !rc;
+         p = mb__vis_next_piece(p, 0, UINT64_MAX))
+      rc = capture_piece(v, region_of_vis(p->region), p->node.start, p->node.end);
   if (rc)
     rm__view_clear(v);
   return rc;
@@ -156,9 +157,9 @@ static int set_mapped(rm_state *st, rm_region *r, bool mapped) {
   mb__vis_diff d;
   if (r->vis.mapped == mapped)
     return 0;
-  if (mb__vis_plan(&st->vis, &r->vis, mapped, &d) != 0)
+  if (mb__vis_plan(vis_of(st, r), &r->vis, mapped, &d) != 0)
     return MB_ENOMEM;
-  mb__vis_commit(&st->vis, &d);
+  mb__vis_commit(vis_of(st, r), &d);
   return 0;
 }
 
@@ -179,7 +180,8 @@ static void undo_one(rm_state *st, rm_undo *u) {
     r->writable = u->writable;
     break;
   case U_REMOVED:
-    mb__vis_reinsert(&st->vis, &r->vis);
+    for (rm_region *s = r; s != NULL; s = s->next)
+      mb__vis_reinsert(vis_of(st, s), &s->vis);
     mb_rtree_insert(&st->ids, &r->by_id, r->id, (uint64_t)r->id + 1);
     break;
   default:
@@ -214,6 +216,7 @@ void rm__txn_end(rm_state *st, bool ok) {
     free(u);
   }
   st->txn.log = NULL;
+  rm__prot_txn_end(st, ok);
   rm__view_free(&st->txn.old);
   st->txn.open = false;
 }
@@ -250,16 +253,33 @@ int rm__txn_region_mapped(rm_state *st, rm_region *r, bool mapped, bool writable
   return 0;
 }
 
-/* Unmapped first (its own undo step), then unlinked but kept until the transaction ends. */
+rm_undo *rm__txn_mark(rm_state *st) {
+  return st->txn.log;
+}
+
+void rm__txn_undo_to(rm_state *st, rm_undo *mark) {
+  while (st->txn.log != mark) {
+    rm_undo *u = st->txn.log;
+    st->txn.log = u->next;
+    undo_one(st, u);
+    free(u);
+  }
+}
+
+/* Every shadow unmapped first (its own undo step), then unlinked but kept until the
+ * transaction ends. */
 int rm__txn_region_remove(rm_state *st, rm_region *r) {
+  rm_undo *mark = rm__txn_mark(st);
   rm_undo *u = undo_new(U_REMOVED, r, 0);
-  int rc = u == NULL ? MB_ENOMEM : rm__txn_region_mapped(st, r, false, r->writable);
+  int rc = u == NULL ? MB_ENOMEM : 0;
+  for (rm_region *s = r; s != NULL && rc == 0; s = s->next)
+    rc = rm__txn_region_mapped(st, s, false, s->writable);
   if (rc != 0) {
     free(u);
+    rm__txn_undo_to(st, mark);
     return rc;
   }
-  mb__vis_remove(&st->vis, &r->vis);
-  mb_rtree_remove(&st->ids, &r->by_id);
+  rm__region_unlink(st, r);
   undo_push(st, u);
   return 0;
 }
@@ -405,9 +425,13 @@ int rm__txn_plan_commit(rm_state *st, rm_op *op) {
   op->inv = &st->txn.old;
   piece_plan pp = {op, false, rc};
   rm__txn_each_piece(op, plan_piece, &pp);
+  if (pp.rc == 0) /* partitions first */
+    pp.rc = rm__prot_plan_commit(st, op, true);
   rm__op_end_step(op);
   if (pp.rc == 0)
     pp.rc = each_change(op->inv, op->fwd, plan_replace, op);
+  if (pp.rc == 0)
+    pp.rc = rm__prot_plan_commit(st, op, false);
   rm__op_end_step(op);
   pp.add = true;
   rm__txn_each_piece(op, plan_piece, &pp);

@@ -52,8 +52,9 @@
 #include <unistd.h>
 
 #include "mb_access.h"
-#include "fault_inject.h" /* mb__malloc, mb__calloc: MB_FI_ALLOC */
+#include "fault_inject.h" /* mb__malloc, mb__calloc: MB_FI_ALLOC; mb__sys_mprotect */
 #include "mb_errors.h"
+#include "prot_map.h"
 #include "range_tree.h"
 #include "va_reserve.h"
 
@@ -121,6 +122,11 @@ struct mb_vam {
   vam_range *range_cache[8]; /* unlinked ranges kept for reuse (the actor's thread only) */
   unsigned nrange_cache;
   mb_dirty_log *dirty;  /* writes and writable locks are marked there (NULL: not tracked) */
+  /* The protections this mapper enforces (VAM_PROTECT; empty for one that enforces none).
+   * Invariant: the actor changes it, and the pages it covers, in one critical section of
+   * `lock`, so a faulting thread or a locker (which read it under `lock`) finds every page
+   * with exactly the access the map and its range give it; the actor reads it without. */
+  mb_prot_map prot;
 };
 
 static void lock_free(mb_lock *l);
@@ -264,6 +270,27 @@ static bool lock_needs(const mb_vam *v, uint64_t a, uint64_t b, bool moves, bool
   return false;
 }
 
+/* Would protections `it` take what a lock over [a, b) needs? Read for any lock (an item
+ * going `none`), write for a writable one (an item going `ro`). */
+static bool items_take(const mb_prot_item *it, uint32_t n, uint64_t a, uint64_t b,
+                       bool writable) {
+  for (uint32_t i = 0; i < n; i++)
+    if (overlaps(a, b, it[i].gpa, it[i].gpa + it[i].size) &&
+        (it[i].access == MB_PROT_NONE || (writable && it[i].access == MB_PROT_RO)))
+      return true;
+  return false;
+}
+
+/* Does a held lock need what protections `it` take (`lock` held)? */
+static bool protect_needs_locks(const mb_vam *v, const mb_prot_item *it, uint32_t n) {
+  mb_rtree_node *l;
+  mb_rtree_for_each_overlap(l, &v->locks, it[0].gpa, it[n - 1].gpa + it[n - 1].size) {
+    if (items_take(it, n, l->start, l->end, mb_rtree_entry(l, mb_lock, node)->writable))
+      return true;
+  }
+  return false;
+}
+
 static bool is_resolve(const mb_msg *msg) {
   return msg->proto == &mm_protocol;
 }
@@ -277,6 +304,20 @@ static bool in_va(const mb_vam *v, uint64_t gpa, uint64_t size) {
 static int check_unmap(const vam_unmap_msg *m) {
   if (m->size == 0 || !mb_page_aligned(m->gpa | m->size) || m->size > UINT64_MAX - m->gpa)
     return MB_E_INVALID;
+  return 0;
+}
+
+/* A VAM_PROTECT's items: ascending, touching, each a protection, together in the VA. */
+static int check_protect(const mb_vam *v, const vam_protect_msg *m) {
+  if (m->count == 0 || m->items == NULL)
+    return MB_E_INVALID;
+  uint64_t at = m->items[0].gpa;
+  for (uint32_t i = 0; i < m->count; i++) {
+    const mb_prot_item *it = &m->items[i];
+    if (it->gpa != at || it->access > MB_PROT_RW || !in_va(v, it->gpa, it->size))
+      return MB_E_INVALID;
+    at += it->size;
+  }
   return 0;
 }
 
@@ -319,6 +360,12 @@ static void job_span(const mb_vam *v, vam_job *job) {
       job->a = r->gpa;
       job->b = r->gpa + r->size;
     }
+  } else if (msg->kind == VAM_PROTECT) {
+    const vam_protect_msg *p = vam_protect_of(msg);
+    if (check_protect(v, p) == 0) {
+      job->a = p->items[0].gpa;
+      job->b = p->items[p->count - 1].gpa + p->items[p->count - 1].size;
+    }
   } else {
     const vam_map_msg *m = vam_map_of(msg);
     for (uint32_t i = 0; m->entries != NULL && i < m->count; i++) {
@@ -343,17 +390,18 @@ static int enqueue(mb_vam *v, const vam_job *job) {
   return VAM_PARKED;
 }
 
-/* Parks `job` (a lock is in its way), draining its span: it joins the queue (whose head it
- * is, unless it is a resolve that passed the queue), or stays where it was when it was
- * retried from there. */
+/* Parks `job` (a lock is in its way), draining its span (a protection change drains nothing:
+ * lock_check asks its items instead): it joins the queue (whose head it is, unless it is a
+ * resolve that passed the queue), or stays where it was when it was retried from there. */
 static int park(mb_vam *v, vam_job *job) {
+  bool drains = job->msg->proto != &vam_protocol || job->msg->kind != VAM_PROTECT;
   if (job->at == NOT_QUEUED) {
     job_span(v, job);
-    job->drains = true;
+    job->drains = drains;
     atomic_fetch_add_explicit(&v->parked, 1, memory_order_relaxed);
     return enqueue(v, job);
   }
-  job->drains = true;
+  job->drains = drains;
   size_t at = job->at;
   v->jobs[at] = *job;
   v->jobs[at].at = NOT_QUEUED;
@@ -408,6 +456,67 @@ static int map_object(mb_vam *v, uint64_t start, uint64_t end, const mb_object *
   return mb_object_map_into(obj, &v->va, start, end - start, obj_off, writable);
 }
 
+/* ---- protections: the effective access of established pages ---------------------------------
+ *
+ * An established page has the least of its range's access and its protection: `none` pages
+ * are PROT_NONE (the reservation or a PROT_NONE mapping of their bytes: accesses cannot tell),
+ * `ro` ones read-only. Every map gives each page its final access at once, so no access ever
+ * passes a protection, not even for an instant. */
+
+static uint8_t eff_access(bool writable, uint8_t prot) {
+  uint8_t m = writable ? MB_PROT_RW : MB_PROT_RO;
+  return prot < m ? prot : m;
+}
+
+/* The protection at x, and in *end the end of its run, at most `limit`. */
+static uint8_t prot_run(const mb_vam *v, uint64_t x, uint64_t limit, uint64_t *end) {
+  uint8_t p = mb_prot_at(&v->prot, x, end);
+  if (*end > limit)
+    *end = limit;
+  return p;
+}
+
+static bool unprotected(const mb_vam *v, uint64_t a, uint64_t b) {
+  return mb_prot_first(&v->prot, a, b) == NULL;
+}
+
+/* Maps object bytes at [start, end) (over old pages with `over`) run by run of protection,
+ * each with its effective access: `none` runs get the reservation. On failure what it mapped
+ * is torn down again (best effort) and the failing run is PROT_NONE. */
+static int map_prot(mb_vam *v, uint64_t start, uint64_t end, const mb_object *obj,
+                    uint64_t obj_off, bool writable, bool over) {
+  if (unprotected(v, start, end))
+    return map_object(v, start, end, obj, obj_off, writable);
+  uint64_t x = start, y;
+  for (; x < end; x = y) {
+    uint8_t e = eff_access(writable, prot_run(v, x, end, &y));
+    int rc = e != MB_PROT_NONE ? map_object(v, x, y, obj, obj_off + (x - start),
+                                            e == MB_PROT_RW)
+             : over ? mb_va_unmap(&v->va, x, y - x) : 0;
+    if (rc != 0) {
+      if (x > start)
+        mb_va_unmap(&v->va, start, x - start);
+      return rc;
+    }
+  }
+  return 0;
+}
+
+/* Changes the access of established [start, end) (same bytes) to `writable`, run by run of
+ * protection: `none` runs stay PROT_NONE. */
+static int protect_prot(mb_vam *v, uint64_t start, uint64_t end, bool writable) {
+  if (unprotected(v, start, end))
+    return mb_va_protect(&v->va, start, end - start, writable);
+  uint64_t x = start, y;
+  for (; x < end; x = y) {
+    uint8_t e = eff_access(writable, prot_run(v, x, end, &y));
+    int rc = e == MB_PROT_NONE ? 0 : mb_va_protect(&v->va, x, y - x, e == MB_PROT_RW);
+    if (rc != 0)
+      return rc;
+  }
+  return 0;
+}
+
 /* Maps object bytes into [start, end), where nothing is established (so no lock is there
  * either), outside `lock`, then records them. */
 static int map_gap(mb_vam *v, uint64_t start, uint64_t end, mb_object *obj, uint64_t obj_off,
@@ -415,7 +524,7 @@ static int map_gap(mb_vam *v, uint64_t start, uint64_t end, mb_object *obj, uint
   vam_range *r = range_get(v);
   if (r == NULL)
     return MB_ENOMEM;
-  int rc = map_object(v, start, end, obj, obj_off, writable);
+  int rc = map_prot(v, start, end, obj, obj_off, writable, false);
   if (rc != 0) { /* the range is PROT_NONE, and nothing was recorded there */
     range_put(v, r);
     return host_refused(map_error(rc));
@@ -448,8 +557,8 @@ static int replace_exact(mb_vam *v, vam_range *r, mb_object *obj, uint64_t obj_o
   if (lock_needs(v, start, end, !same, !writable)) {
     rc = park(v, job);
   } else {
-    rc = same ? mb_va_protect(&v->va, start, end - start, writable)
-              : map_object(v, start, end, obj, obj_off, writable);
+    rc = same ? protect_prot(v, start, end, writable)
+              : map_prot(v, start, end, obj, obj_off, writable, true);
     if (rc == 0) {
       mb_object_unref(r->obj);
       r->obj = mb_object_ref(obj), r->obj_off = obj_off, r->writable = writable;
@@ -484,8 +593,8 @@ static int map_replace(mb_vam *v, uint64_t start, uint64_t end, mb_object *obj,
     range_put(v, spare);
     return rc;
   }
-  rc = same ? mb_va_protect(&v->va, start, end - start, writable)
-            : map_object(v, start, end, obj, obj_off, writable);
+  rc = same ? protect_prot(v, start, end, writable)
+            : map_prot(v, start, end, obj, obj_off, writable, true);
   if (rc == 0 || (!same && mb_va_unmap(&v->va, start, end - start) == 0))
     unrecord(v, it, start, end, &spare);
   if (rc == 0) {
@@ -660,6 +769,74 @@ static int handle_replace(mb_vam *v, const vam_replace_msg *m, vam_job *job) {
   return rc;
 }
 
+/* One established piece [x, y) of r going from protection po to pn: a drop is one mprotect
+ * (nothing unmapped), a rise from `none` maps the bytes again (the piece may be the
+ * reservation), another rise is one mprotect. */
+static int prot_change(mb_vam *v, const vam_range *r, uint64_t x, uint64_t y, uint8_t po,
+                       uint8_t pn) {
+  uint8_t eo = eff_access(r->writable, po), en = eff_access(r->writable, pn);
+  if (en == eo)
+    return 0;
+  if (en == MB_PROT_NONE)
+    return mb__sys_mprotect(v->va.base + x, y - x, PROT_NONE) == 0 ? 0 : -errno;
+  if (eo == MB_PROT_NONE)
+    return map_object(v, x, y, r->obj, r->obj_off + (x - r->node.start), en == MB_PROT_RW);
+  return mb_va_protect(&v->va, x, y - x, en == MB_PROT_RW);
+}
+
+/* The established pages of the range that `from` and `to` cover (both complete covers of it,
+ * ascending) go from the protections `from` to `to`. */
+static int prot_apply(mb_vam *v, const mb_prot_item *from, uint32_t nf, const mb_prot_item *to,
+                      uint32_t nt) {
+  uint64_t a = to[0].gpa, b = to[nt - 1].gpa + to[nt - 1].size;
+  uint32_t i = 0, j = 0;
+  mb_rtree_node *it;
+  mb_rtree_for_each_overlap(it, &v->ranges, a, b) {
+    uint64_t x = it->start > a ? it->start : a, end = it->end < b ? it->end : b;
+    while (x < end) {
+      while (i + 1 < nf && from[i].gpa + from[i].size <= x)
+        i++;
+      while (j + 1 < nt && to[j].gpa + to[j].size <= x)
+        j++;
+      uint64_t y = from[i].gpa + from[i].size < end ? from[i].gpa + from[i].size : end;
+      if (to[j].gpa + to[j].size < y)
+        y = to[j].gpa + to[j].size;
+      int rc = prot_change(v, range_of(it), x, y, from[i].access, to[j].access);
+      if (rc != 0)
+        return host_refused(map_error(rc));
+      x = y;
+    }
+  }
+  return 0;
+}
+
+/* VAM_PROTECT (va_mapper.h): all or nothing. The pages change in place and the map after
+ * them, in one critical section (see `prot`); on a failure the pages go back (best effort)
+ * and the map stays as it was. A held lock that needs what it takes parks it first. */
+static int handle_protect(mb_vam *v, const vam_protect_msg *m, vam_job *job) {
+  int rc = check_protect(v, m);
+  if (rc != 0)
+    return rc;
+  uint64_t a = m->items[0].gpa, b = m->items[m->count - 1].gpa + m->items[m->count - 1].size;
+  mb_prot_item *old = NULL;
+  size_t nold = 0;
+  if ((rc = mb_prot_items(&v->prot, a, b - a, &old, &nold)) != 0)
+    return rc;
+  vam_lock(v);
+  if (protect_needs_locks(v, m->items, m->count)) {
+    rc = park(v, job);
+  } else {
+    rc = prot_apply(v, old, (uint32_t)nold, m->items, m->count);
+    if (rc == 0)
+      rc = mb_prot_set_items(&v->prot, m->items, m->count);
+    if (rc != 0)
+      prot_apply(v, m->items, m->count, old, (uint32_t)nold);
+  }
+  vam_unlock(v);
+  free(old);
+  return rc;
+}
+
 static int handle_unmap(mb_vam *v, const vam_unmap_msg *m, vam_job *job) {
   int rc = check_unmap(m);
   if (rc != 0 || m->gpa >= v->va.size)
@@ -668,13 +845,24 @@ static int handle_unmap(mb_vam *v, const vam_unmap_msg *m, vam_job *job) {
   return teardown(v, m->gpa, end < v->va.size ? end : v->va.size, job);
 }
 
-/* Established ranges, adjacent ones with equal access merged. */
+/* Appends [a, b) with access w to out[0..*k), merged with the last one when they touch with
+ * equal access (room is there). */
+static void ranges_put(mb_part_range *out, uint32_t *k, uint64_t a, uint64_t b, bool w) {
+  if (*k > 0 && out[*k - 1].gpa + out[*k - 1].size == a && out[*k - 1].writable == w)
+    out[*k - 1].size += b - a;
+  else
+    out[(*k)++] = (mb_part_range){a, b - a, w};
+}
+
+/* Established ranges with their effective access (`none` pages left out), adjacent ones with
+ * equal access merged. Each stored protection splits at most one range into three more. */
 static int handle_ranges(mb_vam *v, vam_ranges_msg *m) {
   m->ranges = NULL;
   m->count = 0;
   size_t n = mb_rtree_count(&v->ranges);
   if (n == 0)
     return 0;
+  n += 3 * mb_prot_count(&v->prot);
   mb_part_range *out = mb__malloc(n * sizeof *out);
   if (out == NULL)
     return MB_ENOMEM;
@@ -682,10 +870,11 @@ static int handle_ranges(mb_vam *v, vam_ranges_msg *m) {
   mb_rtree_node *it;
   mb_rtree_for_each(it, &v->ranges) {
     bool w = range_of(it)->writable;
-    if (k > 0 && out[k - 1].gpa + out[k - 1].size == it->start && out[k - 1].writable == w)
-      out[k - 1].size += it->end - it->start;
-    else
-      out[k++] = (mb_part_range){it->start, it->end - it->start, w};
+    for (uint64_t x = it->start, y; x < it->end; x = y) {
+      uint8_t e = eff_access(w, prot_run(v, x, it->end, &y));
+      if (e != MB_PROT_NONE)
+        ranges_put(out, &k, x, y, e == MB_PROT_RW);
+    }
   }
   m->ranges = out;
   m->count = k;
@@ -719,7 +908,15 @@ void mb__vam_inspect(mb_vam *v, FILE *f) {
               l[i].since.tv_nsec / 1000000);
     }
   free(l);
-  fprintf(f, "],\"waiting_behind_locks\":%zu", waiting);
+  fprintf(f, "],\"waiting_behind_locks\":%zu,\"protections\":[", waiting);
+  first = true;
+  for (const mb_prot_range *p = mb_prot_first(&v->prot, 0, UINT64_MAX); p != NULL;
+       p = mb_prot_next(p, 0, UINT64_MAX)) {
+    mb__json_sep(f, &first);
+    fprintf(f, "{\"gpa\":%" PRIu64 ",\"size\":%" PRIu64 ",\"access\":\"%s\"}", p->node.start,
+            p->node.end - p->node.start, p->access == MB_PROT_NONE ? "none" : "ro");
+  }
+  fputs("]", f);
 }
 
 /* Runs a job: its answer, or VAM_PARKED. */
@@ -733,6 +930,8 @@ static int job_run(mb_vam *v, vam_job *job) {
     return handle_map(v, vam_map_of(msg), job);
   if (msg->kind == VAM_REPLACE)
     return handle_replace(v, vam_replace_of(msg), job);
+  if (msg->kind == VAM_PROTECT)
+    return handle_protect(v, vam_protect_of(msg), job);
   return handle_unmap(v, vam_unmap_of(msg), job);
 }
 
@@ -788,7 +987,8 @@ static void on_watch(mb_vam *v, mb_msg *msg);
 /* Is this request a job (VAM_MAP, VAM_UNMAP, a forwarded MM_RESOLVE)? */
 static bool is_job(const mb_msg *msg) {
   if (msg->proto == &vam_protocol)
-    return msg->kind == VAM_MAP || msg->kind == VAM_UNMAP || msg->kind == VAM_REPLACE;
+    return msg->kind == VAM_MAP || msg->kind == VAM_UNMAP || msg->kind == VAM_REPLACE ||
+           msg->kind == VAM_PROTECT;
   return msg->proto == &mm_protocol && msg->kind == MM_RESOLVE;
 }
 
@@ -1008,6 +1208,7 @@ int mb_vam_create(mb_loop *loop, mb_addr mapping_manager, uint64_t max_addr, boo
   v->watch_ms = MB_VAM_WATCHDOG_MS;
   mb_rtree_init(&v->ranges);
   mb_rtree_init(&v->locks);
+  mb_prot_init(&v->prot);
   vam_kick_msg *kick = vam_kick_new();
   vam_watch_msg *watch = vam_watch_new();
   v->kick = kick ? &kick->hdr : NULL;
@@ -1063,6 +1264,7 @@ int mb_vam_destroy(mb_vam *v) {
   mb_msg_free(v->watch);
   while (v->nrange_cache > 0)
     free(v->range_cache[--v->nrange_cache]);
+  mb_prot_fini(&v->prot);
   int rc = mb_va_release(&v->va); /* on failure the span stays reserved: reported, not hidden */
   free(v);
   return rc;
@@ -1095,11 +1297,12 @@ static void count(_Atomic uint64_t *c) {
   atomic_fetch_add_explicit(c, 1, memory_order_relaxed);
 }
 
-/* 0: not established; 1: read-only; 2: writable. */
-static int page_state(mb_vam *v, uint64_t page) {
+/* 0: not established; 1: read-only; 2: writable; and in *prot the page's protection. */
+static int page_state(mb_vam *v, uint64_t page, uint8_t *prot) {
   vam_lock(v);
   mb_rtree_node *it = mb_rtree_find(&v->ranges, page);
   int s = it == NULL ? 0 : range_of(it)->writable ? 2 : 1;
+  *prot = mb_prot_at(&v->prot, page, NULL);
   vam_unlock(v);
   return s;
 }
@@ -1139,9 +1342,12 @@ static int on_fault(mb_vam *v, uint64_t at, bool write, vam_retry *r) {
   if (at != r->addr)
     *r = (vam_retry){at, 0, 0};
   uint64_t page = at & ~MB_PAGE_MASK;
-  int s = page_state(v, page);
+  uint8_t prot;
+  int s = page_state(v, page, &prot);
   if (s == 1 && write)
     return MB_E_READONLY;
+  if (s != 0 && (prot == MB_PROT_NONE || (write && prot == MB_PROT_RO)))
+    return MB_E_PROTECTED;
   if (s != 0) /* established after the fault: a race with the actor */
     return ++r->races <= VAM_MAX_RACES ? 0 : MB_E_FAULT;
   int rc = MB_E_UNMAPPED;
@@ -1214,23 +1420,47 @@ void mb_vam_set_dirty(mb_vam *v, mb_dirty_log *log) { v->dirty = log; }
 /* A lock_check result: *missing is the first page of the range that is not established. */
 enum { VAM_MISSING = 1 };
 
+/* The first page of [a, b) whose protection, or a protection change parked or queued there,
+ * forbids a lock's access (read for any lock, write for a writable one); b if none. */
+static uint64_t first_protected(const mb_vam *v, uint64_t a, uint64_t b, bool writable) {
+  uint64_t q = b;
+  for (const mb_prot_range *p = mb_prot_first(&v->prot, a, b); p != NULL;
+       p = mb_prot_next(p, a, b))
+    if (p->access == MB_PROT_NONE || writable) {
+      q = p->node.start > a ? p->node.start : a;
+      break;
+    }
+  for (size_t i = 0; i < v->njobs; i++) {
+    const vam_protect_msg *m = vam_protect_of(v->jobs[i].msg);
+    for (uint32_t k = 0; m != NULL && v->jobs[i].a < v->jobs[i].b && k < m->count; k++) {
+      uint64_t s = m->items[k].gpa > a ? m->items[k].gpa : a;
+      if (s < q && items_take(&m->items[k], 1, a, q, writable))
+        q = s;
+    }
+  }
+  return q;
+}
+
 /* Can [a, b) be locked now? (`lock` held.) The first problem in address order decides, as it
- * would for an access; a range whose teardown is parked or queued is unmapped already. */
+ * would for an access, and on one page: unmapped, then read-only, then protected. A range
+ * whose teardown is parked or queued is unmapped already. */
 static int lock_check(const mb_vam *v, uint64_t a, uint64_t b, bool writable, uint64_t *missing) {
   if (v->retired)
     return MB_E_INVALID;
   for (size_t i = 0; i < v->njobs; i++)
     if (v->jobs[i].drains && overlaps(a, b, v->jobs[i].a, v->jobs[i].b))
       return MB_E_UNMAPPED;
-  uint64_t cur = a;
+  uint64_t cur = a, q = first_protected(v, a, b, writable);
   mb_rtree_node *it;
   mb_rtree_for_each_overlap(it, &v->ranges, a, b) {
     if (it->start > cur)
       break;
     if (writable && !range_of(it)->writable)
-      return MB_E_READONLY;
+      return q < cur ? MB_E_PROTECTED : MB_E_READONLY;
     cur = it->end;
   }
+  if (q < cur && q < b)
+    return MB_E_PROTECTED;
   if (cur >= b)
     return 0;
   *missing = cur;

@@ -1,7 +1,7 @@
 /* va_mapper.h: the VA mapper actor and the guest-memory access through it.
  *
- * A VA mapper owns one PROT_NONE reservation of max_addr bytes in which guest address g is at
- * base + g. Its actor, on any loop, establishes and tears down mappings as the mapping manager
+ * A VA mapper owns one PROT_NONE reservation of va_size bytes in which address g of its own
+ * space (the mapping manager's windows: mapping_manager.h) is at base + g. Its actor, on any loop, establishes and tears down mappings as the mapping manager
  * says; VMM code reads and writes guest memory through mb_vam_read/mb_vam_write from any
  * thread, never needing a loop: a fault becomes an error, or, for a lazy mapper, a blocking
  * MM_RESOLVE to the mapping manager and a retry.
@@ -20,7 +20,17 @@
  *              mapping manager sends the inverse). A held lock anywhere in the range parks
  *              the whole request before anything changes. The array stays the sender's.
  *   VAM_RANGES {out: ranges, count}  the established ranges in ascending order with their
- *              access (a malloc'd array of mb_part_range the requester frees).
+ *              effective access (a malloc'd array of mb_part_range the requester frees):
+ *              pages protected `none` are left out, `ro` ones are read-only.
+ *   VAM_PROTECT {items, count}  the protections the mapper enforces over the range the items
+ *              cover (ascending, touching, rw runs included; the array stays the sender's)
+ *              become the items. Established pages change in place (mprotect; nothing is
+ *              unmapped); every later establish gives each page the least of its mapping's
+ *              access and its protection. All or nothing: on failure the pages and the
+ *              protections are as they were. A held lock that needs a right it takes (read
+ *              for any lock: an item going `none`; write for a writable one: `ro`) parks it
+ *              as a teardown is parked; later requests queue behind it, and new locks that
+ *              need what it takes fail MB_E_PROTECTED meanwhile.
  *   and MM_RESOLVE forwarded by the mapping manager (see mapping_manager.h): establish
  *   `entry`, answer 0.
  * and two one-way messages the mapper sends itself from threads that lock and unlock:
@@ -51,6 +61,7 @@
 #define VAM_REPLACE_FIELDS(F) \
   F(uint64_t, gpa) F(uint64_t, size) F(mb_map_entry *, entries) F(uint32_t, count)
 #define VAM_RANGES_FIELDS(F) F(mb_part_range *, ranges) F(uint32_t, count)
+#define VAM_PROTECT_FIELDS(F) F(const mb_prot_item *, items) F(uint32_t, count)
 #define VAM_KICK_FIELDS(F) F(uint64_t, gpa) F(uint64_t, size)
 #define VAM_WATCH_FIELDS(F)
 #define VAM_MESSAGES(M)                          \
@@ -59,14 +70,16 @@
   M(vam, VAM_REPLACE, replace, VAM_REPLACE_FIELDS) \
   M(vam, VAM_RANGES, ranges, VAM_RANGES_FIELDS)  \
   M(vam, VAM_KICK, kick, VAM_KICK_FIELDS)        \
-  M(vam, VAM_WATCH, watch, VAM_WATCH_FIELDS)
+  M(vam, VAM_WATCH, watch, VAM_WATCH_FIELDS)      \
+  M(vam, VAM_PROTECT, protect, VAM_PROTECT_FIELDS)
 MB_PROTOCOL_DECLARE(vam, VAM_MESSAGES)
 
 typedef struct mb_vam mb_vam; /* the mapper: its reservation, its actor, its state */
 
-/* Create a mapper on `loop` (call on that loop's thread): reserves max_addr bytes of VA. It
- * does not register with the mapping manager (the caller sends MM_ADD_MAPPER). */
-int mb_vam_create(mb_loop *loop, mb_addr mapping_manager, uint64_t max_addr, bool eager,
+/* Create a mapper on `loop` (call on that loop's thread): reserves va_size bytes of VA (the
+ * manager's max_addr, or alias + max_addr for a VTL-2 mapper with an alias window). It does
+ * not register with the mapping manager (the caller sends MM_ADD_MAPPER). */
+int mb_vam_create(mb_loop *loop, mb_addr mapping_manager, uint64_t va_size, bool eager,
                   mb_vam **out);
 /* Destroy: call on its loop's thread after MM_REMOVE_MAPPER completed; releases the VA. 0, or
  * the -errno of a failed release (mb_va_release): the mapper is gone all the same, but its
@@ -78,7 +91,9 @@ bool mb_vam_eager(const mb_vam *vam);
 
 /* Any thread, no loop needed (a lazy mapper's fault blocks on the mapping manager, so never
  * call it from the mapping manager's loop thread or the mapper's own: MB_EDEADLK). 0,
- * MB_E_UNMAPPED, MB_E_READONLY, MB_E_INVALID (beyond max_addr), MB_E_FAULT (the page is
+ * MB_E_UNMAPPED, MB_E_READONLY (the mapping or its region), MB_E_PROTECTED (the page's
+ * protection: `none`, or `ro` for a write), the first failing byte deciding (the bytes before
+ * it are copied), MB_E_INVALID (beyond va_size), MB_E_FAULT (the page is
  * established but keeps faulting: its backing cannot serve it), or, for a lazy mapper whose
  * fault-in the host refused, that refusal: the mapper's negative errno (-ENOMEM at
  * vm.max_map_count, named once on stderr: see membacking.h) or MB_ENOMEM. */
@@ -97,7 +112,8 @@ typedef struct mb_vam_stats {
 } mb_vam_stats;
 mb_vam_stats mb_vam_stats_get(const mb_vam *vam);
 /* On the mapper's thread (a direct read, for introspection): writes the JSON members
- * "established":[...],"locks":[...],"waiting_behind_locks":N. */
+ * "established":[...],"locks":[...],"waiting_behind_locks":N,"protections":[...]
+ * (established: effective access; protections: the stored none/ro ranges). */
 void mb__vam_inspect(mb_vam *vam, FILE *f);
 
 /* ---- locks -------------------------------------------------------------------------------------
@@ -109,8 +125,10 @@ void mb__vam_inspect(mb_vam *vam, FILE *f);
  * fault would), checks that every page is established and, for a writable lock, writable,
  * and records the lock, all under the mapper's mutex, so no VAM_UNMAP can slip in between
  * the check and the record. A page whose teardown is already parked or queued counts as
- * unmapped. Errors: MB_E_INVALID (zero size, unaligned, beyond max_addr, the mapper is being
- * removed), MB_E_UNMAPPED, MB_E_READONLY, MB_ENOMEM, MB_EDEADLK, a refused fault-in's errno. The pointer
+ * unmapped. Errors: MB_E_INVALID (zero size, unaligned, beyond va_size, the mapper is being
+ * removed), MB_E_UNMAPPED, MB_E_READONLY, then MB_E_PROTECTED (a page's protection, or one
+ * parked or queued, forbids the lock's access: read for any lock, write for a writable one),
+ * MB_ENOMEM, MB_EDEADLK, a refused fault-in's errno. The pointer
  * (mb_vam_lock_ptr) to the range's first byte stays valid until mb_vam_unlock: plain loads
  * and stores through it never fault on account of the manager.
  *

@@ -25,12 +25,14 @@ static const memory_fault *memory_fault_of(const struct kvm_run *run) {
 }
 
 /* A memory fault does not say read or write: a page that reads but does not write is a write
- * to a read-only mapping; one that now does both was repaired meanwhile (retry). */
+ * to a read-only mapping, or one that the VTL's protection forbids; one that now does both
+ * was repaired meanwhile (retry). */
 static int memory_fault_kind(mb_kvm_lookup_fn lookup, void *ctx, uint64_t gpa, uint64_t len) {
   int kind = lookup(ctx, gpa, len, false);
   if (kind != MB_GPA_RAM)
     return kind;
-  return lookup(ctx, gpa, len, true) == MB_GPA_FAULT ? MB_GPA_FAULT : MB_GPA_RAM;
+  kind = lookup(ctx, gpa, len, true);
+  return kind == MB_GPA_FAULT || kind == MB_GPA_PROTECTED ? kind : MB_GPA_RAM;
 }
 
 int mb__kvm_exit_classify(int rc, int err, const struct kvm_run *run, mb_kvm_lookup_fn lookup,

@@ -10,7 +10,12 @@
  *                                 exists: kvm-pvm hosts (kernel 6.18).
  * So the exit reason alone cannot tell device MMIO from guest RAM that is not there: the
  * memory manager's own map decides (`lookup`), the same way for all three. Pure code: tests
- * feed it kvm_run records they make themselves, without /dev/kvm. */
+ * feed it kvm_run records they make themselves, without /dev/kvm.
+ *
+ * VTL protections (mb_vtl.h) are memory slots too (no slot where the protection is none, a
+ * read-only slot where it is ro), so an access they forbid also comes back as an MMIO exit
+ * (or a memory fault): the map answers MB_GPA_PROTECTED for it, and the VMM delivers a secure
+ * intercept to the higher VTL instead of emulating a device. */
 #ifndef MB_KVM_EXIT_H
 #define MB_KVM_EXIT_H
 
@@ -22,15 +27,18 @@
 struct kvm_run;
 
 /* A decided exit. kind: MB_GPA_RAM (guest RAM, retry the instruction), MB_GPA_MMIO (device
- * MMIO: emulate it) or MB_GPA_FAULT (the backing failed). len 0: the kernel gave no address
- * (a bare EFAULT). */
+ * MMIO: emulate it), MB_GPA_PROTECTED (the VTL's protection forbids the access: never
+ * emulated; after an MMIO exit, finish the pending MMIO without running guest code, as for
+ * FAULT, then deliver the intercept to the higher VTL) or MB_GPA_FAULT (the backing failed).
+ * len 0: the kernel gave no address (a bare EFAULT). */
 typedef struct mb_kvm_exit {
   int kind;
   uint64_t gpa, len;
   bool write;
 } mb_kvm_exit;
 
-/* The map's answer for an access (mb_access.h's MB_GPA_* values). */
+/* The map's answer for an access (mb_access.h's MB_GPA_* values; MB_GPA_PROTECTED only from a
+ * map that applies protections). */
 typedef int (*mb_kvm_lookup_fn)(void *ctx, uint64_t gpa, uint64_t len, bool write);
 
 /* rc and err: what KVM_RUN returned and its errno; run: the vCPU's kvm_run. 0 with *out for

@@ -74,7 +74,11 @@ extern const mb_partition_ops mb_partition_kvm;
  * the memory slots in [slot_first, slot_first + slot_count) of that VM and no other. Each
  * visible piece of guest memory is one slot (KVM_MEM_READONLY when the piece is read-only);
  * slot numbers are recycled, and when the range is used up, the operation that needed one
- * more fails with -ENOSPC and changes nothing. Removing the partition deletes exactly the
+ * more fails with -ENOSPC and changes nothing. Slot budget with VTL protections (the
+ * partition mapper maps a piece as sub-ranges split by effective access): a piece costs one
+ * slot plus up to two more for each protected range inside it (a `ro` range in the middle
+ * of a writable piece: three slots; `none`: two, none where it is none); protected back to
+ * rw, they merge into one slot again. Removing the partition deletes exactly the
  * slots membacking created; the VM stays its owner's. A guest access through the partition
  * (mb_partition_access: device DMA) follows the map in process memory, as soft does.
  *

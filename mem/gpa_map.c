@@ -1,8 +1,10 @@
 /* gpa_map.c: the published guest physical map (see gpa_map.h).
  *
- * Invariant: `ranges`, `busy_*` and `version` change only under the write lock, and every
- * change of either the ranges or busy bumps `version`; a reader that saw the same version
- * before and after its probe saw no operation start or end meanwhile. Ranges never overlap. */
+ * Invariant: `ranges`, `prots`, `busy_*` and `version` change only under the write lock, and
+ * every change of the ranges, the protections or busy bumps `version`; a reader that saw the
+ * same version before and after its probe saw no operation start or end meanwhile. Ranges
+ * never overlap; protections never overlap, are never rw, and touching ones differ in access
+ * (so a protect needs at most two nodes more than it frees). */
 #include "gpa_map.h"
 
 #include <errno.h>
@@ -10,17 +12,20 @@
 #include <stdlib.h>
 
 #include "mb_access.h"
+#include "mb_vtl.h"
 #include "range_tree.h"
 
 typedef struct gpa_range {
   mb_rtree_node node;
-  bool writable;
+  bool writable;  /* a range of the map */
+  uint8_t access; /* a protection: MB_PROT_NONE or MB_PROT_RO */
   struct gpa_range *next_free;
 } gpa_range;
 
 struct mb_gpa_map {
   pthread_rwlock_t lock;
   mb_rtree ranges;           /* of gpa_range */
+  mb_rtree prots;            /* of gpa_range: the protections that are not rw */
   uint64_t busy_start, busy_end; /* the operation in flight may change this; empty: idle */
   uint64_t version;
   gpa_range *free;           /* unlinked ranges for the next adds (the writer's own) */
@@ -37,6 +42,7 @@ int mb_gpa_map_create(mb_gpa_map **out) {
     return -rc;
   }
   mb_rtree_init(&m->ranges);
+  mb_rtree_init(&m->prots);
   *out = m;
   return 0;
 }
@@ -45,14 +51,19 @@ static gpa_range *range_of(mb_rtree_node *n) {
   return n ? mb_rtree_entry(n, gpa_range, node) : NULL;
 }
 
+static void free_all(mb_rtree *t) {
+  mb_rtree_node *n;
+  while ((n = mb_rtree_first(t)) != NULL) {
+    mb_rtree_remove(t, n);
+    free(range_of(n));
+  }
+}
+
 void mb_gpa_map_destroy(mb_gpa_map *m) {
   if (!m)
     return;
-  mb_rtree_node *n;
-  while ((n = mb_rtree_first(&m->ranges)) != NULL) {
-    mb_rtree_remove(&m->ranges, n);
-    free(range_of(n));
-  }
+  free_all(&m->ranges);
+  free_all(&m->prots);
   while (m->free) {
     gpa_range *r = m->free;
     m->free = r->next_free;
@@ -85,22 +96,70 @@ void mb_gpa_map_edit(mb_gpa_map *m) {
   pthread_rwlock_wrlock(&m->lock);
 }
 
-void mb_gpa_map_drop(mb_gpa_map *m, uint64_t start) {
-  gpa_range *r = range_of(mb_rtree_find(&m->ranges, start));
-  if (!r || r->node.start != start)
-    return;
-  mb_rtree_remove(&m->ranges, &r->node);
+static void unlink_range(mb_gpa_map *m, mb_rtree *t, gpa_range *r) {
+  mb_rtree_remove(t, &r->node);
   r->next_free = m->free;
   m->free = r;
   m->nfree++;
 }
 
-void mb_gpa_map_add(mb_gpa_map *m, uint64_t start, uint64_t end, bool writable) {
+static gpa_range *link_range(mb_gpa_map *m, mb_rtree *t, uint64_t start, uint64_t end) {
   gpa_range *r = m->free; /* begin made room */
   m->free = r->next_free;
   m->nfree--;
-  r->writable = writable;
-  mb_rtree_insert(&m->ranges, &r->node, start, end);
+  mb_rtree_insert(t, &r->node, start, end);
+  return r;
+}
+
+void mb_gpa_map_drop(mb_gpa_map *m, uint64_t start) {
+  gpa_range *r = range_of(mb_rtree_find(&m->ranges, start));
+  if (r && r->node.start == start)
+    unlink_range(m, &m->ranges, r);
+}
+
+void mb_gpa_map_add(mb_gpa_map *m, uint64_t start, uint64_t end, bool writable) {
+  link_range(m, &m->ranges, start, end)->writable = writable;
+}
+
+/* A stored protection to link again: [start, end) with access (end 0: none). */
+typedef struct prot_piece {
+  uint64_t start, end;
+  uint8_t access;
+} prot_piece;
+
+static void link_prot(mb_gpa_map *m, prot_piece p) {
+  if (p.start < p.end && p.access != MB_PROT_RW)
+    link_range(m, &m->prots, p.start, p.end)->access = p.access;
+}
+
+/* The stored protections that [start, end) replaces or merges with are unlinked first (what
+ * sticks out of the range keeps its access, or joins it when equal), then at most three are
+ * linked: what is left before start, the range, what is left after end. */
+void mb_gpa_map_protect(mb_gpa_map *m, uint64_t start, uint64_t end, uint8_t access) {
+  if (start >= end || access > MB_PROT_RW)
+    return;
+  prot_piece mid = {start, end, access}, left = {0, 0, 0}, right = {0, 0, 0};
+  uint64_t a = start == 0 ? 0 : start - 1, b = end == UINT64_MAX ? end : end + 1;
+  mb_rtree_node *n = mb_rtree_first_overlap(&m->prots, a, b), *next;
+  for (; n; n = next) {
+    next = mb_rtree_next_overlap(n, a, b);
+    gpa_range *r = range_of(n);
+    bool overlaps = n->start < end && n->end > start;
+    if (!overlaps && r->access != access)
+      continue; /* a neighbour that stays as it is */
+    if (n->start < start && r->access == access)
+      mid.start = n->start;
+    else if (n->start < start)
+      left = (prot_piece){n->start, start, r->access};
+    if (n->end > end && r->access == access)
+      mid.end = n->end;
+    else if (n->end > end)
+      right = (prot_piece){end, n->end, r->access};
+    unlink_range(m, &m->prots, r);
+  }
+  link_prot(m, left);
+  link_prot(m, mid);
+  link_prot(m, right);
 }
 
 void mb_gpa_map_access(mb_gpa_map *m, uint64_t start, bool writable) {
@@ -117,35 +176,57 @@ void mb_gpa_map_end(mb_gpa_map *m) {
 
 /* ---- readers -------------------------------------------------------------------------- */
 
-/* Under the read lock: how many bytes from gpa the map lets the access reach (up to len). */
-static uint64_t reachable(const mb_gpa_map *m, uint64_t gpa, uint64_t len, bool write) {
+/* Under the read lock: how far from `at` (below end) the protection lets the access go
+ * (at itself when it forbids the access there). */
+static uint64_t prot_reach(const mb_gpa_map *m, uint64_t at, uint64_t end, bool write) {
+  gpa_range *p = range_of(mb_rtree_find(&m->prots, at));
+  if (p)
+    return p->access == MB_PROT_NONE || write ? at : (p->node.end < end ? p->node.end : end);
+  mb_rtree_node *next = mb_rtree_lower_bound(&m->prots, at);
+  return next && next->start < end ? next->start : end;
+}
+
+/* Under the read lock: how many bytes from gpa the map (and the protections, when asked)
+ * let the access reach (up to len), and why it stops there: MB_GPA_MMIO or MB_GPA_PROTECTED. */
+static uint64_t reachable(const mb_gpa_map *m, uint64_t gpa, uint64_t len, bool write,
+                          bool protections, int *why) {
   uint64_t at = gpa, end = gpa + len;
   while (at < end) {
     gpa_range *r = range_of(mb_rtree_find(&m->ranges, at));
-    if (!r || (write && !r->writable))
+    if (!r || (write && !r->writable)) {
+      *why = MB_GPA_MMIO;
       break;
-    at = r->node.end < end ? r->node.end : end;
+    }
+    uint64_t stop = r->node.end < end ? r->node.end : end;
+    if (protections && (stop = prot_reach(m, at, stop, write)) == at) {
+      *why = MB_GPA_PROTECTED;
+      break;
+    }
+    at = stop;
   }
   return at - gpa;
 }
 
 enum { PROBE_TRIES = 4 };
 
-int mb_gpa_map_classify(mb_gpa_map *m, uint64_t gpa, uint64_t len, bool write,
-                        const uint8_t *host) {
+int mb_gpa_map_classify_vtl(mb_gpa_map *m, uint64_t gpa, uint64_t len, bool write,
+                            const uint8_t *host, bool protections) {
   for (int i = 0; i < PROBE_TRIES; i++) {
+    int why = MB_GPA_RAM;
     pthread_rwlock_rdlock(&m->lock);
-    uint64_t n = reachable(m, gpa, len, write);
+    uint64_t n = reachable(m, gpa, len, write, protections, &why);
     bool busy = gpa < m->busy_end && m->busy_start < gpa + n;
     uint64_t version = m->version;
     pthread_rwlock_unlock(&m->lock);
     if (n == 0)
-      return MB_GPA_MMIO;
-    if (busy || !host)
+      return why;
+    if (busy)
       return MB_GPA_RAM; /* changing right now: the guest retries until it is done */
+    if (!host)
+      return n == len ? MB_GPA_RAM : why;
     mb_fault f;
     if (mb_access_probe(host + gpa, n, write, &f) == 0)
-      return n == len ? MB_GPA_RAM : MB_GPA_MMIO;
+      return n == len ? MB_GPA_RAM : why;
     pthread_rwlock_rdlock(&m->lock);
     bool same = m->version == version;
     pthread_rwlock_unlock(&m->lock);
@@ -153,4 +234,9 @@ int mb_gpa_map_classify(mb_gpa_map *m, uint64_t gpa, uint64_t len, bool write,
       return MB_GPA_FAULT;
   }
   return MB_GPA_RAM; /* the map keeps changing under us: let the guest try again */
+}
+
+int mb_gpa_map_classify(mb_gpa_map *m, uint64_t gpa, uint64_t len, bool write,
+                        const uint8_t *host) {
+  return mb_gpa_map_classify_vtl(m, gpa, len, write, host, false);
 }

@@ -37,8 +37,9 @@
 
 /* What a guest access at a guest physical address meets (mb_partition_classify,
  * mb_kvm_exit_decide): guest RAM, device MMIO (nothing visible, or a write to a read-only
- * range), or a fault of the backing behind visible memory. */
-enum { MB_GPA_RAM = 0, MB_GPA_MMIO = 1, MB_GPA_FAULT = 2 };
+ * range), a fault of the backing behind visible memory, or a page whose VTL protection
+ * forbids the access (a secure intercept for the higher VTL). */
+enum { MB_GPA_RAM = 0, MB_GPA_MMIO = 1, MB_GPA_FAULT = 2, MB_GPA_PROTECTED = 3 };
 
 #ifdef __cplusplus
 extern "C" {

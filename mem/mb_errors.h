@@ -15,6 +15,7 @@ enum {
   MB_E_MMIO = -2006,        /* a guest access the partition does not map (or maps read-only) */
   MB_E_FAULT = -2007,       /* a guest access the partition maps but the backing cannot serve */
   MB_E_UNSUPPORTED = -2008, /* not (yet) in this build */
+  MB_E_PROTECTED = -2009,   /* an access at a VTL that the VTL's protection forbids */
 };
 
 /* The scenario token of a code ("overlap", ...), or NULL for codes outside the set. */
@@ -28,6 +29,7 @@ static inline const char *mb_error_token(int err) {
   case MB_E_MMIO: return "mmio";
   case MB_E_FAULT: return "fault";
   case MB_E_UNSUPPORTED: return "unsupported";
+  case MB_E_PROTECTED: return "protected";
   default: return 0;
   }
 }

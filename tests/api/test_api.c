@@ -56,12 +56,12 @@ static void test_blocking_end_to_end(void **unused) {
   assert_int_equal(mb_mm_create(&cfg, &mm), 0);
   mb_object *ram = tu_memfd_byte("t", 16 * MiB, 0x11), *rom = tu_memfd_byte("t", 64 * 1024, 0xee);
   mb_region_id r_ram, r_rom;
-  mb_region_params p = {"ram", 0, 16 * MiB, 255, false};
+  mb_region_params p = {"ram", 0, 16 * MiB, 255, false, 0};
   assert_int_equal(mb_region_add_sync(mm, &p, &r_ram), 0);
   mb_mapping_params mp = {r_ram, 0, 16 * MiB, ram, 0, true};
   assert_int_equal(mb_mapping_add_sync(mm, &mp), 0);
   assert_int_equal(mb_region_map_sync(mm, r_ram, true), 0);
-  p = (mb_region_params){"rom", 0xf0000, 64 * 1024, 0, true};
+  p = (mb_region_params){"rom", 0xf0000, 64 * 1024, 0, true, 0};
   assert_int_equal(mb_region_add_sync(mm, &p, &r_rom), 0);
   mp = (mb_mapping_params){r_rom, 0, 64 * 1024, rom, 0, false};
   assert_int_equal(mb_mapping_add_sync(mm, &mp), 0);
@@ -125,7 +125,7 @@ static void test_async_attached(void **unused) {
   assert_int_equal(mb_mm_create(&cfg, &mm), 0); /* inline: on the loop's own thread */
   mb_object *o = tu_memfd_byte("t", 2 * MiB, 0x5a);
   tu_done d = {0};
-  mb_region_params p = {"dax", 1 * MiB * 64, 64 * MiB, 0, true};
+  mb_region_params p = {"dax", 1 * MiB * 64, 64 * MiB, 0, true, 0};
   mb_region_add(mm, &p, tu_on_done, &d);
   assert_int_equal(d.calls, 0); /* never completes inside the call */
   wait_done(&h.uv, &d);
@@ -181,7 +181,7 @@ static void *run_vm(void *p) {
   mb_object *o = tu_memfd_byte("t", 1 * MiB, a->fill);
   mb_mapper *m = NULL;
   mb_region_id id;
-  mb_region_params rp = {"ram", 0, 1 * MiB, 1, false};
+  mb_region_params rp = {"ram", 0, 1 * MiB, 1, false, 0};
   mb_mapping_params mp = {0, 0, 1 * MiB, o, 0, true};
   for (int i = 0; i < 50 && !a->rc; i++) {
     a->rc = mb_region_add_sync(mm, &rp, &id);
@@ -228,7 +228,7 @@ static void test_region_names(void **unused) {
   char name[MB_REGION_NAME_MAX + 2];
   memset(name, 'n', sizeof name - 1);
   name[sizeof name - 1] = '\0'; /* one byte too long */
-  mb_region_params p = {name, 0, 1 << 20, 1, false};
+  mb_region_params p = {name, 0, 1 << 20, 1, false, 0};
   mb_region_id id;
   assert_int_equal(mb_region_add_sync(mm, &p, &id), MB_E_INVALID);
   name[MB_REGION_NAME_MAX] = '\0'; /* exactly the limit */

@@ -232,7 +232,7 @@ static void ok_or_enomem(int status, bool f, const char *what, uint64_t n) {
 
 /* 16 MiB of RAM at guest address 0 filled with `fill`, mapped rw (blocking forms). */
 static mb_region_id ram_map(mb_mm *mm, mb_object *obj) {
-  mb_region_params p = {"ram", 0, 16 * MiB, 0, false};
+  mb_region_params p = {"ram", 0, 16 * MiB, 0, false, 0};
   mb_region_id id = 0;
   assert_int_equal(mb_region_add_sync(mm, &p, &id), 0);
   mb_mapping_params mp = {id, 0, 16 * MiB, obj, 0, true};
@@ -288,7 +288,7 @@ static void test_mm_create_primary_works(void **unused) {
 
 /* The asynchronous forms on the test's loop, each waited for: region add, mapping add, map. */
 static int ram_map_async(tu_home *h, mb_mm *mm, mb_object *obj) {
-  mb_region_params p = {"ram", 0, 16 * MiB, 0, false};
+  mb_region_params p = {"ram", 0, 16 * MiB, 0, false, 0};
   tu_done d = {0};
   mb_region_add(mm, &p, tu_on_done, &d);
   wait_done(h, &d);

@@ -39,7 +39,7 @@ static void world_init(world *w) {
   assert_int_equal(mb_mapper_add_sync(w->mm, w->ml, true, &w->eager), 0);
   assert_int_equal(mb_mapper_add_sync(w->mm, w->ml, false, &w->lazy), 0);
   assert_int_equal(mb_partition_add_sync(w->mm, &mb_partition_soft, w->pl, &w->part), 0);
-  mb_region_params p = {"ram", 0, 16 * MiB, 0, false};
+  mb_region_params p = {"ram", 0, 16 * MiB, 0, false, 0};
   assert_int_equal(mb_region_add_sync(w->mm, &p, &w->r), 0);
   mb_mapping_params m = {w->r, 0, 16 * MiB, w->ram, 0, true};
   assert_int_equal(mb_mapping_add_sync(w->mm, &m), 0);

@@ -80,7 +80,7 @@ static void test_inspect_async_does_not_block(void **unused) {
   assert_int_equal(mb_mapper_add_sync(mm, xl, true, &m), 0);
   assert_int_equal(mb_partition_add_sync(mm, &mb_partition_soft, xl, &p), 0);
   mb_object *obj = tu_memfd_byte("ram", 16 * MiB, 0x11);
-  mb_region_params rp = {"ram", 0, 16 * MiB, 0, false};
+  mb_region_params rp = {"ram", 0, 16 * MiB, 0, false, 0};
   mb_region_id id = 0;
   assert_int_equal(mb_region_add_sync(mm, &rp, &id), 0);
   mb_mapping_params mp = {id, 0, 16 * MiB, obj, 0, true};

@@ -88,7 +88,7 @@ static vm vm_make(mb_loop *ml, mb_loop *pl) {
   mb_mm_config cfg = {.max_addr = 1ull << 32, .loop = ml, .part_loop = pl};
   assert_int_equal(mb_mm_create(&cfg, &v.mm), 0);
   v.obj = tu_memfd_byte("t", 16 * MiB, 0x11);
-  mb_region_params p = {"ram", 0, 16 * MiB, 0, false};
+  mb_region_params p = {"ram", 0, 16 * MiB, 0, false, 0};
   assert_int_equal(mb_region_add_sync(v.mm, &p, &v.ram), 0);
   mb_mapping_params mp = {v.ram, 0, 16 * MiB, v.obj, 0, true};
   assert_int_equal(mb_mapping_add_sync(v.mm, &mp), 0);
@@ -191,7 +191,7 @@ static void test_destroy_inflight_regions(void **unused) {
   enum { N = 100 };
   tu_done d[N] = {{0}};
   for (int i = 0; i < N; i++) {
-    mb_region_params p = {"r", (32 + (uint64_t)i) * MiB, MiB, 0, false};
+    mb_region_params p = {"r", (32 + (uint64_t)i) * MiB, MiB, 0, false, 0};
     if (i % 2) mb_region_map(v.mm, v.ram, i & 2, tu_on_done, &d[i]);
     else mb_region_add(v.mm, &p, tu_on_done, &d[i]);
   }
@@ -216,7 +216,7 @@ static void sync_calls(mb_loop *loop, void *arg) {
   (void)loop;
   sync_try *s = arg;
   mb_region_id id;
-  mb_region_params p = {"x", 64 * MiB, MiB, 0, false};
+  mb_region_params p = {"x", 64 * MiB, MiB, 0, false, 0};
   mb_mapper *m = NULL;
   mb_partition *pt = NULL;
   s->rc[0] = mb_region_map_sync(s->v->mm, s->v->ram, false);
@@ -500,7 +500,7 @@ static void test_async_without_loop(void **unused) {
   assert_int_equal(mb_mapper_add_sync(v.mm, NULL, true, &m), 0);
   assert_null(mb_loop_current());
   tu_done d[5] = {{0}};
-  mb_region_params p = {"x", 64 * MiB, MiB, 0, false};
+  mb_region_params p = {"x", 64 * MiB, MiB, 0, false, 0};
   mb_region_add(v.mm, &p, tu_on_done, &d[0]);
   mb_region_map(v.mm, v.ram, false, tu_on_done, &d[1]);
   mb_mapper_add(v.mm, NULL, true, tu_on_done, &d[2]);

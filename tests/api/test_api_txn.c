@@ -49,7 +49,7 @@ static void world_fini(world *w) {
 
 static mb_region_id region(world *w, uint64_t gpa, uint64_t size, uint8_t prio) {
   mb_region_id id;
-  mb_region_params p = {"r", gpa, size, prio, false};
+  mb_region_params p = {"r", gpa, size, prio, false, 0};
   assert_int_equal(mb_region_add_sync(w->mm, &p, &id), 0);
   return id;
 }

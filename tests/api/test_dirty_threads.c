@@ -83,7 +83,7 @@ static void test_writers_and_syncs(void **unused) {
   assert_int_equal(mb_mm_create(&cfg, &s.mm), 0);
   mb_object *ram = tu_memfd_byte("ram", ALL * PG, 0);
   mb_region_id id;
-  mb_region_params rp = {"ram", 0, ALL * PG, 0, false};
+  mb_region_params rp = {"ram", 0, ALL * PG, 0, false, 0};
   assert_int_equal(mb_region_add_sync(s.mm, &rp, &id), 0);
   mb_mapping_params mp = {id, 0, ALL * PG, ram, 0, true};
   assert_int_equal(mb_mapping_add_sync(s.mm, &mp), 0);

@@ -83,7 +83,7 @@ static int check_both(const char *how, int install) {
     return 11;
   mb_object *obj = NULL;
   mb_region_id r;
-  mb_region_params p = {"ram", 0, 2 * MiB, 1, false};
+  mb_region_params p = {"ram", 0, 2 * MiB, 1, false, 0};
   mb_mapping_params mp = {0, 0, MiB, NULL, 0, true};
   if (mb_object_create(MB_OBJECT_MEMFD, MiB, "t", &obj) || mb_region_add_sync(mm, &p, &r))
     return 12;

@@ -230,7 +230,7 @@ static inline mb_partition_params tu_fake_params(tu_fake_vm *vm, mb_kvm_attach_c
                               .get_dirty_log = tu_fake_get_dirty_log,
                               .clear_dirty_log = tu_fake_clear_dirty_log,
                               .enable_cap = tu_fake_enable_cap};
-  return (mb_partition_params){&mb_partition_kvm_attach, c, NULL};
+  return (mb_partition_params){&mb_partition_kvm_attach, c, NULL, 0};
 }
 
 /* An empty VM but for the VMM's own slot 0 (firmware), far above the guest's RAM. */

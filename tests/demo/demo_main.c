@@ -49,7 +49,7 @@ int demo_finish(vmm *v, demo_pending *p, int kind, uint64_t t0) {
 mb_region_id demo_region_add(vmm *v, const char *name, uint64_t gpa, uint64_t size,
                              uint8_t prio, bool device) {
   demo_pending p = {0};
-  mb_region_params rp = {name, gpa, size, prio, device};
+  mb_region_params rp = {name, gpa, size, prio, device, 0};
   uint64_t t0 = demo_now_ns();
   mb_region_add(v->mm, &rp, demo_on_done, &p);
   demo_must(v, demo_finish(v, &p, DEMO_OP_REGION_ADD, t0), name);
@@ -228,8 +228,8 @@ static int attach_partition(vmm *v) {
       .slot_first = DEMO_SLOT_FIRST,
       .slot_count = DEMO_SLOT_COUNT,
   };
-  mb_partition_params params = {&mb_partition_soft, NULL, NULL};
-  if (v->kvm) params = (mb_partition_params){&mb_partition_kvm_attach, &kvm, NULL};
+  mb_partition_params params = {&mb_partition_soft, NULL, NULL, 0};
+  if (v->kvm) params = (mb_partition_params){&mb_partition_kvm_attach, &kvm, NULL, 0};
   demo_pending p = {0};
   mb_partition_attach(v->mm, &params, demo_on_done, &p);
   int rc = demo_finish(v, &p, -1, 0);

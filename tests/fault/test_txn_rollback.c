@@ -66,7 +66,7 @@ static mb_object *X, *Y; /* page k of X holds bytes 0x10 + k, of Y 0x80 + k */
 static uint64_t gpa_of(int role) { return (uint64_t)role * 2 * MiB; }
 
 static mb_region_id region(world *w, int role, bool device) {
-  mb_region_params p = {"r", gpa_of(role), MiB, 1, device};
+  mb_region_params p = {"r", gpa_of(role), MiB, 1, device, 0};
   assert_int_equal(mb_region_add_sync(w->mm, &p, &w->r[role]), 0);
   w->exists[role] = true;
   return w->r[role];

@@ -32,15 +32,31 @@
 
 typedef struct mp_create {
   mb_addr mm;
-  uint64_t max_addr;
+  uint64_t max_addr, alias;
+  uint8_t vtls;
   bool eager;
   int rc;
   mb_vam *vam;
   mb_actor *actor;
 } mp_create;
 
+/* The geometry of the tests that know nothing of VTLs: one view, larger than any test's
+ * mappers. */
+#define MP_MAX_ADDR (1ull << 46)
+
 static inline void mp_mm_fn(mb_loop *l, void *arg) {
-  ((mp_create *)arg)->actor = mb_mapping_manager_create(l);
+  mp_create *c = arg;
+  mb_mm_geom g = {c->max_addr ? c->max_addr : MP_MAX_ADDR, 0, c->alias, c->vtls};
+  c->actor = mb_mapping_manager_create(l, &g);
+}
+
+/* A mapping manager with geometry: max_addr, alias (0: none), vtls (bit mask). */
+static inline mb_addr mp_mm_create_geom(mb_loop *l, uint64_t max_addr, uint64_t alias,
+                                        uint8_t vtls) {
+  mp_create c = {.max_addr = max_addr, .alias = alias, .vtls = vtls};
+  assert_int_equal(mb_loop_exec(l, mp_mm_fn, &c), 0);
+  assert_non_null(c.actor);
+  return mb_actor_addr(c.actor);
 }
 
 static inline mb_addr mp_mm_create(mb_loop *l) {
@@ -164,6 +180,38 @@ static inline int mp_add_mapper(mb_addr mm, mb_vam *v, bool eager) {
   int rc = mp_call(mm, &m->hdr);
   mb_msg_free(&m->hdr);
   return rc;
+}
+
+/* MM_ADD_MAPPER with a VTL, protections and an alias window. */
+static inline int mp_add_mapper_vtl(mb_addr mm, mb_vam *v, bool eager, uint8_t vtl,
+                                    bool protect, bool alias) {
+  mm_add_mapper_msg *m = mm_add_mapper_new();
+  m->mapper = mb_vam_addr(v);
+  m->eager = eager;
+  m->vtl = vtl;
+  m->protect = protect;
+  m->alias = alias;
+  int rc = mp_call(mm, &m->hdr);
+  mb_msg_free(&m->hdr);
+  return rc;
+}
+
+/* MM_PROTECT of VTL vtl: items[0..n) (ours). */
+static inline int mp_protect(mb_addr mm, uint8_t vtl, const mb_prot_item *items, uint32_t n) {
+  mm_protect_msg *m = mm_protect_new();
+  m->vtl = vtl;
+  m->items = items;
+  m->count = n;
+  int rc = mp_call(mm, &m->hdr);
+  mb_msg_free(&m->hdr);
+  return rc;
+}
+
+/* MM_PROTECT of one range to one access. */
+static inline int mp_protect1(mb_addr mm, uint8_t vtl, uint64_t gpa, uint64_t size,
+                              uint8_t access) {
+  mb_prot_item it = {gpa, size, access};
+  return mp_protect(mm, vtl, &it, 1);
 }
 
 static inline int mp_remove_mapper(mb_addr mm, mb_vam *v) {

@@ -567,7 +567,7 @@ static void test_api(void **state) {
   assert_int_equal(mb_mm_create(&cfg, &mm), 0);
   mb_object *ram = tu_memfd_pages("mp", 16 * PAGE, 0x10);
   mb_region_id r;
-  mb_region_params rp = {"ram", 0x100000, 16 * PAGE, 0, false};
+  mb_region_params rp = {"ram", 0x100000, 16 * PAGE, 0, false, 0};
   assert_int_equal(mb_region_add_sync(mm, &rp, &r), 0);
   mb_mapping_params mp = {r, 0, 16 * PAGE, ram, 0, true};
   assert_int_equal(mb_mapping_add_sync(mm, &mp), 0);

@@ -154,7 +154,7 @@ static void sentinel(world *w, int i, uint32_t a, uint32_t b) {
 }
 
 static void add_region(world *w, int i) {
-  mb_region_params p = {"r", region_gpa(i), PAGES * PAGE, 0, false};
+  mb_region_params p = {"r", region_gpa(i), PAGES * PAGE, 0, false, 0};
   check(w, mb_region_add_sync(w->mm, &p, &w->id[i]), "add", i);
   mb_mapping_params mp = {w->id[i], 0, PAGES * PAGE, w->obj[i], 0, true};
   check(w, mb_mapping_add_sync(w->mm, &mp), "mapping add", i);

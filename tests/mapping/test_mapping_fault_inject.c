@@ -339,6 +339,105 @@ static void test_lazy_fault_refused(void **state) {
   lazy_close(&r);
 }
 
+/* ---- protections (MM_PROTECT, VAM_PROTECT) ---------------------------------------------------- */
+
+static int try_protect(mb_addr mm, const mb_prot_item *items, uint32_t n) {
+  mm_protect_msg *m = mm_protect_new();
+  if (m == NULL)
+    return MB_ENOMEM;
+  m->vtl = 0;
+  m->items = items;
+  m->count = n;
+  int rc = mp_call(mm, &m->hdr);
+  mb_msg_free(&m->hdr);
+  return rc;
+}
+
+/* Two protection states of [0, 5p) of a mapping over [0, 16p): state 0 has page 2 read-only;
+ * state 1 has pages 0-1 `none`, page 2 read-write, pages 3-4 read-only (a drop to none, a
+ * rise, a drop to ro; back again, the rise from none maps the pages again). */
+static const mb_prot_item prot_states[2][3] = {
+    {{0, 2 * PAGE, MB_PROT_RW}, {2 * PAGE, PAGE, MB_PROT_RO}, {3 * PAGE, 2 * PAGE, MB_PROT_RW}},
+    {{0, 2 * PAGE, MB_PROT_NONE}, {2 * PAGE, PAGE, MB_PROT_RW}, {3 * PAGE, 2 * PAGE, MB_PROT_RO}},
+};
+
+/* What a protecting mapper shows in state s: its ranges, and each page's real access. */
+static void expect_prot_state(mb_vam *v, int s) {
+  if (s == 0)
+    MP_EXPECT_RANGES(v, R(0, 2 * PAGE, true), R(2 * PAGE, PAGE, false),
+                     R(3 * PAGE, 13 * PAGE, true));
+  else
+    MP_EXPECT_RANGES(v, R(2 * PAGE, PAGE, true), R(3 * PAGE, 2 * PAGE, false),
+                     R(5 * PAGE, 11 * PAGE, true));
+  for (uint32_t i = 0; i < 3; i++)
+    for (uint64_t g = prot_states[s][i].gpa; g < prot_states[s][i].gpa + prot_states[s][i].size;
+         g += PAGE) {
+      mb_fault f;
+      uint8_t a = prot_states[s][i].access;
+      assert_int_equal(mb_access_probe(mb_vam_base(v) + g, 1, false, &f) == 0, a != MB_PROT_NONE);
+      assert_int_equal(mb_access_probe(mb_vam_base(v) + g, 1, true, &f) == 0, a == MB_PROT_RW);
+    }
+  mp_expect_bytes(v, 5 * PAGE, 11 * PAGE, 0, 0, BASE);
+}
+
+/* The manager's own copy: a protecting mapper added now gets it. */
+static void expect_mm_prot_state(mp_fixture *f, mb_addr mm, int s) {
+  mb_vam *late = mp_vam_create(f->h.loop, mm, 64 * MiB, true);
+  assert_int_equal(mp_add_mapper_vtl(mm, late, true, 0, true, false), 0);
+  expect_prot_state(late, s);
+  mp_vam_drop(f->h.loop, mm, late);
+}
+
+/* Fails the n-th call of `kind` during a move from state 1 - to to state `to`, for every n
+ * until one passes untouched: a failed move leaves both mappers and the manager in the old
+ * state, a successful one in the new. Returns how many attempts failed. */
+static int sweep_protect(mp_fixture *f, mb_addr mm, mb_vam **p, mb_fi_kind kind, int to) {
+  int failed = 0;
+  for (uint64_t n = 1;; n++) {
+    assert_int_equal(try_protect(mm, prot_states[1 - to], 3), 0);
+    mb_fi_reset();
+    assert_int_equal(mb_fi_arm(kind, n, ENOMEM), 0);
+    int rc = try_protect(mm, prot_states[to], 3);
+    uint64_t injected = mb_fi_injected(kind);
+    mb_fi_arm(kind, 0, ENOMEM);
+    int s = rc == 0 ? to : 1 - to;
+    if (rc != 0) {
+      assert_true(rc == -ENOMEM || rc == MB_ENOMEM);
+      failed++;
+    }
+    for (int i = 0; i < 2; i++)
+      expect_prot_state(p[i], s);
+    expect_mm_prot_state(f, mm, s);
+    if (injected == 0)
+      return failed;
+  }
+}
+
+/* Every mprotect, mmap and allocation of a protection change refused in turn: the change is
+ * all or nothing, in each mapper (its pages and its map) and in the manager. */
+static void test_protect_refused(void **state) {
+  (void)state;
+  mp_fixture f;
+  mp_begin(&f);
+  mb_addr mm = mp_mm_create_geom(f.h.loop, 64 * MiB, 0, 0x3);
+  mb_vam *p[2];
+  for (int i = 0; i < 2; i++) {
+    p[i] = mp_vam_create(f.h.loop, mm, 64 * MiB, true);
+    assert_int_equal(mp_add_mapper_vtl(mm, p[i], true, 0, true, false), 0);
+  }
+  mb_object *obj = tu_memfd_pages("fi", 16 * PAGE, BASE);
+  assert_int_equal(mp_map1(mm, obj, 0, 16 * PAGE, 0, true), 0);
+  assert_true(sweep_protect(&f, mm, p, MB_FI_MPROTECT, 1) >= 2);
+  assert_true(sweep_protect(&f, mm, p, MB_FI_MPROTECT, 0) >= 2);
+  assert_true(sweep_protect(&f, mm, p, MB_FI_MMAP, 0) >= 2); /* rises from none map */
+  assert_true(sweep_protect(&f, mm, p, MB_FI_ALLOC, 1) >= 1);
+  assert_true(sweep_protect(&f, mm, p, MB_FI_ALLOC, 0) >= 1);
+  mb_object_unref(obj);
+  for (int i = 0; i < 2; i++)
+    mp_vam_drop(f.h.loop, mm, p[i]);
+  mp_end(&f);
+}
+
 int main(void) {
   if (!mb_fi_enabled())
     return 77;
@@ -349,6 +448,7 @@ int main(void) {
       cmocka_unit_test_setup(test_map_refused, setup),
       cmocka_unit_test_setup(test_replace_refused, setup),
       cmocka_unit_test_setup(test_lazy_fault_refused, setup),
+      cmocka_unit_test_setup(test_protect_refused, setup),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -108,7 +108,7 @@ static void test_classify_under_changes(void **unused) {
   mb_mm_config cfg = {.max_addr = 64 * MiB, .loop = mgr, .part_loop = pl};
   assert_int_equal(mb_mm_create(&cfg, &s.mm), 0);
   s.obj = tu_memfd_byte("t", 2 * MiB, 0x33);
-  mb_region_params p = {"ram", 0, 2 * MiB, 1, false};
+  mb_region_params p = {"ram", 0, 2 * MiB, 1, false, 0};
   assert_int_equal(mb_region_add_sync(s.mm, &p, &s.r), 0);
   mb_mapping_params mp = {s.r, 0, 2 * MiB, s.obj, 0, true};
   assert_int_equal(mb_mapping_add_sync(s.mm, &mp), 0);

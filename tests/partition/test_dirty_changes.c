@@ -43,7 +43,7 @@ typedef struct world {
 
 static mb_region_id ram(world *w, const char *name, uint64_t gpa, uint64_t size) {
   mb_region_id id;
-  mb_region_params p = {name, gpa, size, 0, false};
+  mb_region_params p = {name, gpa, size, 0, false, 0};
   assert_int_equal(mb_region_add_sync(w->mm, &p, &id), 0);
   mb_mapping_params m = {id, 0, size, w->a, gpa, true};
   assert_int_equal(mb_mapping_add_sync(w->mm, &m), 0);

@@ -58,9 +58,12 @@ static void test_slots(void **unused) {
 /* ---- the exit rule on the three kernel behaviours ------------------------------------ */
 
 /* A map for the rule: [1M, 2M) is RAM with a hole at [1M+64K, 1M+128K) and a read-only page
- * at 1M+128K; [4M, 5M) is a read-only region; nothing elsewhere. */
+ * at 1M+128K; [4M, 5M) is a read-only region; [6M, 6M+8K) is RAM protected by a higher VTL,
+ * none then ro; nothing elsewhere. */
 static int fixed_map_lookup(void *ctx, uint64_t gpa, uint64_t len, bool write) {
   (void)ctx, (void)len;
+  if (gpa >= 6 * MiB && gpa < 6 * MiB + 8 * KiB)
+    return gpa < 6 * MiB + 4 * KiB || write ? MB_GPA_PROTECTED : MB_GPA_RAM;
   if (gpa >= 4 * MiB && gpa < 5 * MiB)
     return write ? MB_GPA_MMIO : MB_GPA_RAM;
   if (gpa < MiB || gpa >= 2 * MiB)
@@ -115,6 +118,13 @@ static void test_exit_rule(void **unused) {
                    MB_GPA_FAULT); /* reads, does not write: a write to a read-only page */
   assert_int_equal(kind_of(-1, EFAULT, run_memory_fault(&run, MiB, 4096)), MB_GPA_RAM);
   assert_int_equal(kind_of(-1, EFAULT, run_memory_fault(&run, 3 * MiB, 4096)), MB_GPA_MMIO);
+  /* a VTL protection: its own outcome (an intercept for the higher VTL), never MMIO */
+  assert_int_equal(kind_of(0, 0, run_mmio(&run, 6 * MiB, 4, false)), MB_GPA_PROTECTED);
+  assert_int_equal(kind_of(0, 0, run_mmio(&run, 6 * MiB + 4 * KiB, 4, true)), MB_GPA_PROTECTED);
+  assert_int_equal(kind_of(0, 0, run_mmio(&run, 6 * MiB + 4 * KiB, 4, false)), MB_GPA_RAM);
+  assert_int_equal(kind_of(-1, EFAULT, run_memory_fault(&run, 6 * MiB, 4096)), MB_GPA_PROTECTED);
+  assert_int_equal(kind_of(-1, EFAULT, run_memory_fault(&run, 6 * MiB + 4 * KiB, 4096)),
+                   MB_GPA_PROTECTED); /* reads, does not write: the write was forbidden */
   /* older kernels: a bare EFAULT, no address. */
   memset(&run, 0, sizeof run);
   run.exit_reason = KVM_EXIT_HLT; /* stale */
@@ -147,7 +157,7 @@ static void world_init(world *w, const mb_partition_params *params) {
   mb_mm_config cfg = {.max_addr = 64 * MiB, .overlap = MB_OVERLAP_ANY, .loop = w->loop};
   assert_int_equal(mb_mm_create(&cfg, &w->mm), 0);
   w->obj = tu_memfd_byte("t", 8 * MiB, 0x5a);
-  mb_region_params ram = {"ram", 0, 4 * MiB, 1, false}, rom = {"rom", 8 * MiB, MiB, 1, false};
+  mb_region_params ram = {"ram", 0, 4 * MiB, 1, false, 0}, rom = {"rom", 8 * MiB, MiB, 1, false, 0};
   assert_int_equal(mb_region_add_sync(w->mm, &ram, &w->ram), 0);
   assert_int_equal(mb_region_add_sync(w->mm, &rom, &w->rom), 0);
   mb_mapping_params m[] = {{w->ram, 0, MiB, w->obj, 0, true},
@@ -158,7 +168,7 @@ static void world_init(world *w, const mb_partition_params *params) {
     assert_int_equal(mb_mapping_add_sync(w->mm, &m[i]), 0);
   assert_int_equal(mb_region_map_sync(w->mm, w->ram, true), 0);
   assert_int_equal(mb_region_map_sync(w->mm, w->rom, false), 0);
-  mb_partition_params soft = {&mb_partition_soft, NULL, NULL};
+  mb_partition_params soft = {&mb_partition_soft, NULL, NULL, 0};
   assert_int_equal(mb_partition_attach_sync(w->mm, params ? params : &soft, &w->part), 0);
 }
 
@@ -236,7 +246,7 @@ static void test_attach_slots(void **unused) {
    * changes nothing */
   mb_region_id r[3];
   for (int i = 0; i < 3; i++) {
-    mb_region_params p = {"x", (16 + 2 * (uint64_t)i) * MiB, MiB, 1, false};
+    mb_region_params p = {"x", (16 + 2 * (uint64_t)i) * MiB, MiB, 1, false, 0};
     assert_int_equal(mb_region_add_sync(w.mm, &p, &r[i]), 0);
   }
   assert_int_equal(mb_region_map_sync(w.mm, r[0], true), 0);
@@ -335,7 +345,7 @@ static void test_attach_config(void **unused) {
   assert_int_equal(mb_partition_attach_sync(w.mm, &params, &p), MB_E_INVALID);
   c.vm_fd = 0; /* stdin: not a KVM VM either */
   assert_int_equal(mb_partition_attach_sync(w.mm, &params, &p), MB_E_INVALID);
-  params = (mb_partition_params){&mb_partition_soft, &c, NULL}; /* soft takes no config */
+  params = (mb_partition_params){&mb_partition_soft, &c, NULL, 0}; /* soft takes no config */
   assert_int_equal(mb_partition_attach_sync(w.mm, &params, &p), MB_E_INVALID);
   assert_int_equal(mb_partition_attach_sync(w.mm, NULL, &p), MB_E_INVALID);
   /* too few slots for what is visible: the add fails and leaves nothing behind */
@@ -380,7 +390,7 @@ static void test_attach_stays_ram(void **unused) {
   /* a region of higher priority over [1M, 2M) of ram splits ram's piece: its slot is deleted
    * and two are added; unmapping it again joins them */
   mb_region_id hi;
-  mb_region_params p = {"hi", MiB, MiB, 2, false};
+  mb_region_params p = {"hi", MiB, MiB, 2, false, 0};
   assert_int_equal(mb_region_add_sync(w.mm, &p, &hi), 0);
   mb_mapping_params mp = {hi, 0, MiB, w.obj, 5 * MiB, true};
   assert_int_equal(mb_mapping_add_sync(w.mm, &mp), 0);
@@ -417,14 +427,14 @@ static void test_attach_real_vm(void **unused) {
   void *page = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   assert_true(page != MAP_FAILED);
   mb_kvm_attach_config c = {.vm_fd = vm, .slot_first = 8, .slot_count = 2};
-  mb_partition_params params = {&mb_partition_kvm_attach, &c, NULL};
+  mb_partition_params params = {&mb_partition_kvm_attach, &c, NULL, 0};
   world w;
   world_init(&w, &params);
   /* membacking's slots are in the VM: the VMM's own slot cannot overlap them */
   assert_int_equal(vmm_slot(vm, 0, page, 4096), -EEXIST);
   assert_int_equal(vmm_slot(vm, 32 * MiB, page, 4096), 0);
   mb_region_id extra;
-  mb_region_params p = {"extra", 16 * MiB, MiB, 1, false};
+  mb_region_params p = {"extra", 16 * MiB, MiB, 1, false, 0};
   assert_int_equal(mb_region_add_sync(w.mm, &p, &extra), 0);
   assert_int_equal(mb_region_map_sync(w.mm, extra, true), -ENOSPC); /* two slots only */
   assert_int_equal(mb_partition_classify(w.part, 0x1000, 8, true), MB_GPA_RAM);

@@ -58,7 +58,7 @@ static void world_init(world *w) {
   assert_int_equal(mb_mm_create(&cfg, &w->mm), 0);
   w->a = tu_memfd_byte("a", CHUNK, 0xa1);
   w->b = tu_memfd_byte("b", CHUNK, 0xb2);
-  mb_region_params rp = {"win", WINDOW, MiB, 1, true};
+  mb_region_params rp = {"win", WINDOW, MiB, 1, true, 0};
   assert_int_equal(mb_region_add_sync(w->mm, &rp, &w->win), 0);
   mb_mapping_params mp = {w->win, 0, CHUNK, w->a, 0, true};
   assert_int_equal(mb_mapping_add_sync(w->mm, &mp), 0);
@@ -464,7 +464,7 @@ static void test_kvm(void **unused) {
   world w;
   world_init(&w);
   mb_kvm_attach_config kc = {.vm_fd = v->vm_fd, .slot_first = SLOT_FIRST};
-  mb_partition_params pp = {&mb_partition_kvm_attach, &kc, NULL};
+  mb_partition_params pp = {&mb_partition_kvm_attach, &kc, NULL, 0};
   assert_int_equal(mb_partition_attach_sync(w.mm, &pp, &v->part), 0);
   *vm_mailbox(v) = (scan_mailbox){WINDOW, CHUNK, PAGE, PATTERN_A, PATTERN_B, 0, 0, 0, 0};
   reader r = {.name = "vCPU", .scan = kvm_scan, .ctx = v};

@@ -225,7 +225,7 @@ static void test_alloc_undone(void **state) {
 static void test_region_refused(void **state) {
   (void)state;
   RU_TEST_BEGIN();
-  mb_region_params p = {"vmm", 15 * MiB, 2 * MiB, 3, true};
+  mb_region_params p = {"vmm", 15 * MiB, 2 * MiB, 3, true, 0};
   mb_region_id mine;
   assert_int_equal(mb_region_add_sync(W.mm, &p, &mine), 0);
   mb_ram_range r[] = {{0, 8 * MiB}, {8 * MiB, 8 * MiB}, {32 * MiB, 8 * MiB}};

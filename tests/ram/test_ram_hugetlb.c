@@ -135,7 +135,7 @@ static void test_whole_pages(void **state) {
   mb_object *obj = NULL;
   assert_int_equal(mb_object_create_opts(&o, &obj), 0);
   assert_int_equal(mb_object_page_size(obj), 2 * MiB);
-  mb_region_params rp = {"r", 4 * MiB, 4 * MiB, 1, false};
+  mb_region_params rp = {"r", 4 * MiB, 4 * MiB, 1, false, 0};
   mb_region_id id;
   assert_int_equal(mb_region_add_sync(W.mm, &rp, &id), 0);
   mb_mapping_params mp = {id, 0, MiB, obj, 0, true};
@@ -144,7 +144,7 @@ static void test_whole_pages(void **state) {
   assert_int_equal(mb_mapping_add_sync(W.mm, &mp), MB_E_INVALID);
   mp = (mb_mapping_params){id, 4096, 2 * MiB, obj, 0, true}; /* a guest address off a page */
   assert_int_equal(mb_mapping_add_sync(W.mm, &mp), MB_E_INVALID);
-  mb_region_params up = {"u", 12 * MiB + 4096, 4 * MiB, 1, false};
+  mb_region_params up = {"u", 12 * MiB + 4096, 4 * MiB, 1, false, 0};
   mb_region_id uid;
   assert_int_equal(mb_region_add_sync(W.mm, &up, &uid), 0); /* a region itself off a page */
   mp = (mb_mapping_params){uid, 0, 2 * MiB, obj, 0, true};

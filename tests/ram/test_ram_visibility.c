@@ -38,7 +38,7 @@ static int setup(void **state) {
   assert_int_equal(mb_ram_build_sync(V.w.mm, &cfg, &V.ram, &e), 0);
   /* the BIOS and option ROMs below the PAM windows: a device region, read-only */
   V.rom = tu_memfd_byte("rom", ROM_SIZE, ROM_BYTE);
-  mb_region_params rp = {"rom", ROM_BASE, ROM_SIZE, MB_DEVICE_PRIORITY, true};
+  mb_region_params rp = {"rom", ROM_BASE, ROM_SIZE, MB_DEVICE_PRIORITY, true, 0};
   assert_int_equal(mb_region_add_sync(V.w.mm, &rp, &V.rom_id), 0);
   mb_mapping_params mp = {V.rom_id, 0, ROM_SIZE, V.rom, 0, false};
   assert_int_equal(mb_mapping_add_sync(V.w.mm, &mp), 0);

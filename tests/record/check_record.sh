@@ -13,7 +13,7 @@ fail=0 n=0
 # names that do not exist are answered by the runner) must be recorded.
 kinds=('region add' 'region map' 'region unmap' 'region remove' 'mapping add' 'mapping remove'
        'mapping replace' 'txn begin' 'txn commit' 'mapper add' 'partition add'
-       'dirty start' 'dirty sync' 'dirty stop')
+       'dirty start' 'dirty sync' 'dirty stop' 'protect')
 
 # whole SCENARIO RECORDING: false (after saying why) when the recording misses something.
 whole() {

@@ -36,7 +36,7 @@ static void world_init(world *w, const char *path) {
   assert_int_equal(mb_mm_create(&cfg, &w->mm), 0);
   assert_int_equal(mb_mm_record(w->mm, path), 0);
   w->ram = tu_memfd_byte("ram", 4 * MiB, 0);
-  mb_region_params rp = {"ram", 0, 4 * MiB, 0, false};
+  mb_region_params rp = {"ram", 0, 4 * MiB, 0, false, 0};
   mb_region_id id;
   assert_int_equal(mb_region_add_sync(w->mm, &rp, &id), 0);
   mb_mapping_params mp = {id, 0, 4 * MiB, w->ram, 0, true};

@@ -74,7 +74,7 @@ static int child(const char *path) {
   CHECK(loop && mb_mm_create(&cfg, &mm) == 0 && mb_mm_record(mm, path) == 0);
   mb_object *obj = NULL;
   CHECK(mb_object_create(MB_OBJECT_MEMFD, 64 * 1024, "ram", &obj) == 0);
-  mb_region_params rp = {"ram", 0, 1 << 20, 0, false};
+  mb_region_params rp = {"ram", 0, 1 << 20, 0, false, 0};
   mb_region_id id;
   CHECK(mb_region_add_sync(mm, &rp, &id) == 0 && mb_region_map_sync(mm, id, true) == 0);
   mb_mapping_params mp = {id, 0, PAGE, obj, 0, true};

@@ -361,7 +361,8 @@ static inline fx *fx_new(int overlap, uint64_t max_addr, int npm, bool threaded)
     f->pm_addr[i] = mb_actor_addr(s.actor);
   }
   assert_int_equal(mb_gpa_map_create(&f->gpa_map), 0);
-  mb_rm_config cfg = {max_addr, overlap, f->mm_addr, f->gpa_map, NULL};
+  mb_rm_config cfg = {.max_addr = max_addr, .overlap = overlap, .mapping_manager = f->mm_addr,
+                      .gpa_map = f->gpa_map};
   f->rm = mb_region_manager_create(f->home.loop, &cfg);
   assert_non_null(f->rm);
   f->rm_addr = mb_actor_addr(f->rm);

@@ -717,7 +717,7 @@ static void test_destroy_in_flight(void **unused) {
     assert_int_equal(p.status, MB_EGONE);
     mb_reply(f->held, 0); /* to a manager that is gone: dropped */
     uv_run(&f->home.uv, UV_RUN_NOWAIT);
-    f->rm = mb_region_manager_create(f->home.loop, &(mb_rm_config){64 * G, MB_OVERLAP_NESTED, f->mm_addr, f->gpa_map, NULL});
+    f->rm = mb_region_manager_create(f->home.loop, &(mb_rm_config){.max_addr = 64 * G, .overlap = MB_OVERLAP_NESTED, .mapping_manager = f->mm_addr, .gpa_map = f->gpa_map});
     assert_non_null(f->rm); /* fx_free destroys this one */
     fx_no_violations(f);
     fx_free(f);
@@ -727,7 +727,7 @@ static void test_destroy_in_flight(void **unused) {
 static void test_create_config(void **unused) {
   (void)unused;
   fx *f = nested(0);
-  mb_rm_config bad = {64 * G, 7, f->mm_addr, NULL, NULL};
+  mb_rm_config bad = {.max_addr = 64 * G, .overlap = 7, .mapping_manager = f->mm_addr};
   assert_null(mb_region_manager_create(f->home.loop, &bad));
   assert_null(mb_region_manager_create(f->home.loop, NULL));
   assert_null(mb_region_manager_create(NULL, &bad));

@@ -64,6 +64,8 @@ typedef struct replay_entry {
   mb_lock *lock;         /* a lock: held until unlock (or the world's teardown) */
   struct replay_entry *owner; /* a lock: its mapper's entry (referenced) */
   mb_loop *loop; /* spread: the started loop the mapper or partition runs on */
+  uint64_t span; /* a mapper or partition: the guest addresses it shows, [0, span): max_addr,
+                  * or for VTL 2 with an alias vtl0_alias + max_addr (replay_consumer_span) */
 } replay_entry;
 
 typedef struct replay_table {
@@ -211,6 +213,7 @@ struct replay_op {
   mb_loop *new_loop;       /* spread: the loop started for the mapper or partition it adds */
   mb_range_list *ranges;   /* expect partition / mapper: the actual ranges; a dirty sync's
                             * answer */
+  mb_prot_list *prots;     /* expect protection: the actual protections */
   replay_apply_fn apply;   /* updates the world at completion (main thread) */
   replay_op *next;         /* in w->ops */
 };
@@ -239,6 +242,18 @@ void replay_txn_commit(replay_world *w, replay_op *op);
 void replay_txn_note(replay_world *w, replay_entry *e, bool added);
 /* Forget what the transaction kept (the world's teardown). */
 void replay_txn_fini(replay_world *w);
+
+/* ---- virtual trust levels (replay_vtl.c) ----------------------------------------------------- */
+
+/* The guest addresses a consumer at `vtl` shows: [0, max_addr), and for VTL 2 of a file with
+ * an alias also VTL 0's view at [vtl0_alias, vtl0_alias + max_addr). The end. */
+uint64_t replay_consumer_span(const scenario *sc, uint8_t vtl);
+/* protect and expect protection, as start functions of replay_ops.c; the protections an
+ * expect protection got are left in op->prots. */
+void replay_protect(replay_world *w, replay_op *op);
+void replay_expect_protection(replay_world *w, replay_op *op);
+/* Compare them with an expect protection command; on a mismatch *got says what they were. */
+bool replay_check_protection(const replay_op *op, const scenario_cmd *expect, char **got);
 
 /* ---- dirty-page tracking (replay_dirty.c) ---------------------------------------------------- */
 

@@ -140,7 +140,8 @@ bool replay_ranges_normalise(const mb_range_list *l, scenario_ranges *r) {
   if (!l || l->count == 0) return true;
   if (!(r->items = calloc(l->count, sizeof *r->items))) return false;
   for (size_t i = 0; i < l->count; i++)
-    r->items[i] = (scenario_range){l->ranges[i].gpa, l->ranges[i].size, !l->ranges[i].writable};
+    r->items[i] =
+        (scenario_range){l->ranges[i].gpa, l->ranges[i].size, !l->ranges[i].writable, false};
   qsort(r->items, l->count, sizeof *r->items, by_gpa);
   for (size_t i = 0; i < l->count; i++) {
     scenario_range *last = r->n ? &r->items[r->n - 1] : NULL;
@@ -219,5 +220,6 @@ bool replay_check_state(const replay_op *op, const scenario_cmd *expect, char **
     return false;
   }
   if (expect->kind == SCENARIO_EXPECT_REGION) return check_region(op, expect, got);
+  if (expect->kind == SCENARIO_EXPECT_PROTECTION) return replay_check_protection(op, expect, got);
   return check_ranges(op, expect, got);
 }

@@ -45,7 +45,7 @@ static bool exec_operation(replay_world *w, const scenario_cmd *cmd, char **why)
     return false;
   }
   bool state = cmd->kind == SCENARIO_EXPECT_REGION || cmd->kind == SCENARIO_EXPECT_PARTITION ||
-               cmd->kind == SCENARIO_EXPECT_MAPPER;
+               cmd->kind == SCENARIO_EXPECT_MAPPER || cmd->kind == SCENARIO_EXPECT_PROTECTION;
   return finish(w, op, cmd, state ? NULL : &cmd->expect, why);
 }
 

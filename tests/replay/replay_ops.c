@@ -28,6 +28,7 @@ void replay_op_free(replay_op *op) {
   op->w->memory -= op->charged;
   free(op->buf);
   free(op->ranges);
+  free(op->prots);
   free(op->refusal);
   replay_entry_unref(op->w, op->entry);
   replay_loop_free(op->w, op->new_loop);
@@ -129,7 +130,8 @@ static void apply_region_add(replay_op *op) {
 
 static void start_region_add(replay_world *w, replay_op *op) {
   const scenario_region *r = &op->cmd->region;
-  mb_region_params p = {r->name, r->gpa, r->size, r->prio, r->type == SCENARIO_REGION_DEVICE};
+  mb_region_params p = {r->name, r->gpa, r->size, r->prio, r->type == SCENARIO_REGION_DEVICE,
+                        r->vtl};
   op->apply = apply_region_add;
   mb_region_add(w->mm, &p, replay_op_done, op);
 }
@@ -187,6 +189,7 @@ static void apply_consumer_add(replay_op *op) {
   }
   if (mapper) e->mapper = (mb_mapper *)(uintptr_t)op->value;
   else e->partition = (mb_partition *)(uintptr_t)op->value;
+  e->span = replay_consumer_span(op->w->sc, mapper ? op->cmd->mapper.vtl : op->cmd->partition.vtl);
   e->loop = op->new_loop;
   op->new_loop = NULL;
 }
@@ -218,7 +221,8 @@ static void start_mapper_add(replay_world *w, replay_op *op) {
   op->apply = apply_consumer_add;
   settle_earlier(w, op);
   mb_loop *loop = consumer_loop(w, op, "mapper", m->name);
-  if (loop) mb_mapper_add(w->mm, loop, m->mode == SCENARIO_MAPPER_EAGER, replay_op_done, op);
+  if (loop)
+    mb_mapper_add_vtl(w->mm, loop, m->mode == SCENARIO_MAPPER_EAGER, m->vtl, replay_op_done, op);
 }
 
 static void start_mapper_remove(replay_world *w, replay_op *op) {
@@ -236,7 +240,8 @@ static void start_partition_add(replay_world *w, replay_op *op) {
   op->apply = apply_consumer_add;
   settle_earlier(w, op);
   mb_loop *loop = consumer_loop(w, op, "partition", p->name);
-  if (loop) mb_partition_add(w->mm, ops, loop, replay_op_done, op);
+  mb_partition_params params = {.ops = ops, .loop = loop, .vtl = p->vtl};
+  if (loop) mb_partition_attach(w->mm, &params, replay_op_done, op);
 }
 
 static void start_partition_remove(replay_world *w, replay_op *op) {
@@ -249,14 +254,14 @@ static void start_partition_remove(replay_world *w, replay_op *op) {
 /* ---- accesses ---------------------------------------------------------------------------------- */
 
 /* op->buf: room for a read, or a copy of a write's bytes (the API may write through it).
- * Validity comes before the buffer (spec: validity before state): a range that ends past
- * max_addr, or wraps, is answered invalid here, as the library would answer it, without
- * allocating LEN bytes for it. */
-static bool access_buffer(replay_world *w, replay_op *op) {
+ * Validity comes before the buffer (spec: validity before state): a range that ends past what
+ * the consumer `e` shows (max_addr; alias + max_addr for VTL 2 with an alias), or wraps, is
+ * answered invalid here, as the library would answer it, without allocating LEN bytes for it. */
+static bool access_buffer(replay_world *w, replay_op *op, const replay_entry *e) {
   const scenario_io *io = &op->cmd->io;
   bool read = op->cmd->kind == SCENARIO_READ || op->cmd->kind == SCENARIO_GUEST_READ;
   uint64_t len = read ? io->len : io->data.len;
-  if (len > w->sc->max_addr || io->gpa > w->sc->max_addr - len) {
+  if (len > e->span || io->gpa > e->span - len) {
     replay_op_done(op, MB_E_INVALID, 0);
     return false;
   }
@@ -299,7 +304,7 @@ static void submit(replay_world *w, replay_op *op) {
 static void start_mapper_access(replay_world *w, replay_op *op) {
   settle_first(w);
   replay_entry *e = use(w, op, REPLAY_NS_MAPPER, op->cmd->io.target);
-  if (!e || !access_buffer(w, op)) return;
+  if (!e || !access_buffer(w, op, e)) return;
   int rc = MB_EDEADLK;
   uint64_t gpa = op->cmd->io.gpa;
   if (try_here(w, e))
@@ -311,7 +316,7 @@ static void start_mapper_access(replay_world *w, replay_op *op) {
 
 static void start_guest_access(replay_world *w, replay_op *op) {
   replay_entry *e = use(w, op, REPLAY_NS_PARTITION, op->cmd->io.target);
-  if (!e || !access_buffer(w, op)) return;
+  if (!e || !access_buffer(w, op, e)) return;
   bool write = op->cmd->kind == SCENARIO_GUEST_WRITE;
   mb_partition_access(e->partition, op->cmd->io.gpa, op->buf, op->len, write, replay_op_done, op);
 }
@@ -416,6 +421,8 @@ static const start_fn starters[SCENARIO_CMD_KIND_COUNT] = {
     [SCENARIO_DIRTY_START] = replay_dirty_start,
     [SCENARIO_DIRTY_SYNC] = replay_dirty_sync,
     [SCENARIO_DIRTY_STOP] = replay_dirty_stop,
+    [SCENARIO_PROTECT] = replay_protect,
+    [SCENARIO_EXPECT_PROTECTION] = replay_expect_protection,
 };
 
 static replay_op *op_new(replay_world *w, const scenario_cmd *cmd) {

@@ -171,6 +171,8 @@ int replay_world_init(replay_world *w, const scenario *sc, const replay_config *
       .overlap = sc->overlap == SCENARIO_OVERLAP_ANY ? MB_OVERLAP_ANY : MB_OVERLAP_NESTED,
       .loop = w->mgr_loop,
       .part_loop = w->part_loop,
+      .vtls = sc->vtls,
+      .vtl0_alias = sc->vtl0_alias,
   };
   err = mb_mm_create(&mm_cfg, &w->mm);
   if (err) snprintf(msg, msglen, "mb_mm_create: %s", membacking_strerror(err));

@@ -286,7 +286,8 @@ static int finish(parser *P, cursor *c, scenario_cmd *cmd, const uint64_t *read_
   return due <= 0 ? due : parse_result(P, c, cmd, read_len);
 }
 
-static int parse_ranges(parser *P, cursor *c, bool pages, scenario_ranges *out);
+typedef enum ranges_kind { RANGES_ACCESS, RANGES_PAGES, RANGES_PROT } ranges_kind;
+static int parse_ranges(parser *P, cursor *c, ranges_kind kind, scenario_ranges *out);
 
 /* The end of a dirty sync (or of its await): `=> PAGES` is allowed besides ok and error:CODE. */
 static int finish_pages(parser *P, cursor *c, scenario_cmd *cmd) {
@@ -296,7 +297,7 @@ static int finish_pages(parser *P, cursor *c, scenario_cmd *cmd) {
   if (!scenario__peek(c, &t)) return fail(P, "%s: missing RESULT after '=>'", P->what);
   if (scenario__tok_is(t, "ok") || scenario__tok_starts(t, "error"))
     return parse_result(P, c, cmd, NULL);
-  if (parse_ranges(P, c, true, &cmd->expect.pages)) return -1;
+  if (parse_ranges(P, c, RANGES_PAGES, &cmd->expect.pages)) return -1;
   cmd->expect.kind = SCENARIO_EXPECT_PAGES;
   if (scenario__next(c, &t))
     return fail(P, "%s: unexpected '%.*s' after the result", P->what, TOK(t));
@@ -325,12 +326,47 @@ static int pick_kind(parser *P, cursor *c, scenario_cmd *cmd, scenario_cmd_kind 
   return 0;
 }
 
+/* A VTL: 0, 1 or 2 (whether the manager has it is the run's business). */
+static int to_vtl(parser *P, tok t, const char *what, uint8_t *vtl) {
+  uint64_t v;
+  if (to_number(P, t, what, &v)) return -1;
+  if (v > SCENARIO_VTL_MAX)
+    return fail(P, "%s: %s '%.*s' is not a VTL (0, 1 or 2)", P->what, what, TOK(t));
+  *vtl = (uint8_t)v;
+  return 0;
+}
+
+/* vtls=0[,1][,2]: the VTLs as a bit mask, and whether they are written strictly ascending
+ * (the configuration check refuses a list that is not, and one without VTL 0). */
+static int parse_vtl_list(parser *P, tok v, scenario_config *cfg) {
+  int last = -1;
+  cfg->vtls_ascending = true;
+  for (const char *p = v.p, *end = v.p + v.n; p <= end;) {
+    const char *comma = memchr(p, ',', (size_t)(end - p));
+    tok item = {p, (size_t)((comma ? comma : end) - p)};
+    uint8_t vtl;
+    if (item.n == 0) return fail(P, "config: vtls '%.*s' has an empty item", TOK(v));
+    if (to_vtl(P, item, "vtls item", &vtl)) return -1;
+    if ((int)vtl <= last) cfg->vtls_ascending = false;
+    last = vtl;
+    cfg->vtls |= (uint8_t)(1u << vtl);
+    p = comma ? comma + 1 : end + 1;
+  }
+  return 0;
+}
+
 static int parse_config(parser *P, cursor *c, scenario_cmd *cmd, scenario_cmd_kind first) {
   char list[64];
   tok t, v;
   set_kind(P, cmd, first);
-  if (arg(P, c, "max_addr=NUMBER or overlap=nested|any", &t)) return -1;
-  if (option_is(t, "max_addr", &v)) {
+  if (arg(P, c, "max_addr=, overlap=, vtls= or vtl0_alias=", &t)) return -1;
+  if (option_is(t, "vtls", &v)) {
+    cmd->config.key = SCENARIO_CONFIG_VTLS;
+    if (parse_vtl_list(P, v, &cmd->config)) return -1;
+  } else if (option_is(t, "vtl0_alias", &v)) {
+    cmd->config.key = SCENARIO_CONFIG_VTL0_ALIAS;
+    if (to_number(P, v, "vtl0_alias", &cmd->config.vtl0_alias)) return -1;
+  } else if (option_is(t, "max_addr", &v)) {
     cmd->config.key = SCENARIO_CONFIG_MAX_ADDR;
     if (to_number(P, v, "max_addr", &cmd->config.max_addr)) return -1;
   } else if (option_is(t, "overlap", &v)) {
@@ -341,7 +377,9 @@ static int parse_config(parser *P, cursor *c, scenario_cmd *cmd, scenario_cmd_ki
     cmd->config.key = SCENARIO_CONFIG_OVERLAP;
     cmd->config.overlap = (scenario_overlap)i;
   } else {
-    return fail(P, "config: unknown setting '%.*s' (expected max_addr=NUMBER or overlap=...)",
+    return fail(P,
+                "config: unknown setting '%.*s' (expected max_addr=NUMBER, overlap=nested|any, "
+                "vtls=0[,1][,2] or vtl0_alias=ADDR)",
                 TOK(t));
   }
   return finish(P, c, cmd, NULL);
@@ -391,7 +429,7 @@ static int parse_object(parser *P, cursor *c, scenario_cmd *cmd, scenario_cmd_ki
 
 static int parse_region_add(parser *P, cursor *c, scenario_cmd *cmd) {
   scenario_region *r = &cmd->region;
-  bool seen_prio = false, seen_type = false;
+  bool seen_prio = false, seen_type = false, seen_vtl = false;
   char list[64];
   tok t, v;
   if (arg_name(P, c, "NAME", r->name) || arg_number(P, c, "GPA", &r->gpa) ||
@@ -410,8 +448,11 @@ static int parse_region_add(parser *P, cursor *c, scenario_cmd *cmd) {
         return fail(P, "region add: type must be %s, not '%.*s'",
                     choices(scenario__region_type_words, list, sizeof list), TOK(v));
       r->type = (scenario_region_type)i;
+    } else if (option_is(t, "vtl", &v)) {
+      if (duplicate_option(P, &seen_vtl, t) || to_vtl(P, v, "vtl", &r->vtl)) return -1;
     } else {
-      return fail(P, "region add: unexpected '%.*s' (expected prio=N or type=ram|device)", TOK(t));
+      return fail(P, "region add: unexpected '%.*s' (expected prio=N, type=ram|device or vtl=N)",
+                  TOK(t));
     }
   }
   return finish(P, c, cmd, NULL);
@@ -439,12 +480,25 @@ static int parse_mapping(parser *P, cursor *c, scenario_cmd *cmd, scenario_cmd_k
   return finish(P, c, cmd, NULL);
 }
 
+/* The options of a consumer add: [vtl=N]. */
+static int consumer_options(parser *P, cursor *c, uint8_t *vtl) {
+  bool seen_vtl = false;
+  tok t, v;
+  while (next_option(c, &t)) {
+    if (!option_is(t, "vtl", &v))
+      return fail(P, "%s: unexpected '%.*s' (expected vtl=N)", P->what, TOK(t));
+    if (duplicate_option(P, &seen_vtl, t) || to_vtl(P, v, "vtl", vtl)) return -1;
+  }
+  return 0;
+}
+
 static int parse_mapper(parser *P, cursor *c, scenario_cmd *cmd, scenario_cmd_kind first) {
   int i;
   if (pick_kind(P, c, cmd, first) || arg_name(P, c, "NAME", cmd->mapper.name)) return -1;
   if (cmd->kind == SCENARIO_MAPPER_ADD) {
     if (arg_word(P, c, scenario__mapper_words, &i)) return -1;
     cmd->mapper.mode = i;
+    if (consumer_options(P, c, &cmd->mapper.vtl)) return -1;
   }
   return finish(P, c, cmd, NULL);
 }
@@ -455,7 +509,22 @@ static int parse_partition(parser *P, cursor *c, scenario_cmd *cmd, scenario_cmd
   if (cmd->kind == SCENARIO_PARTITION_ADD) {
     if (arg_word(P, c, scenario__partition_words, &i)) return -1;
     cmd->partition.backend = i;
+    if (consumer_options(P, c, &cmd->partition.vtl)) return -1;
   }
+  return finish(P, c, cmd, NULL);
+}
+
+/* protect VTL GPA SIZE none|ro|rw */
+static int parse_protect(parser *P, cursor *c, scenario_cmd *cmd, scenario_cmd_kind first) {
+  scenario_protect *p = &cmd->protect;
+  tok t;
+  int i;
+  set_kind(P, cmd, first);
+  if (arg(P, c, "VTL", &t) || to_vtl(P, t, "VTL", &p->vtl) ||
+      arg_number(P, c, "GPA", &p->gpa) || arg_number(P, c, "SIZE", &p->size) ||
+      arg_word(P, c, scenario__prot_words, &i))
+    return -1;
+  p->access = (scenario_prot)i;
   return finish(P, c, cmd, NULL);
 }
 
@@ -563,36 +632,53 @@ static int page_range_split(parser *P, tok t, tok *gpa, tok *size) {
   return 0;
 }
 
-/* RANGES item: GPA+SIZE:rw or GPA+SIZE:ro; PAGES item (pages): GPA+SIZE. */
-static int parse_range(parser *P, tok t, bool pages, scenario_range *r) {
+/* The access of a RANGES item: rw or ro, or for protections (prot) ro or none. */
+static int range_access(parser *P, tok t, tok access, bool prot, scenario_range *r) {
+  int i = word_index(access, scenario__prot_words);
+  if (prot && (i == SCENARIO_PROT_NONE || i == SCENARIO_PROT_RO)) {
+    r->none = i == SCENARIO_PROT_NONE;
+    r->ro = i == SCENARIO_PROT_RO;
+    return 0;
+  }
+  if (prot)
+    return fail(P, "%s: range '%.*s' must end in :ro or :none (rw is what is not listed)",
+                P->what, TOK(t));
+  if ((i = word_index(access, scenario__access_words)) < 0)
+    return fail(P, "%s: range '%.*s' must end in :rw or :ro", P->what, TOK(t));
+  r->ro = i == 1;
+  return 0;
+}
+
+
+/* RANGES item: GPA+SIZE:rw or GPA+SIZE:ro (protections: :ro or :none); PAGES item: GPA+SIZE. */
+static int parse_range(parser *P, tok t, ranges_kind kind, scenario_range *r) {
+  bool pages = kind == RANGES_PAGES;
   const char *plus = memchr(t.p, '+', t.n);
   const char *colon = plus ? memchr(plus, ':', (size_t)(t.p + t.n - plus)) : NULL;
   tok gpa, size;
-  int i = 0;
   if (pages) {
     if (page_range_split(P, t, &gpa, &size)) return -1;
   } else if (!colon) {
-    return fail(P, "%s: malformed range '%.*s' (expected GPA+SIZE:rw or GPA+SIZE:ro)", P->what,
-                TOK(t));
+    return fail(P, "%s: malformed range '%.*s' (expected GPA+SIZE:%s)", P->what, TOK(t),
+                kind == RANGES_PROT ? "ro or GPA+SIZE:none" : "rw or GPA+SIZE:ro");
   } else {
     gpa = (tok){t.p, (size_t)(plus - t.p)};
     size = (tok){plus + 1, (size_t)(colon - plus - 1)};
     tok access = {colon + 1, (size_t)(t.p + t.n - colon - 1)};
-    if ((i = word_index(access, scenario__access_words)) < 0)
-      return fail(P, "%s: range '%.*s' must end in :rw or :ro", P->what, TOK(t));
+    if (range_access(P, t, access, kind == RANGES_PROT, r)) return -1;
   }
   if (to_number(P, gpa, "range GPA", &r->gpa) || to_number(P, size, "range SIZE", &r->size))
     return -1;
   if (r->size == 0) return fail(P, "%s: range '%.*s' is empty", P->what, TOK(t));
   if (r->size > UINT64_MAX - r->gpa)
     return fail(P, "%s: range '%.*s' goes past 2^64", P->what, TOK(t));
-  r->ro = i == 1;
   return 0;
 }
 
-/* RANGES (or, with pages, PAGES): `none`, or items in ascending order. Adjacent items with the
- * same access are merged, as the actual state is before it is compared. */
-static int parse_ranges(parser *P, cursor *c, bool pages, scenario_ranges *out) {
+/* RANGES (or PAGES): `none`, or items in ascending order. Adjacent items with the same access
+ * are merged, as the actual state is before it is compared. */
+static int parse_ranges(parser *P, cursor *c, ranges_kind kind, scenario_ranges *out) {
+  bool pages = kind == RANGES_PAGES;
   const char *what = pages ? "PAGES" : "RANGES";
   cursor scan = *c;
   tok t;
@@ -600,7 +686,7 @@ static int parse_ranges(parser *P, cursor *c, bool pages, scenario_ranges *out) 
   while (next_option(&scan, &t)) n++;
   if (n == 0)
     return fail(P, "%s: missing %s (none, or GPA+SIZE%s ...)", P->what, what,
-                pages ? "" : ":rw|ro");
+                pages ? "" : kind == RANGES_PROT ? ":ro|none" : ":rw|ro");
   if (scenario__peek(c, &t) && scenario__tok_is(t, "none")) {
     scenario__next(c, &t);
     if (n > 1) return fail(P, "%s: 'none' must stand alone in %s", P->what, what);
@@ -609,14 +695,14 @@ static int parse_ranges(parser *P, cursor *c, bool pages, scenario_ranges *out) 
   if (!(out->items = calloc(n, sizeof *out->items))) return fail(P, "out of memory");
   while (next_option(c, &t)) {
     scenario_range r = {0};
-    if (parse_range(P, t, pages, &r)) return -1;
+    if (parse_range(P, t, kind, &r)) return -1;
     scenario_range *last = out->n ? &out->items[out->n - 1] : NULL;
     if (last && r.gpa < last->gpa + last->size)
       return fail(P,
                   "%s: range '%.*s' starts below the end of the one before (%s are "
                   "ascending and do not overlap)",
                   P->what, TOK(t), what);
-    if (last && r.gpa == last->gpa + last->size && r.ro == last->ro)
+    if (last && r.gpa == last->gpa + last->size && r.ro == last->ro && r.none == last->none)
       last->size += r.size;
     else
       out->items[out->n++] = r;
@@ -627,6 +713,7 @@ static int parse_ranges(parser *P, cursor *c, bool pages, scenario_ranges *out) 
 static int parse_expect(parser *P, cursor *c, scenario_cmd *cmd, scenario_cmd_kind first) {
   const scenario__live *label;
   int i;
+  tok t;
   if (pick_kind(P, c, cmd, first)) return -1;
   switch (cmd->kind) {
   case SCENARIO_EXPECT_PENDING:
@@ -638,9 +725,18 @@ static int parse_expect(parser *P, cursor *c, scenario_cmd *cmd, scenario_cmd_ki
       return -1;
     cmd->expect_region.state = (scenario_region_state)i;
     break;
+  case SCENARIO_EXPECT_PROTECTION:
+    if (arg(P, c, "VTL", &t) || to_vtl(P, t, "VTL", &cmd->expect_protection.vtl)) return -1;
+    if (!scenario__vtl_protectable(P->sc, cmd->expect_protection.vtl))
+      return fail(P,
+                  "expect protection: VTL %u cannot be protected (config vtls has no higher VTL "
+                  "above it, or does not list it)",
+                  (unsigned)cmd->expect_protection.vtl);
+    if (parse_ranges(P, c, RANGES_PROT, &cmd->expect_protection.ranges)) return -1;
+    break;
   default:
     if (arg_name(P, c, "NAME", cmd->expect_ranges.name) ||
-        parse_ranges(P, c, false, &cmd->expect_ranges.ranges))
+        parse_ranges(P, c, RANGES_ACCESS, &cmd->expect_ranges.ranges))
       return -1;
     break;
   }
@@ -670,6 +766,7 @@ static parse_fn *const parsers[SCENARIO_CMD_KIND_COUNT] = {
     [SCENARIO_EXPECT_PENDING] = parse_expect,
     [SCENARIO_TXN_BEGIN] = parse_txn,
     [SCENARIO_DIRTY_START] = parse_dirty,
+    [SCENARIO_PROTECT] = parse_protect,
 };
 
 /* The first kind whose name starts with the word t, or SCENARIO_CMD_KIND_COUNT. */
@@ -714,6 +811,22 @@ static scenario_cmd *append(parser *P) {
   return cmd;
 }
 
+/* A config line's setting into the configuration (the last line of a key wins). */
+static void config_apply(parser *P, const scenario_config *cfg) {
+  scenario *sc = P->sc;
+  P->setting_line[cfg->key] = P->line;
+  switch (cfg->key) {
+  case SCENARIO_CONFIG_MAX_ADDR: sc->max_addr = cfg->max_addr; break;
+  case SCENARIO_CONFIG_OVERLAP: sc->overlap = cfg->overlap; break;
+  case SCENARIO_CONFIG_VTLS:
+    sc->vtls = cfg->vtls;
+    P->vtls_ascending = cfg->vtls_ascending;
+    break;
+  case SCENARIO_CONFIG_VTL0_ALIAS: sc->vtl0_alias = cfg->vtl0_alias; break;
+  case SCENARIO_CONFIG_KEYS: break;
+  }
+}
+
 int scenario__parse_line(parser *P, const char *p, const char *end) {
   if (memchr(p, '\0', (size_t)(end - p))) return fail(P, "NUL byte in the line");
   for (const char *q = p; q < end; q++) {
@@ -732,13 +845,7 @@ int scenario__parse_line(parser *P, const char *p, const char *end) {
   cmd->line = P->line;
   if (parse_command(P, &c, cmd) || scenario__check(P, cmd, P->count)) return -1;
   P->count++;
-  if (cmd->kind == SCENARIO_CONFIG) {
-    P->setting_line[cmd->config.key] = P->line;
-    if (cmd->config.key == SCENARIO_CONFIG_MAX_ADDR)
-      P->sc->max_addr = cmd->config.max_addr;
-    else
-      P->sc->overlap = cmd->config.overlap;
-  }
+  if (cmd->kind == SCENARIO_CONFIG) config_apply(P, &cmd->config);
   if (cmd->kind == SCENARIO_REQUIRE) P->sc->require_kvm = true;
   return 1;
 }
@@ -769,8 +876,7 @@ static int parse_text(const char *text, size_t len, const char *name, scenario *
     goto done;
   }
   memcpy(P.sc->name, name, namelen);
-  P.sc->max_addr = SCENARIO_DEFAULT_MAX_ADDR;
-  P.sc->overlap = SCENARIO_OVERLAP_NESTED;
+  scenario__config_defaults(P.sc);
 
   const char *p = text, *end = text + len;
   while (p < end) {
@@ -838,6 +944,7 @@ void scenario__cmd_clear(scenario_cmd *cmd) {
   case SCENARIO_GUEST_WRITE: free(cmd->io.data.data); break;
   case SCENARIO_EXPECT_PARTITION:
   case SCENARIO_EXPECT_MAPPER: free(cmd->expect_ranges.ranges.items); break;
+  case SCENARIO_EXPECT_PROTECTION: free(cmd->expect_protection.ranges.items); break;
   case SCENARIO_ASYNC:
     if (cmd->async.inner) scenario__cmd_clear(cmd->async.inner);
     free(cmd->async.inner);

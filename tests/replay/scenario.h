@@ -14,12 +14,15 @@
  *   fit in 64 bits, config/require after other commands, a configuration that does not hold
  *   together (checked after the last config line: scenario_check.c), bad names, defining a name
  *   that is live, BYTES whose length differs from the read's, `=> BYTES` after anything but a
- *   read, a result on a command that performs no operation. What the format makes a result of
- *   the run is left to the engine, which reports it as an error code: a command naming a region,
- *   object, mapper, partition, lock or async label that does not exist (`error:notfound`), an
- *   address or size that is not a multiple of 4 KiB, a zero size, a range that wraps or ends
- *   beyond max_addr (`error:invalid`), removing a mapper that holds locks (`error:invalid`), the
- *   transaction rules (`error:invalid`), ...
+ *   read, a result on a command that performs no operation, a VTL other than 0, 1 or 2, an
+ *   `expect protection` of a VTL that cannot be protected (config vtls has no VTL above it).
+ *   What the format makes a result of the run is left to the engine, which reports it as an
+ *   error code: a command naming a region, object, mapper, partition, lock or async label that
+ *   does not exist (`error:notfound`), an address or size that is not a multiple of 4 KiB, a
+ *   zero size, a range that wraps or ends beyond max_addr (`error:invalid`), removing a mapper
+ *   that holds locks (`error:invalid`), the transaction rules (`error:invalid`), a region,
+ *   consumer or protection at a VTL that the configuration does not have or cannot protect
+ *   (`error:invalid`), ...
  *
  * Liveness of names (the rule behind "defining a live name")
  *   A name is live from the command that may have created it until the command that is known to
@@ -90,11 +93,13 @@ enum {
   X(EXPECT_REGION, "expect region", expect_region)                                                 \
   X(EXPECT_PARTITION, "expect partition", expect_ranges)                                           \
   X(EXPECT_MAPPER, "expect mapper", expect_ranges)                                                 \
+  X(EXPECT_PROTECTION, "expect protection", expect_protection)                                     \
   X(TXN_BEGIN, "txn begin", txn)                                                                   \
   X(TXN_COMMIT, "txn commit", txn)                                                                 \
   X(DIRTY_START, "dirty start", dirty)                                                             \
   X(DIRTY_SYNC, "dirty sync", dirty)                                                               \
-  X(DIRTY_STOP, "dirty stop", dirty)
+  X(DIRTY_STOP, "dirty stop", dirty)                                                               \
+  X(PROTECT, "protect", protect)
 
 typedef enum scenario_cmd_kind {
 #define SCENARIO__KIND(kind, text, member) SCENARIO_##kind,
@@ -120,6 +125,7 @@ bool scenario_cmd_is_operation(scenario_cmd_kind kind);
   X(READONLY, "readonly")                                                                          \
   X(MMIO, "mmio")                                                                                  \
   X(FAULT, "fault")                                                                                \
+  X(PROTECTED, "protected")                                                                        \
   X(RESOURCE, "resource")                                                                          \
   X(UNSUPPORTED, "unsupported")
 
@@ -142,12 +148,13 @@ typedef struct scenario_bytes {
   size_t len;
 } scenario_bytes;
 
-/* One item of RANGES: guest range [gpa, gpa + size) and its access. size is never 0 and the
- * range never wraps. */
+/* One item of RANGES: guest range [gpa, gpa + size) and its access: rw, ro, or (only in
+ * `expect protection`) none. size is never 0 and the range never wraps. */
 typedef struct scenario_range {
   uint64_t gpa;
   uint64_t size;
   bool ro;
+  bool none; /* `:none` (ro is then false) */
 } scenario_range;
 
 /* RANGES: n == 0 for `none`. Items are ascending, do not overlap, and are normalised like the
@@ -177,11 +184,26 @@ typedef struct scenario_expect {
 
 typedef enum scenario_overlap { SCENARIO_OVERLAP_NESTED, SCENARIO_OVERLAP_ANY } scenario_overlap;
 
-/* config max_addr=NUMBER | config overlap=nested|any: one setting per line. */
+/* The VTLs (0, 1, 2) as a bit mask: bit n is VTL n. */
+enum { SCENARIO_VTL_MAX = 2, SCENARIO_DEFAULT_VTLS = 1 };
+
+/* config max_addr=NUMBER | overlap=nested|any | vtls=0[,1][,2] | vtl0_alias=ADDR: one setting
+ * per line. */
 typedef struct scenario_config {
-  enum { SCENARIO_CONFIG_MAX_ADDR, SCENARIO_CONFIG_OVERLAP } key;
+  enum {
+    SCENARIO_CONFIG_MAX_ADDR,
+    SCENARIO_CONFIG_OVERLAP,
+    SCENARIO_CONFIG_VTLS,
+    SCENARIO_CONFIG_VTL0_ALIAS,
+    SCENARIO_CONFIG_KEYS
+  } key;
   uint64_t max_addr;        /* key == SCENARIO_CONFIG_MAX_ADDR */
   scenario_overlap overlap; /* key == SCENARIO_CONFIG_OVERLAP */
+  /* key == SCENARIO_CONFIG_VTLS: the VTLs listed (a bit mask), and whether they were written
+   * strictly ascending (a list that is not fails the configuration check: exit 2). */
+  uint8_t vtls;
+  bool vtls_ascending;
+  uint64_t vtl0_alias;      /* key == SCENARIO_CONFIG_VTL0_ALIAS (as written) */
 } scenario_config;
 
 /* require kvm (the only requirement there is). */
@@ -204,7 +226,8 @@ typedef enum scenario_region_type {
   SCENARIO_REGION_DEVICE
 } scenario_region_type;
 
-/* region add NAME GPA SIZE [prio=N] [type=ram|device]  uses name, gpa, size, prio, type;
+/* region add NAME GPA SIZE [prio=N] [type=ram|device] [vtl=N]  uses name, gpa, size, prio,
+ *                                                       type, vtl;
  * region map NAME [rw|ro]                               uses name, ro;
  * region unmap NAME, region remove NAME                 use name. */
 typedef struct scenario_region {
@@ -214,6 +237,7 @@ typedef struct scenario_region {
   uint8_t prio;              /* default 0 */
   scenario_region_type type; /* default RAM */
   bool ro;                   /* default rw */
+  uint8_t vtl;               /* 0..2, default 0 (one not configured: error:invalid at run time) */
 } scenario_region;
 
 /* mapping add|replace REGION OFFSET SIZE OBJECT OBJ_OFFSET [rw|ro]  uses every field;
@@ -228,16 +252,18 @@ typedef struct scenario_mapping {
   bool ro;
 } scenario_mapping;
 
-/* mapper add NAME eager|lazy; mapper remove NAME (mode unused). */
+/* mapper add NAME eager|lazy [vtl=N]; mapper remove NAME (mode and vtl unused). */
 typedef struct scenario_mapper {
   char name[SCENARIO_NAME_SIZE];
   enum { SCENARIO_MAPPER_EAGER, SCENARIO_MAPPER_LAZY } mode;
+  uint8_t vtl; /* 0..2, default 0 */
 } scenario_mapper;
 
-/* partition add NAME soft|kvm; partition remove NAME (backend unused). */
+/* partition add NAME soft|kvm [vtl=N]; partition remove NAME (backend and vtl unused). */
 typedef struct scenario_partition {
   char name[SCENARIO_NAME_SIZE];
   enum { SCENARIO_PARTITION_SOFT, SCENARIO_PARTITION_KVM } backend;
+  uint8_t vtl; /* 0..2, default 0 */
 } scenario_partition;
 
 /* read MAPPER GPA LEN, write MAPPER GPA HEXBYTES,
@@ -296,6 +322,27 @@ typedef struct scenario_expect_ranges {
   scenario_ranges ranges;
 } scenario_expect_ranges;
 
+/* expect protection VTL RANGES: ranges items are ro or none (never rw: rw is what is not
+ * listed). The parser refuses a VTL that cannot be protected (none above it in config vtls). */
+typedef struct scenario_expect_protection {
+  uint8_t vtl;
+  scenario_ranges ranges;
+} scenario_expect_protection;
+
+/* protect VTL GPA SIZE none|ro|rw (gpa, size as written; the VTL 0..2: one that cannot be
+ * protected is error:invalid at run time). */
+typedef enum scenario_prot {
+  SCENARIO_PROT_NONE,
+  SCENARIO_PROT_RO,
+  SCENARIO_PROT_RW
+} scenario_prot;
+typedef struct scenario_protect {
+  uint8_t vtl;
+  uint64_t gpa;
+  uint64_t size;
+  scenario_prot access;
+} scenario_protect;
+
 /* txn begin, txn commit: no arguments (the member exists because C has no empty struct). */
 typedef struct scenario_txn {
   char none;
@@ -330,6 +377,8 @@ typedef struct scenario_cmd {
     scenario_expect_ranges expect_ranges;
     scenario_txn txn;
     scenario_dirty dirty;
+    scenario_expect_protection expect_protection;
+    scenario_protect protect;
   };
 } scenario_cmd;
 
@@ -340,6 +389,9 @@ typedef struct scenario {
   /* The configuration that config and require lines (all at the top) establish. */
   uint64_t max_addr;        /* SCENARIO_DEFAULT_MAX_ADDR unless configured */
   scenario_overlap overlap; /* SCENARIO_OVERLAP_NESTED unless configured */
+  uint8_t vtls;             /* bit mask of the VTLs; SCENARIO_DEFAULT_VTLS (VTL 0) unless
+                             * configured */
+  uint64_t vtl0_alias;      /* 0 (none) unless configured */
   bool require_kvm;
 } scenario;
 

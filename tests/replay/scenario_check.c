@@ -197,8 +197,45 @@ static int max_addr_rule(scenario__parser *P) {
               max ? "not a multiple of 4 KiB" : "zero");
 }
 
+/* vtls: strictly ascending, VTL 0 included. */
+static int vtls_rule(scenario__parser *P) {
+  const scenario *sc = P->sc;
+  if (!P->setting_line[SCENARIO_CONFIG_VTLS] || (P->vtls_ascending && (sc->vtls & 1))) return 0;
+  P->line = P->setting_line[SCENARIO_CONFIG_VTLS];
+  return fail(P, "config: vtls %s", P->vtls_ascending ? "must include VTL 0"
+                                                      : "must be listed in ascending order, "
+                                                        "each once");
+}
+
+/* vtl0_alias: only with VTL 2, a multiple of 4 KiB at or above max_addr. */
+static int alias_rule(scenario__parser *P) {
+  const scenario *sc = P->sc;
+  uint64_t alias = sc->vtl0_alias;
+  if (!P->setting_line[SCENARIO_CONFIG_VTL0_ALIAS]) return 0;
+  P->line = P->setting_line[SCENARIO_CONFIG_VTL0_ALIAS];
+  if (!(sc->vtls & (1u << 2)))
+    return fail(P, "config: vtl0_alias needs VTL 2 (config vtls=...,2)");
+  if (alias % SCENARIO_PAGE_SIZE != 0)
+    return fail(P, "config: vtl0_alias 0x%" PRIx64 " is not a multiple of 4 KiB", alias);
+  if (alias < sc->max_addr)
+    return fail(P, "config: vtl0_alias 0x%" PRIx64 " is below max_addr 0x%" PRIx64, alias,
+                sc->max_addr);
+  return 0;
+}
+
+void scenario__config_defaults(scenario *sc) {
+  sc->max_addr = SCENARIO_DEFAULT_MAX_ADDR;
+  sc->overlap = SCENARIO_OVERLAP_NESTED;
+  sc->vtls = SCENARIO_DEFAULT_VTLS;
+  sc->vtl0_alias = 0;
+}
+
+bool scenario__vtl_protectable(const scenario *sc, unsigned vtl) {
+  return vtl <= SCENARIO_VTL_MAX && (sc->vtls >> vtl & 1) && (sc->vtls >> (vtl + 1)) != 0;
+}
+
 int scenario__config_check(scenario__parser *P) {
-  static int (*const rules[])(scenario__parser *) = {max_addr_rule};
+  static int (*const rules[])(scenario__parser *) = {max_addr_rule, vtls_rule, alias_rule};
   unsigned line = P->line;
   for (size_t i = 0; i < sizeof rules / sizeof rules[0]; i++)
     if (rules[i](P)) return -1;

@@ -15,7 +15,8 @@ static bool same_ranges(const scenario_ranges *x, const scenario_ranges *y) {
   if (x->n != y->n) return false;
   for (size_t i = 0; i < x->n; i++) {
     const scenario_range *r = &x->items[i], *s = &y->items[i];
-    if (r->gpa != s->gpa || r->size != s->size || r->ro != s->ro) return false;
+    if (r->gpa != s->gpa || r->size != s->size || r->ro != s->ro || r->none != s->none)
+      return false;
   }
   return true;
 }
@@ -31,7 +32,13 @@ static bool same_expect(const scenario_expect *a, const scenario_expect *b) {
 
 static bool config_equal(const scenario_config *a, const scenario_config *b) {
   if (a->key != b->key) return false;
-  return a->key == SCENARIO_CONFIG_MAX_ADDR ? a->max_addr == b->max_addr : a->overlap == b->overlap;
+  switch (a->key) {
+  case SCENARIO_CONFIG_MAX_ADDR: return a->max_addr == b->max_addr;
+  case SCENARIO_CONFIG_OVERLAP: return a->overlap == b->overlap;
+  case SCENARIO_CONFIG_VTLS: return a->vtls == b->vtls && a->vtls_ascending == b->vtls_ascending;
+  case SCENARIO_CONFIG_VTL0_ALIAS: return a->vtl0_alias == b->vtl0_alias;
+  default: return false;
+  }
 }
 
 static bool require_equal(const scenario_require *a, const scenario_require *b) {
@@ -45,7 +52,7 @@ static bool object_equal(const scenario_object *a, const scenario_object *b) {
 
 static bool region_equal(const scenario_region *a, const scenario_region *b) {
   return same_name(a->name, b->name) && a->gpa == b->gpa && a->size == b->size &&
-         a->prio == b->prio && a->type == b->type && a->ro == b->ro;
+         a->prio == b->prio && a->type == b->type && a->ro == b->ro && a->vtl == b->vtl;
 }
 
 static bool mapping_equal(const scenario_mapping *a, const scenario_mapping *b) {
@@ -54,11 +61,11 @@ static bool mapping_equal(const scenario_mapping *a, const scenario_mapping *b) 
 }
 
 static bool mapper_equal(const scenario_mapper *a, const scenario_mapper *b) {
-  return same_name(a->name, b->name) && a->mode == b->mode;
+  return same_name(a->name, b->name) && a->mode == b->mode && a->vtl == b->vtl;
 }
 
 static bool partition_equal(const scenario_partition *a, const scenario_partition *b) {
-  return same_name(a->name, b->name) && a->backend == b->backend;
+  return same_name(a->name, b->name) && a->backend == b->backend && a->vtl == b->vtl;
 }
 
 static bool io_equal(const scenario_io *a, const scenario_io *b) {
@@ -85,6 +92,15 @@ static bool expect_region_equal(const scenario_expect_region *a, const scenario_
 
 static bool expect_ranges_equal(const scenario_expect_ranges *a, const scenario_expect_ranges *b) {
   return same_name(a->name, b->name) && same_ranges(&a->ranges, &b->ranges);
+}
+
+static bool expect_protection_equal(const scenario_expect_protection *a,
+                                    const scenario_expect_protection *b) {
+  return a->vtl == b->vtl && same_ranges(&a->ranges, &b->ranges);
+}
+
+static bool protect_equal(const scenario_protect *a, const scenario_protect *b) {
+  return a->vtl == b->vtl && a->gpa == b->gpa && a->size == b->size && a->access == b->access;
 }
 
 static bool txn_equal(const scenario_txn *a, const scenario_txn *b) {
@@ -120,5 +136,5 @@ bool scenario_equal(const scenario *a, const scenario *b, size_t *differs) {
   }
   if (differs) *differs = n;
   return a->ncmds == b->ncmds && a->max_addr == b->max_addr && a->overlap == b->overlap &&
-         a->require_kvm == b->require_kvm;
+         a->vtls == b->vtls && a->vtl0_alias == b->vtl0_alias && a->require_kvm == b->require_kvm;
 }

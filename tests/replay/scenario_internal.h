@@ -57,6 +57,7 @@ extern const char *const scenario__region_type_words[]; /* scenario_region_type 
 extern const char *const scenario__mapper_words[];      /* scenario_mapper.mode */
 extern const char *const scenario__partition_words[];   /* scenario_partition.backend */
 extern const char *const scenario__state_words[];       /* scenario_region_state */
+extern const char *const scenario__prot_words[];        /* scenario_prot: none, ro, rw */
 
 /* ---- live names (scenario_scope.c) ---------------------------------------------------------- */
 
@@ -121,7 +122,9 @@ struct scenario__parser {
   scenario_cmd *(*slot)(scenario__parser *P);
   bool past_config; /* a command other than config/require has been seen (the configuration
                      * was checked then) */
-  unsigned setting_line[2]; /* the line of each config key (scenario_config.key), 0: default */
+  unsigned setting_line[SCENARIO_CONFIG_KEYS]; /* the line of each config key
+                                                * (scenario_config.key), 0: default */
+  bool vtls_ascending; /* the config vtls line wrote its VTLs strictly ascending */
   bool in_async;    /* parsing the command an async line wraps */
   uint64_t data;    /* bytes of BYTES and HEXBYTES decoded so far: at most SCENARIO_DATA_MAX */
   scenario__scope live[SCENARIO__NS_COUNT];
@@ -153,5 +156,10 @@ const scenario__live *scenario__label(const scenario__parser *P, const char *lab
 int scenario__check(scenario__parser *P, const scenario_cmd *c, size_t index);
 /* The configuration lines, checked together after the last of them (spec "Configuration"). */
 int scenario__config_check(scenario__parser *P);
+/* The configuration of a file without config lines. */
+void scenario__config_defaults(scenario *sc);
+/* Can VTL vtl be protected (`protect`, `expect protection`): configured, with a higher VTL
+ * configured above it? */
+bool scenario__vtl_protectable(const scenario *sc, unsigned vtl);
 
 #endif /* SCENARIO_INTERNAL_H */

@@ -92,6 +92,8 @@ scenario__name scenario__name_check(scenario__tok t) {
 }
 
 const char *const scenario__access_words[] = {"rw", "ro", NULL};
+const char *const scenario__prot_words[] = {
+    [SCENARIO_PROT_NONE] = "none", [SCENARIO_PROT_RO] = "ro", [SCENARIO_PROT_RW] = "rw", NULL};
 const char *const scenario__overlap_words[] = {
     [SCENARIO_OVERLAP_NESTED] = "nested", [SCENARIO_OVERLAP_ANY] = "any", NULL};
 const char *const scenario__object_words[] = {

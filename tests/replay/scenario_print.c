@@ -35,7 +35,8 @@ bool scenario_cmd_is_operation(scenario_cmd_kind kind) {
   case SCENARIO_EXPECT_PENDING:
   case SCENARIO_EXPECT_REGION:
   case SCENARIO_EXPECT_PARTITION:
-  case SCENARIO_EXPECT_MAPPER: return false;
+  case SCENARIO_EXPECT_MAPPER:
+  case SCENARIO_EXPECT_PROTECTION: return false;
   default: return (unsigned)kind < SCENARIO_CMD_KIND_COUNT;
   }
 }
@@ -149,7 +150,8 @@ static void put_ranges(sink *s, const scenario_ranges *r, bool access) {
     put_addr(s, r->items[i].gpa);
     putf(s, "+");
     put_size(s, r->items[i].size);
-    if (access) putf(s, ":%s", scenario__access_words[r->items[i].ro]);
+    if (access && r->items[i].none) putf(s, ":%s", scenario__prot_words[SCENARIO_PROT_NONE]);
+    else if (access) putf(s, ":%s", scenario__access_words[r->items[i].ro]);
   }
 }
 
@@ -170,6 +172,39 @@ static void put_ro(sink *s, bool ro) {
   if (ro) putf(s, " %s", scenario__access_words[1]);
 }
 
+/* vtls=0,1,2: the VTLs of the mask, ascending. A list that was not written ascending fails the
+ * configuration check, so a program never holds one. */
+static void put_vtls(sink *s, uint8_t vtls) {
+  const char *sep = "";
+  putf(s, " vtls=");
+  for (unsigned v = 0; v <= SCENARIO_VTL_MAX; v++) {
+    if (!(vtls >> v & 1)) continue;
+    putf(s, "%s%u", sep, v);
+    sep = ",";
+  }
+}
+
+static void put_config(sink *s, const scenario_config *c) {
+  switch (c->key) {
+  case SCENARIO_CONFIG_MAX_ADDR:
+    putf(s, " max_addr=");
+    put_size(s, c->max_addr);
+    break;
+  case SCENARIO_CONFIG_OVERLAP: putf(s, " overlap=%s", scenario__overlap_words[c->overlap]); break;
+  case SCENARIO_CONFIG_VTLS: put_vtls(s, c->vtls); break;
+  case SCENARIO_CONFIG_VTL0_ALIAS:
+    putf(s, " vtl0_alias=");
+    put_addr(s, c->vtl0_alias);
+    break;
+  case SCENARIO_CONFIG_KEYS: break;
+  }
+}
+
+/* " vtl=N" unless it is the default, 0. */
+static void put_vtl(sink *s, uint8_t vtl) {
+  if (vtl != 0) putf(s, " vtl=%u", (unsigned)vtl);
+}
+
 static void put_cmd(sink *s, const scenario_cmd *c) {
   const char *name = scenario_cmd_name(c->kind);
   bool is_read = c->kind == SCENARIO_READ || c->kind == SCENARIO_GUEST_READ;
@@ -179,14 +214,7 @@ static void put_cmd(sink *s, const scenario_cmd *c) {
     putf(s, "%s", name);
 
   switch (c->kind) {
-  case SCENARIO_CONFIG:
-    if (c->config.key == SCENARIO_CONFIG_MAX_ADDR) {
-      putf(s, " max_addr=");
-      put_size(s, c->config.max_addr);
-    } else {
-      putf(s, " overlap=%s", scenario__overlap_words[c->config.overlap]);
-    }
-    break;
+  case SCENARIO_CONFIG: put_config(s, &c->config); break;
   case SCENARIO_REQUIRE: putf(s, " kvm"); break;
   case SCENARIO_OBJECT:
     putf(s, " %s %s ", scenario__object_words[c->object.type], c->object.name);
@@ -204,6 +232,7 @@ static void put_cmd(sink *s, const scenario_cmd *c) {
     if (c->region.prio != 0) putf(s, " prio=%u", (unsigned)c->region.prio);
     if (c->region.type != SCENARIO_REGION_RAM)
       putf(s, " type=%s", scenario__region_type_words[c->region.type]);
+    put_vtl(s, c->region.vtl);
     break;
   case SCENARIO_REGION_MAP:
   case SCENARIO_REGION_UNMAP:
@@ -226,10 +255,12 @@ static void put_cmd(sink *s, const scenario_cmd *c) {
     break;
   case SCENARIO_MAPPER_ADD:
     putf(s, " %s %s", c->mapper.name, scenario__mapper_words[c->mapper.mode]);
+    put_vtl(s, c->mapper.vtl);
     break;
   case SCENARIO_MAPPER_REMOVE: put_name(s, c->mapper.name); break;
   case SCENARIO_PARTITION_ADD:
     putf(s, " %s %s", c->partition.name, scenario__partition_words[c->partition.backend]);
+    put_vtl(s, c->partition.vtl);
     break;
   case SCENARIO_PARTITION_REMOVE: put_name(s, c->partition.name); break;
   case SCENARIO_READ:
@@ -266,6 +297,17 @@ static void put_cmd(sink *s, const scenario_cmd *c) {
   case SCENARIO_EXPECT_MAPPER:
     putf(s, " %s ", c->expect_ranges.name);
     put_ranges(s, &c->expect_ranges.ranges, true);
+    break;
+  case SCENARIO_EXPECT_PROTECTION:
+    putf(s, " %u ", (unsigned)c->expect_protection.vtl);
+    put_ranges(s, &c->expect_protection.ranges, true);
+    break;
+  case SCENARIO_PROTECT:
+    putf(s, " %u ", (unsigned)c->protect.vtl);
+    put_addr(s, c->protect.gpa);
+    putf(s, " ");
+    put_size(s, c->protect.size);
+    putf(s, " %s", scenario__prot_words[c->protect.access]);
     break;
   case SCENARIO_DIRTY_SYNC:
     putf(s, " ");

@@ -39,8 +39,7 @@ int scenario_stream_open(const char *path, scenario_stream **out, char *err, siz
     scenario_stream_close(s);
     return scenario__fail(&E, "cannot open: %s", strerror(e));
   }
-  s->sc.max_addr = SCENARIO_DEFAULT_MAX_ADDR;
-  s->sc.overlap = SCENARIO_OVERLAP_NESTED;
+  scenario__config_defaults(&s->sc);
   s->P = (scenario__parser){.file = s->sc.name, .err = s->err, .errlen = sizeof s->err,
                             .sc = &s->sc, .slot = own_slot};
   *out = s;

@@ -431,7 +431,7 @@ static void test_config_and_require(void **state) {
   parse_err("config speed=1\n", "config: unknown setting 'speed=1'");
   parse_err("config max_addr\n", "config: unknown setting 'max_addr'");
   parse_err("config max_addr=\n", "config: max_addr '' is not a number");
-  parse_err("config\n", "config: missing max_addr=NUMBER or overlap=nested|any");
+  parse_err("config\n", "config: missing max_addr=, overlap=, vtls= or vtl0_alias=");
   parse_err("config max_addr=1G overlap=any\n", "config: unexpected 'overlap=any'");
   parse_err("config max_addr=1G => ok\n", "config takes no '=> RESULT'");
   parse_err("require\n", "require: missing kvm");
@@ -986,7 +986,150 @@ static void test_expect(void **state) {
   parse_err("expect mapper m 0+8K:rw 4K+8K:ro\n", "range '4K+8K:ro' starts below the end");
   parse_err("expect mapper m 0+4K:rw 0+4K:rw\n", "starts below the end");
   parse_err("expect frobs m none\n",
-            "expect: expected pending, region, partition or mapper, got 'frobs'");
+            "expect: expected pending, region, partition, mapper or protection, got 'frobs'");
+}
+
+/* ---- virtual trust levels ------------------------------------------------------------------- */
+
+/* config vtls= and vtl0_alias=, and the vtl=N options of region, mapper and partition adds. */
+static void test_vtl_syntax(void **state) {
+  (void)state;
+  scenario *sc = parse_ok("config max_addr=4G\nconfig vtls=0,1,2\nconfig vtl0_alias=4G\n");
+  assert_int_equal(sc->vtls, 7);
+  assert_int_equal(sc->vtl0_alias, UINT64_C(4) << 30);
+  assert_int_equal(sc->cmds[1].config.key, SCENARIO_CONFIG_VTLS);
+  assert_int_equal(sc->cmds[1].config.vtls, 7);
+  assert_true(sc->cmds[1].config.vtls_ascending);
+  assert_int_equal(sc->cmds[2].config.key, SCENARIO_CONFIG_VTL0_ALIAS);
+  scenario_free(sc);
+  sc = parse_ok("object memfd o 4K\n"); /* the defaults: VTL 0 alone, no alias */
+  assert_int_equal(sc->vtls, SCENARIO_DEFAULT_VTLS);
+  assert_int_equal(sc->vtl0_alias, 0);
+  scenario_free(sc);
+  sc = parse_ok("config vtls=0,2\n");
+  assert_int_equal(sc->vtls, 5);
+  scenario_free(sc);
+
+  const scenario_cmd *c = last_cmd("region add r 0 4K vtl=2 prio=3\n");
+  assert_int_equal(c->region.vtl, 2);
+  assert_int_equal(c->region.prio, 3);
+  assert_int_equal(last_cmd("region add r 0 4K\n")->region.vtl, 0);
+  c = last_cmd("mapper add m lazy vtl=1\n");
+  assert_int_equal(c->mapper.mode, SCENARIO_MAPPER_LAZY);
+  assert_int_equal(c->mapper.vtl, 1);
+  c = last_cmd("partition add p kvm vtl=2 => error:invalid\n");
+  assert_int_equal(c->partition.backend, SCENARIO_PARTITION_KVM);
+  assert_int_equal(c->partition.vtl, 2);
+  assert_int_equal(c->expect.error, SCENARIO_ERR_INVALID);
+  /* A VTL the configuration does not have is the run's business (error:invalid). */
+  assert_int_equal(last_cmd("region add r 0 4K vtl=1 => error:invalid\n")->region.vtl, 1);
+  assert_int_equal(last_cmd("async a mapper add m eager vtl=2\n")->async.inner->mapper.vtl, 2);
+
+  parse_err("config vtls=0,3\n", "config: vtls item '3' is not a VTL (0, 1 or 2)");
+  parse_err("config vtls=0,,2\n", "config: vtls '0,,2' has an empty item");
+  parse_err("config vtls=0,\n", "config: vtls '0,' has an empty item");
+  parse_err("config vtls=\n", "config: vtls '' has an empty item");
+  parse_err("config vtls=0;1\n", "config: vtls item '0;1' is not a number");
+  parse_err("config vtl0_alias=x\n", "config: vtl0_alias 'x' is not a number");
+  parse_err("region add r 0 4K vtl=3\n", "region add: vtl '3' is not a VTL (0, 1 or 2)");
+  parse_err("region add r 0 4K vtl=0 vtl=1\n", "region add: option 'vtl=1' given twice");
+  parse_err("region add r 0 4K vtl\n", "region add: unexpected 'vtl'");
+  parse_err("mapper add m eager vtl=x\n", "mapper add: vtl 'x' is not a number");
+  parse_err("mapper add m eager prio=1\n", "mapper add: unexpected 'prio=1' (expected vtl=N)");
+  parse_err("mapper add m eager vtl=1 vtl=1\n", "mapper add: option 'vtl=1' given twice");
+  parse_err("mapper remove m vtl=1\n", "mapper remove: unexpected 'vtl=1'");
+  parse_err("partition add p soft vtl=9\n", "partition add: vtl '9' is not a VTL");
+  parse_err("partition remove p vtl=0\n", "partition remove: unexpected 'vtl=0'");
+}
+
+/* The config lines are checked together (exit 2): vtls ascending with VTL 0, an alias only
+ * with VTL 2, a multiple of 4 KiB at or above max_addr; the violation names its line. */
+static void test_vtl_config_checks(void **state) {
+  (void)state;
+  /* The alias may come before vtls and max_addr: the check waits for the last config line. */
+  scenario *sc = parse_ok("config vtl0_alias=1G\nconfig vtls=0,2\nconfig max_addr=1G\n"
+                          "region add r 0 4K\n");
+  assert_int_equal(sc->vtl0_alias, UINT64_C(1) << 30);
+  scenario_free(sc);
+  sc = parse_ok("config vtls=0,1\nconfig vtls=0\n"); /* the last one counts */
+  assert_int_equal(sc->vtls, 1);
+  scenario_free(sc);
+
+  parse_err_at("config vtls=1,2\nobject memfd o 4K\n", 1, "config: vtls must include VTL 0");
+  parse_err_at("config vtls=2,0\nobject memfd o 4K\n", 1,
+               "config: vtls must be listed in ascending order");
+  parse_err_at("config vtls=0,0,2\n", 1, "config: vtls must be listed in ascending order");
+  parse_err_at("config max_addr=1G\nconfig vtl0_alias=1G\nregion add r 0 4K\n", 2,
+               "config: vtl0_alias needs VTL 2");
+  parse_err_at("config vtls=0,1\nconfig vtl0_alias=64G\n", 2, "config: vtl0_alias needs VTL 2");
+  parse_err_at("config vtls=0,2\nconfig vtl0_alias=0x1000000800\n", 2,
+               "config: vtl0_alias 0x1000000800 is not a multiple of 4 KiB");
+  parse_err_at("config vtls=0,2\nconfig vtl0_alias=32G\n", 2,
+               "config: vtl0_alias 0x800000000 is below max_addr 0x1000000000");
+  parse_err_at("config vtl0_alias=1G\nconfig vtls=0,2\nconfig max_addr=2G\n", 1,
+               "is below max_addr 0x80000000");
+  parse_err_at("config vtls=0,2\nconfig vtl0_alias=0\n", 2, "config: vtl0_alias 0x0 is below");
+}
+
+/* protect VTL GPA SIZE none|ro|rw, expect protection VTL RANGES, error:protected. */
+static void test_vtl_protect(void **state) {
+  (void)state;
+  const scenario_cmd *c = last_cmd("protect 0 0x2000 8K ro\n");
+  assert_int_equal(c->kind, SCENARIO_PROTECT);
+  assert_int_equal(c->protect.vtl, 0);
+  assert_int_equal(c->protect.gpa, 0x2000);
+  assert_int_equal(c->protect.size, 8192);
+  assert_int_equal(c->protect.access, SCENARIO_PROT_RO);
+  assert_int_equal(last_cmd("protect 1 0 4K none\n")->protect.access, SCENARIO_PROT_NONE);
+  assert_int_equal(last_cmd("protect 0 0 4K rw\n")->protect.access, SCENARIO_PROT_RW);
+  /* VTL 2, or one not configured, and unaligned ranges: results, not errors of the script. */
+  c = last_cmd("protect 2 0x801 1 ro => error:invalid\n");
+  assert_int_equal(c->protect.vtl, 2);
+  assert_int_equal(c->protect.size, 1);
+  c = last_cmd("async a protect 0 0 4K none\nawait a => error:protected\n");
+  assert_int_equal(c->expect.error, SCENARIO_ERR_PROTECTED);
+  c = last_cmd("txn begin\nprotect 0 0 4K ro => ok\ntxn commit\n");
+  assert_int_equal(last_sc->cmds[1].kind, SCENARIO_PROTECT);
+  c = last_cmd("write m 0 00 => error:protected\n");
+  assert_int_equal(c->expect.error, SCENARIO_ERR_PROTECTED);
+  assert_string_equal(scenario_error_name(SCENARIO_ERR_PROTECTED), "protected");
+
+  c = last_cmd("config vtls=0,1,2\nexpect protection 1 0+4K:none 4K+4K:none 8K+4K:ro\n");
+  assert_int_equal(c->kind, SCENARIO_EXPECT_PROTECTION);
+  assert_int_equal(c->expect_protection.vtl, 1);
+  const scenario_ranges *r = &c->expect_protection.ranges;
+  assert_int_equal(r->n, 2); /* adjacent items of one access merge */
+  assert_true(r->items[0].none);
+  assert_false(r->items[0].ro);
+  assert_int_equal(r->items[0].size, 8192);
+  assert_true(r->items[1].ro);
+  assert_false(r->items[1].none);
+  c = last_cmd("config vtls=0,1\nexpect protection 0 none\n");
+  assert_int_equal(c->expect_protection.ranges.n, 0);
+
+  parse_err("protect\n", "protect: missing VTL");
+  parse_err("protect 0 0 4K\n", "protect: missing none, ro or rw");
+  parse_err("protect 0 0 4K wo\n", "protect: expected none, ro or rw, got 'wo'");
+  parse_err("protect 3 0 4K ro\n", "protect: VTL '3' is not a VTL (0, 1 or 2)");
+  parse_err("protect 0 0 4K ro rw\n", "protect: unexpected 'rw'");
+  parse_err("protect 0 0 4K ro => 00\n", "'=> BYTES' is only allowed after a read");
+  /* expect protection of a VTL that cannot be protected: an error of the script. */
+  parse_err("expect protection 0 none\n", "expect protection: VTL 0 cannot be protected");
+  parse_err("config vtls=0,2\nexpect protection 2 none\n", "VTL 2 cannot be protected");
+  parse_err("config vtls=0,1\nexpect protection 1 none\n", "VTL 1 cannot be protected");
+  parse_err("config vtls=0,2\nexpect protection 1 none\n", "VTL 1 cannot be protected");
+  parse_err("config vtls=0,2\nexpect protection 3 none\n", "VTL '3' is not a VTL");
+  parse_err("config vtls=0,2\nexpect protection 0 0+4K:rw\n",
+            "expect protection: range '0+4K:rw' must end in :ro or :none");
+  parse_err("config vtls=0,2\nexpect protection 0 0+4K\n",
+            "malformed range '0+4K' (expected GPA+SIZE:ro or GPA+SIZE:none)");
+  parse_err("config vtls=0,2\nexpect protection 0\n", "expect protection: missing RANGES");
+  parse_err("config vtls=0,2\nexpect protection 0 0+4K:none => ok\n",
+            "expect protection takes no '=> RESULT'");
+  parse_err("config vtls=0,2\nasync a expect protection 0 none\n",
+            "async: 'expect' is not an operation");
+  parse_err("expect mapper m 0+4K:none\n", "range '0+4K:none' must end in :rw or :ro");
+  parse_err("expect partition p 0+4K:none\n", "must end in :rw or :ro");
 }
 
 /* ---- names and their liveness --------------------------------------------------------------- */
@@ -1213,7 +1356,7 @@ static void test_unknown_and_malformed(void **state) {
   parse_err("read\n", "read: missing MAPPER");
   parse_err("unlock L extra\n", "unlock: unexpected 'extra'");
   parse_err("await\n", "await: missing LABEL");
-  parse_err("expect\n", "expect: missing pending, region, partition or mapper");
+  parse_err("expect\n", "expect: missing pending, region, partition, mapper or protection");
   parse_err("mapper\n", "mapper: missing add or remove");
   parse_err("partition\n", "partition: missing add or remove");
   parse_err("mapping\n", "mapping: missing add, remove or replace");
@@ -1312,15 +1455,11 @@ static void test_stream(void **state) {
   free(path);
 }
 
-/* Every scenario in tests/scenarios/ parses, and round-trips through the printer. */
-static void test_scenario_files(void **state) {
-  (void)state;
-  const char *dir = getenv("SCENARIO_DIR");
-  if (!dir) skip();
+/* Every .mbs of a directory parses and round-trips; the number of them. */
+static int scenario_dir_files(const char *dir, bool *found_example) {
   DIR *d = opendir(dir);
-  assert_non_null(d);
+  if (!d) fail_msg("cannot open %s", dir);
   int n = 0;
-  bool found_example = false;
   for (struct dirent *e; (e = readdir(d));) {
     size_t len = strlen(e->d_name);
     if (len < 4 || strcmp(e->d_name + len - 4, ".mbs") != 0) continue;
@@ -1333,7 +1472,7 @@ static void test_scenario_files(void **state) {
     scenario *again = parse_ok(printed);
     assert_same_program(sc, again);
     if (strcmp(e->d_name, "example.mbs") == 0) {
-      found_example = true;
+      *found_example = true;
       scenario *spec = parse_ok(spec_example);
       assert_same_program(sc, spec);
       scenario_free(spec);
@@ -1344,8 +1483,21 @@ static void test_scenario_files(void **state) {
     n++;
   }
   closedir(d);
-  assert_true(n >= 3);
+  return n;
+}
+
+/* Every scenario in tests/scenarios/ and tests/scenarios/vtl/ parses, and round-trips through
+ * the printer. */
+static void test_scenario_files(void **state) {
+  (void)state;
+  const char *dir = getenv("SCENARIO_DIR");
+  if (!dir) skip();
+  bool found_example = false;
+  char vtl[4096];
+  snprintf(vtl, sizeof vtl, "%s/vtl", dir);
+  assert_true(scenario_dir_files(dir, &found_example) >= 3);
   assert_true(found_example);
+  assert_true(scenario_dir_files(vtl, &found_example) >= 10);
 }
 
 /* ---- printing ------------------------------------------------------------------------------- */
@@ -1471,6 +1623,23 @@ static void test_print_canonical(void **state) {
   assert_printed(last_cmd("dirty sync 0 64G => none\n"), "dirty sync 0 64G => none");
   assert_printed(last_cmd("async d dirty sync 0 8K\nawait d => 0+4K 0x100000+1M\n"),
                  "await d => 0+4K 0x100000+1M");
+  assert_printed(last_cmd("config vtls=0,2\n"), "config vtls=0,2");
+  assert_printed(last_cmd("config vtls=0\n"), "config vtls=0");
+  assert_printed(last_cmd("config vtls=0,1,2\nconfig vtl0_alias=0x1000000000\n"),
+                 "config vtl0_alias=0x1000000000");
+  assert_printed(last_cmd("region add r 0 4K vtl=0\n"), "region add r 0 4K");
+  assert_printed(last_cmd("region add r 0 4K vtl=2 type=device prio=1\n"),
+                 "region add r 0 4K prio=1 type=device vtl=2");
+  assert_printed(last_cmd("mapper add m eager vtl=1\n"), "mapper add m eager vtl=1");
+  assert_printed(last_cmd("partition add p soft vtl=0\n"), "partition add p soft");
+  assert_printed(last_cmd("partition add p kvm vtl=2\n"), "partition add p kvm vtl=2");
+  assert_printed(last_cmd("protect 0 8192 0x1000 none => ok\n"), "protect 0 0x2000 4K none => ok");
+  assert_printed(last_cmd("protect 1 0 1M rw\n"), "protect 1 0 1M rw");
+  assert_printed(last_cmd("config vtls=0,1\nexpect protection 0 4K+4K:ro 8K+4K:ro 12K+4K:none\n"),
+                 "expect protection 0 0x1000+8K:ro 0x3000+4K:none");
+  assert_printed(last_cmd("config vtls=0,1\nexpect protection 0 none\n"),
+                 "expect protection 0 none");
+  assert_printed(last_cmd("read m 0 1 => error:protected\n"), "read m 0 1 => error:protected");
 
   scenario_expect e = {.kind = SCENARIO_EXPECT_ERROR, .error = SCENARIO_ERR_FAULT};
   char *out = NULL;
@@ -1517,6 +1686,15 @@ static void test_round_trip(void **state) {
                     "await d => 0+4K\nasync e dirty stop\nawait e\n"
                     "async f dirty sync 0 4K\nawait f => none\n"
                     "txn begin\ndirty start\ndirty sync 0 8K => 0+8K\ndirty stop\ntxn commit\n");
+  assert_round_trip("config max_addr=1G\nconfig vtls=0,1,2\nconfig vtl0_alias=4G\n"
+                    "object memfd o 1M\nregion add r0 0 1M vtl=1\nregion add r2 0 1M prio=1 vtl=2\n"
+                    "region add r 1M 1M\nmapper add m0 eager\nmapper add m2 lazy vtl=2\n"
+                    "partition add p1 soft vtl=1 => ok\npartition add p2 kvm vtl=2\n"
+                    "protect 0 0 4K none\nprotect 1 4K 8K ro => ok\n"
+                    "protect 2 0 4K rw => error:invalid\n"
+                    "read m2 0x40000000 4 => error:protected\nasync a protect 0 0 4K rw\n"
+                    "await a => error:protected\ntxn begin\nprotect 0 0 4K ro\ntxn commit\n"
+                    "expect protection 0 0+4K:ro 4K+8K:none\nexpect protection 1 none\n");
 }
 
 /* scenario_equal tells apart programs that differ in any one field (the round-trip checks,
@@ -1558,6 +1736,21 @@ static void test_compare(void **state) {
       {"dirty sync 0 4K\n", "dirty sync 4K 4K\n"},
       {"dirty sync 0 4K\n", "dirty sync 0 8K\n"},
       {"dirty sync 0 4K\n", "dirty sync 0 4K => ok\n"},
+      {"config vtls=0,1\n", "config vtls=0,2\n"},
+      {"config vtls=0\n", "config max_addr=64G\n"},
+      {"config vtls=0,2\nconfig vtl0_alias=64G\n", "config vtls=0,2\nconfig vtl0_alias=128G\n"},
+      {"region add r 0 4K vtl=1\n", "region add r 0 4K vtl=2\n"},
+      {"mapper add m eager vtl=1\n", "mapper add m eager\n"},
+      {"partition add p soft vtl=2\n", "partition add p soft vtl=1\n"},
+      {"protect 0 0 4K ro\n", "protect 1 0 4K ro\n"},
+      {"protect 0 0 4K ro\n", "protect 0 4K 4K ro\n"},
+      {"protect 0 0 4K ro\n", "protect 0 0 8K ro\n"},
+      {"protect 0 0 4K ro\n", "protect 0 0 4K none\n"},
+      {"read m 0 1 => error:protected\n", "read m 0 1 => error:mmio\n"},
+      {"config vtls=0,1,2\nexpect protection 0 0+4K:ro\n",
+       "config vtls=0,1,2\nexpect protection 1 0+4K:ro\n"},
+      {"config vtls=0,1,2\nexpect protection 0 0+4K:ro\n",
+       "config vtls=0,1,2\nexpect protection 0 0+4K:none\n"},
       {"dirty sync 0 4K => ok\n", "dirty sync 0 4K => none\n"},
       {"dirty sync 0 8K => none\n", "dirty sync 0 8K => 0+4K\n"},
       {"dirty sync 0 8K => 0+4K\n", "dirty sync 0 8K => 4K+4K\n"},
@@ -1669,6 +1862,9 @@ int main(void) {
       cmocka_unit_test_teardown(test_locks, teardown_last),
       cmocka_unit_test(test_async),
       cmocka_unit_test_teardown(test_expect, teardown_last),
+      cmocka_unit_test_teardown(test_vtl_syntax, teardown_last),
+      cmocka_unit_test(test_vtl_config_checks),
+      cmocka_unit_test_teardown(test_vtl_protect, teardown_last),
       cmocka_unit_test(test_live_names),
       cmocka_unit_test_teardown(test_txn, teardown_last),
       cmocka_unit_test_teardown(test_dirty, teardown_last),

@@ -102,7 +102,7 @@ static void world_fini(world *w) {
 
 static uint32_t add_region(world *w, const char *name, uint64_t gpa, uint64_t size, int prio,
                            bool device) {
-  mb_region_params p = {name, gpa, size, (uint8_t)prio, device};
+  mb_region_params p = {name, gpa, size, (uint8_t)prio, device, 0};
   mb_region_id id = 0;
   assert_int_equal(mb_region_add_sync(w->mm, &p, &id), 0);
   return id;
@@ -283,7 +283,7 @@ static int child(const char *kind, const char *path) {
   for (int i = 1; i <= 3; i++) {
     char name[16];
     snprintf(name, sizeof name, "crash-%d", i);
-    mb_region_params p = {name, (uint64_t)i * 4096, 4096, 0, false};
+    mb_region_params p = {name, (uint64_t)i * 4096, 4096, 0, false, 0};
     mb_region_id id;
     if (mb_region_add_sync(w.mm, &p, &id) != 0) return 12;
   }
