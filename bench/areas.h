@@ -11,13 +11,15 @@
   X(bench_map)            \
   X(bench_txn)            \
   X(bench_dirty)          \
+  X(bench_protect)        \
   X(bench_fault)          \
   X(bench_access)         \
   X(bench_idle)           \
   X(baseline_uv)          \
   X(baseline_wake)        \
   X(baseline_syscalls)    \
-  X(baseline_dirty_log)
+  X(baseline_dirty_log)   \
+  X(baseline_slot_split)
 
 #define MB_BENCH__DECLARE_AREA(name) void mb_bench_area_##name(void);
 MB_BENCH_AREAS(MB_BENCH__DECLARE_AREA)
