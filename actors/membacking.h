@@ -116,7 +116,8 @@ typedef struct mb_mm_config {
   /* Virtual trust levels (mb_vtl.h): a bit mask of the VM's VTLs (bit n: VTL n); it must
    * include VTL 0; 0 means VTL 0 alone. vtl0_alias (with VTL 2 only; 0: none): VTL 2 also
    * sees VTL 0's view at vtl0_alias + g; a 4 KiB multiple at or above max_addr, with
-   * vtl0_alias + max_addr at most 2^52. MB_E_INVALID otherwise. */
+   * vtl0_alias + max_addr at most 2^46 (a VTL-2 mapper reserves that much VA). MB_E_INVALID
+   * otherwise. */
   uint8_t vtls;
   uint64_t vtl0_alias;
 } mb_mm_config;
@@ -226,8 +227,8 @@ int mb_mapping_replace_sync(mb_mm *mm, const mb_mapping_params *p);
  * makes its commit's request too, so a commit is never refused for memory: whatever it
  * answers, the transaction is over (committed, or rolled back). A VMM issues
  * a transaction and its operations from one thread, as QEMU does under its BQL. A commit costs
- * the manager O(visible pieces + mappings), as QEMU's re-rendering does; consumers pay for the
- * differences only. */
+ * the manager O(visible pieces + mappings), as QEMU's re-rendering does (and, if it protected
+ * pages, O(protected ranges)); consumers pay for the differences only. */
 void mb_txn_begin(mb_mm *mm, mb_done_fn done, void *ctx);
 int mb_txn_begin_sync(mb_mm *mm);
 void mb_txn_commit(mb_mm *mm, mb_done_fn done, void *ctx);
