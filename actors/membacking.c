@@ -104,6 +104,7 @@ static void api_submit_op(api_op *op, mb_mm *mm, mb_addr to, mb_msg *msg, mb__va
   }
   if (mm && !mm->rec) mm = NULL;
   if (mm) mb__mm_ref(mm);
+  if (mm) mb__rec_issue(mm->rec, msg);
   *op = (api_op){mm, done, ctx, value, obj ? mb_object_ref(obj) : NULL, NULL};
   mb_call(mb_loop_actor(here), to, msg, api_op_reply, op);
 }
@@ -115,6 +116,7 @@ void mb__api_submit(mb_mm *mm, mb_addr to, mb_msg *msg, mb__value_fn value, mb_o
 
 int mb__api_call(mb__rec *rec, mb_addr to, mb_msg *msg, mb__value_fn value_fn, uint64_t *value) {
   if (!msg) return MB_ENOMEM;
+  mb__rec_issue(rec, msg);
   int rc = mb_call_sync(to, msg);
   if (rc == 0 && value_fn && value) *value = value_fn(msg);
   mb__rec_request(rec, msg, rc);

@@ -46,6 +46,7 @@ int mb_mapper_lock(mb_mapper *handle, uint64_t gpa, uint64_t size, bool writable
   int rc = !m || m == &m->mm->primary || atomic_load(&m->mm->txn)
                ? MB_E_INVALID
                : lock_take(m, gpa, size, writable, out);
+  if (m) mb__rec_lock(m, gpa, size, writable, (uintptr_t)*out, rc); /* before the handle is out */
   mb__rs_leave(rs);
   return rc;
 }
@@ -57,9 +58,13 @@ int mb_mapper_unlock(mb_lock *lock) {
   if (lock == NULL) return 0;
   mb__handle h = (mb__handle)lock;
   mb__hlock hl;
-  if (!mb__h_lock_peek(h, &hl)) return MB_E_INVALID;
+  if (!mb__h_lock_peek(h, &hl)) {
+    mb__rec_unlock(h, MB_E_INVALID);
+    return MB_E_INVALID;
+  }
   mb__rs *rs = mb__rs_enter(hl.owner);
   int rc = mb__h_kill(h) ? 0 : MB_E_INVALID;
+  mb__rec_unlock(h, rc); /* before the release: what waited for it is recorded after it */
   if (rc == 0) {
     mb_vam_unlock(hl.obj);
     mb__h_free(mb__h_index(h));

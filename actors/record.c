@@ -26,7 +26,29 @@
  * `vtl=N` on region, mapper and partition adds at a VTL other than 0, each `protect` with its
  * result, and at the end an `expect protection` line for every VTL that can be protected. A
  * VTL or an access the format cannot say (a VTL above 2, an access that is no MB_PROT_*) makes
- * the line a comment. */
+ * the line a comment.
+ *
+ * Locks: each `lock` with its result, a lock that
+ * succeeded named L<N> (a handle maps to its name until its unlock), one refused named
+ * L_failed (never live: a failed definition defines nothing); each `unlock` written before the
+ * lock is released, so that an operation that waited for it is written after it. An unlock of
+ * a handle that is no longer held is `unlock L<N> => error:notfound` (what the format says of
+ * a name that is not live), or nothing when the recording never knew the handle. A lock
+ * through a mapper the recording cannot name (the partitions' primary mapper) is not recorded.
+ *
+ * Requests in flight across a lock: a region-manager request is written when its reply comes,
+ * which keeps the manager's order; but one that took effect and then waited (for a lock, or
+ * behind one that waits) while a lock or an unlock happened would replay in the wrong order as
+ * a line of its own (a lock judged against the new state would replay against the old one; an
+ * operation waiting for a lock taken meanwhile would never complete). So every request is
+ * noted when it is issued (mb__rec_issue), lines are kept in memory while any request is in
+ * flight, and a request that a `lock` or `unlock` line crossed is written as `async aN CMD` at
+ * the place of its issue and `await aN => RESULT` at its reply. The place of the issue stands
+ * for the moment it took effect: a lock that ran after the issue but before the request took
+ * effect (queued behind a slow one) replays against the new state; such a race has no single
+ * order to record. Requests inside a transaction never wait and a commit cannot be `async`:
+ * they stay lines of their own (an unlock inside a transaction is allowed, so a commit that
+ * waited for it replays). */
 #include <inttypes.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -49,8 +71,46 @@ typedef struct rec_region {
   bool live;
 } rec_region;
 
+/* A request issued and not yet answered: where its issue falls among the kept lines. */
+typedef struct rec_flight {
+  const mb_msg *msg;
+  size_t pos;   /* offset in the kept lines */
+  size_t cross_pos; /* where the first lock or unlock line after its issue went */
+  bool crossed;     /* a lock or unlock line was written since its issue */
+  bool unlocked;    /* an unlock line was, too: it likely waited for a lock */
+  bool txn;         /* issued inside a transaction */
+} rec_flight;
+
+/* Text to put into the kept lines at pos when they are written out. */
+typedef struct rec_insert {
+  size_t pos;
+  char *text;
+} rec_insert;
+
+typedef struct rec_lock {
+  uintptr_t h;  /* the lock's handle */
+  unsigned n;   /* its name is L<n> */
+  bool live;    /* else unlocked: kept (until the slot is reused) for a second unlock */
+} rec_lock;
+
 struct mb__rec {
-  FILE *f;
+  FILE *f;               /* where lines go: `out`, or `kept` while a request is in flight */
+  FILE *out;             /* the recording */
+  FILE *kept;            /* lines kept in memory (kept_text, kept_len) */
+  char *kept_text;
+  size_t kept_len;
+  rec_flight *flights;
+  size_t nflights, flights_cap;
+  rec_insert *inserts;
+  size_t ninserts, inserts_cap;
+  unsigned labels;       /* async labels a<N> */
+  bool deferring;        /* put_result keeps the result in `deferred` instead */
+  bool has_deferred;
+  int deferred;
+  rec_lock *locks;
+  size_t nlocks, locks_cap;
+  unsigned lock_names;
+  struct mb__rec *next_open; /* on the list of open recordings (locks find theirs there) */
   pthread_mutex_t lock;
   rec_region *regions; /* indexed by region id */
   size_t nregions;
@@ -159,6 +219,11 @@ static const char *result_token(int status) { return mb_result_token(status); }
 
 /* Ends a command line with its result; a comment when the format cannot say it. */
 static void put_result(mb__rec *r, int status) {
+  if (r->deferring) { /* an async line: its result goes on its await */
+    r->has_deferred = true;
+    r->deferred = status;
+    return;
+  }
   const char *tok = result_token(status);
   if (status == 0) fputs(" => ok\n", r->f);
   else if (tok) fprintf(r->f, " => error:%s\n", tok);
@@ -348,12 +413,269 @@ static void rec_locked(mb__rec *r, mb_msg *msg, int status) {
   }
 }
 
+/* ---- requests in flight --------------------------------------------------------------------- */
+
+/* Grows *arr (of *cap elements of `size`) to hold n + 1; false (said once) without memory. */
+static bool grow_for(mb__rec *r, void **arr, size_t *cap, size_t n, size_t size) {
+  if (n < *cap) return true;
+  size_t c = *cap ? *cap * 2 : 8;
+  void *p = mb__realloc(*arr, c * size);
+  if (!p) {
+    rec_nomem(r);
+    return false;
+  }
+  *arr = p;
+  *cap = c;
+  return true;
+}
+
+/* The kept lines' length so far (fflush updates it). */
+static size_t kept_pos(mb__rec *r) {
+  fflush(r->kept);
+  return r->kept_len;
+}
+
+/* Writes the kept lines out, each insertion at its place (in the order they were made where
+ * places are equal: requests answer in the order they were issued), and stops keeping. */
+static void kept_flush(mb__rec *r) {
+  if (!r->kept) return;
+  size_t len = kept_pos(r), at = 0;
+  for (size_t i = 1; i < r->ninserts; i++) /* stable: few, nearly sorted */
+    for (size_t j = i; j > 0 && r->inserts[j - 1].pos > r->inserts[j].pos; j--) {
+      rec_insert t = r->inserts[j];
+      r->inserts[j] = r->inserts[j - 1];
+      r->inserts[j - 1] = t;
+    }
+  for (size_t i = 0; i < r->ninserts; i++) {
+    fwrite(r->kept_text + at, 1, r->inserts[i].pos - at, r->out);
+    fputs(r->inserts[i].text, r->out);
+    at = r->inserts[i].pos;
+    free(r->inserts[i].text);
+  }
+  fwrite(r->kept_text + at, 1, len - at, r->out);
+  r->ninserts = 0;
+  fclose(r->kept);
+  free(r->kept_text);
+  r->kept = NULL;
+  r->kept_text = NULL;
+  r->kept_len = 0;
+  r->f = r->out;
+}
+
+void mb__rec_issue(mb__rec *r, const mb_msg *msg) {
+  if (!r || !msg || msg->proto != &rm_protocol) return;
+  pthread_mutex_lock(&r->lock);
+  if (!r->kept) {
+    fflush(r->out);
+    r->kept = open_memstream(&r->kept_text, &r->kept_len);
+    if (r->kept) r->f = r->kept;
+    else rec_nomem(r); /* written as lines of their own: a crossed one may not replay */
+  }
+  if (r->kept && grow_for(r, (void **)&r->flights, &r->flights_cap, r->nflights,
+                          sizeof *r->flights))
+    r->flights[r->nflights++] = (rec_flight){msg, kept_pos(r), 0, false, false, r->in_txn};
+  pthread_mutex_unlock(&r->lock);
+}
+
+/* A lock or unlock line is about to be written: every request in flight crosses it. */
+static void flights_cross(mb__rec *r, bool unlock) {
+  for (size_t i = 0; i < r->nflights; i++) {
+    rec_flight *fl = &r->flights[i];
+    if (!fl->crossed) fl->cross_pos = kept_pos(r);
+    fl->crossed = true;
+    fl->unlocked |= unlock;
+  }
+}
+
+/* Text at pos when the kept lines are written out (false, said once, without memory). */
+static bool insert_at(mb__rec *r, size_t pos, char *text) {
+  if (!text || !grow_for(r, (void **)&r->inserts, &r->inserts_cap, r->ninserts,
+                         sizeof *r->inserts)) {
+    free(text);
+    if (!text) rec_nomem(r);
+    return false;
+  }
+  r->inserts[r->ninserts++] = (rec_insert){pos, text};
+  return true;
+}
+
+/* The request in flight that msg answers, taken off the list (false: none). */
+static bool flight_take(mb__rec *r, const mb_msg *msg, rec_flight *out) {
+  for (size_t i = 0; i < r->nflights; i++)
+    if (r->flights[i].msg == msg) {
+      *out = r->flights[i];
+      r->flights[i] = r->flights[--r->nflights];
+      return true;
+    }
+  return false;
+}
+
+/* The start of the last line of text (len > 0; a line written without its result ends without
+ * its newline). */
+static size_t last_line(const char *text, size_t len) {
+  size_t i = len - 1;
+  while (i > 0 && text[i - 1] != '\n') i--;
+  return i;
+}
+
+/* `async aN CMD` at its issue (after any object lines CMD needed), `await aN => RESULT` here.
+ * One that an unlock crossed likely waited for a lock (nothing else ends a wait): `expect
+ * pending aN` before the first line it crossed, so that a replay, in either layout, lets it
+ * take effect before that line runs, as it had. */
+static void rec_async(mb__rec *r, mb_msg *msg, int status, const rec_flight *fl) {
+  char *text = NULL;
+  size_t len = 0;
+  FILE *line = open_memstream(&text, &len), *f = r->f;
+  bool room = line != NULL;
+  if (room) {
+    r->f = line;
+    r->deferring = true;
+    r->has_deferred = false;
+  }
+  rec_locked(r, msg, status); /* into `line`, or here as a line of its own */
+  r->f = f;
+  r->deferring = false;
+  if (line) fclose(line);
+  if (!room || len == 0 || text[last_line(text, len)] == '#') { /* nothing to make async */
+    if (text) fputs(text, r->f);
+    if (room && r->has_deferred) put_result(r, r->deferred);
+    free(text);
+    return;
+  }
+  unsigned n = ++r->labels;
+  size_t last = last_line(text, len);
+  char *ins = mb__malloc(len + 32), *pend = fl->unlocked ? mb__malloc(32) : NULL;
+  if (ins)
+    snprintf(ins, len + 32, "%.*sasync a%u %s%s", (int)last, text, n, text + last,
+             r->has_deferred ? "\n" : "");
+  if (pend) snprintf(pend, 32, "expect pending a%u\n", n);
+  free(text);
+  if (!insert_at(r, fl->pos, ins)) {
+    free(pend);
+    return;
+  }
+  if (fl->unlocked) insert_at(r, fl->cross_pos, pend);
+  fprintf(r->f, "await a%u", n);
+  if (r->has_deferred) put_result(r, r->deferred);
+  else fputc('\n', r->f);
+}
+
 void mb__rec_request(mb__rec *r, mb_msg *msg, int status) {
   if (!r || msg->proto != &rm_protocol) return;
   pthread_mutex_lock(&r->lock);
-  rec_locked(r, msg, status);
+  rec_flight fl;
+  bool flying = flight_take(r, msg, &fl);
+  bool txn_msg = msg->kind == RM_TXN_BEGIN || msg->kind == RM_TXN_COMMIT;
+  if (flying && fl.crossed && !fl.txn && !txn_msg) rec_async(r, msg, status, &fl);
+  else rec_locked(r, msg, status);
+  if (!r->nflights) kept_flush(r);
   fflush(r->f);
   pthread_mutex_unlock(&r->lock);
+}
+
+/* ---- locks ---------------------------------------------------------------------------------- */
+
+/* The open recordings: a lock or an unlock finds the one that names its mapper or handle. */
+static pthread_mutex_t open_lock = PTHREAD_MUTEX_INITIALIZER;
+static mb__rec *open_recs;
+static _Atomic unsigned open_count; /* nothing to look for while no recording is open */
+
+static void open_link(mb__rec *r) {
+  pthread_mutex_lock(&open_lock);
+  r->next_open = open_recs;
+  open_recs = r;
+  atomic_fetch_add(&open_count, 1);
+  pthread_mutex_unlock(&open_lock);
+}
+
+static void open_unlink(mb__rec *r) {
+  pthread_mutex_lock(&open_lock);
+  for (mb__rec **p = &open_recs; *p; p = &(*p)->next_open)
+    if (*p == r) {
+      *p = r->next_open;
+      atomic_fetch_sub(&open_count, 1);
+      break;
+    }
+  pthread_mutex_unlock(&open_lock);
+}
+
+/* A live lock's entry for h, or (live false) the newest one unlocked, or NULL. */
+static rec_lock *lock_find(mb__rec *r, uintptr_t h, bool live) {
+  rec_lock *best = NULL;
+  for (size_t i = 0; i < r->nlocks; i++)
+    if (r->locks[i].h == h && r->locks[i].live == live && (!best || r->locks[i].n > best->n))
+      best = &r->locks[i];
+  return best;
+}
+
+/* A name for a new lock: an unlocked entry's slot is reused. NULL without memory. */
+static rec_lock *lock_add(mb__rec *r, uintptr_t h) {
+  rec_lock *l = NULL;
+  for (size_t i = 0; i < r->nlocks && !l; i++)
+    if (!r->locks[i].live) l = &r->locks[i];
+  if (!l && grow_for(r, (void **)&r->locks, &r->locks_cap, r->nlocks, sizeof *r->locks))
+    l = &r->locks[r->nlocks++];
+  if (l) *l = (rec_lock){h, ++r->lock_names, true};
+  return l;
+}
+
+/* A lock refused with a code of the runtime's own (MB_EDEADLK: a blocking lock on its
+ * mapper's own loop) changed nothing and says nothing of the state: a comment. */
+static void rec_lock_line(mb__rec *r, const char *mapper, uint64_t gpa, uint64_t size,
+                          bool writable, uintptr_t h, int status) {
+  bool sayable = status == 0 || result_token(status);
+  rec_lock *l = status == 0 ? lock_add(r, h) : NULL;
+  char name[16] = "L_failed";
+  if (l) snprintf(name, sizeof name, "L%u", l->n);
+  if (sayable) flights_cross(r, false);
+  else fputs("# refused, not recorded: ", r->f);
+  fprintf(r->f, "lock %s 0x%" PRIx64 " 0x%" PRIx64 " %s as %s", mapper, gpa, size,
+          writable ? "rw" : "ro", name);
+  if (sayable) put_result(r, status);
+  else fprintf(r->f, " (%s)\n", membacking_strerror(status));
+  fflush(r->f);
+}
+
+void mb__rec_lock(const mb_mapper *m, uint64_t gpa, uint64_t size, bool writable, uintptr_t h,
+                  int status) {
+  if (!atomic_load(&open_count)) return;
+  pthread_mutex_lock(&open_lock);
+  for (mb__rec *r = open_recs; r; r = r->next_open) {
+    pthread_mutex_lock(&r->lock);
+    rec_key *k = key_find(r, m);
+    if (k && k->name[0] == 'm') rec_lock_line(r, k->name, gpa, size, writable, h, status);
+    pthread_mutex_unlock(&r->lock);
+    if (k) break;
+  }
+  pthread_mutex_unlock(&open_lock);
+}
+
+/* status 0: the handle was just killed and its lock is not yet released. */
+static bool rec_unlock_line(mb__rec *r, uintptr_t h, int status) {
+  rec_lock *l = lock_find(r, h, status == 0);
+  if (!l) return false;
+  flights_cross(r, status == 0);
+  fprintf(r->f, "unlock L%u", l->n);
+  if (status == 0) {
+    fputc('\n', r->f);
+    l->live = false;
+  } else {
+    fputs(" => error:notfound\n", r->f); /* the format's word for a name not live */
+  }
+  fflush(r->f);
+  return true;
+}
+
+void mb__rec_unlock(uintptr_t h, int status) {
+  if (!atomic_load(&open_count)) return;
+  pthread_mutex_lock(&open_lock);
+  bool done = false;
+  for (mb__rec *r = open_recs; r && !done; r = r->next_open) {
+    pthread_mutex_lock(&r->lock);
+    done = rec_unlock_line(r, h, status);
+    pthread_mutex_unlock(&r->lock);
+  }
+  pthread_mutex_unlock(&open_lock);
 }
 
 /* mapper/partition add or remove: kind is "mapper" or "partition"; vtl: an add's VTL. */
@@ -409,7 +731,7 @@ static void put_vtl_config(mb__rec *r, uint8_t vtls, uint64_t alias) {
 
 mb__rec *mb__rec_open(const char *path, const mb_mm *mm, int overlap, int *err) {
   mb__rec *r = mb__calloc(1, sizeof *r);
-  if (r && !(r->f = fopen(path, "w"))) {
+  if (r && !(r->out = r->f = fopen(path, "w"))) {
     free(r);
     *err = MB_E_INVALID;
     return NULL;
@@ -423,6 +745,7 @@ mb__rec *mb__rec_open(const char *path, const mb_mm *mm, int overlap, int *err) 
           mb_mm_max_addr(mm), overlap == MB_OVERLAP_ANY ? "any" : "nested");
   put_vtl_config(r, mm->vtls ? mm->vtls : 1, mm->alias);
   fflush(r->f);
+  open_link(r);
   return r;
 }
 
@@ -502,6 +825,11 @@ static void expect_partition(mb_loop *loop, void *arg) {
 
 void mb__rec_close(mb__rec *r, mb_mm *mm) {
   if (!r) return;
+  open_unlink(r); /* no lock or unlock is written after this */
+  pthread_mutex_lock(&r->lock);
+  kept_flush(r); /* what was never answered is not recorded */
+  r->nflights = 0;
+  pthread_mutex_unlock(&r->lock);
   close_ctx c = {r, mm, NULL, NULL};
   mb__exec_must(mm->loop, expect_regions, &c);
   for (mb_partition *p = mm->partitions; p; p = p->next) {
@@ -511,11 +839,14 @@ void mb__rec_close(mb__rec *r, mb_mm *mm) {
     c.name = k->name;
     mb__exec_must(p->loop, expect_partition, &c);
   }
-  fclose(r->f);
+  fclose(r->out);
   for (size_t i = 0; i < r->nkeys; i++)
     if (r->keys[i].obj_ref) mb_object_unref(r->keys[i].obj_ref);
   pthread_mutex_destroy(&r->lock);
   free(r->txn_regions);
+  free(r->flights);
+  free(r->inserts);
+  free(r->locks);
   free(r->keys);
   free(r->regions);
   free(r);

@@ -15,6 +15,16 @@ bool mb__rec_env_path(char *buf, size_t len);
 /* A region-manager request that completed with `status` (its message holds the request's
  * fields and the reply's). */
 void mb__rec_request(mb__rec *r, mb_msg *msg, int status);
+/* A region-manager request about to be sent (before mb__rec_request of its reply): a request
+ * in flight while a lock or an unlock is written is recorded as `async` and `await`. */
+void mb__rec_issue(mb__rec *r, const mb_msg *msg);
+/* Locks, from any thread, through whichever open recording names the mapper: a lock through m
+ * (the internal mapper) with its result and, when it succeeded, its handle h, written before
+ * the handle is returned; an unlock of h written before the lock is released (status 0), or
+ * refused (status: the API's answer). */
+void mb__rec_lock(const mb_mapper *m, uint64_t gpa, uint64_t size, bool writable, uintptr_t h,
+                  int status);
+void mb__rec_unlock(uintptr_t h, int status);
 /* Consumers: the handle is the name's key. */
 void mb__rec_mapper(mb__rec *r, bool add, const mb_mapper *m, bool eager, int status);
 void mb__rec_partition(mb__rec *r, bool add, const mb_partition *p, const char *backend,

@@ -1,42 +1,10 @@
-/* va_mapper.c: the VA mapper actor, guest accesses through it, and locks (see va_mapper.h).
- *
- * A mapper is a PROT_NONE reservation in which guest address g is at base + g, plus the tree
- * of established ranges (each with the object it maps, its offset and its access), the tree
- * of held locks and the queue of requests parked behind them.
- *
- * Invariant: a range in the tree is mapped in the reservation. The actor, the only writer,
- * maps before it inserts (a replacement is one MAP_FIXED, with the old range in the tree
- * until the new one takes its place) and tears down with the PROT_NONE replacement and the
- * removal in one critical section of `lock`, so a refused replacement leaves both as they
- * were; faulting threads take `lock` to look a page up. So a faulting thread that finds its
- * page established lost a race with a change, and retrying is right; one that does not find
- * it has a real miss (eager: unmapped; lazy: ask the mapping manager, then retry).
- *
- * Locks. Invariant: a held lock covers established pages only, and none of them is torn down
- * or replaced while it is held. A locker checks and records under `lock`; the actor checks
- * for locks and unrecords (or replaces) under `lock` too, so one of them sees the other. A
- * request that finds a lock in its way is parked: it joins `jobs` (under `lock`, in the same
- * critical section as the check, so the unlock that frees it sees it queued and sends the
- * kick) and is kept unanswered. While `jobs` is not empty, every VAM_MAP and VAM_UNMAP joins
- * it behind, and so does a forwarded MM_RESOLVE that overlaps a queued request's range: the
- * actor's order of operations stays the arrival order (for every range: a resolve clear of
- * everything before it commutes with it, and runs or is retried on its own), and the actor
- * never blocks. A queued teardown `drains` its range: new locks there fail as unmapped, so
- * lockers cannot starve it.
- *
- * The kick and watch messages are allocated once per mapper: each is either home (in `kick`,
- * `watch`) or on its way, so an unlock never allocates and a wake-up is never lost (the actor
- * puts the kick back before it looks at the locks again).
- *
- * Ownership: every tree node holds its own object reference. VAM_MAP arrays stay the
- * sender's; a forwarded MM_RESOLVE's entry reference stays with the message (its requester
- * drops it). A lock belongs to its holder until mb_vam_unlock.
+/* va_mapper.c: the VA mapper actor (see va_mapper.h): its requests, the jobs parked behind
+ * locks, establishing and tearing down, guest accesses and a lazy mapper's resolves, its life
+ * cycle. Protections are in va_mapper_prot.c, locks in va_mapper_locks.c; the state and its
+ * invariants in va_mapper_internal.h.
  */
-#include "va_mapper.h"
+#include "va_mapper_internal.h"
 
-#include <uv.h>
-
-#include "dirty_log.h"
 #include "grow.h"
 #include "json_out.h"
 
@@ -52,11 +20,7 @@
 #include <unistd.h>
 
 #include "mb_access.h"
-#include "fault_inject.h" /* mb__malloc, mb__calloc: MB_FI_ALLOC; mb__sys_mprotect */
-#include "mb_errors.h"
-#include "prot_map.h"
-#include "range_tree.h"
-#include "va_reserve.h"
+#include "fault_inject.h" /* mb__malloc, mb__calloc: MB_FI_ALLOC */
 
 /* A VAM_RANGES reply carries a malloc'd array: freed if its requester is gone. */
 static void vam_dispose(mb_msg *msg) {
@@ -66,85 +30,12 @@ static void vam_dispose(mb_msg *msg) {
 
 MB_PROTOCOL_DEFINE_DISPOSE(vam, VAM_MESSAGES, vam_dispose);
 
-/* Consecutive faults at one address that a retry should have cured: after this many
- * successful resolves, or this many faults on a page found established, the access fails. */
-enum { VAM_MAX_RESOLVES = 2, VAM_MAX_RACES = 16 };
-
-typedef struct vam_range {
-  mb_rtree_node node; /* established guest range */
-  mb_object *obj;     /* own reference */
-  uint64_t obj_off;   /* object offset of node.start */
-  bool writable;
-} vam_range;
-
-/* A request the actor keeps unanswered: parked behind a lock (the first one) or queued
- * behind a parked one. */
-typedef struct vam_job {
-  mb_msg *msg;
-  uint64_t a, b;     /* the guest span it acts on (may be empty) */
-  bool drains;       /* it tears down (or replaces) [a, b): new locks there fail */
-  size_t at;         /* being retried: its index in jobs; else NOT_QUEUED (not stored) */
-  int failed;        /* VAM_MAP: the error it answers once its undo is done (0: mapping) */
-  uint32_t upto;     /* VAM_MAP: the failing entry; undo covers entries [0, upto] */
-} vam_job;
-
-struct mb_lock {
-  mb_rtree_node node;    /* [gpa, gpa + size) in vam->locks */
-  mb_vam *vam;
-  bool writable;
-  bool reported;         /* by the watchdog */
-  uint64_t t_ns;         /* CLOCK_MONOTONIC when taken */
-  struct timespec since; /* CLOCK_REALTIME when taken */
-  mb_dirty_hold hold;    /* writable: registered with the manager's dirty log */
-};
-
-struct mb_vam {
-  mb_va va;           /* size == max_addr */
-  bool eager;
-  mb_loop *loop;
-  mb_actor *actor;    /* NULL once destroyed (by mb_vam_destroy or its loop stopping) */
-  mb_addr addr, mm;
-  _Atomic uint32_t lock; /* guards the trees, jobs and the fields below it (vam_lock) */
-  mb_rtree ranges;
-  mb_rtree locks;     /* held locks (they may overlap) */
-  vam_job *jobs;      /* jobs[0] is parked; the others wait behind it, in arrival order */
-  size_t njobs, capjobs;
-  bool retired;       /* being removed: no new locks */
-  mb_msg *kick, *watch; /* home while not on their way */
-  bool watching;      /* the watchdog timer runs, or VAM_WATCH is on its way to start it */
-  uint64_t watch_ms;
-  mb_vam_log_fn log;
-  void *log_ctx;
-  uv_timer_t *timer;  /* the watchdog's: made with the mapper, so that starting it cannot
-                       * fail; a libuv handle once timer_live (the actor's thread only) */
-  bool timer_live;
-  _Atomic uint64_t faults, resolved, unmapped, parked;
-  vam_range *range_cache[8]; /* unlinked ranges kept for reuse (the actor's thread only) */
-  unsigned nrange_cache;
-  mb_dirty_log *dirty;  /* writes and writable locks are marked there (NULL: not tracked) */
-  /* The protections this mapper enforces (VAM_PROTECT; empty for one that enforces none).
-   * Invariant: the actor changes it, and the pages it covers, in one critical section of
-   * `lock`, so a faulting thread or a locker (which read it under `lock`) finds every page
-   * with exactly the access the map and its range give it; the actor reads it without. */
-  mb_prot_map prot;
-};
-
-static void lock_free(mb_lock *l);
-
-/* A job_run result: the request is parked (in jobs), not answered. */
-enum { VAM_PARKED = 1 };
-#define NOT_QUEUED SIZE_MAX
-
-/* `lock`, a futex mutex (after Drepper, "Futexes Are Tricky"): 0 free, 1 held, 2 held
- * and maybe waited for. Invariant: a thread that sleeps on it has set it to 2 first, so the
- * unlock that finds 2 wakes one, which sets 2 again before it sleeps or takes it. Uncontended,
- * taking and releasing it is one atomic each, inline: the actor takes it on every change of
- * the trees, and lockers and faulting threads rarely meet it. */
+/* `lock`'s contended cases (its rule: va_mapper_internal.h). */
 static long futex(_Atomic uint32_t *f, int op, uint32_t val) {
   return syscall(SYS_futex, (uint32_t *)f, op | FUTEX_PRIVATE_FLAG, val, NULL, NULL, 0);
 }
 
-__attribute__((noinline)) static void vam_lock_wait(mb_vam *v, uint32_t c) {
+__attribute__((noinline)) void vam__lock_wait(mb_vam *v, uint32_t c) {
   if (c != 2)
     c = atomic_exchange_explicit(&v->lock, 2, memory_order_acquire);
   while (c != 0) {
@@ -153,20 +44,8 @@ __attribute__((noinline)) static void vam_lock_wait(mb_vam *v, uint32_t c) {
   }
 }
 
-static inline void vam_lock(mb_vam *v) {
-  uint32_t c = 0;
-  if (!atomic_compare_exchange_strong_explicit(&v->lock, &c, 1, memory_order_acquire,
-                                               memory_order_relaxed))
-    vam_lock_wait(v, c);
-}
-
-static void vam_unlock(mb_vam *v) {
-  if (atomic_exchange_explicit(&v->lock, 0, memory_order_release) == 2)
-    futex(&v->lock, FUTEX_WAKE, 1);
-}
-
-static vam_range *range_of(mb_rtree_node *n) {
-  return mb_rtree_entry(n, vam_range, node);
+void vam__lock_wake(mb_vam *v) {
+  futex(&v->lock, FUTEX_WAKE, 1);
 }
 
 static void range_free(vam_range *r) {
@@ -188,10 +67,6 @@ static void range_put(mb_vam *v, vam_range *r) {
     v->range_cache[v->nrange_cache++] = r;
   else
     free(r);
-}
-
-static int map_error(int rc) {
-  return rc == -EINVAL ? MB_E_INVALID : rc;
 }
 
 /* A negative errno: the host refused (the runtime's codes start at -1001, mb_errors.h's at
@@ -235,7 +110,7 @@ static long max_map_count(void) {
 /* A map or teardown the host refused: rc. The code alone (-ENOMEM) cannot tell an operator
  * which limit was hit, so the first refusal of the process that comes with its mappings at
  * vm.max_map_count is named on stderr, with the count and what to raise (see membacking.h). */
-static int host_refused(int rc) {
+int vam__host_refused(int rc) {
   static atomic_bool named;
   if (rc != -ENOMEM || atomic_load_explicit(&named, memory_order_relaxed))
     return rc;
@@ -250,10 +125,6 @@ static int host_refused(int rc) {
 }
 
 /* ---- jobs: requests kept behind locks (the actor's thread; `lock` held) ---------------------- */
-
-static bool overlaps(uint64_t a, uint64_t b, uint64_t c, uint64_t d) {
-  return a < d && c < b;
-}
 
 static bool locked(const mb_vam *v, uint64_t a, uint64_t b) {
   return mb_rtree_first_overlap(&v->locks, a, b) != NULL;
@@ -270,54 +141,13 @@ static bool lock_needs(const mb_vam *v, uint64_t a, uint64_t b, bool moves, bool
   return false;
 }
 
-/* Would protections `it` take what a lock over [a, b) needs? Read for any lock (an item
- * going `none`), write for a writable one (an item going `ro`). */
-static bool items_take(const mb_prot_item *it, uint32_t n, uint64_t a, uint64_t b,
-                       bool writable) {
-  for (uint32_t i = 0; i < n; i++)
-    if (overlaps(a, b, it[i].gpa, it[i].gpa + it[i].size) &&
-        (it[i].access == MB_PROT_NONE || (writable && it[i].access == MB_PROT_RO)))
-      return true;
-  return false;
-}
-
-/* Does a held lock need what protections `it` take (`lock` held)? */
-static bool protect_needs_locks(const mb_vam *v, const mb_prot_item *it, uint32_t n) {
-  mb_rtree_node *l;
-  mb_rtree_for_each_overlap(l, &v->locks, it[0].gpa, it[n - 1].gpa + it[n - 1].size) {
-    if (items_take(it, n, l->start, l->end, mb_rtree_entry(l, mb_lock, node)->writable))
-      return true;
-  }
-  return false;
-}
-
 static bool is_resolve(const mb_msg *msg) {
   return msg->proto == &mm_protocol;
-}
-
-/* [gpa, gpa + size) lies in the reservation (the same rule as mb_va_check). */
-static bool in_va(const mb_vam *v, uint64_t gpa, uint64_t size) {
-  return size != 0 && mb_page_aligned(gpa | size) && gpa <= v->va.size &&
-         size <= v->va.size - gpa;
 }
 
 static int check_unmap(const vam_unmap_msg *m) {
   if (m->size == 0 || !mb_page_aligned(m->gpa | m->size) || m->size > UINT64_MAX - m->gpa)
     return MB_E_INVALID;
-  return 0;
-}
-
-/* A VAM_PROTECT's items: ascending, touching, each a protection, together in the VA. */
-static int check_protect(const mb_vam *v, const vam_protect_msg *m) {
-  if (m->count == 0 || m->items == NULL)
-    return MB_E_INVALID;
-  uint64_t at = m->items[0].gpa;
-  for (uint32_t i = 0; i < m->count; i++) {
-    const mb_prot_item *it = &m->items[i];
-    if (it->gpa != at || it->access > MB_PROT_RW || !in_va(v, it->gpa, it->size))
-      return MB_E_INVALID;
-    at += it->size;
-  }
   return 0;
 }
 
@@ -362,7 +192,7 @@ static void job_span(const mb_vam *v, vam_job *job) {
     }
   } else if (msg->kind == VAM_PROTECT) {
     const vam_protect_msg *p = vam_protect_of(msg);
-    if (check_protect(v, p) == 0) {
+    if (vam__check_protect(v, p) == 0) {
       job->a = p->items[0].gpa;
       job->b = p->items[p->count - 1].gpa + p->items[p->count - 1].size;
     }
@@ -393,12 +223,12 @@ static int enqueue(mb_vam *v, const vam_job *job) {
 /* Parks `job` (a lock is in its way), draining its span (a protection change drains nothing:
  * lock_check asks its items instead): it joins the queue (whose head it is, unless it is a
  * resolve that passed the queue), or stays where it was when it was retried from there. */
-static int park(mb_vam *v, vam_job *job) {
+int vam__park(mb_vam *v, vam_job *job) {
   bool drains = job->msg->proto != &vam_protocol || job->msg->kind != VAM_PROTECT;
   if (job->at == NOT_QUEUED) {
     job_span(v, job);
     job->drains = drains;
-    atomic_fetch_add_explicit(&v->parked, 1, memory_order_relaxed);
+    vam_count(&v->parked);
     return enqueue(v, job);
   }
   job->drains = drains;
@@ -448,75 +278,6 @@ static mb_range established_span(const mb_vam *v, mb_rtree_node *it, uint64_t a,
   return (mb_range){it->start > a ? it->start : a, last->end < b ? last->end : b};
 }
 
-/* Maps object bytes at [start, end). Through mb_object_map_into, which knows each kind's fd
- * (MB_OBJECT_ANON's is internal) and refuses a writable mapping of a read-only object
- * (MB_E_READONLY) before anything changes. */
-static int map_object(mb_vam *v, uint64_t start, uint64_t end, const mb_object *obj,
-                      uint64_t obj_off, bool writable) {
-  return mb_object_map_into(obj, &v->va, start, end - start, obj_off, writable);
-}
-
-/* ---- protections: the effective access of established pages ---------------------------------
- *
- * An established page has the least of its range's access and its protection: `none` pages
- * are PROT_NONE (the reservation or a PROT_NONE mapping of their bytes: accesses cannot tell),
- * `ro` ones read-only. Every map gives each page its final access at once, so no access ever
- * passes a protection, not even for an instant. */
-
-static uint8_t eff_access(bool writable, uint8_t prot) {
-  uint8_t m = writable ? MB_PROT_RW : MB_PROT_RO;
-  return prot < m ? prot : m;
-}
-
-/* The protection at x, and in *end the end of its run, at most `limit`. */
-static uint8_t prot_run(const mb_vam *v, uint64_t x, uint64_t limit, uint64_t *end) {
-  uint8_t p = mb_prot_at(&v->prot, x, end);
-  if (*end > limit)
-    *end = limit;
-  return p;
-}
-
-static bool unprotected(const mb_vam *v, uint64_t a, uint64_t b) {
-  return mb_prot_first(&v->prot, a, b) == NULL;
-}
-
-/* Maps object bytes at [start, end) (over old pages with `over`) run by run of protection,
- * each with its effective access: `none` runs get the reservation. On failure what it mapped
- * is torn down again (best effort) and the failing run is PROT_NONE. */
-static int map_prot(mb_vam *v, uint64_t start, uint64_t end, const mb_object *obj,
-                    uint64_t obj_off, bool writable, bool over) {
-  if (unprotected(v, start, end))
-    return map_object(v, start, end, obj, obj_off, writable);
-  uint64_t x = start, y;
-  for (; x < end; x = y) {
-    uint8_t e = eff_access(writable, prot_run(v, x, end, &y));
-    int rc = e != MB_PROT_NONE ? map_object(v, x, y, obj, obj_off + (x - start),
-                                            e == MB_PROT_RW)
-             : over ? mb_va_unmap(&v->va, x, y - x) : 0;
-    if (rc != 0) {
-      if (x > start)
-        mb_va_unmap(&v->va, start, x - start);
-      return rc;
-    }
-  }
-  return 0;
-}
-
-/* Changes the access of established [start, end) (same bytes) to `writable`, run by run of
- * protection: `none` runs stay PROT_NONE. */
-static int protect_prot(mb_vam *v, uint64_t start, uint64_t end, bool writable) {
-  if (unprotected(v, start, end))
-    return mb_va_protect(&v->va, start, end - start, writable);
-  uint64_t x = start, y;
-  for (; x < end; x = y) {
-    uint8_t e = eff_access(writable, prot_run(v, x, end, &y));
-    int rc = e == MB_PROT_NONE ? 0 : mb_va_protect(&v->va, x, y - x, e == MB_PROT_RW);
-    if (rc != 0)
-      return rc;
-  }
-  return 0;
-}
-
 /* Maps object bytes into [start, end), where nothing is established (so no lock is there
  * either), outside `lock`, then records them. */
 static int map_gap(mb_vam *v, uint64_t start, uint64_t end, mb_object *obj, uint64_t obj_off,
@@ -524,10 +285,10 @@ static int map_gap(mb_vam *v, uint64_t start, uint64_t end, mb_object *obj, uint
   vam_range *r = range_get(v);
   if (r == NULL)
     return MB_ENOMEM;
-  int rc = map_prot(v, start, end, obj, obj_off, writable, false);
+  int rc = vam__map_prot(v, start, end, obj, obj_off, writable, false);
   if (rc != 0) { /* the range is PROT_NONE, and nothing was recorded there */
     range_put(v, r);
-    return host_refused(map_error(rc));
+    return vam__host_refused(map_error(rc));
   }
   r->obj = mb_object_ref(obj);
   r->obj_off = obj_off;
@@ -555,10 +316,10 @@ static int replace_exact(mb_vam *v, vam_range *r, mb_object *obj, uint64_t obj_o
   int rc;
   vam_lock(v);
   if (lock_needs(v, start, end, !same, !writable)) {
-    rc = park(v, job);
+    rc = vam__park(v, job);
   } else {
-    rc = same ? protect_prot(v, start, end, writable)
-              : map_prot(v, start, end, obj, obj_off, writable, true);
+    rc = same ? vam__protect_prot(v, start, end, writable)
+              : vam__map_prot(v, start, end, obj, obj_off, writable, true);
     if (rc == 0) {
       mb_object_unref(r->obj);
       r->obj = mb_object_ref(obj), r->obj_off = obj_off, r->writable = writable;
@@ -567,7 +328,7 @@ static int replace_exact(mb_vam *v, vam_range *r, mb_object *obj, uint64_t obj_o
     }
   }
   vam_unlock(v);
-  return host_refused(map_error(rc));
+  return vam__host_refused(map_error(rc));
 }
 
 static int map_replace(mb_vam *v, uint64_t start, uint64_t end, mb_object *obj,
@@ -587,14 +348,14 @@ static int map_replace(mb_vam *v, uint64_t start, uint64_t end, mb_object *obj,
   int rc;
   vam_lock(v);
   if (lock_needs(v, start, end, !same, !writable)) {
-    rc = park(v, job);
+    rc = vam__park(v, job);
     vam_unlock(v);
     range_put(v, r);
     range_put(v, spare);
     return rc;
   }
-  rc = same ? protect_prot(v, start, end, writable)
-            : map_prot(v, start, end, obj, obj_off, writable, true);
+  rc = same ? vam__protect_prot(v, start, end, writable)
+            : vam__map_prot(v, start, end, obj, obj_off, writable, true);
   if (rc == 0 || (!same && mb_va_unmap(&v->va, start, end - start) == 0))
     unrecord(v, it, start, end, &spare);
   if (rc == 0) {
@@ -605,7 +366,7 @@ static int map_replace(mb_vam *v, uint64_t start, uint64_t end, mb_object *obj,
   vam_unlock(v);
   range_put(v, r);
   range_put(v, spare);
-  return host_refused(map_error(rc));
+  return vam__host_refused(map_error(rc));
 }
 
 /* Tears down every established byte of [a, b): made PROT_NONE with one call over the span
@@ -625,12 +386,12 @@ static int teardown(mb_vam *v, uint64_t a, uint64_t b, vam_job *job) {
   int rc;
   vam_lock(v);
   if (locked(v, a, b))
-    rc = park(v, job);
+    rc = vam__park(v, job);
   else if ((rc = mb_va_unmap(&v->va, span.start, span.end - span.start)) == 0)
     unrecord(v, it, a, b, &spare);
   vam_unlock(v);
   range_put(v, spare);
-  return host_refused(map_error(rc));
+  return vam__host_refused(map_error(rc));
 }
 
 /* Are these object bytes established at `at` in r (whatever the access)? */
@@ -648,12 +409,17 @@ static int change_piece(mb_vam *v, mb_rtree_node *it, uint64_t s, uint64_t t, mb
   return map_replace(v, s, t, obj, off, writable, same, job);
 }
 
+/* Is e an entry this mapper can establish (an object, its range, in the VA)? */
+static bool entry_ok(const mb_vam *v, const mb_map_entry *e) {
+  return e->obj != NULL && in_va(v, e->gpa, e->size) &&
+         mb_object_check_range(e->obj, e->obj_off, e->size) == 0;
+}
+
 /* Establishes obj[obj_off, +size) at gpa. Pieces already established with the same backing
  * stay as they are (re-mapping private anonymous memory would lose its contents); pieces
  * with another backing are replaced. Idempotent, so a parked request simply runs again. */
 static int establish(mb_vam *v, const mb_map_entry *e, vam_job *job) {
-  if (e->obj == NULL || !in_va(v, e->gpa, e->size) ||
-      mb_object_check_range(e->obj, e->obj_off, e->size) != 0)
+  if (!entry_ok(v, e))
     return MB_E_INVALID;
   uint64_t cur = e->gpa, end = e->gpa + e->size;
   while (cur < end) {
@@ -705,8 +471,7 @@ static int handle_map(mb_vam *v, const vam_map_msg *m, vam_job *job) {
 /* A lazy mapper's part of a replace: what it established of the entry's range takes the
  * entry's backing (one MAP_FIXED per established piece whose backing differs). */
 static int refresh(mb_vam *v, const mb_map_entry *e, vam_job *job) {
-  if (e->obj == NULL || !in_va(v, e->gpa, e->size) ||
-      mb_object_check_range(e->obj, e->obj_off, e->size) != 0)
+  if (!entry_ok(v, e))
     return MB_E_INVALID;
   uint64_t cur = e->gpa, end = e->gpa + e->size;
   mb_rtree_node *it;
@@ -754,7 +519,7 @@ static int handle_replace(mb_vam *v, const vam_replace_msg *m, vam_job *job) {
   vam_lock(v);
   bool held = replace_needs_locks(v, m);
   if (held)
-    rc = park(v, job);
+    rc = vam__park(v, job);
   vam_unlock(v);
   uint64_t cur = m->gpa;
   for (uint32_t i = 0; !held && rc == 0 && i <= m->count; i++) {
@@ -769,74 +534,6 @@ static int handle_replace(mb_vam *v, const vam_replace_msg *m, vam_job *job) {
   return rc;
 }
 
-/* One established piece [x, y) of r going from protection po to pn: a drop is one mprotect
- * (nothing unmapped), a rise from `none` maps the bytes again (the piece may be the
- * reservation), another rise is one mprotect. */
-static int prot_change(mb_vam *v, const vam_range *r, uint64_t x, uint64_t y, uint8_t po,
-                       uint8_t pn) {
-  uint8_t eo = eff_access(r->writable, po), en = eff_access(r->writable, pn);
-  if (en == eo)
-    return 0;
-  if (en == MB_PROT_NONE)
-    return mb__sys_mprotect(v->va.base + x, y - x, PROT_NONE) == 0 ? 0 : -errno;
-  if (eo == MB_PROT_NONE)
-    return map_object(v, x, y, r->obj, r->obj_off + (x - r->node.start), en == MB_PROT_RW);
-  return mb_va_protect(&v->va, x, y - x, en == MB_PROT_RW);
-}
-
-/* The established pages of the range that `from` and `to` cover (both complete covers of it,
- * ascending) go from the protections `from` to `to`. */
-static int prot_apply(mb_vam *v, const mb_prot_item *from, uint32_t nf, const mb_prot_item *to,
-                      uint32_t nt) {
-  uint64_t a = to[0].gpa, b = to[nt - 1].gpa + to[nt - 1].size;
-  uint32_t i = 0, j = 0;
-  mb_rtree_node *it;
-  mb_rtree_for_each_overlap(it, &v->ranges, a, b) {
-    uint64_t x = it->start > a ? it->start : a, end = it->end < b ? it->end : b;
-    while (x < end) {
-      while (i + 1 < nf && from[i].gpa + from[i].size <= x)
-        i++;
-      while (j + 1 < nt && to[j].gpa + to[j].size <= x)
-        j++;
-      uint64_t y = from[i].gpa + from[i].size < end ? from[i].gpa + from[i].size : end;
-      if (to[j].gpa + to[j].size < y)
-        y = to[j].gpa + to[j].size;
-      int rc = prot_change(v, range_of(it), x, y, from[i].access, to[j].access);
-      if (rc != 0)
-        return host_refused(map_error(rc));
-      x = y;
-    }
-  }
-  return 0;
-}
-
-/* VAM_PROTECT (va_mapper.h): all or nothing. The pages change in place and the map after
- * them, in one critical section (see `prot`); on a failure the pages go back (best effort)
- * and the map stays as it was. A held lock that needs what it takes parks it first. */
-static int handle_protect(mb_vam *v, const vam_protect_msg *m, vam_job *job) {
-  int rc = check_protect(v, m);
-  if (rc != 0)
-    return rc;
-  uint64_t a = m->items[0].gpa, b = m->items[m->count - 1].gpa + m->items[m->count - 1].size;
-  mb_prot_item *old = NULL;
-  size_t nold = 0;
-  if ((rc = mb_prot_items(&v->prot, a, b - a, &old, &nold)) != 0)
-    return rc;
-  vam_lock(v);
-  if (protect_needs_locks(v, m->items, m->count)) {
-    rc = park(v, job);
-  } else {
-    rc = prot_apply(v, old, (uint32_t)nold, m->items, m->count);
-    if (rc == 0)
-      rc = mb_prot_set_items(&v->prot, m->items, m->count);
-    if (rc != 0)
-      prot_apply(v, m->items, m->count, old, (uint32_t)nold);
-  }
-  vam_unlock(v);
-  free(old);
-  return rc;
-}
-
 static int handle_unmap(mb_vam *v, const vam_unmap_msg *m, vam_job *job) {
   int rc = check_unmap(m);
   if (rc != 0 || m->gpa >= v->va.size)
@@ -845,49 +542,13 @@ static int handle_unmap(mb_vam *v, const vam_unmap_msg *m, vam_job *job) {
   return teardown(v, m->gpa, end < v->va.size ? end : v->va.size, job);
 }
 
-/* Appends [a, b) with access w to out[0..*k), merged with the last one when they touch with
- * equal access (room is there). */
-static void ranges_put(mb_part_range *out, uint32_t *k, uint64_t a, uint64_t b, bool w) {
-  if (*k > 0 && out[*k - 1].gpa + out[*k - 1].size == a && out[*k - 1].writable == w)
-    out[*k - 1].size += b - a;
-  else
-    out[(*k)++] = (mb_part_range){a, b - a, w};
-}
-
-/* Established ranges with their effective access (`none` pages left out), adjacent ones with
- * equal access merged. Each stored protection splits at most one range into three more. */
-static int handle_ranges(mb_vam *v, vam_ranges_msg *m) {
-  m->ranges = NULL;
-  m->count = 0;
-  size_t n = mb_rtree_count(&v->ranges);
-  if (n == 0)
-    return 0;
-  n += 3 * mb_prot_count(&v->prot);
-  mb_part_range *out = mb__malloc(n * sizeof *out);
-  if (out == NULL)
-    return MB_ENOMEM;
-  uint32_t k = 0;
-  mb_rtree_node *it;
-  mb_rtree_for_each(it, &v->ranges) {
-    bool w = range_of(it)->writable;
-    for (uint64_t x = it->start, y; x < it->end; x = y) {
-      uint8_t e = eff_access(w, prot_run(v, x, it->end, &y));
-      if (e != MB_PROT_NONE)
-        ranges_put(out, &k, x, y, e == MB_PROT_RW);
-    }
-  }
-  m->ranges = out;
-  m->count = k;
-  return 0;
-}
-
 /* Introspection, on the mapper's thread: its established ranges and held locks, as JSON
  * members. */
 void mb__vam_inspect(mb_vam *v, FILE *f) {
   vam_ranges_msg r = {0};
   bool first = true;
   fputs("\"established\":[", f);
-  if (handle_ranges(v, &r) == 0)
+  if (vam__handle_ranges(v, &r) == 0)
     for (uint32_t i = 0; i < r.count; i++) {
       mb__json_sep(f, &first);
       fprintf(f, "{\"gpa\":%" PRIu64 ",\"size\":%" PRIu64 ",\"access\":\"%s\"}", r.ranges[i].gpa,
@@ -909,13 +570,7 @@ void mb__vam_inspect(mb_vam *v, FILE *f) {
     }
   free(l);
   fprintf(f, "],\"waiting_behind_locks\":%zu,\"protections\":[", waiting);
-  first = true;
-  for (const mb_prot_range *p = mb_prot_first(&v->prot, 0, UINT64_MAX); p != NULL;
-       p = mb_prot_next(p, 0, UINT64_MAX)) {
-    mb__json_sep(f, &first);
-    fprintf(f, "{\"gpa\":%" PRIu64 ",\"size\":%" PRIu64 ",\"access\":\"%s\"}", p->node.start,
-            p->node.end - p->node.start, p->access == MB_PROT_NONE ? "none" : "ro");
-  }
+  vam__inspect_prot(v, f);
   fputs("]", f);
 }
 
@@ -931,7 +586,7 @@ static int job_run(mb_vam *v, vam_job *job) {
   if (msg->kind == VAM_REPLACE)
     return handle_replace(v, vam_replace_of(msg), job);
   if (msg->kind == VAM_PROTECT)
-    return handle_protect(v, vam_protect_of(msg), job);
+    return vam__handle_protect(v, vam_protect_of(msg), job);
   return handle_unmap(v, vam_unmap_of(msg), job);
 }
 
@@ -982,8 +637,6 @@ static void on_kick(mb_vam *v, mb_msg *msg) {
   run_jobs(v);
 }
 
-static void on_watch(mb_vam *v, mb_msg *msg);
-
 /* Is this request a job (VAM_MAP, VAM_UNMAP, a forwarded MM_RESOLVE)? */
 static bool is_job(const mb_msg *msg) {
   if (msg->proto == &vam_protocol)
@@ -1007,7 +660,7 @@ __attribute__((noinline)) static void vam_handle_any(mb_vam *v, mb_msg *msg) {
     return;
   }
   if (msg->proto == &vam_protocol && msg->kind == VAM_WATCH) {
-    on_watch(v, msg);
+    vam__on_watch(v, msg);
     return;
   }
   if (!mb_msg_is_request(msg)) {
@@ -1016,7 +669,7 @@ __attribute__((noinline)) static void vam_handle_any(mb_vam *v, mb_msg *msg) {
   }
   if (!is_job(msg)) {
     vam_ranges_msg *ranges = vam_ranges_of(msg);
-    mb_reply(msg, ranges != NULL ? handle_ranges(v, ranges) : MB_E_INVALID);
+    mb_reply(msg, ranges != NULL ? vam__handle_ranges(v, ranges) : MB_E_INVALID);
     return;
   }
   vam_job job = {.msg = msg, .at = NOT_QUEUED};
@@ -1069,122 +722,6 @@ static void vam_actor_gone(mb_actor *self) {
  * lending the mapper's loop (MB_LOOP_LEND). */
 static bool vam_lendable(const mb_msg *m) { return !vam_watch_of((mb_msg *)m); }
 static const mb_actor_type vam_type = {"va_mapper", vam_handle, vam_actor_gone, 0, vam_lendable};
-
-/* ---- the watchdog (the actor's thread) ------------------------------------------------------- */
-
-static uint64_t now_ns(clockid_t clock) {
-  struct timespec t;
-  clock_gettime(clock, &t);
-  return (uint64_t)t.tv_sec * 1000000000u + (uint64_t)t.tv_nsec;
-}
-
-/* How often the timer looks: a quarter of the threshold, within [1 ms, 1 s]. */
-static uint64_t watch_period(uint64_t threshold_ms) {
-  uint64_t p = threshold_ms / 4;
-  return p < 1 ? 1 : p > 1000 ? 1000 : p;
-}
-
-static void log_line(mb_vam *v, mb_vam_log_fn log, void *ctx, const mb_lock *l, uint64_t now) {
-  char since[64] = "?";
-  struct tm tm;
-  if (localtime_r(&l->since.tv_sec, &tm) != NULL) {
-    size_t n = strftime(since, sizeof since, "%Y-%m-%d %H:%M:%S", &tm);
-    snprintf(since + n, sizeof since - n, ".%03ld", l->since.tv_nsec / 1000000);
-  }
-  char line[256];
-  snprintf(line, sizeof line,
-           "membacking: lock held for %" PRIu64 " ms: mapper %s/%" PRIu32 ".%" PRIu32
-           " (%s) range [0x%" PRIx64 ", 0x%" PRIx64 ") %s since %s",
-           (now - l->t_ns) / 1000000, mb_loop_name(v->addr.loop), v->addr.slot, v->addr.gen,
-           v->eager ? "eager" : "lazy", l->node.start, l->node.end, l->writable ? "rw" : "ro",
-           since);
-  if (log != NULL)
-    log(ctx, line);
-  else
-    fprintf(stderr, "%s\n", line);
-}
-
-enum { WATCH_BATCH = 16 }; /* locks reported per look under `lock` (no allocation) */
-
-/* Up to WATCH_BATCH locks past the limit and not reported yet, marked reported, into due
- * (`lock` held): how many. */
-static size_t due_locks(mb_vam *v, uint64_t now, uint64_t limit, mb_lock *due) {
-  size_t k = 0;
-  mb_rtree_node *it;
-  mb_rtree_for_each(it, &v->locks) {
-    mb_lock *l = mb_rtree_entry(it, mb_lock, node);
-    if (k < WATCH_BATCH && !l->reported && now - l->t_ns >= limit) {
-      l->reported = true;
-      due[k++] = *l;
-    }
-  }
-  return k;
-}
-
-/* Reports each lock past the threshold once. The locks due are copied under `lock`, a batch
- * at a time, and reported after it (a log function may take its time, or lock and unlock
- * itself). */
-static void on_watch_timer(uv_timer_t *t) {
-  mb_vam *v = t->data;
-  uint64_t now = now_ns(CLOCK_MONOTONIC);
-  vam_lock(v);
-  if (mb_rtree_empty(&v->locks) || v->watch_ms == 0) {
-    v->watching = false;
-    vam_unlock(v);
-    uv_timer_stop(t);
-    return;
-  }
-  uv_timer_set_repeat(t, watch_period(v->watch_ms));
-  uint64_t limit = v->watch_ms * 1000000u;
-  mb_vam_log_fn log = v->log;
-  void *ctx = v->log_ctx;
-  mb_lock due[WATCH_BATCH];
-  size_t k = due_locks(v, now, limit, due);
-  vam_unlock(v);
-  while (k > 0) {
-    for (size_t i = 0; i < k; i++)
-      log_line(v, log, ctx, &due[i], now);
-    if (k < WATCH_BATCH)
-      break;
-    vam_lock(v);
-    k = due_locks(v, now, limit, due);
-    vam_unlock(v);
-  }
-}
-
-/* VAM_WATCH: the message goes home and the timer starts (unreferenced). */
-static void on_watch(mb_vam *v, mb_msg *msg) {
-  mb_msg_keep(msg);
-  if (!v->timer_live) {
-    uv_timer_init(mb_loop_uv(v->loop), v->timer);
-    uv_unref((uv_handle_t *)v->timer);
-    v->timer->data = v;
-    v->timer_live = true;
-  }
-  vam_lock(v);
-  v->watch = msg;
-  uint64_t period = watch_period(v->watch_ms);
-  vam_unlock(v);
-  uv_timer_start(v->timer, on_watch_timer, period, period);
-}
-
-/* Locks already held are watched from now on. */
-void mb_vam_set_watchdog(mb_vam *v, uint64_t threshold_ms, mb_vam_log_fn log, void *ctx) {
-  mb_msg *w = NULL;
-  vam_lock(v);
-  v->watch_ms = threshold_ms;
-  v->log = log;
-  v->log_ctx = ctx;
-  if (threshold_ms > 0 && !v->watching && v->watch != NULL && !mb_rtree_empty(&v->locks)) {
-    w = v->watch;
-    v->watch = NULL;
-    v->watching = true;
-  }
-  vam_unlock(v);
-  if (w != NULL)
-    mb_send_from(v->addr, w);
-}
-
 /* ---- life cycle ------------------------------------------------------------------------------ */
 
 int mb_vam_create(mb_loop *loop, mb_addr mapping_manager, uint64_t max_addr, bool eager,
@@ -1214,14 +751,9 @@ int mb_vam_create(mb_loop *loop, mb_addr mapping_manager, uint64_t max_addr, boo
   v->kick = kick ? &kick->hdr : NULL;
   v->watch = watch ? &watch->hdr : NULL;
   v->timer = mb__malloc(sizeof *v->timer);
-  if (v->kick == NULL || v->watch == NULL || v->timer == NULL) {
-    mb_msg_free(v->kick);
-    mb_msg_free(v->watch);
-    free(v->timer);
-    free(v);
-    return MB_ENOMEM;
-  }
-  if ((rc = mb_va_reserve(&v->va, max_addr)) == 0) {
+  rc = v->kick == NULL || v->watch == NULL || v->timer == NULL ? MB_ENOMEM
+                                                               : mb_va_reserve(&v->va, max_addr);
+  if (rc == 0) {
     v->actor = mb_actor_create(loop, &vam_type, v, eager ? "va_mapper.eager" : "va_mapper.lazy");
     if (v->actor == NULL) {
       mb_va_release(&v->va);
@@ -1258,7 +790,7 @@ int mb_vam_destroy(mb_vam *v) {
   while (!mb_rtree_empty(&v->locks)) { /* a caller's mistake: see va_mapper.h */
     mb_rtree_node *n = v->locks.root;
     mb_rtree_remove(&v->locks, n);
-    lock_free(mb_rtree_entry(n, mb_lock, node));
+    vam__lock_free(mb_rtree_entry(n, mb_lock, node));
   }
   mb_msg_free(v->kick);
   mb_msg_free(v->watch);
@@ -1293,10 +825,6 @@ mb_vam_stats mb_vam_stats_get(const mb_vam *v) {
 
 /* ---- accesses (any thread) ------------------------------------------------------------------- */
 
-static void count(_Atomic uint64_t *c) {
-  atomic_fetch_add_explicit(c, 1, memory_order_relaxed);
-}
-
 /* 0: not established; 1: read-only; 2: writable; and in *prot the page's protection. */
 static int page_state(mb_vam *v, uint64_t page, uint8_t *prot) {
   vam_lock(v);
@@ -1311,12 +839,12 @@ static int page_state(mb_vam *v, uint64_t page, uint8_t *prot) {
  * errno such as -ENOMEM from the mapper's mmap, or the runtime's MB_ENOMEM) is reported as it
  * is, and so is MB_EDEADLK; anything else (nothing visible there, the mapper not registered,
  * the manager gone) means the page is unmapped. */
-static int resolve_failure(int rc) {
+int vam__resolve_failure(int rc) {
   return is_errno(rc) || rc == MB_ENOMEM || rc == MB_EDEADLK ? rc : MB_E_UNMAPPED;
 }
 
 /* Asks the mapping manager to have `page`'s mapping established here (blocking). */
-static int resolve(mb_vam *v, uint64_t page) {
+int vam__resolve(mb_vam *v, uint64_t page) {
   if (mb_loop_is_current(v->loop))
     return MB_EDEADLK; /* the mapper's own loop would have to answer */
   mm_resolve_msg *m = mm_resolve_new();
@@ -1338,7 +866,7 @@ typedef struct vam_retry {
 
 /* A fault at guest address `at`: 0 to retry, or the access's error. */
 static int on_fault(mb_vam *v, uint64_t at, bool write, vam_retry *r) {
-  count(&v->faults);
+  vam_count(&v->faults);
   if (at != r->addr)
     *r = (vam_retry){at, 0, 0};
   uint64_t page = at & ~MB_PAGE_MASK;
@@ -1346,22 +874,22 @@ static int on_fault(mb_vam *v, uint64_t at, bool write, vam_retry *r) {
   int s = page_state(v, page, &prot);
   if (s == 1 && write)
     return MB_E_READONLY;
-  if (s != 0 && (prot == MB_PROT_NONE || (write && prot == MB_PROT_RO)))
+  if (s != 0 && prot_forbids(prot, write))
     return MB_E_PROTECTED;
   if (s != 0) /* established after the fault: a race with the actor */
     return ++r->races <= VAM_MAX_RACES ? 0 : MB_E_FAULT;
   int rc = MB_E_UNMAPPED;
   if (!v->eager && r->resolves < VAM_MAX_RESOLVES) {
-    rc = resolve(v, page);
+    rc = vam__resolve(v, page);
     if (rc == 0) {
-      count(&v->resolved);
+      vam_count(&v->resolved);
       r->resolves++;
       return 0;
     }
-    if ((rc = resolve_failure(rc)) != MB_E_UNMAPPED)
+    if ((rc = vam__resolve_failure(rc)) != MB_E_UNMAPPED)
       return rc;
   }
-  count(&v->unmapped);
+  vam_count(&v->unmapped);
   return rc;
 }
 
@@ -1414,207 +942,3 @@ int mb_vam_write(mb_vam *v, uint64_t gpa, const void *buf, size_t len) {
 }
 
 void mb_vam_set_dirty(mb_vam *v, mb_dirty_log *log) { v->dirty = log; }
-
-/* ---- locks (any thread) ---------------------------------------------------------------------- */
-
-/* A lock_check result: *missing is the first page of the range that is not established. */
-enum { VAM_MISSING = 1 };
-
-/* The first page of [a, b) whose protection, or a protection change parked or queued there,
- * forbids a lock's access (read for any lock, write for a writable one); b if none. */
-static uint64_t first_protected(const mb_vam *v, uint64_t a, uint64_t b, bool writable) {
-  uint64_t q = b;
-  for (const mb_prot_range *p = mb_prot_first(&v->prot, a, b); p != NULL;
-       p = mb_prot_next(p, a, b))
-    if (p->access == MB_PROT_NONE || writable) {
-      q = p->node.start > a ? p->node.start : a;
-      break;
-    }
-  for (size_t i = 0; i < v->njobs; i++) {
-    const vam_protect_msg *m = vam_protect_of(v->jobs[i].msg);
-    for (uint32_t k = 0; m != NULL && v->jobs[i].a < v->jobs[i].b && k < m->count; k++) {
-      uint64_t s = m->items[k].gpa > a ? m->items[k].gpa : a;
-      if (s < q && items_take(&m->items[k], 1, a, q, writable))
-        q = s;
-    }
-  }
-  return q;
-}
-
-/* Can [a, b) be locked now? (`lock` held.) The first problem in address order decides, as it
- * would for an access, and on one page: unmapped, then read-only, then protected. A range
- * whose teardown is parked or queued is unmapped already. */
-static int lock_check(const mb_vam *v, uint64_t a, uint64_t b, bool writable, uint64_t *missing) {
-  if (v->retired)
-    return MB_E_INVALID;
-  for (size_t i = 0; i < v->njobs; i++)
-    if (v->jobs[i].drains && overlaps(a, b, v->jobs[i].a, v->jobs[i].b))
-      return MB_E_UNMAPPED;
-  uint64_t cur = a, q = first_protected(v, a, b, writable);
-  mb_rtree_node *it;
-  mb_rtree_for_each_overlap(it, &v->ranges, a, b) {
-    if (it->start > cur)
-      break;
-    if (writable && !range_of(it)->writable)
-      return q < cur ? MB_E_PROTECTED : MB_E_READONLY;
-    cur = it->end;
-  }
-  if (q < cur && q < b)
-    return MB_E_PROTECTED;
-  if (cur >= b)
-    return 0;
-  *missing = cur;
-  return VAM_MISSING;
-}
-
-/* Records l over [a, b) (`lock` held); returns the watch message to send, if the watchdog is
- * to start. */
-static mb_msg *lock_record(mb_vam *v, mb_lock *l, uint64_t a, uint64_t b) {
-  clock_gettime(CLOCK_REALTIME, &l->since);
-  l->t_ns = now_ns(CLOCK_MONOTONIC);
-  mb_rtree_insert(&v->locks, &l->node, a, b);
-  if (v->watch_ms == 0 || v->watching || v->watch == NULL)
-    return NULL;
-  mb_msg *w = v->watch;
-  v->watch = NULL;
-  v->watching = true;
-  return w;
-}
-
-/* A writable lock's pages are dirty at its release. */
-static void lock_release_dirty(mb_lock *l) {
-  if (l->writable && l->vam->dirty != NULL)
-    mb__dirty_release(l->vam->dirty, &l->hold);
-}
-
-/* Frees an unlinked lock. */
-static void lock_free(mb_lock *l) {
-  lock_release_dirty(l);
-  free(l);
-}
-
-int mb_vam_lock(mb_vam *v, uint64_t gpa, uint64_t size, bool writable, mb_lock **out) {
-  if (out == NULL)
-    return MB_E_INVALID;
-  *out = NULL;
-  if (size == 0 || !mb_page_aligned(gpa) || !mb_page_aligned(size) || gpa > v->va.size ||
-      size > v->va.size - gpa)
-    return MB_E_INVALID;
-  mb_lock *l = mb__calloc(1, sizeof *l);
-  if (l == NULL)
-    return MB_ENOMEM;
-  l->vam = v;
-  l->writable = writable;
-  uint64_t end = gpa + size, last = UINT64_MAX;
-  unsigned resolves = 0;
-  int rc;
-  for (;;) {
-    uint64_t missing = 0;
-    mb_msg *watch = NULL;
-    vam_lock(v);
-    rc = lock_check(v, gpa, end, writable, &missing);
-    if (rc == 0)
-      watch = lock_record(v, l, gpa, end);
-    vam_unlock(v);
-    if (rc == 0) {
-      if (watch != NULL)
-        mb_send_from(v->addr, watch); /* dropped (freed) only if the mapper is gone */
-      if (writable && v->dirty != NULL)
-        mb__dirty_hold(v->dirty, &l->hold, gpa, size);
-      *out = l;
-      return 0;
-    }
-    if (rc != VAM_MISSING)
-      break;
-    /* A lazy mapper faults the page in the way a read would, a bounded number of times. */
-    rc = MB_E_UNMAPPED;
-    if (missing != last)
-      last = missing, resolves = 0;
-    if (v->eager || resolves++ >= VAM_MAX_RESOLVES)
-      break;
-    int r = resolve(v, missing);
-    if (r != 0) {
-      rc = resolve_failure(r);
-      break;
-    }
-    count(&v->resolved);
-  }
-  free(l);
-  return rc;
-}
-
-void mb_vam_unlock(mb_lock *l) {
-  if (l == NULL)
-    return;
-  mb_vam *v = l->vam;
-  mb_msg *kick = NULL;
-  vam_lock(v);
-  mb_rtree_remove(&v->locks, &l->node);
-  if (v->njobs > 0 && v->kick != NULL) {
-    kick = v->kick;
-    v->kick = NULL;
-  }
-  vam_unlock(v);
-  lock_release_dirty(l); /* before a waiting request goes on: a sync queued behind it must
-                          * not see the lock still held */
-  if (kick != NULL) {
-    vam_kick_msg *k = vam_kick_of(kick);
-    k->gpa = l->node.start;
-    k->size = l->node.end - l->node.start;
-    mb_send_from(v->addr, kick);
-  }
-  free(l);
-}
-
-uint8_t *mb_vam_lock_ptr(const mb_lock *l) {
-  return l->vam->va.base + l->node.start;
-}
-
-uint64_t mb_vam_lock_gpa(const mb_lock *l) {
-  return l->node.start;
-}
-
-uint64_t mb_vam_lock_size(const mb_lock *l) {
-  return l->node.end - l->node.start;
-}
-
-int mb_vam_retire(mb_vam *v) {
-  vam_lock(v);
-  int rc = mb_rtree_empty(&v->locks) ? 0 : MB_E_INVALID;
-  if (rc == 0)
-    v->retired = true;
-  vam_unlock(v);
-  return rc;
-}
-
-void mb_vam_unretire(mb_vam *v) {
-  vam_lock(v);
-  v->retired = false;
-  vam_unlock(v);
-}
-
-int mb_vam_locks(mb_vam *v, mb_vam_lock_info **out, size_t *count_out, size_t *waiting) {
-  *out = NULL;
-  *count_out = 0;
-  uint64_t now = now_ns(CLOCK_MONOTONIC);
-  vam_lock(v);
-  size_t n = mb_rtree_count(&v->locks);
-  mb_vam_lock_info *info = n ? mb__malloc(n * sizeof *info) : NULL;
-  if (n == 0 || info != NULL) {
-    size_t i = 0;
-    mb_rtree_node *it;
-    mb_rtree_for_each(it, &v->locks) {
-      const mb_lock *l = mb_rtree_entry(it, mb_lock, node);
-      info[i++] = (mb_vam_lock_info){it->start, it->end - it->start, l->writable, l->reported,
-                                     now - l->t_ns, l->since};
-    }
-  }
-  if (waiting != NULL)
-    *waiting = v->njobs;
-  vam_unlock(v);
-  if (n > 0 && info == NULL)
-    return MB_ENOMEM;
-  *out = info;
-  *count_out = n;
-  return 0;
-}

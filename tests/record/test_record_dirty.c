@@ -11,6 +11,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "rec_util.h"
 #include "membacking.h"
 #include "scenario.h"
 #include "test_util.h"
@@ -175,31 +176,17 @@ static void check_parses(const char *path) {
   scenario_free(sc);
 }
 
-static void check_replays(const char *path) {
-  if (!replay_path) return;
-  for (int spread = 0; spread < 2; spread++) {
-    char cmd[4096];
-    snprintf(cmd, sizeof cmd, "'%s' --quiet --layout=%s '%s' >/dev/null", replay_path,
-             spread ? "spread" : "single", path);
-    int rc = system(cmd);
-    assert_true(WIFEXITED(rc));
-    assert_int_equal(WEXITSTATUS(rc), 0);
-  }
-}
-
 static void test_record_dirty(void **state) {
   (void)state;
   char path[] = "/tmp/test_record_dirty_XXXXXX";
-  int fd = mkstemp(path);
-  assert_true(fd >= 0);
-  close(fd);
+  rec_tmp_file(path);
   world w;
   world_init(&w, path);
   drive(&w);
   world_fini(&w);
   check_text(path);
   check_parses(path);
-  check_replays(path);
+  rec_check_replays(replay_path, path);
   unlink(path);
 }
 
