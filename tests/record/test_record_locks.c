@@ -111,6 +111,16 @@ static void until_waiting(world *w, mb_mapper *m) {
   }
 }
 
+/* Runs the test's loop until mapper m (eager) has torn page gpa down: the unmap reaches each
+ * mapper on its own loop, and only the one holding the lock waits. */
+static void until_unmapped(world *w, mb_mapper *m, uint64_t gpa) {
+  uint8_t b;
+  while (mb_mapper_read(m, gpa, &b, 1) != MB_E_UNMAPPED) {
+    uv_run(&w->home.uv, UV_RUN_NOWAIT);
+    sched_yield();
+  }
+}
+
 static void drive(world *w) {
   lock_call held = {w->m, 0x2000, NULL, 0};
   assert_int_equal(on_thread(&held), 0);
@@ -119,6 +129,7 @@ static void drive(world *w) {
   unmap_call u = {w, {0, 0, 0}, false};
   assert_int_equal(mb_loop_post(w->home.loop, unmap_issue, &u), 0);
   until_waiting(w, w->m);
+  until_unmapped(w, w->m2, 0);
   assert_false(u.done);
   lock_call late = {w->m2, 0, NULL, 0}; /* judged against the new state: unmapped */
   assert_int_equal(on_thread(&late), MB_E_UNMAPPED);
