@@ -410,17 +410,23 @@ static void unlend(mm_state *st, mm_mapper *t) {
   t->sent = NULL;
 }
 
+/* A mapper's answer to a call of the operation: done, gone (it holds nothing), or the
+ * operation's failure; then the operation moves on once every answer is in. */
+static void mapper_answered(mm_state *st, mm_mapper *m, int status) {
+  if (status == 0)
+    m->ok = true;
+  else if (is_gone(status))
+    mark_gone(st, m);
+  else
+    op_fail(st, status);
+  op_settle(st);
+}
+
 static void on_vam_map(mb_actor *self, mb_msg *reply, void *ctx) {
   mm_state *st = mb_actor_state(self);
   mm_mapper *m = ctx;
   unlend(st, m);
-  if (reply->status == 0)
-    m->ok = true;
-  else if (is_gone(reply->status))
-    mark_gone(st, m);
-  else
-    op_fail(st, reply->status);
-  op_settle(st);
+  mapper_answered(st, m, reply->status);
 }
 
 /* VAM_MAP of entries (mapper space, lent: op.entries or t->sent) to mapper t. */
@@ -453,13 +459,7 @@ static void call_map(mm_state *st, mm_mapper *t) {
 static void on_vam_unmap(mb_actor *self, mb_msg *reply, void *ctx) {
   mm_state *st = mb_actor_state(self);
   mm_mapper *m = ctx;
-  if (reply->status == 0)
-    m->ok = true;
-  else if (is_gone(reply->status))
-    mark_gone(st, m);
-  else
-    op_fail(st, reply->status);
-  op_settle(st);
+  mapper_answered(st, m, reply->status);
 }
 
 /* VAM_UNMAP of view-space [gpa, gpa + size) to mapper t, translated; nothing when it is in
@@ -892,13 +892,7 @@ static void on_vam_protect(mb_actor *self, mb_msg *reply, void *ctx) {
   mm_state *st = mb_actor_state(self);
   mm_mapper *m = ctx;
   st->op.lent--;
-  if (reply->status == 0)
-    m->ok = true;
-  else if (is_gone(reply->status))
-    mark_gone(st, m);
-  else
-    op_fail(st, reply->status);
-  op_settle(st);
+  mapper_answered(st, m, reply->status);
 }
 
 /* VAM_PROTECT of items (lent: op.items or op.old) to mapper t. */
