@@ -42,6 +42,7 @@
  * protecting mapper took the change (so it never holds what a mapper refused), and read when
  * a protecting mapper is added (it gets them before any mapping).
  */
+#include "mb_hot.h"
 #include "mapping_manager.h"
 
 #include <stdlib.h>
@@ -143,14 +144,6 @@ struct mm_state {
 };
 
 /* ---- helpers --------------------------------------------------------------------------------- */
-
-void mb_map_entries_free(mb_map_entry *entries, uint32_t count) {
-  if (entries == NULL)
-    return;
-  for (uint32_t i = 0; i < count; i++)
-    mb_object_unref(entries[i].obj);
-  free(entries);
-}
 
 static bool addr_eq(mb_addr a, mb_addr b) {
   return a.loop == b.loop && a.slot == b.slot && a.gen == b.gen;
@@ -288,7 +281,7 @@ static bool xlate_is_identity(const mm_mapper *t, const mb_map_entry *e, uint32_
 
 /* The operation's entries as t sees them: op.entries itself, or a translated copy (t->sent),
  * or nothing (*n = 0). 0 or MB_ENOMEM. */
-static int xlate_entries(mm_state *st, mm_mapper *t, mb_map_entry **out, uint32_t *n) {
+MB_HOT static int xlate_entries(mm_state *st, mm_mapper *t, mb_map_entry **out, uint32_t *n) {
   const mm_op *op = &st->op;
   *out = NULL;
   *n = 0;
@@ -366,11 +359,11 @@ static void op_fail(mm_state *st, int status) {
 static void pump(mm_state *st);
 
 /* Answers the request, forgets the operation and takes up the requests that waited. */
-static void op_finish(mm_state *st, int status) {
+MB_HOT static void op_finish(mm_state *st, int status) {
   mm_op *op = &st->op;
   mb_msg *req = op->req;
   if (op->refs_moved)
-    free(op->entries);
+    mb_map_entries_drop(op->entries, op->count);
   else
     mb_map_entries_free(op->entries, op->count);
   if (st->ngone > 0)
@@ -382,8 +375,8 @@ static void op_finish(mm_state *st, int status) {
   op->refs_moved = false;
   op->cut = (mm_cut){0};
   op->swapped = NULL;
-  free(op->items);
-  free(op->old);
+  mb__free(op->items);
+  mb__free(op->old);
   op->items = op->old = NULL;
   op->nitems = op->nold = 0;
   st->busy = false;
@@ -406,7 +399,7 @@ static void mark_gone(mm_state *st, mm_mapper *m) {
 /* What a translated array lent to t was for is answered: it goes. */
 static void unlend(mm_state *st, mm_mapper *t) {
   st->op.lent--;
-  free(t->sent);
+  mb__free(t->sent);
   t->sent = NULL;
 }
 
@@ -494,7 +487,7 @@ static bool valid_range(const mm_state *st, uint64_t gpa, uint64_t size) {
          in_one_slice(st, gpa, size);
 }
 
-static int check_entry(const mm_state *st, const mb_map_entry *e) {
+MB_HOT static int check_entry(const mm_state *st, const mb_map_entry *e) {
   if (e->obj == NULL || !valid_range(st, e->gpa, e->size))
     return MB_E_INVALID;
   return mb_object_check_range(e->obj, e->obj_off, e->size) == 0 ? 0 : MB_E_INVALID;
@@ -747,7 +740,7 @@ static void handle_unmap(mm_state *st, mm_unmap_msg *m) {
 
 /* ---- MM_REPLACE ------------------------------------------------------------------------------ */
 
-static void on_vam_replace(mb_actor *self, mb_msg *reply, void *ctx) {
+MB_HOT static void on_vam_replace(mb_actor *self, mb_msg *reply, void *ctx) {
   mm_state *st = mb_actor_state(self);
   unlend(st, ctx);
   if (is_gone(reply->status))
@@ -784,14 +777,14 @@ static void call_replace(mm_state *st, mm_mapper *t, uint64_t gpa, uint64_t size
 }
 
 /* The same to every mapper not gone. */
-static void call_replace_all(mm_state *st, uint64_t gpa, uint64_t size) {
+MB_HOT static void call_replace_all(mm_state *st, uint64_t gpa, uint64_t size) {
   for (mm_mapper *t = st->mappers, *past = t + st->nmappers; t < past; t++)
     if (!t->gone)
       call_replace(st, t, gpa, size);
 }
 
 /* The entries are valid, ascending, apart, and inside [a, b). */
-static int check_replace(const mm_state *st, mb_map_entry *e, uint32_t count, uint64_t a,
+MB_HOT static int check_replace(const mm_state *st, mb_map_entry *e, uint32_t count, uint64_t a,
                          uint64_t b) {
   for (uint32_t i = 0; i < count; i++)
     if (check_entry(st, &e[i]) != 0)
@@ -838,7 +831,7 @@ static void replace_rolled_back(mm_state *st) {
 
 /* Every mapper answered. On a failure the tree goes back, and every mapper gets the old
  * mappings of the range the same way (a lazy one only where it established anything). */
-static void replace_done(mm_state *st) {
+MB_HOT static void replace_done(mm_state *st) {
   mm_op *op = &st->op;
   const mm_replace_msg *m = mm_replace_of(op->req);
   if (op->status == 0) {
@@ -1183,7 +1176,7 @@ __attribute__((noinline)) static void mm_handle_other(mm_state *st, mb_msg *msg)
   mb_reply(msg, rc);
 }
 
-static void mm_handle(mb_actor *self, mb_msg *msg) {
+MB_HOT static void mm_handle(mb_actor *self, mb_msg *msg) {
   mm_state *st = mb_actor_state(self);
   if (mb_msg_is_request(msg) && msg->proto == &mm_protocol && !st->busy && st->nwaiting == 0)
     dispatch(st, msg);
@@ -1191,7 +1184,7 @@ static void mm_handle(mb_actor *self, mb_msg *msg) {
     mm_handle_other(st, msg);
 }
 
-static void dispatch(mm_state *st, mb_msg *msg) {
+MB_HOT static void dispatch(mm_state *st, mb_msg *msg) {
   switch ((enum mm_kind)msg->kind) {
   case MM_RESOLVE:
     handle_resolve(st, mm_resolve_of(msg));
@@ -1281,7 +1274,8 @@ static void mm_destroy(mb_actor *self) {
 
 /* Everything the mapping manager does may run on a thread lending its loop (MB_LOOP_LEND). */
 static bool mm_lendable(const mb_msg *m) { return (void)m, true; }
-static const mb_actor_type mm_type = {"mapping_manager", mm_handle, mm_destroy, 0, mm_lendable};
+static const mb_actor_type mm_type = {"mapping_manager", mm_handle, mm_destroy,
+                                      MB_ACTOR_PROMPT_REPLIES, mm_lendable};
 
 mb_actor *mb_mapping_manager_create(mb_loop *loop, const mb_mm_geom *g) {
   if (g == NULL || g->max_addr == 0 || !mb_page_aligned(g->max_addr) ||

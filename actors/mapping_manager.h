@@ -74,8 +74,13 @@ typedef struct mb_map_entry {
   bool writable;    /* false when the mapping or its region is read-only */
 } mb_map_entry;
 
-/* Drop the object references of `count` entries and free the array. */
+/* Entry arrays (map_entries.c). alloc: room for n > 0 entries, or NULL (no memory).
+ * free: drops the object references of `count` entries and frees the array (NULL: nothing).
+ * drop: frees the array of `count` entries whose references went elsewhere. Arrays from
+ * malloc may be released by these too. */
+mb_map_entry *mb_map_entries_alloc(size_t n);
 void mb_map_entries_free(mb_map_entry *entries, uint32_t count);
+void mb_map_entries_drop(mb_map_entry *entries, uint32_t count);
 
 #define MM_MAP_FIELDS(F) F(mb_map_entry *, entries) F(uint32_t, count)
 #define MM_UNMAP_FIELDS(F) F(uint64_t, gpa) F(uint64_t, size)

@@ -7,6 +7,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "mb_hot.h"
 #include "api_internal.h"
 #include "fault_inject.h" /* MB_FI_ALLOC: tests fail these allocations */
 
@@ -55,7 +56,7 @@ static api_op *api_op_get(void) {
   return op;
 }
 
-static void api_op_put(api_op *op) {
+MB_HOT static void api_op_put(api_op *op) {
   if (!api_cache_armed) { /* the thread-exit hook, once per thread */
     pthread_once(&api_cache_once, api_cache_init);
     api_cache_armed = api_cache_ok && pthread_setspecific(api_cache_key, &api_cache) == 0;
@@ -77,7 +78,7 @@ static void record_reply(mb_mm *mm, mb_msg *reply) {
   mb__mm_unref(mm);
 }
 
-static void api_op_reply(mb_actor *self, mb_msg *reply, void *ctx) {
+MB_HOT static void api_op_reply(mb_actor *self, mb_msg *reply, void *ctx) {
   (void)self;
   api_op *op = ctx;
   uint64_t v = (op->value && reply->status == 0) ? op->value(reply) : 0;
@@ -89,7 +90,7 @@ static void api_op_reply(mb_actor *self, mb_msg *reply, void *ctx) {
   done(done_ctx, reply->status, v);
 }
 
-static void api_submit_op(api_op *op, mb_mm *mm, mb_addr to, mb_msg *msg, mb__value_fn value,
+MB_HOT static void api_submit_op(api_op *op, mb_mm *mm, mb_addr to, mb_msg *msg, mb__value_fn value,
                           mb_object *obj, mb_done_fn done, void *ctx) {
   mb_loop *here = mb_loop_current();
   if (!here && op) {
@@ -109,7 +110,7 @@ static void api_submit_op(api_op *op, mb_mm *mm, mb_addr to, mb_msg *msg, mb__va
   mb_call(mb_loop_actor(here), to, msg, api_op_reply, op);
 }
 
-void mb__api_submit(mb_mm *mm, mb_addr to, mb_msg *msg, mb__value_fn value, mb_object *obj,
+MB_HOT void mb__api_submit(mb_mm *mm, mb_addr to, mb_msg *msg, mb__value_fn value, mb_object *obj,
                     mb_done_fn done, void *ctx) {
   api_submit_op(mb_loop_current() ? api_op_get() : NULL, mm, to, msg, value, obj, done, ctx);
 }
@@ -518,7 +519,7 @@ int mb_region_state_sync(mb_mm *mm, mb_region_id id, int *state) {
  * The caller's object reference must outlive the request: the API holds one of its own until
  * completion (the region manager takes another when it keeps the mapping). */
 
-static mb_msg *mapping_msg(const mb_mapping_params *p, bool replace) {
+MB_HOT static mb_msg *mapping_msg(const mb_mapping_params *p, bool replace) {
   rm_mapping_add_msg *m = replace ? (rm_mapping_add_msg *)(void *)rm_mapping_replace_new()
                                   : rm_mapping_add_new();
   if (!m) return NULL;

@@ -26,6 +26,8 @@ typedef struct rm_view {
   size_t npieces, cap_pieces;
   mb_map_entry *entries;
   size_t nentries, cap_entries;
+  bool borrowed; /* its entries hold no references: read only while the mappings they come
+                  * from stand (an operation's own views, from its planning to its last call) */
 } rm_view;
 
 /* A partition: a consumer at a VTL, with VTL 0's view at the alias too (alias). */
@@ -146,6 +148,8 @@ typedef struct rm_state {
   rm_op op_buf;           /* reused by every operation (serialized: one at a time); its
                            * calls array is grow-only and kept between operations. Idle, it
                            * holds nothing: no request, mapping or spare, an empty diff */
+  rm_mapping *free_mapping; /* a mapping's memory for the next add or replace (one replace
+                             * in place frees one and takes one: no allocation) */
   bool dirty_on;          /* dirty tracking (region_dirty.c) */
   mb_prot_map prot[RM_VIEWS]; /* per VTL that can be protected (region_protect.c) */
   mb_prot_map *prot_begin;    /* inside a transaction that protected: every VTL's map as it
@@ -185,12 +189,12 @@ static inline uint64_t min64(uint64_t a, uint64_t b) { return a < b ? a : b; }
 static inline uint64_t max64(uint64_t a, uint64_t b) { return a > b ? a : b; }
 
 
-/* A mapping's entry cut to [start, end), with a reference of its own: writable only where the
+/* A mapping's entry cut to [start, end) (no reference taken): writable only where the
  * mapping and the access both are. */
 static inline mb_map_entry rm__clip_entry(const rm_mapping *m, uint64_t start, uint64_t end,
                                           bool writable) {
   uint64_t s = max64(m->node.start, start), e = min64(m->node.end, end);
-  return (mb_map_entry){s, e - s, mb_object_ref(m->obj), m->obj_off + (s - m->node.start),
+  return (mb_map_entry){s, e - s, m->obj, m->obj_off + (s - m->node.start),
                         m->writable && writable};
 }
 
@@ -212,8 +216,8 @@ int rm__plan_pm_one(rm_state *st, rm_op *op, const rm_part *p, int kind, uint64_
 /* region_txn.c: views */
 void rm__view_free(rm_view *v);
 void rm__view_clear(rm_view *v); /* empty, its arrays kept for the next use */
-/* Appends e (taking its reference), merged into the last entry when it continues it. 0, or
- * MB_ENOMEM (the reference dropped). */
+/* Appends e (with a reference of its own unless v is borrowed), merged into the last entry
+ * when it continues it. 0, or MB_ENOMEM. */
 int rm__view_push(rm_view *v, mb_map_entry e);
 /* Appends r's mappings in [s, e), cut to it, at the access `writable` allows. 0 or MB_ENOMEM. */
 int rm__view_push_mappings(rm_view *v, const rm_region *r, uint64_t s, uint64_t e, bool writable);

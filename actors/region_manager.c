@@ -29,6 +29,7 @@
  *
  * A partition mapper that is gone (MB_EGONE) holds nothing; calls to it count as done.
  */
+#include "mb_hot.h"
 #include "region_manager.h"
 
 #include <assert.h>
@@ -93,9 +94,7 @@ void rm__region_free(rm_state *st, rm_region *r) {
 }
 
 static void entries_free(mb_map_entry *e, uint32_t count) {
-  for (uint32_t i = 0; i < count; i++)
-    mb_object_unref(e[i].obj);
-  free(e);
+  mb_map_entries_free(e, count);
 }
 
 
@@ -112,7 +111,7 @@ static int build_entries(const rm_call *c, mb_map_entry **out, uint32_t *count) 
       n++;
   if (n > UINT32_MAX)
     return MB_ENOMEM;
-  mb_map_entry *e = mb__malloc(n * sizeof *e);
+  mb_map_entry *e = mb_map_entries_alloc(n);
   if (e == NULL)
     return MB_ENOMEM;
   e[0] = rm__clip_entry(c->maps, start, end, c->writable);
@@ -121,6 +120,8 @@ static int build_entries(const rm_call *c, mb_map_entry **out, uint32_t *count) 
     for (it = mb_rtree_next_overlap(&c->maps->node, start, end); it;
          it = mb_rtree_next_overlap(it, start, end))
       e[i++] = rm__clip_entry(mapping_of(it), start, end, c->writable);
+  for (i = 0; i < n; i++)
+    mb_object_ref(e[i].obj);
   *out = e;
   *count = (uint32_t)n;
   return 0;
@@ -145,13 +146,23 @@ static rm_op *op_new(rm_state *st, mb_msg *req, rm_region *r) {
   return op;
 }
 
+/* Drops m (or nothing), keeping its memory for the next mapping_new if there is room. */
+static void mapping_recycle(rm_state *st, rm_mapping *m) {
+  if (m != NULL && st->free_mapping == NULL) {
+    mb_object_unref(m->obj);
+    st->free_mapping = m;
+  } else {
+    rm__mapping_free(m);
+  }
+}
+
 /* Releases what the operation holds (not the reusable calls array): it is idle again. */
-static void op_free(rm_op *op) {
+MB_HOT static void op_free(rm_op *op) {
   for (size_t i = 0; i < op->nsh; i++) {
     rm_sh *sh = &op->sh[i];
     mb__vis_abort(&sh->diff);
-    rm__mapping_free(sh->mapping);
-    free(sh->spare);
+    mapping_recycle(state_of(op), sh->mapping);
+    mb__free(sh->spare);
     *sh = (rm_sh){0};
   }
   op->nsh = 0;
@@ -171,7 +182,7 @@ static int op_grow_calls(rm_op *op) {
 }
 
 /* Appends c to the plan: 0, or MB_ENOMEM. */
-int rm__op_add_call(rm_op *op, rm_call c) {
+MB_HOT int rm__op_add_call(rm_op *op, rm_call c) {
   if (op->ncalls == op->cap && op_grow_calls(op) != 0)
     return MB_ENOMEM;
   c.op = op;
@@ -341,7 +352,7 @@ static int plan_access(rm_state *st, rm_op *op) {
 
 static void op_next(mb_actor *self, rm_state *st);
 
-static void on_call_reply(mb_actor *self, mb_msg *reply, void *ctx) {
+MB_HOT static void on_call_reply(mb_actor *self, mb_msg *reply, void *ctx) {
   rm_call *c = ctx;
   rm_op *op = c->op;
   int status = reply->status;
@@ -392,7 +403,7 @@ static mb_msg *entries_msg(const rm_call *c, int kind, int *rc) {
 }
 
 /* Sends one call (or its inverse). */
-static void call_send(mb_actor *self, rm_call *c, bool inverse) {
+MB_HOT static void call_send(mb_actor *self, rm_call *c, bool inverse) {
   rm_op *op = c->op;
   int kind = c->kind ^ inverse;
   mb_msg *msg = NULL;
@@ -551,7 +562,7 @@ static void gpa_end(rm_state *st, rm_op *op, bool ok) {
   op->published = false;
 }
 
-static void op_finish(rm_state *st, rm_op *op, int err) {
+MB_HOT static void op_finish(rm_state *st, rm_op *op, int err) {
   if (err == 0 && rm__is_dirty(op->kind))
     err = rm__dirty_end(st, op);
   if (err != 0 && op->kind == RM_PROTECT)
@@ -569,7 +580,7 @@ static void op_finish(rm_state *st, rm_op *op, int err) {
 
 /* Moves the operation on once every reply of the current step is in: sends the next step
  * forward or, undoing, the inverses of the previous step's completed calls in reverse order. */
-static void op_next(mb_actor *self, rm_state *st) {
+MB_HOT static void op_next(mb_actor *self, rm_state *st) {
   rm_op *op = st->op;
   do {
     if (!op->undoing && op->err != 0)
@@ -778,7 +789,7 @@ static int plan_region(rm_state *st, rm_op *op) {
 
 /* The absolute guest range of [offset, offset + size) in r: MB_E_INVALID unless it is
  * non-empty, page aligned and inside the region. */
-static int mapping_range(const rm_region *r, uint64_t offset, uint64_t size, mb_range *abs) {
+MB_HOT static int mapping_range(const rm_region *r, uint64_t offset, uint64_t size, mb_range *abs) {
   mb_range rel;
   if (mb_range_make(offset, size, &rel) != 0 || rel.end > r_end(r) - r_start(r))
     return MB_E_INVALID;
@@ -796,7 +807,7 @@ static const rm_mapping_add_msg *mapping_fields(mb_msg *req) {
 
 /* The new mapping of an add or a replace of r, checked (mappings in its range are an overlap
  * only for an add) and not linked anywhere yet. */
-static int mapping_new(rm_region *r, mb_msg *req, rm_mapping **out) {
+MB_HOT static int mapping_new(rm_state *st, rm_region *r, mb_msg *req, rm_mapping **out) {
   const rm_mapping_add_msg *m = mapping_fields(req);
   mb_range abs;
   if (m->obj == NULL || mapping_range(r, m->offset, m->size, &abs) != 0 ||
@@ -807,10 +818,11 @@ static int mapping_new(rm_region *r, mb_msg *req, rm_mapping **out) {
     return MB_E_OVERLAP;
   if (m->writable && !mb_object_writable(m->obj))
     return MB_E_READONLY; /* an object only readable (a sealed memfd, an O_RDONLY file) */
-  rm_mapping *nm = mb__calloc(1, sizeof *nm);
+  rm_mapping *nm = st->free_mapping != NULL ? st->free_mapping : mb__calloc(1, sizeof *nm);
   if (nm == NULL)
     return MB_ENOMEM;
-  nm->obj = mb_object_ref(m->obj);
+  st->free_mapping = NULL;
+  *nm = (rm_mapping){.obj = mb_object_ref(m->obj)};
   nm->obj_off = m->obj_off;
   nm->writable = m->writable;
   nm->node.start = abs.start;
@@ -839,7 +851,7 @@ static int plan_mapping_add_of(rm_state *st, rm_op *op, rm_region *r, rm_mapping
 /* Each shadow's new mapping of an add or a replace: 0, or the request's error. */
 static int mappings_new(rm_op *op) {
   for (size_t k = 0; k < op->nsh; k++) {
-    int rc = mapping_new(op->sh[k].region, op->req, &op->sh[k].mapping);
+    int rc = mapping_new(state_of(op), op->sh[k].region, op->req, &op->sh[k].mapping);
     if (rc)
       return rc;
   }
@@ -883,7 +895,7 @@ static int plan_mapping_remove_of(rm_state *st, rm_op *op, rm_region *r, uint64_
 }
 
 /* A spare node per shadow whose mapping straddles both edges of [a, b) (head view space). */
-static int spares_new(rm_op *op, uint64_t a, uint64_t b) {
+MB_HOT static int spares_new(rm_op *op, uint64_t a, uint64_t b) {
   for (size_t k = 0; k < op->nsh; k++) {
     rm_region *r = op->sh[k].region;
     uint64_t base = r_start(r) - r_start(op->region);
@@ -1031,7 +1043,7 @@ static int txn_mapping(rm_state *st, rm_region *r, mb_msg *msg) {
     if (!first_mapping(r, abs.start, abs.end))
       return 0;
   } else {
-    if ((rc = mapping_new(r, msg, &nm)) != 0)
+    if ((rc = mapping_new(st, r, msg, &nm)) != 0)
       return rc;
     abs = (mb_range){nm->node.start, nm->node.end};
   }
@@ -1070,7 +1082,7 @@ static int txn_apply(rm_state *st, rm_region *r, mb_msg *msg) {
 }
 
 /* Requests that may need nested calls: plan, then run. */
-static void handle_op(mb_actor *self, rm_state *st, mb_msg *msg) {
+MB_HOT static void handle_op(mb_actor *self, rm_state *st, mb_msg *msg) {
   rm_region *r = NULL;
   bool dirty = rm__is_dirty(msg->kind);
   if (msg->kind != RM_PARTITION_ADD && msg->kind != RM_TXN_COMMIT && !dirty &&
@@ -1108,7 +1120,7 @@ static void handle_op(mb_actor *self, rm_state *st, mb_msg *msg) {
   op_start(self, st, op, rc);
 }
 
-static void rm_handle(mb_actor *self, mb_msg *msg) {
+MB_HOT static void rm_handle(mb_actor *self, mb_msg *msg) {
   rm_state *st = mb_actor_state(self);
   assert(st->op == NULL); /* serialized: one operation at a time */
   if (msg->proto != &rm_protocol) {
@@ -1174,6 +1186,7 @@ static void rm_destroy(mb_actor *self) {
   if (st->txn.open)
     rm__txn_end(st, true); /* frees what it kept to go back */
   free(st->op_buf.calls);
+  free(st->free_mapping);
   rm__view_free(&st->op_buf.own_old);
   rm__view_free(&st->op_buf.own_new);
   rm__view_free(&st->txn.old);
@@ -1189,7 +1202,8 @@ static void rm_destroy(mb_actor *self) {
 /* Everything the region manager does may run on a thread lending its loop (MB_LOOP_LEND). */
 static bool rm_lendable(const mb_msg *m) { return (void)m, true; }
 static const mb_actor_type rm_type = {"region_manager", rm_handle, rm_destroy,
-                                      MB_ACTOR_SERIALIZED, rm_lendable};
+                                      MB_ACTOR_SERIALIZED | MB_ACTOR_PROMPT_REPLIES,
+                                      rm_lendable};
 
 /* ---- introspection (direct reads on the region manager's thread) ---------------------------- */
 
@@ -1298,6 +1312,7 @@ mb_actor *mb_region_manager_create(mb_loop *loop, const mb_rm_config *cfg) {
   if (st->cfg.geom.stride == 0) /* a manager of VTL 0 alone */
     st->cfg.geom = (mb_mm_geom){cfg->max_addr, mb_mm_stride(cfg->max_addr), 0, 1};
   st->next_id = 1;
+  st->op_buf.own_old.borrowed = st->op_buf.own_new.borrowed = true;
   for (unsigned v = 0; v < RM_VIEWS; v++)
     mb__vis_init(&st->vis[v], cfg->overlap);
   rm__prot_init(st);

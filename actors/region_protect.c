@@ -40,8 +40,8 @@ bool rm__prot_vtl_ok(const rm_state *st, unsigned vtl) {
 
 void rm__prot_op_free(rm_op *op) {
   for (unsigned v = 0; v < RM_VIEWS; v++) {
-    free(op->prot[v].fwd);
-    free(op->prot[v].inv);
+    mb__free(op->prot[v].fwd);
+    mb__free(op->prot[v].inv);
     op->prot[v] = (rm_prot_calls){0};
   }
 }

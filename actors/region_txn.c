@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <time.h>
 
+#include "mb_hot.h"
 #include "fault_inject.h" /* mb__malloc, mb__calloc: MB_FI_ALLOC */
 #include "grow.h"
 #include "mb_errors.h"
@@ -24,7 +25,7 @@
 /* ---- views ----------------------------------------------------------------------------------- */
 
 void rm__view_clear(rm_view *v) {
-  for (size_t i = 0; i < v->nentries; i++)
+  for (size_t i = 0; i < v->nentries && !v->borrowed; i++)
     mb_object_unref(v->entries[i].obj);
   v->nentries = v->npieces = 0;
 }
@@ -33,7 +34,7 @@ void rm__view_free(rm_view *v) {
   rm__view_clear(v);
   free(v->entries);
   free(v->pieces);
-  *v = (rm_view){0};
+  *v = (rm_view){.borrowed = v->borrowed};
 }
 
 static bool continues(const mb_map_entry *a, const mb_map_entry *b) {
@@ -41,19 +42,17 @@ static bool continues(const mb_map_entry *a, const mb_map_entry *b) {
          a->obj_off + a->size == b->obj_off;
 }
 
-int rm__view_push(rm_view *v, mb_map_entry e) {
+MB_HOT int rm__view_push(rm_view *v, mb_map_entry e) {
   if (v->nentries > 0 && continues(&v->entries[v->nentries - 1], &e)) {
     v->entries[v->nentries - 1].size += e.size;
-    mb_object_unref(e.obj);
     return 0;
   }
   mb_map_entry *n = mb__grow(v->entries, &v->cap_entries, v->nentries, sizeof *n, 8);
-  if (n == NULL) {
-    mb_object_unref(e.obj);
+  if (n == NULL)
     return MB_ENOMEM;
-  }
   v->entries = n;
-  v->entries[v->nentries++] = e;
+  v->entries[v->nentries++] = v->borrowed ? e : (mb_map_entry){e.gpa, e.size,
+                                      mb_object_ref(e.obj), e.obj_off, e.writable};
   return 0;
 }
 
@@ -66,7 +65,7 @@ static int push_piece(rm_view *v, rm_piece p) {
   return 0;
 }
 
-int rm__view_push_mappings(rm_view *v, const rm_region *r, uint64_t s, uint64_t e, bool writable) {
+MB_HOT int rm__view_push_mappings(rm_view *v, const rm_region *r, uint64_t s, uint64_t e, bool writable) {
   int rc = 0;
   mb_rtree_node *n;
   for (n = mb_rtree_first_overlap(&r->mappings, s, e); n && !rc; n = mb_rtree_next_overlap(n, s, e))
@@ -111,7 +110,7 @@ int rm__view_clip(const rm_view *v, uint64_t a, uint64_t b, mb_map_entry **out, 
   while (j < v->nentries && v->entries[j].gpa < b)
     j++;
   *n = 0;
-  *out = j > i ? mb__malloc((j - i) * sizeof **out) : NULL;
+  *out = j > i ? mb_map_entries_alloc(j - i) : NULL;
   if (j > i && *out == NULL)
     return MB_ENOMEM;
   for (; i < j; i++) {

@@ -12,6 +12,7 @@
  *   5. the diff: old and new pieces that are not identical, and the segments where the winner
  *      changes (where the VA mappers' content changes).
  */
+#include "mb_hot.h"
 #include "region_visibility.h"
 
 #include <assert.h>
@@ -414,7 +415,7 @@ void mb__vis_commit(mb__vis_set *s, mb__vis_diff *d) {
   diff_release(d);
 }
 
-void mb__vis_abort(mb__vis_diff *d) {
+MB_HOT void mb__vis_abort(mb__vis_diff *d) {
   for (size_t i = 0; i < d->nadded; i++)
     piece_put(d->set, d->added[i]);
   diff_release(d);

@@ -3,6 +3,7 @@
  * cycle. Protections are in va_mapper_prot.c, locks in va_mapper_locks.c; the state and its
  * invariants in va_mapper_internal.h.
  */
+#include "mb_hot.h"
 #include "va_mapper_internal.h"
 
 #include "grow.h"
@@ -152,7 +153,7 @@ static int check_unmap(const vam_unmap_msg *m) {
 }
 
 /* A VAM_REPLACE's range is in the VA, and its entries ascending inside it. */
-static int check_replace(const mb_vam *v, const vam_replace_msg *m) {
+MB_HOT static int check_replace(const mb_vam *v, const vam_replace_msg *m) {
   if (!in_va(v, m->gpa, m->size) || (m->count > 0 && m->entries == NULL))
     return MB_E_INVALID;
   uint64_t at = m->gpa, end = m->gpa + m->size;
@@ -331,7 +332,7 @@ static int replace_exact(mb_vam *v, vam_range *r, mb_object *obj, uint64_t obj_o
   return vam__host_refused(map_error(rc));
 }
 
-static int map_replace(mb_vam *v, uint64_t start, uint64_t end, mb_object *obj,
+MB_HOT static int map_replace(mb_vam *v, uint64_t start, uint64_t end, mb_object *obj,
                        uint64_t obj_off, bool writable, bool same, vam_job *job) {
   /* A spare only when one established range straddles both edges (then it is the only one
    * overlapping); only this thread changes the tree, so the check holds until unrecord. */
@@ -410,7 +411,7 @@ static int change_piece(mb_vam *v, mb_rtree_node *it, uint64_t s, uint64_t t, mb
 }
 
 /* Is e an entry this mapper can establish (an object, its range, in the VA)? */
-static bool entry_ok(const mb_vam *v, const mb_map_entry *e) {
+MB_HOT static bool entry_ok(const mb_vam *v, const mb_map_entry *e) {
   return e->obj != NULL && in_va(v, e->gpa, e->size) &&
          mb_object_check_range(e->obj, e->obj_off, e->size) == 0;
 }
@@ -418,7 +419,7 @@ static bool entry_ok(const mb_vam *v, const mb_map_entry *e) {
 /* Establishes obj[obj_off, +size) at gpa. Pieces already established with the same backing
  * stay as they are (re-mapping private anonymous memory would lose its contents); pieces
  * with another backing are replaced. Idempotent, so a parked request simply runs again. */
-static int establish(mb_vam *v, const mb_map_entry *e, vam_job *job) {
+MB_HOT static int establish(mb_vam *v, const mb_map_entry *e, vam_job *job) {
   if (!entry_ok(v, e))
     return MB_E_INVALID;
   uint64_t cur = e->gpa, end = e->gpa + e->size;
@@ -485,6 +486,14 @@ static int refresh(mb_vam *v, const mb_map_entry *e, vam_job *job) {
   return 0;
 }
 
+/* Is the replace one entry over exactly one established range (a DAX chunk's)? Its one
+ * change then checks the locks itself, under the lock it maps with (replace_exact). */
+static bool replaces_exactly(const mb_vam *v, const vam_replace_msg *m) {
+  mb_rtree_node *it = mb_rtree_first_overlap(&v->ranges, m->gpa, m->gpa + m->size);
+  return m->count == 1 && m->entries[0].gpa == m->gpa && m->entries[0].size == m->size &&
+         it != NULL && it->start == m->gpa && it->end == m->gpa + m->size;
+}
+
 /* Would the replace take what a held lock needs on some page (`lock` held)? Each
  * established piece of the range against the entry over it (or none). */
 static bool replace_needs_locks(const mb_vam *v, const vam_replace_msg *m) {
@@ -516,11 +525,14 @@ static int handle_replace(mb_vam *v, const vam_replace_msg *m, vam_job *job) {
   int rc = check_replace(v, m);
   if (rc != 0)
     return rc;
-  vam_lock(v);
-  bool held = replace_needs_locks(v, m);
-  if (held)
-    rc = vam__park(v, job);
-  vam_unlock(v);
+  bool held = false;
+  if (!replaces_exactly(v, m)) {
+    vam_lock(v);
+    held = replace_needs_locks(v, m);
+    if (held)
+      rc = vam__park(v, job);
+    vam_unlock(v);
+  }
   uint64_t cur = m->gpa;
   for (uint32_t i = 0; !held && rc == 0 && i <= m->count; i++) {
     const mb_map_entry *e = i < m->count ? &m->entries[i] : NULL;
@@ -575,7 +587,7 @@ void mb__vam_inspect(mb_vam *v, FILE *f) {
 }
 
 /* Runs a job: its answer, or VAM_PARKED. */
-static int job_run(mb_vam *v, vam_job *job) {
+MB_HOT static int job_run(mb_vam *v, vam_job *job) {
   mb_msg *msg = job->msg;
   if (is_resolve(msg)) {
     mm_resolve_msg *res = mm_resolve_of(msg);
@@ -654,7 +666,7 @@ static void job_done(mb_msg *msg, int rc) {
 }
 
 /* Every message (vam_handle takes the common case itself). */
-__attribute__((noinline)) static void vam_handle_any(mb_vam *v, mb_msg *msg) {
+MB_HOT __attribute__((noinline)) static void vam_handle_any(mb_vam *v, mb_msg *msg) {
   if (msg->proto == &vam_protocol && msg->kind == VAM_KICK) {
     on_kick(v, msg);
     return;
@@ -685,7 +697,7 @@ __attribute__((noinline)) static void vam_handle_any(mb_vam *v, mb_msg *msg) {
 }
 
 /* The common case first: a VAM_MAP or VAM_UNMAP with nothing queued runs at once. */
-static void vam_handle(mb_actor *self, mb_msg *msg) {
+MB_HOT static void vam_handle(mb_actor *self, mb_msg *msg) {
   mb_vam *v = mb_actor_state(self);
   if (msg->proto != &vam_protocol || (msg->kind != VAM_MAP && msg->kind != VAM_UNMAP) ||
       !mb_msg_is_request(msg) || v->njobs > 0) {
@@ -721,7 +733,8 @@ static void vam_actor_gone(mb_actor *self) {
 /* All but the watchdog's start (a libuv timer of the mapper's loop) may run on a thread
  * lending the mapper's loop (MB_LOOP_LEND). */
 static bool vam_lendable(const mb_msg *m) { return !vam_watch_of((mb_msg *)m); }
-static const mb_actor_type vam_type = {"va_mapper", vam_handle, vam_actor_gone, 0, vam_lendable};
+static const mb_actor_type vam_type = {"va_mapper", vam_handle, vam_actor_gone,
+                                       MB_ACTOR_PROMPT_REPLIES, vam_lendable};
 /* ---- life cycle ------------------------------------------------------------------------------ */
 
 int mb_vam_create(mb_loop *loop, mb_addr mapping_manager, uint64_t max_addr, bool eager,

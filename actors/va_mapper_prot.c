@@ -5,6 +5,7 @@
  * are PROT_NONE (the reservation or a PROT_NONE mapping of their bytes: accesses cannot tell),
  * `ro` ones read-only. Every map gives each page its final access at once, so no access ever
  * passes a protection, not even for an instant. */
+#include "mb_hot.h"
 #include "va_mapper_internal.h"
 
 #include <errno.h>
@@ -37,7 +38,7 @@ static bool unprotected(const mb_vam *v, uint64_t a, uint64_t b) {
 /* Maps object bytes at [start, end) (over old pages with `over`) run by run of protection,
  * each with its effective access: `none` runs get the reservation. On failure what it mapped
  * is torn down again (best effort) and the failing run is PROT_NONE. */
-int vam__map_prot(mb_vam *v, uint64_t start, uint64_t end, const mb_object *obj,
+MB_HOT int vam__map_prot(mb_vam *v, uint64_t start, uint64_t end, const mb_object *obj,
                   uint64_t obj_off, bool writable, bool over) {
   if (unprotected(v, start, end))
     return map_object(v, start, end, obj, obj_off, writable);

@@ -2,6 +2,7 @@
  * builder's options: hugetlb pages, THP, a NUMA node, prefetch), import of a caller's fd,
  * refcount, fills, mapping. Creation with options and placement (hugetlb, NUMA, prefetch)
  * are object_place.c's, which wraps its fds with mb__object_wrap. */
+#include "mb_hot.h"
 #include "mb_backing.h"
 
 #include <assert.h>
@@ -231,7 +232,7 @@ mb_object *mb_object_ref(mb_object *obj) {
   return obj;
 }
 
-void mb_object_unref(mb_object *obj) {
+MB_HOT void mb_object_unref(mb_object *obj) {
   if (obj == NULL)
     return;
   unsigned old = atomic_fetch_sub_explicit(&obj->refs, 1, memory_order_acq_rel);
@@ -359,7 +360,7 @@ int mb_object_fill_pages(mb_object *obj, uint8_t base) {
 
 /* ---- mapping --------------------------------------------------------------------------- */
 
-int mb_object_map_into(const mb_object *obj, mb_va *va, uint64_t va_off, uint64_t len,
+MB_HOT int mb_object_map_into(const mb_object *obj, mb_va *va, uint64_t va_off, uint64_t len,
                        uint64_t obj_off, bool writable) {
   int rc = check_range(obj, obj_off, len);
   if (rc != 0)

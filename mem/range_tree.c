@@ -8,6 +8,7 @@
  * restores height and subtree_max_end and rebalances on the way up; it stops only where a
  * subtree kept both (nothing above can change then), which keeps the augmentation exact.
  */
+#include "mb_hot.h"
 #include "range_tree.h"
 
 #include <assert.h>
@@ -245,7 +246,7 @@ mb_rtree_node *mb__rtree_first_overlap(mb_rtree_node *n, uint64_t a, uint64_t b)
   return NULL;
 }
 
-mb_rtree_node *mb_rtree_next_overlap(const mb_rtree_node *n, uint64_t a, uint64_t b) {
+MB_HOT mb_rtree_node *mb_rtree_next_overlap(const mb_rtree_node *n, uint64_t a, uint64_t b) {
   if (a >= b)
     return NULL;
   for (;;) {

@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "mb_hot.h"
 #include "fault_inject.h" /* MB_FI_ALLOC: tests fail the runtime's allocations */
 #include "internal.h"
 
@@ -41,6 +42,7 @@ mb_actor *mb_actor_create(mb_loop *l, const mb_actor_type *type, void *state, co
   a->loop = l;
   a->type = type;
   a->serialized = (type->flags & MB_ACTOR_SERIALIZED) != 0;
+  a->prompt = (type->flags & MB_ACTOR_PROMPT_REPLIES) != 0;
   a->state = state;
   a->slot = i;
   a->gen = l->slots[i].gen;
@@ -111,7 +113,7 @@ static bool runnable(const mb_actor *a) {
   return a->queue.head || (a->held.head && !serialized_busy(a));
 }
 
-void mb__actor_done_busy(mb_actor *a) {
+MB_HOT void mb__actor_done_busy(mb_actor *a) {
   if (!a->dead && runnable(a)) mb__loop_make_ready(a->loop, a);
 }
 
@@ -140,7 +142,30 @@ static void handle_one(mb_actor *a, mb_msg *m) {
   l->cur_taken = false;
 }
 
-uint32_t mb__actor_run(mb_actor *a) {
+/* Prompt replies (MB_ACTOR_PROMPT_REPLIES). Invariant: a reply runs inside its sender's
+ * handler only for an actor of the turn's own loop that is idle (not running, not on the
+ * ready list, nothing queued, so its order of messages cannot change), in the owner's turn
+ * (a borrowed one runs lendable handlers only) and at most PROMPT_DEPTH deep; the actor
+ * counts as running meanwhile, so nothing reenters it and its destruction waits. */
+enum { PROMPT_DEPTH = 4 };
+
+MB_HOT bool mb__actor_reply_now(mb_actor *a, mb_msg *m) {
+  mb_loop *l = a->loop;
+  if (a->running || a->ready || a->queue.head || !l->in_turn || l->lent ||
+      l->prompt_depth >= PROMPT_DEPTH)
+    return false;
+  l->prompt_depth++;
+  a->running = true;
+  l->stats.delivered++;
+  MB__TRACE(DELIVER, m);
+  mb__dispatch_reply(a, m);
+  a->running = false;
+  l->prompt_depth--;
+  if (a->dead && !a->ready) free(a);
+  return true;
+}
+
+MB_HOT uint32_t mb__actor_run(mb_actor *a) {
   if (a->dead) {
     free(a);
     return 0;

@@ -53,6 +53,7 @@ struct mb_actor {
   bool running;          /* inside a handler: destruction is deferred */
   bool dead;
   bool serialized;       /* type->flags & MB_ACTOR_SERIALIZED */
+  bool prompt;           /* type->flags & MB_ACTOR_PROMPT_REPLIES */
   bool timing;           /* record request latency (mb_actor_time_requests) */
   uint32_t timed;        /* requests seen while timing: one in MB_LATENCY_SAMPLE is timed */
   mb_latency *lat;       /* one per (protocol, kind) answered while timing */
@@ -80,6 +81,7 @@ struct mb_loop {
   bool lend;           /* MB_LOOP_LEND: set before the loop runs, read-only after */
   _Alignas(64) _Atomic uint32_t token; /* who runs the turn (loop.c, "Lending") */
   bool lent;           /* the turn running now is a borrower's */
+  uint8_t prompt_depth; /* prompt replies running now, nested (actor.c) */
   _Atomic uint32_t linger_ns; /* mb_loop_set_linger */
   uint32_t linger_skip; /* turns left without lingering after fruitless ones */
   uint32_t linger_miss; /* fruitless lingers in a row */
@@ -145,6 +147,7 @@ static inline void mb__actor_deliver(mb_actor *a, mb_msg *m) { /* append, schedu
   mb__loop_make_ready(a->loop, a);
 }
 uint32_t mb__actor_run(mb_actor *a); /* one turn: up to MB_BATCH messages; how many */
+bool mb__actor_reply_now(mb_actor *a, mb_msg *m); /* a prompt reply, if a may take it now */
 void mb__actor_destroy_all(mb_loop *loop);
 void mb__actor_done_busy(mb_actor *a);
 

@@ -8,6 +8,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "mb_hot.h"
 #include "fault_inject.h" /* MB_FI_ALLOC: tests fail the runtime's allocations */
 #include "internal.h"
 
@@ -150,7 +151,7 @@ void mb__loop_kick(mb_loop *l) {
  * besides its own built-in one (a manager's, a mapper's: like a libuv server handle), or a
  * call from one of its actors (an async API call included) whose reply has not run (like a
  * libuv request). A started loop's handle is always referenced: its thread runs until stopped. */
-void mb__loop_keepalive(mb_loop *l) {
+MB_HOT void mb__loop_keepalive(mb_loop *l) {
   bool want = l->calls_out > 0 || l->stats.actors > 1;
   if (l->owned || l->stopping || !l->open_handles || want == l->refd) return;
   l->refd = want;
@@ -236,7 +237,7 @@ bool mb_loop_is_lent(const mb_loop *l) { return l && mb__tls_loop == l && l->len
 /* Drain the inbox and run ready actors until both are empty or the budget is spent. The
  * inbox is marked asleep only when nothing is left, so a producer wakes us exactly when we
  * stopped looking. */
-static void turn_body(mb_loop *l) {
+MB_HOT static void turn_body(mb_loop *l) {
   l->in_turn = true;
   l->crossed = false;
   int budget = TURN_BUDGET;

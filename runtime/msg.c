@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "mb_hot.h"
 #include "fault_inject.h" /* MB_FI_ALLOC: a test can fail any message allocation */
 #include "internal.h"
 
@@ -135,7 +136,7 @@ static inline void *msg_alloc(size_t size) { return calloc(1, size); }
 static inline void msg_dealloc(void *p, size_t size) { (void)size; free(p); }
 #endif
 
-mb_msg *mb_msg_new(const mb_protocol *proto, uint32_t kind, size_t size) {
+MB_HOT mb_msg *mb_msg_new(const mb_protocol *proto, uint32_t kind, size_t size) {
   if (size < sizeof(mb_msg) || size > UINT32_MAX || mb__fi_fail(MB_FI_ALLOC)) return NULL;
   mb_msg *m = msg_alloc(size);
   if (!m) return NULL;
@@ -145,7 +146,7 @@ mb_msg *mb_msg_new(const mb_protocol *proto, uint32_t kind, size_t size) {
   return m;
 }
 
-void mb__msg_release(mb_msg *m) { msg_dealloc(m, m->size); }
+MB_HOT void mb__msg_release(mb_msg *m) { msg_dealloc(m, m->size); }
 
 void mb_msg_free(mb_msg *m) {
   if (!m) return;

@@ -2,6 +2,7 @@
  * messages nobody can take. */
 #include <stdlib.h>
 
+#include "mb_hot.h"
 #include "internal.h"
 
 typedef struct mb__sys {
@@ -45,6 +46,7 @@ static inline int route(mb_msg *m) {
   mb_loop *l = m->to.loop;
   mb_actor *a = l && l == mb__tls_loop ? mb__actor_lookup(l, m->to) : NULL;
   if (!a) return route_slow(m);
+  if (a->prompt && (m->flags__ & MB__F_REPLY) && mb__actor_reply_now(a, m)) return MB_OK;
   mb__actor_deliver(a, m);
   return MB_OK;
 }
@@ -72,7 +74,7 @@ void mb__undeliverable(mb_loop *here, mb_msg *m, int err) {
   }
 }
 
-static void reply_route(mb_msg *m, int status) {
+MB_HOT static void reply_route(mb_msg *m, int status) {
   m->status = status;
   m->flags__ |= MB__F_REPLY;
   MB__TRACE(REPLY, m);
@@ -88,7 +90,7 @@ static void reply_route(mb_msg *m, int status) {
 
 void mb__bounce(mb_msg *m, int err) { reply_route(m, err); }
 
-void mb_reply(mb_msg *m, int status) {
+MB_HOT void mb_reply(mb_msg *m, int status) {
   mb__consume(m);
   if (!mb_msg_is_request(m) || (m->flags__ & MB__F_REPLY)) {
     mb__msg_release(m);
@@ -136,7 +138,7 @@ int mb_forward(mb_actor *self, mb_addr to, mb_msg *m) {
  * comes back, so a call needs no record on the caller's side. A reply whose caller is gone
  * finds no actor at its address and is dropped. corr: the caller's slot + 1 above bit 40, its
  * call count below (nonzero; distinct between the actors of a loop; sync calls set bit 63). */
-void mb_call(mb_actor *self, mb_addr to, mb_msg *m, mb_reply_fn cb, void *ctx) {
+MB_HOT void mb_call(mb_actor *self, mb_addr to, mb_msg *m, mb_reply_fn cb, void *ctx) {
   uint64_t corr = (uint64_t)(self->slot + 1) << 40 | (++self->corr & ((1ull << 40) - 1));
   prepare(m, (mb_addr){self->loop, self->slot, self->gen}, to, corr);
   m->cb__ = cb;
