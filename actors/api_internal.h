@@ -185,7 +185,9 @@ int mb__exec_must(mb_loop *loop, mb_exec_fn fn, void *arg);
 typedef uint64_t (*mb__value_fn)(mb_msg *reply);
 
 /* Asynchronous form: send `msg` as a request from the calling thread's loop; done() runs there
- * with the status and value. `obj`, if not NULL, is a reference released after completion.
+ * with the status and value. `obj`, if not NULL, is the object of a mapping add or replace
+ * (`msg`, its obj_ref set): a reference is taken here for the message to lend the region
+ * manager, and released after completion unless the manager took it.
  * `mm`, if not NULL, records the completed request when it is recording. */
 void mb__api_submit(mb_mm *mm, mb_addr to, mb_msg *msg, mb__value_fn value, mb_object *obj,
                     mb_done_fn done, void *ctx);

@@ -78,12 +78,21 @@ static void record_reply(mb_mm *mm, mb_msg *reply) {
   mb__mm_unref(mm);
 }
 
+/* Is the reference a mapping add or replace lent the region manager still the message's
+ * (the manager answered before it took it)? */
+static bool lent_ref_left(mb_msg *reply) {
+  rm_mapping_add_msg *m = reply->kind == RM_MAPPING_REPLACE
+                              ? (rm_mapping_add_msg *)(void *)rm_mapping_replace_of(reply)
+                              : rm_mapping_add_of(reply);
+  return m == NULL || m->obj_ref;
+}
+
 MB_HOT static void api_op_reply(mb_actor *self, mb_msg *reply, void *ctx) {
   (void)self;
   api_op *op = ctx;
   uint64_t v = (op->value && reply->status == 0) ? op->value(reply) : 0;
   if (op->mm) record_reply(op->mm, reply);
-  if (op->obj) mb_object_unref(op->obj);
+  if (op->obj && lent_ref_left(reply)) mb_object_unref(op->obj);
   mb_done_fn done = op->done;
   void *done_ctx = op->ctx;
   api_op_put(op);
@@ -516,10 +525,11 @@ int mb_region_state_sync(mb_mm *mm, mb_region_id id, int *state) {
 }
 
 /* ---- mappings ------------------------------------------------------------------------------
- * The caller's object reference must outlive the request: the API holds one of its own until
- * completion (the region manager takes another when it keeps the mapping). */
+ * The caller's object reference must outlive the request: an asynchronous one lends the
+ * region manager a reference of the API's own (obj_ref), which the manager keeps with the
+ * mapping or the API drops at completion; a synchronous one holds its own across the call. */
 
-MB_HOT static mb_msg *mapping_msg(const mb_mapping_params *p, bool replace) {
+MB_HOT static mb_msg *mapping_msg(const mb_mapping_params *p, bool replace, bool lend) {
   rm_mapping_add_msg *m = replace ? (rm_mapping_add_msg *)(void *)rm_mapping_replace_new()
                                   : rm_mapping_add_new();
   if (!m) return NULL;
@@ -529,20 +539,21 @@ MB_HOT static mb_msg *mapping_msg(const mb_mapping_params *p, bool replace) {
   m->obj = p->obj;
   m->obj_off = p->obj_offset;
   m->writable = p->writable;
+  m->obj_ref = lend;
   return &m->hdr;
 }
 
 static int mapping_sync(mb_mm *mm, const mb_mapping_params *p, bool replace) {
   if (!p->obj) return MB_E_NOTFOUND;
   mb_object_ref(p->obj);
-  int rc = mb__rm_call(mm, mapping_msg(p, replace), NULL, NULL);
+  int rc = mb__rm_call(mm, mapping_msg(p, replace, false), NULL, NULL);
   mb_object_unref(p->obj);
   return rc;
 }
 
 static void mapping_async(mb_mm *mm, const mb_mapping_params *p, bool replace, mb_done_fn done,
                           void *ctx) {
-  mb__api_submit(mm, mm->rm_addr, p->obj ? mapping_msg(p, replace) : NULL, NULL, p->obj,
+  mb__api_submit(mm, mm->rm_addr, p->obj ? mapping_msg(p, replace, true) : NULL, NULL, p->obj,
                  done, ctx);
 }
 

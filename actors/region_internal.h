@@ -71,7 +71,8 @@ typedef struct rm_region {
 } rm_region;
 
 /* One nested call of an operation, and (for undo) its inverse: kind ^ 1. MM_REPLACE sends
- * the range's entries of op->fwd, its inverse (MM_RESTORE) those of op->inv. */
+ * the new mapping of a mapping replace (its inverse, MM_RESTORE, the old ones), or the
+ * range's entries of op->fwd for a commit (MM_RESTORE those of op->inv). */
 enum { CALL_PM_MAP, CALL_PM_UNMAP, CALL_MM_MAP, CALL_MM_UNMAP, CALL_MM_REPLACE, CALL_MM_RESTORE,
        CALL_PM_ACCESS, CALL_PM_ACCESS_BACK, /* PM_ACCESS_SET to c->writable, and back */
        CALL_PM_PROTECT, CALL_PM_PROTECT_BACK, /* PM_PROTECT of op->prot.fwd, and of .inv */
@@ -90,7 +91,10 @@ typedef struct rm_call {
   mb_addr to;
   uint64_t gpa, size;
   rm_mapping *maps;   /* MM_*: the first of a region's mappings that fill [gpa, gpa + size)
-                       * (the region's tree stays as it is until commit) */
+                       * (the region's tree stays as it is until commit); a mapping replace's
+                       * MM_REPLACE: the new mapping (MM_REPLACE of a commit: NULL, the views) */
+  rm_mapping *old;    /* a mapping replace's: the first of the region's mappings in the range
+                       * before it (NULL: none), what its inverse puts back */
 } rm_call;
 
 enum { RM_MAX_STEPS = 4, RM_VIEWS = MB_VTL_MAX + 1 };
@@ -130,7 +134,7 @@ typedef struct rm_op {
   uint64_t start, end;    /* mapping remove and replace: the guest range (own view) */
   rm_part partition;      /* partition add */
   bool published;         /* the gpa map shows this operation as busy */
-  /* mapping replace and transaction commit: what MM_REPLACE calls send (fwd) and undo (inv) */
+  /* transaction commit: what MM_REPLACE calls send (fwd) and undo (inv) */
   const rm_view *fwd, *inv;
   rm_view own_old, own_new;
   rm_prot_calls prot[RM_VIEWS]; /* by VTL: protect, partition add and commit */

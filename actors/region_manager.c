@@ -98,15 +98,20 @@ static void entries_free(mb_map_entry *e, uint32_t count) {
 }
 
 
-/* The entries for an MM_MAP call: its mappings from `maps` on (or `maps` alone) clipped to
- * the call's range, each with its own reference, writable only where the mapping and the
- * access both are. */
-static int build_entries(const rm_call *c, mb_map_entry **out, uint32_t *count) {
+/* The entries of call c's range: the mappings from `first` on (or `first` alone: one; none
+ * when NULL) clipped to it, each with its own reference, writable only where the mapping and
+ * the call's access both are. */
+static int build_entries(const rm_call *c, const rm_mapping *first, bool one,
+                         mb_map_entry **out, uint32_t *count) {
   uint64_t start = c->gpa, end = c->gpa + c->size;
-  size_t n = 1;
+  size_t n = first != NULL;
   mb_rtree_node *it;
-  if (!c->one)
-    for (it = mb_rtree_next_overlap(&c->maps->node, start, end); it;
+  *out = NULL;
+  *count = 0;
+  if (first == NULL)
+    return 0;
+  if (!one)
+    for (it = mb_rtree_next_overlap(&first->node, start, end); it;
          it = mb_rtree_next_overlap(it, start, end))
       n++;
   if (n > UINT32_MAX)
@@ -114,10 +119,10 @@ static int build_entries(const rm_call *c, mb_map_entry **out, uint32_t *count) 
   mb_map_entry *e = mb_map_entries_alloc(n);
   if (e == NULL)
     return MB_ENOMEM;
-  e[0] = rm__clip_entry(c->maps, start, end, c->writable);
+  e[0] = rm__clip_entry(first, start, end, c->writable);
   size_t i = 1;
-  if (!c->one)
-    for (it = mb_rtree_next_overlap(&c->maps->node, start, end); it;
+  if (!one)
+    for (it = mb_rtree_next_overlap(&first->node, start, end); it;
          it = mb_rtree_next_overlap(it, start, end))
       e[i++] = rm__clip_entry(mapping_of(it), start, end, c->writable);
   for (i = 0; i < n; i++)
@@ -384,13 +389,17 @@ static mb_msg *entries_msg(const rm_call *c, int kind, int *rc) {
   uint32_t n;
   mb_msg *msg = NULL;
   if (kind == CALL_MM_MAP) {
-    *rc = build_entries(c, &e, &n);
+    *rc = build_entries(c, c->maps, c->one, &e, &n);
     mm_map_msg *m = *rc == 0 ? mm_map_new() : NULL;
     if (m)
       m->entries = e, m->count = n, msg = &m->hdr;
   } else {
-    const rm_view *v = kind == CALL_MM_REPLACE ? c->op->fwd : c->op->inv;
-    *rc = rm__view_clip(v, c->gpa, c->gpa + c->size, &e, &n);
+    if (c->maps != NULL) /* a mapping replace: the new mapping, or back to the old ones */
+      *rc = kind == CALL_MM_REPLACE ? build_entries(c, c->maps, true, &e, &n)
+                                    : build_entries(c, c->old, false, &e, &n);
+    else /* a commit: the views */
+      *rc = rm__view_clip(kind == CALL_MM_REPLACE ? c->op->fwd : c->op->inv, c->gpa,
+                          c->gpa + c->size, &e, &n);
     mm_replace_msg *m = *rc == 0 ? mm_replace_new() : NULL;
     if (m)
       m->gpa = c->gpa, m->size = c->size, m->entries = e, m->count = n, msg = &m->hdr;
@@ -799,16 +808,16 @@ MB_HOT static int mapping_range(const rm_region *r, uint64_t offset, uint64_t si
 }
 
 /* The fields of a mapping add or replace request (they have the same layout). */
-static const rm_mapping_add_msg *mapping_fields(mb_msg *req) {
+static rm_mapping_add_msg *mapping_fields(mb_msg *req) {
   if (req->kind == RM_MAPPING_REPLACE)
-    return (const rm_mapping_add_msg *)(const void *)rm_mapping_replace_of(req);
+    return (rm_mapping_add_msg *)(void *)rm_mapping_replace_of(req);
   return rm_mapping_add_of(req);
 }
 
 /* The new mapping of an add or a replace of r, checked (mappings in its range are an overlap
  * only for an add) and not linked anywhere yet. */
 MB_HOT static int mapping_new(rm_state *st, rm_region *r, mb_msg *req, rm_mapping **out) {
-  const rm_mapping_add_msg *m = mapping_fields(req);
+  rm_mapping_add_msg *m = mapping_fields(req);
   mb_range abs;
   if (m->obj == NULL || mapping_range(r, m->offset, m->size, &abs) != 0 ||
       mb_object_check_range(m->obj, m->obj_off, m->size) != 0 ||
@@ -822,7 +831,8 @@ MB_HOT static int mapping_new(rm_state *st, rm_region *r, mb_msg *req, rm_mappin
   if (nm == NULL)
     return MB_ENOMEM;
   st->free_mapping = NULL;
-  *nm = (rm_mapping){.obj = mb_object_ref(m->obj)};
+  *nm = (rm_mapping){.obj = m->obj_ref ? m->obj : mb_object_ref(m->obj)};
+  m->obj_ref = false; /* taken: the first shadow's */
   nm->obj_off = m->obj_off;
   nm->writable = m->writable;
   nm->node.start = abs.start;
@@ -927,13 +937,6 @@ static int plan_mapping_remove(rm_state *st, rm_op *op) {
   return rc;
 }
 
-/* A replace's entries over [s, e) of r (visible there): the old ones (r's mappings) into
- * own_old, the new one (nm) into own_new. */
-static int replace_entries(rm_op *op, rm_region *r, rm_mapping *nm, uint64_t s, uint64_t e) {
-  int rc = rm__view_push_mappings(&op->own_old, r, s, e, r->writable);
-  return rc ? rc : rm__view_push(&op->own_new, rm__clip_entry(nm, s, e, r->writable));
-}
-
 /* Shadow sh's MM_REPLACE calls, one per visible piece of its range. */
 static int plan_mapping_replace_of(rm_state *st, rm_op *op, rm_sh *sh) {
   rm_region *r = sh->region;
@@ -943,10 +946,10 @@ static int plan_mapping_replace_of(rm_state *st, rm_op *op, rm_sh *sh) {
   for (p = mb__vis_first_piece_of(vis_of(st, r), &r->vis, a, b); p && !rc;
        p = mb__vis_next_piece_of(p, &r->vis, a, b)) {
     uint64_t s = max64(p->node.start, a), e = min64(p->node.end, b);
-    rc = replace_entries(op, r, sh->mapping, s, e);
-    if (rc == 0)
-      rc = rm__op_add_call(op, (rm_call){.kind = CALL_MM_REPLACE, .to = st->cfg.mapping_manager,
-                                         .gpa = s, .size = e - s});
+    rc = rm__op_add_call(op, (rm_call){.kind = CALL_MM_REPLACE, .writable = r->writable,
+                                       .to = st->cfg.mapping_manager, .gpa = s, .size = e - s,
+                                       .maps = sh->mapping, .one = true,
+                                       .old = first_mapping(r, s, e)});
   }
   return rc;
 }
@@ -956,8 +959,6 @@ static int plan_mapping_replace_of(rm_state *st, rm_op *op, rm_sh *sh) {
  * call. */
 static int plan_mapping_replace(rm_state *st, rm_op *op) {
   int rc = mappings_new(op);
-  op->fwd = &op->own_new;
-  op->inv = &op->own_old;
   if (rc == 0)
     rc = spares_new(op, op->start, op->end);
   for (size_t k = 0; k < op->nsh && !rc; k++)

@@ -20,10 +20,13 @@
  *   RM_REGION_MAP     {id, writable}  map, or change the access of a mapped region
  *   RM_REGION_UNMAP   {id}
  *   RM_REGION_REMOVE  {id}            unmaps first
- *   RM_MAPPING_ADD    {id, offset, size, obj, obj_off, writable}  takes its own reference on
- *                     obj; MB_E_INVALID (outside the region or the object), MB_E_OVERLAP
+ *   RM_MAPPING_ADD    {id, offset, size, obj, obj_off, writable, obj_ref}  takes its own
+ *                     reference on obj, or with obj_ref (the message holds one for it) takes
+ *                     that one and clears obj_ref (a sender that set it drops the reference
+ *                     if the reply still has it set); MB_E_INVALID (outside the region or the
+ *                     object), MB_E_OVERLAP
  *   RM_MAPPING_REMOVE {id, offset, size}  removes every mapped byte in the range, splitting
- *   RM_MAPPING_REPLACE {id, offset, size, obj, obj_off, writable}  whatever is mapped in the
+ *   RM_MAPPING_REPLACE {id, offset, size, obj, obj_off, writable, obj_ref}  whatever is mapped in the
  *                     range (split at its edges) is replaced atomically (MM_REPLACE); errors
  *                     as for add, minus overlap
  *   RM_TXN_BEGIN {}   opens a transaction: later region and mapping requests change the state
@@ -73,7 +76,7 @@ typedef char mb_name[64];
 #define RM_REGION_ID_FIELDS(F) F(uint32_t, id)
 #define RM_MAPPING_ADD_FIELDS(F)                                                             \
   F(uint32_t, id) F(uint64_t, offset) F(uint64_t, size) F(mb_object *, obj) F(uint64_t, obj_off) \
-  F(bool, writable)
+  F(bool, writable) F(bool, obj_ref)
 #define RM_MAPPING_REMOVE_FIELDS(F) F(uint32_t, id) F(uint64_t, offset) F(uint64_t, size)
 #define RM_PARTITION_FIELDS(F) F(mb_addr, partition) F(uint8_t, vtl) F(bool, alias)
 #define RM_REGION_STATE_FIELDS(F) F(uint32_t, id) F(int32_t, state)

@@ -58,7 +58,7 @@ enum { GRAIN = 64, CLASSES = 8, CACHE_BYTES = 128 * 1024 }; /* per class and thr
 typedef struct block { struct block *next; } block;
 typedef struct msg_cache {
   block *head[CLASSES];
-  uint32_t count[CLASSES];
+  uint32_t room[CLASSES]; /* how many more blocks the class may keep */
   bool registered;
 } msg_cache;
 
@@ -74,20 +74,18 @@ static void cache_flush(void *arg) {
       sdallocx(b, (size_t)(k + 1) * GRAIN, 0);
     }
     c->head[k] = NULL;
-    c->count[k] = 0;
+    c->room[k] = 0; /* the thread is ending: what it frees from now on goes back at once */
   }
 }
 static void cache_key_make(void) { pthread_key_create(&cache_key, cache_flush); }
 
-/* The most blocks a thread keeps per class: CACHE_BYTES of them (a table: no division). */
-static const uint32_t cache_max[CLASSES] = {
-    CACHE_BYTES / (1 * GRAIN), CACHE_BYTES / (2 * GRAIN), CACHE_BYTES / (3 * GRAIN),
-    CACHE_BYTES / (4 * GRAIN), CACHE_BYTES / (5 * GRAIN), CACHE_BYTES / (6 * GRAIN),
-    CACHE_BYTES / (7 * GRAIN), CACHE_BYTES / (8 * GRAIN)};
-
+/* The most blocks a thread keeps per class: CACHE_BYTES of them, counted down in the
+ * thread's own cache (no division, and no table on a page of its own to read). */
 __attribute__((noinline, cold)) static void cache_register(msg_cache *c) {
   pthread_once(&cache_once, cache_key_make);
   pthread_setspecific(cache_key, c); /* flushed when the thread exits */
+  for (int k = 0; k < CLASSES; k++)
+    c->room[k] = CACHE_BYTES / ((uint32_t)(k + 1) * GRAIN);
   c->registered = true;
 }
 
@@ -112,20 +110,20 @@ static inline void *msg_alloc(size_t size) {
   block *b = tcache.head[k];
   if (!b) return msg_alloc_new((k + 1) * GRAIN);
   tcache.head[k] = b->next;
-  tcache.count[k]--;
+  tcache.room[k]++;
   return zero_words(b, (k + 1) * GRAIN);
 }
 
 static inline void msg_dealloc(void *p, size_t size) {
   size_t k = (size - 1) / GRAIN;
+  if (k < CLASSES && __builtin_expect(!tcache.registered, 0)) cache_register(&tcache);
   if (k >= CLASSES) {
     sdallocx(p, size, 0);
-  } else if (tcache.count[k] < cache_max[k]) {
-    if (__builtin_expect(!tcache.registered, 0)) cache_register(&tcache);
+  } else if (tcache.room[k] > 0) {
     block *b = p;
     b->next = tcache.head[k];
     tcache.head[k] = b;
-    tcache.count[k]++;
+    tcache.room[k]--;
   } else {
     sdallocx(p, (k + 1) * GRAIN, 0);
   }

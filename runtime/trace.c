@@ -481,7 +481,7 @@ static void write_rec(tbuf *b, const rec *r, uint64_t t_ns, bool interp) {
   const char *fx = fields;
   if (r->flags & R_TEXT) fx = (const char *)rec_msg(r) + sizeof(mb_msg);
   else mb_msg_format(m, fields, sizeof fields);
-  static _Thread_local line ln;
+  static line ln; /* under trace_lock too (not per thread: the threads' TLS stays small) */
   ln.n = 0;
   PUT_LIT(&ln, "{\"seq\":");
   put_u64(&ln, v.seq);

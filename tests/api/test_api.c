@@ -164,6 +164,51 @@ static void test_async_attached(void **unused) {
   tu_home_fini(&h);
 }
 
+/* The caller's object reference may go as soon as an asynchronous mapping add or replace is
+ * issued: the request carries one for the manager, which keeps it with the mapping (or drops
+ * it when it refuses the request: ASan's leak check sees any reference left behind). */
+static void test_async_mapping_keeps_the_object(void **unused) {
+  (void)unused;
+  assert_int_equal(mb_access_reinstall(), 0);
+  tu_home h;
+  tu_home_init(&h, "vmm");
+  mb_mm *mm = NULL;
+  mb_mm_config cfg = {.max_addr = 1ull << 30, .loop = h.loop};
+  assert_int_equal(mb_mm_create(&cfg, &mm), 0);
+  tu_done d = {0}; /* on the manager's own loop: asynchronous calls only */
+  mb_region_params p = {"dax", 64 * MiB, 64 * MiB, 0, true, 0};
+  mb_region_add(mm, &p, tu_on_done, &d);
+  wait_done(&h.uv, &d);
+  mb_region_id id = (mb_region_id)d.value;
+  d = (tu_done){0};
+  mb_region_map(mm, id, true, tu_on_done, &d);
+  wait_done(&h.uv, &d);
+  d = (tu_done){0};
+  mb_mapper_add(mm, NULL, true, tu_on_done, &d);
+  wait_done(&h.uv, &d);
+  assert_int_equal(d.status, 0);
+  mb_mapper *m = (mb_mapper *)(uintptr_t)d.value;
+  const uint8_t fills[] = {0x11, 0x22, 0x33};
+  for (int i = 0; i < 3; i++) { /* an add, then two replaces, each object dropped at once */
+    mb_mapping_params mp = {id, 0, 2 * MiB, tu_memfd_byte("t", 2 * MiB, fills[i]), 0, true};
+    d = (tu_done){0};
+    (i == 0 ? mb_mapping_add : mb_mapping_replace)(mm, &mp, tu_on_done, &d);
+    mb_object_unref(mp.obj);
+    wait_done(&h.uv, &d);
+    assert_int_equal(d.status, 0);
+    assert_int_equal(mb_mapper_base(m)[64 * MiB + 4096], fills[i]);
+  }
+  mb_mapping_params bad = {id, 63 * MiB, 2 * MiB, tu_memfd_byte("t", 2 * MiB, 0), 0, true};
+  d = (tu_done){0};
+  mb_mapping_replace(mm, &bad, tu_on_done, &d); /* past the region's end: refused */
+  mb_object_unref(bad.obj);
+  wait_done(&h.uv, &d);
+  assert_int_equal(d.status, MB_E_INVALID);
+  assert_int_equal(mb_mapper_base(m)[64 * MiB + 4096], fills[2]);
+  mb_mm_destroy(mm);
+  tu_home_fini(&h);
+}
+
 /* ---- several managers, used from several threads at once ---------------------------------- */
 
 typedef struct vm_arg {
@@ -257,6 +302,7 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_blocking_end_to_end),
       cmocka_unit_test(test_async_attached),
+      cmocka_unit_test(test_async_mapping_keeps_the_object),
       cmocka_unit_test(test_several_managers),
       cmocka_unit_test(test_bad_config),
       cmocka_unit_test(test_region_names),

@@ -172,6 +172,9 @@ typedef struct worker {
 static mb_addr waddr[WORKERS];
 static worker workers[WORKERS];
 static _Atomic int finished, errors, answered, issued;
+static mb_loop *home; /* the test thread's: woken by each worker that finishes */
+
+static void nothing(mb_loop *l, void *arg) { (void)l, (void)arg; }
 
 static uint32_t pick(worker *w) {
   w->rng = w->rng * 6364136223846793005ull + 1442695040888963407ull;
@@ -187,6 +190,7 @@ static void on_round(mb_actor *self, mb_msg *reply, void *ctx) {
   atomic_fetch_add(&answered, 1);
   if (++w->rounds == ROUNDS) {
     atomic_fetch_add(&finished, 1);
+    if (mb_loop_post(home, nothing, NULL) != 0) atomic_fetch_add(&errors, 1);
     return;
   }
   round_go(self, w);
@@ -240,6 +244,7 @@ static void test_stress_across_loops(void **unused) {
   tu_home h;
   tu_home_init(&h, "home");
   mb_loop *loops[LOOPS] = {h.loop, tu_start("l1"), tu_start("l2")};
+  home = h.loop;
   for (uint32_t i = 0; i < WORKERS; i++) {
     workers[i] = (worker){.id = i, .rng = 0x9e3779b97f4a7c15ull * (i + 1)};
     mb_loop *l = loops[i % LOOPS];
