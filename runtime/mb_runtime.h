@@ -224,7 +224,9 @@ bool mb_loop_stopping(const mb_loop *loop);
  *   callback at once, inside the replier's mb_reply, instead of in a turn of its own: one
  *   queue and one turn less per round trip. The replier's handler goes on after the
  *   callback returns, so what the callback sends is queued before what the replier sends
- *   after its mb_reply. Never in a borrowed turn (MB_LOOP_LEND); at most a few deep. */
+ *   after its mb_reply, and the callback must not destroy the replier (or an actor whose
+ *   handler may be on the stack below it). Never in a borrowed turn (MB_LOOP_LEND); at most
+ *   a few deep. */
 enum { MB_ACTOR_SERIALIZED = 1u << 0, MB_ACTOR_PROMPT_REPLIES = 1u << 1 };
 enum { MB_BATCH = 64 }; /* messages one actor handles per turn */
 
