@@ -112,7 +112,7 @@ int mb_bench_partition_add(mb_bench *b, mb_mm *mm, const mb_partition_ops *ops, 
 
 typedef struct chain {
   mb_bench *b;
-  const mb_bench_op *op;
+  mb_bench_op own; /* a copy: each step reads the chain's page only, not the op table's */
   void *state;
   uint32_t left; /* operations still to start */
   uint32_t step; /* of the operation in flight */
@@ -127,11 +127,11 @@ static void chain_step_done(void *ctx, int status, uint64_t value) {
   chain *c = ctx;
   uint64_t t1 = mb_bench_now_ns();
   if (status != 0) {
-    mb_bench_fail(c->b, "%s: %s", c->op->name(c->state, c->step), membacking_strerror(status));
+    mb_bench_fail(c->b, "%s: %s", c->own.name(c->state, c->step), membacking_strerror(status));
     c->done = true;
     return;
   }
-  if (++c->step == c->op->steps) {
+  if (++c->step == c->own.steps) {
     mb_bench_sample(c->b, (double)(t1 - c->t0));
     c->step = 0;
     c->left--;
@@ -146,11 +146,11 @@ static void chain_issue(chain *c) {
   }
   if (c->step == 0)
     c->t0 = mb_bench_now_ns();
-  c->op->issue(c->state, c->step, chain_step_done, c);
+  c->own.issue(c->state, c->step, chain_step_done, c);
 }
 
 int mb_bench_chain(mb_bench *b, const mb_bench_op *op, void *state, uint32_t n) {
-  chain c = {.b = b, .op = op, .state = state, .left = n};
+  chain c = {.b = b, .own = *op, .state = state, .left = n};
   chain_issue(&c);
   while (!c.done)
     uv_run(&home.uv, UV_RUN_ONCE);

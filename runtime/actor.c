@@ -41,6 +41,7 @@ mb_actor *mb_actor_create(mb_loop *l, const mb_actor_type *type, void *state, co
   }
   a->loop = l;
   a->type = type;
+  a->handle = type->handle;
   a->serialized = (type->flags & MB_ACTOR_SERIALIZED) != 0;
   a->prompt = (type->flags & MB_ACTOR_PROMPT_REPLIES) != 0;
   a->state = state;
@@ -136,7 +137,7 @@ static void handle_one(mb_actor *a, mb_msg *m) {
     m->t_deliver__ = mb__now_ns();
   l->cur = m;
   l->cur_taken = false;
-  a->type->handle(a, m);
+  a->handle(a, m);
   l->cur = NULL;
   if (!l->cur_taken) mb__finish_delivery(a, m);
   l->cur_taken = false;

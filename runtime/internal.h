@@ -43,6 +43,7 @@ static inline mb_msg *mb__queue_pop(mb__queue *q) {
 struct mb_actor {
   mb_loop *loop;
   const mb_actor_type *type;
+  mb_handler_fn handle;  /* type->handle: each delivery reads the actor, not its type's page */
   void *state;
   uint32_t slot, gen;
   mb__queue queue;       /* delivered in order */
