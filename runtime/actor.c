@@ -157,9 +157,7 @@ MB_HOT bool mb__actor_reply_now(mb_actor *a, mb_msg *m) {
     return false;
   l->prompt_depth++;
   a->running = true;
-  l->stats.delivered++;
-  MB__TRACE(DELIVER, m);
-  mb__dispatch_reply(a, m);
+  handle_one(a, m); /* a reply: its callback, with the outer message kept (run_reply_cb) */
   a->running = false;
   l->prompt_depth--;
   if (a->dead && !a->ready) free(a);

@@ -114,32 +114,39 @@ static void wait_done(uv_loop_t *uv, tu_done *d) {
   assert_int_equal(d->calls, 1);
 }
 
-static void test_async_attached(void **unused) {
-  (void)unused;
+/* On the test's loop (the manager's too, so asynchronous calls only): a manager with a mapped
+ * 64 MiB device region at 64 MiB and an eager mapper. */
+static mb_mapper *async_dax_setup(tu_home *h, mb_mm **mm, mb_region_id *id) {
   /* cmocka installs its own SIGSEGV/SIGBUS handlers around each test: ours goes back in front. */
   assert_int_equal(mb_access_reinstall(), 0);
+  tu_home_init(h, "vmm");
+  mb_mm_config cfg = {.max_addr = 1ull << 30, .loop = h->loop};
+  assert_int_equal(mb_mm_create(&cfg, mm), 0); /* inline: on the loop's own thread */
+  tu_done d = {0};
+  mb_region_params p = {"dax", 64 * MiB, 64 * MiB, 0, true, 0};
+  mb_region_add(*mm, &p, tu_on_done, &d);
+  assert_int_equal(d.calls, 0); /* never completes inside the call */
+  wait_done(&h->uv, &d);
+  assert_int_equal(d.status, 0);
+  *id = (mb_region_id)d.value;
+  d = (tu_done){0};
+  mb_region_map(*mm, *id, true, tu_on_done, &d);
+  wait_done(&h->uv, &d);
+  d = (tu_done){0};
+  mb_mapper_add(*mm, NULL, true, tu_on_done, &d);
+  wait_done(&h->uv, &d);
+  assert_int_equal(d.status, 0);
+  return (mb_mapper *)(uintptr_t)d.value;
+}
+
+static void test_async_attached(void **unused) {
+  (void)unused;
   tu_home h;
-  tu_home_init(&h, "vmm");
   mb_mm *mm = NULL;
-  mb_mm_config cfg = {.max_addr = 1ull << 30, .loop = h.loop};
-  assert_int_equal(mb_mm_create(&cfg, &mm), 0); /* inline: on the loop's own thread */
+  mb_region_id id;
+  mb_mapper *m = async_dax_setup(&h, &mm, &id);
   mb_object *o = tu_memfd_byte("t", 2 * MiB, 0x5a);
   tu_done d = {0};
-  mb_region_params p = {"dax", 1 * MiB * 64, 64 * MiB, 0, true, 0};
-  mb_region_add(mm, &p, tu_on_done, &d);
-  assert_int_equal(d.calls, 0); /* never completes inside the call */
-  wait_done(&h.uv, &d);
-  assert_int_equal(d.status, 0);
-  mb_region_id id = (mb_region_id)d.value;
-  d = (tu_done){0};
-  mb_region_map(mm, id, true, tu_on_done, &d);
-  wait_done(&h.uv, &d);
-  d = (tu_done){0};
-  mb_mapper_add(mm, NULL, true, tu_on_done, &d);
-  wait_done(&h.uv, &d);
-  assert_int_equal(d.status, 0);
-  mb_mapper *m = (mb_mapper *)(uintptr_t)d.value;
-  d = (tu_done){0};
   mb_mapping_params mp = {id, 2 * MiB, 2 * MiB, o, 0, true};
   mb_mapping_add(mm, &mp, tu_on_done, &d);
   wait_done(&h.uv, &d);
@@ -169,25 +176,11 @@ static void test_async_attached(void **unused) {
  * it when it refuses the request: ASan's leak check sees any reference left behind). */
 static void test_async_mapping_keeps_the_object(void **unused) {
   (void)unused;
-  assert_int_equal(mb_access_reinstall(), 0);
   tu_home h;
-  tu_home_init(&h, "vmm");
   mb_mm *mm = NULL;
-  mb_mm_config cfg = {.max_addr = 1ull << 30, .loop = h.loop};
-  assert_int_equal(mb_mm_create(&cfg, &mm), 0);
-  tu_done d = {0}; /* on the manager's own loop: asynchronous calls only */
-  mb_region_params p = {"dax", 64 * MiB, 64 * MiB, 0, true, 0};
-  mb_region_add(mm, &p, tu_on_done, &d);
-  wait_done(&h.uv, &d);
-  mb_region_id id = (mb_region_id)d.value;
-  d = (tu_done){0};
-  mb_region_map(mm, id, true, tu_on_done, &d);
-  wait_done(&h.uv, &d);
-  d = (tu_done){0};
-  mb_mapper_add(mm, NULL, true, tu_on_done, &d);
-  wait_done(&h.uv, &d);
-  assert_int_equal(d.status, 0);
-  mb_mapper *m = (mb_mapper *)(uintptr_t)d.value;
+  mb_region_id id;
+  mb_mapper *m = async_dax_setup(&h, &mm, &id);
+  tu_done d = {0};
   const uint8_t fills[] = {0x11, 0x22, 0x33};
   for (int i = 0; i < 3; i++) { /* an add, then two replaces, each object dropped at once */
     mb_mapping_params mp = {id, 0, 2 * MiB, tu_memfd_byte("t", 2 * MiB, fills[i]), 0, true};
