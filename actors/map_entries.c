@@ -7,12 +7,12 @@
  * operation more than the rest of its release. Any array released with one entry has room for
  * one, whatever it was made with, so the cache needs no sizes. The libc build (the one the
  * sanitizers run) keeps none: they see every allocation. */
-#include <pthread.h>
 #include <stdlib.h>
 
 #include "fault_inject.h" /* mb__malloc: MB_FI_ALLOC */
 #include "mapping_manager.h"
 #include "mb_hot.h"
+#include "thread_exit.h"
 
 #if MB_USE_JEMALLOC
 enum { ONE_CACHE = 4 };
@@ -20,23 +20,19 @@ enum { ONE_CACHE = 4 };
 typedef struct one_cache {
   mb_map_entry *slot[ONE_CACHE];
   unsigned n;
+  unsigned room; /* ONE_CACHE once the thread's exit drains the cache, else 0 */
   bool registered;
 } one_cache;
 
 static _Thread_local one_cache ones;
-static pthread_key_t ones_key;
-static pthread_once_t ones_once = PTHREAD_ONCE_INIT;
 
 static void ones_drain(void *arg) {
   one_cache *c = arg;
   while (c->n > 0)
     free(c->slot[--c->n]);
 }
-static void ones_key_make(void) { pthread_key_create(&ones_key, ones_drain); }
-
 __attribute__((noinline, cold)) static void ones_register(void) {
-  pthread_once(&ones_once, ones_key_make);
-  pthread_setspecific(ones_key, &ones); /* drained when the thread exits */
+  ones.room = mb__at_thread_exit(ones_drain, &ones) ? ONE_CACHE : 0;
   ones.registered = true;
 }
 
@@ -45,10 +41,10 @@ static mb_map_entry *take_one(void) {
 }
 
 static bool keep_one(mb_map_entry *e) {
-  if (ones.n == ONE_CACHE)
-    return false;
   if (__builtin_expect(!ones.registered, 0))
     ones_register();
+  if (ones.n == ones.room)
+    return false;
   ones.slot[ones.n++] = e;
   return true;
 }

@@ -10,6 +10,7 @@
 #include "mb_hot.h"
 #include "api_internal.h"
 #include "fault_inject.h" /* MB_FI_ALLOC: tests fail these allocations */
+#include "thread_exit.h"
 
 /* ---- issuing requests ---------------------------------------------------------------------- */
 
@@ -28,10 +29,7 @@ typedef struct api_op {
 enum { API_CACHE_MAX = 32 };
 static _Thread_local api_op *api_cache;
 static _Thread_local unsigned api_ncache;
-static _Thread_local bool api_cache_armed;
-static pthread_key_t api_cache_key;
-static pthread_once_t api_cache_once = PTHREAD_ONCE_INIT;
-static bool api_cache_ok;
+static _Thread_local int api_cache_armed; /* 1: drained at thread exit; -1: cannot be; 0: not yet */
 
 static void api_cache_drain(void *unused) {
   (void)unused;
@@ -41,10 +39,6 @@ static void api_cache_drain(void *unused) {
     free(op);
   }
   api_ncache = 0;
-}
-
-static void api_cache_init(void) {
-  api_cache_ok = pthread_key_create(&api_cache_key, api_cache_drain) == 0;
 }
 
 static api_op *api_op_get(void) {
@@ -57,11 +51,9 @@ static api_op *api_op_get(void) {
 }
 
 MB_HOT static void api_op_put(api_op *op) {
-  if (!api_cache_armed) { /* the thread-exit hook, once per thread */
-    pthread_once(&api_cache_once, api_cache_init);
-    api_cache_armed = api_cache_ok && pthread_setspecific(api_cache_key, &api_cache) == 0;
-  }
-  if (!api_cache_armed || api_ncache >= API_CACHE_MAX) {
+  if (__builtin_expect(api_cache_armed == 0, 0)) /* once per thread */
+    api_cache_armed = mb__at_thread_exit(api_cache_drain, NULL) ? 1 : -1;
+  if (api_cache_armed < 0 || api_ncache >= API_CACHE_MAX) {
     free(op);
     return;
   }

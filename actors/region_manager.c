@@ -171,10 +171,13 @@ MB_HOT static void op_free(rm_op *op) {
     *sh = (rm_sh){0};
   }
   op->nsh = 0;
-  rm__prot_op_free(op);
-  rm__view_clear(&op->own_old); /* kept, like the calls array, for the next operation */
-  rm__view_clear(&op->own_new);
-  op->fwd = op->inv = NULL;
+  if (op->kind == RM_PROTECT || op->kind == RM_PARTITION_ADD || op->kind == RM_TXN_COMMIT)
+    rm__prot_op_free(op); /* the only kinds that plan protection items */
+  if (op->fwd != NULL) { /* set before the views are filled (an access change, a commit) */
+    rm__view_clear(&op->own_old); /* kept, like the calls array, for the next operation */
+    rm__view_clear(&op->own_new);
+    op->fwd = op->inv = NULL;
+  }
   op->req = NULL;
 }
 

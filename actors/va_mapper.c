@@ -310,8 +310,8 @@ static int map_gap(mb_vam *v, uint64_t start, uint64_t end, mb_object *obj, uint
  * between. With a lock in the way: parked (job). */
 /* map_replace of exactly one established range: the range is changed in place (the tree
  * keeps its shape; a DAX chunk's replace). */
-static int replace_exact(mb_vam *v, vam_range *r, mb_object *obj, uint64_t obj_off,
-                         bool writable, bool same, vam_job *job) {
+MB_HOT static int replace_exact(mb_vam *v, vam_range *r, mb_object *obj, uint64_t obj_off,
+                                bool writable, bool same, vam_job *job) {
   uint64_t start = r->node.start, end = r->node.end;
   vam_range *none = NULL;
   int rc;
@@ -486,12 +486,26 @@ static int refresh(mb_vam *v, const mb_map_entry *e, vam_job *job) {
   return 0;
 }
 
-/* Is the replace one entry over exactly one established range (a DAX chunk's)? Its one
- * change then checks the locks itself, under the lock it maps with (replace_exact). */
-static bool replaces_exactly(const mb_vam *v, const vam_replace_msg *m) {
+/* The established range the replace covers exactly with its one entry (a DAX chunk's), or
+ * NULL. Its one change then checks the locks itself, under the lock it maps with
+ * (replace_exact). */
+static vam_range *exact_range(const mb_vam *v, const vam_replace_msg *m) {
   mb_rtree_node *it = mb_rtree_first_overlap(&v->ranges, m->gpa, m->gpa + m->size);
-  return m->count == 1 && m->entries[0].gpa == m->gpa && m->entries[0].size == m->size &&
-         it != NULL && it->start == m->gpa && it->end == m->gpa + m->size;
+  bool exact = m->count == 1 && m->entries[0].gpa == m->gpa && m->entries[0].size == m->size &&
+               it != NULL && it->start == m->gpa && it->end == m->gpa + m->size;
+  return exact ? range_of(it) : NULL;
+}
+
+/* An eager mapper's exact replace: establish()'s one change_piece, without looking the range
+ * up again. */
+MB_HOT static int replace_in_place(mb_vam *v, vam_range *r, const mb_map_entry *e,
+                                   vam_job *job) {
+  if (!entry_ok(v, e))
+    return MB_E_INVALID;
+  bool same = same_place(r, e->gpa, e->obj, e->obj_off);
+  if (same && r->writable == e->writable)
+    return 0;
+  return replace_exact(v, r, e->obj, e->obj_off, e->writable, same, job);
 }
 
 /* Would the replace take what a held lock needs on some page (`lock` held)? Each
@@ -526,7 +540,10 @@ static int handle_replace(mb_vam *v, const vam_replace_msg *m, vam_job *job) {
   if (rc != 0)
     return rc;
   bool held = false;
-  if (!replaces_exactly(v, m)) {
+  vam_range *exact = exact_range(v, m);
+  if (exact != NULL && v->eager)
+    return replace_in_place(v, exact, &m->entries[0], job);
+  if (exact == NULL) {
     vam_lock(v);
     held = replace_needs_locks(v, m);
     if (held)

@@ -124,7 +124,7 @@ void mb_actor_release(mb_actor *self) {
   if (self->busy && --self->busy == 0) mb__actor_done_busy(self);
 }
 
-static void handle_one(mb_actor *a, mb_msg *m) {
+MB_HOT static void handle_one(mb_actor *a, mb_msg *m) {
   mb_loop *l = a->loop;
   l->stats.delivered++;
   MB__TRACE(DELIVER, m);

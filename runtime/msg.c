@@ -10,6 +10,7 @@
 #include "mb_hot.h"
 #include "fault_inject.h" /* MB_FI_ALLOC: a test can fail any message allocation */
 #include "internal.h"
+#include "thread_exit.h"
 
 /* C++ embedders see mb_msg.next__ as a plain pointer (MB_ATOMIC_LINK): same layout. */
 _Static_assert(sizeof(struct mb_msg *_Atomic) == sizeof(struct mb_msg *) &&
@@ -63,8 +64,6 @@ typedef struct msg_cache {
 } msg_cache;
 
 static _Thread_local msg_cache tcache;
-static pthread_key_t cache_key;
-static pthread_once_t cache_once = PTHREAD_ONCE_INIT;
 
 static void cache_flush(void *arg) {
   msg_cache *c = arg;
@@ -77,15 +76,13 @@ static void cache_flush(void *arg) {
     c->room[k] = 0; /* the thread is ending: what it frees from now on goes back at once */
   }
 }
-static void cache_key_make(void) { pthread_key_create(&cache_key, cache_flush); }
-
 /* The most blocks a thread keeps per class: CACHE_BYTES of them, counted down in the
- * thread's own cache (no division, and no table on a page of its own to read). */
+ * thread's own cache (no division, and no table on a page of its own to read); none when
+ * the thread's exit cannot flush them. */
 __attribute__((noinline, cold)) static void cache_register(msg_cache *c) {
-  pthread_once(&cache_once, cache_key_make);
-  pthread_setspecific(cache_key, c); /* flushed when the thread exits */
+  bool flushed = mb__at_thread_exit(cache_flush, c);
   for (int k = 0; k < CLASSES; k++)
-    c->room[k] = CACHE_BYTES / ((uint32_t)(k + 1) * GRAIN);
+    c->room[k] = flushed ? CACHE_BYTES / ((uint32_t)(k + 1) * GRAIN) : 0;
   c->registered = true;
 }
 
