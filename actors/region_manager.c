@@ -970,6 +970,76 @@ static int plan_mapping_replace(rm_state *st, rm_op *op) {
   return rc;
 }
 
+/* ---- a DAX chunk's replace ---------------------------------------------------------------
+ *
+ * The replace of exactly one mapping by one of the same range, in a region without aliases,
+ * all of it visible in one piece, outside a transaction: what plan_mapping_replace plans
+ * then is one MM_REPLACE call with one entry, and what its commit does is mapping_swap. This
+ * sends that call at once and, answered, swaps or (a failure: the mapping manager changed
+ * nothing) does nothing, with the operation object held as for any operation (rm_destroy,
+ * serialization). Every other replace is planned. */
+
+MB_HOT static void on_chunk_reply(mb_actor *self, mb_msg *reply, void *ctx) {
+  (void)self;
+  rm_op *op = ctx;
+  int status = reply->status;
+  mm_replace_msg *m = mm_replace_of(reply);
+  if ((status == MB_EGONE || status == MB_ESTOPPED) && m->entries != NULL)
+    entries_free(m->entries, m->count), m->entries = NULL; /* never delivered: still ours */
+  if (status == 0)
+    mapping_swap(op->region, op->sh[0].mapping); /* exact: it swaps */
+  rm_state *st = state_of(op);
+  mb_msg *req = op->req;
+  op_free(op); /* drops the old mapping, or the unused new one */
+  st->op = NULL;
+  mb_reply(req, status);
+}
+
+/* Sends the chunk's call for op (its new mapping planned, [a, b) in view space). */
+MB_HOT static void chunk_send(mb_actor *self, rm_state *st, rm_op *op, uint64_t a, uint64_t b) {
+  mb_map_entry *e = mb_map_entries_alloc(1);
+  mm_replace_msg *m = e != NULL ? mm_replace_new() : NULL;
+  if (m == NULL) {
+    mb_map_entries_drop(e, 1);
+    mb_msg *req = op->req;
+    op_free(op);
+    st->op = NULL;
+    mb_reply(req, MB_ENOMEM);
+    return;
+  }
+  e[0] = rm__clip_entry(op->sh[0].mapping, a, b, op->region->writable);
+  mb_object_ref(e[0].obj);
+  m->gpa = a, m->size = b - a, m->entries = e, m->count = 1;
+  mb_call(self, st->cfg.mapping_manager, &m->hdr, on_chunk_reply, op);
+}
+
+/* Takes msg (a replace of region r) if it is a chunk's: true once it is on its way or answered. */
+MB_HOT static bool chunk_replace(mb_actor *self, rm_state *st, rm_region *r, mb_msg *msg) {
+  rm_mapping_replace_msg *m = rm_mapping_replace_of(msg);
+  mb_range abs;
+  if (st->txn.open || r->next != NULL || mapping_range(r, m->offset, m->size, &abs) != 0)
+    return false;
+  rm_mapping *old = first_mapping(r, abs.start, abs.end);
+  mb__vis_piece *p = mb__vis_first_piece_of(vis_of(st, r), &r->vis, abs.start, abs.end);
+  if (old == NULL || old->node.start != abs.start || old->node.end != abs.end || p == NULL ||
+      p->node.start > abs.start || p->node.end < abs.end)
+    return false;
+  rm_mapping *nm;
+  int rc = mapping_new(st, r, msg, &nm); /* its errors are the planned replace's */
+  if (rc != 0) {
+    mb_reply(msg, rc);
+    return true;
+  }
+  rm_op *op = op_new(st, msg, r);
+  op->sh[0].mapping = nm;
+  op->start = abs.start;
+  op->end = abs.end;
+  mb_msg_keep(msg);
+  st->op = op;
+  chunk_send(self, st, op, abs.start, abs.end);
+  return true;
+}
+
 static bool part_eq(const rm_part *p, mb_addr a) {
   return addr_eq(p->addr, a);
 }
@@ -1106,6 +1176,8 @@ MB_HOT static void handle_op(mb_actor *self, rm_state *st, mb_msg *msg) {
     mb_reply(msg, 0);
     return;
   }
+  if (msg->kind == RM_MAPPING_REPLACE && chunk_replace(self, st, r, msg))
+    return;
   rm_op *op = op_new(st, msg, r);
   mb_msg_keep(msg);
   int rc;

@@ -682,12 +682,12 @@ static void on_pending(mb_actor *self, mb_msg *reply, void *ctx) {
  * reply is dropped, and nothing leaks (the sanitizer build checks). */
 static void test_destroy_in_flight(void **unused) {
   (void)unused;
-  for (int which = 0; which < 3; which++) {
+  for (int which = 0; which < 4; which++) {
     fx *f = nested(1);
     mb_object *o = fx_object(f, "o", 64 * K);
     uint32_t r = add_backed(f, "r", 0, 64 * K, 0, o, RW);
     assert_int_equal(fx_partition_add(f, 0), 0);
-    if (which == 2) assert_int_equal(fx_region_map(f, r, RW), 0);
+    if (which >= 2) assert_int_equal(fx_region_map(f, r, RW), 0);
     f->hold_next = true;
     pending p = {0};
     mb_msg *m;
@@ -704,10 +704,14 @@ static void test_destroy_in_flight(void **unused) {
       rm_partition_add_msg *pa = rm_partition_add_new();
       pa->partition = f->pm_addr[0];
       m = &pa->hdr;
-    } else { /* held: the PM_UNMAP of a region remove */
+    } else if (which == 2) { /* held: the PM_UNMAP of a region remove */
       rm_region_remove_msg *rr = rm_region_remove_new();
       rr->id = r;
       m = &rr->hdr;
+    } else { /* held: the MM_REPLACE of a chunk's replace */
+      rm_mapping_replace_msg *mr = rm_mapping_replace_new();
+      mr->id = r, mr->offset = 0, mr->size = 64 * K, mr->obj = o, mr->writable = true;
+      m = &mr->hdr;
     }
     mb_call(mb_loop_actor(f->home.loop), f->rm_addr, m, on_pending, &p);
     while (f->held == NULL) uv_run(&f->home.uv, UV_RUN_ONCE);
@@ -722,6 +726,50 @@ static void test_destroy_in_flight(void **unused) {
     fx_no_violations(f);
     fx_free(f);
   }
+}
+
+/* A DAX chunk's replace: of exactly one mapping, all of it visible (the region manager's short
+ * path). It makes the one call a planned replace makes and changes the mapping in place;
+ * refused, it changes nothing; one over a partly hidden mapping, or over more than one
+ * mapping, is planned: a call per visible piece, the gaps torn down. */
+static void test_chunk_replace(void **unused) {
+  (void)unused;
+  fx *f = any(1);
+  mb_object *a = fx_object(f, "a", 64 * K), *b = fx_object(f, "b", 64 * K);
+  uint32_t r = add(f, "r", 0, 64 * K, 1);
+  assert_int_equal(fx_mapping_add(f, r, 16 * K, 16 * K, a, 0, RW), 0);
+  assert_int_equal(fx_partition_add(f, 0), 0);
+  assert_int_equal(fx_region_map(f, r, RW), 0);
+  free(fx_take_log(f));
+  assert_int_equal(fx_mapping_replace(f, r, 16 * K, 16 * K, b, 4 * K, RW), 0);
+  fx_expect_log(f, "mm replace 0x4000+0x4000 0x4000+0x4000:rw=b@0x1000");
+  fx_fail_in(f, 0, MB_E_FAULT);
+  assert_int_equal(fx_mapping_replace(f, r, 16 * K, 16 * K, a, 0, RW), MB_E_FAULT);
+  fx_expect_log(f, "mm replace 0x4000+0x4000 0x4000+0x4000:rw=a@0x0");
+  /* an access change shows the region's mappings: still b's */
+  assert_int_equal(fx_region_map(f, r, RO), 0);
+  fx_expect_log(f, "pm0 access 0x0+0x10000:ro; mm replace 0x0+0x10000 0x4000+0x4000:ro=b@0x1000");
+  /* in a read-only region the chunk is read-only for the mappers */
+  assert_int_equal(fx_mapping_replace(f, r, 16 * K, 16 * K, a, 0, RW), 0);
+  fx_expect_log(f, "mm replace 0x4000+0x4000 0x4000+0x4000:ro=a@0x0");
+  assert_int_equal(fx_region_map(f, r, RW), 0);
+  free(fx_take_log(f));
+  /* partly hidden by a region above it: a call per visible piece */
+  uint32_t top = add(f, "top", 20 * K, 4 * K, 2);
+  assert_int_equal(fx_region_map(f, top, RW), 0);
+  free(fx_take_log(f));
+  assert_int_equal(fx_mapping_replace(f, r, 16 * K, 16 * K, b, 0, RW), 0);
+  fx_expect_log(f, "mm replace 0x4000+0x1000 0x4000+0x1000:rw=b@0x0; "
+                   "mm replace 0x6000+0x2000 0x6000+0x2000:rw=b@0x2000");
+  assert_int_equal(fx_region_unmap(f, top), 0);
+  free(fx_take_log(f));
+  /* more than the mapping: the rest of the range gains the new backing too */
+  assert_int_equal(fx_mapping_replace(f, r, 16 * K, 32 * K, a, 0, RW), 0);
+  fx_expect_log(f, "mm replace 0x4000+0x8000 0x4000+0x8000:rw=a@0x0");
+  assert_int_equal(fx_region_map(f, r, RO), 0);
+  fx_expect_log(f, "pm0 access 0x0+0x10000:ro; mm replace 0x0+0x10000 0x4000+0x8000:ro=a@0x0");
+  fx_no_violations(f);
+  fx_free(f);
 }
 
 static void test_create_config(void **unused) {
@@ -798,6 +846,7 @@ int main(void) {
       cmocka_unit_test(test_rollback),
       cmocka_unit_test(test_rollback_first_call),
       cmocka_unit_test(test_destroy_in_flight),
+      cmocka_unit_test(test_chunk_replace),
       cmocka_unit_test(test_create_config),
       cmocka_unit_test(test_many_mappings),
   };
