@@ -238,6 +238,41 @@ static pv_piece *exact(const mb_pview *v, uint64_t gpa, uint64_t size) {
   return pc && pc->node.start == gpa && pc->node.end - gpa == size ? pc : NULL;
 }
 
+/* Without protections a piece is one sub-range, itself, at its own access: mapped and
+ * unmapped by one backend call, without planning its runs. */
+static bool unprotected(const mb_pview *v) {
+  return mb_prot_count(&v->prot) == 0;
+}
+
+/* Maps pc's sub-ranges: 0, or the first failure with nothing left mapped. */
+static int piece_map(mb_pview *v, const pv_piece *pc) {
+  if (unprotected(v))
+    return v->ops->map(v->inst, pc->node.start, pc->node.end - pc->node.start, pc->host,
+                       pc->writable);
+  pv_list none, add;
+  list_init(&none);
+  list_init(&add);
+  int rc = piece_subs(v, NULL, pc, &add);
+  if (rc == 0)
+    rc = apply(v, &none, &add);
+  list_fini(&add);
+  return rc;
+}
+
+/* Unmaps pc's sub-ranges: 0, or the first failure with everything mapped again. */
+static int piece_unmap(mb_pview *v, const pv_piece *pc) {
+  if (unprotected(v))
+    return v->ops->unmap(v->inst, pc->node.start, pc->node.end - pc->node.start);
+  pv_list old, none;
+  list_init(&old);
+  list_init(&none);
+  int rc = piece_subs(v, NULL, pc, &old);
+  if (rc == 0)
+    rc = apply(v, &old, &none);
+  list_fini(&old);
+  return rc;
+}
+
 int mb_pview_map(mb_pview *v, uint64_t gpa, uint64_t size, uint8_t *host, bool writable) {
   int rc = mb_pieces_check_map(&v->pieces, v->max_addr, gpa, size, host);
   if (rc != 0)
@@ -249,13 +284,7 @@ int mb_pview_map(mb_pview *v, uint64_t gpa, uint64_t size, uint8_t *host, bool w
   *pc = (pv_piece){.host = host, .writable = writable};
   pc->node.start = gpa;
   pc->node.end = gpa + size;
-  pv_list none, add;
-  list_init(&none);
-  list_init(&add);
-  rc = piece_subs(v, NULL, pc, &add);
-  if (rc == 0)
-    rc = apply(v, &none, &add);
-  list_fini(&add);
+  rc = piece_map(v, pc);
   if (rc != 0) {
     v->spare = pc;
     return rc;
@@ -267,13 +296,7 @@ int mb_pview_unmap(mb_pview *v, uint64_t gpa, uint64_t size) {
   pv_piece *pc = exact(v, gpa, size);
   if (!pc)
     return -ENOENT;
-  pv_list old, none;
-  list_init(&old);
-  list_init(&none);
-  int rc = piece_subs(v, NULL, pc, &old);
-  if (rc == 0)
-    rc = apply(v, &old, &none);
-  list_fini(&old);
+  int rc = piece_unmap(v, pc);
   if (rc != 0)
     return rc;
   mb_rtree_remove(&v->pieces, &pc->node);
