@@ -30,6 +30,7 @@ static void ones_drain(void *arg) {
   one_cache *c = arg;
   while (c->n > 0)
     free(c->slot[--c->n]);
+  c->room = 0; /* the thread is ending: what it drops from now on is freed at once */
 }
 __attribute__((noinline, cold)) static void ones_register(void) {
   ones.room = mb__at_thread_exit(ones_drain, &ones) ? ONE_CACHE : 0;

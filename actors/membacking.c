@@ -39,6 +39,7 @@ static void api_cache_drain(void *unused) {
     free(op);
   }
   api_ncache = 0;
+  api_cache_armed = -1; /* the thread is ending: what it gives back from now on is freed */
 }
 
 static api_op *api_op_get(void) {

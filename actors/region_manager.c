@@ -171,8 +171,7 @@ MB_HOT static void op_free(rm_op *op) {
     *sh = (rm_sh){0};
   }
   op->nsh = 0;
-  if (op->kind == RM_PROTECT || op->kind == RM_PARTITION_ADD || op->kind == RM_TXN_COMMIT)
-    rm__prot_op_free(op); /* the only kinds that plan protection items */
+  rm__prot_op_free(op);
   if (op->fwd != NULL) { /* set before the views are filled (an access change, a commit) */
     rm__view_clear(&op->own_old); /* kept, like the calls array, for the next operation */
     rm__view_clear(&op->own_new);
@@ -360,19 +359,24 @@ static int plan_access(rm_state *st, rm_op *op) {
 
 static void op_next(mb_actor *self, rm_state *st);
 
+/* The entries of an MM_MAP or MM_REPLACE answered without being delivered: still ours. */
+static void entries_back(mb_msg *reply) {
+  mm_map_msg *mm = mm_map_of(reply);
+  mm_replace_msg *mr = mm_replace_of(reply);
+  if (reply->status != MB_EGONE && reply->status != MB_ESTOPPED)
+    return;
+  if (mm != NULL && mm->entries != NULL)
+    entries_free(mm->entries, mm->count), mm->entries = NULL;
+  if (mr != NULL && mr->entries != NULL)
+    entries_free(mr->entries, mr->count), mr->entries = NULL;
+}
+
 MB_HOT static void on_call_reply(mb_actor *self, mb_msg *reply, void *ctx) {
   rm_call *c = ctx;
   rm_op *op = c->op;
   int status = reply->status;
   if (status != 0) {
-    mm_map_msg *mm = mm_map_of(reply);
-    mm_replace_msg *mr = mm_replace_of(reply);
-    if (status == MB_EGONE || status == MB_ESTOPPED) { /* never delivered: still ours */
-      if (mm != NULL && mm->entries != NULL)
-        entries_free(mm->entries, mm->count), mm->entries = NULL;
-      if (mr != NULL && mr->entries != NULL)
-        entries_free(mr->entries, mr->count), mr->entries = NULL;
-    }
+    entries_back(reply);
     if (reply->proto == &pm_protocol && status == MB_EGONE && op->kind != RM_PARTITION_ADD)
       status = 0;
   }
@@ -974,43 +978,27 @@ static int plan_mapping_replace(rm_state *st, rm_op *op) {
  *
  * The replace of exactly one mapping by one of the same range, in a region without aliases,
  * all of it visible in one piece, outside a transaction: what plan_mapping_replace plans
- * then is one MM_REPLACE call with one entry, and what its commit does is mapping_swap. This
- * sends that call at once and, answered, swaps or (a failure: the mapping manager changed
- * nothing) does nothing, with the operation object held as for any operation (rm_destroy,
- * serialization). Every other replace is planned. */
+ * then is one MM_REPLACE call with one entry. This sends that call at once, without the
+ * plan's steps, and finishes as any operation does (op_finish: the commit swaps the mapping
+ * in place; a failure, where the mapping manager changed nothing, commits nothing). Every
+ * other replace is planned. */
 
 MB_HOT static void on_chunk_reply(mb_actor *self, mb_msg *reply, void *ctx) {
   (void)self;
-  rm_op *op = ctx;
-  int status = reply->status;
-  mm_replace_msg *m = mm_replace_of(reply);
-  if ((status == MB_EGONE || status == MB_ESTOPPED) && m->entries != NULL)
-    entries_free(m->entries, m->count), m->entries = NULL; /* never delivered: still ours */
-  if (status == 0)
-    mapping_swap(op->region, op->sh[0].mapping); /* exact: it swaps */
-  rm_state *st = state_of(op);
-  mb_msg *req = op->req;
-  op_free(op); /* drops the old mapping, or the unused new one */
-  st->op = NULL;
-  mb_reply(req, status);
+  entries_back(reply);
+  op_finish(state_of(ctx), ctx, reply->status);
 }
 
-/* Sends the chunk's call for op (its new mapping planned, [a, b) in view space). */
+/* Sends the chunk's call for op (its new mapping made, [a, b) in view space). */
 MB_HOT static void chunk_send(mb_actor *self, rm_state *st, rm_op *op, uint64_t a, uint64_t b) {
-  mb_map_entry *e = mb_map_entries_alloc(1);
-  mm_replace_msg *m = e != NULL ? mm_replace_new() : NULL;
-  if (m == NULL) {
-    mb_map_entries_drop(e, 1);
-    mb_msg *req = op->req;
-    op_free(op);
-    st->op = NULL;
-    mb_reply(req, MB_ENOMEM);
-    return;
-  }
-  e[0] = rm__clip_entry(op->sh[0].mapping, a, b, op->region->writable);
-  mb_object_ref(e[0].obj);
-  m->gpa = a, m->size = b - a, m->entries = e, m->count = 1;
-  mb_call(self, st->cfg.mapping_manager, &m->hdr, on_chunk_reply, op);
+  rm_call c = {.kind = CALL_MM_REPLACE, .writable = op->region->writable, .gpa = a,
+               .size = b - a, .maps = op->sh[0].mapping, .one = true, .op = op};
+  int rc;
+  mb_msg *m = entries_msg(&c, CALL_MM_REPLACE, &rc);
+  if (m == NULL)
+    op_finish(st, op, rc);
+  else
+    mb_call(self, st->cfg.mapping_manager, m, on_chunk_reply, op);
 }
 
 /* Takes msg (a replace of region r) if it is a chunk's: true once it is on its way or answered. */

@@ -39,6 +39,8 @@ bool rm__prot_vtl_ok(const rm_state *st, unsigned vtl) {
 }
 
 void rm__prot_op_free(rm_op *op) {
+  if (op->kind != RM_PROTECT && op->kind != RM_PARTITION_ADD && op->kind != RM_TXN_COMMIT)
+    return; /* the only kinds that plan protection items (below) */
   for (unsigned v = 0; v < RM_VIEWS; v++) {
     mb__free(op->prot[v].fwd);
     mb__free(op->prot[v].inv);

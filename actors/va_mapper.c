@@ -332,11 +332,12 @@ MB_HOT static int replace_exact(mb_vam *v, vam_range *r, mb_object *obj, uint64_
   return vam__host_refused(map_error(rc));
 }
 
-MB_HOT static int map_replace(mb_vam *v, uint64_t start, uint64_t end, mb_object *obj,
-                       uint64_t obj_off, bool writable, bool same, vam_job *job) {
+/* `it`: the first established range overlapping [start, end) (change_piece's). */
+MB_HOT static int map_replace(mb_vam *v, mb_rtree_node *it, uint64_t start, uint64_t end,
+                              mb_object *obj, uint64_t obj_off, bool writable, bool same,
+                              vam_job *job) {
   /* A spare only when one established range straddles both edges (then it is the only one
    * overlapping); only this thread changes the tree, so the check holds until unrecord. */
-  mb_rtree_node *it = mb_rtree_first_overlap(&v->ranges, start, end);
   if (it->start == start && it->end == end)
     return replace_exact(v, range_of(it), obj, obj_off, writable, same, job);
   bool straddles = it->start < start && it->end > end;
@@ -400,14 +401,15 @@ static bool same_place(const vam_range *r, uint64_t at, const mb_object *obj, ui
   return r->obj == obj && r->obj_off + (at - r->node.start) == obj_off;
 }
 
-/* Makes [s, t), inside the established range `it`, show obj[off, ...) with that access. */
+/* Makes [s, t), inside the established range `it` (the first one overlapping it), show
+ * obj[off, ...) with that access. */
 static int change_piece(mb_vam *v, mb_rtree_node *it, uint64_t s, uint64_t t, mb_object *obj,
                         uint64_t off, bool writable, vam_job *job) {
   const vam_range *r = range_of(it);
   bool same = same_place(r, s, obj, off);
   if (same && r->writable == writable)
     return 0;
-  return map_replace(v, s, t, obj, off, writable, same, job);
+  return map_replace(v, it, s, t, obj, off, writable, same, job);
 }
 
 /* Is e an entry this mapper can establish (an object, its range, in the VA)? */
@@ -486,26 +488,12 @@ static int refresh(mb_vam *v, const mb_map_entry *e, vam_job *job) {
   return 0;
 }
 
-/* The established range the replace covers exactly with its one entry (a DAX chunk's), or
- * NULL. Its one change then checks the locks itself, under the lock it maps with
- * (replace_exact). */
-static vam_range *exact_range(const mb_vam *v, const vam_replace_msg *m) {
+/* Is the replace one entry over exactly one established range (a DAX chunk's)? Its one
+ * change then checks the locks itself, under the lock it maps with (replace_exact). */
+static bool replaces_exactly(const mb_vam *v, const vam_replace_msg *m) {
   mb_rtree_node *it = mb_rtree_first_overlap(&v->ranges, m->gpa, m->gpa + m->size);
-  bool exact = m->count == 1 && m->entries[0].gpa == m->gpa && m->entries[0].size == m->size &&
-               it != NULL && it->start == m->gpa && it->end == m->gpa + m->size;
-  return exact ? range_of(it) : NULL;
-}
-
-/* An eager mapper's exact replace: establish()'s one change_piece, without looking the range
- * up again. */
-MB_HOT static int replace_in_place(mb_vam *v, vam_range *r, const mb_map_entry *e,
-                                   vam_job *job) {
-  if (!entry_ok(v, e))
-    return MB_E_INVALID;
-  bool same = same_place(r, e->gpa, e->obj, e->obj_off);
-  if (same && r->writable == e->writable)
-    return 0;
-  return replace_exact(v, r, e->obj, e->obj_off, e->writable, same, job);
+  return m->count == 1 && m->entries[0].gpa == m->gpa && m->entries[0].size == m->size &&
+         it != NULL && it->start == m->gpa && it->end == m->gpa + m->size;
 }
 
 /* Would the replace take what a held lock needs on some page (`lock` held)? Each
@@ -540,10 +528,7 @@ static int handle_replace(mb_vam *v, const vam_replace_msg *m, vam_job *job) {
   if (rc != 0)
     return rc;
   bool held = false;
-  vam_range *exact = exact_range(v, m);
-  if (exact != NULL && v->eager)
-    return replace_in_place(v, exact, &m->entries[0], job);
-  if (exact == NULL) {
+  if (!replaces_exactly(v, m)) {
     vam_lock(v);
     held = replace_needs_locks(v, m);
     if (held)

@@ -244,32 +244,19 @@ static bool unprotected(const mb_pview *v) {
   return mb_prot_count(&v->prot) == 0;
 }
 
-/* Maps pc's sub-ranges: 0, or the first failure with nothing left mapped. */
-static int piece_map(mb_pview *v, const pv_piece *pc) {
+/* Maps (map) or unmaps pc's sub-ranges: 0, or the first failure with everything as it was. */
+static int piece_apply(mb_pview *v, const pv_piece *pc, bool map) {
+  uint64_t size = pc->node.end - pc->node.start;
   if (unprotected(v))
-    return v->ops->map(v->inst, pc->node.start, pc->node.end - pc->node.start, pc->host,
-                       pc->writable);
-  pv_list none, add;
+    return map ? v->ops->map(v->inst, pc->node.start, size, pc->host, pc->writable)
+               : v->ops->unmap(v->inst, pc->node.start, size);
+  pv_list subs, none;
+  list_init(&subs);
   list_init(&none);
-  list_init(&add);
-  int rc = piece_subs(v, NULL, pc, &add);
+  int rc = piece_subs(v, NULL, pc, &subs);
   if (rc == 0)
-    rc = apply(v, &none, &add);
-  list_fini(&add);
-  return rc;
-}
-
-/* Unmaps pc's sub-ranges: 0, or the first failure with everything mapped again. */
-static int piece_unmap(mb_pview *v, const pv_piece *pc) {
-  if (unprotected(v))
-    return v->ops->unmap(v->inst, pc->node.start, pc->node.end - pc->node.start);
-  pv_list old, none;
-  list_init(&old);
-  list_init(&none);
-  int rc = piece_subs(v, NULL, pc, &old);
-  if (rc == 0)
-    rc = apply(v, &old, &none);
-  list_fini(&old);
+    rc = map ? apply(v, &none, &subs) : apply(v, &subs, &none);
+  list_fini(&subs);
   return rc;
 }
 
@@ -284,7 +271,7 @@ int mb_pview_map(mb_pview *v, uint64_t gpa, uint64_t size, uint8_t *host, bool w
   *pc = (pv_piece){.host = host, .writable = writable};
   pc->node.start = gpa;
   pc->node.end = gpa + size;
-  rc = piece_map(v, pc);
+  rc = piece_apply(v, pc, true);
   if (rc != 0) {
     v->spare = pc;
     return rc;
@@ -296,7 +283,7 @@ int mb_pview_unmap(mb_pview *v, uint64_t gpa, uint64_t size) {
   pv_piece *pc = exact(v, gpa, size);
   if (!pc)
     return -ENOENT;
-  int rc = piece_unmap(v, pc);
+  int rc = piece_apply(v, pc, false);
   if (rc != 0)
     return rc;
   mb_rtree_remove(&v->pieces, &pc->node);
