@@ -172,6 +172,19 @@ void mb_vam_unretire(mb_vam *v) {
   vam_unlock(v);
 }
 
+/* For how long l has been held at now: 0 for a lock taken after now was read (a clock read
+ * before `lock` is older than a lock taken before the reader got `lock`). */
+static uint64_t held_ns(const mb_lock *l, uint64_t now) {
+  return now > l->t_ns ? now - l->t_ns : 0;
+}
+
+/* What a snapshot or the watchdog reports of a lock (`lock` held): only the fields written
+ * under `lock` (its dirty hold is written by its taker after it is visible here). */
+static mb_vam_lock_info lock_info(const mb_lock *l, uint64_t now) {
+  return (mb_vam_lock_info){l->node.start, l->node.end - l->node.start, l->writable,
+                            l->reported, held_ns(l, now), l->since};
+}
+
 int mb_vam_locks(mb_vam *v, mb_vam_lock_info **out, size_t *count_out, size_t *waiting) {
   *out = NULL;
   *count_out = 0;
@@ -182,11 +195,8 @@ int mb_vam_locks(mb_vam *v, mb_vam_lock_info **out, size_t *count_out, size_t *w
   if (n == 0 || info != NULL) {
     size_t i = 0;
     mb_rtree_node *it;
-    mb_rtree_for_each(it, &v->locks) {
-      const mb_lock *l = mb_rtree_entry(it, mb_lock, node);
-      info[i++] = (mb_vam_lock_info){it->start, it->end - it->start, l->writable, l->reported,
-                                     now - l->t_ns, l->since};
-    }
+    mb_rtree_for_each(it, &v->locks)
+      info[i++] = lock_info(mb_rtree_entry(it, mb_lock, node), now);
   }
   if (waiting != NULL)
     *waiting = v->njobs;
@@ -206,7 +216,7 @@ static uint64_t watch_period(uint64_t threshold_ms) {
   return p < 1 ? 1 : p > 1000 ? 1000 : p;
 }
 
-static void log_line(mb_vam *v, mb_vam_log_fn log, void *ctx, const mb_lock *l, uint64_t now) {
+static void log_line(mb_vam *v, mb_vam_log_fn log, void *ctx, const mb_vam_lock_info *l) {
   char since[64] = "?";
   struct tm tm;
   if (localtime_r(&l->since.tv_sec, &tm) != NULL) {
@@ -217,8 +227,8 @@ static void log_line(mb_vam *v, mb_vam_log_fn log, void *ctx, const mb_lock *l, 
   snprintf(line, sizeof line,
            "membacking: lock held for %" PRIu64 " ms: mapper %s/%" PRIu32 ".%" PRIu32
            " (%s) range [0x%" PRIx64 ", 0x%" PRIx64 ") %s since %s",
-           (now - l->t_ns) / 1000000, mb_loop_name(v->addr.loop), v->addr.slot, v->addr.gen,
-           v->eager ? "eager" : "lazy", l->node.start, l->node.end, l->writable ? "rw" : "ro",
+           l->held_ns / 1000000, mb_loop_name(v->addr.loop), v->addr.slot, v->addr.gen,
+           v->eager ? "eager" : "lazy", l->gpa, l->gpa + l->size, l->writable ? "rw" : "ro",
            since);
   if (log != NULL)
     log(ctx, line);
@@ -230,14 +240,14 @@ enum { WATCH_BATCH = 16 }; /* locks reported per look under `lock` (no allocatio
 
 /* Up to WATCH_BATCH locks past the limit and not reported yet, marked reported, into due
  * (`lock` held): how many. */
-static size_t due_locks(mb_vam *v, uint64_t now, uint64_t limit, mb_lock *due) {
+static size_t due_locks(mb_vam *v, uint64_t now, uint64_t limit, mb_vam_lock_info *due) {
   size_t k = 0;
   mb_rtree_node *it;
   mb_rtree_for_each(it, &v->locks) {
     mb_lock *l = mb_rtree_entry(it, mb_lock, node);
-    if (k < WATCH_BATCH && !l->reported && now - l->t_ns >= limit) {
+    if (k < WATCH_BATCH && !l->reported && held_ns(l, now) >= limit) {
       l->reported = true;
-      due[k++] = *l;
+      due[k++] = lock_info(l, now);
     }
   }
   return k;
@@ -260,12 +270,12 @@ static void on_watch_timer(uv_timer_t *t) {
   uint64_t limit = v->watch_ms * 1000000u;
   mb_vam_log_fn log = v->log;
   void *ctx = v->log_ctx;
-  mb_lock due[WATCH_BATCH];
+  mb_vam_lock_info due[WATCH_BATCH];
   size_t k = due_locks(v, now, limit, due);
   vam_unlock(v);
   while (k > 0) {
     for (size_t i = 0; i < k; i++)
-      log_line(v, log, ctx, &due[i], now);
+      log_line(v, log, ctx, &due[i]);
     if (k < WATCH_BATCH)
       break;
     vam_lock(v);

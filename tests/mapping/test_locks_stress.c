@@ -9,7 +9,11 @@
  * checks the sentinel is intact: no write lands after its range's teardown completed. A
  * locker that sees its own bytes change under a held lock has caught a teardown (and the
  * sentinel fill) under its lock. Nothing may crash, every operation must complete and
- * succeed. Iteration counts are fixed; nothing is timed. Runs under ASan and TSan. */
+ * succeed. Every mapper's lock watchdog runs at 1 ms throughout, and each report must be of a
+ * lock of the test's, held no longer than the test has run (a lock taken while the watchdog
+ * looked was once reported as held for 2^64 ns), and so must every lock of the snapshots the
+ * lockers take. Iteration counts are fixed; nothing is
+ * timed. Runs under ASan and TSan. */
 #include <pthread.h>
 #include <sched.h>
 #include <setjmp.h>
@@ -22,6 +26,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "mb_access.h"
 #include "api_internal.h" /* the mappers' parked counts */
@@ -49,7 +55,8 @@ typedef struct world {
   uint8_t *view[NREGIONS];              /* the backing, mapped by the test itself */
   mb_region_id id[NREGIONS];            /* its tearer's only */
   atomic_int errors;
-  atomic_uint_fast64_t locked, refused, teardowns;
+  atomic_uint_fast64_t locked, refused, teardowns, reported;
+  uint64_t t0_ms;                       /* CLOCK_MONOTONIC at the start */
   char why[256];
   pthread_mutex_t why_lock;
 } world;
@@ -72,6 +79,30 @@ static uint32_t rnd(uint32_t *s) { /* xorshift: each thread its own, fixed seeds
   *s ^= *s >> 17;
   *s ^= *s << 5;
   return *s;
+}
+
+static uint64_t mono_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+/* ---- the watchdog's reports (the mappers' loop threads) -------------------------------------- */
+
+/* A report names a range inside a region, held no longer than the test has run. */
+static void on_report(void *ctx, const char *line) {
+  world *w = ctx;
+  unsigned long long ms, a, b;
+  if (sscanf(line, "membacking: lock held for %llu ms: mapper %*s %*s range [%llx, %llx)", &ms,
+             &a, &b) != 3) {
+    stress_fail(w, "a report the test cannot read: %s", line);
+    return;
+  }
+  uint64_t ran = mono_ms() - w->t0_ms;
+  if (ms > ran || a >= b || a < region_gpa(0) || b > region_gpa(NREGIONS - 1) + PAGES * PAGE)
+    stress_fail(w, "a report of a lock never held so (the test ran %llu ms): %s",
+                (unsigned long long)ran, line);
+  atomic_fetch_add(&w->reported, 1);
 }
 
 /* ---- lockers --------------------------------------------------------------------------------- */
@@ -102,6 +133,21 @@ static void hold(world *w, mb_lock *l, bool writable, uint8_t stamp) {
   }
 }
 
+/* A snapshot taken among the lockers holds no lock longer than the test has run. */
+static void check_snapshot(world *w, mb_mapper *m) {
+  mb_lock_list *list = NULL;
+  if (mb_mapper_locks(m, &list) != 0) {
+    stress_fail(w, "mb_mapper_locks failed");
+    return;
+  }
+  uint64_t ran = mono_ms() - w->t0_ms;
+  for (size_t i = 0; i < list->count; i++)
+    if (list->locks[i].held_ms > ran)
+      stress_fail(w, "a snapshot's lock held for %llu ms (the test ran %llu ms)",
+                  (unsigned long long)list->locks[i].held_ms, (unsigned long long)ran);
+  free(list);
+}
+
 static void *locker_main(void *arg) {
   locker *k = arg;
   world *w = k->w;
@@ -113,6 +159,8 @@ static void *locker_main(void *arg) {
     uint64_t gpa = region_gpa(region) + ((uint64_t)k->t * PAGES_EACH + first) * PAGE;
     bool writable = rnd(&s) % 4 != 0;
     mb_lock *l = NULL;
+    if (it % 16 == 0)
+      check_snapshot(w, m);
     int rc = mb_mapper_lock(m, gpa, len * PAGE, writable, &l);
     if (rc == 0) {
       atomic_fetch_add(&w->locked, 1);
@@ -203,6 +251,16 @@ static void *tearer_main(void *arg) {
 
 /* ---- the test -------------------------------------------------------------------------------- */
 
+/* One lock held until the watchdog reports something (within a generous bound): it ran. */
+static void hold_until_reported(world *w) {
+  mb_lock *l = NULL;
+  assert_int_equal(mb_mapper_lock(w->mappers[0], region_gpa(0), PAGE, false, &l), 0);
+  uint64_t before = atomic_load(&w->reported);
+  for (int i = 0; i < 10000 && atomic_load(&w->reported) == before; i++) usleep(1000);
+  assert_int_equal(mb_mapper_unlock(l), 0);
+  if (atomic_load(&w->reported) == before) fail_msg("a lock held for 10 s was not reported");
+}
+
 static void test_locks_against_teardowns(void **state) {
   (void)state;
   assert_int_equal(mb_access_reinstall(), 0); /* cmocka puts its handlers in front per test */
@@ -222,6 +280,9 @@ static void test_locks_against_teardowns(void **state) {
   assert_int_equal(mb_mapper_add_sync(w.mm, le, true, &w.mappers[0]), 0);
   assert_int_equal(mb_mapper_add_sync(w.mm, ll, false, &w.mappers[1]), 0);
   assert_int_equal(mb_mapper_add_sync(w.mm, le, true, &w.mappers[2]), 0);
+  w.t0_ms = mono_ms();
+  for (int m = 0; m < 3; m++)
+    assert_int_equal(mb_mapper_lock_watchdog(w.mappers[m], 1, on_report, &w), 0);
   mb_partition *p;
   assert_int_equal(mb_partition_add_sync(w.mm, &mb_partition_soft, part, &p), 0);
   assert_int_equal(atomic_load(&w.errors), 0);
@@ -239,11 +300,13 @@ static void test_locks_against_teardowns(void **state) {
   }
   for (int i = 0; i < NLOCKERS; i++) pthread_join(lt[i], NULL);
   for (int i = 0; i < NTEARERS; i++) pthread_join(tt[i], NULL);
+  hold_until_reported(&w);
   if (atomic_load(&w.errors)) fail_msg("%d error(s), the first: %s", atomic_load(&w.errors), w.why);
-  print_message("locks %llu, refused %llu, teardowns checked %llu\n",
+  print_message("locks %llu, refused %llu, teardowns checked %llu, watchdog reports %llu\n",
                 (unsigned long long)atomic_load(&w.locked),
                 (unsigned long long)atomic_load(&w.refused),
-                (unsigned long long)atomic_load(&w.teardowns));
+                (unsigned long long)atomic_load(&w.teardowns),
+                (unsigned long long)atomic_load(&w.reported));
   uint64_t parked = 0;
   for (int m = 0; m < 3; m++) parked += mb_vam_stats_get(mb__mapper_vam(w.mappers[m])).parked;
   print_message("teardowns parked behind a lock: %llu\n", (unsigned long long)parked);
