@@ -415,7 +415,7 @@ static void mapper_answered(mm_state *st, mm_mapper *m, int status) {
   op_settle(st);
 }
 
-static void on_vam_map(mb_actor *self, mb_msg *reply, void *ctx) {
+MB_HOT static void on_vam_map(mb_actor *self, mb_msg *reply, void *ctx) {
   mm_state *st = mb_actor_state(self);
   mm_mapper *m = ctx;
   unlend(st, m);
@@ -423,7 +423,7 @@ static void on_vam_map(mb_actor *self, mb_msg *reply, void *ctx) {
 }
 
 /* VAM_MAP of entries (mapper space, lent: op.entries or t->sent) to mapper t. */
-static void call_map_raw(mm_state *st, mm_mapper *t, mb_map_entry *e, uint32_t n) {
+MB_HOT static void call_map_raw(mm_state *st, mm_mapper *t, mb_map_entry *e, uint32_t n) {
   vam_map_msg *m = vam_map_new();
   if (m == NULL) {
     free(t->sent);
@@ -440,7 +440,7 @@ static void call_map_raw(mm_state *st, mm_mapper *t, mb_map_entry *e, uint32_t n
 
 /* VAM_MAP of the operation's entries (view space) to mapper t, translated; nothing when none
  * of them is in its windows. */
-static void call_map(mm_state *st, mm_mapper *t) {
+MB_HOT static void call_map(mm_state *st, mm_mapper *t) {
   mb_map_entry *e;
   uint32_t n;
   if (xlate_entries(st, t, &e, &n) != 0)
@@ -449,7 +449,7 @@ static void call_map(mm_state *st, mm_mapper *t) {
     call_map_raw(st, t, e, n);
 }
 
-static void on_vam_unmap(mb_actor *self, mb_msg *reply, void *ctx) {
+MB_HOT static void on_vam_unmap(mb_actor *self, mb_msg *reply, void *ctx) {
   mm_state *st = mb_actor_state(self);
   mm_mapper *m = ctx;
   mapper_answered(st, m, reply->status);
@@ -457,7 +457,7 @@ static void on_vam_unmap(mb_actor *self, mb_msg *reply, void *ctx) {
 
 /* VAM_UNMAP of view-space [gpa, gpa + size) to mapper t, translated; nothing when it is in
  * none of its windows. */
-static void call_unmap(mm_state *st, mm_mapper *t, uint64_t gpa, uint64_t size) {
+MB_HOT static void call_unmap(mm_state *st, mm_mapper *t, uint64_t gpa, uint64_t size) {
   uint64_t a = gpa, b = gpa + size;
   const mm_window *w = window_over(t, a, b);
   if (w == NULL)
@@ -523,7 +523,7 @@ static void remove_batch(mm_state *st, uint32_t n) {
 }
 
 /* Inserts the checked batch, one node per entry, each taking its entry's reference. */
-static int insert_batch(mm_state *st) {
+MB_HOT static int insert_batch(mm_state *st) {
   mm_op *op = &st->op;
   for (uint32_t i = 0; i < op->count; i++) {
     mm_node *n = node_get(st);
@@ -545,7 +545,7 @@ static void map_rolled_back(mm_state *st) {
 
 /* A mapper failed: the others that established the batch unmap it, one call per run of
  * adjacent entries. */
-static void map_done(mm_state *st) {
+MB_HOT static void map_done(mm_state *st) {
   mm_op *op = &st->op;
   if (op->status == 0) {
     op_finish(st, 0);
@@ -566,7 +566,7 @@ static void map_done(mm_state *st) {
   op_settle(st); /* rollback failures do not replace the cause: op->status is set */
 }
 
-static void handle_map(mm_state *st, mm_map_msg *m) {
+MB_HOT static void handle_map(mm_state *st, mm_map_msg *m) {
   mm_op *op = &st->op;
   op->entries = m->entries;
   op->count = m->entries != NULL ? m->count : 0;
@@ -598,7 +598,7 @@ static void handle_map(mm_state *st, mm_map_msg *m) {
 /* Removes every mapped byte of [a, b) into op.cut; a mapping straddling an edge keeps its
  * outside part. Only a mapping straddling both edges needs a second node, allocated before
  * anything changes. The nodes never overlap, so the walk ends at the first one reaching b. */
-static int cut_range(mm_state *st, uint64_t a, uint64_t b) {
+MB_HOT static int cut_range(mm_state *st, uint64_t a, uint64_t b) {
   mm_cut *cut = &st->op.cut;
   mb_rtree_node *it = mb_rtree_first_overlap(&st->maps, a, b);
   mm_node *spare = NULL;
@@ -703,7 +703,7 @@ static void unmap_rolled_back(mm_state *st) {
  * the range down map it again (a mapper that failed left its range as it was; a lazy one
  * faults it in again). A failure of that rollback itself (a second refusal) leaves such a
  * mapper without the range: its accesses there then fail as unmapped. */
-static void unmap_done(mm_state *st) {
+MB_HOT static void unmap_done(mm_state *st) {
   mm_op *op = &st->op;
   const mm_unmap_msg *m = mm_unmap_of(op->req);
   if (op->status == 0) {
@@ -720,7 +720,7 @@ static void unmap_done(mm_state *st) {
   op_settle(st);
 }
 
-static void handle_unmap(mm_state *st, mm_unmap_msg *m) {
+MB_HOT static void handle_unmap(mm_state *st, mm_unmap_msg *m) {
   if (!valid_range(st, m->gpa, m->size)) {
     op_finish(st, MB_E_INVALID);
     return;

@@ -4,6 +4,7 @@
  * backend on its loop thread. Its destruction destroys the instance, which unmaps
  * everything. */
 #include "partition_mapper.h"
+#include "mb_hot.h"
 
 #include <stdlib.h>
 
@@ -116,7 +117,7 @@ static int pm_dispatch(pm_state *s, mb_msg *msg) {
   }
 }
 
-static void pm_handle(mb_actor *self, mb_msg *msg) {
+MB_HOT static void pm_handle(mb_actor *self, mb_msg *msg) {
   pm_state *s = mb_actor_state(self);
   int rc = msg->proto == &pm_protocol ? pm_dispatch(s, msg) : MB_EINVAL;
   mb_reply(msg, rc); /* a one-way message is simply released */

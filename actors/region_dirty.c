@@ -5,6 +5,7 @@
 #include <stdlib.h>
 
 #include "dirty_log.h"
+#include "mb_hot.h"
 #include "fault_inject.h"
 #include "partition_mapper.h"
 #include "region_internal.h"
@@ -56,7 +57,7 @@ static int sync_range(const rm_state *st, const rm_dirty_sync_msg *m) {
   return 0;
 }
 
-int rm__dirty_plan(rm_state *st, rm_op *op) {
+MB_COLD int rm__dirty_plan(rm_state *st, rm_op *op) {
   mb_dirty_log *l = st->cfg.dirty;
   if (l == NULL)
     return MB_E_UNSUPPORTED;
@@ -140,7 +141,7 @@ static int take_list(mb_dirty_set *s, rm_dirty_sync_msg *m) {
   return 0;
 }
 
-int rm__dirty_end(rm_state *st, rm_op *op) {
+MB_COLD int rm__dirty_end(rm_state *st, rm_op *op) {
   mb_dirty_log *l = st->cfg.dirty;
   int rc = 0;
   if (op->kind == RM_DIRTY_START) {

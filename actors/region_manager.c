@@ -88,7 +88,7 @@ void rm__region_unlink(rm_state *st, rm_region *r) {
   mb_rtree_remove(&st->ids, &r->by_id);
 }
 
-void rm__region_free(rm_state *st, rm_region *r) {
+MB_COLD void rm__region_free(rm_state *st, rm_region *r) {
   rm__region_unlink(st, r);
   rm__region_destroy(r);
 }
@@ -101,7 +101,7 @@ static void entries_free(mb_map_entry *e, uint32_t count) {
 /* The entries of call c's range: the mappings from `first` on (or `first` alone: one; none
  * when NULL) clipped to it, each with its own reference, writable only where the mapping and
  * the call's access both are. */
-static int build_entries(const rm_call *c, const rm_mapping *first, bool one,
+MB_HOT static int build_entries(const rm_call *c, const rm_mapping *first, bool one,
                          mb_map_entry **out, uint32_t *count) {
   uint64_t start = c->gpa, end = c->gpa + c->size;
   size_t n = first != NULL;
@@ -216,7 +216,7 @@ static uint64_t part_addr(const rm_state *st, const rm_part *p, unsigned view, u
 
 /* A call over view-space [vs, vs + size) to partition p, in its own addresses (none when it
  * does not show that view). */
-int rm__plan_pm_one(rm_state *st, rm_op *op, const rm_part *p, int kind, uint64_t vs,
+MB_HOT int rm__plan_pm_one(rm_state *st, rm_op *op, const rm_part *p, int kind, uint64_t vs,
                     uint64_t size, bool writable) {
   unsigned view = rm_view_at(st, vs);
   uint64_t at = part_addr(st, p, view, vs);
@@ -391,7 +391,7 @@ MB_HOT static void on_call_reply(mb_actor *self, mb_msg *reply, void *ctx) {
 }
 
 /* The MM_MAP or MM_REPLACE message of a call of that kind, with its entries (NULL: *rc). */
-static mb_msg *entries_msg(const rm_call *c, int kind, int *rc) {
+MB_HOT static mb_msg *entries_msg(const rm_call *c, int kind, int *rc) {
   mb_map_entry *e;
   uint32_t n;
   mb_msg *msg = NULL;
@@ -499,7 +499,7 @@ static void sh_span(const rm_op *op, size_t k, mb_range *span) {
 }
 
 /* The view-space range the operation may change, and how many ranges it adds (none: empty). */
-static mb_range op_span(const rm_op *op, size_t *adds) {
+MB_HOT static mb_range op_span(const rm_op *op, size_t *adds) {
   if (op->kind == RM_TXN_COMMIT) {
     mb_range span = rm__txn_span(op, adds);
     rm__prot_widen(state_of((rm_op *)op), op, &span, adds); /* its protections' covers */
@@ -517,7 +517,7 @@ static mb_range op_span(const rm_op *op, size_t *adds) {
 }
 
 /* Publishes the operation as busy before anything is sent: 0 or MB_ENOMEM. */
-static int gpa_begin(rm_state *st, rm_op *op) {
+MB_HOT static int gpa_begin(rm_state *st, rm_op *op) {
   size_t adds;
   mb_range span = op_span(op, &adds);
   if (!st->cfg.gpa_map || span.start >= span.end)
@@ -544,7 +544,7 @@ static void gpa_piece(void *ctx, const rm_piece *p, bool add) {
 }
 
 /* One shadow's changes of the visible map. */
-static void gpa_end_sh(rm_state *st, rm_op *op, rm_sh *sh) {
+MB_HOT static void gpa_end_sh(rm_state *st, rm_op *op, rm_sh *sh) {
   mb_gpa_map *g = st->cfg.gpa_map;
   const mb__vis_diff *d = &sh->diff;
   for (size_t i = 0; i < d->nremoved; i++)
@@ -563,11 +563,10 @@ static void gpa_end_sh(rm_state *st, rm_op *op, rm_sh *sh) {
 
 /* Publishes the operation's end: its changes of the visible map if it succeeded (before the
  * commit releases the diff), and the end of busy. */
-static void gpa_end(rm_state *st, rm_op *op, bool ok) {
+MB_HOT static void gpa_end(rm_state *st, rm_op *op, bool ok) {
   mb_gpa_map *g = st->cfg.gpa_map;
   if (!op->published)
     return;
-  mb_gpa_map_edit(g);
   for (int add = 0; ok && op->kind == RM_TXN_COMMIT && add < 2; add++)
     rm__txn_each_piece(op, gpa_piece, &(gpa_pass){g, add});
   for (size_t k = 0; ok && k < op->nsh; k++)
@@ -850,7 +849,7 @@ MB_HOT static int mapping_new(rm_state *st, rm_region *r, mb_msg *req, rm_mappin
 
 /* Shadow r's MM_MAP calls for new mapping nm: its visible parts (partitions already map
  * the whole pieces). */
-static int plan_mapping_add_of(rm_state *st, rm_op *op, rm_region *r, rm_mapping *nm) {
+MB_HOT static int plan_mapping_add_of(rm_state *st, rm_op *op, rm_region *r, rm_mapping *nm) {
   mb__vis_piece *p;
   uint64_t a = nm->node.start, b = nm->node.end;
   for (p = mb__vis_first_piece_of(vis_of(st, r), &r->vis, a, b); p;
@@ -866,7 +865,7 @@ static int plan_mapping_add_of(rm_state *st, rm_op *op, rm_region *r, rm_mapping
 }
 
 /* Each shadow's new mapping of an add or a replace: 0, or the request's error. */
-static int mappings_new(rm_op *op) {
+MB_HOT static int mappings_new(rm_op *op) {
   for (size_t k = 0; k < op->nsh; k++) {
     int rc = mapping_new(state_of(op), op->sh[k].region, op->req, &op->sh[k].mapping);
     if (rc)
@@ -887,7 +886,7 @@ static int plan_mapping_add(rm_state *st, rm_op *op) {
 
 /* Shadow r's MM_UNMAP calls for its visible mapped bytes in [a, b): its mappings clipped to
  * its pieces there. */
-static int plan_mapping_remove_of(rm_state *st, rm_op *op, rm_region *r, uint64_t a,
+MB_HOT static int plan_mapping_remove_of(rm_state *st, rm_op *op, rm_region *r, uint64_t a,
                                   uint64_t b) {
   mb__vis_piece *p;
   for (p = mb__vis_first_piece_of(vis_of(st, r), &r->vis, a, b); p;
@@ -1045,7 +1044,7 @@ static int plan_partition_view(rm_state *st, rm_op *op, unsigned view) {
   return 0;
 }
 
-static int plan_partition_add(rm_state *st, rm_op *op) {
+MB_COLD static int plan_partition_add(rm_state *st, rm_op *op) {
   rm_partition_add_msg *m = rm_partition_add_of(op->req);
   if (m->partition.loop == NULL || m->vtl > MB_VTL_MAX || !rm_has_view(st, m->vtl) ||
       (m->alias && (m->vtl != 2 || st->cfg.geom.alias == 0)))
@@ -1129,7 +1128,7 @@ static int txn_apply_one(rm_state *st, rm_region *r, mb_msg *msg) {
 
 /* A region or mapping request inside a transaction: applied to the state at once, to every
  * shadow of the region or (a failure) to none. */
-static int txn_apply(rm_state *st, rm_region *r, mb_msg *msg) {
+MB_COLD static int txn_apply(rm_state *st, rm_region *r, mb_msg *msg) {
   if (msg->kind == RM_REGION_REMOVE)
     return rm__txn_region_remove(st, r);
   if (msg->kind == RM_PROTECT)

@@ -13,6 +13,7 @@
 
 #include "fault_inject.h" /* mb__malloc */
 #include "mb_errors.h"
+#include "mb_hot.h"
 #include "partition_mapper.h"
 #include "region_internal.h"
 
@@ -38,9 +39,14 @@ bool rm__prot_vtl_ok(const rm_state *st, unsigned vtl) {
   return vtl < MB_VTL_MAX && rm_has_view(st, vtl) && (st->cfg.geom.vtls >> (vtl + 1)) != 0;
 }
 
+/* The only kinds that plan protection items (below). */
+static bool plans_prot(uint32_t kind) {
+  return kind == RM_PROTECT || kind == RM_PARTITION_ADD || kind == RM_TXN_COMMIT;
+}
+
 void rm__prot_op_free(rm_op *op) {
-  if (op->kind != RM_PROTECT && op->kind != RM_PARTITION_ADD && op->kind != RM_TXN_COMMIT)
-    return; /* the only kinds that plan protection items (below) */
+  if (!plans_prot(op->kind))
+    return;
   for (unsigned v = 0; v < RM_VIEWS; v++) {
     mb__free(op->prot[v].fwd);
     mb__free(op->prot[v].inv);
@@ -79,7 +85,7 @@ static void set_items_must(mb_prot_map *m, const mb_prot_item *items, size_t n) 
     nanosleep(&(struct timespec){0, 1000000}, NULL);
 }
 
-int rm__prot_plan(rm_state *st, rm_op *op) {
+MB_COLD int rm__prot_plan(rm_state *st, rm_op *op) {
   rm_protect_msg *m = rm_protect_of(op->req);
   int rc = protect_check(st, m);
   if (rc)
@@ -106,7 +112,7 @@ int rm__prot_plan(rm_state *st, rm_op *op) {
   return rc;
 }
 
-void rm__prot_undo(rm_state *st, rm_op *op) {
+MB_COLD void rm__prot_undo(rm_state *st, rm_op *op) {
   for (unsigned v = 0; v < RM_VIEWS; v++)
     if (op->prot[v].inv != NULL && op->kind == RM_PROTECT)
       set_items_must(&st->prot[v], op->prot[v].inv, op->prot[v].ninv);
@@ -261,9 +267,11 @@ int rm__prot_list(rm_state *st, uint8_t vtl, void **out) {
 
 void rm__prot_publish(rm_state *st, const rm_op *op) {
   mb_gpa_map *g = st->cfg.gpa_map;
+  if (!plans_prot(op->kind) || op->kind == RM_PARTITION_ADD)
+    return; /* a partition's items change nothing the guest sees */
   for (unsigned v = 0; g && v < RM_VIEWS; v++) {
     const rm_prot_calls *pc = &op->prot[v];
-    if (op->kind == RM_PARTITION_ADD || pc->fwd == NULL)
+    if (pc->fwd == NULL)
       continue;
     for (size_t i = 0; i < pc->nfwd; i++)
       mb_gpa_map_protect(g, rm_vs(st, v, pc->fwd[i].gpa),
@@ -271,7 +279,7 @@ void rm__prot_publish(rm_state *st, const rm_op *op) {
   }
 }
 
-mb_range rm__prot_span(const rm_state *st, const rm_op *op, size_t *adds) {
+MB_COLD mb_range rm__prot_span(const rm_state *st, const rm_op *op, size_t *adds) {
   const rm_protect_msg *m = rm_protect_of(op->req);
   *adds = 2; /* a range cut in three (mb_gpa_map_begin) */
   if (!rm__prot_vtl_ok(st, m->vtl) || op->prot[m->vtl].fwd == NULL)
@@ -279,7 +287,7 @@ mb_range rm__prot_span(const rm_state *st, const rm_op *op, size_t *adds) {
   return (mb_range){rm_vs(st, m->vtl, m->gpa), rm_vs(st, m->vtl, m->gpa + m->size)};
 }
 
-void rm__prot_widen(const rm_state *st, const rm_op *op, mb_range *span, size_t *adds) {
+MB_COLD void rm__prot_widen(const rm_state *st, const rm_op *op, mb_range *span, size_t *adds) {
   for (unsigned v = 0; v < RM_VIEWS; v++) {
     const rm_prot_calls *pc = &op->prot[v];
     if (pc->fwd == NULL || pc->nfwd == 0)

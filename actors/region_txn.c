@@ -205,7 +205,7 @@ static void discard_one(rm_undo *u) {
     rm__mapping_free(u->taken[i]);
 }
 
-void rm__txn_end(rm_state *st, bool ok) {
+MB_COLD void rm__txn_end(rm_state *st, bool ok) {
   for (rm_undo *u = st->txn.log, *next; u != NULL; u = next) {
     next = u->next;
     if (ok)
@@ -418,7 +418,7 @@ static void plan_piece(void *ctx, const rm_piece *p, bool add) {
                          p->end - p->start, p->writable);
 }
 
-int rm__txn_plan_commit(rm_state *st, rm_op *op) {
+MB_COLD int rm__txn_plan_commit(rm_state *st, rm_op *op) {
   int rc = rm__view_capture(st, &op->own_new);
   op->fwd = &op->own_new;
   op->inv = &st->txn.old;
@@ -456,7 +456,7 @@ static void span_piece(void *ctx, const rm_piece *p, bool add) {
   s->adds += add;
 }
 
-mb_range rm__txn_span(const rm_op *op, size_t *adds) {
+MB_COLD mb_range rm__txn_span(const rm_op *op, size_t *adds) {
   span_acc s = {{0, 0}, 0};
   if (op->fwd != NULL)
     rm__txn_each_piece(op, span_piece, &s);

@@ -64,7 +64,7 @@ void mb__vis_fini(mb__vis_set *s) {
 }
 
 /* Makes the planning buffer hold at least n bytes (grow-only; the contents are not kept). */
-static int reserve(mb__vis_set *s, size_t n) {
+MB_HOT static int reserve(mb__vis_set *s, size_t n) {
   if (n <= s->buf_cap)
     return 0;
   size_t want = s->buf_cap ? 2 * s->buf_cap : 1024;
@@ -314,7 +314,7 @@ static size_t new_tiling(mb__vis_piece **old, size_t nold, const vis_span *in, s
 /* A region that overlaps no other decides alone what shows on its range R, and no neighbour's
  * piece can merge with its own: mapped, it shows as one piece [rs, re); unmapped, R is empty.
  * So its whole range appears or disappears: the sweep's diff, found in O(log n). */
-static int plan_alone(mb__vis_set *s, mb__vis_diff *d) {
+MB_HOT static int plan_alone(mb__vis_set *s, mb__vis_diff *d) {
   mb__vis_region *r = d->region;
   uint64_t rs = r->node.start, re = r->node.end;
   if (reserve(s, sizeof(mb__vis_seg) + sizeof(mb__vis_piece *)) != 0)
@@ -398,7 +398,7 @@ static void diff_release(mb__vis_diff *d) {
   d->nremoved = d->nadded = d->nsegs = 0; /* the arrays are the set's */
 }
 
-void mb__vis_commit(mb__vis_set *s, mb__vis_diff *d) {
+MB_HOT void mb__vis_commit(mb__vis_set *s, mb__vis_diff *d) {
   for (size_t i = 0; i < d->nremoved; i++) {
     mb__vis_piece *p = d->removed[i];
     p->region->visible -= p->node.end - p->node.start;

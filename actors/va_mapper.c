@@ -245,7 +245,7 @@ int vam__park(mb_vam *v, vam_job *job) {
  * range overlapping it, splitting ranges that straddle an edge; one straddling both takes
  * *spare (set to NULL then). Ranges never overlap, so the walk ends at the first one that
  * reaches b. */
-static void unrecord(mb_vam *v, mb_rtree_node *it, uint64_t a, uint64_t b, vam_range **spare) {
+MB_HOT static void unrecord(mb_vam *v, mb_rtree_node *it, uint64_t a, uint64_t b, vam_range **spare) {
   while (it != NULL) {
     vam_range *r = range_of(it);
     uint64_t start = it->start, end = it->end;
@@ -377,7 +377,7 @@ MB_HOT static int map_replace(mb_vam *v, mb_rtree_node *it, uint64_t start, uint
  * mapped: the kernel checks the mapping count before it changes anything (a refusal that
  * left a hole, on an old kernel out of memory midway, shows as MB_E_FAULT, never as wrong
  * data). With a lock in the way nothing changes: parked (job). */
-static int teardown(mb_vam *v, uint64_t a, uint64_t b, vam_job *job) {
+MB_HOT static int teardown(mb_vam *v, uint64_t a, uint64_t b, vam_job *job) {
   mb_rtree_node *it = mb_rtree_first_overlap(&v->ranges, a, b);
   if (it == NULL)
     return 0;
@@ -449,7 +449,7 @@ MB_HOT static int establish(mb_vam *v, const mb_map_entry *e, vam_job *job) {
  * mapper never gets a batch over what it holds, so that is exactly what the batch added). A
  * lock taken meanwhile on what the batch established parks the undo, which resumes where
  * it was (job->failed, job->upto) and answers the error once done. */
-static int handle_map(mb_vam *v, const vam_map_msg *m, vam_job *job) {
+MB_HOT static int handle_map(mb_vam *v, const vam_map_msg *m, vam_job *job) {
   if (m->count > 0 && m->entries == NULL)
     return MB_E_INVALID;
   for (uint32_t i = 0; job->failed == 0 && i < m->count; i++) {
@@ -548,7 +548,7 @@ static int handle_replace(mb_vam *v, const vam_replace_msg *m, vam_job *job) {
   return rc;
 }
 
-static int handle_unmap(mb_vam *v, const vam_unmap_msg *m, vam_job *job) {
+MB_HOT static int handle_unmap(mb_vam *v, const vam_unmap_msg *m, vam_job *job) {
   int rc = check_unmap(m);
   if (rc != 0 || m->gpa >= v->va.size)
     return rc;

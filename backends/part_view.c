@@ -8,6 +8,7 @@
  * planned as an overlay (the items over the map) and stored only once the backend took them,
  * so a failure has nothing to put back in the map. */
 #include "part_view.h"
+#include "mb_hot.h"
 
 #include <errno.h>
 #include <stdlib.h>
@@ -245,7 +246,7 @@ static bool unprotected(const mb_pview *v) {
 }
 
 /* Maps (map) or unmaps pc's sub-ranges: 0, or the first failure with everything as it was. */
-static int piece_apply(mb_pview *v, const pv_piece *pc, bool map) {
+MB_HOT static int piece_apply(mb_pview *v, const pv_piece *pc, bool map) {
   uint64_t size = pc->node.end - pc->node.start;
   if (unprotected(v))
     return map ? v->ops->map(v->inst, pc->node.start, size, pc->host, pc->writable)

@@ -1,5 +1,6 @@
 /* pieces.c: a backend's piece map (see pieces.h). */
 #include "pieces.h"
+#include "mb_hot.h"
 
 #include <errno.h>
 #include <stdlib.h>
@@ -14,7 +15,7 @@ static bool valid_map(uint64_t max_addr, uint64_t gpa, uint64_t size, const void
          size <= max_addr && gpa <= max_addr - size;
 }
 
-int mb_pieces_check_map(const mb_rtree *pieces, uint64_t max_addr, uint64_t gpa, uint64_t size,
+MB_HOT int mb_pieces_check_map(const mb_rtree *pieces, uint64_t max_addr, uint64_t gpa, uint64_t size,
                         const void *host) {
   if (!valid_map(max_addr, gpa, size, host))
     return MB_E_INVALID;

@@ -15,6 +15,7 @@
 #include <stdlib.h>
 
 #include "dirty_set.h"
+#include "mb_hot.h"
 #include "mb_range.h"
 #include "mb_partition.h"
 #include "pieces.h"
@@ -55,7 +56,7 @@ static void soft_destroy(void *inst) {
   free(p);
 }
 
-static int soft_map(void *inst, uint64_t gpa, uint64_t size, void *host_va, bool writable) {
+MB_HOT static int soft_map(void *inst, uint64_t gpa, uint64_t size, void *host_va, bool writable) {
   soft_part *p = inst;
   mb_piece *pc = p->nspare > 0 ? p->spare[--p->nspare] : malloc(sizeof *pc);
   if (!pc) { /* a bad or overlapping range is still reported as such */
@@ -68,7 +69,7 @@ static int soft_map(void *inst, uint64_t gpa, uint64_t size, void *host_va, bool
   return rc;
 }
 
-static int soft_unmap(void *inst, uint64_t gpa, uint64_t size) {
+MB_HOT static int soft_unmap(void *inst, uint64_t gpa, uint64_t size) {
   soft_part *p = inst;
   mb_piece *pc = mb_pieces_exact(&p->pieces, gpa, size);
   if (!pc)

@@ -1,14 +1,21 @@
 /* gpa_map.c: the published guest physical map (see gpa_map.h).
  *
- * Invariant: `ranges`, `prots`, `busy_*` and `version` change only under the write lock, and
- * every change of the ranges, the protections or busy bumps `version`; a reader that saw the
- * same version before and after its probe saw no operation start or end meanwhile. Ranges
- * never overlap; protections never overlap, are never rw, and touching ones differ in access
- * (so a protect needs at most two nodes more than it frees). */
+ * Invariant: `ranges` and `prots` change only under the write lock, and `busy_*` only inside
+ * a sequence write (`seq` odd while it lasts, bumped by two in all); every change of the
+ * ranges, the protections or busy is inside one, so a reader that saw the same even `seq`
+ * before and after its probe saw no operation start or end meanwhile. An operation's edits
+ * and its end are one sequence write under the write lock: a reader under the read lock sees
+ * all of them or none. Its begin, and the end of one without edits (a mapping's add or
+ * remove), change busy alone and take no lock. Ranges never overlap; protections never
+ * overlap, are never rw, and touching ones differ in access (so a protect needs at most two
+ * nodes more than it frees). */
 #include "gpa_map.h"
+#include "mb_hot.h"
 
 #include <errno.h>
 #include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 
 #include "mb_access.h"
@@ -26,8 +33,9 @@ struct mb_gpa_map {
   pthread_rwlock_t lock;
   mb_rtree ranges;           /* of gpa_range */
   mb_rtree prots;            /* of gpa_range: the protections that are not rw */
-  uint64_t busy_start, busy_end; /* the operation in flight may change this; empty: idle */
-  uint64_t version;
+  _Atomic uint64_t busy_start, busy_end; /* the operation in flight may change this; empty: idle */
+  _Atomic uint64_t seq;      /* odd while busy changes; +2 for every change */
+  bool editing;              /* the writer's own: it holds the write lock */
   gpa_range *free;           /* unlinked ranges for the next adds (the writer's own) */
   size_t nfree;
 };
@@ -75,7 +83,17 @@ void mb_gpa_map_destroy(mb_gpa_map *m) {
 
 /* ---- the writer ----------------------------------------------------------------------- */
 
-int mb_gpa_map_begin(mb_gpa_map *m, uint64_t start, uint64_t end, size_t adds) {
+/* One sequence write: busy becomes [start, end). */
+MB_HOT static void set_busy(mb_gpa_map *m, uint64_t start, uint64_t end) {
+  uint64_t s = atomic_load_explicit(&m->seq, memory_order_relaxed);
+  atomic_store_explicit(&m->seq, s + 1, memory_order_relaxed);
+  atomic_thread_fence(memory_order_release);
+  atomic_store_explicit(&m->busy_start, start, memory_order_relaxed);
+  atomic_store_explicit(&m->busy_end, end, memory_order_relaxed);
+  atomic_store_explicit(&m->seq, s + 2, memory_order_release);
+}
+
+MB_HOT int mb_gpa_map_begin(mb_gpa_map *m, uint64_t start, uint64_t end, size_t adds) {
   while (m->nfree < adds) {
     gpa_range *r = malloc(sizeof *r);
     if (!r)
@@ -84,16 +102,15 @@ int mb_gpa_map_begin(mb_gpa_map *m, uint64_t start, uint64_t end, size_t adds) {
     m->free = r;
     m->nfree++;
   }
-  pthread_rwlock_wrlock(&m->lock);
-  m->busy_start = start;
-  m->busy_end = end;
-  m->version++;
-  pthread_rwlock_unlock(&m->lock);
+  set_busy(m, start, end);
   return 0;
 }
 
-void mb_gpa_map_edit(mb_gpa_map *m) {
-  pthread_rwlock_wrlock(&m->lock);
+/* The write lock, before the first edit of an operation (the end lets it go). */
+static void edit(mb_gpa_map *m) {
+  if (!m->editing)
+    pthread_rwlock_wrlock(&m->lock);
+  m->editing = true;
 }
 
 static void unlink_range(mb_gpa_map *m, mb_rtree *t, gpa_range *r) {
@@ -111,13 +128,15 @@ static gpa_range *link_range(mb_gpa_map *m, mb_rtree *t, uint64_t start, uint64_
   return r;
 }
 
-void mb_gpa_map_drop(mb_gpa_map *m, uint64_t start) {
+MB_HOT void mb_gpa_map_drop(mb_gpa_map *m, uint64_t start) {
+  edit(m);
   gpa_range *r = range_of(mb_rtree_find(&m->ranges, start));
   if (r && r->node.start == start)
     unlink_range(m, &m->ranges, r);
 }
 
-void mb_gpa_map_add(mb_gpa_map *m, uint64_t start, uint64_t end, bool writable) {
+MB_HOT void mb_gpa_map_add(mb_gpa_map *m, uint64_t start, uint64_t end, bool writable) {
+  edit(m);
   link_range(m, &m->ranges, start, end)->writable = writable;
 }
 
@@ -138,6 +157,7 @@ static void link_prot(mb_gpa_map *m, prot_piece p) {
 void mb_gpa_map_protect(mb_gpa_map *m, uint64_t start, uint64_t end, uint8_t access) {
   if (start >= end || access > MB_PROT_RW)
     return;
+  edit(m);
   prot_piece mid = {start, end, access}, left = {0, 0, 0}, right = {0, 0, 0};
   uint64_t a = start == 0 ? 0 : start - 1, b = end == UINT64_MAX ? end : end + 1;
   mb_rtree_node *n = mb_rtree_first_overlap(&m->prots, a, b), *next;
@@ -163,15 +183,17 @@ void mb_gpa_map_protect(mb_gpa_map *m, uint64_t start, uint64_t end, uint8_t acc
 }
 
 void mb_gpa_map_access(mb_gpa_map *m, uint64_t start, bool writable) {
+  edit(m);
   gpa_range *r = range_of(mb_rtree_find(&m->ranges, start));
   if (r && r->node.start == start)
     r->writable = writable;
 }
 
-void mb_gpa_map_end(mb_gpa_map *m) {
-  m->busy_start = m->busy_end = 0;
-  m->version++;
-  pthread_rwlock_unlock(&m->lock);
+MB_HOT void mb_gpa_map_end(mb_gpa_map *m) {
+  set_busy(m, 0, 0);
+  if (m->editing)
+    pthread_rwlock_unlock(&m->lock);
+  m->editing = false;
 }
 
 /* ---- readers -------------------------------------------------------------------------- */
@@ -209,14 +231,38 @@ static uint64_t reachable(const mb_gpa_map *m, uint64_t gpa, uint64_t len, bool 
 
 enum { PROBE_TRIES = 4 };
 
+/* Whether busy overlaps [start, end), and the even `seq` it was read at. */
+static bool read_busy(mb_gpa_map *m, uint64_t start, uint64_t end, uint64_t *seq) {
+  for (;;) {
+    uint64_t s = atomic_load_explicit(&m->seq, memory_order_acquire);
+    if (s & 1) {
+      sched_yield(); /* a begin or an end between two stores */
+      continue;
+    }
+    uint64_t a = atomic_load_explicit(&m->busy_start, memory_order_relaxed);
+    uint64_t b = atomic_load_explicit(&m->busy_end, memory_order_relaxed);
+    atomic_thread_fence(memory_order_acquire);
+    if (atomic_load_explicit(&m->seq, memory_order_relaxed) == s) {
+      *seq = s;
+      return start < b && a < end;
+    }
+  }
+}
+
+static uint64_t read_seq(mb_gpa_map *m) {
+  uint64_t s;
+  read_busy(m, 0, 0, &s);
+  return s;
+}
+
 int mb_gpa_map_classify_vtl(mb_gpa_map *m, uint64_t gpa, uint64_t len, bool write,
                             const uint8_t *host, bool protections) {
   for (int i = 0; i < PROBE_TRIES; i++) {
     int why = MB_GPA_RAM;
+    uint64_t version;
     pthread_rwlock_rdlock(&m->lock);
     uint64_t n = reachable(m, gpa, len, write, protections, &why);
-    bool busy = gpa < m->busy_end && m->busy_start < gpa + n;
-    uint64_t version = m->version;
+    bool busy = read_busy(m, gpa, gpa + n, &version);
     pthread_rwlock_unlock(&m->lock);
     if (n == 0)
       return why;
@@ -227,10 +273,7 @@ int mb_gpa_map_classify_vtl(mb_gpa_map *m, uint64_t gpa, uint64_t len, bool writ
     mb_fault f;
     if (mb_access_probe(host + gpa, n, write, &f) == 0)
       return n == len ? MB_GPA_RAM : why;
-    pthread_rwlock_rdlock(&m->lock);
-    bool same = m->version == version;
-    pthread_rwlock_unlock(&m->lock);
-    if (same)
+    if (read_seq(m) == version)
       return MB_GPA_FAULT;
   }
   return MB_GPA_RAM; /* the map keeps changing under us: let the guest try again */

@@ -23,7 +23,8 @@
  * VTL-2 alias of VTL 0: without).
  *
  * Threads: readers (mb_gpa_map_classify) on any thread, any number. The writer's lock is held
- * only for in-memory tree updates, O(log n) each, never across a system call or a wait.
+ * only for in-memory tree updates, O(log n) each, never across a system call or a wait; busy
+ * is published by a sequence count, without it.
  */
 #ifndef MB_GPA_MAP_H
 #define MB_GPA_MAP_H
@@ -47,11 +48,11 @@ void mb_gpa_map_destroy(mb_gpa_map *m);
  * with nothing changed. Each mb_gpa_map_add needs one; protections need up to two for one
  * mb_gpa_map_protect, and up to n + 2 for n of them that cover a range in ascending order. */
 int mb_gpa_map_begin(mb_gpa_map *m, uint64_t start, uint64_t end, size_t adds);
-/* The operation ends: edits between mb_gpa_map_edit and mb_gpa_map_end are published together
- * with the end of busy (an operation that failed makes no edits). */
-void mb_gpa_map_edit(mb_gpa_map *m);
-/* Edits: drop the range that starts at start; add [start, end) (disjoint from the others once
- * the drops are made; at most `adds` of them since begin); change a range's access. */
+/* Edits, made right before the end: all of them are published with the end of busy (the first
+ * takes the write lock, which the end lets go; an operation that failed makes none, and an
+ * operation without edits takes no lock). Drop the range that starts at start; add [start,
+ * end) (disjoint from the others once the drops are made; at most `adds` of them since
+ * begin); change a range's access. */
 void mb_gpa_map_drop(mb_gpa_map *m, uint64_t start);
 void mb_gpa_map_add(mb_gpa_map *m, uint64_t start, uint64_t end, bool writable);
 void mb_gpa_map_access(mb_gpa_map *m, uint64_t start, bool writable);

@@ -73,7 +73,7 @@ static mb_rtree_node *rotate_right(mb_rtree *t, mb_rtree_node *x) {
 }
 
 /* Restores n's cached fields and its balance; returns the node now at n's position. */
-static mb_rtree_node *rebalance(mb_rtree *t, mb_rtree_node *n) {
+MB_HOT static mb_rtree_node *rebalance(mb_rtree *t, mb_rtree_node *n) {
   int hl = height(n->left), hr = height(n->right);
   if (hl - hr > 1) {
     if (height(n->left->left) < height(n->left->right))
@@ -94,7 +94,7 @@ static mb_rtree_node *rebalance(mb_rtree *t, mb_rtree_node *n) {
  * nothing above it can change. The one exception is `pin`, a node that took another's
  * position (and its cached fields): it has an interval of its own, so the walk goes on at
  * least up to it. */
-static void fix_upwards(mb_rtree *t, mb_rtree_node *n, const mb_rtree_node *pin) {
+MB_HOT static void fix_upwards(mb_rtree *t, mb_rtree_node *n, const mb_rtree_node *pin) {
   while (n != NULL) {
     int h = n->height;
     uint64_t m = n->subtree_max_end;
@@ -141,7 +141,7 @@ static inline int insert(mb_rtree *t, mb_rtree_node *n, uint64_t start, uint64_t
   return 0;
 }
 
-int mb_rtree_insert(mb_rtree *t, mb_rtree_node *n, uint64_t start, uint64_t end) {
+MB_HOT int mb_rtree_insert(mb_rtree *t, mb_rtree_node *n, uint64_t start, uint64_t end) {
   return insert(t, n, start, end, false);
 }
 
@@ -161,7 +161,7 @@ static mb_rtree_node *rightmost(mb_rtree_node *n) {
   return n;
 }
 
-void mb_rtree_remove(mb_rtree *t, mb_rtree_node *n) {
+MB_HOT void mb_rtree_remove(mb_rtree *t, mb_rtree_node *n) {
   mb_rtree_node *fix_from, *pin = NULL;
   assert(t->count > 0);
   if (n->left == NULL || n->right == NULL) {

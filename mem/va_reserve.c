@@ -6,6 +6,7 @@
  * followed by a PROT_NONE replacement so the range never becomes a hole.
  */
 #include "va_reserve.h"
+#include "mb_hot.h"
 
 #include <errno.h>
 #include <stddef.h>
@@ -138,7 +139,7 @@ int mb_va_protect(mb_va *va, uint64_t off, uint64_t len, bool writable) {
   return 0;
 }
 
-int mb_va_unmap(mb_va *va, uint64_t off, uint64_t len) {
+MB_HOT int mb_va_unmap(mb_va *va, uint64_t off, uint64_t len) {
   int rc = check(va, off, len);
   if (rc != 0)
     return rc;

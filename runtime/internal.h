@@ -120,8 +120,14 @@ extern _Thread_local mb_loop *mb__tls_loop;
 
 /* loop.c */
 void mb__loop_kick(mb_loop *loop);               /* same thread: make sure a turn runs */
-void mb__loop_calls(mb_loop *loop, int delta);   /* same thread: calls out, +1 or -1 */
 void mb__loop_keepalive(mb_loop *loop);          /* same thread: after actors come or go */
+/* Same thread: calls out, +1 or -1. Only an attached loop's reference can change, and only
+ * from none to one or back. */
+static inline void mb__loop_calls(mb_loop *l, int delta) {
+  l->calls_out += (uint32_t)delta;
+  if (l->calls_out <= 1 && !l->owned)
+    mb__loop_keepalive(l);
+}
 static inline void mb__loop_make_ready(mb_loop *l, mb_actor *a) { /* put on the ready list */
   if (a->ready) return;
   a->ready = true;

@@ -159,12 +159,6 @@ MB_HOT void mb__loop_keepalive(mb_loop *l) {
   else uv_unref((uv_handle_t *)&l->poll);
 }
 
-void mb__loop_calls(mb_loop *l, int delta) {
-  l->calls_out += (uint32_t)delta;
-  if (l->calls_out <= 1) /* from none to one, or back: only then can the reference change */
-    mb__loop_keepalive(l);
-}
-
 void mb_loop_ref(mb_loop *l) { mb__loop_calls(l, +1); }
 void mb_loop_unref(mb_loop *l) {
   if (l->calls_out) mb__loop_calls(l, -1);

@@ -11,4 +11,9 @@
  * A function earns the mark by being on that path in every operation, not by being fast. */
 #define MB_HOT __attribute__((section(".text.hot.membacking")))
 
+/* The planning and ending of the rare kinds (transactions, protections, dirty logging,
+ * partitions coming): never inlined into the hot functions that dispatch on a request's kind,
+ * which would otherwise spread a map's few hot lines over pages of code it never runs. */
+#define MB_COLD __attribute__((noinline, cold))
+
 #endif

@@ -38,7 +38,6 @@ static void bench_open(bench *b) {
   assert_int_equal(mb_object_map_into(b->obj, &b->va, 0, BACKED, 0, true), 0);
   assert_int_equal(mb_gpa_map_create(&b->m), 0);
   assert_int_equal(mb_gpa_map_begin(b->m, 0, SPAN, 2), 0);
-  mb_gpa_map_edit(b->m);
   mb_gpa_map_add(b->m, 0, 256 * K, true);
   mb_gpa_map_add(b->m, 256 * K, 768 * K, false);
   mb_gpa_map_end(b->m);
@@ -53,7 +52,6 @@ static void bench_close(bench *b) {
 /* One operation that sets [gpa, gpa + size) to access, with the room begin is told of. */
 static void protect(bench *b, uint64_t gpa, uint64_t size, uint8_t access) {
   assert_int_equal(mb_gpa_map_begin(b->m, gpa, gpa + size, 2), 0);
-  mb_gpa_map_edit(b->m);
   mb_gpa_map_protect(b->m, gpa, gpa + size, access);
   mb_gpa_map_end(b->m);
 }
@@ -96,7 +94,6 @@ static void test_order(void **unused) {
   /* busy: a page that may change is RAM meanwhile; after the change, its new answer */
   assert_int_equal(mb_gpa_map_begin(b.m, 0, 64 * K, 2), 0);
   assert_int_equal(ask(&b, 0, 4, true), MB_GPA_RAM);
-  mb_gpa_map_edit(b.m);
   mb_gpa_map_protect(b.m, 0, 64 * K, MB_PROT_RO);
   mb_gpa_map_end(b.m);
   assert_int_equal(ask(&b, 0, 4, true), MB_GPA_PROTECTED);
@@ -132,7 +129,6 @@ static void test_room(void **unused) {
   /* a cover of five items over [0, 64K) in one operation */
   const uint8_t acc[5] = {MB_PROT_NONE, MB_PROT_RW, MB_PROT_RO, MB_PROT_NONE, MB_PROT_RW};
   assert_int_equal(mb_gpa_map_begin(b.m, 0, 80 * K, 5 + 2), 0);
-  mb_gpa_map_edit(b.m);
   for (int i = 0; i < 5; i++)
     mb_gpa_map_protect(b.m, (uint64_t)i * 16 * K, (uint64_t)(i + 1) * 16 * K, acc[i]);
   mb_gpa_map_end(b.m);
