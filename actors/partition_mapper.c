@@ -4,11 +4,11 @@
  * backend on its loop thread. Its destruction destroys the instance, which unmaps
  * everything. */
 #include "partition_mapper.h"
-#include "mb_hot.h"
 
 #include <stdlib.h>
 
 #include "fault_inject.h"
+#include "mb_hot.h"
 #include "part_view.h" /* MB_FI_ALLOC: tests fail these allocations */
 
 /* A PM_RANGES reply carries a malloc'd array: freed if its requester is gone. */

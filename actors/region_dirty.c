@@ -5,8 +5,8 @@
 #include <stdlib.h>
 
 #include "dirty_log.h"
-#include "mb_hot.h"
 #include "fault_inject.h"
+#include "mb_hot.h"
 #include "partition_mapper.h"
 #include "region_internal.h"
 

@@ -102,7 +102,7 @@ static void entries_free(mb_map_entry *e, uint32_t count) {
  * when NULL) clipped to it, each with its own reference, writable only where the mapping and
  * the call's access both are. */
 MB_HOT static int build_entries(const rm_call *c, const rm_mapping *first, bool one,
-                         mb_map_entry **out, uint32_t *count) {
+                                mb_map_entry **out, uint32_t *count) {
   uint64_t start = c->gpa, end = c->gpa + c->size;
   size_t n = first != NULL;
   mb_rtree_node *it;
@@ -216,8 +216,8 @@ static uint64_t part_addr(const rm_state *st, const rm_part *p, unsigned view, u
 
 /* A call over view-space [vs, vs + size) to partition p, in its own addresses (none when it
  * does not show that view). */
-MB_HOT int rm__plan_pm_one(rm_state *st, rm_op *op, const rm_part *p, int kind, uint64_t vs,
-                    uint64_t size, bool writable) {
+MB_HOT int rm__plan_pm_one(rm_state *st, rm_op *op, const rm_part *p, int kind,
+                           uint64_t vs, uint64_t size, bool writable) {
   unsigned view = rm_view_at(st, vs);
   uint64_t at = part_addr(st, p, view, vs);
   if (at == UINT64_MAX)
@@ -886,8 +886,8 @@ static int plan_mapping_add(rm_state *st, rm_op *op) {
 
 /* Shadow r's MM_UNMAP calls for its visible mapped bytes in [a, b): its mappings clipped to
  * its pieces there. */
-MB_HOT static int plan_mapping_remove_of(rm_state *st, rm_op *op, rm_region *r, uint64_t a,
-                                  uint64_t b) {
+MB_HOT static int plan_mapping_remove_of(rm_state *st, rm_op *op, rm_region *r,
+                                         uint64_t a, uint64_t b) {
   mb__vis_piece *p;
   for (p = mb__vis_first_piece_of(vis_of(st, r), &r->vis, a, b); p;
        p = mb__vis_next_piece_of(p, &r->vis, a, b)) {

@@ -245,7 +245,8 @@ int vam__park(mb_vam *v, vam_job *job) {
  * range overlapping it, splitting ranges that straddle an edge; one straddling both takes
  * *spare (set to NULL then). Ranges never overlap, so the walk ends at the first one that
  * reaches b. */
-MB_HOT static void unrecord(mb_vam *v, mb_rtree_node *it, uint64_t a, uint64_t b, vam_range **spare) {
+MB_HOT static void unrecord(mb_vam *v, mb_rtree_node *it, uint64_t a, uint64_t b,
+                            vam_range **spare) {
   while (it != NULL) {
     vam_range *r = range_of(it);
     uint64_t start = it->start, end = it->end;

@@ -172,24 +172,19 @@ void mb_vam_unretire(mb_vam *v) {
   vam_unlock(v);
 }
 
-/* For how long l has been held at now: 0 for a lock taken after now was read (a clock read
- * before `lock` is older than a lock taken before the reader got `lock`). */
-static uint64_t held_ns(const mb_lock *l, uint64_t now) {
-  return now > l->t_ns ? now - l->t_ns : 0;
-}
-
-/* What a snapshot or the watchdog reports of a lock (`lock` held): only the fields written
- * under `lock` (its dirty hold is written by its taker after it is visible here). */
+/* What a snapshot or the watchdog reports of a lock (`lock` held, and now read under it, so
+ * never before the lock was taken): only the fields written under `lock` (its dirty hold is
+ * written by its taker after it is visible here). */
 static mb_vam_lock_info lock_info(const mb_lock *l, uint64_t now) {
   return (mb_vam_lock_info){l->node.start, l->node.end - l->node.start, l->writable,
-                            l->reported, held_ns(l, now), l->since};
+                            l->reported, now - l->t_ns, l->since};
 }
 
 int mb_vam_locks(mb_vam *v, mb_vam_lock_info **out, size_t *count_out, size_t *waiting) {
   *out = NULL;
   *count_out = 0;
-  uint64_t now = now_ns(CLOCK_MONOTONIC);
   vam_lock(v);
+  uint64_t now = now_ns(CLOCK_MONOTONIC);
   size_t n = mb_rtree_count(&v->locks);
   mb_vam_lock_info *info = n ? mb__malloc(n * sizeof *info) : NULL;
   if (n == 0 || info != NULL) {
@@ -239,13 +234,15 @@ static void log_line(mb_vam *v, mb_vam_log_fn log, void *ctx, const mb_vam_lock_
 enum { WATCH_BATCH = 16 }; /* locks reported per look under `lock` (no allocation) */
 
 /* Up to WATCH_BATCH locks past the limit and not reported yet, marked reported, into due
- * (`lock` held): how many. */
-static size_t due_locks(mb_vam *v, uint64_t now, uint64_t limit, mb_vam_lock_info *due) {
+ * (`lock` held): how many. The clock is read here, under `lock`: a lock taken after a read
+ * made before would have been held for a negative time. */
+static size_t due_locks(mb_vam *v, uint64_t limit, mb_vam_lock_info *due) {
+  uint64_t now = now_ns(CLOCK_MONOTONIC);
   size_t k = 0;
   mb_rtree_node *it;
   mb_rtree_for_each(it, &v->locks) {
     mb_lock *l = mb_rtree_entry(it, mb_lock, node);
-    if (k < WATCH_BATCH && !l->reported && held_ns(l, now) >= limit) {
+    if (k < WATCH_BATCH && !l->reported && now - l->t_ns >= limit) {
       l->reported = true;
       due[k++] = lock_info(l, now);
     }
@@ -258,7 +255,6 @@ static size_t due_locks(mb_vam *v, uint64_t now, uint64_t limit, mb_vam_lock_inf
  * itself). */
 static void on_watch_timer(uv_timer_t *t) {
   mb_vam *v = t->data;
-  uint64_t now = now_ns(CLOCK_MONOTONIC);
   vam_lock(v);
   if (mb_rtree_empty(&v->locks) || v->watch_ms == 0) {
     v->watching = false;
@@ -271,7 +267,7 @@ static void on_watch_timer(uv_timer_t *t) {
   mb_vam_log_fn log = v->log;
   void *ctx = v->log_ctx;
   mb_vam_lock_info due[WATCH_BATCH];
-  size_t k = due_locks(v, now, limit, due);
+  size_t k = due_locks(v, limit, due);
   vam_unlock(v);
   while (k > 0) {
     for (size_t i = 0; i < k; i++)
@@ -279,7 +275,7 @@ static void on_watch_timer(uv_timer_t *t) {
     if (k < WATCH_BATCH)
       break;
     vam_lock(v);
-    k = due_locks(v, now, limit, due);
+    k = due_locks(v, limit, due);
     vam_unlock(v);
   }
 }

@@ -8,13 +8,13 @@
  * planned as an overlay (the items over the map) and stored only once the backend took them,
  * so a failure has nothing to put back in the map. */
 #include "part_view.h"
-#include "mb_hot.h"
 
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "fault_inject.h"
+#include "mb_hot.h"
 #include "mb_range.h"
 #include "pieces.h"
 

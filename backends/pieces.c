@@ -1,12 +1,12 @@
 /* pieces.c: a backend's piece map (see pieces.h). */
 #include "pieces.h"
-#include "mb_hot.h"
 
 #include <errno.h>
 #include <stdlib.h>
 
 #include "dirty_set.h"
 #include "mb_access.h"
+#include "mb_hot.h"
 #include "mb_range.h"
 
 /* The checks of mb_pieces_check_map that do not look at the map. */
@@ -15,8 +15,8 @@ static bool valid_map(uint64_t max_addr, uint64_t gpa, uint64_t size, const void
          size <= max_addr && gpa <= max_addr - size;
 }
 
-MB_HOT int mb_pieces_check_map(const mb_rtree *pieces, uint64_t max_addr, uint64_t gpa, uint64_t size,
-                        const void *host) {
+MB_HOT int mb_pieces_check_map(const mb_rtree *pieces, uint64_t max_addr, uint64_t gpa,
+                               uint64_t size, const void *host) {
   if (!valid_map(max_addr, gpa, size, host))
     return MB_E_INVALID;
   return mb_rtree_first_overlap(pieces, gpa, gpa + size) != NULL ? -EEXIST : 0;

@@ -10,7 +10,6 @@
  * overlap, are never rw, and touching ones differ in access (so a protect needs at most two
  * nodes more than it frees). */
 #include "gpa_map.h"
-#include "mb_hot.h"
 
 #include <errno.h>
 #include <pthread.h>
@@ -19,6 +18,7 @@
 #include <stdlib.h>
 
 #include "mb_access.h"
+#include "mb_hot.h"
 #include "mb_vtl.h"
 #include "range_tree.h"
 

@@ -6,13 +6,13 @@
  * followed by a PROT_NONE replacement so the range never becomes a hole.
  */
 #include "va_reserve.h"
-#include "mb_hot.h"
 
 #include <errno.h>
 #include <stddef.h>
 #include <sys/mman.h>
 
 #include "fault_inject.h"
+#include "mb_hot.h"
 #include "mb_range.h"
 
 /* The flags of a reserved (unmapped) range: no access, no memory committed. */
