@@ -10,6 +10,11 @@
  * the f->done bytes before it have been copied. Bytes at and after f->addr are unspecified in
  * the destination (a fast copy may have moved some of them before it faulted).
  *
+ * A naturally aligned copy of 1, 2, 4 or 8 bytes (the guest address a multiple of the size)
+ * is one load or one store, as the guest's own instruction would be: it lands whole or not
+ * at all, also when it races a protection change or an unmap, and a concurrent reader or
+ * writer (the guest, another thread) sees the old value or the new one, never a mix.
+ *
  * Only the guest side is protected. A fault on the host buffer, or any fault outside a copy,
  * goes to the handler that was installed before ours (its sa_sigaction or sa_handler, with
  * its mask); if that was SIG_DFL or SIG_IGN the default action is restored and the fault
@@ -26,8 +31,8 @@
  * Cost: the fast path is a sigsetjmp without a signal mask (no system call), two
  * thread-local stores and memcpy/memset. A fault costs a signal delivery, a sigprocmask
  * and a few page-sized retries to find the exact address. Under ThreadSanitizer the guest
- * side is copied by an uninstrumented byte loop (races with the guest and with map/unmap
- * are by design); the host buffer is still checked.
+ * side is copied by an uninstrumented byte loop, one moves aside (races with the guest and
+ * with map/unmap are by design); the host buffer is still checked.
  */
 #ifndef MB_ACCESS_H
 #define MB_ACCESS_H
