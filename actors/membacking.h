@@ -453,7 +453,9 @@ int mb_partition_serve_exit(mb_partition *p, const mb_kvm_exit *ex, struct kvm_r
  *     (KVM_MEM_LOG_DIRTY_PAGES with the manual clear protocol), collected at each sync, and
  *     read before any slot is deleted (an unmap, an access change, the partition's removal);
  *     a device access through mb_partition_access is marked directly;
- *   - writes through VA mappers (mb_mapper_write);
+ *   - writes through VA mappers (mb_mapper_write): the pages of the bytes written, and for a
+ *     write that failed while an unmap or a protection change took rights away in that mapper
+ *     (which may stop a copy after part of a page), every page of the write;
  *   - writable locks: every page of one is dirty while it is held (each sync answers it and
  *     leaves it dirty) and once more at its unlock.
  * Writes made through a mapper's base pointer or a lock's pointer without a lock are NOT
@@ -461,9 +463,9 @@ int mb_partition_serve_exit(mb_partition *p, const mb_kvm_exit *ex, struct kvm_r
  * A page written and then unmapped stays dirty until synced. A write racing a start or a stop
  * may or may not be counted. KVM may report more than was written, never less: it maps a page
  * writable at the guest's first access after a start or a sync, a read included, and logs
- * it then (measured on Linux 6.12); soft partitions report exactly the written pages. With kvm partitions, what the guest writes between a slot's last
- * log read and its deletion is lost unless the VMM keeps its vCPUs out of KVM_RUN around
- * the change (as QEMU does).
+ * it then (measured on Linux 6.12); soft partitions report exactly the written pages. With
+ * kvm partitions, what the guest writes between a slot's last log read and its deletion is
+ * lost unless the VMM keeps its vCPUs out of KVM_RUN around the change (as QEMU does).
  *
  * Requests go through the region manager, in order with region requests; they are allowed
  * inside a transaction. A partition that cannot track (a backend without dirty calls) makes

@@ -947,11 +947,18 @@ int mb_vam_read(mb_vam *v, uint64_t gpa, void *buf, size_t len) {
   return vam_access(v, gpa, buf, NULL, len, &done);
 }
 
+/* A write that failed after a drop overlapped it (va_reserve.h) may have written bytes past
+ * its first failing byte too, in part of the page it faulted on or wherever the copy's store
+ * order put them (mb_access.h): all of its pages are marked. Without one, exactly the `done`
+ * bytes before the first failing byte were written. */
 int mb_vam_write(mb_vam *v, uint64_t gpa, const void *buf, size_t len) {
   if (buf == NULL && len > 0)
     return MB_E_INVALID;
+  uint64_t drops = mb_va_drops_ended(&v->va);
   size_t done = 0;
   int rc = vam_access(v, gpa, NULL, buf, len, &done);
+  if (rc != 0 && rc != MB_E_INVALID && mb_va_dropped_since(&v->va, drops))
+    done = len;
   if (v->dirty != NULL && done > 0)
     mb__dirty_mark(v->dirty, gpa, done); /* after the bytes are in memory */
   return rc;

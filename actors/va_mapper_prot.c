@@ -13,7 +13,7 @@
 #include <stdlib.h>
 #include <sys/mman.h>
 
-#include "fault_inject.h" /* mb__malloc; mb__sys_mprotect */
+#include "fault_inject.h" /* mb__malloc */
 #include "json_out.h"
 
 /* ---- the effective access of established pages (the actor's thread) -------------------------- */
@@ -38,10 +38,8 @@ static bool unprotected(const mb_vam *v, uint64_t a, uint64_t b) {
 /* Maps object bytes at [start, end) (over old pages with `over`) run by run of protection,
  * each with its effective access: `none` runs get the reservation. On failure what it mapped
  * is torn down again (best effort) and the failing run is PROT_NONE. */
-MB_HOT int vam__map_prot(mb_vam *v, uint64_t start, uint64_t end, const mb_object *obj,
-                  uint64_t obj_off, bool writable, bool over) {
-  if (unprotected(v, start, end))
-    return map_object(v, start, end, obj, obj_off, writable);
+static int map_runs(mb_vam *v, uint64_t start, uint64_t end, const mb_object *obj,
+                    uint64_t obj_off, bool writable, bool over) {
   uint64_t x = start, y;
   for (; x < end; x = y) {
     uint8_t e = eff_access(writable, prot_run(v, x, end, &y));
@@ -55,6 +53,19 @@ MB_HOT int vam__map_prot(mb_vam *v, uint64_t start, uint64_t end, const mb_objec
     }
   }
   return 0;
+}
+
+/* Over old pages, a run that gets fewer rights than they had is a drop (va_reserve.h). */
+MB_HOT int vam__map_prot(mb_vam *v, uint64_t start, uint64_t end, const mb_object *obj,
+                  uint64_t obj_off, bool writable, bool over) {
+  if (unprotected(v, start, end) && (writable || !over))
+    return map_object(v, start, end, obj, obj_off, writable);
+  if (over)
+    mb_va_drop_begin(&v->va);
+  int rc = map_runs(v, start, end, obj, obj_off, writable, over);
+  if (over)
+    mb_va_drop_end(&v->va);
+  return rc;
 }
 
 /* Changes the access of established [start, end) (same bytes) to `writable`, run by run of
@@ -118,7 +129,7 @@ static int prot_change(mb_vam *v, const vam_range *r, uint64_t x, uint64_t y, ui
   if (en == eo)
     return 0;
   if (en == MB_PROT_NONE)
-    return mb__sys_mprotect(v->va.base + x, y - x, PROT_NONE) == 0 ? 0 : -errno;
+    return mb_va_protect_none(&v->va, x, y - x);
   if (eo == MB_PROT_NONE)
     return map_object(v, x, y, r->obj, r->obj_off + (x - r->node.start), en == MB_PROT_RW);
   return mb_va_protect(&v->va, x, y - x, en == MB_PROT_RW);

@@ -22,6 +22,14 @@ static int prot_of(bool writable) {
   return writable ? PROT_READ | PROT_WRITE : PROT_READ;
 }
 
+void mb_va_drop_begin(mb_va *va) {
+  atomic_fetch_add(&va->drops_begun, 1);
+}
+
+void mb_va_drop_end(mb_va *va) {
+  atomic_fetch_add(&va->drops_ended, 1);
+}
+
 int mb_va_reserve(mb_va *va, uint64_t size) {
   return mb_va_reserve_aligned(va, size, mb_va_align_for(size));
 }
@@ -57,6 +65,8 @@ int mb_va_reserve_aligned(mb_va *va, uint64_t size, uint64_t align) {
   }
   va->base = (uint8_t *)base;
   va->size = size;
+  atomic_init(&va->drops_begun, 0);
+  atomic_init(&va->drops_ended, 0);
   return 0;
 }
 
@@ -84,18 +94,24 @@ int mb_va_check(const mb_va *va, uint64_t off, uint64_t len) {
 
 /* Puts a PROT_NONE reservation over the range (no bounds check). */
 static int reserve_range(mb_va *va, uint64_t off, uint64_t len) {
+  mb_va_drop_begin(va);
   void *p = mb__sys_mmap(va->base + off, len, PROT_NONE, MB__RESERVE_FLAGS | MAP_FIXED, -1, 0);
-  return p == MAP_FAILED ? -errno : 0;
+  int rc = p == MAP_FAILED ? -errno : 0;
+  mb_va_drop_end(va);
+  return rc;
 }
 
-/* Finishes a MAP_FIXED mmap: on failure, re-reserve so the range is PROT_NONE, not a hole.
- * If even that fails the original error is still the one to report. */
-static int finish_map(mb_va *va, uint64_t off, uint64_t len, void *p) {
-  if (p != MAP_FAILED)
-    return 0;
-  int err = -errno;
-  reserve_range(va, off, len);
-  return err;
+/* A MAP_FIXED mmap of the range. On failure, re-reserve so the range is PROT_NONE, not a
+ * hole; if even that fails the original error is still the one to report. */
+static int map_fixed(mb_va *va, uint64_t off, uint64_t len, int prot, int flags, int fd,
+                     uint64_t fd_off) {
+  void *p = mb__sys_mmap(va->base + off, len, prot, flags | MAP_FIXED, fd, (off_t)fd_off);
+  if (p == MAP_FAILED) {
+    int err = -errno;
+    reserve_range(va, off, len);
+    return err;
+  }
+  return 0;
 }
 
 int mb_va_map_fd(mb_va *va, uint64_t off, uint64_t len, int fd, uint64_t fd_off,
@@ -113,11 +129,9 @@ int mb_va_map_fd_hint(mb_va *va, uint64_t off, uint64_t len, int fd, uint64_t fd
     return rc;
   if (!mb_page_aligned(fd_off) || fd_off > (uint64_t)INT64_MAX - len)
     return -EINVAL;
-  void *p = mb__sys_mmap(va->base + off, len, prot_of(writable), MAP_SHARED | MAP_FIXED, fd,
-                         (off_t)fd_off);
-  rc = finish_map(va, off, len, p);
+  rc = map_fixed(va, off, len, prot_of(writable), MAP_SHARED, fd, fd_off);
   if (rc == 0 && thp)
-    (void)madvise(p, len, MADV_HUGEPAGE);
+    (void)madvise(va->base + off, len, MADV_HUGEPAGE);
   return rc;
 }
 
@@ -125,18 +139,28 @@ int mb_va_map_anon(mb_va *va, uint64_t off, uint64_t len, bool writable) {
   int rc = check(va, off, len);
   if (rc != 0)
     return rc;
-  void *p = mb__sys_mmap(va->base + off, len, prot_of(writable),
-                         MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
-  return finish_map(va, off, len, p);
+  return map_fixed(va, off, len, prot_of(writable), MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 }
 
-int mb_va_protect(mb_va *va, uint64_t off, uint64_t len, bool writable) {
+static int protect(mb_va *va, uint64_t off, uint64_t len, int prot) {
   int rc = check(va, off, len);
   if (rc != 0)
     return rc;
-  if (mb__sys_mprotect(va->base + off, len, prot_of(writable)) != 0)
-    return -errno;
-  return 0;
+  bool drop = !(prot & PROT_WRITE);
+  if (drop)
+    mb_va_drop_begin(va);
+  rc = mb__sys_mprotect(va->base + off, len, prot) != 0 ? -errno : 0;
+  if (drop)
+    mb_va_drop_end(va);
+  return rc;
+}
+
+int mb_va_protect(mb_va *va, uint64_t off, uint64_t len, bool writable) {
+  return protect(va, off, len, prot_of(writable));
+}
+
+int mb_va_protect_none(mb_va *va, uint64_t off, uint64_t len) {
+  return protect(va, off, len, PROT_NONE);
 }
 
 MB_HOT int mb_va_unmap(mb_va *va, uint64_t off, uint64_t len) {

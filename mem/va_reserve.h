@@ -18,6 +18,7 @@
 #ifndef MB_VA_RESERVE_H
 #define MB_VA_RESERVE_H
 
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 
@@ -28,6 +29,12 @@ extern "C" {
 typedef struct mb_va {
   uint8_t *base; /* NULL when nothing is reserved; read-only for users */
   uint64_t size; /* bytes, a multiple of 4 KiB; read-only for users */
+  /* Drops: the changes that may take rights away from mapped pages, counted as each begins
+   * and as it ends. Unmaps, protects to read-only or none and failed maps count themselves;
+   * a map over pages that had more rights is bracketed by its caller (mb_va_drop_begin). A
+   * drop that begins before a copy's fault and had not ended when the copy began overlapped
+   * the copy (mb_va_dropped_since). */
+  _Atomic uint64_t drops_begun, drops_ended;
 } mb_va;
 
 /* Base alignment of mb_va_reserve: 1 GiB for spans of at least 1 GiB, else 2 MiB, so
@@ -72,8 +79,28 @@ int mb_va_map_anon(mb_va *va, uint64_t off, uint64_t len, bool writable);
  * ranges: on a reserved range it would expose zero pages. On failure part of the range may
  * already have the new protection (mprotect semantics). */
 int mb_va_protect(mb_va *va, uint64_t off, uint64_t len, bool writable);
+/* Takes every right from an already mapped range: accesses fault, the mapping stays (its
+ * bytes come back with mb_va_protect). */
+int mb_va_protect_none(mb_va *va, uint64_t off, uint64_t len);
 /* Replaces the range by a PROT_NONE reservation again; accesses fault afterwards. */
 int mb_va_unmap(mb_va *va, uint64_t off, uint64_t len);
+
+/* Bracket a map that may take rights away: one over pages that had more (a read-only map
+ * over writable ones, say). Any thread. */
+void mb_va_drop_begin(mb_va *va);
+void mb_va_drop_end(mb_va *va);
+
+/* A copy into the span that faults may have written part of the page it faulted on, when a
+ * drop took the page's rights away under it (mb_access.h): read mb_va_drops_ended before the
+ * copy and, after its fault, ask mb_va_dropped_since with that value. false: no drop
+ * overlapped the copy, so the faulting page was out of reach all along and nothing of it was
+ * written. */
+static inline uint64_t mb_va_drops_ended(mb_va *va) {
+  return atomic_load(&va->drops_ended);
+}
+static inline bool mb_va_dropped_since(mb_va *va, uint64_t ended) {
+  return atomic_load(&va->drops_begun) != ended;
+}
 
 #ifdef __cplusplus
 }

@@ -1,7 +1,7 @@
 /* test_va_reserve.c: VA reservations: mapping fds and anonymous memory, unmapping back to
  * PROT_NONE, protection changes, argument checks, large and aligned reservations (large-page
- * alignment by default, with nothing but the span itself left reserved). Faults are observed
- * with mb_access_* instead of crashing. */
+ * alignment by default, with nothing but the span itself left reserved), which changes count
+ * as drops. Faults are observed with mb_access_* instead of crashing. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -144,7 +144,7 @@ static void test_reserve_large_page_aligned(void **state) {
 
 static void test_reserve_invalid(void **state) {
   (void)state;
-  mb_va va = {(uint8_t *)1, 1};
+  mb_va va = {.base = (uint8_t *)1, .size = 1};
   assert_int_equal(mb_va_reserve(&va, 0), -EINVAL);
   assert_null(va.base);
   assert_int_equal(mb_va_reserve(&va, PAGE + 1), -EINVAL);
@@ -281,7 +281,7 @@ static void test_bad_arguments_change_nothing(void **state) {
   assert_int_equal(mb_va_map_fd(&va, 0, 2 * PAGE, fd, (uint64_t)INT64_MAX - PAGE + 1, true),
                    -EINVAL);
   /* an unreserved va */
-  mb_va none = {NULL, 0};
+  mb_va none = {.base = NULL};
   assert_int_equal(mb_va_map_anon(&none, 0, PAGE, true), -EINVAL);
   assert_int_equal(mb_va_unmap(&none, 0, PAGE), -EINVAL);
   /* nothing changed: everything still mapped, writable, with its contents */
@@ -327,6 +327,41 @@ static void test_failed_map_leaves_prot_none(void **state) {
   close(fd);
 }
 
+/* Which changes count as drops (va_reserve.h): those that may take rights from mapped pages.
+ * A copy that faulted asks whether one overlapped it; one in progress counts too. */
+static void test_drops(void **state) {
+  (void)state;
+  begin();
+  mb_va va;
+  assert_int_equal(mb_va_reserve(&va, 4 * PAGE), 0);
+  int fd = make_memfd(4 * PAGE);
+  uint64_t e = mb_va_drops_ended(&va);
+  assert_int_equal(mb_va_map_fd(&va, 0, PAGE, fd, 0, true), 0); /* over the reservation */
+  assert_int_equal(mb_va_map_fd(&va, PAGE, PAGE, fd, 0, false), 0);
+  assert_int_equal(mb_va_map_anon(&va, 2 * PAGE, PAGE, false), 0);
+  assert_int_equal(mb_va_protect(&va, 0, PAGE, true), 0);
+  assert_false(mb_va_dropped_since(&va, e));
+  assert_int_equal(mb_va_protect(&va, 0, PAGE, false), 0); /* read-only */
+  assert_true(mb_va_dropped_since(&va, e));
+  e = mb_va_drops_ended(&va);
+  assert_int_equal(mb_va_protect_none(&va, 0, PAGE), 0);
+  assert_true(mb_va_dropped_since(&va, e));
+  e = mb_va_drops_ended(&va);
+  assert_int_equal(mb_va_unmap(&va, 0, PAGE), 0);
+  assert_true(mb_va_dropped_since(&va, e));
+  e = mb_va_drops_ended(&va);
+  assert_int_equal(mb_va_map_fd(&va, 0, PAGE, -1, 0, true), -EBADF); /* re-reserved */
+  assert_true(mb_va_dropped_since(&va, e));
+  e = mb_va_drops_ended(&va);
+  mb_va_drop_begin(&va); /* a caller's own, still in progress */
+  uint64_t during = mb_va_drops_ended(&va);
+  assert_true(mb_va_dropped_since(&va, e) && mb_va_dropped_since(&va, during));
+  mb_va_drop_end(&va);
+  assert_false(mb_va_dropped_since(&va, mb_va_drops_ended(&va)));
+  mb_va_release(&va);
+  close(fd);
+}
+
 static void test_unmap_whole_and_remap(void **state) {
   (void)state;
   begin();
@@ -356,6 +391,7 @@ int main(void) {
       cmocka_unit_test(test_bad_arguments_change_nothing),
       cmocka_unit_test(test_failed_map_leaves_prot_none),
       cmocka_unit_test(test_unmap_whole_and_remap),
+      cmocka_unit_test(test_drops),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
