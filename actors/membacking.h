@@ -267,9 +267,12 @@ uint8_t mb_mapper_vtl(const mb_mapper *m);
 bool mb_mapper_eager(const mb_mapper *m);
 /* Any thread: 0, MB_E_UNMAPPED, MB_E_READONLY, MB_E_PROTECTED (a VTL protection forbids it:
  * checked after the other two), MB_E_INVALID (beyond mb_mapper_size, or a handle that names
- * no mapper), MB_E_FAULT; for a lazy mapper
- * whose fault-in the host refused, that refusal (a negative errno such as -ENOMEM, or
- * MB_ENOMEM): the access may succeed later. */
+ * no mapper), MB_E_FAULT; for a lazy mapper whose fault-in the host refused, that refusal (a
+ * negative errno such as -ENOMEM, or MB_ENOMEM): the access may succeed later. An access of
+ * 1, 2, 4 or 8 bytes at a gpa that is a multiple of its size is one load or one store, as
+ * the guest's own would be (a ring index, say): the guest and other threads see the old
+ * value or the new one, never a mix, and a write refused under a concurrent unmap or
+ * protection change leaves nothing of itself. */
 int mb_mapper_read(mb_mapper *m, uint64_t gpa, void *buf, size_t len);
 int mb_mapper_write(mb_mapper *m, uint64_t gpa, const void *buf, size_t len);
 /* The ranges established in the mapper's VA right now (malloc'd; free() it). value of the
