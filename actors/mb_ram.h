@@ -5,10 +5,12 @@
  * A build takes backing requests: each is a list of guest ranges laid back to back in one
  * backing object (one per host NUMA node, or one for the VM), in list order from object
  * offset 0. For each range it adds a RAM region (priority MB_RAM_PRIORITY, named "ram"), maps
- * the backing into it read-write, and maps the region. With x86_legacy, the range that starts
- * at 0 and covers 1 MiB is split at 0xa0000, 0xc0000, every 16 KiB up to 0xf0000, and
- * 0x100000: 16 regions, the VGA window and each PAM window a region of its own, whose RAM
- * visibility mb_ram_set_visibility switches as a chipset's PAM registers do.
+ * the backing into it read-write, and maps the region; the regions are the request's VTL's
+ * (mb_region_params.vtl: VTL 2's private memory, say, which lower VTLs do not see). With
+ * x86_legacy, the range that starts at 0 and covers 1 MiB (VTL 0's) is split at 0xa0000,
+ * 0xc0000, every 16 KiB up to 0xf0000, and 0x100000: 16 regions, the VGA window and each PAM
+ * window a region of its own, whose RAM visibility mb_ram_set_visibility switches as a
+ * chipset's PAM registers do.
  *
  * Errors: every call returns 0 or a code of membacking.h (MB_E_*, the runtime's, a negative
  * errno for what the host refused), and the build and visibility calls also fill the
@@ -25,11 +27,13 @@
  *     5. hugepages with private memory                    MB_RAM_HUGEPAGE_WITH_PRIVATE
  *     6. hugepages with an existing fd                    MB_RAM_HUGEPAGE_WITH_EXISTING
  *     7. hugepages with the legacy layout                 MB_RAM_HUGEPAGE_WITH_LEGACY
- *   8. legacy layout without a range [0, >= 1 MiB)        MB_RAM_NO_LEGACY_RAM
- *   9. a hugepage request's range not aligned to its hugepage size    MB_RAM_HUGEPAGE_ALIGN
- *  10. two ranges that overlap (in one request or two)   MB_RAM_OVERLAP (MB_E_OVERLAP)
- *  11. a range past the manager's max address            MB_RAM_PAST_MAX
- *  12. no requests, a request with no ranges, an empty range, a range not 4 KiB aligned
+ *     8. a VTL the manager does not have                  MB_RAM_VTL
+ *   9. legacy layout without a VTL-0 range [0, >= 1 MiB)  MB_RAM_NO_LEGACY_RAM
+ *  10. a hugepage request's range not aligned to its hugepage size    MB_RAM_HUGEPAGE_ALIGN
+ *  11. two ranges that overlap (in one request or two, whatever their VTLs)
+ *                                                        MB_RAM_OVERLAP (MB_E_OVERLAP)
+ *  12. a range past the manager's max address            MB_RAM_PAST_MAX
+ *  13. no requests, a request with no ranges, an empty range, a range not 4 KiB aligned
  *                                                        MB_RAM_EMPTY_OR_UNALIGNED
  * (all MB_E_INVALID unless said). Then it allocates: objects first (MB_RAM_ALLOC: the host's
  * refusal; a hugetlb pool that is short is -ENOSPC and the message gives the size, the
@@ -81,6 +85,8 @@ typedef struct mb_ram_request {
   bool prefetch;              /* allocate every page at build time */
   bool use_numa_node;         /* bind the backing's pages to host NUMA node numa_node */
   uint32_t numa_node;
+  uint8_t vtl;                /* whose RAM it is: seen by that VTL and higher ones (0: VTL 0's,
+                               * everybody's) */
 } mb_ram_request;
 
 typedef struct mb_ram_config {
@@ -108,6 +114,7 @@ typedef enum mb_ram_reason {
   MB_RAM_REGION,              /* the manager refused a region or mapping operation */
   MB_RAM_BAD_WINDOW,          /* visibility: no legacy window with exactly this range, a
                                * window twice, or an unknown visibility */
+  MB_RAM_VTL,                 /* a request at a VTL the manager does not have */
 } mb_ram_reason;
 
 enum { MB_RAM_MESSAGE_MAX = 256 };

@@ -428,6 +428,7 @@ void mb_mm_destroy(mb_mm *mm) {
 }
 
 uint64_t mb_mm_max_addr(const mb_mm *mm) { return mm->max_addr; }
+uint8_t mb_mm_vtls(const mb_mm *mm) { return mm->vtls; }
 
 /* ---- regions ------------------------------------------------------------------------------- */
 

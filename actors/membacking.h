@@ -141,6 +141,8 @@ int mb_mm_create(const mb_mm_config *cfg, mb_mm **out);
  * undefined. */
 void mb_mm_destroy(mb_mm *mm);
 uint64_t mb_mm_max_addr(const mb_mm *mm);
+/* The manager's VTLs, a bit mask (bit n: VTL n; 1 for a manager made without VTLs). */
+uint8_t mb_mm_vtls(const mb_mm *mm);
 /* Record every region, mapping, mapper and partition operation issued on this manager, with
  * its result, to `path` in the scenario format, and at mb_mm_destroy the final region states
  * and partition maps as `expect` lines: a recording that membacking-replay replays. With

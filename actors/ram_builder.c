@@ -86,23 +86,27 @@ static size_t region_count(const mb_ram_config *cfg) {
   return n;
 }
 
-static void add_region(mb_ram *ram, uint64_t start, uint64_t end, mb_object *obj,
-                       uint64_t obj_off, bool window) {
-  if (end > start)
-    ram->regions[ram->count++] = (ram_region){.range = {start, end - start}, .obj = obj,
-                                              .obj_off = obj_off, .window = window};
+static void add_region(mb_ram *ram, uint64_t start, uint64_t end, const ram_region *like) {
+  if (end > start) {
+    ram_region *r = &ram->regions[ram->count++];
+    *r = *like;
+    r->range = (mb_ram_range){start, end - start};
+    r->obj_off += start - like->range.gpa;
+  }
 }
 
-/* One range at object offset off: one region, or the legacy split's sixteen. */
+/* One range at object offset off: one region, or the legacy split's sixteen (VTL 0's). */
 static void plan_range(mb_ram *ram, const mb_ram_config *cfg, const mb_ram_range *g,
-                       mb_object *obj, uint64_t off) {
+                       mb_object *obj, uint64_t off, uint8_t vtl) {
+  ram_region like = {.range = *g, .obj = obj, .obj_off = off, .vtl = vtl};
   if (!is_legacy(cfg, g)) {
-    add_region(ram, g->gpa, g->gpa + g->size, obj, off, false);
+    add_region(ram, g->gpa, g->gpa + g->size, &like);
     return;
   }
+  like.window = true;
   for (size_t b = 0; b < LEGACY_BOUNDS; b++) {
     uint64_t end = b + 1 < LEGACY_BOUNDS ? legacy_bounds[b + 1] : g->size;
-    add_region(ram, legacy_bounds[b], end, obj, off + legacy_bounds[b], true);
+    add_region(ram, legacy_bounds[b], end, &like);
   }
 }
 
@@ -118,7 +122,7 @@ static int plan_regions(mb_ram *ram, const mb_ram_config *cfg, mb_ram_error *err
     uint64_t off = 0;
     for (size_t k = 0; k < cfg->requests[i].count; k++) {
       const mb_ram_range *g = &cfg->requests[i].ranges[k];
-      plan_range(ram, cfg, g, ram->objs[i], off);
+      plan_range(ram, cfg, g, ram->objs[i], off, cfg->requests[i].vtl);
       off += g->size;
     }
   }
@@ -152,7 +156,7 @@ static int prepare(mb_mm *mm, const mb_ram_config *cfg, mb_ram_error *err, mb_ra
   *out = NULL;
   if (err) *err = (mb_ram_error){0};
   if (mm == NULL) return mb__ram_fail(err, MB_E_INVALID, MB_RAM_EMPTY_OR_UNALIGNED, "no manager");
-  int rc = mb__ram_check(cfg, mb_mm_max_addr(mm), err);
+  int rc = mb__ram_check(cfg, mb_mm_max_addr(mm), mb_mm_vtls(mm), err);
   if (rc) return rc;
   mb_ram *ram = calloc(1, sizeof *ram);
   if (ram == NULL) return mb__ram_fail(err, MB_ENOMEM, MB_RAM_ALLOC, "out of memory");

@@ -85,7 +85,15 @@ static int check_hugepages(const mb_ram_request *q, size_t i, bool legacy, mb_ra
   return 0;
 }
 
-static int check_options(const mb_ram_request *q, size_t i, bool legacy, mb_ram_error *err) {
+static int check_vtl(const mb_ram_request *q, size_t i, uint8_t vtls, mb_ram_error *err) {
+  if (q->vtl <= MB_VTL_MAX && ((vtls >> q->vtl) & 1)) return 0;
+  return mb__ram_fail(err, MB_E_INVALID, MB_RAM_VTL,
+                      "request %zu: VTL %u, which the manager does not have (VTL mask 0x%x)",
+                      i, (unsigned)q->vtl, (unsigned)vtls);
+}
+
+static int check_options(const mb_ram_request *q, size_t i, bool legacy, uint8_t vtls,
+                         mb_ram_error *err) {
   if (q->private_memory && legacy)
     return mb__ram_fail(err, MB_E_INVALID, MB_RAM_PRIVATE_WITH_LEGACY,
                         "request %zu: private memory cannot back the x86 legacy layout (its "
@@ -96,16 +104,23 @@ static int check_options(const mb_ram_request *q, size_t i, bool legacy, mb_ram_
                         q->existing_fd);
   int rc = q->use_numa_node ? check_numa(q, i, err) : 0;
   if (rc == 0 && q->hugepage_size != 0) rc = check_hugepages(q, i, legacy, err);
+  if (rc == 0) rc = check_vtl(q, i, vtls, err);
   return rc;
 }
 
 /* ---- the ranges ---------------------------------------------------------------------------- */
 
+/* The legacy windows are VTL 0's: a chipset's PAM registers switch what the guest sees. */
 static int check_legacy_ram(const mb_ram_config *cfg, mb_ram_error *err) {
   for (size_t i = 0; i < cfg->count; i++)
     for (size_t k = 0; k < cfg->requests[i].count; k++) {
       const mb_ram_range *g = &cfg->requests[i].ranges[k];
-      if (g->gpa == 0 && g->size >= LEGACY_END) return 0;
+      if (g->gpa != 0 || g->size < LEGACY_END) continue;
+      if (cfg->requests[i].vtl == 0) return 0;
+      return mb__ram_fail(err, MB_E_INVALID, MB_RAM_NO_LEGACY_RAM,
+                          "x86 legacy layout: request %zu range %zu covers 1 MiB from 0 but is "
+                          "VTL %u's; the legacy windows are VTL 0's", i, k,
+                          (unsigned)cfg->requests[i].vtl);
     }
   return mb__ram_fail(err, MB_E_INVALID, MB_RAM_NO_LEGACY_RAM,
                       "x86 legacy layout: no range starts at 0 and covers 1 MiB");
@@ -200,7 +215,7 @@ static int check_shape(const mb_ram_config *cfg, mb_ram_error *err) {
 
 /* Requests with no range array are looked at as having none, so every step can loop over
  * them; check_shape reports them last. */
-int mb__ram_check(const mb_ram_config *cfg, uint64_t max_addr, mb_ram_error *err) {
+int mb__ram_check(const mb_ram_config *cfg, uint64_t max_addr, uint8_t vtls, mb_ram_error *err) {
   if (cfg == NULL || (cfg->count && cfg->requests == NULL))
     return mb__ram_fail(err, MB_E_INVALID, MB_RAM_EMPTY_OR_UNALIGNED, "no configuration");
   mb_ram_config c = *cfg;
@@ -214,7 +229,7 @@ int mb__ram_check(const mb_ram_config *cfg, uint64_t max_addr, mb_ram_error *err
   }
   c.requests = q;
   int rc = 0;
-  for (size_t i = 0; i < c.count && rc == 0; i++) rc = check_options(&q[i], i, c.x86_legacy, err);
+  for (size_t i = 0; i < c.count && rc == 0; i++) rc = check_options(&q[i], i, c.x86_legacy, vtls, err);
   if (rc == 0 && c.x86_legacy) rc = check_legacy_ram(&c, err);
   if (rc == 0) rc = check_hugepage_align(&c, err);
   if (rc == 0) rc = check_overlap(&c, total, err);

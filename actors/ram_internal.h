@@ -19,6 +19,7 @@ typedef struct ram_region {
   mb_region_id id;
   bool added;               /* the manager has it (id valid) */
   bool window;              /* a region of the legacy split: its visibility may change */
+  uint8_t vtl;              /* its request's */
   mb_ram_visibility vis;
 } ram_region;
 
@@ -33,7 +34,7 @@ struct mb_ram {
 /* ---- checks (ram_check.c) ------------------------------------------------------------------ */
 
 /* 0, or the first failure in the order of mb_ram.h, reported in *err (may be NULL). */
-int mb__ram_check(const mb_ram_config *cfg, uint64_t max_addr, mb_ram_error *err);
+int mb__ram_check(const mb_ram_config *cfg, uint64_t max_addr, uint8_t vtls, mb_ram_error *err);
 /* Fills *err (if not NULL) and returns code. */
 int mb__ram_fail(mb_ram_error *err, int code, mb_ram_reason reason, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));

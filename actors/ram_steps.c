@@ -12,7 +12,7 @@ ram_step mb__ram_vis_step(uint32_t reg, mb_ram_visibility vis) {
 
 static mb_region_params region_params(const ram_region *r) {
   return (mb_region_params){.name = "ram", .gpa = r->range.gpa, .size = r->range.size,
-                            .priority = MB_RAM_PRIORITY};
+                            .priority = MB_RAM_PRIORITY, .vtl = r->vtl};
 }
 
 static mb_mapping_params mapping_params(const ram_region *r) {

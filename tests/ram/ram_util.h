@@ -22,11 +22,16 @@ typedef struct ru_world {
   mb_mapper *view; /* the primary mapper */
 } ru_world;
 
-static inline void ru_init_overlap(ru_world *w, uint64_t max_addr, int overlap) {
+/* A manager of cfg (its loop: the world's own). */
+static inline void ru_init_cfg(ru_world *w, mb_mm_config cfg) {
   w->loop = tu_start("ram-mgr");
-  mb_mm_config cfg = {.max_addr = max_addr, .overlap = overlap, .loop = w->loop};
+  cfg.loop = w->loop;
   assert_int_equal(mb_mm_create(&cfg, &w->mm), 0);
   w->view = mb_mm_primary_mapper(w->mm);
+}
+
+static inline void ru_init_overlap(ru_world *w, uint64_t max_addr, int overlap) {
+  ru_init_cfg(w, (mb_mm_config){.max_addr = max_addr, .overlap = overlap});
 }
 
 static inline void ru_init(ru_world *w, uint64_t max_addr) {

@@ -1,7 +1,7 @@
 /* test_ram_build.c: the RAM builder's requests and layouts (mb_ram.h): a shared memfd (the
  * default), private memory, an existing fd reused with its contents, prefetch, the THP hint,
- * a host NUMA node, the x86 legacy split (16 regions, bounds, priorities), destroy, and the
- * asynchronous forms from a loop thread. */
+ * a host NUMA node, the x86 legacy split (16 regions, bounds, priorities), VTL 2's RAM,
+ * destroy, and the asynchronous forms from a loop thread. */
 #include <errno.h>
 #include <fcntl.h>
 #include <sys/mman.h>
@@ -87,6 +87,33 @@ static void test_memfd(void **state) {
   assert_int_equal(mb_ram_destroy_sync(ram), 0);
   assert_int_equal(ru_region_count(W.mm), 0);
   assert_int_equal(tu_fd_count(), fds);
+}
+
+/* RAM of VTL 2 (a paravisor's private memory) in a manager with VTLs 0 and 2: VTL 0's mappers
+ * do not see it, VTL 2's see it and VTL 0's RAM too; destroy takes both. */
+static void test_vtl2_memory(void **state) {
+  (void)state;
+  RU_TEST_BEGIN();
+  ru_world v;
+  ru_init_cfg(&v, (mb_mm_config){.max_addr = 4 * GiB, .vtls = 0x5});
+  mb_ram_range r0[] = {{0, 16 * MiB}}, r2[] = {{1 * GiB, 16 * MiB}};
+  mb_ram_request q[] = {{.ranges = r0, .count = 1}, {.ranges = r2, .count = 1, .vtl = 2}};
+  mb_ram_config cfg = {q, 2, true};
+  mb_ram *ram = NULL;
+  assert_int_equal(mb_ram_build_sync(v.mm, &cfg, &ram, NULL), 0);
+  mb_mapper *vtl2 = NULL;
+  assert_int_equal(mb_mapper_add_vtl_sync(v.mm, NULL, true, 2, &vtl2), 0);
+  write_read(vtl2, 1 * GiB + 8, 0x2222);
+  write_read(vtl2, 0x200000, 0x3333);
+  uint64_t got = 0;
+  assert_int_equal(mb_mapper_read(v.view, 1 * GiB + 8, &got, 8), MB_E_UNMAPPED);
+  assert_int_equal(mb_mapper_read(v.view, 0x200000, &got, 8), 0);
+  assert_int_equal(got, 0x3333);
+  assert_int_equal(mb_ram_region_count(ram), 17); /* the legacy split's 16 and VTL 2's one */
+  assert_int_equal(mb_mapper_remove_sync(vtl2), 0);
+  assert_int_equal(mb_ram_destroy_sync(ram), 0);
+  assert_int_equal(ru_region_count(v.mm), 0);
+  ru_fini(&v);
 }
 
 /* Private memory: no fd given out, same bytes in every mapper, none of the memfd label. */
@@ -326,6 +353,7 @@ int main(void) {
       cmocka_unit_test(test_existing_fd),    cmocka_unit_test(test_prefetch),
       cmocka_unit_test(test_thp_hint),       cmocka_unit_test(test_numa),
       cmocka_unit_test(test_legacy_split),   cmocka_unit_test(test_async),
+      cmocka_unit_test(test_vtl2_memory),
   };
   return cmocka_run_group_tests(tests, setup, teardown);
 }

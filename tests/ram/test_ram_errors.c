@@ -12,9 +12,9 @@
 static ru_world W;
 #define MAX_ADDR (64 * GiB)
 
-static int setup(void **state) {
+static int setup(void **state) { /* VTLs 0 and 2 */
   (void)state;
-  ru_init(&W, MAX_ADDR);
+  ru_init_cfg(&W, (mb_mm_config){.max_addr = MAX_ADDR, .vtls = 0x5});
   return 0;
 }
 
@@ -112,6 +112,19 @@ static void test_no_legacy_ram(void **state) {
   expect(&q, 1, true, MB_E_INVALID, MB_RAM_NO_LEGACY_RAM, "starts at 0", "1 MiB");
 }
 
+static void test_vtl(void **state) {
+  (void)state;
+  RU_TEST_BEGIN();
+  mb_ram_range r[] = {{32 * MiB, 16 * MiB}};
+  mb_ram_request q[] = {{.ranges = low, .count = 1}, {.ranges = r, .count = 1, .vtl = 1}};
+  expect(q, 2, false, MB_E_INVALID, MB_RAM_VTL, "request 1", "VTL 1");
+  q[1].vtl = 3;
+  expect(q, 2, false, MB_E_INVALID, MB_RAM_VTL, "request 1", "VTL 3");
+  /* the legacy windows are VTL 0's */
+  mb_ram_request l[] = {{.ranges = r, .count = 1}, {.ranges = low, .count = 1, .vtl = 2}};
+  expect(l, 2, true, MB_E_INVALID, MB_RAM_NO_LEGACY_RAM, "request 1 range 0", "VTL 2");
+}
+
 static void test_hugepage_align(void **state) {
   (void)state;
   RU_TEST_BEGIN();
@@ -188,7 +201,11 @@ static void test_order(void **state) {
   expect(&all, 1, false, MB_E_INVALID, MB_RAM_HUGEPAGE_SIZE, NULL, NULL);
   all.hugepage_size = MB_HUGEPAGE_2M;
   all.private_memory = false;
+  all.vtl = 1;
   expect(&all, 1, true, MB_E_INVALID, MB_RAM_HUGEPAGE_WITH_EXISTING, NULL, NULL);
+  /* the VTL after the options, before the layout */
+  mb_ram_request v = {.ranges = a, .count = 1, .vtl = 1};
+  expect(&v, 1, true, MB_E_INVALID, MB_RAM_VTL, NULL, NULL);
   /* the layout rules: legacy RAM, then hugepage alignment, overlap, bounds, shape */
   mb_ram_range bad[] = {{1 * MiB, 3 * MiB}, {2 * MiB, 4 * MiB}, {70 * GiB, 0}};
   mb_ram_request h = {.ranges = bad, .count = 3, .hugepage_size = MB_HUGEPAGE_2M};
@@ -243,6 +260,7 @@ int main(void) {
       cmocka_unit_test(test_numa_node),            cmocka_unit_test(test_hugepage_size),
       cmocka_unit_test(test_hugepage_with_private), cmocka_unit_test(test_hugepage_with_existing),
       cmocka_unit_test(test_hugepage_with_legacy), cmocka_unit_test(test_no_legacy_ram),
+      cmocka_unit_test(test_vtl),
       cmocka_unit_test(test_hugepage_align),       cmocka_unit_test(test_overlap),
       cmocka_unit_test(test_past_max),             cmocka_unit_test(test_empty_or_unaligned),
       cmocka_unit_test(test_order),                cmocka_unit_test(test_alloc_undone),
