@@ -175,10 +175,10 @@ static inline MB__GUEST_SIDE void mb__guest_store(uintptr_t g, uint64_t v, size_
 /* A naturally aligned guest access of 1, 2, 4 or 8 bytes is one load or one store, as the
  * guest's own instruction would be: it lands whole or not at all, also when it races a
  * protection change or an unmap, and a concurrent reader sees the old value or the new one
- * (a device model's ring index, say). false: not such an access. */
+ * (a device model's ring index, say). false: not such an access. Not for probes. */
 static inline MB__GUEST_SIDE bool mb__one_move(const struct mb__job *j, size_t off, size_t n) {
   uintptr_t g = j->guest + off;
-  if (n > 8 || (n & (n - 1)) != 0 || (g & (n - 1)) != 0 || j->op >= MB__PROBE_READ)
+  if (n > 8 || (n & (n - 1)) != 0 || (g & (n - 1)) != 0)
     return false;
   if (j->op == MB__READ)
     mb__host_put(j->dst + off, mb__guest_load(g, n), n);
